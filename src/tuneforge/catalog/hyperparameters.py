@@ -1,0 +1,189 @@
+"""Hyperparameter specs as data.
+
+One list of :class:`HyperParameterSpec` per (model, customization type) drives three things:
+validation of the string map a CreateModelCustomizationJob request carries, ``tuneforge models
+show``, and the table in docs/hyperparameters.md. Bedrock's names come first (``epochCount``,
+``batchSize``, ``learningRate``, ``learningRateWarmupSteps``); the extras are tuneforge's own.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Literal
+
+HyperParameterValue = int | float | str | bool
+Kind = Literal["int", "float", "bool", "choice"]
+
+
+class HyperParameterError(ValueError):
+    """A hyperparameter map that does not satisfy its spec; the message is user-facing."""
+
+
+@dataclass(frozen=True)
+class HyperParameterSpec:
+    name: str
+    kind: Kind
+    default: HyperParameterValue
+    help: str
+    minimum: float | None = None
+    maximum: float | None = None
+    choices: tuple[str, ...] = ()
+    bedrock: bool = False
+
+    def parse(self, raw: str) -> HyperParameterValue:
+        text = raw.strip()
+        value: HyperParameterValue
+        if self.kind == "int":
+            try:
+                value = int(text)
+            except ValueError:
+                raise HyperParameterError(
+                    f"Hyperparameter {self.name} must be an integer, got '{raw}'"
+                ) from None
+        elif self.kind == "float":
+            try:
+                value = float(text)
+            except ValueError:
+                raise HyperParameterError(
+                    f"Hyperparameter {self.name} must be a number, got '{raw}'"
+                ) from None
+            if not math.isfinite(value):
+                raise HyperParameterError(f"Hyperparameter {self.name} must be finite, got '{raw}'")
+        elif self.kind == "bool":
+            lowered = text.lower()
+            if lowered not in ("true", "false"):
+                raise HyperParameterError(
+                    f"Hyperparameter {self.name} must be 'true' or 'false', got '{raw}'"
+                )
+            value = lowered == "true"
+        else:
+            if text not in self.choices:
+                raise HyperParameterError(
+                    f"Hyperparameter {self.name} must be one of [{', '.join(self.choices)}], got '{raw}'"
+                )
+            value = text
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            low = self.minimum if self.minimum is not None else -math.inf
+            high = self.maximum if self.maximum is not None else math.inf
+            if not low <= value <= high:
+                raise HyperParameterError(
+                    f"Hyperparameter {self.name} value {raw} is out of range: "
+                    f"must be between {_fmt(self.minimum)} and {_fmt(self.maximum)}"
+                )
+        return value
+
+    @property
+    def range_text(self) -> str:
+        if self.kind == "choice":
+            return " | ".join(self.choices)
+        if self.kind == "bool":
+            return "true | false"
+        return f"{_fmt(self.minimum)} - {_fmt(self.maximum)}"
+
+
+def _fmt(value: float | None) -> str:
+    if value is None:
+        return "unbounded"
+    return f"{value:g}"
+
+
+def resolve(
+    specs: tuple[HyperParameterSpec, ...], raw: dict[str, str]
+) -> dict[str, HyperParameterValue]:
+    """Validate a Bedrock string map against the specs; return every value typed, defaults filled."""
+    by_name = {spec.name: spec for spec in specs}
+    unknown = sorted(set(raw) - set(by_name))
+    if unknown:
+        raise HyperParameterError(
+            f"Unknown hyperparameter(s): {', '.join(unknown)}. "
+            f"Supported: {', '.join(spec.name for spec in specs)}"
+        )
+    resolved: dict[str, HyperParameterValue] = {}
+    for spec in specs:
+        resolved[spec.name] = spec.parse(raw[spec.name]) if spec.name in raw else spec.default
+    return resolved
+
+
+def as_strings(values: dict[str, HyperParameterValue]) -> dict[str, str]:
+    """The wire form: Bedrock returns hyperparameters as a string map."""
+    return {k: (str(v).lower() if isinstance(v, bool) else str(v)) for k, v in values.items()}
+
+
+_COMMON: tuple[HyperParameterSpec, ...] = (
+    HyperParameterSpec(
+        "epochCount", "int", 3, "Passes over the training data.", 1, 100, bedrock=True
+    ),
+    HyperParameterSpec(
+        "batchSize", "int", 8, "Records per optimizer step.", 1, 256, bedrock=True
+    ),
+    HyperParameterSpec(
+        "learningRate",
+        "float",
+        3e-3,
+        "Peak learning rate of the AdamW optimizer (linear warmup, then cosine decay).",
+        1e-7,
+        1.0,
+        bedrock=True,
+    ),
+    HyperParameterSpec(
+        "learningRateWarmupSteps",
+        "int",
+        5,
+        "Optimizer steps of linear warmup from 0 to learningRate.",
+        0,
+        10_000,
+        bedrock=True,
+    ),
+    HyperParameterSpec(
+        "trainingMethod",
+        "choice",
+        "lora",
+        "lora trains low-rank adapters on the frozen base; full updates every weight.",
+        choices=("lora", "full"),
+    ),
+    HyperParameterSpec("loraRank", "int", 16, "Rank r of the LoRA adapters.", 1, 256),
+    HyperParameterSpec(
+        "loraAlpha", "float", 32.0, "LoRA scaling numerator (scale = alpha / r).", 0.0, 1024.0
+    ),
+    HyperParameterSpec("loraDropout", "float", 0.0, "Dropout on the LoRA path.", 0.0, 0.9),
+    HyperParameterSpec(
+        "weightDecay", "float", 0.0, "AdamW decoupled weight decay.", 0.0, 1.0
+    ),
+    HyperParameterSpec(
+        "gradientAccumulationSteps",
+        "int",
+        1,
+        "Micro-batches per optimizer step; the effective batch is batchSize records either way.",
+        1,
+        256,
+    ),
+    HyperParameterSpec(
+        "maxSequenceLength",
+        "int",
+        0,
+        "Truncate nothing above this many tokens per record; 0 = the model's context length. "
+        "Records longer than the limit fail validation rather than being cut.",
+        0,
+        1_000_000,
+    ),
+    HyperParameterSpec("seed", "int", 42, "Seed for initialisation and data order.", 0, 2**31 - 1),
+    HyperParameterSpec(
+        "saveMergedModel",
+        "bool",
+        False,
+        "Also write the LoRA adapter merged into the base weights (exportable full model).",
+    ),
+    HyperParameterSpec(
+        "checkpointEverySteps",
+        "int",
+        0,
+        "Write a resumable checkpoint every N optimizer steps; 0 = once per epoch.",
+        0,
+        1_000_000,
+    ),
+)
+
+
+def fine_tuning_specs() -> tuple[HyperParameterSpec, ...]:
+    return _COMMON

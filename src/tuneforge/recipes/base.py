@@ -1,0 +1,79 @@
+"""The interface between a job's worker process and a customization recipe.
+
+A recipe is one readable file per customization type (setup -> train -> evaluate -> save). It gets
+local paths and typed hyperparameters in :class:`RecipeInputs` and talks back only through a
+:class:`JobReporter`, so it knows nothing of the database, the object store or HTTP.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal, Protocol
+
+from tuneforge.catalog.hyperparameters import HyperParameterValue
+from tuneforge.catalog.models import FoundationModel
+
+Stage = Literal["validation", "dataProcessing", "training"]
+StageStatus = Literal["InProgress", "Completed", "Stopping", "Stopped", "Failed", "NotStarted"]
+
+
+@dataclass(frozen=True)
+class RecipeInputs:
+    job_id: str
+    """The 12-character id at the end of the job ARN."""
+    customization_type: str
+    base_model: FoundationModel
+    base_model_dir: Path
+    """A local Hugging Face folder (config.json, weights, tokenizer files)."""
+    training_file: Path
+    """Local JSONL, already validated pre-flight."""
+    validation_files: tuple[Path, ...]
+    """One local JSONL per validator, in request order."""
+    output_dir: Path
+    """Local staging folder; its contents are copied to the job's output URI afterwards.
+    Metrics go under ``model-customization-job-<job_id>/`` in Bedrock's layout."""
+    model_dir: Path
+    """Where the custom model's weights go (adapter and/or merged safetensors + tokenizer)."""
+    checkpoint_dir: Path
+    """Resumable state. A recipe resumes from it when it holds a checkpoint."""
+    hyperparameters: dict[str, HyperParameterValue]
+    """Typed and complete: every spec'd name is present (defaults filled)."""
+    num_threads: int = 0
+
+
+@dataclass
+class RecipeResult:
+    training_loss: float | None
+    validation_losses: list[float] = field(default_factory=list)
+    """One final validation loss per validator, in request order."""
+    stopped: bool = False
+    """True when the recipe returned early because ``reporter.should_stop()`` said so."""
+    artifacts: dict[str, str] = field(default_factory=dict)
+    """Artifact name -> path relative to ``output_dir`` or ``model_dir``, for the job record."""
+
+
+class JobReporter(Protocol):
+    def stage(self, stage: Stage, status: StageStatus) -> None: ...
+
+    def progress(
+        self,
+        *,
+        step: int,
+        total_steps: int,
+        epoch: int,
+        loss: float,
+        learning_rate: float,
+        tokens_per_second: float,
+        tokens_seen: int,
+    ) -> None: ...
+
+    def log(self, message: str) -> None: ...
+
+    def should_stop(self) -> bool: ...
+
+
+class Recipe(Protocol):
+    customization_type: str
+
+    def run(self, inputs: RecipeInputs, reporter: JobReporter) -> RecipeResult: ...

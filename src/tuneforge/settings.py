@@ -1,0 +1,178 @@
+"""The one settings object. Nothing else in tuneforge reads ``os.environ``.
+
+Values come, highest priority first, from keyword arguments, ``TUNEFORGE_*`` environment
+variables, and an optional TOML or JSON file named by ``TUNEFORGE_CONFIG_FILE``. Every default
+is the zero-setup single-machine mode: a SQLite file, an object root and worker processes,
+all under one data directory.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import os
+import tomllib
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
+
+LOOPBACK_NAMES = {"localhost", "ip6-localhost"}
+
+
+class _ConfigFileSource(PydanticBaseSettingsSource):
+    """Reads the optional file named by TUNEFORGE_CONFIG_FILE (TOML or JSON)."""
+
+    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:
+        return None, field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        name = os.environ.get("TUNEFORGE_CONFIG_FILE")
+        if not name:
+            return {}
+        path = Path(name).expanduser()
+        text = path.read_text(encoding="utf-8")
+        data: dict[str, Any] = json.loads(text) if path.suffix == ".json" else tomllib.loads(text)
+        return data
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="TUNEFORGE_", extra="forbid", frozen=True)
+
+    data_dir: Path = Field(
+        default=Path(".tuneforge"),
+        description="Root of all local state: database, object root, built-in models, logs.",
+    )
+    database_url: str | None = Field(
+        default=None, description="SQLAlchemy URL; default is a SQLite file in the data directory."
+    )
+    object_root: Path | None = Field(
+        default=None,
+        description="Where s3://bucket/key lives in embedded mode; default <data_dir>/objects.",
+    )
+    local_roots: list[Path] = Field(
+        default_factory=list,
+        description="Extra local folders that absolute paths in requests may point into "
+        "(the data directory is always allowed).",
+    )
+    host: str = Field(default="127.0.0.1", description="Bind address. Loopback by default.")
+    port: int = Field(default=8080, ge=0, le=65535)
+    region: str = Field(default="us-east-1", description="Region written into ARNs.")
+    account_id: str = Field(default="123456789012", pattern=r"^[0-9]{12}$")
+    worker_concurrency: int = Field(default=1, ge=1, le=64, description="Jobs that train at once.")
+    worker_threads: int = Field(
+        default=0, ge=0, description="torch threads per worker; 0 = all cores / concurrency."
+    )
+    heartbeat_timeout_s: float = Field(
+        default=60.0, gt=0, description="A running job whose worker is silent this long is failed."
+    )
+    access_keys: dict[str, str] = Field(
+        default_factory=dict,
+        description="SigV4 access key id -> secret. Required when binding to a non-loopback address.",
+    )
+    allow_anonymous: bool = Field(
+        default=True, description="Allow unsigned requests. Honoured only on a loopback bind."
+    )
+    max_training_records: int = Field(default=20_000, ge=1)
+    max_training_file_bytes: int = Field(default=1 << 30, ge=1)
+    max_validation_records: int = Field(default=1_000, ge=1)
+    max_validation_file_bytes: int = Field(default=100 << 20, ge=1)
+    price_per_compute_hour: float = Field(
+        default=1.0, ge=0, description="Used for cost estimates in the data report."
+    )
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (init_settings, env_settings, _ConfigFileSource(settings_cls))
+
+    @field_validator("data_dir", "object_root")
+    @classmethod
+    def _absolute(cls, value: Path | None) -> Path | None:
+        return None if value is None else value.expanduser().resolve()
+
+    @field_validator("local_roots")
+    @classmethod
+    def _absolute_roots(cls, value: list[Path]) -> list[Path]:
+        return [p.expanduser().resolve() for p in value]
+
+    @cached_property
+    def objects_dir(self) -> Path:
+        return self.object_root or self.data_dir / "objects"
+
+    @cached_property
+    def models_dir(self) -> Path:
+        return self.data_dir / "models"
+
+    @cached_property
+    def logs_dir(self) -> Path:
+        return self.data_dir / "logs"
+
+    @cached_property
+    def db_url(self) -> str:
+        return self.database_url or f"sqlite:///{self.data_dir / 'tuneforge.db'}"
+
+    @property
+    def allowed_local_roots(self) -> list[Path]:
+        return [self.data_dir, *self.local_roots]
+
+    @property
+    def binds_loopback(self) -> bool:
+        return is_loopback(self.host)
+
+    @property
+    def anonymous_allowed(self) -> bool:
+        return self.allow_anonymous and self.binds_loopback
+
+    @property
+    def endpoint_url(self) -> str:
+        host = "127.0.0.1" if self.host in ("0.0.0.0", "::") else self.host
+        return f"http://{host}:{self.port}"
+
+    def ensure_dirs(self) -> None:
+        for path in (self.data_dir, self.objects_dir, self.models_dir, self.logs_dir):
+            path.mkdir(parents=True, exist_ok=True)
+
+    def check_bind_is_safe(self) -> None:
+        """A server reachable from other machines must authenticate every request."""
+        if not self.binds_loopback and not self.access_keys:
+            raise ValueError(
+                f"refusing to bind to {self.host}: a non-loopback bind needs access keys "
+                "(set TUNEFORGE_ACCESS_KEYS='{\"AKID\": \"secret\"}')"
+            )
+
+
+def is_loopback(host: str) -> bool:
+    if host in LOOPBACK_NAMES:
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def child_environment(settings: Settings) -> dict[str, str]:
+    """Environment for processes tuneforge spawns, so they see exactly these settings."""
+    env = dict(os.environ)
+    for name, value in settings.model_dump(mode="json").items():
+        key = f"TUNEFORGE_{name.upper()}"
+        if value is None:
+            env.pop(key, None)
+        elif isinstance(value, (dict, list)):
+            env[key] = json.dumps(value)
+        else:
+            env[key] = str(value)
+    env.pop("TUNEFORGE_CONFIG_FILE", None)
+    return env
