@@ -150,7 +150,7 @@ class Settings(BaseSettings):
         if not self.binds_loopback and not self.access_keys:
             raise ValueError(
                 f"refusing to bind to {self.host}: a non-loopback bind needs access keys "
-                "(set TUNEFORGE_ACCESS_KEYS='{\"AKID\": \"secret\"}')"
+                '(set TUNEFORGE_ACCESS_KEYS=\'{"AKID": "secret"}\')'
             )
 
 

@@ -1,0 +1,357 @@
+"""Bedrock wire shapes: camelCase JSON in, internal requests out, and back.
+
+botocore checks only required members, types and minimum lengths on the client; ``max``,
+``pattern`` and ``enum`` constraints are checked here, with AWS's aggregate message format.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+from datetime import datetime
+from typing import Any
+
+from tuneforge.arns import ArnFactory
+from tuneforge.catalog.models import CUSTOMIZATION_TYPES, FoundationModel
+from tuneforge.db.tables import CustomModel, Job
+from tuneforge.errors import (
+    ValidationException,
+    constraint_errors,
+    enum_violation,
+    length_violation,
+    pattern_violation,
+    range_violation,
+)
+from tuneforge.jobs.service import CreateJobRequest
+
+JOB_NAME_PATTERN = r"[a-zA-Z0-9](-*[a-zA-Z0-9\+\-\.])*"
+MODEL_NAME_PATTERN = r"([0-9a-zA-Z][_-]?){1,63}"
+ROLE_ARN_PATTERN = r"arn:aws(-[^:]+)?:iam::([0-9]{12})?:role/.+"
+S3_URI_PATTERN = r"s3://[a-z0-9][\.\-a-z0-9]{1,61}[a-z0-9](/.*)?"
+TOKEN_PATTERN = r"[a-zA-Z0-9]{1,256}(-*[a-zA-Z0-9]){0,256}"
+REQUEST_TYPES = (*CUSTOMIZATION_TYPES, "REINFORCEMENT_FINE_TUNING", "IMPORTED")
+JOB_STATUSES = ("InProgress", "Completed", "Failed", "Stopping", "Stopped")
+
+
+def iso(value: datetime | None) -> str | None:
+    if value is None:
+        return None
+    return value.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+class Checker:
+    """Collects constraint violations, then raises them as one ValidationException."""
+
+    def __init__(self) -> None:
+        self.violations: list[str] = []
+
+    def string(
+        self,
+        body: dict[str, Any],
+        member: str,
+        *,
+        required: bool = False,
+        min_len: int = 1,
+        max_len: int = 2048,
+        pattern: str | None = None,
+        enum: tuple[str, ...] = (),
+    ) -> str | None:
+        value = body.get(member)
+        if value is None:
+            if required:
+                self.violations.append(
+                    f"Value null at '{member}' failed to satisfy constraint: Member must not be null"
+                )
+            return None
+        if not isinstance(value, str):
+            self.violations.append(
+                f"Value '{value}' at '{member}' failed to satisfy constraint: Member must be a string"
+            )
+            return None
+        if not min_len <= len(value) <= max_len:
+            self.violations.append(length_violation(value, member, min_len, max_len))
+        elif pattern is not None and not re.fullmatch(pattern, value):
+            self.violations.append(pattern_violation(value, member, pattern))
+        elif enum and value not in enum:
+            self.violations.append(enum_violation(value, member, enum))
+        return value
+
+    def integer(
+        self, value: Any, member: str, minimum: int | None = None, maximum: int | None = None
+    ) -> int | None:
+        if value is None:
+            return None
+        if isinstance(value, str) and value.lstrip("-").isdigit():
+            value = int(value)
+        if not isinstance(value, int) or isinstance(value, bool):
+            self.violations.append(
+                f"Value '{value}' at '{member}' failed to satisfy constraint: Member must be an integer"
+            )
+            return None
+        if (minimum is not None and value < minimum) or (maximum is not None and value > maximum):
+            self.violations.append(range_violation(value, member, minimum, maximum))
+        return value
+
+    def raise_if_any(self) -> None:
+        if self.violations:
+            raise constraint_errors(self.violations)
+
+
+def _tags(checker: Checker, body: dict[str, Any], member: str) -> tuple[dict[str, str], ...]:
+    tags = body.get(member) or []
+    if not isinstance(tags, list):
+        checker.violations.append(f"Value at '{member}' failed to satisfy constraint: Member must be a list")
+        return ()
+    if len(tags) > 200:
+        checker.violations.append(
+            f"Value at '{member}' failed to satisfy constraint: Member must have length less than or equal to 200"
+        )
+    out = []
+    for tag in tags:
+        if not isinstance(tag, dict) or "key" not in tag or "value" not in tag:
+            checker.violations.append(
+                f"Value '{tag}' at '{member}' failed to satisfy constraint: Member must have key and value"
+            )
+            continue
+        out.append({"key": str(tag["key"]), "value": str(tag["value"])})
+    return tuple(out)
+
+
+def parse_create_job(body: dict[str, Any]) -> CreateJobRequest:
+    c = Checker()
+    job_name = c.string(body, "jobName", required=True, max_len=63, pattern=JOB_NAME_PATTERN)
+    model_name = c.string(body, "customModelName", required=True, max_len=63, pattern=MODEL_NAME_PATTERN)
+    role_arn = c.string(body, "roleArn", required=True, max_len=2048, pattern=ROLE_ARN_PATTERN)
+    token = c.string(body, "clientRequestToken", max_len=256, pattern=TOKEN_PATTERN)
+    base = c.string(body, "baseModelIdentifier", required=True, max_len=2048)
+    ctype = c.string(body, "customizationType", enum=REQUEST_TYPES) or "FINE_TUNING"
+    kms = c.string(body, "customModelKmsKeyId", max_len=2048)
+
+    training = body.get("trainingDataConfig")
+    training_uri = None
+    if not isinstance(training, dict):
+        c.violations.append(
+            "Value null at 'trainingDataConfig' failed to satisfy constraint: Member must not be null"
+        )
+    else:
+        if training.get("invocationLogsConfig") is not None:
+            raise ValidationException(
+                "trainingDataConfig.invocationLogsConfig is not supported for this customization type"
+            )
+        training_uri = c.string(training, "s3Uri", required=True, max_len=1024)
+
+    validators: list[str] = []
+    validation = body.get("validationDataConfig")
+    if isinstance(validation, dict):
+        items = validation.get("validators") or []
+        if not isinstance(items, list) or len(items) > 10:
+            c.violations.append(
+                "Value at 'validationDataConfig.validators' failed to satisfy constraint: "
+                "Member must have length less than or equal to 10"
+            )
+        else:
+            for item in items:
+                uri = c.string(item if isinstance(item, dict) else {}, "s3Uri", required=True, max_len=1024)
+                if uri:
+                    validators.append(uri)
+
+    output = body.get("outputDataConfig")
+    output_uri = None
+    if not isinstance(output, dict):
+        c.violations.append(
+            "Value null at 'outputDataConfig' failed to satisfy constraint: Member must not be null"
+        )
+    else:
+        output_uri = c.string(output, "s3Uri", required=True, max_len=1024)
+
+    hyper = body.get("hyperParameters") or {}
+    if not isinstance(hyper, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in hyper.items()
+    ):
+        c.violations.append(
+            "Value at 'hyperParameters' failed to satisfy constraint: Member must be a map of string to string"
+        )
+        hyper = {}
+    job_tags = _tags(c, body, "jobTags")
+    model_tags = _tags(c, body, "customModelTags")
+    vpc = body.get("vpcConfig")
+    config = body.get("customizationConfig")
+    c.raise_if_any()
+    assert job_name and model_name and role_arn and base and training_uri and output_uri
+    if ctype not in CUSTOMIZATION_TYPES:
+        raise ValidationException(f"Customization type {ctype} is not supported by tuneforge")
+    return CreateJobRequest(
+        job_name=job_name,
+        custom_model_name=model_name,
+        role_arn=role_arn,
+        base_model_identifier=base,
+        customization_type=ctype,
+        training_uri=training_uri,
+        output_uri=output_uri,
+        validation_uris=tuple(validators),
+        hyperparameters=dict(hyper),
+        client_request_token=token,
+        customization_config=config if isinstance(config, dict) else None,
+        vpc_config=vpc if isinstance(vpc, dict) else None,
+        kms_key=kms,
+        job_tags=job_tags,
+        custom_model_tags=model_tags,
+    )
+
+
+def parse_time(value: str | None, member: str) -> datetime | None:
+    if value is None:
+        return None
+    try:
+        return datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        raise constraint_errors(
+            [
+                f"Value '{value}' at '{member}' failed to satisfy constraint: Member must be an ISO-8601 timestamp"
+            ]
+        ) from None
+
+
+def parse_paging(
+    max_results: str | None, next_token: str | None, sort_by: str | None, sort_order: str | None
+) -> tuple[int, int, bool]:
+    """(offset, limit, descending) from Bedrock's list query parameters."""
+    c = Checker()
+    limit = c.integer(max_results, "maxResults", 1, 1000) if max_results is not None else 100
+    c.string({"sortBy": sort_by}, "sortBy", enum=("CreationTime",))
+    c.string({"sortOrder": sort_order}, "sortOrder", enum=("Ascending", "Descending"))
+    c.raise_if_any()
+    return decode_token(next_token), limit or 100, sort_order != "Ascending"
+
+
+def encode_token(offset: int | None) -> str | None:
+    if offset is None:
+        return None
+    return base64.urlsafe_b64encode(json.dumps({"offset": offset}).encode()).decode()
+
+
+def decode_token(token: str | None) -> int:
+    if not token:
+        return 0
+    try:
+        offset = int(json.loads(base64.urlsafe_b64decode(token.encode()))["offset"])
+    except (ValueError, KeyError, TypeError):
+        raise ValidationException(f"Invalid nextToken: {token}") from None
+    if offset < 0:
+        raise ValidationException(f"Invalid nextToken: {token}")
+    return offset
+
+
+# -- outputs -------------------------------------------------------------------------------------
+
+
+def foundation_model(model: FoundationModel, arns: ArnFactory) -> dict[str, Any]:
+    return {
+        "modelArn": arns.foundation_model(model.model_id),
+        "modelId": model.model_id,
+        "modelName": model.name,
+        "providerName": model.provider,
+        "inputModalities": list(model.input_modalities),
+        "outputModalities": list(model.output_modalities),
+        "responseStreamingSupported": model.streaming,
+        "customizationsSupported": list(model.customizations),
+        "inferenceTypesSupported": list(model.inference_types),
+        "modelLifecycle": {"status": model.lifecycle},
+    }
+
+
+def _metrics(job_or_model: Job | CustomModel) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    if job_or_model.training_loss is not None:
+        out["trainingMetrics"] = {"trainingLoss": job_or_model.training_loss}
+    if job_or_model.validation_losses:
+        out["validationMetrics"] = [{"validationLoss": loss} for loss in job_or_model.validation_losses]
+    return out
+
+
+def _compact(data: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in data.items() if v is not None}
+
+
+def job_details(job: Job) -> dict[str, Any]:
+    return _compact(
+        {
+            "jobArn": job.arn,
+            "jobName": job.name,
+            "outputModelName": job.custom_model_name,
+            "outputModelArn": job.output_model_arn,
+            "clientRequestToken": job.client_request_token,
+            "roleArn": job.role_arn,
+            "status": job.status,
+            "statusDetails": job.status_details or None,
+            "failureMessage": job.failure_message,
+            "creationTime": iso(job.created_at),
+            "lastModifiedTime": iso(job.updated_at),
+            "endTime": iso(job.ended_at),
+            "baseModelArn": job.base_model_arn,
+            "hyperParameters": job.hyperparameters,
+            "trainingDataConfig": job.training_data,
+            "validationDataConfig": job.validation_data or {"validators": []},
+            "outputDataConfig": job.output_data,
+            "customizationType": job.customization_type,
+            "outputModelKmsKeyArn": job.kms_key,
+            "vpcConfig": job.vpc_config,
+            "customizationConfig": job.customization_config,
+            **_metrics(job),
+        }
+    )
+
+
+def job_summary(job: Job) -> dict[str, Any]:
+    return _compact(
+        {
+            "jobArn": job.arn,
+            "baseModelArn": job.base_model_arn,
+            "jobName": job.name,
+            "status": job.status,
+            "statusDetails": job.status_details or None,
+            "lastModifiedTime": iso(job.updated_at),
+            "creationTime": iso(job.created_at),
+            "endTime": iso(job.ended_at),
+            "customModelArn": job.output_model_arn,
+            "customModelName": job.custom_model_name,
+            "customizationType": job.customization_type,
+        }
+    )
+
+
+def custom_model_details(model: CustomModel) -> dict[str, Any]:
+    return _compact(
+        {
+            "modelArn": model.arn,
+            "modelName": model.name,
+            "jobName": model.job_name,
+            "jobArn": model.job_arn,
+            "baseModelArn": model.base_model_arn,
+            "customizationType": model.customization_type,
+            "modelKmsKeyArn": model.kms_key,
+            "hyperParameters": model.hyperparameters,
+            "trainingDataConfig": model.training_data,
+            "validationDataConfig": model.validation_data or {"validators": []},
+            "outputDataConfig": model.output_data,
+            "creationTime": iso(model.created_at),
+            "customizationConfig": model.customization_config,
+            "modelStatus": model.status,
+            "failureMessage": model.failure_message,
+            **_metrics(model),
+        }
+    )
+
+
+def custom_model_summary(model: CustomModel, account_id: str) -> dict[str, Any]:
+    return {
+        "modelArn": model.arn,
+        "modelName": model.name,
+        "creationTime": iso(model.created_at),
+        "baseModelArn": model.base_model_arn,
+        "baseModelName": model.base_model_id,
+        "customizationType": model.customization_type,
+        "ownerAccountId": account_id,
+        "modelStatus": model.status,
+    }

@@ -1,0 +1,80 @@
+"""Custom models: the results of customization jobs. Get, list and delete (with their weights)."""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from tuneforge.arns import decode_identifier, is_arn
+from tuneforge.db.session import Database
+from tuneforge.db.tables import CustomModel
+from tuneforge.errors import ResourceNotFoundException
+from tuneforge.jobs.service import Page
+
+
+@dataclass(frozen=True)
+class CustomModelFilter:
+    creation_time_after: datetime | None = None
+    creation_time_before: datetime | None = None
+    name_contains: str | None = None
+    base_model_arn_equals: str | None = None
+    foundation_model_arn_equals: str | None = None
+    model_status: str | None = None
+    sort_descending: bool = True
+
+
+class CustomModelService:
+    def __init__(self, db: Database, models_dir: Path) -> None:
+        self.db = db
+        self.models_dir = models_dir.resolve()
+
+    def get(self, identifier: str) -> CustomModel:
+        with self.db.session() as session:
+            return self._find(session, identifier)
+
+    def _find(self, session: Session, identifier: str) -> CustomModel:
+        identifier = decode_identifier(identifier)
+        if is_arn(identifier):
+            model = session.scalar(select(CustomModel).where(CustomModel.arn == identifier))
+        else:
+            model = session.scalar(select(CustomModel).where(CustomModel.name == identifier))
+        if model is None:
+            raise ResourceNotFoundException(f"The custom model {identifier} does not exist.")
+        return model
+
+    def list_models(self, filters: CustomModelFilter, offset: int, limit: int) -> Page[CustomModel]:
+        query = select(CustomModel)
+        if filters.creation_time_after:
+            query = query.where(CustomModel.created_at > filters.creation_time_after)
+        if filters.creation_time_before:
+            query = query.where(CustomModel.created_at < filters.creation_time_before)
+        if filters.name_contains:
+            query = query.where(func.instr(func.lower(CustomModel.name), filters.name_contains.lower()) > 0)
+        # Every custom model here derives from a foundation model, so both filters compare the
+        # base model ARN (Bedrock distinguishes them only for models customized from custom models).
+        for arn in (filters.base_model_arn_equals, filters.foundation_model_arn_equals):
+            if arn:
+                query = query.where(CustomModel.base_model_arn == arn)
+        if filters.model_status:
+            query = query.where(CustomModel.status == filters.model_status)
+        order = CustomModel.created_at.desc() if filters.sort_descending else CustomModel.created_at.asc()
+        query = query.order_by(order, CustomModel.id).offset(offset).limit(limit + 1)
+        with self.db.session() as session:
+            rows = list(session.scalars(query).all())
+        more = len(rows) > limit
+        return Page(rows[:limit], offset + limit if more else None)
+
+    def delete(self, identifier: str) -> None:
+        """Remove the record and the weights. The database row goes first, so a crash half-way
+        leaves at worst an orphaned folder, never a model whose weights are gone."""
+        with self.db.session() as session:
+            model = self._find(session, identifier)
+            weights = Path(model.weights_path)
+            session.delete(model)
+        if weights.exists() and self.models_dir in weights.resolve().parents:
+            shutil.rmtree(weights, ignore_errors=True)

@@ -1,0 +1,139 @@
+"""The catalog: built-in models plus registered ones, looked up by id or ARN. No torch here."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+from sqlalchemy import select
+
+from tuneforge.arns import ArnFactory, is_arn, resource_path, resource_type
+from tuneforge.catalog.hyperparameters import fine_tuning_specs
+from tuneforge.catalog.models import (
+    BUILTIN_MODELS,
+    FINE_TUNING,
+    FoundationModel,
+    TokenLimits,
+)
+from tuneforge.db.session import Database
+from tuneforge.db.tables import RegisteredModel
+from tuneforge.errors import ResourceNotFoundException, ValidationException
+from tuneforge.storage import ObjectStore, StorageError
+
+MODEL_ID_PATTERN = re.compile(r"^[a-z0-9][a-z0-9.\-]{0,62}(:[a-z0-9]{1,32}){0,3}$")
+CAUSAL_LM_SUFFIX = "ForCausalLM"
+
+
+class Catalog:
+    def __init__(self, db: Database, store: ObjectStore, arns: ArnFactory) -> None:
+        self.db = db
+        self.store = store
+        self.arns = arns
+
+    def all(self) -> list[FoundationModel]:
+        with self.db.session() as session:
+            rows = session.scalars(select(RegisteredModel).order_by(RegisteredModel.model_id)).all()
+            registered = [_from_row(row) for row in rows]
+        return [*BUILTIN_MODELS, *registered]
+
+    def get(self, identifier: str) -> FoundationModel:
+        model_id = identifier
+        if is_arn(identifier):
+            if resource_type(identifier) != "foundation-model":
+                raise ValidationException(f"{identifier} is not a foundation model ARN")
+            model_id = resource_path(identifier)
+        for model in self.all():
+            if model.model_id == model_id:
+                return model
+        raise ResourceNotFoundException(f"The model {identifier} does not exist.")
+
+    def arn(self, model: FoundationModel) -> str:
+        return self.arns.foundation_model(model.model_id)
+
+    def register(self, model_id: str, source: str, provider: str = "custom") -> FoundationModel:
+        """Add a user's HF-format causal LM from a local folder or an s3:// prefix.
+
+        The folder is checked cheaply (config, weights and tokenizer files present, a causal LM
+        architecture) without loading weights; a folder that is not one is refused with the reason.
+        """
+        if not MODEL_ID_PATTERN.match(model_id):
+            raise ValidationException(
+                f"model id '{model_id}' must match {MODEL_ID_PATTERN.pattern} "
+                "(lower case, digits, '.', '-', optional ':' suffixes)"
+            )
+        if any(m.model_id == model_id for m in BUILTIN_MODELS):
+            raise ValidationException(f"{model_id} is a built-in model id")
+        try:
+            folder = self.store.path(source.rstrip("/"))
+        except StorageError as exc:
+            raise ValidationException(str(exc)) from None
+        reason = check_hf_folder(folder)
+        if reason:
+            raise ValidationException(f"{source} is not a Hugging Face causal language model: {reason}")
+        config = json.loads((folder / "config.json").read_text())
+        context = int(config.get("max_position_embeddings") or config.get("n_positions") or 2048)
+        family = str(config.get("model_type", "unknown"))
+        with self.db.session() as session:
+            if session.get(RegisteredModel, model_id) is not None:
+                raise ValidationException(f"A model with id {model_id} is already registered")
+            session.add(
+                RegisteredModel(
+                    model_id=model_id,
+                    provider=provider,
+                    source=source,
+                    family=family,
+                    context_length=context,
+                    parameter_count=None,
+                )
+            )
+        return self.get(model_id)
+
+    def local_folder(self, model: FoundationModel) -> Path:
+        """Local folder of a registered model (built-in folders are made by workers)."""
+        return self.store.path(model.source.rstrip("/"))
+
+
+def check_hf_folder(folder: Path) -> str | None:
+    """None when ``folder`` looks like a usable HF causal LM, else the reason it is not."""
+    if not folder.is_dir():
+        return f"{folder} is not a folder"
+    config_path = folder / "config.json"
+    if not config_path.is_file():
+        return f"no config.json in {folder}"
+    try:
+        config = json.loads(config_path.read_text())
+    except (OSError, ValueError) as exc:
+        return f"config.json does not parse: {exc}"
+    architectures = config.get("architectures") or []
+    if not any(str(a).endswith(CAUSAL_LM_SUFFIX) for a in architectures):
+        return f"config.json architectures {architectures} is not a causal language model"
+    weights = list(folder.glob("*.safetensors")) + list(folder.glob("pytorch_model*.bin"))
+    if not weights:
+        return "no weights (*.safetensors or pytorch_model*.bin)"
+    tokenizer_files = ("tokenizer.json", "tokenizer.model", "vocab.json", "tokenizer_config.json")
+    if not any((folder / name).is_file() for name in tokenizer_files):
+        return "no tokenizer files (tokenizer.json, tokenizer.model or vocab.json)"
+    return None
+
+
+def _from_row(row: RegisteredModel) -> FoundationModel:
+    context = row.context_length
+    limits = TokenLimits(
+        max_input_tokens=max(1, context * 3 // 4),
+        max_output_tokens=max(1, context // 2),
+        max_total_tokens=context,
+    )
+    return FoundationModel(
+        model_id=row.model_id,
+        name=row.model_id,
+        provider=row.provider,
+        family=row.family,
+        source=row.source,
+        limits=limits,
+        parameter_count=row.parameter_count,
+        customizations=(FINE_TUNING,),
+        inference_types=("PROVISIONED",),
+        description=f"Registered from {row.source}",
+        specs={FINE_TUNING: fine_tuning_specs()},
+    )

@@ -1,0 +1,401 @@
+"""``tuneforge``: serve, demo, models, data and jobs.
+
+``models`` and ``data`` work on the local installation (same settings as the server); ``jobs``
+talks to a running server through boto3, exactly as user code does. Output is for people by
+default and JSON with ``--json``.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from tuneforge.settings import Settings
+
+app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
+models_app = typer.Typer(no_args_is_help=True, help="Foundation models: built-in and registered.")
+data_app = typer.Typer(no_args_is_help=True, help="Datasets: validate before training; copy to s3://.")
+jobs_app = typer.Typer(no_args_is_help=True, help="Customization jobs on a running server.")
+app.add_typer(models_app, name="models")
+app.add_typer(data_app, name="data")
+app.add_typer(jobs_app, name="jobs")
+
+console = Console()
+err = Console(stderr=True)
+
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
+EndpointOpt = Annotated[
+    str | None, typer.Option("--endpoint-url", help="Server URL; default from TUNEFORGE_HOST/PORT.")
+]
+
+
+def _settings() -> Settings:
+    try:
+        return Settings()
+    except Exception as exc:
+        err.print(f"[red]error:[/red] invalid settings: {exc}")
+        raise typer.Exit(2) from None
+
+
+def _services() -> Any:
+    from tuneforge.services import Services
+
+    return Services.create(_settings())
+
+
+def _print_json(data: Any) -> None:
+    sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
+
+
+def _fail(message: str, code: int = 1) -> typer.Exit:
+    err.print(f"[red]error:[/red] {message}")
+    return typer.Exit(code)
+
+
+# -- serve -----------------------------------------------------------------------------------------
+
+
+@app.command()
+def serve(
+    host: Annotated[str | None, typer.Option(help="Bind address (default 127.0.0.1).")] = None,
+    port: Annotated[int | None, typer.Option(help="Port (default 8080).")] = None,
+) -> None:
+    """Run the API server (Bedrock control plane) and its job supervisor."""
+    import uvicorn
+
+    from tuneforge.api.app import create_app
+
+    overrides: dict[str, Any] = {}
+    if host is not None:
+        overrides["host"] = host
+    if port is not None:
+        overrides["port"] = port
+    settings = Settings(**overrides)
+    try:
+        settings.check_bind_is_safe()
+    except ValueError as exc:
+        raise _fail(str(exc), 2) from None
+    err.print(f"tuneforge serving on http://{settings.host}:{settings.port} (data in {settings.data_dir})")
+    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level="warning")
+
+
+@app.command()
+def demo(
+    data_dir: Annotated[Path, typer.Option(help="Where the demo keeps its state.")] = Path(".tuneforge/demo"),
+) -> None:
+    """Fine-tune a built-in model on a generated task, end to end through boto3."""
+    from tuneforge.demo import run_demo
+
+    raise typer.Exit(run_demo(data_dir, console))
+
+
+# -- models ----------------------------------------------------------------------------------------
+
+
+@models_app.command("list")
+def models_list(as_json: JsonOpt = False) -> None:
+    """List foundation models."""
+    services = _services()
+    models = services.catalog.all()
+    if as_json:
+        from tuneforge.api.bedrock.schemas import foundation_model
+
+        _print_json([foundation_model(m, services.arns) for m in models])
+        return
+    table = Table("model id", "provider", "parameters", "customizations", "source")
+    for m in models:
+        params = f"{m.parameter_count / 1e6:.1f}M" if m.parameter_count else "?"
+        table.add_row(m.model_id, m.provider, params, ", ".join(m.customizations), m.source)
+    console.print(table)
+
+
+@models_app.command("show")
+def models_show(model_id: str, as_json: JsonOpt = False) -> None:
+    """Show a model, its token limits and its hyperparameter specs."""
+    from tuneforge.errors import ServiceError
+
+    services = _services()
+    try:
+        model = services.catalog.get(model_id)
+    except ServiceError as exc:
+        raise _fail(exc.message) from None
+    specs = {
+        ctype: [
+            {
+                "name": s.name,
+                "type": s.kind,
+                "default": s.default,
+                "range": s.range_text,
+                "bedrock": s.bedrock,
+                "help": s.help,
+            }
+            for s in model.hyperparameter_specs(ctype)
+        ]
+        for ctype in model.customizations
+    }
+    if as_json:
+        _print_json(
+            {
+                "modelId": model.model_id,
+                "modelArn": services.arns.foundation_model(model.model_id),
+                "provider": model.provider,
+                "family": model.family,
+                "parameters": model.parameter_count,
+                "limits": vars(model.limits),
+                "customizations": list(model.customizations),
+                "hyperParameters": specs,
+            }
+        )
+        return
+    console.print(f"[bold]{model.model_id}[/bold]  ({model.provider}, family {model.family})")
+    console.print(model.description)
+    console.print(
+        f"tokens: input ≤ {model.limits.max_input_tokens}, output ≤ {model.limits.max_output_tokens}, "
+        f"total ≤ {model.limits.max_total_tokens}"
+    )
+    for ctype, rows in specs.items():
+        table = Table("name", "type", "default", "range", "help", title=f"{ctype} hyperparameters")
+        for row in rows:
+            name = row["name"] + ("" if row["bedrock"] else " *")
+            table.add_row(name, row["type"], str(row["default"]), row["range"], row["help"])
+        console.print(table)
+    console.print("* tuneforge extension (not a Bedrock hyperparameter)")
+
+
+@models_app.command("register")
+def models_register(
+    model_id: str,
+    source: Annotated[str, typer.Argument(help="Local folder or s3:// prefix of a HF-format causal LM.")],
+    provider: Annotated[str, typer.Option(help="Provider name shown in the catalog.")] = "custom",
+) -> None:
+    """Register your own Hugging Face format causal LM as a foundation model."""
+    from tuneforge.errors import ServiceError
+
+    services = _services()
+    try:
+        model = services.catalog.register(model_id, source, provider)
+    except ServiceError as exc:
+        raise _fail(exc.message) from None
+    console.print(f"registered {model.model_id} ({services.arns.foundation_model(model.model_id)})")
+
+
+# -- data ------------------------------------------------------------------------------------------
+
+
+@data_app.command("validate")
+def data_validate(
+    file: Path,
+    model: Annotated[str, typer.Option("--model", help="Base model id.")] = "tuneforge.forge-small-v1:0:512",
+    customization_type: Annotated[str, typer.Option("--type")] = "FINE_TUNING",
+    hyperparameters: Annotated[
+        list[str] | None, typer.Option("--hp", help="NAME=VALUE, repeatable, for the estimate.")
+    ] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Validate a JSONL dataset pre-flight: errors with line and field, counts and an estimate."""
+    from tuneforge.data.preflight import preflight_report
+    from tuneforge.errors import ServiceError
+
+    services = _services()
+    raw_hp = dict(item.split("=", 1) for item in hyperparameters or [] if "=" in item)
+    try:
+        result = preflight_report(services, file, model, customization_type, raw_hp)
+    except ServiceError as exc:
+        raise _fail(exc.message) from None
+    if as_json:
+        _print_json(result)
+    else:
+        report = result["report"]
+        if report["ok"]:
+            console.print(f"[green]OK[/green] {file}: {report['records']} records ({report['format']})")
+        else:
+            console.print(f"[red]INVALID[/red] {file}:")
+            for error in report["errors"]:
+                console.print(f"  {error['text']}")
+        console.print(
+            f"tokens: input {report['input_tokens']}, output {report['output_tokens']}, "
+            f"total {report['total_tokens']}, longest record {report['max_record_tokens']}"
+        )
+        estimate = result.get("estimate")
+        if estimate:
+            console.print(
+                f"estimate: {estimate['tokens_processed']} tokens processed, "
+                f"~{estimate['seconds']:.0f} s on this machine, cost ~{estimate['cost']:.4f} "
+                f"at {services.settings.price_per_compute_hour}/compute-hour"
+            )
+            console.print(f"[dim]{estimate['assumptions']}[/dim]")
+    if not result["report"]["ok"]:
+        raise typer.Exit(1)
+
+
+@data_app.command("cp")
+def data_cp(source: str, destination: str) -> None:
+    """Copy a file between a local path and s3:// (the embedded object store), either way."""
+    from tuneforge.storage import StorageError
+
+    services = _services()
+    try:
+        if source.startswith("s3://") and destination.startswith("s3://"):
+            services.store.write_bytes(destination, services.store.read_bytes(source))
+        elif destination.startswith("s3://"):
+            services.store.upload_file(Path(source), destination)
+        elif source.startswith("s3://"):
+            services.store.download_file(source, Path(destination))
+        else:
+            raise _fail("one side must be an s3:// URI")
+    except (StorageError, OSError) as exc:
+        raise _fail(str(exc)) from None
+    console.print(f"copied {source} -> {destination}")
+
+
+# -- jobs ------------------------------------------------------------------------------------------
+
+
+def _client(endpoint_url: str | None) -> Any:
+    from tuneforge.client import bedrock_client
+
+    settings = _settings()
+    return bedrock_client(endpoint_url or settings.endpoint_url, settings.region)
+
+
+def _call(fn: Any, **kwargs: Any) -> Any:
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    try:
+        response = fn(**kwargs)
+    except ClientError as exc:
+        error = exc.response.get("Error", {})
+        raise _fail(f"{error.get('Code')}: {error.get('Message')}") from None
+    except BotoCoreError as exc:
+        raise _fail(f"cannot reach the server: {exc}") from None
+    response.pop("ResponseMetadata", None)
+    return response
+
+
+@jobs_app.command("create")
+def jobs_create(
+    name: Annotated[str, typer.Option("--name", help="Job name.")],
+    model_name: Annotated[str, typer.Option("--model-name", help="Name of the custom model it makes.")],
+    base_model: Annotated[str, typer.Option("--base-model")],
+    training: Annotated[str, typer.Option("--training", help="s3:// URI of the training JSONL.")],
+    output: Annotated[str, typer.Option("--output", help="s3:// URI for outputs.")],
+    validation: Annotated[list[str] | None, typer.Option("--validation", help="Repeatable.")] = None,
+    customization_type: Annotated[str, typer.Option("--type")] = "FINE_TUNING",
+    hyperparameters: Annotated[list[str] | None, typer.Option("--hp", help="NAME=VALUE, repeatable.")] = None,
+    role_arn: Annotated[str, typer.Option("--role-arn")] = "arn:aws:iam::123456789012:role/tuneforge",
+    endpoint_url: EndpointOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Create a customization job."""
+    hp = dict(item.split("=", 1) for item in hyperparameters or [] if "=" in item)
+    response = _call(
+        _client(endpoint_url).create_model_customization_job,
+        jobName=name,
+        customModelName=model_name,
+        roleArn=role_arn,
+        baseModelIdentifier=base_model,
+        customizationType=customization_type,
+        trainingDataConfig={"s3Uri": training},
+        validationDataConfig={"validators": [{"s3Uri": uri} for uri in validation or []]},
+        outputDataConfig={"s3Uri": output},
+        hyperParameters=hp,
+    )
+    if as_json:
+        _print_json(response)
+    else:
+        console.print(response["jobArn"])
+
+
+@jobs_app.command("list")
+def jobs_list(
+    status: Annotated[str | None, typer.Option("--status")] = None,
+    name_contains: Annotated[str | None, typer.Option("--name-contains")] = None,
+    endpoint_url: EndpointOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """List customization jobs, newest first."""
+    client = _client(endpoint_url)
+    kwargs: dict[str, Any] = {}
+    if status:
+        kwargs["statusEquals"] = status
+    if name_contains:
+        kwargs["nameContains"] = name_contains
+    jobs: list[dict[str, Any]] = []
+    for page in client.get_paginator("list_model_customization_jobs").paginate(**kwargs):
+        jobs.extend(page["modelCustomizationJobSummaries"])
+    if as_json:
+        _print_json(jobs)
+        return
+    table = Table("name", "status", "type", "created", "custom model")
+    for job in jobs:
+        table.add_row(
+            job["jobName"],
+            job["status"],
+            job.get("customizationType", ""),
+            str(job["creationTime"])[:19],
+            job.get("customModelName", ""),
+        )
+    console.print(table)
+
+
+@jobs_app.command("get")
+def jobs_get(job: str, endpoint_url: EndpointOpt = None, as_json: JsonOpt = False) -> None:
+    """Show one job."""
+    response = _call(_client(endpoint_url).get_model_customization_job, jobIdentifier=job)
+    if as_json:
+        _print_json(response)
+        return
+    console.print(f"[bold]{response['jobName']}[/bold] {response['status']}  {response['jobArn']}")
+    for stage, detail in (response.get("statusDetails") or {}).items():
+        console.print(f"  {stage}: {detail.get('status')}")
+    if response.get("failureMessage"):
+        console.print(f"[red]{response['failureMessage']}[/red]")
+    if response.get("trainingMetrics"):
+        console.print(f"  training loss {response['trainingMetrics']['trainingLoss']:.4f}")
+    for i, metric in enumerate(response.get("validationMetrics") or []):
+        console.print(f"  validation loss [{i}] {metric['validationLoss']:.4f}")
+    if response.get("outputModelArn"):
+        console.print(f"  custom model {response['outputModelArn']}")
+
+
+@jobs_app.command("stop")
+def jobs_stop(job: str, endpoint_url: EndpointOpt = None) -> None:
+    """Stop a running job."""
+    _call(_client(endpoint_url).stop_model_customization_job, jobIdentifier=job)
+    console.print(f"stopping {job}")
+
+
+@jobs_app.command("wait")
+def jobs_wait(
+    job: str,
+    endpoint_url: EndpointOpt = None,
+    timeout: Annotated[float, typer.Option(help="Seconds before giving up.")] = 3600.0,
+    as_json: JsonOpt = False,
+) -> None:
+    """Wait for a job to finish, with a live progress bar showing the loss."""
+    from tuneforge.progress import wait_for_job
+
+    settings = _settings()
+    final = wait_for_job(
+        _client(endpoint_url), endpoint_url or settings.endpoint_url, job, console, timeout, quiet=as_json
+    )
+    if as_json:
+        _print_json(final)
+    elif final["status"] != "Completed":
+        console.print(f"[red]{final['status']}[/red] {final.get('failureMessage', '')}")
+    if final["status"] != "Completed":
+        raise typer.Exit(1)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

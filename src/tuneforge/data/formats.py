@@ -1,0 +1,312 @@
+"""One JSONL record -> one typed record, for each customization type.
+
+The formats are Bedrock's (reference section 3):
+
+* ``FINE_TUNING``: ``{"prompt": "...", "completion": "..."}`` **or** the
+  ``bedrock-conversation-2024`` conversation format. A file uses one of the two; which one is
+  decided by the validator from the file's first valid record (see :mod:`tuneforge.data.validate`).
+* ``CONTINUED_PRE_TRAINING``: ``{"input": "..."}``.
+* ``DISTILLATION``: the conversation format, where the assistant's "golden" answer is optional.
+
+The conversation format::
+
+    {"schemaVersion": "bedrock-conversation-2024",
+     "system": [{"text": "..."}],
+     "messages": [{"role": "user", "content": [{"text": "..."}]},
+                  {"role": "assistant", "content": [{"text": "..."}]}]}
+
+``schemaVersion`` is **optional**, and when present may be any string. Bedrock's own documents
+disagree (the Llama pages always show ``"bedrock-conversation-2024"``; the Nova rules say "may be
+any string"), and refusing a file over a version tag the data does not depend on would only make
+users edit gigabytes of JSONL. ``system`` is optional too. Parsing is strict everywhere else:
+unknown keys are errors, because a misspelt key (``"complection"``) silently training on nothing is
+worse than a failed pre-flight check. tuneforge's models are text-only, so image, video and
+document content blocks are refused with a message that says so.
+
+Every parse error is a :class:`RecordError` naming a JSON path (``messages[2].role``) so the
+validator can tell the user the line *and* the field to fix.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar, Literal
+
+from tuneforge.catalog.models import CONTINUED_PRE_TRAINING, CUSTOMIZATION_TYPES, DISTILLATION
+
+FORMAT_PROMPT_COMPLETION = "prompt-completion"
+FORMAT_CONVERSATION = "conversation"
+FORMAT_PRETRAINING = "pretraining"
+
+SCHEMA_VERSION = "bedrock-conversation-2024"
+"""The schemaVersion Bedrock's examples carry. Accepted but not required (see module docstring)."""
+
+Role = Literal["user", "assistant"]
+
+_CONVERSATION_EXAMPLE = (
+    '{"messages": [{"role": "user", "content": [{"text": "..."}]}, '
+    '{"role": "assistant", "content": [{"text": "..."}]}]}'
+)
+_PROMPT_COMPLETION_EXAMPLE = '{"prompt": "...", "completion": "..."}'
+_UNSUPPORTED_BLOCKS = ("image", "video", "document")
+
+
+class RecordError(ValueError):
+    """A record that does not match its format.
+
+    ``field`` is a JSON path into the record (``completion``, ``messages[2].content[0].text``), or
+    ``""`` when the problem is the record as a whole (wrong JSON type, unrecognisable shape).
+    """
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f'field "{field}": {message}' if field else message)
+        self.field = field
+        self.message = message
+
+
+@dataclass(frozen=True)
+class PromptCompletion:
+    prompt: str
+    completion: str
+
+    format: ClassVar[str] = FORMAT_PROMPT_COMPLETION
+
+    def input_output_text(self) -> tuple[str, str]:
+        """The text the model reads and the text it learns to write, for token counting."""
+        return self.prompt, self.completion
+
+
+@dataclass(frozen=True)
+class Conversation:
+    system: str
+    """The system blocks' texts joined by newlines; "" when there is none."""
+    turns: tuple[tuple[Role, str], ...]
+    """(role, text) in order: user first, alternating. Multiple text blocks in one message are
+    joined by newlines. For distillation the last turn may be the user's (no golden answer)."""
+
+    format: ClassVar[str] = FORMAT_CONVERSATION
+
+    @property
+    def golden(self) -> str | None:
+        """The final assistant answer, or None when the record ends with the user's turn."""
+        role, text = self.turns[-1]
+        return text if role == "assistant" else None
+
+    def input_output_text(self) -> tuple[str, str]:
+        """Input = system and every turn before the final assistant answer; output = that answer.
+
+        This is the split Bedrock's per-record token limits are stated in. Parts are joined by
+        newlines; chat-template markers are not included, because the template belongs to the
+        model's tokenizer, which this module must not load.
+        """
+        golden = self.golden
+        prompt_turns = self.turns[:-1] if golden is not None else self.turns
+        parts = ([self.system] if self.system else []) + [text for _, text in prompt_turns]
+        return "\n".join(parts), golden or ""
+
+
+@dataclass(frozen=True)
+class PretrainingText:
+    text: str
+
+    format: ClassVar[str] = FORMAT_PRETRAINING
+
+    def input_output_text(self) -> tuple[str, str]:
+        """Continued pre-training learns on the whole text, and has no separate output."""
+        return self.text, ""
+
+
+Record = PromptCompletion | Conversation | PretrainingText
+
+
+def json_type_name(value: object) -> str:
+    """The JSON name of a parsed value's type, as users see it in their file."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, (int, float)):
+        return "number"
+    if isinstance(value, str):
+        return "string"
+    if isinstance(value, list):
+        return "array"
+    if isinstance(value, dict):
+        return "object"
+    return type(value).__name__
+
+
+def record_format(obj: object, customization_type: str) -> str:
+    """Which format a parsed JSON value is written in, judged by its keys alone.
+
+    Used by the validator to detect a file's format and to spot a record in a different format
+    from the rest of its file before parsing it in detail.
+    """
+    _check_customization_type(customization_type)
+    if customization_type == CONTINUED_PRE_TRAINING:
+        return FORMAT_PRETRAINING
+    if customization_type == DISTILLATION:
+        return FORMAT_CONVERSATION
+    record = _require_object(obj)
+    if "messages" in record:
+        return FORMAT_CONVERSATION
+    if "prompt" in record or "completion" in record:
+        return FORMAT_PROMPT_COMPLETION
+    keys = ", ".join(f'"{key}"' for key in record) or "none"
+    raise RecordError(
+        "",
+        f"not a fine-tuning record (keys: {keys}); write {_PROMPT_COMPLETION_EXAMPLE} "
+        f"or the conversation format {_CONVERSATION_EXAMPLE}",
+    )
+
+
+def parse_record(obj: object, customization_type: str, record_fmt: str | None = None) -> Record:
+    """Parse one decoded JSON line; raise :class:`RecordError` naming the field that is wrong.
+
+    ``record_fmt`` forces a format (one of the ``FORMAT_*`` constants); by default it is
+    :func:`record_format`'s guess from the keys.
+    """
+    record = _require_object(obj)
+    fmt = record_fmt or record_format(record, customization_type)
+    if fmt == FORMAT_PRETRAINING:
+        _check_keys(record, ("input",), (), 'a continued pre-training record is {"input": "..."}')
+        return PretrainingText(_text(record, "input", "input"))
+    if fmt == FORMAT_PROMPT_COMPLETION:
+        _check_keys(
+            record,
+            ("prompt", "completion"),
+            (),
+            f"a prompt-completion record is exactly {_PROMPT_COMPLETION_EXAMPLE}",
+        )
+        return PromptCompletion(_text(record, "prompt", "prompt"), _text(record, "completion", "completion"))
+    if fmt == FORMAT_CONVERSATION:
+        return _parse_conversation(record, golden_required=customization_type != DISTILLATION)
+    raise ValueError(f"unknown record format {fmt!r}")
+
+
+def _check_customization_type(customization_type: str) -> None:
+    if customization_type not in CUSTOMIZATION_TYPES:
+        raise ValueError(
+            f"unknown customization type {customization_type!r}; expected one of {', '.join(CUSTOMIZATION_TYPES)}"
+        )
+
+
+def _require_object(value: object, field: str = "") -> dict[str, object]:
+    if not isinstance(value, dict):
+        what = "each line must be a JSON object" if not field else "expected a JSON object"
+        raise RecordError(field, f"{what}, got {json_type_name(value)}")
+    return value
+
+
+def _check_keys(
+    record: dict[str, object],
+    required: tuple[str, ...],
+    optional: tuple[str, ...],
+    hint: str,
+    path: str = "",
+) -> None:
+    """Missing keys first (naming any unexpected key, which is often the misspelling), then extras."""
+    allowed = set(required) | set(optional)
+    extra = [key for key in record if key not in allowed]
+    for key in required:
+        if key not in record:
+            found = f' (found unexpected key "{extra[0]}")' if extra else ""
+            raise RecordError(f"{path}{key}", f'missing key "{key}"{found}; {hint}')
+    if extra:
+        raise RecordError(f"{path}{extra[0]}", f'unexpected key "{extra[0]}"; {hint}')
+
+
+def _text(record: dict[str, object], key: str, field: str) -> str:
+    value = record[key]
+    if not isinstance(value, str):
+        raise RecordError(field, f"expected a string, got {json_type_name(value)}")
+    if not value.strip():
+        raise RecordError(field, "empty string; write the text, or remove the record")
+    return value
+
+
+def _list(value: object, field: str, of: str) -> list[object]:
+    if not isinstance(value, list):
+        raise RecordError(field, f"expected a list of {of}, got {json_type_name(value)}")
+    return value
+
+
+def _content_text(value: object, field: str) -> str:
+    """A message's or system prompt's ``[{"text": "..."}, ...]`` blocks, joined by newlines."""
+    blocks = _list(value, field, 'content blocks like [{"text": "..."}]')
+    if not blocks:
+        raise RecordError(field, 'empty list; add at least one block like {"text": "..."}')
+    texts = []
+    for index, raw in enumerate(blocks):
+        path = f"{field}[{index}]"
+        block = _require_object(raw, path)
+        unsupported = next((kind for kind in _UNSUPPORTED_BLOCKS if kind in block), None)
+        if unsupported:
+            raise RecordError(
+                f"{path}.{unsupported}",
+                f"{unsupported} content is not supported: tuneforge models are text-only",
+            )
+        _check_keys(block, ("text",), (), 'a content block is {"text": "..."}', f"{path}.")
+        texts.append(_text(block, "text", f"{path}.text"))
+    return "\n".join(texts)
+
+
+def _parse_conversation(record: dict[str, object], *, golden_required: bool) -> Conversation:
+    _check_keys(
+        record,
+        ("messages",),
+        ("schemaVersion", "system"),
+        f'a conversation record is {_CONVERSATION_EXAMPLE} with optional "schemaVersion" and "system"',
+    )
+    if "schemaVersion" in record and not isinstance(record["schemaVersion"], str):
+        raise RecordError(
+            "schemaVersion",
+            f'expected a string such as "{SCHEMA_VERSION}", got {json_type_name(record["schemaVersion"])}',
+        )
+    system = _content_text(record["system"], "system") if "system" in record else ""
+    messages = _list(record["messages"], "messages", "message objects")
+    if not messages:
+        raise RecordError("messages", f"empty list; a record needs at least one user message: {_CONVERSATION_EXAMPLE}")
+
+    turns: list[tuple[Role, str]] = []
+    for index, raw in enumerate(messages):
+        path = f"messages[{index}]"
+        message = _require_object(raw, path)
+        _check_keys(
+            message,
+            ("role", "content"),
+            (),
+            'a message is {"role": "user" | "assistant", "content": [{"text": "..."}]}',
+            f"{path}.",
+        )
+        role = message["role"]
+        if role != "user" and role != "assistant":
+            got = f'"{role}"' if isinstance(role, str) else json_type_name(role)
+            raise RecordError(f"{path}.role", f'expected "user" or "assistant", got {got}')
+        typed_role: Role = "user" if role == "user" else "assistant"
+        turns.append((typed_role, _content_text(message["content"], f"{path}.content")))
+
+    if not golden_required and all(role == "assistant" for role, _ in turns):
+        raise RecordError(
+            "messages",
+            "a distillation prompt needs at least one user message (the assistant's golden answer is optional)",
+        )
+    for index, (role, _) in enumerate(turns):
+        expected = "user" if index % 2 == 0 else "assistant"
+        if role == expected:
+            continue
+        if index == 0:
+            problem = f'the first message must be from "user", got "{role}"'
+        else:
+            problem = (
+                f"roles must alternate user/assistant, but messages[{index - 1}] and "
+                f'messages[{index}] are both from "{role}"'
+            )
+        raise RecordError(f"messages[{index}].role", problem)
+    last = len(turns) - 1
+    if golden_required and turns[last][0] != "assistant":
+        raise RecordError(
+            f"messages[{last}].role",
+            'the last message must be from "assistant" (the response to learn), got "user"',
+        )
+    return Conversation(system=system, turns=tuple(turns))

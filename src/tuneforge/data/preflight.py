@@ -1,0 +1,93 @@
+"""Pre-flight checks shared by job workers and ``tuneforge data validate``.
+
+Resolves the model's tokenizer and limits, runs the validator with the right quotas and, for the
+CLI, adds the time and cost estimate for the given hyperparameters.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import asdict
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from tuneforge.catalog.hyperparameters import HyperParameterError, resolve
+from tuneforge.catalog.models import FoundationModel
+from tuneforge.data.estimate import estimate_training
+from tuneforge.data.validate import ValidationReport, validate_file
+from tuneforge.errors import ValidationException
+from tuneforge.settings import Settings
+
+if TYPE_CHECKING:
+    from tuneforge.services import Services
+
+
+def base_model_dir(services: Services, model: FoundationModel) -> Path:
+    """A local HF folder for the model; creates the built-in ones on first use (imports torch)."""
+    if model.builtin:
+        from tuneforge.catalog.builtin import ensure_builtin
+
+        return ensure_builtin(model.source.split(":", 1)[1], services.settings.models_dir)
+    return services.catalog.local_folder(model)
+
+
+def token_counter(model_dir: Path) -> Callable[[str], int]:
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
+
+    def count(text: str) -> int:
+        return len(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    return count
+
+
+def validate_dataset(
+    settings: Settings,
+    model: FoundationModel,
+    path: Path,
+    customization_type: str,
+    count_tokens: Callable[[str], int],
+    *,
+    is_validation: bool = False,
+) -> ValidationReport:
+    return validate_file(
+        path,
+        customization_type=customization_type,
+        limits=model.limits,
+        count_tokens=count_tokens,
+        max_records=settings.max_validation_records if is_validation else settings.max_training_records,
+        max_bytes=settings.max_validation_file_bytes if is_validation else settings.max_training_file_bytes,
+    )
+
+
+def preflight_report(
+    services: Services,
+    file: Path,
+    model_id: str,
+    customization_type: str,
+    raw_hyperparameters: dict[str, str],
+) -> dict[str, Any]:
+    model = services.catalog.get(model_id)
+    if customization_type not in model.customizations:
+        raise ValidationException(
+            f"{model.model_id} does not support {customization_type}; it supports {', '.join(model.customizations)}"
+        )
+    try:
+        hyper = resolve(model.hyperparameter_specs(customization_type), raw_hyperparameters)
+    except HyperParameterError as exc:
+        raise ValidationException(str(exc)) from None
+    if not file.is_file():
+        raise ValidationException(f"{file} does not exist")
+    counter = token_counter(base_model_dir(services, model))
+    report = validate_dataset(services.settings, model, file, customization_type, counter)
+    result: dict[str, Any] = {"report": report.to_dict()}
+    if report.ok and model.parameter_count:
+        estimate = estimate_training(
+            report,
+            parameter_count=model.parameter_count,
+            hyperparameters=hyper,
+            price_per_hour=services.settings.price_per_compute_hour,
+        )
+        result["estimate"] = asdict(estimate)
+    return result

@@ -1,0 +1,354 @@
+"""One customization job in its own process: ``python -m tuneforge.jobs.worker JOB_ID``.
+
+validation (pre-flight, seconds) -> recipe (training) -> outputs copied to the output URI ->
+custom model registered. The worker writes every status change itself; the supervisor only steps
+in when the process dies without doing so.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import signal
+import socket
+import sys
+import threading
+import time
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+from tuneforge.arns import new_id
+from tuneforge.catalog.hyperparameters import resolve
+from tuneforge.catalog.models import FoundationModel
+from tuneforge.db.tables import CustomModel, Job, JobEvent, utcnow
+from tuneforge.jobs.service import mark_stages
+from tuneforge.jobs.supervisor import checkpoint_dir
+from tuneforge.recipes.base import RecipeInputs, RecipeResult, Stage, StageStatus
+from tuneforge.services import Services
+from tuneforge.settings import Settings
+from tuneforge.storage import StorageError
+
+log = logging.getLogger("tuneforge.worker")
+
+HEARTBEAT_S = 2.0
+PROGRESS_EVERY_S = 0.5
+STAGE_KEYS: dict[str, str] = {
+    "validation": "validationDetails",
+    "dataProcessing": "dataProcessingDetails",
+    "training": "trainingDetails",
+}
+
+
+class JobFailed(Exception):
+    """A failure whose message is fit for the job's ``failureMessage``."""
+
+
+class DatabaseReporter:
+    """The recipe's :class:`~tuneforge.recipes.base.JobReporter`, backed by the job's rows."""
+
+    def __init__(self, services: Services, job_id: str) -> None:
+        self.services = services
+        self.job_id = job_id
+        self._stop = threading.Event()
+        self._last_progress = 0.0
+        self._last_poll = 0.0
+
+    def request_stop(self) -> None:
+        self._stop.set()
+
+    def stage(self, stage: Stage, status: StageStatus) -> None:
+        key = STAGE_KEYS[stage]
+        now = utcnow()
+        with self.services.db.session() as session:
+            job = session.get(Job, self.job_id)
+            assert job is not None
+            details = dict(job.status_details or {})
+            details[key] = {**details.get(key, {}), "status": status, "lastModifiedTime": now.isoformat()}
+            job.status_details = details
+            job.updated_at = now
+            session.add(JobEvent(job_id=self.job_id, kind="stage", data={"stage": stage, "status": status}))
+
+    def progress(
+        self,
+        *,
+        step: int,
+        total_steps: int,
+        epoch: int,
+        loss: float,
+        learning_rate: float,
+        tokens_per_second: float,
+        tokens_seen: int,
+    ) -> None:
+        now = time.monotonic()
+        if now - self._last_progress < PROGRESS_EVERY_S and step < total_steps:
+            return
+        self._last_progress = now
+        data = {
+            "step": step,
+            "totalSteps": total_steps,
+            "epoch": epoch,
+            "loss": round(loss, 6),
+            "learningRate": learning_rate,
+            "tokensPerSecond": round(tokens_per_second, 1),
+            "tokensSeen": tokens_seen,
+        }
+        with self.services.db.session() as session:
+            job = session.get(Job, self.job_id)
+            assert job is not None
+            job.progress = data
+            job.updated_at = utcnow()
+            session.add(JobEvent(job_id=self.job_id, kind="progress", data=data))
+
+    def log(self, message: str) -> None:
+        log.info("%s", message)
+        with self.services.db.session() as session:
+            session.add(JobEvent(job_id=self.job_id, kind="log", data={"message": message}))
+
+    def should_stop(self) -> bool:
+        if self._stop.is_set():
+            return True
+        now = time.monotonic()
+        if now - self._last_poll >= 0.5:
+            self._last_poll = now
+            with self.services.db.session() as session:
+                job = session.get(Job, self.job_id)
+                if job is None or job.stop_requested:
+                    self._stop.set()
+        return self._stop.is_set()
+
+
+def _heartbeat(services: Services, job_id: str, done: threading.Event) -> None:
+    while not done.wait(HEARTBEAT_S):
+        try:
+            with services.db.session() as session:
+                job = session.get(Job, job_id)
+                if job is not None:
+                    job.heartbeat_at = utcnow()
+        except Exception:
+            log.exception("heartbeat failed")
+
+
+class JobRunner:
+    def __init__(self, services: Services, job_id: str) -> None:
+        self.services = services
+        self.settings: Settings = services.settings
+        self.job_id = job_id
+        self.reporter = DatabaseReporter(services, job_id)
+        self.work_dir = self.settings.data_dir / "jobs" / job_id
+
+    def run(self) -> None:
+        with self.services.db.session() as session:
+            job = session.get(Job, self.job_id)
+            if job is None or job.status != "InProgress":
+                return
+            job.worker_pid = os.getpid()
+            job.worker_host = socket.gethostname()
+            job.heartbeat_at = utcnow()
+            resumed = job.attempts > 1
+            snapshot = {c.key: getattr(job, c.key) for c in Job.__table__.columns}
+        if resumed:
+            self.reporter.log(f"resuming job (attempt {snapshot['attempts']})")
+        try:
+            result, model_dir, base = self._execute(snapshot)
+        except JobFailed as exc:
+            self._finish("Failed", failure=str(exc)[:2048])
+            return
+        except Exception as exc:
+            log.exception("job %s failed", self.job_id)
+            self._finish(
+                "Failed",
+                failure=f"Encountered an unexpected error when processing the request, please try again "
+                f"({type(exc).__name__}: {exc})"[:2048],
+            )
+            return
+        if result.stopped:
+            self.reporter.stage("training", "Stopped")
+            self._finish("Stopped")
+            return
+        self._register(snapshot, result, model_dir, base)
+
+    def _execute(self, job: dict[str, Any]) -> tuple[RecipeResult, Path, FoundationModel]:
+        from tuneforge.data.preflight import base_model_dir
+        from tuneforge.recipes import get_recipe
+
+        base = self.services.catalog.get(job["base_model_id"])
+        # validation
+        self.reporter.stage("validation", "InProgress")
+        base_dir = base_model_dir(self.services, base)
+        training_uri = job["training_data"]["s3Uri"]
+        validation_uris = [v["s3Uri"] for v in job["validation_data"].get("validators", [])]
+        training_file = self._input_path(training_uri)
+        validation_files = tuple(self._input_path(uri) for uri in validation_uris)
+        output_uri = job["output_data"]["s3Uri"].rstrip("/")
+        probe = f"{output_uri}/.write_access_check_file.tmp"
+        try:
+            self.services.store.write_bytes(probe, b"")
+        except (StorageError, OSError):
+            bucket = output_uri.removeprefix("s3://").split("/", 1)[0]
+            raise JobFailed(
+                "Amazon S3 perms missing (PutObject): Could not validate PutObject permissions to access "
+                f"S3 bucket: {bucket} at key output/.write_access_check_file.tmp"
+            ) from None
+        self._preflight(
+            base,
+            base_dir,
+            job,
+            [(training_uri, training_file, False)]
+            + [(uri, path, True) for uri, path in zip(validation_uris, validation_files, strict=True)],
+        )
+        self.reporter.stage("validation", "Completed")
+        self.reporter.stage("dataProcessing", "InProgress")
+        self.reporter.stage("dataProcessing", "Completed")
+
+        hyper = resolve(base.hyperparameter_specs(job["customization_type"]), job["hyperparameters"])
+        output_dir = self.work_dir / "output"
+        model_dir = self.settings.models_dir / "custom" / self.job_id
+        inputs = RecipeInputs(
+            job_id=self.job_id,
+            customization_type=job["customization_type"],
+            base_model=base,
+            base_model_dir=base_dir,
+            training_file=training_file,
+            validation_files=validation_files,
+            output_dir=output_dir,
+            model_dir=model_dir,
+            checkpoint_dir=checkpoint_dir(self.services, self.job_id),
+            hyperparameters=hyper,
+            num_threads=self._threads(),
+        )
+        self.reporter.stage("training", "InProgress")
+        result = get_recipe(job["customization_type"]).run(inputs, self.reporter)
+        if not result.stopped:
+            self.reporter.stage("training", "Completed")
+            if output_dir.is_dir():
+                self.services.store.upload_tree(output_dir, output_uri)
+        return result, model_dir, base
+
+    def _input_path(self, uri: str) -> Path:
+        try:
+            path = self.services.store.path(uri)
+        except StorageError as exc:
+            raise JobFailed(str(exc)) from None
+        if not path.is_file():
+            if uri.startswith("s3://"):
+                bucket, _, key = uri.removeprefix("s3://").partition("/")
+                raise JobFailed(
+                    f"Could not validate GetObject permissions to access Amazon S3 bucket: {bucket} at key {key}"
+                )
+            raise JobFailed(f"Could not read {uri}: no such file")
+        return path
+
+    def _preflight(
+        self,
+        base: FoundationModel,
+        base_dir: Path,
+        job: dict[str, Any],
+        files: list[tuple[str, Path, bool]],
+    ) -> None:
+        from tuneforge.data.preflight import token_counter, validate_dataset
+
+        count_tokens = token_counter(base_dir)
+        for uri, path, is_validation in files:
+            report = validate_dataset(
+                self.settings,
+                base,
+                path,
+                job["customization_type"],
+                count_tokens,
+                is_validation=is_validation,
+            )
+            if not report.ok:
+                raise JobFailed(report.failure_message(uri))
+            self.reporter.log(
+                f"validated {uri}: {report.records} records, {report.total_tokens} tokens ({report.format})"
+            )
+
+    def _threads(self) -> int:
+        if self.settings.worker_threads:
+            return self.settings.worker_threads
+        return max(1, (os.cpu_count() or 1) // self.settings.worker_concurrency)
+
+    def _register(
+        self, job: dict[str, Any], result: RecipeResult, model_dir: Path, base: FoundationModel
+    ) -> None:
+        model_id = new_id()
+        arn = self.services.arns.custom_model(base.model_id, model_id)
+        now = utcnow()
+        with self.services.db.session() as session:
+            row = session.get(Job, self.job_id)
+            assert row is not None
+            session.add(
+                CustomModel(
+                    id=model_id,
+                    arn=arn,
+                    name=job["custom_model_name"],
+                    job_id=self.job_id,
+                    job_arn=job["arn"],
+                    job_name=job["name"],
+                    base_model_id=base.model_id,
+                    base_model_arn=job["base_model_arn"],
+                    customization_type=job["customization_type"],
+                    hyperparameters=job["hyperparameters"],
+                    training_data=job["training_data"],
+                    validation_data=job["validation_data"],
+                    output_data=job["output_data"],
+                    customization_config=job["customization_config"],
+                    training_loss=result.training_loss,
+                    validation_losses=list(result.validation_losses),
+                    status="Active",
+                    weights_path=str(model_dir),
+                    tags=job["custom_model_tags"],
+                    kms_key=job["kms_key"],
+                    created_at=now,
+                )
+            )
+            row.output_model_arn = arn
+            row.training_loss = result.training_loss
+            row.validation_losses = list(result.validation_losses)
+            row.status, row.phase, row.ended_at, row.updated_at = "Completed", "done", now, now
+            session.add(
+                JobEvent(job_id=self.job_id, kind="status", data={"status": "Completed", "modelArn": arn})
+            )
+        shutil.rmtree(checkpoint_dir(self.services, self.job_id), ignore_errors=True)
+
+    def _finish(self, status: str, failure: str | None = None) -> None:
+        now = utcnow()
+        with self.services.db.session() as session:
+            job = session.get(Job, self.job_id)
+            assert job is not None
+            job.status, job.phase, job.ended_at, job.updated_at = status, "done", now, now
+            job.failure_message = failure
+            mark_stages(job, status, only_unfinished=True)
+            session.add(
+                JobEvent(job_id=self.job_id, kind="status", data={"status": status, "message": failure})
+            )
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) != 1:
+        print("usage: python -m tuneforge.jobs.worker JOB_ID", file=sys.stderr)
+        return 2
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    services = Services.create(Settings())
+    runner = JobRunner(services, args[0])
+
+    def _on_term(_signum: int, _frame: FrameType | None) -> None:
+        runner.reporter.request_stop()
+
+    signal.signal(signal.SIGTERM, _on_term)
+    done = threading.Event()
+    beat = threading.Thread(target=_heartbeat, args=(services, args[0], done), daemon=True)
+    beat.start()
+    try:
+        runner.run()
+    finally:
+        done.set()
+        services.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,48 @@
+"""The service container: one object that wires settings, database, storage and services.
+
+The API, the CLI and worker processes all build their services here, so each surface is a thin
+edge over the same core.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from tuneforge.arns import ArnFactory
+from tuneforge.catalog.custom import CustomModelService
+from tuneforge.catalog.service import Catalog
+from tuneforge.db.session import Database
+from tuneforge.jobs.service import JobService
+from tuneforge.settings import Settings
+from tuneforge.storage import ObjectStore
+
+
+@dataclass
+class Services:
+    settings: Settings
+    db: Database
+    store: ObjectStore
+    arns: ArnFactory
+    catalog: Catalog
+    jobs: JobService
+    custom_models: CustomModelService
+
+    @classmethod
+    def create(cls, settings: Settings) -> Services:
+        settings.ensure_dirs()
+        db = Database(settings)
+        store = ObjectStore.from_settings(settings)
+        arns = ArnFactory(settings.region, settings.account_id)
+        catalog = Catalog(db, store, arns)
+        return cls(
+            settings=settings,
+            db=db,
+            store=store,
+            arns=arns,
+            catalog=catalog,
+            jobs=JobService(db, catalog, store, arns),
+            custom_models=CustomModelService(db, settings.models_dir),
+        )
+
+    def close(self) -> None:
+        self.db.dispose()
