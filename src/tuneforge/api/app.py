@@ -6,15 +6,16 @@ The API process never imports torch: training runs in worker processes started b
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from tuneforge import __version__
+from tuneforge.api.auth import verify_request
 from tuneforge.api.bedrock.routes import router as bedrock_router
 from tuneforge.errors import ServiceError
 from tuneforge.jobs.supervisor import Supervisor
@@ -51,6 +52,25 @@ def create_app(settings: Settings | None = None, *, run_supervisor: bool = True)
     app = FastAPI(title="tuneforge", version=__version__, lifespan=lifespan)
     app.state.services = services
     app.state.supervisor = supervisor
+
+    @app.middleware("http")
+    async def _authenticate(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
+        if request.url.path == "/healthz":
+            return await call_next(request)
+        raw_path = request.scope.get("raw_path", request.url.path.encode()).decode("latin-1")
+        query = request.scope.get("query_string", b"").decode("latin-1")
+        host = request.headers.get("host", f"{settings.host}:{settings.port}")
+        try:
+            verify_request(
+                settings,
+                method=request.method,
+                url=f"http://{host}{raw_path}" + (f"?{query}" if query else ""),
+                headers={k.lower(): v for k, v in request.headers.items()},
+                body=await request.body(),
+            )
+        except ServiceError as exc:
+            return aws_error(exc.code, exc.status, exc.message)
+        return await call_next(request)
 
     @app.exception_handler(ServiceError)
     async def _service_error(_request: Request, exc: ServiceError) -> JSONResponse:

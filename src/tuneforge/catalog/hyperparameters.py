@@ -88,9 +88,7 @@ def _fmt(value: float | None) -> str:
     return f"{value:g}"
 
 
-def resolve(
-    specs: tuple[HyperParameterSpec, ...], raw: dict[str, str]
-) -> dict[str, HyperParameterValue]:
+def resolve(specs: tuple[HyperParameterSpec, ...], raw: dict[str, str]) -> dict[str, HyperParameterValue]:
     """Validate a Bedrock string map against the specs; return every value typed, defaults filled."""
     by_name = {spec.name: spec for spec in specs}
     unknown = sorted(set(raw) - set(by_name))
@@ -111,12 +109,8 @@ def as_strings(values: dict[str, HyperParameterValue]) -> dict[str, str]:
 
 
 _COMMON: tuple[HyperParameterSpec, ...] = (
-    HyperParameterSpec(
-        "epochCount", "int", 3, "Passes over the training data.", 1, 100, bedrock=True
-    ),
-    HyperParameterSpec(
-        "batchSize", "int", 8, "Records per optimizer step.", 1, 256, bedrock=True
-    ),
+    HyperParameterSpec("epochCount", "int", 3, "Passes over the training data.", 1, 100, bedrock=True),
+    HyperParameterSpec("batchSize", "int", 8, "Records per optimizer step.", 1, 256, bedrock=True),
     HyperParameterSpec(
         "learningRate",
         "float",
@@ -147,9 +141,7 @@ _COMMON: tuple[HyperParameterSpec, ...] = (
         "loraAlpha", "float", 32.0, "LoRA scaling numerator (scale = alpha / r).", 0.0, 1024.0
     ),
     HyperParameterSpec("loraDropout", "float", 0.0, "Dropout on the LoRA path.", 0.0, 0.9),
-    HyperParameterSpec(
-        "weightDecay", "float", 0.0, "AdamW decoupled weight decay.", 0.0, 1.0
-    ),
+    HyperParameterSpec("weightDecay", "float", 0.0, "AdamW decoupled weight decay.", 0.0, 1.0),
     HyperParameterSpec(
         "gradientAccumulationSteps",
         "int",
@@ -187,3 +179,18 @@ _COMMON: tuple[HyperParameterSpec, ...] = (
 
 def fine_tuning_specs() -> tuple[HyperParameterSpec, ...]:
     return _COMMON
+
+
+def markdown_table(specs: tuple[HyperParameterSpec, ...]) -> str:
+    """The table in docs/hyperparameters.md; a test keeps the file equal to this output."""
+    lines = [
+        "| name | type | default | range | Bedrock name? | what it does |",
+        "|---|---|---|---|---|---|",
+    ]
+    for spec in specs:
+        default = str(spec.default).lower() if isinstance(spec.default, bool) else str(spec.default)
+        lines.append(
+            f"| `{spec.name}` | {spec.kind} | `{default}` | {spec.range_text} | "
+            f"{'yes' if spec.bedrock else 'extension'} | {spec.help} |"
+        )
+    return "\n".join(lines) + "\n"

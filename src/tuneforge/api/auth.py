@@ -1,0 +1,78 @@
+"""SigV4 verification of Bedrock requests with botocore's own signer.
+
+The server rebuilds the canonical request from exactly the headers the client signed, recomputes
+the signature with :class:`botocore.auth.SigV4Auth` and the secret of the claimed access key, and
+compares in constant time. Anonymous requests pass only when the server binds to loopback and
+``allow_anonymous`` is on (the embedded default); then signatures from unknown keys are ignored
+too, so a laptop user's placeholder credentials keep working.
+"""
+
+from __future__ import annotations
+
+import hmac
+import re
+from datetime import UTC, datetime, timedelta
+
+from botocore.auth import SigV4Auth
+from botocore.awsrequest import AWSRequest
+from botocore.credentials import Credentials
+
+from tuneforge.errors import AccessDeniedException
+from tuneforge.settings import Settings
+
+SIGNING_NAME = "bedrock"
+MAX_CLOCK_SKEW = timedelta(minutes=5)
+_AUTH_PATTERN = re.compile(
+    r"^AWS4-HMAC-SHA256 Credential=(?P<key>[^/]+)/(?P<date>\d{8})/(?P<region>[^/]+)/(?P<service>[^/]+)/aws4_request,"
+    r"\s*SignedHeaders=(?P<headers>[^,]+),\s*Signature=(?P<signature>[0-9a-f]{64})$"
+)
+
+
+def verify_request(
+    settings: Settings,
+    *,
+    method: str,
+    url: str,
+    headers: dict[str, str],
+    body: bytes,
+    now: datetime | None = None,
+) -> str | None:
+    """Return the caller's access key id (None for an allowed anonymous call) or raise AccessDenied."""
+    authorization = headers.get("authorization")
+    if settings.anonymous_allowed and (not authorization or not settings.access_keys):
+        return None
+    if not authorization:
+        raise AccessDeniedException("Missing Authentication Token: requests must be signed with SigV4")
+    match = _AUTH_PATTERN.match(authorization.strip())
+    if match is None:
+        raise AccessDeniedException("Authorization header is not a valid AWS4-HMAC-SHA256 signature")
+    key_id = match["key"]
+    secret = settings.access_keys.get(key_id)
+    if secret is None:
+        if settings.anonymous_allowed:
+            return None
+        raise AccessDeniedException(f"The security token included in the request is invalid: unknown key {key_id}")
+    if match["service"] != SIGNING_NAME:
+        raise AccessDeniedException(f"Credential should be scoped to correct service: '{SIGNING_NAME}'")
+    amz_date = headers.get("x-amz-date", "")
+    try:
+        signed_at = datetime.strptime(amz_date, "%Y%m%dT%H%M%SZ").replace(tzinfo=UTC)
+    except ValueError:
+        raise AccessDeniedException("Missing or malformed X-Amz-Date header") from None
+    now = now or datetime.now(UTC)
+    if abs(now - signed_at) > MAX_CLOCK_SKEW:
+        raise AccessDeniedException(
+            f"Signature expired: {amz_date} is now earlier or later than the server time by more than 5 minutes"
+        )
+    signed = match["headers"].split(";")
+    request = AWSRequest(method=method, url=url, data=body, headers={h: headers.get(h, "") for h in signed})
+    request.context["timestamp"] = amz_date
+    signer = SigV4Auth(Credentials(key_id, secret), SIGNING_NAME, match["region"])
+    canonical = signer.canonical_request(request)
+    expected = signer.signature(signer.string_to_sign(request, canonical), request)
+    if not hmac.compare_digest(expected, match["signature"]):
+        raise AccessDeniedException(
+            "The request signature we calculated does not match the signature you provided. "
+            "Check your AWS Secret Access Key and signing method."
+        )
+    return key_id
