@@ -85,6 +85,8 @@ class HyperParameterSpec:
 def _fmt(value: float | None) -> str:
     if value is None:
         return "unbounded"
+    if float(value).is_integer() and abs(value) >= 1:
+        return str(int(value))
     return f"{value:g}"
 
 

@@ -72,7 +72,12 @@ class Catalog:
         if reason:
             raise ValidationException(f"{source} is not a Hugging Face causal language model: {reason}")
         config = json.loads((folder / "config.json").read_text())
-        context = int(config.get("max_position_embeddings") or config.get("n_positions") or 2048)
+        raw_context = config.get("max_position_embeddings") or config.get("n_positions") or 2048
+        if not isinstance(raw_context, int) or raw_context < 1:
+            raise ValidationException(
+                f"{source}: config.json max_position_embeddings must be a positive integer, got {raw_context!r}"
+            )
+        context = raw_context
         family = str(config.get("model_type", "unknown"))
         with self.db.session() as session:
             if session.get(RegisteredModel, model_id) is not None:
@@ -105,6 +110,8 @@ def check_hf_folder(folder: Path) -> str | None:
         config = json.loads(config_path.read_text())
     except (OSError, ValueError) as exc:
         return f"config.json does not parse: {exc}"
+    if not isinstance(config, dict):
+        return "config.json is not a JSON object"
     architectures = config.get("architectures") or []
     if not any(str(a).endswith(CAUSAL_LM_SUFFIX) for a in architectures):
         return f"config.json architectures {architectures} is not a causal language model"

@@ -157,7 +157,8 @@ class ObjectStore:
         root = self.path(prefix_uri.rstrip("/"))
         if not root.is_dir():
             raise StorageError(f"{prefix_uri} holds no objects")
-        shutil.copytree(root, local_dir, dirs_exist_ok=True, symlinks=False)
+        for uri in self.list(prefix_uri):
+            self.download_file(uri, local_dir / uri[len(prefix_uri.rstrip("/")) + 1 :])
 
     def list(self, prefix_uri: str) -> Iterator[str]:
         root = self.path(prefix_uri.rstrip("/"))
@@ -168,7 +169,9 @@ class ObjectStore:
             return
         base = prefix_uri.rstrip("/")
         for file in sorted(p for p in root.rglob("*") if p.is_file()):
-            yield f"{base}/{file.relative_to(root).as_posix()}"
+            uri = f"{base}/{file.relative_to(root).as_posix()}"
+            self.path(uri)  # refuses a symlink that leaves the root
+            yield uri
 
     def delete_prefix(self, prefix_uri: str) -> None:
         root = self.path(prefix_uri.rstrip("/"))

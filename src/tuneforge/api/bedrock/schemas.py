@@ -165,7 +165,8 @@ def parse_create_job(body: dict[str, Any]) -> CreateJobRequest:
     else:
         output_uri = c.string(output, "s3Uri", required=True, max_len=1024)
 
-    hyper = body.get("hyperParameters") or {}
+    hyper = body.get("hyperParameters")
+    hyper = {} if hyper is None else hyper
     if not isinstance(hyper, dict) or not all(
         isinstance(k, str) and isinstance(v, str) for k, v in hyper.items()
     ):
@@ -236,9 +237,9 @@ def decode_token(token: str | None) -> int:
         return 0
     try:
         offset = int(json.loads(base64.urlsafe_b64decode(token.encode()))["offset"])
-    except (ValueError, KeyError, TypeError):
+    except (ValueError, KeyError, TypeError, OverflowError):
         raise ValidationException(f"Invalid nextToken: {token}") from None
-    if offset < 0:
+    if not 0 <= offset < 2**62:
         raise ValidationException(f"Invalid nextToken: {token}")
     return offset
 

@@ -1,0 +1,145 @@
+from __future__ import annotations
+
+import base64
+import os
+import subprocess
+import sys
+import tempfile
+import textwrap
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+import pytest
+from fastapi.testclient import TestClient
+
+from tuneforge.api.app import create_app
+from tuneforge.settings import Settings
+
+ERROR_TYPE = "x-amzn-ErrorType"
+JOB_BODY = {
+    "jobName": "encoded-arn-job",
+    "customModelName": "encoded-arn-model",
+    "roleArn": "arn:aws:iam::123456789012:role/BedrockRole",
+    "baseModelIdentifier": "tuneforge.forge-micro-v1:0:512",
+    "trainingDataConfig": {"s3Uri": "s3://bucket/train.jsonl"},
+    "outputDataConfig": {"s3Uri": "s3://bucket/out/"},
+}
+
+
+@pytest.fixture(autouse=True)
+def _no_tuneforge_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in list(os.environ):
+        if name.startswith("TUNEFORGE_"):
+            monkeypatch.delenv(name)
+
+
+@pytest.fixture
+def fast_tmp(tmp_path: Path) -> Iterator[Path]:
+    """A tmpfs folder where there is one: SQLite's fsyncs on disk cost ~70 ms per test, on tmpfs ~10."""
+    shm = Path("/dev/shm")
+    if not (shm.is_dir() and os.access(shm, os.W_OK)):
+        yield tmp_path
+        return
+    with tempfile.TemporaryDirectory(dir=shm, prefix="tuneforge-test-") as folder:
+        yield Path(folder)
+
+
+@pytest.fixture
+def client(fast_tmp: Path) -> Iterator[TestClient]:
+    app = create_app(Settings(data_dir=fast_tmp / "data"), run_supervisor=False)
+    with TestClient(app) as test_client:
+        yield test_client
+
+
+def error_code(response: Any) -> str:
+    """The part of x-amzn-ErrorType botocore keeps as the error code."""
+    return str(response.headers[ERROR_TYPE]).split(":", 1)[0]
+
+
+def test_api_process_serves_foundation_models_without_importing_torch(tmp_path: Path) -> None:
+    script = textwrap.dedent(
+        """
+        import sys
+        from fastapi.testclient import TestClient
+        from tuneforge.api.app import create_app
+
+        with TestClient(create_app(run_supervisor=False)) as client:
+            response = client.get("/foundation-models")
+        assert response.status_code == 200, response.text
+        assert response.json()["modelSummaries"], response.text
+        heavy = sorted(name for name in ("torch", "transformers", "peft", "safetensors") if name in sys.modules)
+        print("HEAVY=" + ",".join(heavy))
+        """
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TUNEFORGE_")}
+    env["TUNEFORGE_DATA_DIR"] = str(tmp_path / "data")
+    result = subprocess.run(
+        [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=60, check=False
+    )
+    assert result.returncode == 0, result.stderr
+    assert "HEAVY=\n" in result.stdout, f"the API process imported {result.stdout.strip()}"
+    assert (tmp_path / "data" / "tuneforge.db").is_file()
+
+
+def test_foundation_models_lists_builtin_models(client: TestClient) -> None:
+    response = client.get("/foundation-models")
+    assert response.status_code == 200
+    ids = [m["modelId"] for m in response.json()["modelSummaries"]]
+    assert "tuneforge.forge-micro-v1:0:512" in ids
+
+
+def test_unknown_route_is_unknown_operation_404(client: TestClient) -> None:
+    response = client.get("/no-such-operation")
+    assert response.status_code == 404
+    assert response.headers[ERROR_TYPE].startswith("UnknownOperationException")
+    assert error_code(response) == "UnknownOperationException"
+
+
+def test_percent_encoded_job_arn_with_slashes_reaches_handler(client: TestClient) -> None:
+    arn = "arn:aws:bedrock:us-east-1:123456789012:model-customization-job/x/abc"
+    encoded = "arn%3Aaws%3Abedrock%3Aus-east-1%3A123456789012%3Amodel-customization-job%2Fx%2Fabc"
+    path = f"/model-customization-jobs/{encoded}"
+    assert quote(arn, safe="") == encoded
+    response = client.get(path)
+    assert response.status_code == 404
+    assert error_code(response) == "ResourceNotFoundException"
+    assert arn in response.json()["message"]
+
+
+def test_created_job_is_found_by_its_percent_encoded_arn(client: TestClient) -> None:
+    created = client.post("/model-customization-jobs", json=JOB_BODY)
+    assert created.status_code == 201, created.text
+    arn = created.json()["jobArn"]
+    assert "/" in arn
+    response = client.get(f"/model-customization-jobs/{quote(arn, safe='')}")
+    assert response.status_code == 200, response.text
+    assert response.json()["jobName"] == "encoded-arn-job"
+    assert response.json()["jobArn"] == arn
+
+
+@pytest.mark.parametrize("raw", [b"this is not json", b'{"jobName": ', b"\xff\xfe"])
+def test_create_job_with_non_json_body_is_validation_exception(client: TestClient, raw: bytes) -> None:
+    response = client.post("/model-customization-jobs", content=raw, headers={"content-type": "application/json"})
+    assert response.status_code == 400
+    assert error_code(response) == "ValidationException"
+    assert response.json()["message"] == "The request body is not valid JSON"
+
+
+def test_create_job_with_json_array_body_is_validation_exception(client: TestClient) -> None:
+    response = client.post("/model-customization-jobs", content=b"[]", headers={"content-type": "application/json"})
+    assert response.status_code == 400
+    assert error_code(response) == "ValidationException"
+    assert response.json()["message"] == "The request body must be a JSON object"
+
+
+def test_list_jobs_with_next_token_offset_beyond_int64_is_a_client_error(fast_tmp: Path) -> None:
+    raw = b'{"offset": 100000000000000000000000}'
+    app = create_app(Settings(data_dir=fast_tmp / "data"), run_supervisor=False)
+    with TestClient(app, raise_server_exceptions=False) as test_client:
+        response = test_client.get(
+            "/model-customization-jobs", params={"nextToken": base64.urlsafe_b64encode(raw).decode()}
+        )
+    assert response.status_code == 400
+    assert error_code(response) == "ValidationException"

@@ -1,0 +1,484 @@
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Iterator
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import select
+
+from tuneforge.api.bedrock.schemas import foundation_model
+from tuneforge.catalog.models import BUILTIN_MODELS
+from tuneforge.db.tables import Job, JobEvent, utcnow
+from tuneforge.errors import ConflictException, ResourceNotFoundException, ValidationException
+from tuneforge.jobs.service import STAGES, CreateJobRequest, JobFilter, mark_stages
+from tuneforge.services import Services
+from tuneforge.settings import Settings
+
+BASE = "tuneforge.forge-micro-v1:0:512"
+
+
+@pytest.fixture(autouse=True)
+def _no_tuneforge_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in list(os.environ):
+        if name.startswith("TUNEFORGE_"):
+            monkeypatch.delenv(name)
+
+
+@pytest.fixture
+def fast_tmp(tmp_path: Path) -> Iterator[Path]:
+    """A tmpfs folder where there is one: SQLite's fsyncs on disk cost ~70 ms per test, on tmpfs ~10."""
+    shm = Path("/dev/shm")
+    if not (shm.is_dir() and os.access(shm, os.W_OK)):
+        yield tmp_path
+        return
+    with tempfile.TemporaryDirectory(dir=shm, prefix="tuneforge-test-") as folder:
+        yield Path(folder)
+
+
+@pytest.fixture
+def services(fast_tmp: Path) -> Iterator[Services]:
+    created = Services.create(Settings(data_dir=fast_tmp / "data"))
+    yield created
+    created.close()
+
+
+def request(name: str = "job-1", **overrides: Any) -> CreateJobRequest:
+    fields: dict[str, Any] = {
+        "job_name": name,
+        "custom_model_name": f"{name}-model",
+        "role_arn": "arn:aws:iam::123456789012:role/BedrockRole",
+        "base_model_identifier": BASE,
+        "customization_type": "FINE_TUNING",
+        "training_uri": "s3://bucket/train.jsonl",
+        "output_uri": "s3://bucket/out/",
+    }
+    fields.update(overrides)
+    return CreateJobRequest(**fields)
+
+
+def set_phase(services: Services, job_id: str, phase: str, stage_status: str | None = None) -> None:
+    """What a worker does when it claims a job (the supervisor is not running in these tests)."""
+    with services.db.session() as session:
+        job = session.get(Job, job_id)
+        assert job is not None
+        job.phase = phase
+        if stage_status is not None:
+            details = dict(job.status_details)
+            details["validationDetails"] = {**details["validationDetails"], "status": stage_status}
+            job.status_details = details
+
+
+# -- create --------------------------------------------------------------------------------------
+
+
+def test_create_queues_job_in_progress_with_all_stages_not_started(services: Services) -> None:
+    job = services.jobs.create(request())
+    stored = services.jobs.get(job.arn)
+    assert (stored.status, stored.phase) == ("InProgress", "queued")
+    assert set(stored.status_details) == set(STAGES)
+    assert {details["status"] for details in stored.status_details.values()} == {"NotStarted"}
+    assert stored.ended_at is None
+    assert stored.arn.startswith(f"arn:aws:bedrock:us-east-1:123456789012:model-customization-job/{BASE}/")
+    assert stored.base_model_arn == f"arn:aws:bedrock:us-east-1::foundation-model/{BASE}"
+
+
+def test_create_stores_every_hyperparameter_as_string_with_defaults(services: Services) -> None:
+    job = services.jobs.create(request(hyperparameters={"epochCount": "2", "saveMergedModel": "TRUE"}))
+    stored = services.jobs.get(job.id)
+    assert stored.hyperparameters["epochCount"] == "2"
+    assert stored.hyperparameters["saveMergedModel"] == "true"
+    assert stored.hyperparameters["batchSize"] == "8"
+    assert all(isinstance(v, str) for v in stored.hyperparameters.values())
+
+
+def test_create_records_a_queued_status_event(services: Services) -> None:
+    job = services.jobs.create(request())
+    events = services.jobs.events(job.name)
+    assert [(e.kind, e.data) for e in events] == [("status", {"status": "InProgress", "message": "queued"})]
+
+
+def test_get_finds_job_by_name_id_arn_and_percent_encoded_arn(services: Services) -> None:
+    job = services.jobs.create(request())
+    encoded = job.arn.replace(":", "%3A").replace("/", "%2F")
+    assert {services.jobs.get(key).id for key in (job.name, job.id, job.arn, encoded)} == {job.id}
+
+
+def test_get_unknown_job_is_resource_not_found(services: Services) -> None:
+    with pytest.raises(ResourceNotFoundException, match="no-such-job does not exist"):
+        services.jobs.get("no-such-job")
+
+
+def test_same_token_and_same_request_returns_the_original_job(services: Services) -> None:
+    first = services.jobs.create(request(client_request_token="tok-1"))
+    again = services.jobs.create(request(client_request_token="tok-1"))
+    assert again.arn == first.arn
+    assert len(services.jobs.list_jobs(JobFilter(), 0, 100).items) == 1
+
+
+def test_same_token_with_different_request_is_conflict(services: Services) -> None:
+    services.jobs.create(request(client_request_token="tok-1"))
+    with pytest.raises(ConflictException, match="tok-1 was already used"):
+        services.jobs.create(request(client_request_token="tok-1", hyperparameters={"epochCount": "5"}))
+
+
+def test_duplicate_job_name_is_conflict(services: Services) -> None:
+    services.jobs.create(request("dup"))
+    with pytest.raises(ConflictException, match="job named dup already exists"):
+        services.jobs.create(request("dup", custom_model_name="another-model"))
+
+
+def test_custom_model_name_in_use_by_live_job_is_conflict(services: Services) -> None:
+    services.jobs.create(request("first", custom_model_name="shared"))
+    with pytest.raises(ConflictException, match="custom model named shared"):
+        services.jobs.create(request("second", custom_model_name="shared"))
+
+
+def test_custom_model_name_is_free_again_after_its_job_stopped(services: Services) -> None:
+    services.jobs.create(request("first", custom_model_name="shared"))
+    services.jobs.stop("first")
+    assert services.jobs.create(request("second", custom_model_name="shared")).name == "second"
+
+
+def test_unknown_base_model_is_resource_not_found(services: Services) -> None:
+    with pytest.raises(ResourceNotFoundException, match=r"no\.such-model-v1:0 does not exist"):
+        services.jobs.create(request(base_model_identifier="no.such-model-v1:0"))
+
+
+def test_base_model_given_as_foundation_model_arn_is_accepted(services: Services) -> None:
+    arn = f"arn:aws:bedrock:us-east-1::foundation-model/{BASE}"
+    assert services.jobs.create(request(base_model_identifier=arn)).base_model_id == BASE
+
+
+def test_base_model_given_as_non_foundation_arn_is_validation_error(services: Services) -> None:
+    arn = f"arn:aws:bedrock:us-east-1:123456789012:custom-model/{BASE}/abcdefghij12"
+    with pytest.raises(ValidationException, match="is not a foundation model ARN"):
+        services.jobs.create(request(base_model_identifier=arn))
+
+
+def test_customization_type_unsupported_by_base_model_is_validation_error(services: Services) -> None:
+    with pytest.raises(ValidationException, match="does not support customization type DISTILLATION"):
+        services.jobs.create(request(customization_type="DISTILLATION"))
+
+
+@pytest.mark.parametrize(
+    ("hyper", "fragment"),
+    [
+        ({"epochCount": "0"}, "out of range"),
+        ({"epochCount": "two"}, "must be an integer"),
+        ({"epochs": "2"}, "Unknown hyperparameter(s): epochs"),
+    ],
+)
+def test_bad_hyperparameter_is_validation_error_and_creates_nothing(
+    services: Services, hyper: dict[str, str], fragment: str
+) -> None:
+    with pytest.raises(ValidationException) as info:
+        services.jobs.create(request(hyperparameters=hyper))
+    assert fragment in info.value.message
+    assert services.jobs.list_jobs(JobFilter(), 0, 10).items == []
+
+
+def test_training_uri_with_foreign_scheme_is_validation_error_naming_member(services: Services) -> None:
+    with pytest.raises(ValidationException, match=r"Invalid trainingDataConfig\.s3Uri file:///etc/passwd"):
+        services.jobs.create(request(training_uri="file:///etc/passwd"))
+
+
+def test_validator_outside_allowed_roots_is_validation_error_naming_its_index(services: Services) -> None:
+    with pytest.raises(ValidationException, match=r"validationDataConfig\.validators\.2\.member\.s3Uri /etc"):
+        services.jobs.create(request(validation_uris=("s3://bucket/v1", "/etc/passwd")))
+
+
+# -- stop ----------------------------------------------------------------------------------------
+
+
+def test_stop_queued_job_is_stopped_immediately(services: Services) -> None:
+    job = services.jobs.create(request())
+    services.jobs.stop(job.arn)
+    stopped = services.jobs.get(job.arn)
+    assert (stopped.status, stopped.phase, stopped.stop_requested) == ("Stopped", "done", True)
+    assert stopped.ended_at is not None
+    assert {d["status"] for d in stopped.status_details.values()} == {"NotStarted"}
+    assert services.jobs.events(job.arn)[-1].data == {"status": "Stopped"}
+
+
+def test_stop_already_stopped_job_is_conflict(services: Services) -> None:
+    job = services.jobs.create(request())
+    services.jobs.stop(job.name)
+    with pytest.raises(ConflictException, match="is Stopped and cannot be stopped"):
+        services.jobs.stop(job.name)
+
+
+def test_stop_running_job_moves_it_and_its_running_stage_to_stopping(services: Services) -> None:
+    job = services.jobs.create(request())
+    set_phase(services, job.id, "running", stage_status="InProgress")
+    services.jobs.stop(job.id)
+    stopping = services.jobs.get(job.id)
+    assert (stopping.status, stopping.phase, stopping.stop_requested) == ("Stopping", "running", True)
+    assert stopping.ended_at is None
+    assert stopping.status_details["validationDetails"]["status"] == "Stopping"
+    assert stopping.status_details["trainingDetails"]["status"] == "NotStarted"
+
+
+def test_stop_on_stopping_job_is_a_no_op(services: Services) -> None:
+    job = services.jobs.create(request())
+    set_phase(services, job.id, "running")
+    services.jobs.stop(job.id)
+    events_before = len(services.jobs.events(job.id))
+    services.jobs.stop(job.id)
+    assert services.jobs.get(job.id).status == "Stopping"
+    assert len(services.jobs.events(job.id)) == events_before
+
+
+def test_stop_unknown_job_is_resource_not_found(services: Services) -> None:
+    with pytest.raises(ResourceNotFoundException):
+        services.jobs.stop("ghost")
+
+
+# -- list ----------------------------------------------------------------------------------------
+
+
+def names(services: Services, filters: JobFilter, offset: int = 0, limit: int = 100) -> list[str]:
+    return [job.name for job in services.jobs.list_jobs(filters, offset, limit).items]
+
+
+@pytest.fixture
+def three_jobs(services: Services) -> tuple[Any, Any]:
+    """Alpha-one, then beta-two, then ALPHA-three; returns the times between the creations."""
+    services.jobs.create(request("Alpha-one"))
+    after_first = utcnow()
+    services.jobs.create(request("beta-two"))
+    after_second = utcnow()
+    services.jobs.create(request("ALPHA-three"))
+    return after_first, after_second
+
+
+def test_list_jobs_is_newest_first_by_default_and_oldest_first_ascending(
+    services: Services, three_jobs: tuple[Any, Any]
+) -> None:
+    assert names(services, JobFilter()) == ["ALPHA-three", "beta-two", "Alpha-one"]
+    assert names(services, JobFilter(sort_descending=False)) == ["Alpha-one", "beta-two", "ALPHA-three"]
+
+
+def test_list_jobs_name_contains_is_case_insensitive(services: Services, three_jobs: tuple[Any, Any]) -> None:
+    assert names(services, JobFilter(name_contains="alpha")) == ["ALPHA-three", "Alpha-one"]
+    assert names(services, JobFilter(name_contains="BETA")) == ["beta-two"]
+    assert names(services, JobFilter(name_contains="gamma")) == []
+
+
+def test_list_jobs_status_equals_filters_by_status(services: Services, three_jobs: tuple[Any, Any]) -> None:
+    services.jobs.stop("beta-two")
+    assert names(services, JobFilter(status_equals="Stopped")) == ["beta-two"]
+    assert names(services, JobFilter(status_equals="InProgress")) == ["ALPHA-three", "Alpha-one"]
+    assert names(services, JobFilter(status_equals="Completed")) == []
+
+
+def test_list_jobs_creation_time_bounds_are_exclusive_windows(services: Services, three_jobs: tuple[Any, Any]) -> None:
+    after_first, after_second = three_jobs
+    assert names(services, JobFilter(creation_time_after=after_first)) == ["ALPHA-three", "beta-two"]
+    assert names(services, JobFilter(creation_time_before=after_first)) == ["Alpha-one"]
+    window = JobFilter(creation_time_after=after_first, creation_time_before=after_second)
+    assert names(services, window) == ["beta-two"]
+
+
+def test_list_jobs_paging_returns_next_offset_until_the_last_page(
+    services: Services, three_jobs: tuple[Any, Any]
+) -> None:
+    first = services.jobs.list_jobs(JobFilter(), 0, 2)
+    assert [j.name for j in first.items] == ["ALPHA-three", "beta-two"]
+    assert first.next_offset == 2
+    second = services.jobs.list_jobs(JobFilter(), first.next_offset, 2)
+    assert [j.name for j in second.items] == ["Alpha-one"]
+    assert second.next_offset is None
+
+
+def test_list_jobs_page_that_ends_exactly_at_the_last_job_has_no_next_offset(
+    services: Services, three_jobs: tuple[Any, Any]
+) -> None:
+    page = services.jobs.list_jobs(JobFilter(), 0, 3)
+    assert len(page.items) == 3
+    assert page.next_offset is None
+    assert services.jobs.list_jobs(JobFilter(), 1, 1).next_offset == 2
+
+
+# -- mark_stages ---------------------------------------------------------------------------------
+
+
+def _job_with_stages(**statuses: str) -> Job:
+    return Job(status_details={stage: {"status": status, "creationTime": "t0"} for stage, status in statuses.items()})
+
+
+def test_mark_stages_only_unfinished_leaves_completed_and_not_started_alone() -> None:
+    job = _job_with_stages(
+        validationDetails="Completed", dataProcessingDetails="InProgress", trainingDetails="NotStarted"
+    )
+    mark_stages(job, "Stopping", only_unfinished=True)
+    statuses = {stage: details["status"] for stage, details in job.status_details.items()}
+    assert statuses == {
+        "validationDetails": "Completed",
+        "dataProcessingDetails": "Stopping",
+        "trainingDetails": "NotStarted",
+    }
+    assert job.status_details["dataProcessingDetails"]["creationTime"] == "t0"
+    assert "lastModifiedTime" in job.status_details["dataProcessingDetails"]
+    assert "lastModifiedTime" not in job.status_details["validationDetails"]
+
+
+def test_mark_stages_only_unfinished_leaves_failed_and_stopped_alone() -> None:
+    job = _job_with_stages(validationDetails="Failed", dataProcessingDetails="Stopped", trainingDetails="Stopping")
+    mark_stages(job, "Stopped", only_unfinished=True)
+    assert [job.status_details[s]["status"] for s in STAGES] == ["Failed", "Stopped", "Stopped"]
+
+
+def test_mark_stages_all_overwrites_every_stage() -> None:
+    job = _job_with_stages(
+        validationDetails="Completed", dataProcessingDetails="InProgress", trainingDetails="NotStarted"
+    )
+    mark_stages(job, "Failed", only_unfinished=False)
+    assert [job.status_details[s]["status"] for s in STAGES] == ["Failed", "Failed", "Failed"]
+
+
+def test_mark_stages_does_not_mutate_the_previous_details_dict() -> None:
+    job = _job_with_stages(
+        validationDetails="InProgress", dataProcessingDetails="NotStarted", trainingDetails="NotStarted"
+    )
+    before = job.status_details
+    mark_stages(job, "Stopping", only_unfinished=True)
+    assert before["validationDetails"]["status"] == "InProgress"
+    assert job.status_details is not before
+
+
+def test_stop_persists_stage_changes_to_the_database(services: Services) -> None:
+    job = services.jobs.create(request())
+    set_phase(services, job.id, "running", stage_status="InProgress")
+    services.jobs.stop(job.id)
+    with services.db.session() as session:
+        stored = session.scalar(select(Job).where(Job.id == job.id))
+        assert stored is not None
+        assert stored.status_details["validationDetails"]["status"] == "Stopping"
+        kinds = [e.kind for e in session.scalars(select(JobEvent).where(JobEvent.job_id == job.id))]
+    assert kinds == ["status", "status"]
+
+
+# -- catalog -------------------------------------------------------------------------------------
+
+
+def hf_folder(root: Path, config: Any = None, *, weights: bool = True, tokenizer: bool = True) -> Path:
+    """A minimal folder shaped like a Hugging Face causal LM (no real weights are ever loaded)."""
+    root.mkdir(parents=True)
+    if config is not None:
+        (root / "config.json").write_text(json.dumps(config))
+    if weights:
+        (root / "model.safetensors").write_bytes(b"")
+    if tokenizer:
+        (root / "tokenizer.json").write_text("{}")
+    return root
+
+
+LLAMA_CONFIG = {"architectures": ["LlamaForCausalLM"], "max_position_embeddings": 4096, "model_type": "llama"}
+
+
+@pytest.fixture
+def data_dir(services: Services) -> Path:
+    return services.settings.data_dir
+
+
+def test_register_accepts_minimal_hf_folder_and_get_finds_it(services: Services, data_dir: Path) -> None:
+    folder = hf_folder(data_dir / "hf" / "tiny", LLAMA_CONFIG)
+    registered = services.catalog.register("my.tiny-llama-v1:0", str(folder))
+    found = services.catalog.get("my.tiny-llama-v1:0")
+    assert found == registered
+    assert (found.family, found.limits.max_total_tokens, found.source) == ("llama", 4096, str(folder))
+    assert services.catalog.get("arn:aws:bedrock:us-east-1::foundation-model/my.tiny-llama-v1:0") == found
+
+
+def test_registered_model_appears_in_list_foundation_models_data(services: Services, data_dir: Path) -> None:
+    services.catalog.register("my.tiny-llama-v1:0", str(hf_folder(data_dir / "hf" / "tiny", LLAMA_CONFIG)))
+    summaries = [foundation_model(m, services.arns) for m in services.catalog.all()]
+    ids = [s["modelId"] for s in summaries]
+    assert ids == [*(m.model_id for m in BUILTIN_MODELS), "my.tiny-llama-v1:0"]
+    mine = summaries[-1]
+    assert mine["modelArn"] == "arn:aws:bedrock:us-east-1::foundation-model/my.tiny-llama-v1:0"
+    assert mine["customizationsSupported"] == ["FINE_TUNING"]
+    assert mine["modelLifecycle"] == {"status": "ACTIVE"}
+
+
+def test_registered_model_can_be_a_job_base(services: Services, data_dir: Path) -> None:
+    services.catalog.register("my.tiny-llama-v1:0", str(hf_folder(data_dir / "hf" / "tiny", LLAMA_CONFIG)))
+    job = services.jobs.create(request(base_model_identifier="my.tiny-llama-v1:0"))
+    assert job.base_model_id == "my.tiny-llama-v1:0"
+
+
+def test_register_accepts_s3_prefix(services: Services, data_dir: Path, tmp_path: Path) -> None:
+    services.store.upload_tree(hf_folder(tmp_path / "staging", LLAMA_CONFIG), "s3://models/tiny/")
+    model = services.catalog.register("my.s3-llama", "s3://models/tiny/")
+    assert services.catalog.local_folder(model) == (data_dir / "objects" / "models" / "tiny").resolve()
+
+
+def test_register_refuses_folder_without_config_json(services: Services, data_dir: Path) -> None:
+    with pytest.raises(ValidationException, match=r"no config\.json"):
+        services.catalog.register("my.m", str(hf_folder(data_dir / "m", None)))
+
+
+def test_register_refuses_non_causal_architecture(services: Services, data_dir: Path) -> None:
+    config = {**LLAMA_CONFIG, "architectures": ["BertModel"]}
+    with pytest.raises(ValidationException, match=r"architectures \['BertModel'\] is not a causal language model"):
+        services.catalog.register("my.m", str(hf_folder(data_dir / "m", config)))
+
+
+def test_register_refuses_folder_without_weights(services: Services, data_dir: Path) -> None:
+    with pytest.raises(ValidationException, match="no weights"):
+        services.catalog.register("my.m", str(hf_folder(data_dir / "m", LLAMA_CONFIG, weights=False)))
+
+
+def test_register_refuses_folder_without_tokenizer(services: Services, data_dir: Path) -> None:
+    with pytest.raises(ValidationException, match="no tokenizer files"):
+        services.catalog.register("my.m", str(hf_folder(data_dir / "m", LLAMA_CONFIG, tokenizer=False)))
+
+
+def test_register_refuses_missing_folder(services: Services, data_dir: Path) -> None:
+    with pytest.raises(ValidationException, match="is not a folder"):
+        services.catalog.register("my.m", str(data_dir / "nothing-here"))
+
+
+def test_register_refuses_folder_outside_allowed_roots(services: Services, tmp_path: Path) -> None:
+    folder = hf_folder(tmp_path / "elsewhere", LLAMA_CONFIG)
+    with pytest.raises(ValidationException, match="TUNEFORGE_LOCAL_ROOTS"):
+        services.catalog.register("my.m", str(folder))
+    with pytest.raises(ResourceNotFoundException):
+        services.catalog.get("my.m")
+
+
+@pytest.mark.parametrize("model_id", ["My.Model", "model/x", "-model", "a" * 64, "m:too:many:colon:parts"])
+def test_register_refuses_malformed_model_id(services: Services, data_dir: Path, model_id: str) -> None:
+    with pytest.raises(ValidationException, match="must match"):
+        services.catalog.register(model_id, str(hf_folder(data_dir / "m", LLAMA_CONFIG)))
+
+
+def test_register_refuses_builtin_and_duplicate_ids(services: Services, data_dir: Path) -> None:
+    folder = hf_folder(data_dir / "m", LLAMA_CONFIG)
+    with pytest.raises(ValidationException, match="is a built-in model id"):
+        services.catalog.register(BASE, str(folder))
+    services.catalog.register("my.m", str(folder))
+    with pytest.raises(ValidationException, match="already registered"):
+        services.catalog.register("my.m", str(folder))
+
+
+def test_register_refuses_config_json_that_is_not_an_object(services: Services, data_dir: Path) -> None:
+    with pytest.raises(ValidationException, match=r"config\.json"):
+        services.catalog.register("my.m", str(hf_folder(data_dir / "m", [])))
+
+
+def test_register_refuses_non_integer_context_length(services: Services, data_dir: Path) -> None:
+    config = {**LLAMA_CONFIG, "max_position_embeddings": "4k"}
+    with pytest.raises(ValidationException, match="max_position_embeddings"):
+        services.catalog.register("my.m", str(hf_folder(data_dir / "m", config)))
+
+
+def test_fingerprint_ignores_token_but_not_content() -> None:
+    base = request(client_request_token="a")
+    assert base.fingerprint() == replace(base, client_request_token="b").fingerprint()
+    assert base.fingerprint() != replace(base, output_uri="s3://bucket/other/").fingerprint()

@@ -1,0 +1,310 @@
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from tuneforge.settings import Settings
+from tuneforge.storage import LocalObjectBackend, ObjectStore, StorageError, parse_uri
+
+
+@pytest.fixture(autouse=True)
+def _no_tuneforge_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in list(os.environ):
+        if name.startswith("TUNEFORGE_"):
+            monkeypatch.delenv(name)
+
+
+@pytest.fixture
+def roots(tmp_path: Path) -> tuple[Path, Path]:
+    objects = tmp_path / "objects"
+    local = tmp_path / "local"
+    objects.mkdir()
+    local.mkdir()
+    return objects, local
+
+
+@pytest.fixture
+def store(roots: tuple[Path, Path]) -> ObjectStore:
+    objects, local = roots
+    return ObjectStore(LocalObjectBackend(objects, [local]))
+
+
+@pytest.fixture
+def outside(tmp_path: Path) -> Path:
+    """A folder next to, not inside, the storage roots, holding a file nobody may reach."""
+    folder = tmp_path / "outside"
+    folder.mkdir()
+    (folder / "secret").write_bytes(b"top secret")
+    return folder
+
+
+# -- parse_uri ---------------------------------------------------------------------------------
+
+
+def test_parse_uri_splits_s3_uri_into_bucket_and_key() -> None:
+    parsed = parse_uri("s3://my-bucket.v2/data/train.jsonl")
+    assert (parsed.scheme, parsed.bucket, parsed.key) == ("s3", "my-bucket.v2", "data/train.jsonl")
+
+
+def test_parse_uri_accepts_absolute_local_path() -> None:
+    parsed = parse_uri("/srv/data/train.jsonl")
+    assert (parsed.scheme, parsed.path) == ("file", "/srv/data/train.jsonl")
+
+
+@pytest.mark.parametrize(
+    "uri",
+    ["s3://bucket/../../etc/passwd", "s3://bucket/a/../b", "s3://bucket/a/./b", "s3://bucket/.", "s3://bucket/.."],
+)
+def test_parse_uri_refuses_dot_segments_in_s3_keys(uri: str) -> None:
+    with pytest.raises(StorageError, match=r"must not contain '\.' or '\.\.' segments"):
+        parse_uri(uri)
+
+
+def test_parse_uri_refuses_dot_dot_in_local_path() -> None:
+    with pytest.raises(StorageError, match=r"must not contain '\.\.' segments"):
+        parse_uri("/srv/data/../../etc/passwd")
+
+
+@pytest.mark.parametrize(
+    ("uri", "scheme"),
+    [("file:///etc/passwd", "file"), ("http://x", "http"), ("https://x/y", "https"), ("gs://bucket/k", "gs")],
+)
+def test_parse_uri_refuses_foreign_scheme_naming_it(uri: str, scheme: str) -> None:
+    with pytest.raises(StorageError, match=f"unsupported URI scheme '{scheme}'"):
+        parse_uri(uri)
+
+
+def test_parse_uri_refuses_relative_local_path() -> None:
+    with pytest.raises(StorageError, match="must be absolute"):
+        parse_uri("data/train.jsonl")
+
+
+@pytest.mark.parametrize("uri", ["s3://bucket/a\x00b", "/srv/data\x00/x"])
+def test_parse_uri_refuses_nul_byte(uri: str) -> None:
+    with pytest.raises(StorageError, match="NUL byte"):
+        parse_uri(uri)
+
+
+def test_parse_uri_refuses_empty_uri() -> None:
+    with pytest.raises(StorageError, match="empty URI"):
+        parse_uri("")
+
+
+@pytest.mark.parametrize(
+    "bucket",
+    ["", "ab", "Bucket", "bucket_name", "-bucket", "bucket-", ".bucket", "a" * 64, "bu cket"],
+)
+def test_parse_uri_refuses_invalid_bucket_names(bucket: str) -> None:
+    with pytest.raises(StorageError, match="invalid bucket name"):
+        parse_uri(f"s3://{bucket}/key")
+
+
+@pytest.mark.parametrize("bucket", ["abc", "a" * 63, "my.bucket-1"])
+def test_parse_uri_accepts_bucket_names_at_the_length_limits(bucket: str) -> None:
+    assert parse_uri(f"s3://{bucket}/key").bucket == bucket
+
+
+# -- ObjectStore over s3:// ----------------------------------------------------------------------
+
+
+def test_write_read_exists_size_round_trip(store: ObjectStore) -> None:
+    uri = "s3://bkt/dir/obj.bin"
+    assert not store.exists(uri)
+    store.write_bytes(uri, b"hello\x00world")
+    assert store.exists(uri)
+    assert store.size(uri) == 11
+    assert store.read_bytes(uri) == b"hello\x00world"
+
+
+def test_s3_uri_maps_onto_bucket_folder_under_object_root(store: ObjectStore, roots: tuple[Path, Path]) -> None:
+    store.write_bytes("s3://bkt/a/b.txt", b"x")
+    assert (roots[0] / "bkt" / "a" / "b.txt").read_bytes() == b"x"
+
+
+def test_write_overwrites_existing_object(store: ObjectStore) -> None:
+    store.write_bytes("s3://bkt/obj", b"old content")
+    store.write_bytes("s3://bkt/obj", b"new")
+    assert store.read_bytes("s3://bkt/obj") == b"new"
+
+
+@pytest.mark.parametrize("operation", ["read_bytes", "size"])
+def test_reading_missing_object_raises_storage_error(store: ObjectStore, operation: str) -> None:
+    with pytest.raises(StorageError, match="does not exist"):
+        getattr(store, operation)("s3://bkt/missing")
+
+
+def test_upload_file_then_download_file_round_trips(store: ObjectStore, tmp_path: Path) -> None:
+    source = tmp_path / "src.jsonl"
+    source.write_bytes(b'{"prompt": "a", "completion": "b"}\n')
+    store.upload_file(source, "s3://bkt/in/train.jsonl")
+    target = tmp_path / "fresh" / "nested" / "copy.jsonl"
+    store.download_file("s3://bkt/in/train.jsonl", target)
+    assert target.read_bytes() == source.read_bytes()
+
+
+def test_download_file_of_missing_object_raises_storage_error(store: ObjectStore, tmp_path: Path) -> None:
+    with pytest.raises(StorageError, match="does not exist"):
+        store.download_file("s3://bkt/nothing", tmp_path / "x")
+    assert not (tmp_path / "x").exists()
+
+
+def _make_tree(root: Path) -> dict[str, bytes]:
+    files = {"config.json": b"{}", "weights/a.safetensors": b"AAAA", "weights/deep/b.bin": b"BB"}
+    for rel, data in files.items():
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_bytes(data)
+    return files
+
+
+def test_upload_tree_list_download_tree_round_trip(store: ObjectStore, tmp_path: Path) -> None:
+    files = _make_tree(tmp_path / "model")
+    written = store.upload_tree(tmp_path / "model", "s3://bkt/models/m1/")
+    expected = sorted(f"s3://bkt/models/m1/{rel}" for rel in files)
+    assert written == expected
+    assert list(store.list("s3://bkt/models/m1")) == expected
+    assert list(store.list("s3://bkt/models/m1/")) == expected
+
+    store.download_tree("s3://bkt/models/m1", tmp_path / "back")
+    back = tmp_path / "back"
+    assert {p.relative_to(back).as_posix(): p.read_bytes() for p in back.rglob("*") if p.is_file()} == files
+
+
+def test_list_of_single_object_yields_that_object(store: ObjectStore) -> None:
+    store.write_bytes("s3://bkt/one.txt", b"1")
+    assert list(store.list("s3://bkt/one.txt")) == ["s3://bkt/one.txt"]
+
+
+def test_list_of_missing_prefix_is_empty(store: ObjectStore) -> None:
+    assert list(store.list("s3://bkt/nothing/here")) == []
+
+
+def test_download_tree_of_missing_prefix_raises_storage_error(store: ObjectStore, tmp_path: Path) -> None:
+    with pytest.raises(StorageError, match="holds no objects"):
+        store.download_tree("s3://bkt/nothing", tmp_path / "dst")
+
+
+def test_delete_prefix_removes_tree_but_not_sibling_with_same_string_prefix(store: ObjectStore, tmp_path: Path) -> None:
+    _make_tree(tmp_path / "model")
+    store.upload_tree(tmp_path / "model", "s3://bkt/run1")
+    store.write_bytes("s3://bkt/run10/keep.txt", b"keep")
+    store.delete_prefix("s3://bkt/run1/")
+    assert list(store.list("s3://bkt/run1")) == []
+    assert store.read_bytes("s3://bkt/run10/keep.txt") == b"keep"
+
+
+def test_delete_prefix_removes_single_object(store: ObjectStore) -> None:
+    store.write_bytes("s3://bkt/single", b"1")
+    store.delete_prefix("s3://bkt/single")
+    assert not store.exists("s3://bkt/single")
+
+
+# -- atomic writes -----------------------------------------------------------------------------
+
+
+def test_write_bytes_leaves_no_temporary_file(store: ObjectStore, roots: tuple[Path, Path]) -> None:
+    store.write_bytes("s3://bkt/d/obj", b"1")
+    store.write_bytes("s3://bkt/d/obj", b"2")
+    assert [p.name for p in (roots[0] / "bkt" / "d").iterdir()] == ["obj"]
+
+
+def test_upload_file_leaves_no_temporary_file(store: ObjectStore, roots: tuple[Path, Path], tmp_path: Path) -> None:
+    source = tmp_path / "src"
+    source.write_bytes(b"data")
+    store.upload_file(source, "s3://bkt/d/obj")
+    assert [p.name for p in (roots[0] / "bkt" / "d").iterdir()] == ["obj"]
+
+
+def test_write_bytes_replaces_the_file_instead_of_truncating_it_in_place(
+    store: ObjectStore, roots: tuple[Path, Path]
+) -> None:
+    """A reader holding the old object open keeps seeing complete old bytes (rename, not rewrite)."""
+    store.write_bytes("s3://bkt/obj", b"old complete content")
+    with (roots[0] / "bkt" / "obj").open("rb") as reader:
+        store.write_bytes("s3://bkt/obj", b"new")
+        assert reader.read() == b"old complete content"
+    assert store.read_bytes("s3://bkt/obj") == b"new"
+
+
+# -- confinement -------------------------------------------------------------------------------
+
+
+def test_symlink_in_object_root_to_outside_folder_is_refused(
+    store: ObjectStore, roots: tuple[Path, Path], outside: Path
+) -> None:
+    (roots[0] / "bkt").mkdir()
+    os.symlink(outside, roots[0] / "bkt" / "link")
+    with pytest.raises(StorageError, match="outside its storage root"):
+        store.read_bytes("s3://bkt/link/secret")
+    with pytest.raises(StorageError, match="outside its storage root"):
+        store.write_bytes("s3://bkt/link/secret", b"overwritten")
+    assert (outside / "secret").read_bytes() == b"top secret"
+
+
+def test_symlink_in_object_root_to_etc_is_refused(store: ObjectStore, roots: tuple[Path, Path]) -> None:
+    (roots[0] / "bkt").mkdir()
+    os.symlink("/etc", roots[0] / "bkt" / "etc")
+    with pytest.raises(StorageError, match="outside its storage root"):
+        store.exists("s3://bkt/etc/passwd")
+
+
+def test_symlinked_bucket_pointing_outside_is_refused(
+    store: ObjectStore, roots: tuple[Path, Path], outside: Path
+) -> None:
+    os.symlink(outside, roots[0] / "evil")
+    with pytest.raises(StorageError, match="outside its storage root"):
+        store.read_bytes("s3://evil/secret")
+
+
+def test_empty_key_segment_cannot_turn_key_into_absolute_path(store: ObjectStore) -> None:
+    with pytest.raises(StorageError):
+        store.read_bytes("s3://bkt//etc/passwd")
+
+
+def test_download_tree_refuses_symlink_that_leaves_the_object_root(
+    store: ObjectStore, roots: tuple[Path, Path], outside: Path, tmp_path: Path
+) -> None:
+    store.write_bytes("s3://bkt/p/ok", b"ok")
+    os.symlink(outside / "secret", roots[0] / "bkt" / "p" / "leak")
+    dst = tmp_path / "dst"
+    with pytest.raises(StorageError):
+        store.download_tree("s3://bkt/p", dst)
+    assert not (dst / "leak").exists()
+
+
+# -- absolute local paths ----------------------------------------------------------------------
+
+
+def test_absolute_path_inside_allowed_local_root_round_trips(store: ObjectStore, roots: tuple[Path, Path]) -> None:
+    uri = str(roots[1] / "sub" / "train.jsonl")
+    store.write_bytes(uri, b"line\n")
+    assert store.read_bytes(uri) == b"line\n"
+    assert (roots[1] / "sub" / "train.jsonl").read_bytes() == b"line\n"
+
+
+def test_absolute_path_outside_allowed_roots_is_refused_naming_the_setting(store: ObjectStore, outside: Path) -> None:
+    with pytest.raises(StorageError, match="TUNEFORGE_LOCAL_ROOTS"):
+        store.read_bytes(str(outside / "secret"))
+
+
+def test_object_root_itself_is_not_an_allowed_local_root(store: ObjectStore, roots: tuple[Path, Path]) -> None:
+    with pytest.raises(StorageError, match="TUNEFORGE_LOCAL_ROOTS"):
+        store.check(str(roots[0] / "bkt" / "obj"))
+
+
+def test_symlink_inside_local_root_pointing_outside_is_refused(
+    store: ObjectStore, roots: tuple[Path, Path], outside: Path
+) -> None:
+    os.symlink(outside, roots[1] / "link")
+    with pytest.raises(StorageError, match="outside the allowed roots"):
+        store.read_bytes(str(roots[1] / "link" / "secret"))
+
+
+def test_from_settings_maps_s3_to_data_dir_objects_and_allows_data_dir(tmp_path: Path) -> None:
+    settings = Settings(data_dir=tmp_path / "data")
+    store = ObjectStore.from_settings(settings)
+    assert store.path("s3://bkt/k") == (tmp_path / "data" / "objects" / "bkt" / "k").resolve()
+    store.check(str(tmp_path / "data" / "inputs" / "train.jsonl"))
+    with pytest.raises(StorageError, match="TUNEFORGE_LOCAL_ROOTS"):
+        store.check(str(tmp_path / "elsewhere" / "train.jsonl"))
