@@ -425,7 +425,7 @@ def test_register_refuses_folder_without_config_json(services: Services, data_di
 
 def test_register_refuses_non_causal_architecture(services: Services, data_dir: Path) -> None:
     config = {**LLAMA_CONFIG, "architectures": ["BertModel"]}
-    with pytest.raises(ValidationException, match=r"architectures \['BertModel'\] is not a causal language model"):
+    with pytest.raises(ValidationException, match=r"architectures \[BertModel\] is not a causal language model"):
         services.catalog.register("my.m", str(hf_folder(data_dir / "m", config)))
 
 

@@ -9,6 +9,7 @@ from pathlib import Path
 from sqlalchemy import select
 
 from tuneforge.arns import ArnFactory, is_arn, resource_path, resource_type
+from tuneforge.catalog.folders import check_hf_folder
 from tuneforge.catalog.hyperparameters import fine_tuning_specs
 from tuneforge.catalog.models import (
     BUILTIN_MODELS,
@@ -22,7 +23,6 @@ from tuneforge.errors import ResourceNotFoundException, ValidationException
 from tuneforge.storage import ObjectStore, StorageError
 
 MODEL_ID_PATTERN = re.compile(r"^[a-z0-9][a-z0-9.\-]{0,62}(:[a-z0-9]{1,32}){0,3}$")
-CAUSAL_LM_SUFFIX = "ForCausalLM"
 
 
 class Catalog:
@@ -97,31 +97,6 @@ class Catalog:
     def local_folder(self, model: FoundationModel) -> Path:
         """Local folder of a registered model (built-in folders are made by workers)."""
         return self.store.path(model.source.rstrip("/"))
-
-
-def check_hf_folder(folder: Path) -> str | None:
-    """None when ``folder`` looks like a usable HF causal LM, else the reason it is not."""
-    if not folder.is_dir():
-        return f"{folder} is not a folder"
-    config_path = folder / "config.json"
-    if not config_path.is_file():
-        return f"no config.json in {folder}"
-    try:
-        config = json.loads(config_path.read_text())
-    except (OSError, ValueError) as exc:
-        return f"config.json does not parse: {exc}"
-    if not isinstance(config, dict):
-        return "config.json is not a JSON object"
-    architectures = config.get("architectures") or []
-    if not any(str(a).endswith(CAUSAL_LM_SUFFIX) for a in architectures):
-        return f"config.json architectures {architectures} is not a causal language model"
-    weights = list(folder.glob("*.safetensors")) + list(folder.glob("pytorch_model*.bin"))
-    if not weights:
-        return "no weights (*.safetensors or pytorch_model*.bin)"
-    tokenizer_files = ("tokenizer.json", "tokenizer.model", "vocab.json", "tokenizer_config.json")
-    if not any((folder / name).is_file() for name in tokenizer_files):
-        return "no tokenizer files (tokenizer.json, tokenizer.model or vocab.json)"
-    return None
 
 
 def _from_row(row: RegisteredModel) -> FoundationModel:

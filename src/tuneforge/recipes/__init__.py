@@ -1,0 +1,35 @@
+"""Customization recipes, one per ``customizationType``, behind a registry kept as data.
+
+Import-light on purpose: the API process imports this package (to list the supported types) and
+must never import torch, so each registry entry is a small factory that imports its recipe module
+only when called.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from tuneforge.recipes.base import Recipe
+
+
+def _fine_tuning() -> Recipe:
+    from tuneforge.recipes.fine_tuning import FineTuningRecipe
+
+    return FineTuningRecipe()
+
+
+RECIPES: dict[str, Callable[[], Recipe]] = {
+    "FINE_TUNING": _fine_tuning,
+}
+"""customizationType -> a factory for its recipe."""
+
+
+def get_recipe(customization_type: str) -> Recipe:
+    """A fresh recipe for ``customization_type``; KeyError names the supported types."""
+    try:
+        factory = RECIPES[customization_type]
+    except KeyError:
+        raise KeyError(
+            f"no recipe for customization type {customization_type!r}; supported: {', '.join(sorted(RECIPES))}"
+        ) from None
+    return factory()

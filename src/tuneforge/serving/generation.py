@@ -1,0 +1,123 @@
+"""Load a custom or base model for inference and generate greedily: simple and correct first.
+
+Serving engines and the recipe tests share this path, so a model is evaluated exactly as it will be
+served: prompts are rendered by :func:`tuneforge.recipes.components.render_prompt` and encoded by
+:func:`tuneforge.recipes.components.encode_prompt`, the same functions training used.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from peft import PeftModel
+from transformers import GenerationConfig, PreTrainedTokenizerBase
+
+from tuneforge.catalog.builtin import ensure_builtin, load_model_and_tokenizer, load_tokenizer
+from tuneforge.recipes.components import encode_prompt, expected_answer, quiet_peft, render_prompt
+from tuneforge.recipes.fine_tuning import read_manifest
+
+BUILTIN_SOURCE_PREFIX = "builtin:"
+
+
+def load_for_inference(model_dir: Path, models_dir: Path) -> tuple[Any, PreTrainedTokenizerBase]:
+    """Load what a fine-tuning job wrote (merged model, or adapter on its base) or a plain HF folder.
+
+    A merged model is preferred when both exist. An adapter is merged into its base after loading:
+    serving then runs plain matmuls, and the result equals the unmerged model up to rounding.
+    Returns the model in eval mode.
+    """
+    manifest = read_manifest(model_dir)
+    if manifest is None:
+        model, tokenizer = load_model_and_tokenizer(model_dir)
+    elif manifest["merged_dir"]:
+        model, tokenizer = load_model_and_tokenizer(model_dir / manifest["merged_dir"])
+    else:
+        base, _ = load_model_and_tokenizer(_base_model_dir(manifest, models_dir))
+        adapter_dir = model_dir / manifest["adapter_dir"]
+        with quiet_peft():
+            model = PeftModel.from_pretrained(base, str(adapter_dir)).merge_and_unload()
+        tokenizer = load_tokenizer(adapter_dir)
+    model.eval()
+    return model, tokenizer
+
+
+def _base_model_dir(manifest: Mapping[str, Any], models_dir: Path) -> Path:
+    source = str(manifest.get("base_model_source", ""))
+    if source.startswith(BUILTIN_SOURCE_PREFIX):
+        return ensure_builtin(source.removeprefix(BUILTIN_SOURCE_PREFIX), models_dir)
+    if source and Path(source).is_dir():
+        return Path(source)
+    raise FileNotFoundError(
+        f"base model {manifest.get('base_model_id')!r} of this adapter is not available locally "
+        f"(source {source!r}); fetch it into a local folder first"
+    )
+
+
+@torch.no_grad()
+def generate(
+    model: Any,
+    tokenizer: PreTrainedTokenizerBase,
+    prompts: list[str],
+    max_new_tokens: int,
+    stop_at_newline: bool = False,
+) -> list[str]:
+    """Greedy continuations of ``prompts`` (new text only), batched with left padding.
+
+    Left padding keeps every prompt's last token in the last column, where generation continues;
+    the attention mask hides the padding and ``generate`` derives position ids from it, so a
+    prompt gets the same answer alone or in a batch. ``stop_at_newline`` ends a sequence at its first
+    newline (and cuts the text there), for single-line answers such as labels.
+    """
+    if not prompts:
+        return []
+    encoded = [{"input_ids": encode_prompt(tokenizer, prompt)} for prompt in prompts]
+    batch = tokenizer.pad(encoded, padding_side="left", return_tensors="pt")
+    config = GenerationConfig(  # type: ignore[no-untyped-call]
+        max_new_tokens=max_new_tokens,
+        do_sample=False,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        stop_strings=["\n"] if stop_at_newline else None,
+    )
+    output = model.generate(
+        input_ids=batch["input_ids"],
+        attention_mask=batch["attention_mask"],
+        generation_config=config,
+        tokenizer=tokenizer,
+    )
+    texts = tokenizer.batch_decode(output[:, batch["input_ids"].shape[1] :], skip_special_tokens=True)
+    return [text.split("\n", 1)[0] if stop_at_newline else text for text in texts]
+
+
+def exact_match_accuracy(
+    model: Any,
+    tokenizer: PreTrainedTokenizerBase,
+    records: Sequence[Mapping[str, Any]],
+    batch_size: int = 64,
+) -> float:
+    """Share of records whose greedy answer (to EOS or newline), stripped, equals the stripped answer.
+
+    Works for prompt/completion records and for conversations ending with the assistant's answer.
+    """
+    if not records:
+        return 0.0
+    answers = [expected_answer(record).strip() for record in records]
+    longest = max(len(tokenizer.encode(answer, add_special_tokens=False)) for answer in answers)
+    correct = 0
+    for start in range(0, len(records), batch_size):
+        chunk = records[start : start + batch_size]
+        outputs = generate(
+            model,
+            tokenizer,
+            [render_prompt(record) for record in chunk],
+            max_new_tokens=longest + 4,
+            stop_at_newline=True,
+        )
+        correct += sum(
+            output.strip() == answer
+            for output, answer in zip(outputs, answers[start : start + batch_size], strict=True)
+        )
+    return correct / len(records)
