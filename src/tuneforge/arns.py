@@ -26,10 +26,7 @@ class ArnFactory:
         return f"arn:aws:bedrock:{self.region}:{self.account_id}:custom-model/{base_model_id}/{resource_id}"
 
     def job(self, base_model_id: str, resource_id: str) -> str:
-        return (
-            f"arn:aws:bedrock:{self.region}:{self.account_id}:"
-            f"model-customization-job/{base_model_id}/{resource_id}"
-        )
+        return f"arn:aws:bedrock:{self.region}:{self.account_id}:model-customization-job/{base_model_id}/{resource_id}"
 
     def provisioned_model(self, resource_id: str) -> str:
         return f"arn:aws:bedrock:{self.region}:{self.account_id}:provisioned-model/{resource_id}"

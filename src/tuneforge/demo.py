@@ -136,9 +136,7 @@ def run_demo(data_dir: Path, console: Console) -> int:
     console.print(f"4. custom model {model['modelArn']}")
     job_id = arn.rsplit("/", 1)[-1]
     prefix = f"{BUCKET}/{run}/output/model-customization-job-{job_id}"
-    steps = read_csv(
-        services.store.read_bytes(f"{prefix}/training_artifacts/step_wise_training_metrics.csv").decode()
-    )
+    steps = read_csv(services.store.read_bytes(f"{prefix}/training_artifacts/step_wise_training_metrics.csv").decode())
     losses = [float(row["training_loss"]) for row in steps]
 
     base_dir = settings.models_dir / "builtin" / "forge-small"

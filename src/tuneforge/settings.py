@@ -66,9 +66,7 @@ class Settings(BaseSettings):
     region: str = Field(default="us-east-1", description="Region written into ARNs.")
     account_id: str = Field(default="123456789012", pattern=r"^[0-9]{12}$")
     worker_concurrency: int = Field(default=1, ge=1, le=64, description="Jobs that train at once.")
-    worker_threads: int = Field(
-        default=0, ge=0, description="torch threads per worker; 0 = all cores / concurrency."
-    )
+    worker_threads: int = Field(default=0, ge=0, description="torch threads per worker; 0 = all cores / concurrency.")
     heartbeat_timeout_s: float = Field(
         default=60.0, gt=0, description="A running job whose worker is silent this long is failed."
     )
@@ -83,9 +81,7 @@ class Settings(BaseSettings):
     max_training_file_bytes: int = Field(default=1 << 30, ge=1)
     max_validation_records: int = Field(default=1_000, ge=1)
     max_validation_file_bytes: int = Field(default=100 << 20, ge=1)
-    price_per_compute_hour: float = Field(
-        default=1.0, ge=0, description="Used for cost estimates in the data report."
-    )
+    price_per_compute_hour: float = Field(default=1.0, ge=0, description="Used for cost estimates in the data report.")
 
     @classmethod
     def settings_customise_sources(

@@ -119,8 +119,15 @@ def task_data(server: Server, tmp_path_factory: pytest.TempPathFactory) -> TaskD
     for name, records in files.items():
         write_jsonl(folder / f"{name}.jsonl", records)
         subprocess.run(
-            [sys.executable, "-m", "tuneforge.cli.main", "data", "cp", str(folder / f"{name}.jsonl"),
-             f"s3://tests/task/{name}.jsonl"],
+            [
+                sys.executable,
+                "-m",
+                "tuneforge.cli.main",
+                "data",
+                "cp",
+                str(folder / f"{name}.jsonl"),
+                f"s3://tests/task/{name}.jsonl",
+            ],
             env=child_environment(server.settings),
             check=True,
             capture_output=True,

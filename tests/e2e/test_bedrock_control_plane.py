@@ -111,12 +111,22 @@ def test_fine_tuning_job_completes_with_metrics_and_bedrock_outputs(
     store = ObjectStore.from_settings(server.settings)
     job_id = job["jobArn"].rsplit("/", 1)[-1]
     prefix = f"{job['outputDataConfig']['s3Uri'].rstrip('/')}/model-customization-job-{job_id}"
-    training = list(csv.reader(io.StringIO(store.read_bytes(
-        f"{prefix}/training_artifacts/step_wise_training_metrics.csv").decode())))
+    training = list(
+        csv.reader(
+            io.StringIO(store.read_bytes(f"{prefix}/training_artifacts/step_wise_training_metrics.csv").decode())
+        )
+    )
     assert training[0] == ["step_number", "epoch_number", "training_loss", "perplexity"]
     assert training[1][0] == "0" and len(training) > 2
-    validation = list(csv.reader(io.StringIO(store.read_bytes(
-        f"{prefix}/validation_artifacts/post_fine_tuning_validation/validation/validation_metrics.csv").decode())))
+    validation = list(
+        csv.reader(
+            io.StringIO(
+                store.read_bytes(
+                    f"{prefix}/validation_artifacts/post_fine_tuning_validation/validation/validation_metrics.csv"
+                ).decode()
+            )
+        )
+    )
     assert validation[0] == ["step_number", "epoch_number", "validation_loss", "perplexity"]
     assert len(validation) >= 2
 
@@ -145,8 +155,9 @@ def test_fine_tuned_model_learns_the_held_out_task(
 
     services = Services.create(server.settings)
     weights = Path(services.custom_models.get(completed_job["outputModelArn"]).weights_path)
-    base, base_tokenizer = load_for_inference(server.settings.models_dir / "builtin" / "forge-small",
-                                              server.settings.models_dir)
+    base, base_tokenizer = load_for_inference(
+        server.settings.models_dir / "builtin" / "forge-small", server.settings.models_dir
+    )
     tuned, tuned_tokenizer = load_for_inference(weights, server.settings.models_dir)
     before = exact_match_accuracy(base, base_tokenizer, task_data.test_records)
     after = exact_match_accuracy(tuned, tuned_tokenizer, task_data.test_records)
@@ -200,8 +211,9 @@ def test_list_jobs_paginates_filters_and_sorts(bedrock: Any, task_data: TaskData
 
     first = bedrock.list_model_customization_jobs(nameContains=prefix, maxResults=1)
     assert len(first["modelCustomizationJobSummaries"]) == 1 and "nextToken" in first
-    descending = bedrock.list_model_customization_jobs(nameContains=prefix, sortBy="CreationTime",
-                                                       sortOrder="Descending")
+    descending = bedrock.list_model_customization_jobs(
+        nameContains=prefix, sortBy="CreationTime", sortOrder="Descending"
+    )
     assert [s["jobName"] for s in descending["modelCustomizationJobSummaries"]] == names[::-1]
 
     stopped = bedrock.list_model_customization_jobs(nameContains=prefix, statusEquals="Stopped")

@@ -31,9 +31,13 @@ from transformers import (
     PreTrainedTokenizerBase,
     PreTrainedTokenizerFast,
 )
+from transformers.utils import logging as hf_logging
 
 from tuneforge.catalog.folders import check_hf_folder
 from tuneforge.catalog.models import BUILTIN_ARCHITECTURES, BUILTIN_VOCAB_SIZE
+
+# Weight-loading progress bars would interleave with job logs and the CLI's own progress display.
+hf_logging.disable_progress_bar()  # type: ignore[no-untyped-call]
 
 PAD, BOS, EOS, UNK = "<pad>", "<bos>", "<eos>", "<unk>"
 SPECIAL_TOKENS = (PAD, BOS, EOS, UNK)

@@ -38,24 +38,18 @@ class HyperParameterSpec:
             try:
                 value = int(text)
             except ValueError:
-                raise HyperParameterError(
-                    f"Hyperparameter {self.name} must be an integer, got '{raw}'"
-                ) from None
+                raise HyperParameterError(f"Hyperparameter {self.name} must be an integer, got '{raw}'") from None
         elif self.kind == "float":
             try:
                 value = float(text)
             except ValueError:
-                raise HyperParameterError(
-                    f"Hyperparameter {self.name} must be a number, got '{raw}'"
-                ) from None
+                raise HyperParameterError(f"Hyperparameter {self.name} must be a number, got '{raw}'") from None
             if not math.isfinite(value):
                 raise HyperParameterError(f"Hyperparameter {self.name} must be finite, got '{raw}'")
         elif self.kind == "bool":
             lowered = text.lower()
             if lowered not in ("true", "false"):
-                raise HyperParameterError(
-                    f"Hyperparameter {self.name} must be 'true' or 'false', got '{raw}'"
-                )
+                raise HyperParameterError(f"Hyperparameter {self.name} must be 'true' or 'false', got '{raw}'")
             value = lowered == "true"
         else:
             if text not in self.choices:
@@ -76,9 +70,9 @@ class HyperParameterSpec:
     @property
     def range_text(self) -> str:
         if self.kind == "choice":
-            return " | ".join(self.choices)
+            return ", ".join(self.choices)
         if self.kind == "bool":
-            return "true | false"
+            return "true, false"
         return f"{_fmt(self.minimum)} - {_fmt(self.maximum)}"
 
 
@@ -96,8 +90,7 @@ def resolve(specs: tuple[HyperParameterSpec, ...], raw: dict[str, str]) -> dict[
     unknown = sorted(set(raw) - set(by_name))
     if unknown:
         raise HyperParameterError(
-            f"Unknown hyperparameter(s): {', '.join(unknown)}. "
-            f"Supported: {', '.join(spec.name for spec in specs)}"
+            f"Unknown hyperparameter(s): {', '.join(unknown)}. Supported: {', '.join(spec.name for spec in specs)}"
         )
     resolved: dict[str, HyperParameterValue] = {}
     for spec in specs:
@@ -139,9 +132,7 @@ _COMMON: tuple[HyperParameterSpec, ...] = (
         choices=("lora", "full"),
     ),
     HyperParameterSpec("loraRank", "int", 16, "Rank r of the LoRA adapters.", 1, 256),
-    HyperParameterSpec(
-        "loraAlpha", "float", 32.0, "LoRA scaling numerator (scale = alpha / r).", 0.0, 1024.0
-    ),
+    HyperParameterSpec("loraAlpha", "float", 32.0, "LoRA scaling numerator (scale = alpha / r).", 0.0, 1024.0),
     HyperParameterSpec("loraDropout", "float", 0.0, "Dropout on the LoRA path.", 0.0, 0.9),
     HyperParameterSpec("weightDecay", "float", 0.0, "AdamW decoupled weight decay.", 0.0, 1.0),
     HyperParameterSpec(
@@ -156,8 +147,8 @@ _COMMON: tuple[HyperParameterSpec, ...] = (
         "maxSequenceLength",
         "int",
         0,
-        "Truncate nothing above this many tokens per record; 0 = the model's context length. "
-        "Records longer than the limit fail validation rather than being cut.",
+        "Longest record in tokens; 0 = the model's context length. "
+        "Longer records fail validation rather than being cut.",
         0,
         1_000_000,
     ),
@@ -196,3 +187,30 @@ def markdown_table(specs: tuple[HyperParameterSpec, ...]) -> str:
             f"{'yes' if spec.bedrock else 'extension'} | {spec.help} |"
         )
     return "\n".join(lines) + "\n"
+
+
+def render_docs() -> str:
+    """docs/hyperparameters.md, generated from the specs (``python -m tuneforge.catalog.hyperparameters``)."""
+    from tuneforge.catalog.models import BUILTIN_MODELS
+
+    parts = [
+        "# Hyperparameters\n",
+        "Generated from the specs in `src/tuneforge/catalog/hyperparameters.py` by\n"
+        "`python -m tuneforge.catalog.hyperparameters > docs/hyperparameters.md`; a test keeps it in sync.\n"
+        "The same specs validate `hyperParameters` in CreateModelCustomizationJob (values arrive as\n"
+        "strings, as in Bedrock) and drive `tuneforge models show`.\n",
+    ]
+    seen: set[tuple[str, ...]] = set()
+    for model in BUILTIN_MODELS:
+        for ctype, specs in model.specs.items():
+            key = (ctype, *(s.name for s in specs))
+            if key in seen:
+                continue
+            seen.add(key)
+            users = [m.model_id for m in BUILTIN_MODELS if m.specs.get(ctype) == specs]
+            parts.append(f"## {ctype}\n\nModels: {', '.join(f'`{u}`' for u in users)}.\n\n{markdown_table(specs)}")
+    return "\n".join(parts)
+
+
+if __name__ == "__main__":
+    print(render_docs(), end="")

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from tuneforge.catalog.hyperparameters import HyperParameterError, resolve
-from tuneforge.catalog.models import FoundationModel
+from tuneforge.catalog.models import FoundationModel, TokenLimits
 from tuneforge.data.estimate import estimate_training
 from tuneforge.data.validate import ValidationReport, validate_file
 from tuneforge.errors import ValidationException
@@ -50,11 +50,19 @@ def validate_dataset(
     count_tokens: Callable[[str], int],
     *,
     is_validation: bool = False,
+    max_sequence_length: int = 0,
 ) -> ValidationReport:
+    limits = model.limits
+    if 0 < max_sequence_length < limits.max_total_tokens:
+        limits = TokenLimits(
+            max_input_tokens=min(limits.max_input_tokens, max_sequence_length),
+            max_output_tokens=min(limits.max_output_tokens, max_sequence_length),
+            max_total_tokens=max_sequence_length,
+        )
     return validate_file(
         path,
         customization_type=customization_type,
-        limits=model.limits,
+        limits=limits,
         count_tokens=count_tokens,
         max_records=settings.max_validation_records if is_validation else settings.max_training_records,
         max_bytes=settings.max_validation_file_bytes if is_validation else settings.max_training_file_bytes,
@@ -80,7 +88,14 @@ def preflight_report(
     if not file.is_file():
         raise ValidationException(f"{file} does not exist")
     counter = token_counter(base_model_dir(services, model))
-    report = validate_dataset(services.settings, model, file, customization_type, counter)
+    report = validate_dataset(
+        services.settings,
+        model,
+        file,
+        customization_type,
+        counter,
+        max_sequence_length=int(hyper.get("maxSequenceLength", 0)),
+    )
     result: dict[str, Any] = {"report": report.to_dict()}
     if report.ok and model.parameter_count:
         estimate = estimate_training(

@@ -83,9 +83,7 @@ class JobService:
         fingerprint = request.fingerprint()
         with self.db.session() as session:
             if request.client_request_token:
-                existing = session.scalar(
-                    select(Job).where(Job.client_request_token == request.client_request_token)
-                )
+                existing = session.scalar(select(Job).where(Job.client_request_token == request.client_request_token))
                 if existing is not None:
                     if existing.request_fingerprint != fingerprint:
                         raise ConflictException(
@@ -167,9 +165,7 @@ class JobService:
                     f"A custom model named {request.custom_model_name} already exists or is being created"
                 )
             session.add(job)
-            session.add(
-                JobEvent(job_id=job_id, kind="status", data={"status": "InProgress", "message": "queued"})
-            )
+            session.add(JobEvent(job_id=job_id, kind="status", data={"status": "InProgress", "message": "queued"}))
         return job
 
     def resolve_base_model(self, identifier: str) -> FoundationModel:
@@ -225,9 +221,7 @@ class JobService:
         with self.db.session() as session:
             job = self._find(session, identifier)
             if job.status in TERMINAL:
-                raise ConflictException(
-                    f"The model customization job {job.name} is {job.status} and cannot be stopped"
-                )
+                raise ConflictException(f"The model customization job {job.name} is {job.status} and cannot be stopped")
             if job.status == "Stopping":
                 return
             now = utcnow()

@@ -114,9 +114,7 @@ class Supervisor:
             for job in rows:
                 if job.id in self._running:
                     continue
-                dead_here = job.worker_host == self.host and (
-                    job.worker_pid is None or not pid_alive(job.worker_pid)
-                )
+                dead_here = job.worker_host == self.host and (job.worker_pid is None or not pid_alive(job.worker_pid))
                 silent = job.heartbeat_at is not None and now - job.heartbeat_at > timeout
                 never_started = job.heartbeat_at is None and now - job.updated_at > timeout
                 if dead_here or silent or never_started:
@@ -147,14 +145,11 @@ class Supervisor:
                     else f"gave up after {job.attempts} attempts"
                 )
                 job.failure_message = (
-                    f"Job interrupted: {what} before the job finished ({reason}). "
-                    "Create the job again to retry."
+                    f"Job interrupted: {what} before the job finished ({reason}). Create the job again to retry."
                 )
                 mark_stages(job, "Failed", only_unfinished=True)
                 message = job.failure_message
-            session.add(
-                JobEvent(job_id=job_id, kind="status", data={"status": job.status, "message": message})
-            )
+            session.add(JobEvent(job_id=job_id, kind="status", data={"status": job.status, "message": message}))
         log.warning("job %s: %s", job_id, message)
 
     # -- workers -----------------------------------------------------------------------------
@@ -212,9 +207,7 @@ class Supervisor:
             del self._running[job_id]
             with self.services.db.session() as session:
                 job = session.get(Job, job_id)
-                unfinished = (
-                    job is not None and job.status in ("InProgress", "Stopping") and job.phase == "running"
-                )
+                unfinished = job is not None and job.status in ("InProgress", "Stopping") and job.phase == "running"
             if unfinished:
                 what = (
                     f"the worker process was killed by signal {-code}"

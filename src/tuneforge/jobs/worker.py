@@ -270,9 +270,7 @@ class JobRunner:
             return self.settings.worker_threads
         return max(1, (os.cpu_count() or 1) // self.settings.worker_concurrency)
 
-    def _register(
-        self, job: dict[str, Any], result: RecipeResult, model_dir: Path, base: FoundationModel
-    ) -> None:
+    def _register(self, job: dict[str, Any], result: RecipeResult, model_dir: Path, base: FoundationModel) -> None:
         model_id = new_id()
         arn = self.services.arns.custom_model(base.model_id, model_id)
         now = utcnow()
@@ -308,9 +306,7 @@ class JobRunner:
             row.training_loss = result.training_loss
             row.validation_losses = list(result.validation_losses)
             row.status, row.phase, row.ended_at, row.updated_at = "Completed", "done", now, now
-            session.add(
-                JobEvent(job_id=self.job_id, kind="status", data={"status": "Completed", "modelArn": arn})
-            )
+            session.add(JobEvent(job_id=self.job_id, kind="status", data={"status": "Completed", "modelArn": arn}))
         shutil.rmtree(checkpoint_dir(self.services, self.job_id), ignore_errors=True)
 
     def _finish(self, status: str, failure: str | None = None) -> None:
@@ -321,9 +317,7 @@ class JobRunner:
             job.status, job.phase, job.ended_at, job.updated_at = status, "done", now, now
             job.failure_message = failure
             mark_stages(job, status, only_unfinished=True)
-            session.add(
-                JobEvent(job_id=self.job_id, kind="status", data={"status": status, "message": failure})
-            )
+            session.add(JobEvent(job_id=self.job_id, kind="status", data={"status": status, "message": failure}))
 
 
 def main(argv: list[str] | None = None) -> int:

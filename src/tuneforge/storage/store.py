@@ -42,9 +42,7 @@ def parse_uri(uri: str) -> ParsedUri:
         return ParsedUri("s3", bucket, key, "")
     if "://" in uri or uri.startswith("file:"):
         scheme = uri.split(":", 1)[0]
-        raise StorageError(
-            f"unsupported URI scheme '{scheme}' in {uri}: use s3://bucket/key or an absolute local path"
-        )
+        raise StorageError(f"unsupported URI scheme '{scheme}' in {uri}: use s3://bucket/key or an absolute local path")
     if not os.path.isabs(uri):
         raise StorageError(f"local path {uri} must be absolute")
     if any(part == ".." for part in PurePosixPath(uri).parts):

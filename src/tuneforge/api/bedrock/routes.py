@@ -48,9 +48,7 @@ def list_foundation_models(
         "byCustomizationType",
         enum=("FINE_TUNING", "CONTINUED_PRE_TRAINING", "DISTILLATION"),
     )
-    c.string(
-        {"byOutputModality": by_output_modality}, "byOutputModality", enum=("TEXT", "IMAGE", "EMBEDDING")
-    )
+    c.string({"byOutputModality": by_output_modality}, "byOutputModality", enum=("TEXT", "IMAGE", "EMBEDDING"))
     c.string({"byInferenceType": by_inference_type}, "byInferenceType", enum=("ON_DEMAND", "PROVISIONED"))
     c.raise_if_any()
     models = [
@@ -126,11 +124,7 @@ def list_model_customization_job_events(
 ) -> dict[str, Any]:
     """tuneforge extension: progress (step, loss, tokens/s), stage changes and log lines."""
     events = services.jobs.events(job_identifier, after_id=after)
-    return {
-        "events": [
-            {"id": e.id, "time": schemas.iso(e.created_at), "kind": e.kind, "data": e.data} for e in events
-        ]
-    }
+    return {"events": [{"id": e.id, "time": schemas.iso(e.created_at), "kind": e.kind, "data": e.data} for e in events]}
 
 
 @router.get("/model-customization-jobs/{job_identifier:path}")

@@ -77,9 +77,7 @@ class Checker:
             self.violations.append(enum_violation(value, member, enum))
         return value
 
-    def integer(
-        self, value: Any, member: str, minimum: int | None = None, maximum: int | None = None
-    ) -> int | None:
+    def integer(self, value: Any, member: str, minimum: int | None = None, maximum: int | None = None) -> int | None:
         if value is None:
             return None
         if isinstance(value, str) and value.lstrip("-").isdigit():
@@ -131,9 +129,7 @@ def parse_create_job(body: dict[str, Any]) -> CreateJobRequest:
     training = body.get("trainingDataConfig")
     training_uri = None
     if not isinstance(training, dict):
-        c.violations.append(
-            "Value null at 'trainingDataConfig' failed to satisfy constraint: Member must not be null"
-        )
+        c.violations.append("Value null at 'trainingDataConfig' failed to satisfy constraint: Member must not be null")
     else:
         if training.get("invocationLogsConfig") is not None:
             raise ValidationException(
@@ -159,17 +155,13 @@ def parse_create_job(body: dict[str, Any]) -> CreateJobRequest:
     output = body.get("outputDataConfig")
     output_uri = None
     if not isinstance(output, dict):
-        c.violations.append(
-            "Value null at 'outputDataConfig' failed to satisfy constraint: Member must not be null"
-        )
+        c.violations.append("Value null at 'outputDataConfig' failed to satisfy constraint: Member must not be null")
     else:
         output_uri = c.string(output, "s3Uri", required=True, max_len=1024)
 
     hyper = body.get("hyperParameters")
     hyper = {} if hyper is None else hyper
-    if not isinstance(hyper, dict) or not all(
-        isinstance(k, str) and isinstance(v, str) for k, v in hyper.items()
-    ):
+    if not isinstance(hyper, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in hyper.items()):
         c.violations.append(
             "Value at 'hyperParameters' failed to satisfy constraint: Member must be a map of string to string"
         )
@@ -208,9 +200,7 @@ def parse_time(value: str | None, member: str) -> datetime | None:
         return datetime.fromisoformat(value.replace("Z", "+00:00"))
     except ValueError:
         raise constraint_errors(
-            [
-                f"Value '{value}' at '{member}' failed to satisfy constraint: Member must be an ISO-8601 timestamp"
-            ]
+            [f"Value '{value}' at '{member}' failed to satisfy constraint: Member must be an ISO-8601 timestamp"]
         ) from None
 
 

@@ -1,0 +1,116 @@
+"""The ``tuneforge`` CLI against the same installation and a running server."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.e2e.conftest import BASE_MODEL, Server, TaskData, unique
+from tuneforge.settings import child_environment
+
+pytestmark = pytest.mark.e2e
+
+
+def cli(server: Server, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    result = subprocess.run(
+        [sys.executable, "-m", "tuneforge.cli.main", *args],
+        env={**child_environment(server.settings), "COLUMNS": "200"},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    if check:
+        assert result.returncode == 0, result.stderr + result.stdout
+    return result
+
+
+def test_models_list_and_show(server: Server) -> None:
+    listed = json.loads(cli(server, "models", "list", "--json").stdout)
+    assert BASE_MODEL in [m["modelId"] for m in listed]
+    shown = json.loads(cli(server, "models", "show", BASE_MODEL, "--json").stdout)
+    names = [spec["name"] for spec in shown["hyperParameters"]["FINE_TUNING"]]
+    assert names[:4] == ["epochCount", "batchSize", "learningRate", "learningRateWarmupSteps"]
+    human = cli(server, "models", "show", BASE_MODEL).stdout
+    assert "epochCount" in human and "input ≤ 384" in human
+    missing = cli(server, "models", "show", "nobody.nothing-v1:0", check=False)
+    assert missing.returncode == 1 and "does not exist" in missing.stderr
+
+
+def test_data_validate_reports_counts_estimate_and_line_numbers(server: Server, tmp_path: Path) -> None:
+    good = tmp_path / "good.jsonl"
+    good.write_text('{"prompt": "Ticket: refund\\nCategory:", "completion": " billing"}\n' * 3)
+    report = json.loads(cli(server, "data", "validate", str(good), "--hp", "epochCount=2", "--json").stdout)
+    assert report["report"]["ok"] and report["report"]["records"] == 3
+    assert report["estimate"]["tokens_processed"] == 2 * report["report"]["total_tokens"]
+    assert report["estimate"]["seconds"] > 0
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"prompt": "a", "completion": "b"}\n\n{"prompt": "c", "completion": 3}\n')
+    result = cli(server, "data", "validate", str(bad), check=False)
+    assert result.returncode == 1
+    assert "line 2" in result.stdout and 'line 3, field "completion"' in result.stdout
+
+
+def test_data_cp_round_trips_through_s3(server: Server, tmp_path: Path) -> None:
+    source = tmp_path / "in.jsonl"
+    source.write_text('{"prompt": "x", "completion": "y"}\n')
+    cli(server, "data", "cp", str(source), "s3://cli-tests/in.jsonl")
+    cli(server, "data", "cp", "s3://cli-tests/in.jsonl", str(tmp_path / "out.jsonl"))
+    assert (tmp_path / "out.jsonl").read_text() == source.read_text()
+    refused = cli(server, "data", "cp", str(source), "s3://cli-tests/../../escape.jsonl", check=False)
+    assert refused.returncode == 1 and "'..'" in refused.stderr
+
+
+def test_models_register_accepts_a_hf_folder_and_refuses_others(server: Server, bedrock: Any) -> None:
+    from tuneforge.catalog.builtin import ensure_builtin
+
+    own = server.settings.data_dir / "my-models" / unique("m")
+    shutil.copytree(ensure_builtin("forge-micro", server.settings.data_dir / "scratch"), own)
+    model_id = f"acme.{own.name}-v1"
+    cli(server, "models", "register", model_id, str(own), "--provider", "acme")
+    listed = bedrock.list_foundation_models(byProvider="acme")["modelSummaries"]
+    assert model_id in [m["modelId"] for m in listed]
+    not_a_model = server.settings.data_dir / "my-models" / unique("empty")
+    not_a_model.mkdir(parents=True)
+    refused = cli(server, "models", "register", "acme.empty-v1", str(not_a_model), check=False)
+    assert refused.returncode == 1 and "no config.json" in refused.stderr
+    outside = cli(server, "models", "register", "acme.etc-v1", "/etc", check=False)
+    assert outside.returncode == 1 and "outside the allowed roots" in outside.stderr
+
+
+def test_jobs_create_wait_get_list_and_stop(server: Server, task_data: TaskData) -> None:
+    name = unique("cli")
+    url = ["--endpoint-url", server.url]
+    created = cli(
+        server,
+        "jobs",
+        "create",
+        "--name",
+        name,
+        "--model-name",
+        f"m-{name}",
+        "--base-model",
+        BASE_MODEL,
+        "--training",
+        task_data.small_uri,
+        "--output",
+        f"s3://cli-tests/{name}/",
+        "--hp",
+        "epochCount=1",
+        "--json",
+        *url,
+    )
+    arn = json.loads(created.stdout)["jobArn"]
+    waited = json.loads(cli(server, "jobs", "wait", name, "--json", *url).stdout)
+    assert waited["status"] == "Completed" and waited["jobArn"] == arn
+    shown = cli(server, "jobs", "get", name, *url).stdout
+    assert "Completed" in shown and "training loss" in shown
+    listed = json.loads(cli(server, "jobs", "list", "--name-contains", name, "--json", *url).stdout)
+    assert [j["jobArn"] for j in listed] == [arn]
+    conflict = cli(server, "jobs", "stop", name, *url, check=False)
+    assert conflict.returncode == 1 and "ConflictException" in conflict.stderr
