@@ -296,6 +296,7 @@ class TrainingConfig:
     seed: int
     checkpoint_every_steps: int
     """0 = a checkpoint at each epoch end."""
+    length_grouping: bool = True
     max_grad_norm: float = 1.0
 
     @classmethod
@@ -309,6 +310,7 @@ class TrainingConfig:
             gradient_accumulation_steps=int(values["gradientAccumulationSteps"]),
             seed=int(values["seed"]),
             checkpoint_every_steps=int(values["checkpointEverySteps"]),
+            length_grouping=bool(values.get("lengthGrouping", True)),
         )
 
 
@@ -370,7 +372,9 @@ def train(
     tokens_this_run = 0
     while step < total_steps:
         epoch, index_in_epoch = divmod(step, steps_per_epoch)
-        batches = length_grouped_batches(lengths, config.batch_size, config.seed, epoch)
+        # One batch per group sorts only within a batch: plain random batches, padded to their max.
+        group = 16 if config.length_grouping else 1
+        batches = length_grouped_batches(lengths, config.batch_size, config.seed, epoch, group_batches=group)
         if index_in_epoch == 0:
             epoch_losses = []
         for batch in batches[index_in_epoch:]:
