@@ -22,7 +22,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import environment, final_json  # noqa: E402
+from common import environment, final_json
 
 JOBS = 50
 
@@ -121,7 +121,8 @@ def main() -> None:
             "p50_ms": 1000 * statistics.median(values),
             "p99_ms": 1000 * percentile(values, 0.99),
         }
-        print(f"  {op:<5} {len(values):>6} requests  p50 {rows[op]['p50_ms']:6.1f} ms  p99 {rows[op]['p99_ms']:6.1f} ms")
+        p50, p99 = rows[op]["p50_ms"], rows[op]["p99_ms"]
+        print(f"  {op:<5} {len(values):>6} requests  p50 {p50:6.1f} ms  p99 {p99:6.1f} ms")
     total = sum(r["count"] for r in rows.values())
     print(f"  aggregate {total / args.seconds:.0f} requests/s")
     final_json(

@@ -13,7 +13,7 @@ Variants, each in its own process, interleaved:
 
 Data: synthetic prompt/completion records whose lengths are spread uniformly over 16-100% of the
 context (512 tokens), completion ~25% of each record. Token-counting rule, same on every side: all
-non-padding tokens a step processes (prompt + completion + special tokens). MFU = FLOPs/token ×
+non-padding tokens a step processes (prompt + completion + special tokens). MFU = FLOPs/token x
 tokens/s ÷ a float32 matmul peak measured in this run, with FLOPs/token = 6·N for full fine-tuning and
 4·N for LoRA (frozen weights get no weight gradients), N = model parameters; attention FLOPs ignored.
 """
@@ -31,7 +31,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import (  # noqa: E402
+from common import (
     environment,
     final_json,
     fmt,
@@ -322,17 +322,27 @@ def main() -> None:
 
         variants.append("trl_sft")
     except ImportError:
-        print("trl/datasets not installed: skipping the TRL SFTTrainer row (pip install -r benchmarks/requirements.txt)")
+        print("trl/datasets not installed: skipping the TRL row (pip install -r benchmarks/requirements.txt)")
     base_model_dir(args.model)  # create once, outside any timing
     peak = matmul_peak_flops(args.threads)
     pad = padding_fraction(synthetic_records(BATCH * args.steps), BATCH)
-    print(f"fine-tuning {args.model} ({n_params / 1e6:.1f}M params), batch {BATCH}, {args.steps} steps "
-          f"({args.warmup} warm-up), {args.threads} threads, {args.repeats} repeats")
+    print(
+        f"fine-tuning {args.model} ({n_params / 1e6:.1f}M params), batch {BATCH}, {args.steps} steps "
+        f"({args.warmup} warm-up), {args.threads} threads, {args.repeats} repeats"
+    )
     print(f"random batches waste {pad:.0%} of their tokens on padding; matmul peak {peak / 1e9:.1f} GFLOP/s")
 
     script = Path(__file__)
-    child_args = ["--model", args.model, "--threads", str(args.threads), "--steps", str(args.steps),
-                  "--warmup", str(args.warmup)]
+    child_args = [
+        "--model",
+        args.model,
+        "--threads",
+        str(args.threads),
+        "--steps",
+        str(args.steps),
+        "--warmup",
+        str(args.warmup),
+    ]
     results = interleave(variants, args.repeats, lambda v, _r: run_child(script, ["--child", v, *child_args]))
 
     rows: dict[str, Any] = {}
@@ -363,8 +373,10 @@ def main() -> None:
 
     print(f"\n{'variant':<18}{'real tokens/s  median [min, max]':<36}{'MFU':>7}{'loss':>9}{'peak RSS MB':>13}")
     for variant, row in rows.items():
-        print(f"{variant:<18}{fmt(row['tokens_per_s']):<36}{row['mfu']:>7.1%}{row['loss']['median']:>9.4f}"
-              f"{row['peak_rss_mb']['median']:>13.0f}")
+        print(
+            f"{variant:<18}{fmt(row['tokens_per_s']):<36}{row['mfu']:>7.1%}{row['loss']['median']:>9.4f}"
+            f"{row['peak_rss_mb']['median']:>13.0f}"
+        )
     print()
     for name, value in ratios.items():
         if value is not None:
