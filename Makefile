@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint typecheck check serve clean
+.PHONY: demo test bench bench-smoke lint typecheck serve clean
 
 $(STAMP): requirements.txt pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -21,6 +21,17 @@ test: $(STAMP)
 	$(BIN)/ruff format --check src tests benchmarks
 	$(BIN)/mypy
 	$(BIN)/python -m pytest -q
+
+BENCH_STAMP := $(VENV)/.bench-installed
+
+$(BENCH_STAMP): $(STAMP) benchmarks/requirements.txt
+	$(BIN)/python -m pip install -q -r benchmarks/requirements.txt
+	touch $(BENCH_STAMP)
+
+# Same-run comparisons against baselines (see docs/performance.md); a few minutes on 2 CPU cores.
+bench: $(BENCH_STAMP)
+	$(BIN)/python benchmarks/train_bench.py
+	$(BIN)/python benchmarks/control_plane_bench.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks
