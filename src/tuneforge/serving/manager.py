@@ -392,7 +392,7 @@ class EngineManager:
             minutes = row.idle_timeout_s / 60
             try:
                 self.throughput.delete(
-                    row.id, reason=f"deleted by the idle timeout: no requests for {minutes:g} minutes"
+                    row.arn, reason=f"deleted by the idle timeout: no requests for {minutes:g} minutes"
                 )
             except ServiceError as exc:
                 log.warning("%s: idle deletion refused: %s", group, exc.message)
