@@ -95,7 +95,12 @@ class Settings(BaseSettings):
     max_model_units: int = Field(
         default=8, ge=1, description="Model units (engine processes) all provisioned throughputs may hold at once."
     )
-    engine_threads: int = Field(default=0, ge=0, description="torch threads per engine process; 0 = torch's default.")
+    engine_threads: int = Field(
+        default=0,
+        ge=0,
+        description="torch threads per engine process; 0 = half the cores (at least 1), leaving the rest to the "
+        "API process and other engines (on 2 cores, 2 engine threads measured slower than 1 under load).",
+    )
     engine_max_batch: int = Field(
         default=16, ge=1, le=512, description="Sequences one engine decodes together (continuous batching)."
     )

@@ -92,8 +92,19 @@ class Connection:
             try:
                 self.send({"event": "start", "input_tokens": len(prompt_ids), "prompt": prompt})
                 self.batcher.submit(sequence)
+                pending: Event | None = None
                 while True:
-                    event = events.get()
+                    event = pending or events.get()
+                    pending = None
+                    while event["event"] == "text":  # coalesce text that piled up while we were sending
+                        try:
+                            pending = events.get_nowait()
+                        except queue.Empty:
+                            break
+                        if pending["event"] != "text":
+                            break
+                        event = {**pending, "text": event["text"] + pending["text"]}
+                        pending = None
                     self.send(event)
                     if event["event"] in ("end", "error"):
                         return
@@ -120,8 +131,7 @@ def main(argv: list[str] | None = None) -> int:
     threading.Thread(target=watch_parent, args=(parent,), daemon=True).start()
 
     settings = Settings()
-    if settings.engine_threads:
-        torch.set_num_threads(settings.engine_threads)
+    torch.set_num_threads(settings.engine_threads or max(1, (os.cpu_count() or 2) // 2))
     started = time.monotonic()
     try:
         model, tokenizer = load_for_inference(model_folder(args.source, settings), settings.models_dir)

@@ -8,8 +8,8 @@ from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import JSONResponse
 
 from tuneforge.api.bedrock import schemas, serving_schemas
-from tuneforge.api.bedrock.routes import _json_body
 from tuneforge.api.deps import get_manager, get_services
+from tuneforge.api.runtime.protocol import json_object
 from tuneforge.db.tables import ProvisionedModel
 from tuneforge.services import Services
 from tuneforge.serving.manager import EngineManager, pt_group
@@ -33,7 +33,7 @@ def _with_meters(
 
 @router.post("/provisioned-model-throughput", status_code=201)
 async def create_provisioned_model_throughput(request: Request, services: ServicesDep) -> JSONResponse:
-    parsed = serving_schemas.parse_create_throughput(await _json_body(request))
+    parsed = serving_schemas.parse_create_throughput(json_object(await request.body()))
     row = services.throughput.create(parsed)
     return JSONResponse({"provisionedModelArn": row.arn}, status_code=201)
 
@@ -83,7 +83,7 @@ def get_provisioned_model_throughput(
 async def update_provisioned_model_throughput(
     provisioned_model_id: str, request: Request, services: ServicesDep
 ) -> dict[str, Any]:
-    name, model_id = serving_schemas.parse_update_throughput(await _json_body(request))
+    name, model_id = serving_schemas.parse_update_throughput(json_object(await request.body()))
     services.throughput.update(provisioned_model_id, name, model_id)
     return {}
 
@@ -99,7 +99,7 @@ def delete_provisioned_model_throughput(provisioned_model_id: str, services: Ser
 
 @router.put("/logging/modelinvocations")
 async def put_model_invocation_logging_configuration(request: Request, services: ServicesDep) -> dict[str, Any]:
-    services.invocation_logs.put(serving_schemas.parse_logging_config(await _json_body(request)))
+    services.invocation_logs.put(serving_schemas.parse_logging_config(json_object(await request.body())))
     return {}
 
 
