@@ -7,7 +7,6 @@ file order: the deployment is updated and deleted by the last ones.
 
 from __future__ import annotations
 
-import gzip
 import json
 import shutil
 import subprocess
@@ -406,6 +405,7 @@ def test_replica_that_cannot_load_its_model_fails_the_deployment(server: Server,
 def test_invocation_logs_are_written_in_bedrock_format(
     server: Server, bedrock: Any, runtime: Any, deployment: Deployment, tuned: Tuned
 ) -> None:
+    from tuneforge.serving.invocation_logs import read_records
     from tuneforge.storage import ObjectStore
 
     bedrock.put_model_invocation_logging_configuration(
@@ -427,9 +427,7 @@ def test_invocation_logs_are_written_in_bedrock_format(
     entries: list[dict[str, Any]] = []
     while not entries and time.monotonic() < deadline:
         time.sleep(0.3)
-        for uri in store.list(prefix):
-            if uri.endswith(".json.gz"):
-                entries += [json.loads(line) for line in gzip.decompress(store.read_bytes(uri)).splitlines()]
+        entries = list(read_records(store, prefix))
     bedrock.delete_model_invocation_logging_configuration()
     (entry,) = entries
     assert (entry["operation"], entry["modelId"]) == ("Converse", deployment.arn)

@@ -8,6 +8,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from tuneforge.services import Services
+from tuneforge.serving.invocation_logs import read_records
 from tuneforge.serving.throughput import CreateThroughputRequest
 from tuneforge.serving.usage import meters, usage_report
 from tuneforge.settings import Settings
@@ -68,4 +69,8 @@ def test_invocation_log_records_follow_bedrocks_schema_and_key_layout(tmp_path: 
     assert entry["output"]["outputTokenCount"] == 2 and entry["requestMetadata"] == {"team": "support"}
     assert entry["tuneforge"]["completion"] == "billing"
     assert logs.flush() == []
+    services.store.write_bytes(
+        "s3://logs/tf/extra/plain.jsonl", (json.dumps({"operation": "InvokeModel"}) + "\n").encode()
+    )
+    assert [r["operation"] for r in read_records(services.store, "s3://logs/tf")] == ["Converse", "InvokeModel"]
     services.close()

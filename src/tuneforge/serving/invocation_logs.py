@@ -19,6 +19,7 @@ import json
 import threading
 import uuid
 from collections import defaultdict
+from collections.abc import Iterator
 from datetime import datetime
 from typing import Any
 
@@ -129,3 +130,17 @@ class InvocationLogs:
             self.store.write_bytes(uri, gzip.compress(("\n".join(lines) + "\n").encode("utf-8")))
             written.append(uri)
         return written
+
+
+def read_records(store: ObjectStore, prefix_uri: str) -> Iterator[dict[str, Any]]:
+    """Every record under ``prefix_uri`` (``.json.gz`` as written here, or plain ``.json``/``.jsonl``),
+    oldest object first: the read side of the format, for consumers such as distillation from logs."""
+    for uri in store.list(prefix_uri):
+        name = uri.rsplit("/", 1)[-1]
+        if name.startswith(".") or not name.endswith((".json.gz", ".json", ".jsonl")):
+            continue
+        data = store.read_bytes(uri)
+        text = gzip.decompress(data).decode("utf-8") if name.endswith(".gz") else data.decode("utf-8")
+        for line in text.splitlines():
+            if line.strip():
+                yield json.loads(line)
