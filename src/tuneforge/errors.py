@@ -113,3 +113,17 @@ def range_violation(value: object, member: str, minimum: int | None, maximum: in
         f"Value '{value}' at '{member}' failed to satisfy constraint: "
         f"Member must have value greater than or equal to {minimum}"
     )
+
+
+class ModelNotReadyException(ServiceError):
+    """bedrock-runtime: the deployment exists but cannot serve yet (botocore retries it)."""
+
+    code = "ModelNotReadyException"
+    status = 429
+
+
+class ModelErrorException(ServiceError):
+    """bedrock-runtime: the model failed while processing the request (an engine failed or went away)."""
+
+    code = "ModelErrorException"
+    status = 424

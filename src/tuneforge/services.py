@@ -13,6 +13,9 @@ from tuneforge.catalog.custom import CustomModelService
 from tuneforge.catalog.service import Catalog
 from tuneforge.db.session import Database
 from tuneforge.jobs.service import JobService
+from tuneforge.serving.invocation_logs import InvocationLogs
+from tuneforge.serving.throughput import ThroughputService
+from tuneforge.serving.usage import UsageMeter
 from tuneforge.settings import Settings
 from tuneforge.storage import ObjectStore
 
@@ -26,6 +29,9 @@ class Services:
     catalog: Catalog
     jobs: JobService
     custom_models: CustomModelService
+    throughput: ThroughputService
+    meter: UsageMeter
+    invocation_logs: InvocationLogs
 
     @classmethod
     def create(cls, settings: Settings) -> Services:
@@ -42,6 +48,9 @@ class Services:
             catalog=catalog,
             jobs=JobService(db, catalog, store, arns),
             custom_models=CustomModelService(db, settings.models_dir),
+            throughput=ThroughputService(db, catalog, arns, settings),
+            meter=UsageMeter(db),
+            invocation_logs=InvocationLogs(db, store, settings.account_id, settings.region),
         )
 
     def close(self) -> None:

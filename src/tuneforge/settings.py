@@ -77,6 +77,39 @@ class Settings(BaseSettings):
     allow_anonymous: bool = Field(
         default=True, description="Allow unsigned requests. Honoured only on a loopback bind."
     )
+    api_keys: list[str] = Field(
+        default_factory=list,
+        description="Bearer API keys accepted on the OpenAI-compatible routes (/v1/...).",
+    )
+    price_per_model_unit_hour: float = Field(
+        default=1.0,
+        ge=0,
+        description="Price of one model unit (one serving replica) per hour, for the provisioned-throughput meter.",
+    )
+    idle_timeout_minutes: float = Field(
+        default=60.0,
+        ge=0,
+        description="Delete a provisioned throughput after this many minutes without requests; 0 turns it off. "
+        "A deployment's tuneforge:idle-timeout-minutes tag overrides it.",
+    )
+    max_model_units: int = Field(
+        default=8, ge=1, description="Model units (engine processes) all provisioned throughputs may hold at once."
+    )
+    engine_threads: int = Field(
+        default=0,
+        ge=0,
+        description="torch threads per engine process; 0 = half the cores (at least 1), leaving the rest to the "
+        "API process and other engines (on 2 cores, 2 engine threads measured slower than 1 under load).",
+    )
+    engine_max_batch: int = Field(
+        default=16, ge=1, le=512, description="Sequences one engine decodes together (continuous batching)."
+    )
+    engine_start_timeout_s: float = Field(
+        default=300.0, gt=0, description="An engine that has not loaded its model by then counts as failed."
+    )
+    on_demand_idle_minutes: float = Field(
+        default=15.0, gt=0, description="An on-demand foundation-model engine without requests this long is stopped."
+    )
     max_training_records: int = Field(default=20_000, ge=1)
     max_training_file_bytes: int = Field(default=1 << 30, ge=1)
     max_validation_records: int = Field(default=1_000, ge=1)
@@ -115,6 +148,11 @@ class Settings(BaseSettings):
     @cached_property
     def logs_dir(self) -> Path:
         return self.data_dir / "logs"
+
+    @cached_property
+    def engines_dir(self) -> Path:
+        """Sockets and status files of engine processes."""
+        return self.data_dir / "engines"
 
     @cached_property
     def db_url(self) -> str:

@@ -71,8 +71,14 @@ class Server:
                 self.kill()
 
     def bedrock(self) -> Any:
+        return self.client("bedrock")
+
+    def bedrock_runtime(self) -> Any:
+        return self.client("bedrock-runtime")
+
+    def client(self, service: str) -> Any:
         return boto3.client(
-            "bedrock",
+            service,
             endpoint_url=self.url,
             region_name=self.settings.region,
             aws_access_key_id="AKIDTESTS",

@@ -1,11 +1,17 @@
-"""The ASGI application: Bedrock control plane today, runtime and OpenAI routes beside it later.
+"""The ASGI application: the Bedrock control plane and runtime, and the OpenAI-compatible routes.
 
 The API process never imports torch: training runs in worker processes started by the
-:class:`~tuneforge.jobs.supervisor.Supervisor`, which this app runs in a background thread.
+:class:`~tuneforge.jobs.supervisor.Supervisor`, and models are served by engine processes started
+by the :class:`~tuneforge.serving.manager.EngineManager`; both run here as background threads.
+
+Authentication depends on the path: ``/v1/...`` (OpenAI) takes bearer API keys and answers errors
+in OpenAI's envelope; everything else is Bedrock (control plane and runtime alike are signed with
+SigV4 under the signing name ``bedrock``) and answers AWS-style errors.
 """
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 
@@ -15,14 +21,23 @@ from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from tuneforge import __version__
-from tuneforge.api.auth import verify_request
+from tuneforge.api.auth import verify_bearer, verify_request
 from tuneforge.api.bedrock.routes import router as bedrock_router
+from tuneforge.api.bedrock.serving_routes import router as serving_router
+from tuneforge.api.openai.protocol import error_body, service_error
+from tuneforge.api.openai.routes import router as openai_router
+from tuneforge.api.openai.serving import OpenAIServing
+from tuneforge.api.runtime.routes import router as runtime_router
+from tuneforge.api.runtime.serving import BedrockRuntime, Inference
 from tuneforge.errors import ServiceError
 from tuneforge.jobs.supervisor import Supervisor
 from tuneforge.services import Services
+from tuneforge.serving.manager import EngineManager
+from tuneforge.serving.runtime import RuntimeService
 from tuneforge.settings import Settings
 
 ERROR_NAMESPACE = "http://internal.amazon.com/coral/com.amazon.bedrock/"
+UNEXPECTED = "Encountered an unexpected error when processing the request, please try again"
 
 
 def aws_error(code: str, status: int, message: str) -> JSONResponse:
@@ -33,57 +48,101 @@ def aws_error(code: str, status: int, message: str) -> JSONResponse:
     )
 
 
-def create_app(settings: Settings | None = None, *, run_supervisor: bool = True) -> FastAPI:
+def is_openai(request: Request) -> bool:
+    return request.url.path == "/v1" or request.url.path.startswith("/v1/")
+
+
+def error_response(request: Request, exc: ServiceError) -> JSONResponse:
+    if is_openai(request):
+        status, body = service_error(exc)
+        return JSONResponse(body, status_code=status)
+    return aws_error(exc.code, exc.status, exc.message)
+
+
+def create_app(
+    settings: Settings | None = None, *, run_supervisor: bool = True, run_engines: bool | None = None
+) -> FastAPI:
+    """``run_supervisor`` starts the job supervisor; ``run_engines`` (default: the same) the engine manager."""
     settings = settings or Settings()
     services = Services.create(settings)
     supervisor = Supervisor(services) if run_supervisor else None
+    engines = EngineManager(settings, services.throughput, services.meter, services.invocation_logs)
+    runtime = RuntimeService(services.throughput, engines, services.meter, settings.engine_start_timeout_s)
+    inference = Inference(runtime, services.invocation_logs)
+    start_engines = run_supervisor if run_engines is None else run_engines
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         if supervisor is not None:
             supervisor.start()
+        if start_engines:
+            engines.start()
         try:
             yield
         finally:
             if supervisor is not None:
                 supervisor.shutdown()
+            engines.shutdown()
             services.close()
 
     app = FastAPI(title="tuneforge", version=__version__, lifespan=lifespan)
     app.state.services = services
     app.state.supervisor = supervisor
+    app.state.engines = engines
+    app.state.bedrock_runtime = BedrockRuntime(inference)
+    app.state.openai = OpenAIServing(inference, services.throughput)
 
     @app.middleware("http")
     async def _authenticate(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
+        request.state.request_id = str(uuid.uuid4())
+        request.state.identity = "anonymous"
         if request.url.path == "/healthz":
             return await call_next(request)
-        raw_path = request.scope.get("raw_path", request.url.path.encode()).decode("latin-1")
-        query = request.scope.get("query_string", b"").decode("latin-1")
-        host = request.headers.get("host", f"{settings.host}:{settings.port}")
         try:
-            verify_request(
-                settings,
-                method=request.method,
-                url=f"http://{host}{raw_path}" + (f"?{query}" if query else ""),
-                headers={k.lower(): v for k, v in request.headers.items()},
-                body=await request.body(),
-            )
+            if is_openai(request):
+                label = verify_bearer(settings, request.headers.get("authorization"))
+                request.state.identity = label or "anonymous"
+            else:
+                raw_path = request.scope.get("raw_path", request.url.path.encode()).decode("latin-1")
+                query = request.scope.get("query_string", b"").decode("latin-1")
+                host = request.headers.get("host", f"{settings.host}:{settings.port}")
+                key_id = verify_request(
+                    settings,
+                    method=request.method,
+                    url=f"http://{host}{raw_path}" + (f"?{query}" if query else ""),
+                    headers={k.lower(): v for k, v in request.headers.items()},
+                    body=await request.body(),
+                )
+                if key_id is not None:
+                    request.state.identity = f"arn:aws:iam::{settings.account_id}:user/{key_id}"
         except ServiceError as exc:
+            if is_openai(request):
+                return JSONResponse(
+                    error_body(exc.message, "invalid_request_error", "invalid_api_key"), status_code=401
+                )
             return aws_error(exc.code, exc.status, exc.message)
-        return await call_next(request)
+        response = await call_next(request)
+        response.headers["x-amzn-RequestId"] = request.state.request_id
+        return response
 
     @app.exception_handler(ServiceError)
-    async def _service_error(_request: Request, exc: ServiceError) -> JSONResponse:
-        return aws_error(exc.code, exc.status, exc.message)
+    async def _service_error(request: Request, exc: ServiceError) -> JSONResponse:
+        return error_response(request, exc)
 
     @app.exception_handler(RequestValidationError)
-    async def _request_validation(_request: Request, exc: RequestValidationError) -> JSONResponse:
+    async def _request_validation(request: Request, exc: RequestValidationError) -> JSONResponse:
         first = exc.errors()[0] if exc.errors() else {}
         where = ".".join(str(p) for p in first.get("loc", ())[1:])
+        if is_openai(request):
+            return JSONResponse(
+                error_body(f"Invalid value at '{where}': {first.get('msg', '')}", "invalid_request_error"), 400
+            )
         return aws_error("ValidationException", 400, f"Invalid value at '{where}': {first.get('msg', '')}")
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http_error(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
+    async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        if is_openai(request):
+            return JSONResponse(error_body(str(exc.detail), "invalid_request_error"), status_code=exc.status_code)
         if exc.status_code == 404:
             return aws_error("UnknownOperationException", 404, "Unknown operation")
         if exc.status_code == 405:
@@ -91,16 +150,17 @@ def create_app(settings: Settings | None = None, *, run_supervisor: bool = True)
         return aws_error("InternalServerException", exc.status_code, str(exc.detail))
 
     @app.exception_handler(Exception)
-    async def _unexpected(_request: Request, _exc: Exception) -> JSONResponse:
-        return aws_error(
-            "InternalServerException",
-            500,
-            "Encountered an unexpected error when processing the request, please try again",
-        )
+    async def _unexpected(request: Request, _exc: Exception) -> JSONResponse:
+        if is_openai(request):
+            return JSONResponse(error_body(UNEXPECTED, "server_error"), status_code=500)
+        return aws_error("InternalServerException", 500, UNEXPECTED)
 
     @app.get("/healthz", include_in_schema=False)
     def healthz() -> dict[str, str]:
         return {"status": "ok", "version": __version__}
 
     app.include_router(bedrock_router)
+    app.include_router(serving_router)
+    app.include_router(runtime_router)
+    app.include_router(openai_router)
     return app

@@ -1,4 +1,4 @@
-"""SigV4 verification of Bedrock requests with botocore's own signer.
+"""SigV4 verification of Bedrock requests with botocore's own signer; bearer keys for OpenAI routes.
 
 The server rebuilds the canonical request from exactly the headers the client signed, recomputes
 the signature with :class:`botocore.auth.SigV4Auth` and the secret of the claimed access key, and
@@ -76,3 +76,23 @@ def verify_request(
             "Check your AWS Secret Access Key and signing method."
         )
     return key_id
+
+
+def verify_bearer(settings: Settings, authorization: str | None) -> str | None:
+    """OpenAI-compatible routes: a configured API key as ``Authorization: Bearer <key>``.
+
+    Returns a label safe to log (the key's last four characters), or None for an allowed anonymous
+    call; raises AccessDenied otherwise. Like SigV4 above, an unknown key on an anonymous loopback
+    server is treated as anonymous, so the SDK's mandatory placeholder key keeps working there.
+    """
+    if settings.anonymous_allowed and (not authorization or not settings.api_keys):
+        return None
+    scheme, _, key = (authorization or "").partition(" ")
+    if scheme.lower() != "bearer" or not key.strip():
+        raise AccessDeniedException("Missing API key: send it as 'Authorization: Bearer <key>'")
+    key = key.strip()
+    if any(hmac.compare_digest(key.encode(), known.encode()) for known in settings.api_keys):
+        return f"api-key:...{key[-4:]}"
+    if settings.anonymous_allowed:
+        return None
+    raise AccessDeniedException("Incorrect API key provided")

@@ -12,8 +12,8 @@ from sqlalchemy.orm import Session
 
 from tuneforge.arns import decode_identifier, is_arn
 from tuneforge.db.session import Database
-from tuneforge.db.tables import CustomModel
-from tuneforge.errors import ResourceNotFoundException
+from tuneforge.db.tables import LIVE_PROVISIONED_STATUSES, CustomModel, ProvisionedModel
+from tuneforge.errors import ConflictException, ResourceNotFoundException
 from tuneforge.jobs.service import Page
 
 
@@ -71,9 +71,21 @@ class CustomModelService:
 
     def delete(self, identifier: str) -> None:
         """Remove the record and the weights. The database row goes first, so a crash half-way
-        leaves at worst an orphaned folder, never a model whose weights are gone."""
+        leaves at worst an orphaned folder, never a model whose weights are gone. A model that a
+        live provisioned throughput serves (or is switching to) is refused with ConflictException."""
         with self.db.session() as session:
             model = self._find(session, identifier)
+            serving = session.scalar(
+                select(ProvisionedModel.name).where(
+                    ProvisionedModel.status.in_(LIVE_PROVISIONED_STATUSES),
+                    (ProvisionedModel.model_arn == model.arn) | (ProvisionedModel.desired_model_arn == model.arn),
+                )
+            )
+            if serving is not None:
+                raise ConflictException(
+                    f"The custom model {model.name} is in use by provisioned model throughput {serving}. "
+                    "Delete the provisioned throughput (or update it to another model) first."
+                )
             weights = Path(model.weights_path)
             session.delete(model)
         if weights.exists() and self.models_dir in weights.resolve().parents:

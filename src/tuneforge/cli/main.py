@@ -1,8 +1,8 @@
-"""``tuneforge``: serve, demo, models, data and jobs.
+"""``tuneforge``: serve, demo, models, data, jobs, throughput, invoke and usage.
 
-``models`` and ``data`` work on the local installation (same settings as the server); ``jobs``
-talks to a running server through boto3, exactly as user code does. Output is for people by
-default and JSON with ``--json``.
+``models`` and ``data`` work on the local installation (same settings as the server); ``jobs``,
+``throughput``, ``invoke`` and ``usage`` talk to a running server through boto3, exactly as user
+code does. Output is for people by default and JSON with ``--json``.
 """
 
 from __future__ import annotations
@@ -22,9 +22,11 @@ app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
 models_app = typer.Typer(no_args_is_help=True, help="Foundation models: built-in and registered.")
 data_app = typer.Typer(no_args_is_help=True, help="Datasets: validate before training; copy to s3://.")
 jobs_app = typer.Typer(no_args_is_help=True, help="Customization jobs on a running server.")
+throughput_app = typer.Typer(no_args_is_help=True, help="Provisioned throughput: serve a model on a running server.")
 app.add_typer(models_app, name="models")
 app.add_typer(data_app, name="data")
 app.add_typer(jobs_app, name="jobs")
+app.add_typer(throughput_app, name="throughput")
 
 console = Console()
 err = Console(stderr=True)
@@ -257,11 +259,11 @@ def data_cp(source: str, destination: str) -> None:
 # -- jobs ------------------------------------------------------------------------------------------
 
 
-def _client(endpoint_url: str | None) -> Any:
+def _client(endpoint_url: str | None, service: str = "bedrock") -> Any:
     from tuneforge.client import bedrock_client
 
     settings = _settings()
-    return bedrock_client(endpoint_url or settings.endpoint_url, settings.region)
+    return bedrock_client(endpoint_url or settings.endpoint_url, settings.region, service)
 
 
 def _call(fn: Any, **kwargs: Any) -> Any:
@@ -391,6 +393,276 @@ def jobs_wait(
         console.print(f"[red]{final['status']}[/red] {final.get('failureMessage', '')}")
     if final["status"] != "Completed":
         raise typer.Exit(1)
+
+
+# -- throughput ------------------------------------------------------------------------------------
+
+
+def _raw_bodies(client: Any, operation: str) -> list[dict[str, Any]]:
+    """Collect the raw JSON bodies of an operation's responses: they hold tuneforge's ``tuneforge``
+    extension block (the meter), which botocore's parser leaves out."""
+    bodies: list[dict[str, Any]] = []
+
+    def keep(http_response: Any, **_: Any) -> None:
+        if http_response.status_code < 300:
+            bodies.append(json.loads(http_response.content or b"{}"))
+
+    client.meta.events.register(f"after-call.bedrock.{operation}", keep)
+    return bodies
+
+
+def _wait_in_service(client: Any, arn: str, timeout: float) -> dict[str, Any]:
+    import time
+
+    deadline = time.monotonic() + timeout
+    with console.status("starting replicas..."):
+        while True:
+            response: dict[str, Any] = _call(client.get_provisioned_model_throughput, provisionedModelId=arn)
+            if response["status"] not in ("Creating", "Updating") or time.monotonic() > deadline:
+                return response
+            time.sleep(0.5)
+
+
+@throughput_app.command("create")
+def throughput_create(
+    name: str,
+    model: Annotated[str, typer.Option("--model", help="Custom model name/ARN or foundation model id.")],
+    model_units: Annotated[int, typer.Option("--model-units", min=1, help="Replicas (engine processes).")] = 1,
+    commitment: Annotated[
+        str | None, typer.Option("--commitment", help="OneMonth or SixMonths: no delete until it expires.")
+    ] = None,
+    idle_timeout: Annotated[
+        float | None,
+        typer.Option("--idle-timeout", help="Minutes without requests before it is deleted (0 = never)."),
+    ] = None,
+    wait: Annotated[bool, typer.Option("--wait", help="Wait until it is InService (or Failed).")] = False,
+    endpoint_url: EndpointOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Create a provisioned throughput: MODEL_UNITS replicas serving MODEL."""
+    from tuneforge.serving.throughput import IDLE_TIMEOUT_TAG
+
+    client = _client(endpoint_url)
+    kwargs: dict[str, Any] = {"provisionedModelName": name, "modelId": model, "modelUnits": model_units}
+    if commitment:
+        kwargs["commitmentDuration"] = commitment
+    if idle_timeout is not None:
+        kwargs["tags"] = [{"key": IDLE_TIMEOUT_TAG, "value": f"{idle_timeout:g}"}]
+    arn = _call(client.create_provisioned_model_throughput, **kwargs)["provisionedModelArn"]
+    final = _wait_in_service(client, arn, 600) if wait else {"provisionedModelArn": arn}
+    if as_json:
+        _print_json(final)
+        return
+    console.print(arn)
+    if wait:
+        console.print(f"{final['status']} {final.get('failureMessage', '')}")
+        if final["status"] != "InService":
+            raise typer.Exit(1)
+
+
+@throughput_app.command("list")
+def throughput_list(
+    status: Annotated[str | None, typer.Option("--status", help="Creating, InService, Updating or Failed.")] = None,
+    deleted: Annotated[bool, typer.Option("--deleted", help="Show deleted deployments (history).")] = False,
+    endpoint_url: EndpointOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """List provisioned throughputs with their meters."""
+    client = _client(endpoint_url)
+    bodies = _raw_bodies(client, "ListProvisionedModelThroughputs")
+    kwargs: dict[str, Any] = {}
+    if deleted or status:
+        kwargs["statusEquals"] = "Deleted" if deleted else status
+    try:
+        for _ in client.get_paginator("list_provisioned_model_throughputs").paginate(**kwargs):
+            pass
+    except Exception as exc:
+        raise _fail(str(exc)) from None
+    items = [item for body in bodies for item in body.get("provisionedModelSummaries", [])]
+    if as_json:
+        _print_json(items)
+        return
+    table = Table("name", "status", "model", "units", "MU-hours", "cost", "created", "deleted")
+    for item in items:
+        meter = item.get("tuneforge", {})
+        table.add_row(
+            item["provisionedModelName"],
+            item["status"],
+            item["modelArn"].rsplit("/", 1)[-1],
+            str(item["modelUnits"]),
+            f"{meter.get('modelUnitHours', 0):.4f}",
+            f"{meter.get('cost', 0):.4f}",
+            item["creationTime"][:19],
+            (meter.get("deletionTime") or "")[:19],
+        )
+    console.print(table)
+
+
+@throughput_app.command("get")
+def throughput_get(provisioned_model: str, endpoint_url: EndpointOpt = None, as_json: JsonOpt = False) -> None:
+    """Show one provisioned throughput, its meter (model-unit-hours, cost, tokens) and replicas."""
+    client = _client(endpoint_url)
+    bodies = _raw_bodies(client, "GetProvisionedModelThroughput")
+    _call(client.get_provisioned_model_throughput, provisionedModelId=provisioned_model)
+    body = bodies[-1]
+    if as_json:
+        _print_json(body)
+        return
+    meter = body.get("tuneforge", {})
+    console.print(f"[bold]{body['provisionedModelName']}[/bold] {body['status']}  {body['provisionedModelArn']}")
+    console.print(f"  model       {body['modelArn']}")
+    if body["desiredModelArn"] != body["modelArn"]:
+        console.print(f"  switching to {body['desiredModelArn']}")
+    console.print(f"  model units {body['modelUnits']}  replicas {meter.get('replicas') or {}}")
+    if body.get("commitmentDuration"):
+        console.print(f"  commitment  {body['commitmentDuration']} until {body['commitmentExpirationTime']}")
+    idle = meter.get("idleTimeoutMinutes")
+    console.print(f"  idle timeout {f'{idle:g} min' if idle is not None else 'off'}")
+    console.print(
+        f"  meter       {meter.get('modelUnitHours', 0):.4f} MU-hours x {meter.get('pricePerModelUnitHour', 0):g}"
+        f" = {meter.get('cost', 0):.4f}; {meter.get('invocations', 0)} invocations, "
+        f"{meter.get('inputTokens', 0)} input / {meter.get('outputTokens', 0)} output tokens"
+    )
+    if body.get("failureMessage"):
+        console.print(f"[red]{body['failureMessage']}[/red]")
+
+
+@throughput_app.command("update")
+def throughput_update(
+    provisioned_model: str,
+    name: Annotated[str | None, typer.Option("--name", help="New name.")] = None,
+    model: Annotated[str | None, typer.Option("--model", help="Sibling custom model to switch to.")] = None,
+    wait: Annotated[bool, typer.Option("--wait", help="Wait until the switch is done.")] = False,
+    endpoint_url: EndpointOpt = None,
+) -> None:
+    """Rename, or switch to another custom model of the same base without downtime."""
+    client = _client(endpoint_url)
+    kwargs: dict[str, Any] = {"provisionedModelId": provisioned_model}
+    if name:
+        kwargs["desiredProvisionedModelName"] = name
+    if model:
+        kwargs["desiredModelId"] = model
+    _call(client.update_provisioned_model_throughput, **kwargs)
+    if wait:
+        final = _wait_in_service(client, name or provisioned_model, 600)
+        console.print(f"{final['status']} serving {final['modelArn']} {final.get('failureMessage', '')}")
+    else:
+        console.print(f"updating {provisioned_model}")
+
+
+@throughput_app.command("delete")
+def throughput_delete(provisioned_model: str, endpoint_url: EndpointOpt = None) -> None:
+    """Delete a provisioned throughput (refused while a commitment runs)."""
+    _call(_client(endpoint_url).delete_provisioned_model_throughput, provisionedModelId=provisioned_model)
+    console.print(f"deleted {provisioned_model}")
+
+
+# -- invoke and usage --------------------------------------------------------------------------------
+
+
+@app.command()
+def invoke(
+    model: Annotated[str, typer.Argument(help="Provisioned throughput name/ARN, or a foundation model id.")],
+    prompt: str,
+    system: Annotated[str | None, typer.Option("--system", help="System prompt (chat only).")] = None,
+    max_tokens: Annotated[int | None, typer.Option("--max-tokens", min=1)] = None,
+    temperature: Annotated[float, typer.Option("--temperature", min=0, max=1)] = 0.0,
+    raw: Annotated[
+        bool, typer.Option("--raw", help="Continue PROMPT verbatim (InvokeModel) instead of chatting (Converse).")
+    ] = False,
+    endpoint_url: EndpointOpt = None,
+) -> None:
+    """Stream a model's answer to the terminal as it is generated."""
+    from botocore.exceptions import BotoCoreError, ClientError, EventStreamError
+
+    client = _client(endpoint_url, "bedrock-runtime")
+    usage_line = ""
+    try:
+        if raw:
+            body: dict[str, Any] = {"prompt": prompt, "temperature": temperature}
+            if max_tokens:
+                body["max_gen_len"] = max_tokens
+            response = client.invoke_model_with_response_stream(modelId=model, body=json.dumps(body))
+            for event in response["body"]:
+                chunk = json.loads(event["chunk"]["bytes"])
+                sys.stdout.write(chunk["generation"])
+                sys.stdout.flush()
+                if metrics := chunk.get("amazon-bedrock-invocationMetrics"):
+                    usage_line = f"{metrics['inputTokenCount']} input / {metrics['outputTokenCount']} output tokens"
+        else:
+            config: dict[str, Any] = {"temperature": temperature}
+            if max_tokens:
+                config["maxTokens"] = max_tokens
+            kwargs: dict[str, Any] = {
+                "modelId": model,
+                "messages": [{"role": "user", "content": [{"text": prompt}]}],
+                "inferenceConfig": config,
+            }
+            if system:
+                kwargs["system"] = [{"text": system}]
+            stream = client.converse_stream(**kwargs)["stream"]
+            for event in stream:
+                if "contentBlockDelta" in event:
+                    sys.stdout.write(event["contentBlockDelta"]["delta"].get("text", ""))
+                    sys.stdout.flush()
+                elif "metadata" in event:
+                    used = event["metadata"]["usage"]
+                    usage_line = f"{used['inputTokens']} input / {used['outputTokens']} output tokens"
+    except (ClientError, EventStreamError) as exc:
+        error = exc.response.get("Error", {})
+        raise _fail(f"{error.get('Code')}: {error.get('Message')}") from None
+    except BotoCoreError as exc:
+        raise _fail(f"cannot reach the server: {exc}") from None
+    sys.stdout.write("\n")
+    err.print(f"[dim]{usage_line}[/dim]")
+
+
+@app.command()
+def usage(endpoint_url: EndpointOpt = None, as_json: JsonOpt = False) -> None:
+    """Model-unit-hours, tokens and cost per deployment (deleted ones included) and per model."""
+    from tuneforge.client import ExtensionError, extension_get
+
+    settings = _settings()
+    try:
+        report = extension_get(endpoint_url or settings.endpoint_url, settings.region, "/usage")
+    except (ExtensionError, OSError) as exc:
+        raise _fail(str(exc)) from None
+    if as_json:
+        _print_json(report)
+        return
+    deployments = Table(
+        "deployment", "status", "units", "MU-hours", "cost", "calls", "in tokens", "out tokens", "ended"
+    )
+    for d in report["deployments"]:
+        ended = f"{(d['deletionTime'] or '')[:19]} {d['deletionReason'] or ''}".strip()
+        deployments.add_row(
+            d["provisionedModelName"],
+            d["status"],
+            str(d["modelUnits"]),
+            f"{d['modelUnitHours']:.4f}",
+            f"{d['cost']:.4f}",
+            str(d["invocations"]),
+            str(d["inputTokens"]),
+            str(d["outputTokens"]),
+            ended,
+        )
+    console.print(deployments)
+    models = Table("model", "MU-hours", "cost", "calls", "in tokens", "out tokens")
+    for m in report["models"]:
+        models.add_row(
+            m["modelName"],
+            f"{m['modelUnitHours']:.4f}",
+            f"{m['cost']:.4f}",
+            str(m["invocations"]),
+            str(m["inputTokens"]),
+            str(m["outputTokens"]),
+        )
+    console.print(models)
+    total = report["total"]
+    console.print(
+        f"total: {total['modelUnitHours']:.4f} MU-hours, cost {total['cost']:.4f}; {total['invocations']} calls, "
+        f"{total['inputTokens']} input / {total['outputTokens']} output tokens"
+    )
 
 
 def main() -> None:

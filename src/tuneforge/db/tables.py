@@ -135,3 +135,81 @@ class RegisteredModel(Base):
     context_length: Mapped[int] = mapped_column(Integer)
     parameter_count: Mapped[int | None] = mapped_column(Integer, nullable=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+
+LIVE_PROVISIONED_STATUSES = ("Creating", "InService", "Updating")
+"""Provisioned throughputs in these statuses hold replicas, accrue cost and pin their models."""
+
+
+class ProvisionedModel(Base):
+    """A provisioned throughput: ``model_units`` engine replicas serving ``model_arn``.
+
+    Rows are never removed: a deleted deployment keeps its row with status ``Deleted``, the time and
+    the reason (a user's Delete, or the idle timeout), so its history and its bill stay visible.
+    """
+
+    __tablename__ = "provisioned_models"
+
+    id: Mapped[str] = mapped_column(String(12), primary_key=True)
+    arn: Mapped[str] = mapped_column(String(256), unique=True)
+    name: Mapped[str] = mapped_column(String(63), index=True)
+    """Unique among deployments that are not Deleted (checked by the service, not the schema)."""
+    client_request_token: Mapped[str | None] = mapped_column(String(256), unique=True)
+    request_fingerprint: Mapped[str] = mapped_column(String(64))
+    model_units: Mapped[int] = mapped_column(Integer)
+    model_arn: Mapped[str] = mapped_column(String(1011))
+    """The model the replicas serve now."""
+    desired_model_arn: Mapped[str] = mapped_column(String(1011))
+    """Differs from ``model_arn`` while an update is starting replicas of the new model."""
+    foundation_model_arn: Mapped[str] = mapped_column(String(1011))
+    status: Mapped[str] = mapped_column(String(16), default="Creating")
+    """Creating | InService | Updating | Failed | Deleted"""
+    failure_message: Mapped[str | None] = mapped_column(Text, nullable=True)
+    commitment_duration: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    commitment_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    tags: Mapped[list[Any]] = mapped_column(JSON, default=list)
+    idle_timeout_s: Mapped[float | None] = mapped_column(Float, nullable=True)
+    """None: never deleted for idleness (turned off, or a committed deployment)."""
+    price_per_model_unit_hour: Mapped[float] = mapped_column(Float)
+    """Fixed at creation, so a later price change does not rewrite an existing bill."""
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    in_service_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    last_invocation_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    billing_ended_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    """When it stopped accruing model-unit-hours: deleted or failed."""
+    deleted_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    deletion_reason: Mapped[str | None] = mapped_column(Text, nullable=True)
+
+
+class UsageSegment(Base):
+    """What one model served on one deployment over one stretch of time: the meter's ledger.
+
+    A provisioned throughput opens a segment when it is created and when an update switches models,
+    and closes it when it switches, fails or is deleted; model-unit-hours are
+    ``model_units x (ended_at or now - started_at)``. On-demand foundation-model use has segments
+    without a deployment: tokens, no hours.
+    """
+
+    __tablename__ = "usage_segments"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    provisioned_model_id: Mapped[str | None] = mapped_column(String(12), nullable=True, index=True)
+    model_arn: Mapped[str] = mapped_column(String(1011), index=True)
+    model_units: Mapped[int] = mapped_column(Integer, default=0)
+    price_per_model_unit_hour: Mapped[float] = mapped_column(Float, default=0.0)
+    started_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    ended_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    invocations: Mapped[int] = mapped_column(Integer, default=0)
+    input_tokens: Mapped[int] = mapped_column(Integer, default=0)
+    output_tokens: Mapped[int] = mapped_column(Integer, default=0)
+
+
+class InvocationLoggingConfig(Base):
+    """The account's one model-invocation logging configuration (Bedrock's ``loggingConfig``)."""
+
+    __tablename__ = "invocation_logging"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    config: Mapped[dict[str, Any]] = mapped_column(JSON)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)

@@ -1,0 +1,338 @@
+"""Continuous batching with a KV cache: many requests share every forward pass of one model.
+
+Decoding one token costs nearly the same for 1 sequence as for 8 on these small models (and on a
+GPU up to far larger batches): each step is dominated by reading the weights and by per-operator
+overhead, not by arithmetic. So an engine keeps one running batch and, **at every step**:
+
+1. **admits** waiting requests: their prompts are prefilled together (left-padded, one forward that
+   fills a fresh KV cache), and that cache is merged into the running one;
+2. **decodes** one token for every running sequence with a single forward over the merged cache;
+3. **retires** finished sequences (end of sequence, ``max_tokens``, a stop sequence, or the client
+   went away) by dropping their rows from the cache.
+
+A request therefore never waits for another to finish (unlike static batching), and nobody decodes
+alone while others queue (unlike one-request-at-a-time).
+
+**Left padding and position ids.** Sequences of different lengths share one cache of length ``L``:
+each row is left-padded, the attention mask hides the padding, and position ids are passed
+explicitly (the number of real tokens before each one), so a prompt gets the same positions, and
+the same greedy answer, alone or in a batch. Merging two caches pads the shorter one on the left;
+retiring rows trims columns that became padding for everyone, so ``L`` stays the longest live row.
+
+**Sampling** is per row: temperature 0 is greedy; otherwise temperature, then top-p (nucleus), with
+a per-request generator when a seed is given.
+
+This module needs torch; it runs in engine processes (:mod:`tuneforge.serving.engine`) and tests.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from transformers import DynamicCache, PreTrainedTokenizerBase
+from transformers.cache_utils import DynamicLayer
+
+from tuneforge.recipes.components import encode_prompt
+from tuneforge.serving.protocol import GenerationRequest, StopReason
+
+log = logging.getLogger(__name__)
+
+Event = dict[str, Any]
+Sink = Callable[[Event], None]
+
+
+@dataclass(eq=False)
+class Sequence:
+    """One request inside the engine: its tokens so far and where its events go."""
+
+    request: GenerationRequest
+    prompt_ids: list[int]
+    sink: Sink
+    strip_leading_space: bool = False
+    """Conversation templates end with ``Assistant:`` and train answers as `` <text>``: that one
+    space belongs to the template, not to the answer."""
+    generated: list[int] = field(default_factory=list)
+    emitted_chars: int = 0
+    cancelled: threading.Event = field(default_factory=threading.Event)
+    generator: torch.Generator | None = None
+
+    def __post_init__(self) -> None:
+        if self.request.seed is not None:
+            self.generator = torch.Generator().manual_seed(self.request.seed)
+
+
+class ContinuousBatcher:
+    """Owns the model and the running batch; :meth:`run` is the engine's generation loop."""
+
+    def __init__(self, model: Any, tokenizer: PreTrainedTokenizerBase, max_batch: int = 16) -> None:
+        self.model = model
+        self.tokenizer = tokenizer
+        self.max_batch = max_batch
+        self.context = int(getattr(model.config, "max_position_embeddings", 2048))
+        self.eos_ids = _eos_ids(model, tokenizer)
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+        self._tokenizer_lock = threading.Lock()
+        self._waiting: queue.Queue[Sequence] = queue.Queue()
+        self._active: list[Sequence] = []
+        self._cache: DynamicCache | None = None
+        self._mask: torch.Tensor | None = None
+        self._last: torch.Tensor | None = None
+
+    # -- submission (any thread) ----------------------------------------------------------------
+
+    def tokenize(self, prompt: str, max_tokens: int) -> list[int]:
+        """Prompt token ids, or ValueError when prompt plus ``max_tokens`` exceed the context."""
+        with self._tokenizer_lock:
+            ids = encode_prompt(self.tokenizer, prompt)
+        if len(ids) + max_tokens > self.context:
+            raise ValueError(
+                f"Input is too long for requested model: {len(ids)} prompt tokens plus {max_tokens} "
+                f"max tokens exceed the model's context of {self.context} tokens"
+            )
+        return ids
+
+    def submit(self, sequence: Sequence) -> None:
+        self._waiting.put(sequence)
+
+    @property
+    def running(self) -> int:
+        return len(self._active)
+
+    # -- the loop (one thread) ------------------------------------------------------------------
+
+    def run(self, stop: threading.Event) -> None:
+        while not stop.is_set():
+            if not self._active:
+                try:
+                    first = self._waiting.get(timeout=0.1)
+                except queue.Empty:
+                    continue
+                self._waiting.put(first)
+            try:
+                self.step()
+            except Exception as exc:
+                log.exception("generation step failed")
+                self._fail_all(f"{type(exc).__name__}: {exc}")
+
+    @torch.inference_mode()
+    def step(self) -> None:
+        """Admit what is waiting (up to ``max_batch``), then decode one token for everyone."""
+        admitted: list[Sequence] = []
+        while len(self._active) + len(admitted) < self.max_batch:
+            try:
+                sequence = self._waiting.get_nowait()
+            except queue.Empty:
+                break
+            if not sequence.cancelled.is_set():
+                admitted.append(sequence)
+        if admitted:
+            self._prefill(admitted)
+            self._retire()
+        if self._active:
+            self._decode()
+            self._retire()
+
+    # -- prefill, decode, retire -----------------------------------------------------------------
+
+    def _prefill(self, group: list[Sequence]) -> None:
+        width = max(len(s.prompt_ids) for s in group)
+        ids = torch.full((len(group), width), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(group), width), dtype=torch.long)
+        for row, sequence in enumerate(group):
+            n = len(sequence.prompt_ids)
+            ids[row, width - n :] = torch.tensor(sequence.prompt_ids)
+            mask[row, width - n :] = 1
+        positions = (mask.cumsum(1) - 1).clamp(min=0)
+        cache = DynamicCache(config=self.model.config)
+        out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, cache=cache, use_cache=True)
+        first = self._sample(out.logits[:, -1, :], group)
+        if self._cache is None or self._mask is None or self._last is None:
+            self._cache, self._mask, self._last = out.cache, mask, first
+        else:
+            self._cache, self._mask = self._merge(self._cache, self._mask, out.cache, mask)
+            self._last = torch.cat([self._last, first])
+        self._active.extend(group)
+        for sequence, token in zip(group, first.tolist(), strict=True):
+            self._accept(sequence, token)
+
+    def _decode(self) -> None:
+        assert self._cache is not None and self._mask is not None and self._last is not None
+        positions = self._mask.sum(1, keepdim=True)
+        self._mask = torch.cat([self._mask, self._mask.new_ones((self._mask.shape[0], 1))], dim=1)
+        out = self.model(
+            input_ids=self._last[:, None],
+            attention_mask=self._mask,
+            position_ids=positions,
+            cache=self._cache,
+            use_cache=True,
+        )
+        self._cache = out.cache
+        self._last = self._sample(out.logits[:, -1, :], self._active)
+        for sequence, token in zip(self._active, self._last.tolist(), strict=True):
+            self._accept(sequence, token)
+
+    def _retire(self) -> None:
+        keep = [i for i, s in enumerate(self._active) if not s.cancelled.is_set()]
+        if len(keep) == len(self._active):
+            return
+        self._active = [self._active[i] for i in keep]
+        if not keep:
+            self._cache = self._mask = self._last = None
+            return
+        assert self._cache is not None and self._mask is not None and self._last is not None
+        rows = torch.tensor(keep, dtype=torch.long)
+        mask = self._mask.index_select(0, rows)
+        start = int((mask.sum(0) > 0).nonzero()[0].item())
+        self._mask = mask[:, start:]
+        self._last = self._last.index_select(0, rows)
+        self._cache = self._rebuild(
+            [
+                (k.index_select(0, rows)[:, :, start:], v.index_select(0, rows)[:, :, start:])
+                for k, v in _kv(self._cache)
+            ]
+        )
+
+    def _merge(
+        self, cache_a: DynamicCache, mask_a: torch.Tensor, cache_b: DynamicCache, mask_b: torch.Tensor
+    ) -> tuple[DynamicCache, torch.Tensor]:
+        width = max(mask_a.shape[1], mask_b.shape[1])
+        pad_a, pad_b = width - mask_a.shape[1], width - mask_b.shape[1]
+        layers = [
+            (
+                torch.cat([_pad_left(ka, pad_a), _pad_left(kb, pad_b)]),
+                torch.cat([_pad_left(va, pad_a), _pad_left(vb, pad_b)]),
+            )
+            for (ka, va), (kb, vb) in zip(_kv(cache_a), _kv(cache_b), strict=True)
+        ]
+        mask = torch.cat(
+            [torch.nn.functional.pad(mask_a, (pad_a, 0)), torch.nn.functional.pad(mask_b, (pad_b, 0))], dim=0
+        )
+        return self._rebuild(layers), mask
+
+    def _rebuild(self, layers: list[tuple[torch.Tensor, torch.Tensor]]) -> DynamicCache:
+        return DynamicCache(layers, config=self.model.config)
+
+    # -- tokens -> events ------------------------------------------------------------------------
+
+    def _sample(self, logits: torch.Tensor, sequences: list[Sequence]) -> torch.Tensor:
+        tokens = logits.argmax(dim=-1)
+        for row, sequence in enumerate(sequences):
+            temperature = sequence.request.temperature
+            if temperature <= 0:
+                continue
+            probs = torch.softmax(logits[row].float() / temperature, dim=-1)
+            top_p = sequence.request.top_p
+            if top_p < 1.0:
+                sorted_probs, order = probs.sort(descending=True)
+                outside = sorted_probs.cumsum(0) - sorted_probs > top_p
+                sorted_probs[outside] = 0.0
+                probs = torch.zeros_like(probs).scatter(0, order, sorted_probs)
+            tokens[row] = torch.multinomial(probs, 1, generator=sequence.generator)[0]
+        return tokens
+
+    def _accept(self, sequence: Sequence, token: int) -> None:
+        """Append one token; emit text, or finish the sequence (marking it for retirement)."""
+        if sequence.cancelled.is_set():
+            return
+        if token in self.eos_ids:
+            self._finish(sequence, self._text(sequence), "end_turn")
+            return
+        sequence.generated.append(token)
+        text = self._text(sequence)
+        for stop in sequence.request.stop:
+            at = text.find(stop)
+            if at >= 0:
+                self._finish(sequence, text[:at], "stop_sequence")
+                return
+        if len(sequence.generated) >= sequence.request.max_tokens:
+            self._finish(sequence, text, "max_tokens")
+            return
+        if sequence.request.stream:
+            safe = _safe_length(text, sequence.request.stop)
+            if safe > sequence.emitted_chars:
+                sequence.sink(
+                    {
+                        "event": "text",
+                        "text": text[sequence.emitted_chars : safe],
+                        "output_tokens": len(sequence.generated),
+                    }
+                )
+                sequence.emitted_chars = safe
+
+    def _finish(self, sequence: Sequence, text: str, reason: StopReason) -> None:
+        if sequence.request.stream and len(text) > sequence.emitted_chars:
+            sequence.sink(
+                {"event": "text", "text": text[sequence.emitted_chars :], "output_tokens": len(sequence.generated)}
+            )
+        sequence.sink(
+            {
+                "event": "end",
+                "text": text,
+                "stop_reason": reason,
+                "input_tokens": len(sequence.prompt_ids),
+                "output_tokens": len(sequence.generated),
+            }
+        )
+        sequence.cancelled.set()
+
+    def _text(self, sequence: Sequence) -> str:
+        text = str(self.tokenizer.decode(sequence.generated, skip_special_tokens=True))
+        return text[1:] if sequence.strip_leading_space and text.startswith(" ") else text
+
+    def _fail_all(self, message: str) -> None:
+        for sequence in self._active:
+            if not sequence.cancelled.is_set():
+                sequence.sink({"event": "error", "code": "ModelErrorException", "message": message})
+                sequence.cancelled.set()
+        self._active = []
+        self._cache = self._mask = self._last = None
+
+
+def _kv(cache: DynamicCache) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Each layer's (keys, values); the engine serves decoders whose layers all keep plain KV tensors."""
+    out = []
+    for layer in cache.layers:
+        if not isinstance(layer, DynamicLayer) or layer.keys is None or layer.values is None:
+            raise TypeError(f"continuous batching needs plain key/value cache layers, not {type(layer).__name__}")
+        out.append((layer.keys, layer.values))
+    return out
+
+
+def _pad_left(states: torch.Tensor, columns: int) -> torch.Tensor:
+    """Zero key/value columns in front of ``states`` (batch, heads, length, dim); the mask hides them."""
+    if columns == 0:
+        return states
+    return torch.nn.functional.pad(states, (0, 0, columns, 0))
+
+
+def _safe_length(text: str, stops: tuple[str, ...]) -> int:
+    """How much of ``text`` can be sent now: not a half-decoded character, nor what may begin a stop sequence."""
+    end = len(text)
+    while end > 0 and text[end - 1] == "\ufffd":
+        end -= 1
+    held = 0
+    for stop in stops:
+        for size in range(min(len(stop) - 1, end), 0, -1):
+            if text[end - size : end] == stop[:size]:
+                held = max(held, size)
+                break
+    return end - held
+
+
+def _eos_ids(model: Any, tokenizer: PreTrainedTokenizerBase) -> set[int]:
+    ids: set[int] = set()
+    for source in (getattr(model, "generation_config", None), model.config):
+        value = getattr(source, "eos_token_id", None)
+        if isinstance(value, int):
+            ids.add(value)
+        elif isinstance(value, (list, tuple)):
+            ids.update(int(v) for v in value)
+    if tokenizer.eos_token_id is not None:
+        ids.add(int(tokenizer.eos_token_id))
+    return ids

@@ -1,0 +1,71 @@
+"""The wire protocol between the API process and engine processes: JSON lines on a Unix socket.
+
+One connection carries one generation. The client writes a :class:`GenerationRequest` as one
+line; the engine answers with lines, each one event:
+
+- ``{"event": "start", "input_tokens": N, "prompt": "..."}``: the prompt (a conversation rendered
+  with the model's template) was tokenized and accepted;
+- ``{"event": "text", "text": "...", "output_tokens": M}``: new text (only when the request asked
+  to stream);
+- ``{"event": "end", "text": "<all of it>", "stop_reason": ..., "input_tokens": N, "output_tokens": M}``;
+- ``{"event": "error", "code": "ValidationException", "message": "..."}`` instead of ``start``.
+
+Closing the connection cancels the generation. A Unix socket (mode 0600 in the data directory)
+keeps engines unreachable from the network and from other users; the API process is their only
+client, so authentication happens once, there.
+
+No torch here: both sides import this module.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
+
+StopReason = Literal["end_turn", "max_tokens", "stop_sequence"]
+"""Converse's names; the native and OpenAI surfaces map them onto their own."""
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    """Either a raw ``prompt`` the model continues verbatim, or a ``conversation`` the engine renders
+    (``{"system": [{"text"}], "messages": [{"role", "content": [{"text"}]}]}``, already checked by
+    :func:`tuneforge.serving.conversation.check_conversation`)."""
+
+    max_tokens: int
+    prompt: str | None = None
+    conversation: dict[str, Any] | None = None
+    temperature: float = 0.0
+    """0 decodes greedily (the default: deterministic answers); above 0 samples."""
+    top_p: float = 1.0
+    stop: tuple[str, ...] = field(default_factory=tuple)
+    stream: bool = False
+    seed: int | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["stop"] = list(self.stop)
+        return data
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> GenerationRequest:
+        if (data.get("prompt") is None) == (data.get("conversation") is None):
+            raise ValueError("a generation request needs exactly one of prompt and conversation")
+        return cls(
+            max_tokens=int(data["max_tokens"]),
+            prompt=None if data.get("prompt") is None else str(data["prompt"]),
+            conversation=data.get("conversation"),
+            temperature=float(data.get("temperature", 0.0)),
+            top_p=float(data.get("top_p", 1.0)),
+            stop=tuple(str(s) for s in data.get("stop") or ()),
+            stream=bool(data.get("stream", False)),
+            seed=None if data.get("seed") is None else int(data["seed"]),
+        )
+
+
+@dataclass(frozen=True)
+class GenerationResult:
+    text: str
+    stop_reason: StopReason
+    input_tokens: int
+    output_tokens: int

@@ -1,0 +1,203 @@
+"""The inference core both API surfaces call: which engine answers a ``modelId``, and the generation.
+
+``modelId`` resolution, as Bedrock's runtime does it:
+
+- a **provisioned-model ARN** (or, as an extension, a provisioned throughput's name): its replicas;
+  ModelNotReadyException until it is ``InService``;
+- a **foundation model** id or ARN that supports on-demand inference: a shared engine started on
+  first use (the request waits for it) and stopped after ``on_demand_idle_minutes`` without use;
+- a **custom model** ARN or name: refused with ValidationException, because custom models are
+  served only through provisioned throughput (as on Bedrock);
+- anything else: ValidationException ("The provided model identifier is invalid.").
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncGenerator
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import select
+
+from tuneforge.arns import decode_identifier, is_arn, resource_type
+from tuneforge.catalog.models import TokenLimits
+from tuneforge.db.tables import CustomModel, ProvisionedModel
+from tuneforge.errors import (
+    ModelErrorException,
+    ModelNotReadyException,
+    ResourceNotFoundException,
+    ServiceError,
+    ValidationException,
+    constraint_errors,
+    range_violation,
+)
+from tuneforge.serving.engine_client import EngineUnavailable, stream_events
+from tuneforge.serving.manager import EngineManager, Replica, on_demand_group, pt_group
+from tuneforge.serving.protocol import GenerationRequest
+from tuneforge.serving.throughput import DELETED, ServedModel, ThroughputService
+from tuneforge.serving.usage import UsageMeter
+
+INVALID_MODEL = "The provided model identifier is invalid."
+
+
+@dataclass(frozen=True)
+class Target:
+    """Where a request goes, resolved from its ``modelId``."""
+
+    model_id: str
+    group: str
+    model_arn: str
+    """What answers: the deployment's current model, or the foundation model."""
+    limits: TokenLimits
+    provisioned_model_id: str | None = None
+    provisioned_model_arn: str | None = None
+    on_demand: ServedModel | None = None
+
+
+class RuntimeService:
+    def __init__(
+        self, throughput: ThroughputService, manager: EngineManager, meter: UsageMeter, start_timeout_s: float
+    ) -> None:
+        self.throughput = throughput
+        self.manager = manager
+        self.meter = meter
+        self.start_timeout_s = start_timeout_s
+
+    # -- resolution -----------------------------------------------------------------------------
+
+    def resolve(self, model_id: str) -> Target:
+        identifier = decode_identifier(model_id)
+        kind = resource_type(identifier) if is_arn(identifier) else ""
+        if kind == "provisioned-model":
+            return self._provisioned(model_id, self.throughput.get(identifier))
+        if kind == "custom-model":
+            raise self._needs_provisioned_throughput(identifier)
+        if kind == "foundation-model" or (not kind and self.throughput.is_foundation_id(identifier)):
+            try:
+                served = self.throughput.resolve_model(identifier)
+            except ResourceNotFoundException:
+                raise ValidationException(INVALID_MODEL) from None
+            return self._on_demand(model_id, served)
+        if kind:
+            raise ValidationException(INVALID_MODEL)
+        with self.throughput.db.session() as session:
+            row = session.scalar(
+                select(ProvisionedModel).where(ProvisionedModel.name == identifier, ProvisionedModel.status != DELETED)
+            )
+            custom = session.scalar(select(CustomModel.arn).where(CustomModel.name == identifier))
+        if row is not None:
+            return self._provisioned(model_id, row)
+        if custom is not None:
+            raise self._needs_provisioned_throughput(custom)
+        raise ValidationException(INVALID_MODEL)
+
+    def _provisioned(self, model_id: str, row: ProvisionedModel) -> Target:
+        if row.status == "Creating":
+            raise ModelNotReadyException(
+                f"The provisioned model throughput {row.name} is Creating; retry when it is InService."
+            )
+        if row.status == "Failed":
+            raise ValidationException(
+                f"The provisioned model throughput {row.name} is Failed: {row.failure_message}. "
+                "Delete it and create a new one."
+            )
+        served = self.throughput.resolve_model(row.foundation_model_arn)
+        return Target(
+            model_id=model_id,
+            group=pt_group(row.id),
+            model_arn=row.model_arn,
+            limits=served.foundation.limits,
+            provisioned_model_id=row.id,
+            provisioned_model_arn=row.arn,
+        )
+
+    def _on_demand(self, model_id: str, served: ServedModel) -> Target:
+        if "ON_DEMAND" not in served.foundation.inference_types:
+            raise ValidationException(
+                f"Invocation of model ID {served.foundation.model_id} with on-demand throughput isn't supported. "
+                "Create a provisioned throughput for it and invoke the provisioned model ARN."
+            )
+        return Target(
+            model_id=model_id,
+            group=on_demand_group(served.foundation.model_id),
+            model_arn=served.arn,
+            limits=served.foundation.limits,
+            on_demand=served,
+        )
+
+    @staticmethod
+    def _needs_provisioned_throughput(arn: str) -> ValidationException:
+        return ValidationException(
+            f"Invocation of model ID {arn} with on-demand throughput isn't supported. Custom models are served "
+            "only through Provisioned Throughput: purchase it with CreateProvisionedModelThroughput and invoke "
+            "the provisionedModelArn it returns."
+        )
+
+    def check_max_tokens(self, target: Target, max_tokens: int, member: str) -> None:
+        """``maxTokens`` beyond what the model can produce (botocore checks only the minimum)."""
+        limit = target.limits.max_output_tokens
+        if max_tokens > limit:
+            raise constraint_errors([range_violation(max_tokens, member, 1, limit)])
+        if max_tokens < 1:
+            raise constraint_errors([range_violation(max_tokens, member, 1, None)])
+
+    # -- generation -----------------------------------------------------------------------------
+
+    async def generate(self, target: Target, request: GenerationRequest) -> AsyncGenerator[dict[str, Any], None]:
+        """The engine's events (``start``, ``text``..., ``end``); engine errors become ServiceErrors.
+
+        Usage is metered when the ``end`` event arrives; the replica is released when the caller
+        closes the iterator, so a retiring replica stops only after its last response is sent.
+        """
+        replica = await self._acquire(target)
+        try:
+            async for event in stream_events(replica.socket_path, request):
+                kind = event["event"]
+                if kind == "error":
+                    error = ValidationException if event.get("code") == "ValidationException" else ModelErrorException
+                    raise error(str(event.get("message", "the model failed")))
+                if kind == "end":
+                    self.meter.record(
+                        target.provisioned_model_id,
+                        replica.model_arn,
+                        int(event["input_tokens"]),
+                        int(event["output_tokens"]),
+                    )
+                yield event
+        except EngineUnavailable as exc:
+            raise ModelErrorException(f"The model failed to answer: {exc}") from None
+        finally:
+            self.manager.release(replica)
+
+    async def _acquire(self, target: Target) -> Replica:
+        replica = self.manager.acquire(target.group)
+        if replica is not None:
+            return replica
+        if target.on_demand is None:
+            raise ModelNotReadyException(
+                f"No replica of {target.model_id} is ready yet (the deployment is starting its engines); retry."
+            )
+        deadline = time.monotonic() + self.start_timeout_s
+        while True:
+            failure = self.manager.start_on_demand(target.on_demand)
+            if failure is not None:
+                raise ModelErrorException(f"The model {target.on_demand.foundation.model_id} failed to load: {failure}")
+            replica = self.manager.acquire(target.group)
+            if replica is not None:
+                return replica
+            if time.monotonic() > deadline:
+                raise ModelNotReadyException(f"The model {target.model_id} is still loading; retry.")
+            await asyncio.sleep(0.1)
+
+
+async def collect(events: AsyncGenerator[dict[str, Any], None]) -> dict[str, Any]:
+    """The final ``end`` event of a non-streaming generation."""
+    end: dict[str, Any] | None = None
+    async for event in events:
+        if event["event"] == "end":
+            end = event
+    if end is None:
+        raise ServiceError("the engine finished without a result")
+    return end

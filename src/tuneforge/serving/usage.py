@@ -1,0 +1,201 @@
+"""Metering: model-unit-hours, tokens and cost per deployment and per model.
+
+A provisioned throughput costs ``model units x hours x price per model-unit-hour`` from creation
+until it is deleted or fails, whether or not anyone calls it (as on Bedrock): that is the number a
+forgotten deployment runs up, and the one the idle timeout exists to stop. The ledger is
+:class:`~tuneforge.db.tables.UsageSegment` rows; tokens are counted in memory on the request path
+(:class:`UsageMeter`) and written to the open segment by the engine manager every tick, so a request
+never waits on a database write.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import defaultdict
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from tuneforge.catalog.service import Catalog
+from tuneforge.db.session import Database
+from tuneforge.db.tables import CustomModel, ProvisionedModel, UsageSegment, utcnow
+
+
+def segment_hours(segment: UsageSegment, now: datetime) -> float:
+    """Model-unit-hours of one segment up to ``now`` (or its end)."""
+    end = segment.ended_at or now
+    return max(0.0, (end - segment.started_at).total_seconds()) / 3600.0 * segment.model_units
+
+
+def open_segment(session: Session, row: ProvisionedModel, model_arn: str, at: datetime) -> None:
+    session.add(
+        UsageSegment(
+            provisioned_model_id=row.id,
+            model_arn=model_arn,
+            model_units=row.model_units,
+            price_per_model_unit_hour=row.price_per_model_unit_hour,
+            started_at=at,
+        )
+    )
+
+
+def close_segments(session: Session, provisioned_model_id: str, at: datetime) -> None:
+    for segment in session.scalars(
+        select(UsageSegment).where(
+            UsageSegment.provisioned_model_id == provisioned_model_id, UsageSegment.ended_at.is_(None)
+        )
+    ):
+        segment.ended_at = at
+
+
+@dataclass
+class Meter:
+    """What a deployment has cost so far: the ``tuneforge`` extension block of Get/List."""
+
+    model_unit_hours: float = 0.0
+    cost: float = 0.0
+    invocations: int = 0
+    input_tokens: int = 0
+    output_tokens: int = 0
+
+
+def meters(session: Session, provisioned_model_ids: list[str], now: datetime | None = None) -> dict[str, Meter]:
+    now = now or utcnow()
+    out: dict[str, Meter] = {pid: Meter() for pid in provisioned_model_ids}
+    if not provisioned_model_ids:
+        return out
+    for segment in session.scalars(
+        select(UsageSegment).where(UsageSegment.provisioned_model_id.in_(provisioned_model_ids))
+    ):
+        assert segment.provisioned_model_id is not None
+        meter = out[segment.provisioned_model_id]
+        hours = segment_hours(segment, now)
+        meter.model_unit_hours += hours
+        meter.cost += hours * segment.price_per_model_unit_hour
+        meter.invocations += segment.invocations
+        meter.input_tokens += segment.input_tokens
+        meter.output_tokens += segment.output_tokens
+    return out
+
+
+@dataclass
+class _Counts:
+    invocations: int = 0
+    input_tokens: int = 0
+    output_tokens: int = 0
+    last_at: datetime | None = None
+
+
+@dataclass
+class UsageMeter:
+    """Thread-safe in-memory token counts, flushed into the ledger by :meth:`flush`."""
+
+    db: Database
+    _pending: dict[tuple[str | None, str], _Counts] = field(default_factory=lambda: defaultdict(_Counts))
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def record(self, provisioned_model_id: str | None, model_arn: str, input_tokens: int, output_tokens: int) -> None:
+        with self._lock:
+            counts = self._pending[(provisioned_model_id, model_arn)]
+            counts.invocations += 1
+            counts.input_tokens += input_tokens
+            counts.output_tokens += output_tokens
+            counts.last_at = utcnow()
+
+    def flush(self) -> None:
+        with self._lock:
+            pending, self._pending = self._pending, defaultdict(_Counts)
+        if not pending:
+            return
+        with self.db.session() as session:
+            for (provisioned_model_id, model_arn), counts in pending.items():
+                segment = session.scalar(
+                    select(UsageSegment)
+                    .where(
+                        UsageSegment.provisioned_model_id.is_(None)
+                        if provisioned_model_id is None
+                        else UsageSegment.provisioned_model_id == provisioned_model_id,
+                        UsageSegment.model_arn == model_arn,
+                    )
+                    .order_by(UsageSegment.id.desc())
+                    .limit(1)
+                )
+                if segment is None:
+                    segment = UsageSegment(provisioned_model_id=provisioned_model_id, model_arn=model_arn)
+                    session.add(segment)
+                segment.invocations = (segment.invocations or 0) + counts.invocations
+                segment.input_tokens = (segment.input_tokens or 0) + counts.input_tokens
+                segment.output_tokens = (segment.output_tokens or 0) + counts.output_tokens
+                if provisioned_model_id is not None:
+                    row = session.get(ProvisionedModel, provisioned_model_id)
+                    if row is not None and counts.last_at is not None:
+                        row.last_invocation_at = max(row.last_invocation_at or counts.last_at, counts.last_at)
+
+
+def usage_report(db: Database, catalog: Catalog, now: datetime | None = None) -> dict[str, Any]:
+    """Hours, tokens and cost per deployment (deleted ones included) and per model (by name where it
+    still exists: custom model names, foundation model ids)."""
+    now = now or utcnow()
+    with db.session() as session:
+        rows = {row.id: row for row in session.scalars(select(ProvisionedModel).order_by(ProvisionedModel.created_at))}
+        segments = list(session.scalars(select(UsageSegment).order_by(UsageSegment.id)))
+        model_names = {arn: name for arn, name in session.execute(select(CustomModel.arn, CustomModel.name))}
+    model_names.update({catalog.arn(m): m.model_id for m in catalog.all()})
+    deployments: dict[str, dict[str, Any]] = {}
+    models: dict[str, dict[str, Any]] = {}
+    for segment in segments:
+        hours = segment_hours(segment, now)
+        cost = hours * segment.price_per_model_unit_hour
+        model = models.setdefault(
+            segment.model_arn,
+            {
+                "modelArn": segment.model_arn,
+                "modelName": model_names.get(segment.model_arn, segment.model_arn.rsplit("/", 1)[-1]),
+                **_zero(),
+            },
+        )
+        _add(model, hours, cost, segment)
+        if segment.provisioned_model_id is None:
+            continue
+        row = rows.get(segment.provisioned_model_id)
+        if row is None:
+            continue
+        deployment = deployments.setdefault(
+            row.id,
+            {
+                "provisionedModelName": row.name,
+                "provisionedModelArn": row.arn,
+                "status": row.status,
+                "modelUnits": row.model_units,
+                "pricePerModelUnitHour": row.price_per_model_unit_hour,
+                "creationTime": _iso(row.created_at),
+                "deletionTime": _iso(row.deleted_at),
+                "deletionReason": row.deletion_reason,
+                **_zero(),
+            },
+        )
+        _add(deployment, hours, cost, segment)
+    totals = _zero()
+    for model in models.values():
+        for key in totals:
+            totals[key] += model[key]
+    return {"deployments": list(deployments.values()), "models": list(models.values()), "total": totals}
+
+
+def _zero() -> dict[str, Any]:
+    return {"modelUnitHours": 0.0, "cost": 0.0, "invocations": 0, "inputTokens": 0, "outputTokens": 0}
+
+
+def _add(entry: dict[str, Any], hours: float, cost: float, segment: UsageSegment) -> None:
+    entry["modelUnitHours"] += hours
+    entry["cost"] += cost
+    entry["invocations"] += segment.invocations
+    entry["inputTokens"] += segment.input_tokens
+    entry["outputTokens"] += segment.output_tokens
+
+
+def _iso(value: datetime | None) -> str | None:
+    return None if value is None else value.isoformat(timespec="milliseconds").replace("+00:00", "Z")

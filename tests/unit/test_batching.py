@@ -1,0 +1,116 @@
+"""Continuous batching gives every request the answer it would get alone, and frees finished rows."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import torch
+
+from tuneforge.catalog.builtin import ensure_builtin
+from tuneforge.serving.batching import ContinuousBatcher, Sequence, _safe_length
+from tuneforge.serving.generation import load_for_inference
+from tuneforge.serving.protocol import GenerationRequest
+
+PROMPTS = ["Ticket: my invoice\nCategory:", "a much longer prompt, so that rows need left padding", "x"]
+
+
+@pytest.fixture(scope="module")
+def model_and_tokenizer(tmp_path_factory: pytest.TempPathFactory) -> tuple[Any, Any]:
+    torch.set_num_threads(1)
+    models = tmp_path_factory.mktemp("models")
+    return load_for_inference(ensure_builtin("forge-micro", models), models)
+
+
+def solo_greedy(model: Any, tokenizer: Any, prompt: str, max_tokens: int) -> list[int]:
+    from tuneforge.recipes.components import encode_prompt
+
+    ids = torch.tensor([encode_prompt(tokenizer, prompt)])
+    out = model.generate(
+        input_ids=ids,
+        attention_mask=torch.ones_like(ids),
+        max_new_tokens=max_tokens,
+        do_sample=False,
+        eos_token_id=None,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    return [int(t) for t in out[0, ids.shape[1] :]]
+
+
+def submit(batcher: ContinuousBatcher, prompt: str, **options: Any) -> tuple[Sequence, list[dict[str, Any]]]:
+    events: list[dict[str, Any]] = []
+    request = GenerationRequest(prompt=prompt, **options)
+    sequence = Sequence(request, batcher.tokenize(prompt, request.max_tokens), events.append)
+    batcher.submit(sequence)
+    return sequence, events
+
+
+def test_requests_joining_a_running_batch_get_their_solo_greedy_answer(model_and_tokenizer: tuple[Any, Any]) -> None:
+    model, tokenizer = model_and_tokenizer
+    batcher = ContinuousBatcher(model, tokenizer, max_batch=8)
+    batcher.eos_ids = set()  # a random model may end early; compare full lengths
+    first, _ = submit(batcher, PROMPTS[0], max_tokens=12)
+    batcher.step()
+    batcher.step()
+    others = [submit(batcher, p, max_tokens=12)[0] for p in PROMPTS[1:]]
+    steps = 0
+    while batcher.running or steps == 0:
+        batcher.step()
+        steps += 1
+    for sequence in [first, *others]:
+        assert sequence.generated == solo_greedy(model, tokenizer, sequence.request.prompt, 12)
+    assert steps <= 12, "joined requests should decode together, not one after another"
+
+
+def test_stop_sequence_max_tokens_and_streamed_text_add_up(model_and_tokenizer: tuple[Any, Any]) -> None:
+    model, tokenizer = model_and_tokenizer
+    batcher = ContinuousBatcher(model, tokenizer)
+    batcher.eos_ids = set()
+    reference, _ = submit(batcher, PROMPTS[0], max_tokens=10)
+    while batcher.running or not reference.cancelled.is_set():
+        batcher.step()
+    full = tokenizer.decode(reference.generated)
+    stop = full[3:5]
+    streamed, events = submit(batcher, PROMPTS[0], max_tokens=10, stop=(stop,), stream=True)
+    while not streamed.cancelled.is_set():
+        batcher.step()
+    end = events[-1]
+    assert end["event"] == "end" and end["stop_reason"] == "stop_sequence"
+    assert end["text"] == full[: full.find(stop)]
+    assert "".join(e["text"] for e in events if e["event"] == "text") == end["text"]
+    assert [e["output_tokens"] for e in events] == sorted(e["output_tokens"] for e in events)
+    capped, events = submit(batcher, PROMPTS[1], max_tokens=3)
+    while not capped.cancelled.is_set():
+        batcher.step()
+    assert events == [
+        {"event": "end", "text": events[0]["text"], "stop_reason": "max_tokens", "input_tokens": 53, "output_tokens": 3}
+    ]
+
+
+def test_cancelled_request_leaves_the_batch(model_and_tokenizer: tuple[Any, Any]) -> None:
+    model, tokenizer = model_and_tokenizer
+    batcher = ContinuousBatcher(model, tokenizer)
+    batcher.eos_ids = set()
+    keep, _ = submit(batcher, PROMPTS[0], max_tokens=20)
+    gone, _ = submit(batcher, PROMPTS[1], max_tokens=20)
+    batcher.step()
+    assert batcher.running == 2
+    gone.cancelled.set()
+    batcher.step()
+    assert batcher.running == 1
+    while batcher.running:
+        batcher.step()
+    assert keep.generated == solo_greedy(model, tokenizer, PROMPTS[0], 20)
+
+
+def test_prompt_longer_than_the_context_is_refused(model_and_tokenizer: tuple[Any, Any]) -> None:
+    model, tokenizer = model_and_tokenizer
+    batcher = ContinuousBatcher(model, tokenizer)
+    with pytest.raises(ValueError, match="Input is too long for requested model"):
+        batcher.tokenize("x" * 500, 100)
+
+
+def test_stream_holds_back_what_may_start_a_stop_sequence() -> None:
+    assert _safe_length("hello wor", ("world",)) == len("hello ")
+    assert _safe_length("hello", ("xyz",)) == 5
+    assert _safe_length("caf\ufffd", ()) == 3
