@@ -156,8 +156,7 @@ _COMMON: tuple[HyperParameterSpec, ...] = (
         "lengthGrouping",
         "bool",
         True,
-        "Batch records of similar length together so little compute goes to padding; "
-        "false = plain random batches.",
+        "Batch records of similar length together so little compute goes to padding; false = plain random batches.",
     ),
     HyperParameterSpec("seed", "int", 42, "Seed for initialisation and data order.", 0, 2**31 - 1),
     HyperParameterSpec(
