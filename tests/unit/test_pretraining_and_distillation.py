@@ -316,3 +316,32 @@ def test_output_artifacts_name_the_documented_paths() -> None:
         "syntheticDataSample": f"{root}/distillation_artifacts/synthetic_data_sample.jsonl",
     }
     assert set(output_artifacts("s3://b/out", "x", "FINE_TUNING", validators=0)) == {"trainingMetrics"}
+
+
+def test_a_job_left_with_nothing_to_train_on_fails_saying_why(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from tuneforge.recipes.base import RecipeFailed
+
+    monkeypatch.setattr(
+        "tuneforge.recipes.distillation.complete",
+        lambda model, tokenizer, prompts, max_new_tokens, **_: [Completion(" and so", False, 8) for _ in prompts],
+    )
+    micro = next(m for m in BUILTIN_MODELS if m.source == "builtin:forge-micro")
+    models_dir = tmp_path / "models"
+    folder = ensure_builtin("forge-micro", models_dir)
+    inputs = RecipeInputs(
+        job_id="abcdefghij12",
+        customization_type="DISTILLATION",
+        base_model=micro,
+        base_model_dir=folder,
+        training_file=write_jsonl(tmp_path / "train.jsonl", [conversation("hello"), conversation("again")]),
+        validation_files=(),
+        output_dir=tmp_path / "output",
+        model_dir=tmp_path / "model",
+        checkpoint_dir=tmp_path / "checkpoints",
+        hyperparameters=resolve(distillation_specs(), {"holdoutPercent": "0"}),
+        teacher=TeacherInputs(arn="teacher", model_dir=folder, models_dir=models_dir, max_response_tokens=8),
+    )
+    with pytest.raises(RecipeFailed, match=r"No prompt is left to train on: 2 rejected \(2 truncated\), 0 held out"):
+        DistillationRecipe().run(inputs, RecordingReporter())
+    insights = tmp_path / "output" / "model-customization-job-abcdefghij12" / "distillation_artifacts"
+    assert (insights / "prompt_insights.json").exists()

@@ -26,7 +26,7 @@ from tuneforge.db.tables import CustomModel, Job, JobEvent, utcnow
 from tuneforge.errors import ServiceError
 from tuneforge.jobs.service import mark_stages
 from tuneforge.jobs.supervisor import checkpoint_dir
-from tuneforge.recipes.base import RecipeInputs, RecipeResult, Stage, StageStatus, TeacherInputs
+from tuneforge.recipes.base import RecipeFailed, RecipeInputs, RecipeResult, Stage, StageStatus, TeacherInputs
 from tuneforge.services import Services
 from tuneforge.settings import Settings
 from tuneforge.storage import StorageError
@@ -166,7 +166,7 @@ class JobRunner:
             self.reporter.log(f"resuming job (attempt {snapshot['attempts']})")
         try:
             result, model_dir, base = self._execute(snapshot)
-        except JobFailed as exc:
+        except (JobFailed, RecipeFailed) as exc:
             self._finish("Failed", failure=str(exc)[:2048])
             return
         except Exception as exc:
@@ -235,7 +235,12 @@ class JobRunner:
         )
         # The recipe reports the dataProcessing and training stages itself: what they contain
         # depends on the customization type (distillation's data processing is the teacher's work).
-        result = get_recipe(job["customization_type"]).run(inputs, self.reporter)
+        try:
+            result = get_recipe(job["customization_type"]).run(inputs, self.reporter)
+        except RecipeFailed:
+            if output_dir.is_dir():  # what the recipe wrote (distillation's prompt insights) explains why
+                self.services.store.upload_tree(output_dir, output_uri)
+            raise
         if not result.stopped and output_dir.is_dir():
             self.services.store.upload_tree(output_dir, output_uri)
         return result, model_dir, base

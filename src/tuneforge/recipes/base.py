@@ -71,6 +71,11 @@ class RecipeResult:
     """Artifact name -> path relative to ``output_dir`` or ``model_dir``, for the job record."""
 
 
+class RecipeFailed(Exception):
+    """A failure the user can act on (say, no usable data left); its message becomes the job's
+    ``failureMessage`` as is, where any other exception is reported as an unexpected error."""
+
+
 class JobReporter(Protocol):
     def stage(self, stage: Stage, status: StageStatus) -> None: ...
 

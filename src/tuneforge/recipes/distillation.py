@@ -50,7 +50,7 @@ from tuneforge.catalog.builtin import load_model_and_tokenizer
 from tuneforge.catalog.models import DISTILLATION
 from tuneforge.data.tasks import write_jsonl
 from tuneforge.recipes import layout
-from tuneforge.recipes.base import JobReporter, RecipeInputs, RecipeResult, TeacherInputs
+from tuneforge.recipes.base import JobReporter, RecipeFailed, RecipeInputs, RecipeResult, TeacherInputs
 from tuneforge.recipes.components import (
     IGNORE_INDEX,
     Example,
@@ -227,7 +227,12 @@ class DistillationRecipe:
             f"{insights['rejected']:,} rejected"
         )
         if not trained:
-            raise ValueError(f"no prompt is left to train on; see {layout.PROMPT_INSIGHTS} for why")
+            reasons = ", ".join(f"{count} {reason}" for reason, count in insights["rejectedByReason"].items())
+            raise RecipeFailed(
+                f"No prompt is left to train on: {insights['rejected']} rejected ({reasons or 'none'}), "
+                f"{insights['heldOut']} held out; see {layout.job_folder(inputs.job_id)}/{layout.PROMPT_INSIGHTS} "
+                "under the output location"
+            )
         examples = [encode_record(p.conversation(), tokenizer, max_length) for p in trained]
         validators: list[list[Example]] = [
             [
