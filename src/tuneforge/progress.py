@@ -64,6 +64,14 @@ def wait_for_job(
                         completed=data["step"],
                         detail=f"loss {data['loss']:.4f}  {data['tokensPerSecond']:.0f} tok/s",
                     )
+                elif event["kind"] == "processing":
+                    progress.update(
+                        task,
+                        description="data processing",
+                        total=data["total"],
+                        completed=data["done"],
+                        detail=data["unit"],
+                    )
                 elif event["kind"] == "stage":
                     progress.update(task, description=f"{data['stage']} {data['status'].lower()}")
                 elif event["kind"] == "log" and not quiet:

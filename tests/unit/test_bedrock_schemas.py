@@ -174,6 +174,44 @@ def test_invocation_logs_training_source_is_refused() -> None:
     assert "invocationLogsConfig is not supported" in message_of(body(trainingDataConfig=config))
 
 
+def test_distillation_config_is_carried_as_sent() -> None:
+    config = {
+        "distillationConfig": {
+            "teacherModelConfig": {
+                "teacherModelIdentifier": "tuneforge.forge-small-v1:0:512",
+                "maxResponseLengthForInference": 64,
+            }
+        }
+    }
+    request = parse_create_job(body(customizationType="DISTILLATION", customizationConfig=config))
+    assert (request.customization_type, request.customization_config) == ("DISTILLATION", config)
+
+
+@pytest.mark.parametrize(
+    ("config", "fragment"),
+    [
+        ("teacher", "at 'customizationConfig' failed to satisfy constraint: Member must be a structure"),
+        ({}, "Member must set exactly one of [distillationConfig, rftConfig]"),
+        ({"distillationConfig": {}, "rftConfig": {}}, "Member must set exactly one of [distillationConfig, rftConfig]"),
+        ({"distillationConfig": {}}, "Value null at 'customizationConfig.distillationConfig.teacherModelConfig'"),
+        (
+            {"distillationConfig": {"teacherModelConfig": {}}},
+            "Value null at 'customizationConfig.distillationConfig.teacherModelConfig.teacherModelIdentifier'",
+        ),
+        (
+            {
+                "distillationConfig": {
+                    "teacherModelConfig": {"teacherModelIdentifier": "t", "maxResponseLengthForInference": 0}
+                }
+            },
+            "at 'customizationConfig.distillationConfig.teacherModelConfig.maxResponseLengthForInference'",
+        ),
+    ],
+)
+def test_malformed_customization_config_is_refused_naming_the_member(config: object, fragment: str) -> None:
+    assert fragment in message_of(body(customizationType="DISTILLATION", customizationConfig=config))
+
+
 def test_tag_without_value_is_refused() -> None:
     assert "at 'jobTags' failed to satisfy constraint: Member must have key and value" in message_of(
         body(jobTags=[{"key": "k"}])

@@ -361,5 +361,5 @@ def test_registry_import_does_not_import_torch() -> None:
 
 
 def test_unknown_customization_type_names_the_supported_ones() -> None:
-    with pytest.raises(KeyError, match="supported: FINE_TUNING"):
+    with pytest.raises(KeyError, match="supported: CONTINUED_PRE_TRAINING, DISTILLATION, FINE_TUNING"):
         get_recipe("DISTILLATION_PLUS")

@@ -13,7 +13,7 @@ from sqlalchemy import select
 
 from tuneforge.api.bedrock.schemas import foundation_model
 from tuneforge.catalog.models import BUILTIN_MODELS
-from tuneforge.db.tables import Job, JobEvent, utcnow
+from tuneforge.db.tables import CustomModel, Job, JobEvent, utcnow
 from tuneforge.errors import ConflictException, ResourceNotFoundException, ValidationException
 from tuneforge.jobs.service import STAGES, CreateJobRequest, JobFilter, mark_stages
 from tuneforge.services import Services
@@ -160,7 +160,11 @@ def test_base_model_given_as_non_foundation_arn_is_validation_error(services: Se
         services.jobs.create(request(base_model_identifier=arn))
 
 
-def test_customization_type_unsupported_by_base_model_is_validation_error(services: Services) -> None:
+def test_customization_type_unsupported_by_base_model_is_validation_error(
+    services: Services, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fine_tuning_only = replace(services.catalog.get(BASE), customizations=("FINE_TUNING",))
+    monkeypatch.setattr(services.catalog, "get", lambda identifier: fine_tuning_only)
     with pytest.raises(ValidationException, match="does not support customization type DISTILLATION"):
         services.jobs.create(request(customization_type="DISTILLATION"))
 
@@ -402,7 +406,7 @@ def test_registered_model_appears_in_list_foundation_models_data(services: Servi
     assert ids == [*(m.model_id for m in BUILTIN_MODELS), "my.tiny-llama-v1:0"]
     mine = summaries[-1]
     assert mine["modelArn"] == "arn:aws:bedrock:us-east-1::foundation-model/my.tiny-llama-v1:0"
-    assert mine["customizationsSupported"] == ["FINE_TUNING"]
+    assert mine["customizationsSupported"] == ["FINE_TUNING", "CONTINUED_PRE_TRAINING", "DISTILLATION"]
     assert mine["modelLifecycle"] == {"status": "ACTIVE"}
 
 
@@ -427,6 +431,12 @@ def test_register_refuses_non_causal_architecture(services: Services, data_dir: 
     config = {**LLAMA_CONFIG, "architectures": ["BertModel"]}
     with pytest.raises(ValidationException, match=r"architectures \[BertModel\] is not a causal language model"):
         services.catalog.register("my.m", str(hf_folder(data_dir / "m", config)))
+
+
+def test_register_accepts_lm_head_model_architectures_such_as_gpt2(services: Services, data_dir: Path) -> None:
+    config = {"architectures": ["GPT2LMHeadModel"], "n_positions": 1024, "model_type": "gpt2"}
+    model = services.catalog.register("my.gpt2", str(hf_folder(data_dir / "gpt2", config)))
+    assert (model.family, model.limits.max_total_tokens) == ("gpt2", 1024)
 
 
 def test_register_refuses_folder_without_weights(services: Services, data_dir: Path) -> None:
@@ -482,3 +492,118 @@ def test_fingerprint_ignores_token_but_not_content() -> None:
     base = request(client_request_token="a")
     assert base.fingerprint() == replace(base, client_request_token="b").fingerprint()
     assert base.fingerprint() != replace(base, output_uri="s3://bucket/other/").fingerprint()
+
+
+# -- continued pre-training and distillation rules ------------------------------------------------
+
+TEACHER = "tuneforge.forge-small-v1:0:512"
+
+
+def distillation(teacher: str = TEACHER, **teacher_config: Any) -> dict[str, Any]:
+    return {"distillationConfig": {"teacherModelConfig": {"teacherModelIdentifier": teacher, **teacher_config}}}
+
+
+def test_distillation_job_with_a_builtin_teacher_of_the_same_family_is_accepted(services: Services) -> None:
+    config = distillation(maxResponseLengthForInference=32)
+    job = services.jobs.create(request(customization_type="DISTILLATION", customization_config=config))
+    assert job.customization_config == config
+    teacher = services.jobs.distillation_teacher(job.customization_config, services.catalog.get(BASE))
+    assert teacher.arn == f"arn:aws:bedrock:us-east-1::foundation-model/{TEACHER}"
+    assert (teacher.max_response_tokens, teacher.weights_path) == (32, None)
+
+
+def test_distillation_without_a_teacher_is_refused_saying_what_is_missing(services: Services) -> None:
+    with pytest.raises(ValidationException, match="teacherModelIdentifier"):
+        services.jobs.create(request(customization_type="DISTILLATION"))
+
+
+def test_teacher_of_another_family_is_refused_at_create_time(services: Services, data_dir: Path) -> None:
+    services.catalog.register("my.tiny-llama-v1:0", str(hf_folder(data_dir / "hf" / "tiny", LLAMA_CONFIG)))
+    with pytest.raises(ValidationException, match=r"family llama\) cannot teach .* \(family forge\)"):
+        services.jobs.create(
+            request(customization_type="DISTILLATION", customization_config=distillation("my.tiny-llama-v1:0"))
+        )
+
+
+def test_teacher_of_the_same_family_with_another_tokenizer_is_refused(services: Services, data_dir: Path) -> None:
+    student = hf_folder(data_dir / "hf" / "student", LLAMA_CONFIG)
+    teacher = hf_folder(data_dir / "hf" / "teacher", LLAMA_CONFIG)
+    (teacher / "tokenizer.json").write_text('{"model": {"vocab": {"a": 0}}}')
+    services.catalog.register("my.student", str(student))
+    services.catalog.register("my.teacher", str(teacher))
+    with pytest.raises(ValidationException, match="use different tokenizers"):
+        services.jobs.create(
+            request(
+                base_model_identifier="my.student",
+                customization_type="DISTILLATION",
+                customization_config=distillation("my.teacher"),
+            )
+        )
+    (teacher / "tokenizer.json").write_text("{}")
+    job = services.jobs.create(
+        request(
+            base_model_identifier="my.student",
+            customization_type="DISTILLATION",
+            customization_config=distillation("my.teacher"),
+        )
+    )
+    assert job.base_model_id == "my.student"
+
+
+def test_teacher_can_be_a_custom_model_whose_weights_the_worker_loads(services: Services) -> None:
+    arn = services.arns.custom_model(TEACHER, "abcdefghij12")
+    with services.db.session() as session:
+        session.add(
+            CustomModel(
+                id="abcdefghij12",
+                arn=arn,
+                name="tuned-teacher",
+                base_model_id=TEACHER,
+                base_model_arn=f"arn:aws:bedrock:us-east-1::foundation-model/{TEACHER}",
+                customization_type="FINE_TUNING",
+                hyperparameters={},
+                training_data={},
+                validation_data={},
+                output_data={},
+                weights_path="/models/custom/abcdefghij12",
+            )
+        )
+    job = services.jobs.create(request(customization_type="DISTILLATION", customization_config=distillation(arn)))
+    teacher = services.jobs.distillation_teacher(job.customization_config, services.catalog.get(BASE))
+    assert (teacher.arn, teacher.weights_path, teacher.foundation.model_id) == (
+        arn,
+        "/models/custom/abcdefghij12",
+        TEACHER,
+    )
+    unknown = services.arns.custom_model(TEACHER, "zzzzzzzzzzzz")
+    with pytest.raises(ResourceNotFoundException, match="teacher model"):
+        services.jobs.create(
+            request("job-2", customization_type="DISTILLATION", customization_config=distillation(unknown))
+        )
+
+
+@pytest.mark.parametrize("length", [0, 257, "16"])
+def test_max_response_length_outside_the_teacher_limit_is_refused(services: Services, length: Any) -> None:
+    with pytest.raises(ValidationException, match="maxResponseLengthForInference must be an integer between 1 and 256"):
+        services.jobs.create(
+            request(
+                customization_type="DISTILLATION",
+                customization_config=distillation(maxResponseLengthForInference=length),
+            )
+        )
+
+
+def test_customization_config_on_other_types_is_refused(services: Services) -> None:
+    with pytest.raises(ValidationException, match="only DISTILLATION takes one"):
+        services.jobs.create(request(customization_config=distillation()))
+
+
+def test_chunk_overlap_must_be_shorter_than_the_chunk(services: Services) -> None:
+    with pytest.raises(ValidationException, match=r"chunkOverlap \(64\) must be smaller than the chunk length \(64"):
+        services.jobs.create(
+            request(customization_type="CONTINUED_PRE_TRAINING", hyperparameters={"maxSequenceLength": "64"})
+        )
+    job = services.jobs.create(
+        request(customization_type="CONTINUED_PRE_TRAINING", hyperparameters={"chunkOverlap": "8"})
+    )
+    assert job.hyperparameters["chunkOverlap"] == "8"

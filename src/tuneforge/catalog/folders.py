@@ -6,10 +6,14 @@ lists files; it never loads weights.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
-CAUSAL_LM_SUFFIX = "ForCausalLM"
+CAUSAL_LM_SUFFIXES = ("ForCausalLM", "LMHeadModel")
+"""How transformers names causal LM classes: ``LlamaForCausalLM``, and the older ``GPT2LMHeadModel``."""
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "merges.txt")
+"""Files that define a tokenizer's token ids (any one of the first three makes it loadable)."""
 
 
 def check_hf_folder(folder: Path) -> str | None:
@@ -26,12 +30,21 @@ def check_hf_folder(folder: Path) -> str | None:
     if not isinstance(config, dict):
         return "config.json is not a JSON object"
     architectures = config.get("architectures") or []
-    if not any(str(a).endswith(CAUSAL_LM_SUFFIX) for a in architectures):
+    if not any(str(a).endswith(CAUSAL_LM_SUFFIXES) for a in architectures):
         return f"config.json architectures [{', '.join(map(str, architectures))}] is not a causal language model"
     weights = list(folder.glob("*.safetensors")) + list(folder.glob("pytorch_model*.bin"))
     if not weights:
         return "no weights (*.safetensors or pytorch_model*.bin)"
-    tokenizer_files = ("tokenizer.json", "tokenizer.model", "vocab.json")
-    if not any((folder / name).is_file() for name in tokenizer_files):
+    if not any((folder / name).is_file() for name in TOKENIZER_FILES[:3]):
         return "no tokenizer files (tokenizer.json, tokenizer.model or vocab.json)"
     return None
+
+
+def tokenizer_digest(folder: Path) -> str:
+    """sha256 over the folder's tokenizer files (name and bytes), in a fixed order."""
+    digest = hashlib.sha256()
+    for name in TOKENIZER_FILES:
+        path = folder / name
+        if path.is_file():
+            digest.update(name.encode() + b"\0" + path.read_bytes() + b"\0")
+    return f"sha256:{digest.hexdigest()}"

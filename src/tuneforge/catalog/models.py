@@ -8,7 +8,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from tuneforge.catalog.hyperparameters import HyperParameterSpec, fine_tuning_specs
+from tuneforge.catalog.hyperparameters import (
+    HyperParameterSpec,
+    continued_pretraining_specs,
+    distillation_specs,
+    fine_tuning_specs,
+)
 
 FINE_TUNING = "FINE_TUNING"
 CONTINUED_PRE_TRAINING = "CONTINUED_PRE_TRAINING"
@@ -70,6 +75,9 @@ class FoundationModel:
 BUILTIN_VOCAB_SIZE = 260
 """256 byte tokens + <pad>, <bos>, <eos>, <unk>. See catalog/builtin.py."""
 
+BUILTIN_TOKENIZER = "forge-byte-260"
+"""The identity of the built-in family's one tokenizer, compared when pairing a teacher with a student."""
+
 BUILTIN_CONTEXT = 512
 BUILTIN_LIMITS = TokenLimits(max_input_tokens=384, max_output_tokens=256, max_total_tokens=512)
 
@@ -93,6 +101,15 @@ BUILTIN_ARCHITECTURES: dict[str, ArchitectureConfig] = {
 }
 
 
+def all_specs() -> dict[str, tuple[HyperParameterSpec, ...]]:
+    """The hyperparameter specs of every customization type; every recipe runs on any HF causal LM."""
+    return {
+        FINE_TUNING: fine_tuning_specs(),
+        CONTINUED_PRE_TRAINING: continued_pretraining_specs(),
+        DISTILLATION: distillation_specs(),
+    }
+
+
 def _builtin(name: str, description: str) -> FoundationModel:
     arch = BUILTIN_ARCHITECTURES[name]
     return FoundationModel(
@@ -103,10 +120,10 @@ def _builtin(name: str, description: str) -> FoundationModel:
         source=f"builtin:{name}",
         limits=BUILTIN_LIMITS,
         parameter_count=arch.parameter_count(BUILTIN_VOCAB_SIZE),
-        customizations=(FINE_TUNING,),
+        customizations=CUSTOMIZATION_TYPES,
         description=description,
         builtin=True,
-        specs={FINE_TUNING: fine_tuning_specs()},
+        specs=all_specs(),
     )
 
 

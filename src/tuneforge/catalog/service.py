@@ -9,13 +9,14 @@ from pathlib import Path
 from sqlalchemy import select
 
 from tuneforge.arns import ArnFactory, is_arn, resource_path, resource_type
-from tuneforge.catalog.folders import check_hf_folder
-from tuneforge.catalog.hyperparameters import fine_tuning_specs
+from tuneforge.catalog.folders import check_hf_folder, tokenizer_digest
 from tuneforge.catalog.models import (
     BUILTIN_MODELS,
-    FINE_TUNING,
+    BUILTIN_TOKENIZER,
+    CUSTOMIZATION_TYPES,
     FoundationModel,
     TokenLimits,
+    all_specs,
 )
 from tuneforge.db.session import Database
 from tuneforge.db.tables import RegisteredModel
@@ -98,6 +99,18 @@ class Catalog:
         """Local folder of a registered model (built-in folders are made by workers)."""
         return self.store.path(model.source.rstrip("/"))
 
+    def tokenizer_identity(self, model: FoundationModel) -> str:
+        """What two models must share for one to distil into the other: the same token ids.
+
+        The built-in family has one tokenizer, named by a constant (its folders may not exist yet
+        in the API process, which never creates them). A registered model's identity is a digest of
+        its tokenizer files, read without loading anything: two folders whose tokenizer files
+        differ in any byte are treated as different tokenizers, which errs on the safe side.
+        """
+        if model.builtin:
+            return BUILTIN_TOKENIZER
+        return tokenizer_digest(self.local_folder(model))
+
 
 def _from_row(row: RegisteredModel) -> FoundationModel:
     context = row.context_length
@@ -114,8 +127,8 @@ def _from_row(row: RegisteredModel) -> FoundationModel:
         source=row.source,
         limits=limits,
         parameter_count=row.parameter_count,
-        customizations=(FINE_TUNING,),
+        customizations=CUSTOMIZATION_TYPES,
         inference_types=("PROVISIONED",),
         description=f"Registered from {row.source}",
-        specs={FINE_TUNING: fine_tuning_specs()},
+        specs=all_specs(),
     )

@@ -91,7 +91,7 @@ def serve(
 def demo(
     data_dir: Annotated[Path, typer.Option(help="Where the demo keeps its state.")] = Path(".tuneforge/demo"),
 ) -> None:
-    """Fine-tune a built-in model on a generated task, end to end through boto3."""
+    """Fine-tune, continue pre-training and distil built-in models on generated data, through boto3, and compare."""
     from tuneforge.demo import run_demo
 
     raise typer.Exit(run_demo(data_dir, console))

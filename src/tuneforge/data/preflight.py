@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from tuneforge.catalog.hyperparameters import HyperParameterError, resolve
-from tuneforge.catalog.models import FoundationModel, TokenLimits
+from tuneforge.catalog.models import CONTINUED_PRE_TRAINING, FoundationModel, TokenLimits
 from tuneforge.data.estimate import estimate_training
 from tuneforge.data.validate import ValidationReport, validate_file
 from tuneforge.errors import ValidationException
@@ -53,7 +53,9 @@ def validate_dataset(
     max_sequence_length: int = 0,
 ) -> ValidationReport:
     limits = model.limits
-    if 0 < max_sequence_length < limits.max_total_tokens:
+    # For continued pre-training maxSequenceLength is the chunk length: longer documents are split,
+    # so it limits nothing here.
+    if customization_type != CONTINUED_PRE_TRAINING and 0 < max_sequence_length < limits.max_total_tokens:
         limits = TokenLimits(
             max_input_tokens=min(limits.max_input_tokens, max_sequence_length),
             max_output_tokens=min(limits.max_output_tokens, max_sequence_length),

@@ -92,7 +92,7 @@ class JobEvent(Base):
     job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), index=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     kind: Mapped[str] = mapped_column(String(16))
-    """'progress' | 'stage' | 'log' | 'status'"""
+    """'progress' | 'processing' | 'stage' | 'log' | 'status'"""
     data: Mapped[dict[str, Any]] = mapped_column(JSON)
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from typing import Any, Generic, TypeVar
@@ -11,9 +12,9 @@ from typing import Any, Generic, TypeVar
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from tuneforge.arns import ArnFactory, decode_identifier, is_arn, new_id
+from tuneforge.arns import ArnFactory, decode_identifier, is_arn, new_id, resource_type
 from tuneforge.catalog.hyperparameters import HyperParameterError, as_strings, resolve
-from tuneforge.catalog.models import FoundationModel
+from tuneforge.catalog.models import CONTINUED_PRE_TRAINING, DISTILLATION, FoundationModel
 from tuneforge.catalog.service import Catalog
 from tuneforge.db.session import Database
 from tuneforge.db.tables import CustomModel, Job, JobEvent, utcnow
@@ -50,6 +51,22 @@ class CreateJobRequest:
         data = asdict(self)
         data.pop("client_request_token")
         return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class Teacher:
+    """The model that answers a DISTILLATION job's prompts.
+
+    Either a foundation model or, beyond Bedrock, a custom model (say a fine-tuned teacher); then
+    ``foundation`` is the model it was customized from, whose family and tokenizer it keeps, and
+    ``weights_path`` is where its own weights are.
+    """
+
+    arn: str
+    foundation: FoundationModel
+    max_response_tokens: int
+    """``maxResponseLengthForInference``: the most tokens the teacher writes per prompt."""
+    weights_path: str | None = None
 
 
 @dataclass(frozen=True)
@@ -103,6 +120,20 @@ class JobService:
             typed = resolve(specs, request.hyperparameters)
         except HyperParameterError as exc:
             raise ValidationException(str(exc)) from None
+        if request.customization_type == CONTINUED_PRE_TRAINING:
+            chunk = int(typed["maxSequenceLength"]) or base.limits.max_total_tokens
+            if int(typed["chunkOverlap"]) >= chunk:
+                raise ValidationException(
+                    f"Hyperparameter chunkOverlap ({typed['chunkOverlap']}) must be smaller than the chunk length "
+                    f"({chunk} tokens: maxSequenceLength, or the model's context when it is 0)"
+                )
+        if request.customization_type == DISTILLATION:
+            self.distillation_teacher(request.customization_config, base)
+        elif request.customization_config:
+            raise ValidationException(
+                f"customizationConfig is not used by customization type {request.customization_type}; "
+                "only DISTILLATION takes one (distillationConfig)"
+            )
         for member, uri in [
             ("trainingDataConfig.s3Uri", request.training_uri),
             ("outputDataConfig.s3Uri", request.output_uri),
@@ -170,6 +201,56 @@ class JobService:
 
     def resolve_base_model(self, identifier: str) -> FoundationModel:
         return self.catalog.get(decode_identifier(identifier))
+
+    def distillation_teacher(self, customization_config: Mapping[str, Any] | None, student: FoundationModel) -> Teacher:
+        """The teacher a DISTILLATION job names, checked against its student.
+
+        Runs at create time, so an impossible pairing is refused at once rather than after the
+        teacher has answered thousands of prompts, and again in the worker, which needs the
+        teacher's weights. The rule: same model family and same tokenizer. The student learns the
+        teacher's answers token by token, and logit-level distillation compares the two models'
+        distributions over one vocabulary; with different tokenizers neither means anything.
+        """
+        config = (customization_config or {}).get("distillationConfig")
+        teacher_config = config.get("teacherModelConfig") if isinstance(config, Mapping) else None
+        identifier = teacher_config.get("teacherModelIdentifier") if isinstance(teacher_config, Mapping) else None
+        if not isinstance(identifier, str) or not identifier:
+            raise ValidationException(
+                "A DISTILLATION job needs customizationConfig.distillationConfig.teacherModelConfig."
+                "teacherModelIdentifier: the foundation model or custom model that answers the prompts"
+            )
+        assert isinstance(teacher_config, Mapping)
+        identifier = decode_identifier(identifier)
+        weights_path = None
+        if is_arn(identifier) and resource_type(identifier) == "custom-model":
+            with self.db.session() as session:
+                custom = session.scalar(select(CustomModel).where(CustomModel.arn == identifier))
+            if custom is None or custom.status != "Active":
+                raise ResourceNotFoundException(f"The teacher model {identifier} does not exist.")
+            foundation = self.catalog.get(custom.base_model_id)
+            arn, weights_path = custom.arn, custom.weights_path
+        else:
+            foundation = self.catalog.get(identifier)
+            arn = self.catalog.arn(foundation)
+        if foundation.family != student.family:
+            raise ValidationException(
+                f"The teacher model {arn} (family {foundation.family}) cannot teach the student model "
+                f"{student.model_id} (family {student.family}): distillation needs a teacher and a student "
+                "of the same model family and tokenizer"
+            )
+        if self.catalog.tokenizer_identity(foundation) != self.catalog.tokenizer_identity(student):
+            raise ValidationException(
+                f"The teacher model {arn} and the student model {student.model_id} use different tokenizers: "
+                "distillation needs a teacher and a student of the same model family and tokenizer"
+            )
+        limit = foundation.limits.max_output_tokens
+        max_tokens = teacher_config.get("maxResponseLengthForInference", limit)
+        if not isinstance(max_tokens, int) or isinstance(max_tokens, bool) or not 1 <= max_tokens <= limit:
+            raise ValidationException(
+                f"maxResponseLengthForInference must be an integer between 1 and {limit} (the teacher's "
+                f"output token limit), got {max_tokens!r}"
+            )
+        return Teacher(arn=arn, foundation=foundation, max_response_tokens=max_tokens, weights_path=weights_path)
 
     # -- read --------------------------------------------------------------------------------
 

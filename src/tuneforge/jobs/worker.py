@@ -21,11 +21,12 @@ from typing import Any
 
 from tuneforge.arns import new_id
 from tuneforge.catalog.hyperparameters import resolve
-from tuneforge.catalog.models import FoundationModel
+from tuneforge.catalog.models import DISTILLATION, FoundationModel
 from tuneforge.db.tables import CustomModel, Job, JobEvent, utcnow
+from tuneforge.errors import ServiceError
 from tuneforge.jobs.service import mark_stages
 from tuneforge.jobs.supervisor import checkpoint_dir
-from tuneforge.recipes.base import RecipeInputs, RecipeResult, Stage, StageStatus
+from tuneforge.recipes.base import RecipeFailed, RecipeInputs, RecipeResult, Stage, StageStatus, TeacherInputs
 from tuneforge.services import Services
 from tuneforge.settings import Settings
 from tuneforge.storage import StorageError
@@ -101,6 +102,19 @@ class DatabaseReporter:
             job.updated_at = utcnow()
             session.add(JobEvent(job_id=self.job_id, kind="progress", data=data))
 
+    def data_progress(self, *, done: int, total: int, unit: str) -> None:
+        now = time.monotonic()
+        if now - self._last_progress < PROGRESS_EVERY_S and 0 < done < total:
+            return
+        self._last_progress = now
+        data = {"stage": "dataProcessing", "done": done, "total": total, "unit": unit}
+        with self.services.db.session() as session:
+            job = session.get(Job, self.job_id)
+            assert job is not None
+            job.progress = data
+            job.updated_at = utcnow()
+            session.add(JobEvent(job_id=self.job_id, kind="processing", data=data))
+
     def log(self, message: str) -> None:
         log.info("%s", message)
         with self.services.db.session() as session:
@@ -152,7 +166,7 @@ class JobRunner:
             self.reporter.log(f"resuming job (attempt {snapshot['attempts']})")
         try:
             result, model_dir, base = self._execute(snapshot)
-        except JobFailed as exc:
+        except (JobFailed, RecipeFailed) as exc:
             self._finish("Failed", failure=str(exc)[:2048])
             return
         except Exception as exc:
@@ -191,18 +205,17 @@ class JobRunner:
                 "Amazon S3 perms missing (PutObject): Could not validate PutObject permissions to access "
                 f"S3 bucket: {bucket} at key output/.write_access_check_file.tmp"
             ) from None
+        hyper = resolve(base.hyperparameter_specs(job["customization_type"]), job["hyperparameters"])
+        teacher = self._teacher(job, base)
         self._preflight(
             base,
             base_dir,
             job,
             [(training_uri, training_file, False)]
             + [(uri, path, True) for uri, path in zip(validation_uris, validation_files, strict=True)],
+            max_sequence_length=int(hyper.get("maxSequenceLength", 0)),
         )
         self.reporter.stage("validation", "Completed")
-        self.reporter.stage("dataProcessing", "InProgress")
-        self.reporter.stage("dataProcessing", "Completed")
-
-        hyper = resolve(base.hyperparameter_specs(job["customization_type"]), job["hyperparameters"])
         output_dir = self.work_dir / "output"
         model_dir = self.settings.models_dir / "custom" / self.job_id
         inputs = RecipeInputs(
@@ -217,14 +230,39 @@ class JobRunner:
             checkpoint_dir=checkpoint_dir(self.services, self.job_id),
             hyperparameters=hyper,
             num_threads=self._threads(),
+            teacher=teacher,
+            price_per_compute_hour=self.settings.price_per_compute_hour,
         )
-        self.reporter.stage("training", "InProgress")
-        result = get_recipe(job["customization_type"]).run(inputs, self.reporter)
-        if not result.stopped:
-            self.reporter.stage("training", "Completed")
-            if output_dir.is_dir():
+        # The recipe reports the dataProcessing and training stages itself: what they contain
+        # depends on the customization type (distillation's data processing is the teacher's work).
+        try:
+            result = get_recipe(job["customization_type"]).run(inputs, self.reporter)
+        except RecipeFailed:
+            if output_dir.is_dir():  # what the recipe wrote (distillation's prompt insights) explains why
                 self.services.store.upload_tree(output_dir, output_uri)
+            raise
+        if not result.stopped and output_dir.is_dir():
+            self.services.store.upload_tree(output_dir, output_uri)
         return result, model_dir, base
+
+    def _teacher(self, job: dict[str, Any], student: FoundationModel) -> TeacherInputs | None:
+        """A DISTILLATION job's teacher, checked again: it may have been deleted since the job was created."""
+        if job["customization_type"] != DISTILLATION:
+            return None
+        from tuneforge.data.preflight import base_model_dir
+
+        try:
+            teacher = self.services.jobs.distillation_teacher(job["customization_config"], student)
+        except ServiceError as exc:
+            raise JobFailed(exc.message) from None
+        return TeacherInputs(
+            arn=teacher.arn,
+            model_dir=Path(teacher.weights_path)
+            if teacher.weights_path
+            else base_model_dir(self.services, teacher.foundation),
+            models_dir=self.settings.models_dir,
+            max_response_tokens=teacher.max_response_tokens,
+        )
 
     def _input_path(self, uri: str) -> Path:
         try:
@@ -246,6 +284,7 @@ class JobRunner:
         base_dir: Path,
         job: dict[str, Any],
         files: list[tuple[str, Path, bool]],
+        max_sequence_length: int,
     ) -> None:
         from tuneforge.data.preflight import token_counter, validate_dataset
 
@@ -258,11 +297,13 @@ class JobRunner:
                 job["customization_type"],
                 count_tokens,
                 is_validation=is_validation,
+                max_sequence_length=max_sequence_length,
             )
             if not report.ok:
                 raise JobFailed(report.failure_message(uri))
             self.reporter.log(
-                f"validated {uri}: {report.records} records, {report.total_tokens} tokens ({report.format})"
+                f"validated {uri}: {report.records} records, {report.total_tokens} tokens "
+                f"(longest record {report.max_record_tokens}; {report.format})"
             )
 
     def _threads(self) -> int:

@@ -18,8 +18,22 @@ def _fine_tuning() -> Recipe:
     return FineTuningRecipe()
 
 
+def _continued_pretraining() -> Recipe:
+    from tuneforge.recipes.continued_pretraining import ContinuedPretrainingRecipe
+
+    return ContinuedPretrainingRecipe()
+
+
+def _distillation() -> Recipe:
+    from tuneforge.recipes.distillation import DistillationRecipe
+
+    return DistillationRecipe()
+
+
 RECIPES: dict[str, Callable[[], Recipe]] = {
     "FINE_TUNING": _fine_tuning,
+    "CONTINUED_PRE_TRAINING": _continued_pretraining,
+    "DISTILLATION": _distillation,
 }
 """customizationType -> a factory for its recipe."""
 

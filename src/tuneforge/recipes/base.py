@@ -19,6 +19,20 @@ StageStatus = Literal["InProgress", "Completed", "Stopping", "Stopped", "Failed"
 
 
 @dataclass(frozen=True)
+class TeacherInputs:
+    """A DISTILLATION job's teacher, resolved and checked against the student by the job service."""
+
+    arn: str
+    """The teacher as the request named it: a foundation model or custom model ARN."""
+    model_dir: Path
+    """An HF folder, or a custom model's folder (manifest + adapter or merged weights)."""
+    models_dir: Path
+    """The models directory, where the base of an adapter-only custom teacher is found."""
+    max_response_tokens: int
+    """``maxResponseLengthForInference``: the most tokens the teacher writes per prompt."""
+
+
+@dataclass(frozen=True)
 class RecipeInputs:
     job_id: str
     """The 12-character id at the end of the job ARN."""
@@ -40,6 +54,10 @@ class RecipeInputs:
     hyperparameters: dict[str, HyperParameterValue]
     """Typed and complete: every spec'd name is present (defaults filled)."""
     num_threads: int = 0
+    teacher: TeacherInputs | None = None
+    """Set for DISTILLATION only."""
+    price_per_compute_hour: float = 1.0
+    """For the cost figures of reports (``TUNEFORGE_PRICE_PER_COMPUTE_HOUR``)."""
 
 
 @dataclass
@@ -51,6 +69,11 @@ class RecipeResult:
     """True when the recipe returned early because ``reporter.should_stop()`` said so."""
     artifacts: dict[str, str] = field(default_factory=dict)
     """Artifact name -> path relative to ``output_dir`` or ``model_dir``, for the job record."""
+
+
+class RecipeFailed(Exception):
+    """A failure the user can act on (say, no usable data left); its message becomes the job's
+    ``failureMessage`` as is, where any other exception is reported as an unexpected error."""
 
 
 class JobReporter(Protocol):
@@ -67,6 +90,10 @@ class JobReporter(Protocol):
         tokens_per_second: float,
         tokens_seen: int,
     ) -> None: ...
+
+    def data_progress(self, *, done: int, total: int, unit: str) -> None:
+        """Progress of a dataProcessing stage that takes a while (a teacher answering prompts)."""
+        ...
 
     def log(self, message: str) -> None: ...
 

@@ -40,16 +40,18 @@ import os
 import random
 import time
 import warnings
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
+from peft import LoraConfig, get_peft_model
 from transformers import PreTrainedTokenizerBase, get_cosine_schedule_with_warmup
 
 from tuneforge.catalog.hyperparameters import HyperParameterValue
-from tuneforge.recipes.base import JobReporter
+from tuneforge.recipes import layout
+from tuneforge.recipes.base import JobReporter, RecipeInputs
 
 IGNORE_INDEX = -100
 """Label value the loss skips (PyTorch's and transformers' convention)."""
@@ -178,6 +180,68 @@ def encode_file(path: Path, tokenizer: PreTrainedTokenizerBase, max_length: int)
     return examples
 
 
+def chunk_document(token_ids: Sequence[int], max_length: int, overlap: int) -> list[Example]:
+    """Cut one tokenized document into training windows of at most ``max_length`` tokens.
+
+    Continued pre-training must neither cut long documents silently nor count a token twice. Each
+    window after the first starts ``overlap`` tokens (or more, for the last one) before the end of
+    the previous window: those tokens are context only (label ``IGNORE_INDEX``), so every token is a
+    target in exactly one window and, except in the first window, is predicted with at least
+    ``overlap`` tokens of context. The last window is aligned to the document's end, so it is full
+    length whenever the document is, rather than a short tail.
+
+    The first token of a document is never a target (a causal LM has nothing to predict it from),
+    so ``overlap`` must be at least 1: with no overlap, the first token of every later window would
+    silently drop out of the loss as well.
+    """
+    if not 1 <= overlap < max_length:
+        raise ValueError(f"overlap must be between 1 and max_length - 1 ({max_length - 1}), got {overlap}")
+    ids = list(token_ids)
+    windows: list[Example] = []
+    target_start = 0
+    while target_start < len(ids) or not windows:
+        if target_start == 0:
+            start, end = 0, min(len(ids), max_length)
+        else:
+            end = min(len(ids), target_start + max_length - overlap)
+            start = max(0, end - max_length)
+        window = ids[start:end]
+        labels = [IGNORE_INDEX if start + i < target_start else token for i, token in enumerate(window)]
+        windows.append(Example(input_ids=window, labels=labels))
+        target_start = end
+    return windows
+
+
+def encode_documents(
+    path: Path, tokenizer: PreTrainedTokenizerBase, max_length: int, overlap: int
+) -> tuple[list[Example], int]:
+    """``{"input": ...}`` records -> ``<bos> text <eos>`` cut into windows; also the document count.
+
+    ``<bos>`` is added as :func:`encode_prompt` adds it (when the tokenizer has one).
+
+    The loss covers every token of every document (see :func:`chunk_document`).
+    """
+    windows: list[Example] = []
+    documents = 0
+    for line_number, record in enumerate(read_jsonl(path), start=1):
+        try:
+            text = str(record["input"])
+        except (KeyError, TypeError) as exc:
+            raise ValueError(f'{path.name} line {line_number}: not a {{"input": ...}} record') from exc
+        # verbose=False: a document longer than the context is expected here (it is chunked next),
+        # so transformers' "longer than the maximum sequence length" warning would only mislead.
+        body: list[int] = tokenizer.encode(text, add_special_tokens=False, verbose=False)
+        bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
+        windows.extend(chunk_document([*bos, *body, tokenizer.eos_token_id], max_length, overlap))
+        documents += 1
+    return windows, documents
+
+
+def loss_token_count(examples: Sequence[Example]) -> int:
+    """Tokens the loss covers over ``examples`` (each label after the causal shift that is not ignored)."""
+    return sum(label != IGNORE_INDEX for example in examples for label in example.labels[1:])
+
+
 # --------------------------------------------------------------------------- batching
 
 
@@ -234,22 +298,20 @@ def target_count(labels: torch.Tensor) -> int:
 
 
 class MetricsWriter:
-    """Bedrock's metrics layout under ``output_dir/model-customization-job-<job_id>/``.
+    """Bedrock's metrics layout (:mod:`tuneforge.recipes.layout`) under ``output_dir``.
 
     Training: one row per optimizer step in ``training_artifacts/step_wise_training_metrics.csv``
-    (``step_number`` from 0). Validation: after training, one row per validator. Bedrock's path
-    ``validation_artifacts/post_fine_tuning_validation/validation/validation_metrics.csv`` holds the
-    first validator; validator ``i >= 1`` goes to ``.../validation_<i>/validation_metrics.csv``,
-    because Bedrock's header has no validator column to tell rows apart.
+    (``step_number`` from 0). Validation: after training, one row per validator, each validator in
+    its own file.
     """
 
     def __init__(self, output_dir: Path, job_id: str) -> None:
-        self.root = output_dir / f"model-customization-job-{job_id}"
-        self.training_csv = self.root / "training_artifacts" / "step_wise_training_metrics.csv"
+        self.output_dir = output_dir
+        self.root = output_dir / layout.job_folder(job_id)
+        self.training_csv = self.root / layout.TRAINING_METRICS
 
     def validation_csv(self, validator: int) -> Path:
-        folder = "validation" if validator == 0 else f"validation_{validator}"
-        return self.root / "validation_artifacts" / "post_fine_tuning_validation" / folder / "validation_metrics.csv"
+        return self.root / layout.validation_metrics(validator)
 
     def start_training(self, resumed_steps: int) -> None:
         """Create the training file, or keep only the rows of steps a resumed checkpoint covers."""
@@ -274,8 +336,9 @@ class MetricsWriter:
             writer.writerow(VALIDATION_METRICS_HEADER)
             writer.writerow([step_number, epoch, f"{loss:.6f}", f"{_perplexity(loss):.6f}"])
 
-    def relative(self, path: Path, output_dir: Path) -> str:
-        return path.relative_to(output_dir).as_posix()
+    def relative(self, path: Path) -> str:
+        """``path`` relative to the output folder, as recorded in :attr:`RecipeResult.artifacts`."""
+        return path.relative_to(self.output_dir).as_posix()
 
 
 def _perplexity(loss: float) -> float:
@@ -329,6 +392,18 @@ class TrainingOutcome:
     """Wall time of this run of the loop (not counting time before a resume)."""
 
 
+LossFunction = Callable[[Any, dict[str, torch.Tensor], int], torch.Tensor]
+"""(model, micro-batch, target tokens in the whole batch) -> that micro-batch's share of the batch
+loss: its summed token loss divided by the batch's target count, so shares add up to the mean."""
+
+
+def causal_lm_loss(model: Any, inputs: dict[str, torch.Tensor], batch_targets: int) -> torch.Tensor:
+    """Cross-entropy on the target tokens: transformers' own loss, summed and divided by the batch total."""
+    output = model(**inputs, use_cache=False, num_items_in_batch=torch.tensor(max(batch_targets, 1)))
+    loss: torch.Tensor = output.loss
+    return loss
+
+
 def train(
     model: Any,
     examples: Sequence[Example],
@@ -337,14 +412,17 @@ def train(
     metrics: MetricsWriter,
     checkpoint_dir: Path,
     pad_id: int,
+    loss_function: LossFunction = causal_lm_loss,
 ) -> TrainingOutcome:
     """Train the parameters of ``model`` that require grad; resume from ``checkpoint_dir`` if possible.
 
     AdamW (no decay on 1-D parameters), linear warmup then cosine decay to 0, gradient clipping,
     gradient accumulation. The loss of a step is the mean over every target token of the whole
     batch: each micro-batch adds its *summed* token loss divided by the batch's target count, so
-    accumulation changes memory use, never the result. ``reporter.should_stop()`` is checked before
-    every step; a stop returns at once without a checkpoint (a stopped job is not resumed).
+    accumulation changes memory use, never the result. ``loss_function`` computes that share
+    (distillation swaps in a loss that also compares with a teacher's logits).
+    ``reporter.should_stop()`` is checked before every step; a stop returns at once without a
+    checkpoint (a stopped job is not resumed).
     """
     lengths = [len(e.input_ids) for e in examples]
     steps_per_epoch = math.ceil(len(examples) / config.batch_size)
@@ -395,9 +473,9 @@ def train(
             targets = sum(target_count(m["labels"]) for m in micro)
             loss = 0.0
             for inputs in micro:
-                output = model(**inputs, use_cache=False, num_items_in_batch=torch.tensor(max(targets, 1)))
-                output.loss.backward()
-                loss += float(output.loss.detach())
+                micro_loss = loss_function(model, inputs, targets)
+                micro_loss.backward()  # type: ignore[no-untyped-call]
+                loss += float(micro_loss.detach())
                 tokens_this_run += int(inputs["attention_mask"].sum())
             torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm, foreach=True)
             learning_rate = scheduler.get_last_lr()[0]
@@ -504,6 +582,84 @@ def _load_checkpoint(
     return int(payload["step"]), int(payload["tokens_seen"]), [float(x) for x in payload["epoch_losses"]]
 
 
+# --------------------------------------------------------------------------- trainable model
+
+
+def prepare_for_training(model: Any, hyperparameters: Mapping[str, HyperParameterValue], reporter: JobReporter) -> Any:
+    """The model to train: LoRA adapters on every linear projection, or the model itself for full training.
+
+    peft's "all-linear" leaves the output layer out, as is usual for LoRA. Seed torch's RNG before
+    calling: the adapters' initialisation draws from it.
+    """
+    if hyperparameters["trainingMethod"] != "full":
+        lora = LoraConfig(
+            r=int(hyperparameters["loraRank"]),
+            # peft annotates lora_alpha as int but computes alpha / r in float: fractions work.
+            lora_alpha=float(hyperparameters["loraAlpha"]),  # type: ignore[arg-type]
+            lora_dropout=float(hyperparameters["loraDropout"]),
+            target_modules="all-linear",
+            task_type="CAUSAL_LM",
+        )
+        with quiet_peft():
+            model = get_peft_model(model, lora)
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    total = sum(p.numel() for p in model.parameters())
+    method = "full training" if hyperparameters["trainingMethod"] == "full" else "LoRA"
+    reporter.log(f"{method}: {trainable:,} of {total:,} parameters train")
+    return model
+
+
+# --------------------------------------------------------------------------- saving
+
+MODEL_MANIFEST = "tuneforge-model.json"
+
+
+def save_model(model: Any, tokenizer: Any, inputs: RecipeInputs, *, full: bool) -> dict[str, str]:
+    """Write a trained model to ``inputs.model_dir``; return artifact name -> path relative to it.
+
+    - ``adapter/``: the LoRA adapter (peft ``save_pretrained``, safetensors) plus the tokenizer; a
+      few MB that load on top of the base model.
+    - ``merged/``: a complete HF model with the adapter folded into the weights, written when
+      ``saveMergedModel`` is true, and always for full training (then it is the only copy).
+    - ``tuneforge-model.json``: which of the two exists and which base model the adapter belongs
+      to, read by :func:`tuneforge.serving.generation.load_for_inference`.
+    """
+    model_dir = inputs.model_dir
+    model_dir.mkdir(parents=True, exist_ok=True)
+    adapter_dir = None if full else "adapter"
+    merged_dir = "merged" if full or inputs.hyperparameters["saveMergedModel"] else None
+    if adapter_dir:
+        model.save_pretrained(str(model_dir / adapter_dir), safe_serialization=True)
+        tokenizer.save_pretrained(str(model_dir / adapter_dir))
+    if merged_dir:
+        merged = model if full else model.merge_and_unload()
+        merged.save_pretrained(str(model_dir / merged_dir), safe_serialization=True)
+        tokenizer.save_pretrained(str(model_dir / merged_dir))
+    manifest = {
+        "base_model_id": inputs.base_model.model_id,
+        "base_model_source": inputs.base_model.source,
+        "format": "full" if full else "adapter",
+        "adapter_dir": adapter_dir,
+        "merged_dir": merged_dir,
+    }
+    (model_dir / MODEL_MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
+    artifacts = {"manifest": MODEL_MANIFEST}
+    if adapter_dir:
+        artifacts["adapter"] = adapter_dir
+    if merged_dir:
+        artifacts["merged"] = merged_dir
+    return artifacts
+
+
+def read_manifest(model_dir: Path) -> dict[str, Any] | None:
+    """The manifest :func:`save_model` wrote, or None for a plain HF folder."""
+    path = model_dir / MODEL_MANIFEST
+    if not path.exists():
+        return None
+    manifest: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
+    return manifest
+
+
 # --------------------------------------------------------------------------- evaluation
 
 
@@ -523,6 +679,28 @@ def mean_token_loss(model: Any, examples: Sequence[Example], pad_id: int, batch_
             count += n
     model.train(was_training)
     return total / max(count, 1)
+
+
+def record_validation(
+    model: Any,
+    validators: Sequence[Sequence[Example]],
+    metrics: MetricsWriter,
+    outcome: TrainingOutcome,
+    epochs: int,
+    pad_id: int,
+) -> tuple[list[float], dict[str, str]]:
+    """Mean token loss per validator, each written to its Bedrock metrics file after the last step.
+
+    Returns the losses in validator order and artifact name -> path relative to the output folder.
+    """
+    losses: list[float] = []
+    artifacts = {"trainingMetrics": metrics.relative(metrics.training_csv)}
+    for index, validator in enumerate(validators):
+        loss = mean_token_loss(model, validator, pad_id)
+        metrics.validation(index, outcome.steps - 1, epochs - 1, loss)
+        losses.append(loss)
+        artifacts[f"validationMetrics{index}"] = metrics.relative(metrics.validation_csv(index))
+    return losses, artifacts
 
 
 # --------------------------------------------------------------------------- library quirks

@@ -7,7 +7,10 @@ served: prompts are rendered by :func:`tuneforge.recipes.components.render_promp
 
 from __future__ import annotations
 
+import math
+import time
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -16,8 +19,7 @@ from peft import PeftModel
 from transformers import GenerationConfig, PreTrainedTokenizerBase
 
 from tuneforge.catalog.builtin import ensure_builtin, load_model_and_tokenizer, load_tokenizer
-from tuneforge.recipes.components import encode_prompt, expected_answer, quiet_peft, render_prompt
-from tuneforge.recipes.fine_tuning import read_manifest
+from tuneforge.recipes.components import encode_prompt, expected_answer, quiet_peft, read_manifest, render_prompt
 
 BUILTIN_SOURCE_PREFIX = "builtin:"
 
@@ -56,20 +58,33 @@ def _base_model_dir(manifest: Mapping[str, Any], models_dir: Path) -> Path:
     )
 
 
+@dataclass(frozen=True)
+class Completion:
+    text: str
+    """The new text, without the end-of-sequence token (cut at the first newline when asked)."""
+    finished: bool
+    """True when the model ended the answer itself (EOS, or the newline) within ``max_new_tokens``."""
+    tokens: int
+    """New tokens generated, the closing EOS included."""
+
+
 @torch.no_grad()
-def generate(
+def complete(
     model: Any,
     tokenizer: PreTrainedTokenizerBase,
-    prompts: list[str],
+    prompts: Sequence[str],
     max_new_tokens: int,
+    *,
     stop_at_newline: bool = False,
-) -> list[str]:
-    """Greedy continuations of ``prompts`` (new text only), batched with left padding.
+    min_new_tokens: int = 0,
+) -> list[Completion]:
+    """Greedy continuations of ``prompts``, batched with left padding.
 
     Left padding keeps every prompt's last token in the last column, where generation continues;
     the attention mask hides the padding and ``generate`` derives position ids from it, so a
     prompt gets the same answer alone or in a batch. ``stop_at_newline`` ends a sequence at its first
-    newline (and cuts the text there), for single-line answers such as labels.
+    newline (and cuts the text there), for single-line answers such as labels. ``min_new_tokens``
+    suppresses EOS until that many tokens exist (for timing a fixed amount of work).
     """
     if not prompts:
         return []
@@ -77,6 +92,7 @@ def generate(
     batch = tokenizer.pad(encoded, padding_side="left", return_tensors="pt")
     config = GenerationConfig(  # type: ignore[no-untyped-call]
         max_new_tokens=max_new_tokens,
+        min_new_tokens=min_new_tokens,
         do_sample=False,
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
@@ -88,8 +104,69 @@ def generate(
         generation_config=config,
         tokenizer=tokenizer,
     )
-    texts = tokenizer.batch_decode(output[:, batch["input_ids"].shape[1] :], skip_special_tokens=True)
-    return [text.split("\n", 1)[0] if stop_at_newline else text for text in texts]
+    eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
+    completions = []
+    for row in output[:, batch["input_ids"].shape[1] :].tolist():
+        if eos in row:
+            ids, tokens, ended = row[: row.index(eos)], row.index(eos) + 1, True
+        else:
+            ids = row
+            while ids and ids[-1] == pad:  # padding after a sequence a stop string ended
+                ids = ids[:-1]
+            tokens, ended = len(ids), False
+        text = str(tokenizer.decode(ids, skip_special_tokens=True))
+        if stop_at_newline and "\n" in text:
+            text, ended = text.split("\n", 1)[0], True
+        completions.append(Completion(text=text, finished=ended, tokens=tokens))
+    return completions
+
+
+def generate(
+    model: Any,
+    tokenizer: PreTrainedTokenizerBase,
+    prompts: list[str],
+    max_new_tokens: int,
+    stop_at_newline: bool = False,
+) -> list[str]:
+    """The text of :func:`complete`'s greedy continuations."""
+    return [c.text for c in complete(model, tokenizer, prompts, max_new_tokens, stop_at_newline=stop_at_newline)]
+
+
+@dataclass(frozen=True)
+class GenerationSpeed:
+    tokens_per_second: float
+    """Output tokens per second of wall time, the whole batch together."""
+    batch_size: int
+    new_tokens: int
+    """Tokens each sequence wrote."""
+    seconds: float
+    """Wall time of the fastest timed run."""
+
+
+def measure_generation_speed(
+    model: Any, tokenizer: PreTrainedTokenizerBase, prompts: Sequence[str], new_tokens: int, repeats: int = 3
+) -> GenerationSpeed:
+    """Greedy output tokens per second on this machine, for one batch of ``prompts``.
+
+    Every sequence writes exactly ``new_tokens`` tokens (EOS is suppressed until then), so two
+    models timed on the same prompts do the same work whatever they answer. One short warm-up run
+    comes first (allocations, first-call overheads), then the fastest of ``repeats`` timed runs is
+    kept: on a shared machine the minimum is the least disturbed measurement.
+    """
+    if not prompts:
+        raise ValueError("no prompts to time generation on")
+    complete(model, tokenizer, prompts, max_new_tokens=2, min_new_tokens=2)
+    best = math.inf
+    for _ in range(repeats):
+        started = time.perf_counter()
+        complete(model, tokenizer, prompts, max_new_tokens=new_tokens, min_new_tokens=new_tokens)
+        best = min(best, time.perf_counter() - started)
+    return GenerationSpeed(
+        tokens_per_second=len(prompts) * new_tokens / best,
+        batch_size=len(prompts),
+        new_tokens=new_tokens,
+        seconds=best,
+    )
 
 
 def exact_match_accuracy(

@@ -24,6 +24,7 @@ from tuneforge.errors import (
     range_violation,
 )
 from tuneforge.jobs.service import CreateJobRequest
+from tuneforge.recipes.layout import output_artifacts
 
 JOB_NAME_PATTERN = r"[a-zA-Z0-9](-*[a-zA-Z0-9\+\-\.])*"
 MODEL_NAME_PATTERN = r"([0-9a-zA-Z][_-]?){1,63}"
@@ -169,7 +170,7 @@ def parse_create_job(body: dict[str, Any]) -> CreateJobRequest:
     job_tags = _tags(c, body, "jobTags")
     model_tags = _tags(c, body, "customModelTags")
     vpc = body.get("vpcConfig")
-    config = body.get("customizationConfig")
+    config = _customization_config(c, body.get("customizationConfig"))
     c.raise_if_any()
     assert job_name and model_name and role_arn and base and training_uri and output_uri
     if ctype not in CUSTOMIZATION_TYPES:
@@ -185,12 +186,54 @@ def parse_create_job(body: dict[str, Any]) -> CreateJobRequest:
         validation_uris=tuple(validators),
         hyperparameters=dict(hyper),
         client_request_token=token,
-        customization_config=config if isinstance(config, dict) else None,
+        customization_config=config,
         vpc_config=vpc if isinstance(vpc, dict) else None,
         kms_key=kms,
         job_tags=job_tags,
         custom_model_tags=model_tags,
     )
+
+
+CUSTOMIZATION_CONFIG_MEMBERS = ("distillationConfig", "rftConfig")
+
+
+def _customization_config(c: Checker, config: Any) -> dict[str, Any] | None:
+    """The ``customizationConfig`` union's wire shape: exactly one member, and for distillation a
+    ``teacherModelConfig`` with a ``teacherModelIdentifier`` string and an integer
+    ``maxResponseLengthForInference``. Whether the teacher exists and suits the student is the job
+    service's business."""
+    if config is None:
+        return None
+    if not isinstance(config, dict):
+        c.violations.append(
+            f"Value '{config}' at 'customizationConfig' failed to satisfy constraint: Member must be a structure"
+        )
+        return None
+    members = [key for key in config if config[key] is not None]
+    if len(members) != 1 or members[0] not in CUSTOMIZATION_CONFIG_MEMBERS:
+        c.violations.append(
+            "Value at 'customizationConfig' failed to satisfy constraint: Member must set exactly one of "
+            f"[{', '.join(CUSTOMIZATION_CONFIG_MEMBERS)}]"
+        )
+        return None
+    distillation = config.get("distillationConfig")
+    if distillation is not None:
+        teacher = distillation.get("teacherModelConfig") if isinstance(distillation, dict) else None
+        if not isinstance(teacher, dict):
+            c.violations.append(
+                "Value null at 'customizationConfig.distillationConfig.teacherModelConfig' failed to satisfy "
+                "constraint: Member must not be null"
+            )
+            return None
+        prefix = "customizationConfig.distillationConfig.teacherModelConfig"
+        c.string(
+            {f"{prefix}.teacherModelIdentifier": teacher.get("teacherModelIdentifier")},
+            f"{prefix}.teacherModelIdentifier",
+            required=True,
+            max_len=2048,
+        )
+        c.integer(teacher.get("maxResponseLengthForInference"), f"{prefix}.maxResponseLengthForInference", 1)
+    return config
 
 
 def parse_time(value: str | None, member: str) -> datetime | None:
@@ -261,6 +304,22 @@ def _metrics(job_or_model: Job | CustomModel) -> dict[str, Any]:
     return out
 
 
+def _output_artifacts(job_id: str | None, customization_type: str, output: dict[str, Any], validators: int) -> Any:
+    """tuneforge extension ``outputArtifacts``: name -> URI of the files a completed job wrote.
+
+    botocore drops members its service model does not know, so boto3 users find the same files
+    from ``outputDataConfig`` and the job id (docs/bedrock-compatibility.md, "Outputs"); raw HTTP
+    clients and the CLI read this.
+    """
+    if job_id is None or "s3Uri" not in output:
+        return None
+    return output_artifacts(output["s3Uri"], job_id, customization_type, validators)
+
+
+def _validator_count(validation_data: dict[str, Any] | None) -> int:
+    return len((validation_data or {}).get("validators", []))
+
+
 def _compact(data: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in data.items() if v is not None}
 
@@ -290,6 +349,11 @@ def job_details(job: Job) -> dict[str, Any]:
             "vpcConfig": job.vpc_config,
             "customizationConfig": job.customization_config,
             **_metrics(job),
+            "outputArtifacts": _output_artifacts(
+                job.id, job.customization_type, job.output_data, _validator_count(job.validation_data)
+            )
+            if job.status == "Completed"
+            else None,
         }
     )
 
@@ -331,6 +395,9 @@ def custom_model_details(model: CustomModel) -> dict[str, Any]:
             "modelStatus": model.status,
             "failureMessage": model.failure_message,
             **_metrics(model),
+            "outputArtifacts": _output_artifacts(
+                model.job_id, model.customization_type, model.output_data, _validator_count(model.validation_data)
+            ),
         }
     )
 

@@ -1,0 +1,50 @@
+"""Where a job's outputs go under its output location: Bedrock's layout, plus distillation's files.
+
+Torch-free, because the API uses it too: GetModelCustomizationJob and GetCustomModel point users to
+these files (the ``outputArtifacts`` extension), and the recipes write them here.
+
+```
+<outputDataConfig.s3Uri>/model-customization-job-<job-id>/
+  training_artifacts/step_wise_training_metrics.csv
+  validation_artifacts/post_fine_tuning_validation/validation/validation_metrics.csv   (validator 0)
+  validation_artifacts/post_fine_tuning_validation/validation_<i>/validation_metrics.csv  (i >= 1)
+  distillation_artifacts/distillation_report.json        (DISTILLATION)
+  distillation_artifacts/prompt_insights.json            (DISTILLATION)
+  distillation_artifacts/synthetic_data_sample.jsonl     (DISTILLATION)
+```
+"""
+
+from __future__ import annotations
+
+from tuneforge.catalog.models import DISTILLATION
+
+TRAINING_METRICS = "training_artifacts/step_wise_training_metrics.csv"
+DISTILLATION_REPORT = "distillation_artifacts/distillation_report.json"
+PROMPT_INSIGHTS = "distillation_artifacts/prompt_insights.json"
+SYNTHETIC_DATA_SAMPLE = "distillation_artifacts/synthetic_data_sample.jsonl"
+
+
+def job_folder(job_id: str) -> str:
+    """The folder of one job's outputs, named as Bedrock names it."""
+    return f"model-customization-job-{job_id}"
+
+
+def validation_metrics(validator: int) -> str:
+    """Bedrock's path holds the first validator; later ones get their own folder, because Bedrock's
+    header has no validator column to tell rows apart."""
+    folder = "validation" if validator == 0 else f"validation_{validator}"
+    return f"validation_artifacts/post_fine_tuning_validation/{folder}/validation_metrics.csv"
+
+
+def output_artifacts(output_uri: str, job_id: str, customization_type: str, validators: int) -> dict[str, str]:
+    """Name -> URI of every file a completed job of this type leaves under ``output_uri``."""
+    root = f"{output_uri.rstrip('/')}/{job_folder(job_id)}"
+    files = {"trainingMetrics": TRAINING_METRICS}
+    files.update({f"validationMetrics{i}": validation_metrics(i) for i in range(validators)})
+    if customization_type == DISTILLATION:
+        files.update(
+            distillationReport=DISTILLATION_REPORT,
+            promptInsights=PROMPT_INSIGHTS,
+            syntheticDataSample=SYNTHETIC_DATA_SAMPLE,
+        )
+    return {name: f"{root}/{path}" for name, path in files.items()}
