@@ -37,7 +37,10 @@ class CreateJobRequest:
     base_model_identifier: str
     customization_type: str
     training_uri: str
+    """The training JSONL, or the invocation-log prefix when ``invocation_logs`` is set."""
     output_uri: str
+    invocation_logs: dict[str, Any] | None = None
+    """``trainingDataConfig.invocationLogsConfig`` (DISTILLATION from logged traffic)."""
     validation_uris: tuple[str, ...] = ()
     hyperparameters: dict[str, str] = field(default_factory=dict)
     client_request_token: str | None = None
@@ -135,7 +138,12 @@ class JobService:
                 "only DISTILLATION takes one (distillationConfig)"
             )
         for member, uri in [
-            ("trainingDataConfig.s3Uri", request.training_uri),
+            (
+                "trainingDataConfig.invocationLogsConfig.invocationLogSource.s3Uri"
+                if request.invocation_logs
+                else "trainingDataConfig.s3Uri",
+                request.training_uri,
+            ),
             ("outputDataConfig.s3Uri", request.output_uri),
             *[
                 (f"validationDataConfig.validators.{i + 1}.member.s3Uri", uri)
@@ -161,7 +169,11 @@ class JobService:
             base_model_arn=self.catalog.arn(base),
             customization_type=request.customization_type,
             hyperparameters=as_strings(typed),
-            training_data={"s3Uri": request.training_uri},
+            training_data=(
+                {"invocationLogsConfig": request.invocation_logs}
+                if request.invocation_logs
+                else {"s3Uri": request.training_uri}
+            ),
             validation_data={"validators": [{"s3Uri": uri} for uri in request.validation_uris]},
             output_data={"s3Uri": request.output_uri},
             customization_config=request.customization_config,

@@ -191,9 +191,14 @@ class JobRunner:
         # validation
         self.reporter.stage("validation", "InProgress")
         base_dir = base_model_dir(self.services, base)
-        training_uri = job["training_data"]["s3Uri"]
+        logs_config = job["training_data"].get("invocationLogsConfig")
+        if logs_config:
+            training_uri = logs_config["invocationLogSource"]["s3Uri"]
+            training_file = self._training_file_from_logs(logs_config)
+        else:
+            training_uri = job["training_data"]["s3Uri"]
+            training_file = self._input_path(training_uri)
         validation_uris = [v["s3Uri"] for v in job["validation_data"].get("validators", [])]
-        training_file = self._input_path(training_uri)
         validation_files = tuple(self._input_path(uri) for uri in validation_uris)
         output_uri = job["output_data"]["s3Uri"].rstrip("/")
         probe = f"{output_uri}/.write_access_check_file.tmp"
@@ -263,6 +268,26 @@ class JobRunner:
             models_dir=self.settings.models_dir,
             max_response_tokens=teacher.max_response_tokens,
         )
+
+    def _training_file_from_logs(self, config: dict[str, Any]) -> Path:
+        """Distillation from logged traffic: select and convert invocation logs into a local JSONL."""
+        from tuneforge.data.from_logs import training_records
+        from tuneforge.data.tasks import write_jsonl
+        from tuneforge.serving.invocation_logs import read_records
+
+        uri = config["invocationLogSource"]["s3Uri"]
+        try:
+            records = training_records(
+                read_records(self.services.store, uri), config, limit=self.settings.max_training_records
+            )
+        except (StorageError, OSError, ValueError) as exc:
+            raise JobFailed(f"Could not read invocation logs at {uri}: {exc}") from None
+        if not records:
+            raise JobFailed(
+                f"No usable invocation logs at {uri}: no logged call with user text matched the requestMetadataFilters"
+            )
+        self.reporter.log(f"selected {len(records)} logged invocations from {uri}")
+        return write_jsonl(self.work_dir / "invocation-logs.jsonl", records)
 
     def _input_path(self, uri: str) -> Path:
         try:

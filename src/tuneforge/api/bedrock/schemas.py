@@ -117,6 +117,53 @@ def _tags(checker: Checker, body: dict[str, Any], member: str) -> tuple[dict[str
     return tuple(out)
 
 
+def _metadata_filter(c: Checker, value: Any, member: str, depth: int = 0) -> None:
+    """Bedrock's RequestMetadataFilters union: exactly one of equals/notEquals (one pair) or andAll/orAll."""
+    if not isinstance(value, dict) or len(value) != 1:
+        c.violations.append(f"Value at '{member}' failed to satisfy constraint: Member must set exactly one operator")
+        return
+    ((operator, operand),) = value.items()
+    if operator in ("equals", "notEquals"):
+        if not isinstance(operand, dict) or len(operand) != 1:
+            c.violations.append(
+                f"Value at '{member}.{operator}' failed to satisfy constraint: Member must have exactly one entry"
+            )
+    elif operator in ("andAll", "orAll") and depth == 0:
+        if not isinstance(operand, list) or not 1 <= len(operand) <= 16:
+            c.violations.append(
+                f"Value at '{member}.{operator}' failed to satisfy constraint: Member must have length between 1 and 16"
+            )
+            return
+        for index, item in enumerate(operand):
+            _metadata_filter(c, item, f"{member}.{operator}.{index + 1}.member", depth + 1)
+    else:
+        c.violations.append(
+            f"Value '{operator}' at '{member}' failed to satisfy constraint: "
+            "Member must satisfy enum value set: [equals, notEquals, andAll, orAll]"
+        )
+
+
+def _invocation_logs_config(c: Checker, logs: Any) -> dict[str, Any] | None:
+    member = "trainingDataConfig.invocationLogsConfig"
+    if not isinstance(logs, dict):
+        c.violations.append(f"Value at '{member}' failed to satisfy constraint: Member must be a structure")
+        return None
+    source = logs.get("invocationLogSource")
+    uri = c.string(source if isinstance(source, dict) else {}, "s3Uri", required=True, max_len=1024)
+    use = logs.get("usePromptResponse", False)
+    if not isinstance(use, bool):
+        c.violations.append(f"Value '{use}' at '{member}.usePromptResponse' failed to satisfy constraint: boolean")
+    filters = logs.get("requestMetadataFilters")
+    if filters is not None:
+        _metadata_filter(c, filters, f"{member}.requestMetadataFilters")
+    if uri is None:
+        return None
+    config: dict[str, Any] = {"invocationLogSource": {"s3Uri": uri}, "usePromptResponse": bool(use)}
+    if filters is not None:
+        config["requestMetadataFilters"] = filters
+    return config
+
+
 def parse_create_job(body: dict[str, Any]) -> CreateJobRequest:
     c = Checker()
     job_name = c.string(body, "jobName", required=True, max_len=63, pattern=JOB_NAME_PATTERN)
@@ -129,14 +176,20 @@ def parse_create_job(body: dict[str, Any]) -> CreateJobRequest:
 
     training = body.get("trainingDataConfig")
     training_uri = None
+    invocation_logs: dict[str, Any] | None = None
     if not isinstance(training, dict):
         c.violations.append("Value null at 'trainingDataConfig' failed to satisfy constraint: Member must not be null")
     else:
-        if training.get("invocationLogsConfig") is not None:
-            raise ValidationException(
-                "trainingDataConfig.invocationLogsConfig is not supported for this customization type"
-            )
-        training_uri = c.string(training, "s3Uri", required=True, max_len=1024)
+        logs = training.get("invocationLogsConfig")
+        if logs is not None:
+            if ctype != "DISTILLATION":
+                raise ValidationException(
+                    "trainingDataConfig.invocationLogsConfig is supported only for customizationType DISTILLATION"
+                )
+            invocation_logs = _invocation_logs_config(c, logs)
+            training_uri = invocation_logs["invocationLogSource"]["s3Uri"] if invocation_logs else None
+        else:
+            training_uri = c.string(training, "s3Uri", required=True, max_len=1024)
 
     validators: list[str] = []
     validation = body.get("validationDataConfig")
@@ -182,6 +235,7 @@ def parse_create_job(body: dict[str, Any]) -> CreateJobRequest:
         base_model_identifier=base,
         customization_type=ctype,
         training_uri=training_uri,
+        invocation_logs=invocation_logs,
         output_uri=output_uri,
         validation_uris=tuple(validators),
         hyperparameters=dict(hyper),
