@@ -70,6 +70,22 @@ def test_documents_are_wrapped_in_bos_and_eos_and_long_ones_split(tmp_path: Path
     assert loss_token_count(windows) == (5 + 1) + (1300 + 1)  # every token but each <bos>
 
 
+def test_preflight_does_not_hold_documents_to_the_chunk_length(tmp_path: Path) -> None:
+    """maxSequenceLength is a chunk length for continued pre-training, not a per-record limit."""
+    from tuneforge.data.preflight import validate_dataset
+    from tuneforge.settings import Settings
+
+    small = next(m for m in BUILTIN_MODELS if m.source == "builtin:forge-small")
+    path = write_jsonl(tmp_path / "docs.jsonl", [{"input": "y" * 100}, {"input": "x" * 2000}])
+    settings = Settings(data_dir=tmp_path / "data")
+    report = validate_dataset(settings, small, path, "CONTINUED_PRE_TRAINING", len, max_sequence_length=64)
+    assert report.ok, report.error_messages()
+    assert (report.records, report.total_tokens, report.max_record_tokens) == (2, 2100, 2000)
+    fine_tuning = write_jsonl(tmp_path / "ft.jsonl", [{"prompt": "p" * 70, "completion": "c"}])
+    refused = validate_dataset(settings, small, fine_tuning, "FINE_TUNING", len, max_sequence_length=64)
+    assert "Maximum input token count 70 exceeds limit of 64" in refused.error_messages()[0]
+
+
 # --------------------------------------------------------------------------- the CPT demo domain
 
 
