@@ -405,10 +405,6 @@ class EngineManager:
             if replica.state == "ready" and replica.in_flight == 0 and mono - replica.last_used > idle_s:
                 self._stop_replica(replica)
 
-    def engine_pids(self) -> list[int]:
-        """Process ids of running engines (diagnostics and tests)."""
-        return [r.process.pid for r in self._all() if r.process.poll() is None]
-
     def _all(self) -> list[Replica]:
         with self._lock:
             return list(self._replicas.values())
