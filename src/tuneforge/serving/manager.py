@@ -331,7 +331,7 @@ class EngineManager:
                     self._stop_replica(replica)
                 return True
             self._restarts[group] = self._restarts.get(group, 0) + 1
-            if row.status == "Creating" or self._restarts[group] > MAX_RESTARTS:
+            if row.status == "Creating" or self._restarts[group] >= MAX_RESTARTS:
                 self.throughput.mark_failed(row.id, reason)
                 for replica in self._group(group):
                     self._stop_replica(replica)
