@@ -114,3 +114,16 @@ def test_stream_holds_back_what_may_start_a_stop_sequence() -> None:
     assert _safe_length("hello wor", ("world",)) == len("hello ")
     assert _safe_length("hello", ("xyz",)) == 5
     assert _safe_length("caf\ufffd", ()) == 3
+
+
+def test_seeded_sampling_repeats_and_top_p_near_zero_is_greedy(model_and_tokenizer: tuple[Any, Any]) -> None:
+    model, tokenizer = model_and_tokenizer
+    batcher = ContinuousBatcher(model, tokenizer)
+    batcher.eos_ids = set()
+    same = [submit(batcher, PROMPTS[0], max_tokens=10, temperature=1.0, seed=3)[0] for _ in range(2)]
+    other, _ = submit(batcher, PROMPTS[0], max_tokens=10, temperature=1.0, seed=4)
+    nucleus, _ = submit(batcher, PROMPTS[0], max_tokens=10, temperature=1.0, top_p=1e-6, seed=5)
+    while batcher.running or not other.cancelled.is_set():
+        batcher.step()
+    assert same[0].generated == same[1].generated != other.generated
+    assert nucleus.generated == solo_greedy(model, tokenizer, PROMPTS[0], 10)

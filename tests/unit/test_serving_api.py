@@ -153,6 +153,11 @@ def test_update_switches_only_between_siblings_of_a_custom_model(app_client: Tes
     assert (got["status"], got["modelArn"], got["desiredModelArn"]) == ("Updating", first, sibling)
     in_use = app_client.delete(f"/custom-models/{sibling}")
     assert error_code(in_use) == "ConflictException" and "cm" in in_use.json()["message"]
+    assert services.throughput.fail_update(row.id, "OSError: no weights")
+    got = app_client.get("/provisioned-model-throughput/cm").json()
+    assert (got["status"], got["modelArn"], got["desiredModelArn"]) == ("InService", first, first)
+    assert got["failureMessage"] == f"Update to {sibling} failed: OSError: no weights"
+    assert app_client.patch("/provisioned-model-throughput/cm", json={"desiredModelId": sibling}).status_code == 200
     assert services.throughput.complete_update(row.id)
     got = app_client.get("/provisioned-model-throughput/cm").json()
     assert (got["status"], got["modelArn"]) == ("InService", sibling)

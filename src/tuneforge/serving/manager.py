@@ -331,7 +331,7 @@ class EngineManager:
                     self._stop_replica(replica)
                 return True
             self._restarts[group] = self._restarts.get(group, 0) + 1
-            if row.status == "Creating" or self._restarts[group] > MAX_RESTARTS:
+            if row.status == "Creating" or self._restarts[group] >= MAX_RESTARTS:
                 self.throughput.mark_failed(row.id, reason)
                 for replica in self._group(group):
                     self._stop_replica(replica)
@@ -404,10 +404,6 @@ class EngineManager:
         for replica in [r for r in self._all() if r.group.startswith("od:")]:
             if replica.state == "ready" and replica.in_flight == 0 and mono - replica.last_used > idle_s:
                 self._stop_replica(replica)
-
-    def engine_pids(self) -> list[int]:
-        """Process ids of running engines (diagnostics and tests)."""
-        return [r.process.pid for r in self._all() if r.process.poll() is None]
 
     def _all(self) -> list[Replica]:
         with self._lock:

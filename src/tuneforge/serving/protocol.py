@@ -61,11 +61,3 @@ class GenerationRequest:
             stream=bool(data.get("stream", False)),
             seed=None if data.get("seed") is None else int(data["seed"]),
         )
-
-
-@dataclass(frozen=True)
-class GenerationResult:
-    text: str
-    stop_reason: StopReason
-    input_tokens: int
-    output_tokens: int

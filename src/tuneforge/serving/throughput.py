@@ -53,7 +53,6 @@ class ServedModel:
     foundation_arn: str
     source: str
     """``builtin:<name>`` or a local folder, as the engine process expects it."""
-    custom: CustomModel | None = None
 
 
 @dataclass(frozen=True)
@@ -133,7 +132,7 @@ class ThroughputService:
             if custom.status != "Active":
                 raise ValidationException(f"The custom model {custom.name} is {custom.status}, not Active")
             foundation = self.catalog.get(custom.base_model_id)
-            return ServedModel(custom.arn, foundation, self.catalog.arn(foundation), custom.weights_path, custom)
+            return ServedModel(custom.arn, foundation, self.catalog.arn(foundation), custom.weights_path)
         foundation = self.catalog.get(identifier)
         arn = self.catalog.arn(foundation)
         return ServedModel(arn, foundation, arn, self.foundation_source(foundation))

@@ -44,6 +44,7 @@ def _sampling(request: ChatCompletionRequest | CompletionRequest, max_tokens: in
         temperature=request.temperature or 0.0,
         top_p=request.top_p or 1.0,
         stop=request.stops(),
+        seed=request.seed,
     )
 
 

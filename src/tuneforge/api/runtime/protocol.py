@@ -35,6 +35,8 @@ class Sampling:
     temperature: float = 0.0
     top_p: float = 1.0
     stop: tuple[str, ...] = ()
+    seed: int | None = None
+    """Makes sampling (temperature > 0) repeatable; OpenAI's ``seed``."""
 
 
 @dataclass(frozen=True)

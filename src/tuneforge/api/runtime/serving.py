@@ -89,6 +89,7 @@ class Inference:
             top_p=sampling.top_p,
             stop=sampling.stop,
             stream=stream,
+            seed=sampling.seed,
         )
         events = self.runtime.generate(target, request)
         try:
