@@ -337,8 +337,16 @@ def test_wrong_credentials_are_refused_on_both_surfaces_and_change_nothing(
     from tuneforge.serving.usage import usage_report
 
     services = Services.create(server.settings)
-    time.sleep(0.6)  # let the meter flush the calls of earlier tests
-    before = usage_report(services.db, services.catalog)["total"]["invocations"]
+
+    def invocations() -> int:
+        count: int = usage_report(services.db, services.catalog)["total"]["invocations"]
+        return count
+
+    # Earlier tests' calls may still be on their way into the meter: wait until the count settles.
+    before, deadline = -1, time.monotonic() + 10
+    while before != invocations() and time.monotonic() < deadline:
+        before = invocations()
+        time.sleep(0.7)  # longer than a meter flush
     messages = [{"role": "user", "content": [{"text": "hi"}]}]
     for key, secret in (("AKIDSERVING", "wrong"), ("AKIDSTRANGER", "whatever")):
         with pytest.raises(ClientError) as exc:
@@ -348,8 +356,8 @@ def test_wrong_credentials_are_refused_on_both_surfaces_and_change_nothing(
         sdk = openai.OpenAI(base_url=f"{server.url}/v1", api_key=api_key or "unset", max_retries=0)
         with pytest.raises(openai.AuthenticationError):
             sdk.chat.completions.create(model=deployment.name, messages=[{"role": "user", "content": "hi"}])
-    time.sleep(0.6)
-    assert usage_report(services.db, services.catalog)["total"]["invocations"] == before
+    time.sleep(0.7)
+    assert invocations() == before
     services.close()
 
 
