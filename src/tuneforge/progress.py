@@ -4,22 +4,21 @@ from __future__ import annotations
 
 import time
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from tuneforge.client import ExtensionError, extension_get
+
 TERMINAL = ("Completed", "Failed", "Stopped")
 
 
-def fetch_events(endpoint_url: str, job: str, after: int) -> list[dict[str, Any]]:
-    """tuneforge's events extension (``GET /model-customization-jobs/{id}/events``)."""
-    from urllib.parse import quote
-
-    url = f"{endpoint_url.rstrip('/')}/model-customization-jobs/{quote(job, safe='')}/events"
-    response = httpx.get(url, params={"after": after}, timeout=10)
-    response.raise_for_status()
-    events: list[dict[str, Any]] = response.json()["events"]
+def fetch_events(endpoint_url: str, region: str, job: str, after: int) -> list[dict[str, Any]]:
+    """tuneforge's events extension (``GET /model-customization-jobs/{id}/events``), signed like boto3."""
+    path = f"/model-customization-jobs/{quote(job, safe='')}/events"
+    events: list[dict[str, Any]] = extension_get(endpoint_url, region, path, {"after": str(after)})["events"]
     return events
 
 
@@ -50,8 +49,8 @@ def wait_for_job(
         while True:
             response: dict[str, Any] = client.get_model_customization_job(jobIdentifier=job)
             try:
-                events = fetch_events(endpoint_url, job, last_event)
-            except httpx.HTTPError:
+                events = fetch_events(endpoint_url, client.meta.region_name, job, last_event)
+            except (httpx.HTTPError, ExtensionError):
                 events = []
             for event in events:
                 last_event = event["id"]

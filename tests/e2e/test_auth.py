@@ -109,3 +109,26 @@ def test_non_loopback_bind_without_keys_refuses_to_start(tmp_path: Path) -> None
     )
     assert result.returncode == 2
     assert "non-loopback bind needs access keys" in result.stderr
+
+
+def test_job_events_extension_is_signed_like_boto3(locked_server: Server, monkeypatch: pytest.MonkeyPatch) -> None:
+    from tuneforge.client import ExtensionError
+    from tuneforge.progress import fetch_events
+
+    good = client(locked_server, "AKIDTUNEFORGE", KEYS["AKIDTUNEFORGE"])
+    arn = good.create_model_customization_job(
+        jobName="signed-events",
+        customModelName="signed-events",
+        roleArn="arn:aws:iam::123456789012:role/x",
+        baseModelIdentifier="tuneforge.forge-small-v1:0:512",
+        trainingDataConfig={"s3Uri": "s3://tests/train.jsonl"},
+        outputDataConfig={"s3Uri": "s3://tests/out/"},
+    )["jobArn"]
+    good.stop_model_customization_job(jobIdentifier=arn)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIDTUNEFORGE")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", KEYS["AKIDTUNEFORGE"])
+    events = fetch_events(locked_server.url, "us-east-1", arn, 0)
+    assert next(e["data"]["status"] for e in events if e["kind"] == "status") == "InProgress"
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "wrong-secret")
+    with pytest.raises(ExtensionError, match="AccessDeniedException"):
+        fetch_events(locked_server.url, "us-east-1", arn, 0)
