@@ -31,6 +31,7 @@ $(BENCH_STAMP): $(STAMP) benchmarks/requirements.txt
 # Same-run comparisons against baselines (see docs/performance.md); a few minutes on 2 CPU cores.
 bench: $(BENCH_STAMP)
 	$(BIN)/python benchmarks/train_bench.py
+	$(BIN)/python benchmarks/serving_batching.py --repeats 3
 	$(BIN)/python benchmarks/control_plane_bench.py
 
 lint: $(STAMP)
