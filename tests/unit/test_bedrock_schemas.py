@@ -169,9 +169,38 @@ def test_valid_but_unsupported_customization_type_is_refused_clearly(ctype: str)
     assert message_of(body(customizationType=ctype)) == f"Customization type {ctype} is not supported by tuneforge"
 
 
-def test_invocation_logs_training_source_is_refused() -> None:
+def test_invocation_logs_training_source_is_refused_outside_distillation() -> None:
     config = {"invocationLogsConfig": {"invocationLogSource": {"s3Uri": "s3://bucket/logs/"}}}
-    assert "invocationLogsConfig is not supported" in message_of(body(trainingDataConfig=config))
+    assert "supported only for customizationType DISTILLATION" in message_of(body(trainingDataConfig=config))
+
+
+def test_invocation_logs_source_is_parsed_for_distillation() -> None:
+    logs = {
+        "invocationLogSource": {"s3Uri": "s3://bucket/logs/"},
+        "usePromptResponse": True,
+        "requestMetadataFilters": {"andAll": [{"equals": {"team": "a"}}, {"notEquals": {"env": "dev"}}]},
+    }
+    request = parse_create_job(
+        body(customizationType="DISTILLATION", trainingDataConfig={"invocationLogsConfig": logs})
+    )
+    assert request.training_uri == "s3://bucket/logs/"
+    assert request.invocation_logs == logs
+
+
+@pytest.mark.parametrize(
+    ("filters", "fragment"),
+    [
+        ({"equals": {"a": "1", "b": "2"}}, "Member must have exactly one entry"),
+        ({"equals": {"a": "1"}, "notEquals": {"b": "2"}}, "Member must set exactly one operator"),
+        ({"andAll": []}, "Member must have length between 1 and 16"),
+        ({"andAll": [{"orAll": [{"equals": {"a": "1"}}]}]}, "Member must satisfy enum value set"),
+        ({"startsWith": {"a": "1"}}, "Member must satisfy enum value set"),
+    ],
+)
+def test_invalid_request_metadata_filters_are_refused(filters: dict[str, object], fragment: str) -> None:
+    logs = {"invocationLogSource": {"s3Uri": "s3://bucket/logs/"}, "requestMetadataFilters": filters}
+    message = message_of(body(customizationType="DISTILLATION", trainingDataConfig={"invocationLogsConfig": logs}))
+    assert fragment in message
 
 
 def test_distillation_config_is_carried_as_sent() -> None:
