@@ -7,14 +7,14 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
-from sqlalchemy import func, select
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from tuneforge.arns import decode_identifier, is_arn
+from tuneforge.db.listing import Page, created_and_named, fetch_page
 from tuneforge.db.session import Database
 from tuneforge.db.tables import LIVE_PROVISIONED_STATUSES, CustomModel, ProvisionedModel
 from tuneforge.errors import ConflictException, ResourceNotFoundException
-from tuneforge.jobs.service import Page
 
 
 @dataclass(frozen=True)
@@ -48,13 +48,13 @@ class CustomModelService:
         return model
 
     def list_models(self, filters: CustomModelFilter, offset: int, limit: int) -> Page[CustomModel]:
-        query = select(CustomModel)
-        if filters.creation_time_after:
-            query = query.where(CustomModel.created_at > filters.creation_time_after)
-        if filters.creation_time_before:
-            query = query.where(CustomModel.created_at < filters.creation_time_before)
-        if filters.name_contains:
-            query = query.where(func.instr(func.lower(CustomModel.name), filters.name_contains.lower()) > 0)
+        query = created_and_named(
+            select(CustomModel),
+            CustomModel,
+            after=filters.creation_time_after,
+            before=filters.creation_time_before,
+            name_contains=filters.name_contains,
+        )
         # Every custom model here derives from a foundation model, so both filters compare the
         # base model ARN (Bedrock distinguishes them only for models customized from custom models).
         for arn in (filters.base_model_arn_equals, filters.foundation_model_arn_equals):
@@ -62,12 +62,7 @@ class CustomModelService:
                 query = query.where(CustomModel.base_model_arn == arn)
         if filters.model_status:
             query = query.where(CustomModel.status == filters.model_status)
-        order = CustomModel.created_at.desc() if filters.sort_descending else CustomModel.created_at.asc()
-        query = query.order_by(order, CustomModel.id).offset(offset).limit(limit + 1)
-        with self.db.session() as session:
-            rows = list(session.scalars(query).all())
-        more = len(rows) > limit
-        return Page(rows[:limit], offset + limit if more else None)
+        return fetch_page(self.db, query, CustomModel, descending=filters.sort_descending, offset=offset, limit=limit)
 
     def delete(self, identifier: str) -> None:
         """Remove the record and the weights. The database row goes first, so a crash half-way

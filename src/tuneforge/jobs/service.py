@@ -7,15 +7,16 @@ import json
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
-from typing import Any, Generic, TypeVar
+from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from tuneforge.arns import ArnFactory, decode_identifier, is_arn, new_id, resource_type
 from tuneforge.catalog.hyperparameters import HyperParameterError, as_strings, resolve
 from tuneforge.catalog.models import CONTINUED_PRE_TRAINING, DISTILLATION, FoundationModel
 from tuneforge.catalog.service import Catalog
+from tuneforge.db.listing import Page, created_and_named, fetch_page
 from tuneforge.db.session import Database
 from tuneforge.db.tables import CustomModel, Job, JobEvent, utcnow
 from tuneforge.errors import (
@@ -79,15 +80,6 @@ class JobFilter:
     status_equals: str | None = None
     name_contains: str | None = None
     sort_descending: bool = True
-
-
-T = TypeVar("T")
-
-
-@dataclass(frozen=True)
-class Page(Generic[T]):
-    items: list[T]
-    next_offset: int | None
 
 
 class JobService:
@@ -281,21 +273,16 @@ class JobService:
         return job
 
     def list_jobs(self, filters: JobFilter, offset: int, limit: int) -> Page[Job]:
-        query = select(Job)
-        if filters.creation_time_after:
-            query = query.where(Job.created_at > filters.creation_time_after)
-        if filters.creation_time_before:
-            query = query.where(Job.created_at < filters.creation_time_before)
+        query = created_and_named(
+            select(Job),
+            Job,
+            after=filters.creation_time_after,
+            before=filters.creation_time_before,
+            name_contains=filters.name_contains,
+        )
         if filters.status_equals:
             query = query.where(Job.status == filters.status_equals)
-        if filters.name_contains:
-            query = query.where(func.instr(func.lower(Job.name), filters.name_contains.lower()) > 0)
-        order = Job.created_at.desc() if filters.sort_descending else Job.created_at.asc()
-        query = query.order_by(order, Job.id).offset(offset).limit(limit + 1)
-        with self.db.session() as session:
-            rows = list(session.scalars(query).all())
-        more = len(rows) > limit
-        return Page(rows[:limit], offset + limit if more else None)
+        return fetch_page(self.db, query, Job, descending=filters.sort_descending, offset=offset, limit=limit)
 
     def events(self, identifier: str, after_id: int = 0, limit: int = 1000) -> list[JobEvent]:
         with self.db.session() as session:

@@ -25,6 +25,7 @@ from sqlalchemy.orm import Session
 from tuneforge.arns import ArnFactory, decode_identifier, is_arn, new_id, resource_type
 from tuneforge.catalog.models import FoundationModel
 from tuneforge.catalog.service import Catalog
+from tuneforge.db.listing import Page, created_and_named, fetch_page
 from tuneforge.db.session import Database
 from tuneforge.db.tables import LIVE_PROVISIONED_STATUSES as LIVE_STATUSES
 from tuneforge.db.tables import CustomModel, ProvisionedModel, utcnow
@@ -34,7 +35,6 @@ from tuneforge.errors import (
     ServiceQuotaExceededException,
     ValidationException,
 )
-from tuneforge.jobs.service import Page
 from tuneforge.serving.usage import close_segments, open_segment
 from tuneforge.settings import Settings
 
@@ -247,25 +247,22 @@ class ThroughputService:
         return row
 
     def list_throughputs(self, filters: ThroughputFilter, offset: int, limit: int) -> Page[ProvisionedModel]:
-        query = select(ProvisionedModel)
+        query = created_and_named(
+            select(ProvisionedModel),
+            ProvisionedModel,
+            after=filters.creation_time_after,
+            before=filters.creation_time_before,
+            name_contains=filters.name_contains,
+        )
         if filters.status_equals:
             query = query.where(ProvisionedModel.status == filters.status_equals)
         else:
             query = query.where(ProvisionedModel.status != DELETED)
-        if filters.creation_time_after:
-            query = query.where(ProvisionedModel.created_at > filters.creation_time_after)
-        if filters.creation_time_before:
-            query = query.where(ProvisionedModel.created_at < filters.creation_time_before)
         if filters.model_arn_equals:
             query = query.where(ProvisionedModel.model_arn == filters.model_arn_equals)
-        if filters.name_contains:
-            query = query.where(func.instr(func.lower(ProvisionedModel.name), filters.name_contains.lower()) > 0)
-        order = ProvisionedModel.created_at.desc() if filters.sort_descending else ProvisionedModel.created_at.asc()
-        query = query.order_by(order, ProvisionedModel.id).offset(offset).limit(limit + 1)
-        with self.db.session() as session:
-            rows = list(session.scalars(query).all())
-        more = len(rows) > limit
-        return Page(rows[:limit], offset + limit if more else None)
+        return fetch_page(
+            self.db, query, ProvisionedModel, descending=filters.sort_descending, offset=offset, limit=limit
+        )
 
     def live(self) -> list[ProvisionedModel]:
         with self.db.session() as session:
