@@ -4,7 +4,6 @@ import base64
 import os
 import subprocess
 import sys
-import tempfile
 import textwrap
 from collections.abc import Iterator
 from pathlib import Path
@@ -26,24 +25,6 @@ JOB_BODY = {
     "trainingDataConfig": {"s3Uri": "s3://bucket/train.jsonl"},
     "outputDataConfig": {"s3Uri": "s3://bucket/out/"},
 }
-
-
-@pytest.fixture(autouse=True)
-def _no_tuneforge_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in list(os.environ):
-        if name.startswith("TUNEFORGE_"):
-            monkeypatch.delenv(name)
-
-
-@pytest.fixture
-def fast_tmp(tmp_path: Path) -> Iterator[Path]:
-    """A tmpfs folder where there is one: SQLite's fsyncs on disk cost ~70 ms per test, on tmpfs ~10."""
-    shm = Path("/dev/shm")
-    if not (shm.is_dir() and os.access(shm, os.W_OK)):
-        yield tmp_path
-        return
-    with tempfile.TemporaryDirectory(dir=shm, prefix="tuneforge-test-") as folder:
-        yield Path(folder)
 
 
 @pytest.fixture

@@ -1,8 +1,6 @@
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -20,24 +18,6 @@ from tuneforge.services import Services
 from tuneforge.settings import Settings
 
 BASE = "tuneforge.forge-micro-v1:0:512"
-
-
-@pytest.fixture(autouse=True)
-def _no_tuneforge_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in list(os.environ):
-        if name.startswith("TUNEFORGE_"):
-            monkeypatch.delenv(name)
-
-
-@pytest.fixture
-def fast_tmp(tmp_path: Path) -> Iterator[Path]:
-    """A tmpfs folder where there is one: SQLite's fsyncs on disk cost ~70 ms per test, on tmpfs ~10."""
-    shm = Path("/dev/shm")
-    if not (shm.is_dir() and os.access(shm, os.W_OK)):
-        yield tmp_path
-        return
-    with tempfile.TemporaryDirectory(dir=shm, prefix="tuneforge-test-") as folder:
-        yield Path(folder)
 
 
 @pytest.fixture

@@ -9,13 +9,6 @@ from tuneforge.settings import Settings
 from tuneforge.storage import LocalObjectBackend, ObjectStore, StorageError, parse_uri
 
 
-@pytest.fixture(autouse=True)
-def _no_tuneforge_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in list(os.environ):
-        if name.startswith("TUNEFORGE_"):
-            monkeypatch.delenv(name)
-
-
 @pytest.fixture
 def roots(tmp_path: Path) -> tuple[Path, Path]:
     objects = tmp_path / "objects"
