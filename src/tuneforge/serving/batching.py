@@ -77,6 +77,8 @@ class ContinuousBatcher:
         self.context = int(getattr(model.config, "max_position_embeddings", 2048))
         self.eos_ids = _eos_ids(model, tokenizer)
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+        self.device = next(model.parameters()).device
+        """Where the model's weights are: batches and cache indices are built there."""
         self._tokenizer_lock = threading.Lock()
         self._waiting: queue.Queue[Sequence] = queue.Queue()
         self._active: list[Sequence] = []
@@ -142,8 +144,8 @@ class ContinuousBatcher:
 
     def _prefill(self, group: list[Sequence]) -> None:
         width = max(len(s.prompt_ids) for s in group)
-        ids = torch.full((len(group), width), self.pad_id, dtype=torch.long)
-        mask = torch.zeros((len(group), width), dtype=torch.long)
+        ids = torch.full((len(group), width), self.pad_id, dtype=torch.long, device=self.device)
+        mask = torch.zeros((len(group), width), dtype=torch.long, device=self.device)
         for row, sequence in enumerate(group):
             n = len(sequence.prompt_ids)
             ids[row, width - n :] = torch.tensor(sequence.prompt_ids)
@@ -186,7 +188,7 @@ class ContinuousBatcher:
             self._cache = self._mask = self._last = None
             return
         assert self._cache is not None and self._mask is not None and self._last is not None
-        rows = torch.tensor(keep, dtype=torch.long)
+        rows = torch.tensor(keep, dtype=torch.long, device=self.device)
         mask = self._mask.index_select(0, rows)
         start = int((mask.sum(0) > 0).nonzero()[0].item())
         self._mask = mask[:, start:]
@@ -233,6 +235,8 @@ class ContinuousBatcher:
                 outside = sorted_probs.cumsum(0) - sorted_probs > top_p
                 sorted_probs[outside] = 0.0
                 probs = torch.zeros_like(probs).scatter(0, order, sorted_probs)
+            if sequence.generator is not None:  # a seeded request's generator lives on the CPU
+                probs = probs.cpu()
             tokens[row] = torch.multinomial(probs, 1, generator=sequence.generator)[0]
         return tokens
 
