@@ -61,7 +61,10 @@ def wait_for_job(
                         description="training",
                         total=data["totalSteps"],
                         completed=data["step"],
-                        detail=f"loss {data['loss']:.4f}  {data['tokensPerSecond']:.0f} tok/s",
+                        detail=(
+                            f"loss {data['loss']:.4f}  {data['tokensPerSecond']:.0f} tok/s  "
+                            f"MFU {data.get('mfu', 0.0):.0%}"
+                        ),
                     )
                 elif event["kind"] == "processing":
                     progress.update(

@@ -158,6 +158,14 @@ _COMMON: tuple[HyperParameterSpec, ...] = (
         True,
         "Batch records of similar length together so little compute goes to padding; false = plain random batches.",
     ),
+    HyperParameterSpec(
+        "precision",
+        "choice",
+        "auto",
+        "Compute dtype: auto = bf16 autocast where the hardware has native bf16 (recent CPUs, CUDA), else fp32. "
+        "Weights and optimizer state stay fp32.",
+        choices=("auto", "bf16", "fp32"),
+    ),
     HyperParameterSpec("seed", "int", 42, "Seed for initialisation and data order.", 0, 2**31 - 1),
     HyperParameterSpec(
         "saveMergedModel",

@@ -81,6 +81,7 @@ class DatabaseReporter:
         learning_rate: float,
         tokens_per_second: float,
         tokens_seen: int,
+        mfu: float,
     ) -> None:
         now = time.monotonic()
         if now - self._last_progress < PROGRESS_EVERY_S and step < total_steps:
@@ -94,6 +95,7 @@ class DatabaseReporter:
             "learningRate": learning_rate,
             "tokensPerSecond": round(tokens_per_second, 1),
             "tokensSeen": tokens_seen,
+            "mfu": round(mfu, 4),
         }
         with self.services.db.session() as session:
             job = session.get(Job, self.job_id)

@@ -89,7 +89,11 @@ class JobReporter(Protocol):
         learning_rate: float,
         tokens_per_second: float,
         tokens_seen: int,
-    ) -> None: ...
+        mfu: float,
+    ) -> None:
+        """One optimizer step done: ``tokens_per_second`` counts real (non-padding) tokens since the
+        run (re)started; ``mfu`` is model FLOPs utilisation over the same span, 0-1."""
+        ...
 
     def data_progress(self, *, done: int, total: int, unit: str) -> None:
         """Progress of a dataProcessing stage that takes a while (a teacher answering prompts)."""

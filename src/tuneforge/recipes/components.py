@@ -26,8 +26,13 @@ tokens/s, length-grouped 2,720-3,350, plain random batches 2,870-3,400. Grouping
 uneven real datasets. Packing pays off with long, uneven records and a varlen flash-attention kernel
 (GPU); it is not worth its complexity here.
 
-**Precision.** fp32. bf16 autocast was measured no faster than fp32 on the project's CPUs (AMD EPYC
-with avx512_bf16) for these small matrices: 2,690-3,300 tokens/s in the same runs.
+**Attention mask.** Batches are right-padded, so under causal attention no real token can see a
+pad: the forward pass gets no attention mask at all. That lets SDPA take its fused causal kernel
+instead of a dense masked one, with the same result for every real token (padding positions have
+label ``IGNORE_INDEX``). :func:`forward_inputs` drops the mask; a test checks the equivalence.
+
+**Precision and utilisation** are in :mod:`tuneforge.recipes.performance`: bf16 autocast where the
+hardware has native bf16, fp32 master weights, and MFU logged with every step.
 """
 
 from __future__ import annotations
@@ -52,6 +57,14 @@ from transformers import PreTrainedTokenizerBase, get_cosine_schedule_with_warmu
 from tuneforge.catalog.hyperparameters import HyperParameterValue
 from tuneforge.recipes import layout
 from tuneforge.recipes.base import JobReporter, RecipeInputs
+from tuneforge.recipes.performance import (
+    FlopCounter,
+    autocast,
+    model_device,
+    peak_flops,
+    resolve_precision,
+    training_device,
+)
 
 IGNORE_INDEX = -100
 """Label value the loss skips (PyTorch's and transformers' convention)."""
@@ -59,6 +72,14 @@ IGNORE_INDEX = -100
 CHECKPOINT_FILE = "checkpoint.pt"
 
 TRAINING_METRICS_HEADER = ("step_number", "epoch_number", "training_loss", "perplexity")
+PERFORMANCE_METRICS_HEADER = (
+    "step_number",
+    "epoch_number",
+    "training_loss",
+    "learning_rate",
+    "tokens_per_second",
+    "mfu",
+)
 VALIDATION_METRICS_HEADER = ("step_number", "epoch_number", "validation_loss", "perplexity")
 
 
@@ -294,6 +315,16 @@ def target_count(labels: torch.Tensor) -> int:
     return int((labels[:, 1:] != IGNORE_INDEX).sum())
 
 
+def forward_inputs(batch: Mapping[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
+    """What a training or evaluation forward pass gets from a :func:`collate` batch, on ``device``.
+
+    The attention mask is left out: rows are right-padded, so causal attention already keeps every
+    real token from seeing padding, and without a mask SDPA runs its fused causal kernel (see the
+    module docstring). Position ids default to 0..n-1, which is what they are for right padding.
+    """
+    return {key: value.to(device) for key, value in batch.items() if key != "attention_mask"}
+
+
 # --------------------------------------------------------------------------- metrics files
 
 
@@ -301,32 +332,51 @@ class MetricsWriter:
     """Bedrock's metrics layout (:mod:`tuneforge.recipes.layout`) under ``output_dir``.
 
     Training: one row per optimizer step in ``training_artifacts/step_wise_training_metrics.csv``
-    (``step_number`` from 0). Validation: after training, one row per validator, each validator in
-    its own file.
+    (``step_number`` from 0), Bedrock's four columns exactly; the same steps with learning rate,
+    real tokens/s and MFU in ``step_wise_performance_metrics.csv`` beside it. Validation: after
+    training, one row per validator, each validator in its own file.
     """
 
     def __init__(self, output_dir: Path, job_id: str) -> None:
         self.output_dir = output_dir
         self.root = output_dir / layout.job_folder(job_id)
         self.training_csv = self.root / layout.TRAINING_METRICS
+        self.performance_csv = self.root / layout.PERFORMANCE_METRICS
 
     def validation_csv(self, validator: int) -> Path:
         return self.root / layout.validation_metrics(validator)
 
     def start_training(self, resumed_steps: int) -> None:
-        """Create the training file, or keep only the rows of steps a resumed checkpoint covers."""
-        rows: list[list[str]] = []
-        if resumed_steps and self.training_csv.exists():
-            with self.training_csv.open(newline="") as handle:
-                rows = [row for row in list(csv.reader(handle))[1:] if int(row[0]) < resumed_steps]
-        self.training_csv.parent.mkdir(parents=True, exist_ok=True)
-        with self.training_csv.open("w", newline="") as handle:
-            csv.writer(handle).writerows([list(TRAINING_METRICS_HEADER), *rows])
+        """Create the training files, or keep only the rows of steps a resumed checkpoint covers."""
+        for path, header in (
+            (self.training_csv, TRAINING_METRICS_HEADER),
+            (self.performance_csv, PERFORMANCE_METRICS_HEADER),
+        ):
+            rows: list[list[str]] = []
+            if resumed_steps and path.exists():
+                with path.open(newline="") as handle:
+                    rows = [row for row in list(csv.reader(handle))[1:] if int(row[0]) < resumed_steps]
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with path.open("w", newline="") as handle:
+                csv.writer(handle).writerows([list(header), *rows])
 
-    def training_step(self, step_number: int, epoch: int, loss: float) -> None:
+    def training_step(
+        self,
+        step_number: int,
+        epoch: int,
+        loss: float,
+        *,
+        learning_rate: float = 0.0,
+        tokens_per_second: float = 0.0,
+        mfu: float = 0.0,
+    ) -> None:
         # Appended and closed per row: a killed worker leaves every finished step on disk.
         with self.training_csv.open("a", newline="") as handle:
             csv.writer(handle).writerow([step_number, epoch, f"{loss:.6f}", f"{_perplexity(loss):.6f}"])
+        with self.performance_csv.open("a", newline="") as handle:
+            csv.writer(handle).writerow(
+                [step_number, epoch, f"{loss:.6f}", f"{learning_rate:.6g}", f"{tokens_per_second:.1f}", f"{mfu:.4f}"]
+            )
 
     def validation(self, validator: int, step_number: int, epoch: int, loss: float) -> None:
         path = self.validation_csv(validator)
@@ -360,6 +410,10 @@ class TrainingConfig:
     checkpoint_every_steps: int
     """0 = a checkpoint at each epoch end."""
     length_grouping: bool = True
+    precision: str = "auto"
+    """auto, bf16 or fp32; see :mod:`tuneforge.recipes.performance`."""
+    full_training: bool = False
+    """Whether every weight trains (6·N FLOPs per token) rather than adapters (4·N): for MFU only."""
     max_grad_norm: float = 1.0
 
     @classmethod
@@ -374,6 +428,8 @@ class TrainingConfig:
             seed=int(values["seed"]),
             checkpoint_every_steps=int(values["checkpointEverySteps"]),
             length_grouping=bool(values.get("lengthGrouping", True)),
+            precision=str(values.get("precision", "auto")),
+            full_training=values.get("trainingMethod") == "full",
         )
 
 
@@ -423,18 +479,31 @@ def train(
     (distillation swaps in a loss that also compares with a teacher's logits).
     ``reporter.should_stop()`` is checked before every step; a stop returns at once without a
     checkpoint (a stopped job is not resumed).
+
+    Runs on the device ``model`` is on (batches follow it), in ``config.precision``, and reports
+    real tokens/s and MFU with each step's loss (:mod:`tuneforge.recipes.performance`).
     """
     lengths = [len(e.input_ids) for e in examples]
     steps_per_epoch = math.ceil(len(examples) / config.batch_size)
     total_steps = steps_per_epoch * config.epochs
     params = [p for p in model.parameters() if p.requires_grad]
+    device = model_device(model)
+    precision = resolve_precision(config.precision, device)
     optimizer = torch.optim.AdamW(
         [
             {"params": [p for p in params if p.ndim >= 2], "weight_decay": config.weight_decay},
             {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0},
         ],
         lr=config.learning_rate,
-        foreach=True,
+        # One fused kernel per step on CUDA; on the CPU, multi-tensor ("foreach") updates.
+        fused=device.type == "cuda" or None,
+        foreach=device.type != "cuda" or None,
+    )
+    flops = FlopCounter(model, full=config.full_training)
+    peak, peak_source = peak_flops(device, precision)
+    reporter.log(
+        f"computing in {precision}{' (autocast, fp32 weights)' if precision == 'bf16' else ''} on {device}; "
+        f"MFU against {peak / 1e12:.3g} TFLOP/s ({peak_source})"
     )
     scheduler = get_cosine_schedule_with_warmup(optimizer, config.warmup_steps, total_steps)
     fingerprint = {**asdict(config), "examples": len(examples), "parameters": sum(p.numel() for p in params)}
@@ -448,6 +517,7 @@ def train(
     model.train()
     started = time.perf_counter()
     tokens_this_run = 0
+    flops_this_run = 0.0
     while step < total_steps:
         epoch, index_in_epoch = divmod(step, steps_per_epoch)
         # One batch per group sorts only within a batch: plain random batches, padded to their max.
@@ -466,35 +536,40 @@ def train(
                     tokens_seen=tokens_seen + tokens_this_run,
                     seconds=time.perf_counter() - started,
                 )
-            micro = [
-                collate([examples[i] for i in part], pad_id)
-                for part in split_micro_batches(batch, lengths, config.gradient_accumulation_steps)
-            ]
+            parts = split_micro_batches(batch, lengths, config.gradient_accumulation_steps)
+            micro = [collate([examples[i] for i in part], pad_id) for part in parts]
             targets = sum(target_count(m["labels"]) for m in micro)
             loss = 0.0
-            for inputs in micro:
-                micro_loss = loss_function(model, inputs, targets)
+            for part, inputs in zip(parts, micro, strict=True):
+                with autocast(device, precision):
+                    micro_loss = loss_function(model, forward_inputs(inputs, device), targets)
                 micro_loss.backward()  # type: ignore[no-untyped-call]
                 loss += float(micro_loss.detach())
-                tokens_this_run += int(inputs["attention_mask"].sum())
+                tokens_this_run += sum(lengths[i] for i in part)
+                flops_this_run += flops.rows([lengths[i] for i in part])
             torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm, foreach=True)
             learning_rate = scheduler.get_last_lr()[0]
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
 
-            metrics.training_step(step, epoch, loss)
+            elapsed = max(time.perf_counter() - started, 1e-9)
+            tokens_per_second = tokens_this_run / elapsed
+            mfu = flops_this_run / elapsed / peak
+            metrics.training_step(
+                step, epoch, loss, learning_rate=learning_rate, tokens_per_second=tokens_per_second, mfu=mfu
+            )
             step += 1
             epoch_losses.append(loss)
-            elapsed = time.perf_counter() - started
             reporter.progress(
                 step=step,
                 total_steps=total_steps,
                 epoch=epoch,
                 loss=loss,
                 learning_rate=learning_rate,
-                tokens_per_second=tokens_this_run / max(elapsed, 1e-9),
+                tokens_per_second=tokens_per_second,
                 tokens_seen=tokens_seen + tokens_this_run,
+                mfu=mfu,
             )
             epoch_end = step % steps_per_epoch == 0
             every = config.checkpoint_every_steps
@@ -586,7 +661,8 @@ def _load_checkpoint(
 
 
 def prepare_for_training(model: Any, hyperparameters: Mapping[str, HyperParameterValue], reporter: JobReporter) -> Any:
-    """The model to train: LoRA adapters on every linear projection, or the model itself for full training.
+    """The model to train, on the training device: LoRA adapters on every linear projection, or the
+    model itself for full training.
 
     peft's "all-linear" leaves the output layer out, as is usual for LoRA. Seed torch's RNG before
     calling: the adapters' initialisation draws from it.
@@ -606,7 +682,7 @@ def prepare_for_training(model: Any, hyperparameters: Mapping[str, HyperParamete
     total = sum(p.numel() for p in model.parameters())
     method = "full training" if hyperparameters["trainingMethod"] == "full" else "LoRA"
     reporter.log(f"{method}: {trainable:,} of {total:,} parameters train")
-    return model
+    return model.to(training_device())
 
 
 # --------------------------------------------------------------------------- saving
@@ -668,6 +744,7 @@ def mean_token_loss(model: Any, examples: Sequence[Example], pad_id: int, batch_
     """Mean cross-entropy over every target token of ``examples`` (not a mean of per-batch means)."""
     was_training = model.training
     model.eval()
+    device = model_device(model)
     lengths = [len(e.input_ids) for e in examples]
     order = sorted(range(len(examples)), key=lambda i: lengths[i])
     total, count = 0.0, 0
@@ -675,7 +752,7 @@ def mean_token_loss(model: Any, examples: Sequence[Example], pad_id: int, batch_
         inputs = collate([examples[i] for i in order[start : start + batch_size]], pad_id)
         n = target_count(inputs["labels"])
         if n:
-            total += float(model(**inputs, use_cache=False).loss) * n
+            total += float(model(**forward_inputs(inputs, device), use_cache=False).loss) * n
             count += n
     model.train(was_training)
     return total / max(count, 1)

@@ -67,6 +67,7 @@ from tuneforge.recipes.components import (
     save_model,
     train,
 )
+from tuneforge.recipes.performance import training_device
 from tuneforge.serving.generation import complete, load_for_inference, measure_generation_speed
 
 DATA_CACHE = "distillation_data.json"
@@ -184,10 +185,10 @@ class LogitDistillationLoss:
     temperature: float
 
     def __call__(self, model: Any, inputs: dict[str, torch.Tensor], batch_targets: int) -> torch.Tensor:
-        forward = {"input_ids": inputs["input_ids"], "attention_mask": inputs["attention_mask"], "use_cache": False}
+        forward = {key: value for key, value in inputs.items() if key != "labels"}
         with torch.no_grad():
-            teacher_logits = self.teacher(**forward).logits
-        student_logits = model(**forward).logits
+            teacher_logits = self.teacher(**forward, use_cache=False).logits
+        student_logits = model(**forward, use_cache=False).logits
         return distillation_loss(
             student_logits, teacher_logits, inputs["labels"], batch_targets, self.weight, self.temperature
         )
@@ -212,6 +213,7 @@ class DistillationRecipe:
         max_length = int(hp["maxSequenceLength"]) or int(student.config.max_position_embeddings)
         torch.manual_seed(config.seed)
         student = prepare_for_training(student, hp, reporter)
+        teacher.to(training_device())
 
         # Data processing: a response for every prompt, from the golden answer or the teacher.
         reporter.stage("dataProcessing", "InProgress")

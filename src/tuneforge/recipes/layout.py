@@ -6,6 +6,7 @@ these files (the ``outputArtifacts`` extension), and the recipes write them here
 ```
 <outputDataConfig.s3Uri>/model-customization-job-<job-id>/
   training_artifacts/step_wise_training_metrics.csv
+  training_artifacts/step_wise_performance_metrics.csv   (tuneforge: loss, tokens/s and MFU per step)
   validation_artifacts/post_fine_tuning_validation/validation/validation_metrics.csv   (validator 0)
   validation_artifacts/post_fine_tuning_validation/validation_<i>/validation_metrics.csv  (i >= 1)
   distillation_artifacts/distillation_report.json        (DISTILLATION)
@@ -19,6 +20,7 @@ from __future__ import annotations
 from tuneforge.catalog.models import DISTILLATION
 
 TRAINING_METRICS = "training_artifacts/step_wise_training_metrics.csv"
+PERFORMANCE_METRICS = "training_artifacts/step_wise_performance_metrics.csv"
 DISTILLATION_REPORT = "distillation_artifacts/distillation_report.json"
 PROMPT_INSIGHTS = "distillation_artifacts/prompt_insights.json"
 SYNTHETIC_DATA_SAMPLE = "distillation_artifacts/synthetic_data_sample.jsonl"
@@ -39,7 +41,7 @@ def validation_metrics(validator: int) -> str:
 def output_artifacts(output_uri: str, job_id: str, customization_type: str, validators: int) -> dict[str, str]:
     """Name -> URI of every file a completed job of this type leaves under ``output_uri``."""
     root = f"{output_uri.rstrip('/')}/{job_folder(job_id)}"
-    files = {"trainingMetrics": TRAINING_METRICS}
+    files = {"trainingMetrics": TRAINING_METRICS, "performanceMetrics": PERFORMANCE_METRICS}
     files.update({f"validationMetrics{i}": validation_metrics(i) for i in range(validators)})
     if customization_type == DISTILLATION:
         files.update(

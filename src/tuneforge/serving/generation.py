@@ -99,8 +99,8 @@ def complete(
         stop_strings=["\n"] if stop_at_newline else None,
     )
     output = model.generate(
-        input_ids=batch["input_ids"],
-        attention_mask=batch["attention_mask"],
+        input_ids=batch["input_ids"].to(model.device),
+        attention_mask=batch["attention_mask"].to(model.device),
         generation_config=config,
         tokenizer=tokenizer,
     )
