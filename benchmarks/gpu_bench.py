@@ -65,6 +65,9 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+# Rows of many lengths allocate many block sizes; expandable segments keep that from fragmenting the
+# GPU memory between variants (set before torch is imported; an explicit setting wins).
+os.environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")
 
 from common import environment, final_json, fmt, stats
 
@@ -440,11 +443,6 @@ def train_tuneforge(ctx: TrainContext, repeat: int) -> dict[str, Any]:
             if tokens_seen != clock.real:
                 raise RuntimeError(f"train() saw {tokens_seen} tokens, this script counted {clock.real}")
 
-    options: dict[str, Any] = {}
-    if "precision" in {f.name for f in dataclasses.fields(TrainingConfig)}:
-        options["precision"] = "bf16"
-    elif ctx.device.type == "cuda":
-        raise RuntimeError("this tuneforge's TrainingConfig has no precision field (bf16 autocast on a GPU)")
     config = TrainingConfig(
         epochs=1,
         batch_size=ctx.shape.batch,
@@ -455,7 +453,8 @@ def train_tuneforge(ctx: TrainContext, repeat: int) -> dict[str, Any]:
         seed=SEED,
         checkpoint_every_steps=10**9,
         length_grouping=True,
-        **options,
+        precision="bf16",
+        full_training=True,
     )
     with tempfile.TemporaryDirectory() as tmp:
         outcome = train(
@@ -472,7 +471,7 @@ def train_tuneforge(ctx: TrainContext, repeat: int) -> dict[str, Any]:
     if not outcome.stopped:
         raise RuntimeError("train() ran to its end instead of stopping after the timed steps")
     result = clock.result()
-    result["precision"] = options.get("precision", "fp32 (TrainingConfig has no precision field)")
+    result["precision"] = config.precision
     if parity is not None:
         result["loss_parity_abs_diff"] = abs(parity - clock.losses[0])
     del model
@@ -725,6 +724,44 @@ def times(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.2f}x"
 
 
+def print_report(train_rows: dict[str, Any], decode_rows: dict[str, Any], targets: dict[str, Any]) -> None:
+    """The human tables: one row per variant (n = repeats that ran), then every target with its verdict."""
+    header = f"{'n':>2} {'real tokens/s median [min, max]':<38}{'MFU spec':>9}{'MFU meas':>9}{'padding':>9}"
+    print(f"\n{'training row':<20}{header}{'peak GB':>9}{'loss':>8}")
+    for name, row in train_rows.items():
+        if "error" in row:
+            print(f"{name:<20}FAILED: {row['error'][:300]}")
+            continue
+        memory = row.get("peak_memory_gb", {}).get("median")
+        shown_memory = "n/a" if memory is None else f"{memory:.1f}"
+        print(
+            f"{name:<20}{row['repeats']:>2} {fmt(row['tokens_per_s']):<38}{pct(row['mfu_spec']):>9}"
+            f"{pct(row['mfu_measured_peak']):>9}{row['padding_fraction']['median']:>9.0%}{shown_memory:>9}"
+            f"{row['loss_last']['median']:>8.3f}"
+        )
+    parity = train_rows.get("tuneforge", {}).get("loss_parity_abs_diff")
+    if parity is not None:
+        print(f"loss parity: tuneforge's first step vs a plain forward on the same batch: |diff| = {parity:.2e}")
+
+    header = f"{'n':>2} {'tokens/s median [min, max]':<34}{'MBU':>8}{'MBU spec':>10}{'warm-up s':>11}"
+    print(f"\n{'decoding row':<20}{header}")
+    for name, row in decode_rows.items():
+        if "error" in row:
+            print(f"{name:<20}FAILED: {row['error'][:300]}")
+            continue
+        print(
+            f"{name:<20}{row['repeats']:>2} {fmt(row['tokens_per_s'], precision=1):<34}{pct(row['mbu']):>8}"
+            f"{pct(row['mbu_spec']):>10}{row.get('warmup_s', 0.0):>11.1f}"
+        )
+
+    print(f"\n{'target':<34}{'value':>10}{'target':>9}  status")
+    for name, entry in targets.items():
+        value, target = entry["value"], entry["target"]
+        shown = "n/a" if value is None else (pct(value) if target < 1 else times(value))
+        wanted = pct(target) if target < 1 else times(target)
+        print(f"{name:<34}{shown:>10}{'>= ' + wanted:>9}  {entry['status']}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default=None, help="cuda (default when available) or cpu")
@@ -742,6 +779,8 @@ def main() -> None:
     threads = args.threads or (min(8, os.cpu_count() or 1) if device.type == "cuda" else 2)
     torch.set_num_threads(threads)
     shape = TINY if args.tiny else TINYLLAMA
+    if device.type == "cpu" and not args.tiny:
+        parser.error("the 1.1B shape needs a GPU (hours on a CPU); use --tiny --device cpu for a CPU smoke run")
     repeats = args.repeats or (1 if args.quick else 3)
     train_warmup, train_timed = (1, 2) if args.quick else (3, 12)
     decode_warmup = 1 if args.quick else 2
@@ -751,8 +790,6 @@ def main() -> None:
     card = torch.cuda.get_device_name(device) if device.type == "cuda" else None
     spec = card_spec(card)
     counts = parameter_counts(shape)
-    if device.type == "cuda":
-        torch.backends.cuda.matmul.allow_tf32 = True
     print(
         f"gpu check on {card or 'CPU'} ({device}), {threads} threads, "
         f"{'tiny shape' if args.tiny else 'TinyLlama-1.1B shape'}: {counts['total'] / 1e6:,.1f}M parameters, "
@@ -855,39 +892,7 @@ def main() -> None:
         for entry in targets.values():
             entry["status"] += " (CPU run: targets are for H100/H200)"
 
-    # ---- human summary
-    print(
-        f"\n{'training row':<20}{'real tokens/s median [min, max]':<38}{'MFU spec':>9}{'MFU meas':>9}"
-        f"{'padding':>9}{'peak GB':>9}{'loss':>8}"
-    )
-    for name, row in train_rows.items():
-        if "error" in row:
-            print(f"{name:<20}FAILED: {row['error'][:300]}")
-            continue
-        memory = row.get("peak_memory_gb", {}).get("median")
-        print(
-            f"{name:<20}{fmt(row['tokens_per_s']):<38}{pct(row['mfu_spec']):>9}{pct(row['mfu_measured_peak']):>9}"
-            f"{row['padding_fraction']['median']:>9.0%}{'n/a' if memory is None else f'{memory:.1f}':>9}"
-            f"{row['loss_last']['median']:>8.3f}"
-        )
-    parity = tf.get("loss_parity_abs_diff")
-    if parity is not None:
-        print(f"loss parity: tuneforge's first step vs a plain forward on the same batch: |diff| = {parity:.2e}")
-    print(f"\n{'decoding row':<20}{'tokens/s median [min, max]':<34}{'MBU':>8}{'MBU spec':>10}{'warm-up s':>11}")
-    for name, row in decode_rows.items():
-        if "error" in row:
-            print(f"{name:<20}FAILED: {row['error'][:300]}")
-            continue
-        print(
-            f"{name:<20}{fmt(row['tokens_per_s'], precision=1):<34}{pct(row['mbu']):>8}{pct(row['mbu_spec']):>10}"
-            f"{row.get('warmup_s', 0.0):>11.1f}"
-        )
-    print(f"\n{'target':<34}{'value':>10}{'target':>9}  status")
-    for name, entry in targets.items():
-        value, target = entry["value"], entry["target"]
-        shown = "n/a" if value is None else (pct(value) if target < 1 else times(value))
-        wanted = pct(target) if target < 1 else times(target)
-        print(f"{name:<34}{shown:>10}{'>= ' + wanted:>9}  {entry['status']}")
+    print_report(train_rows, decode_rows, targets)
     print(f"\nwall time {budget.elapsed:.0f} s")
 
     env = environment(threads)
@@ -898,6 +903,7 @@ def main() -> None:
             "cuda_version": torch.version.cuda,
             "cudnn": torch.backends.cudnn.version() if device.type == "cuda" else None,
             "driver": _driver_version() if device.type == "cuda" else None,
+            "cuda_alloc_conf": os.environ.get("PYTORCH_CUDA_ALLOC_CONF"),
         }
     )
     final_json(
