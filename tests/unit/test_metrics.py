@@ -263,7 +263,7 @@ def test_metrics_show_deployments_and_jobs_read_at_scrape_time(open_client: Test
     with services.db.session() as session:
         job = session.query(Job).one()
         job.phase = "running"
-        job.progress = {"step": 3, "loss": 2.5, "tokensPerSecond": 1234.5}
+        job.progress = {"step": 3, "loss": 2.5, "tokensPerSecond": 1234.5, "mfu": 0.31}
     families = scrape(open_client.get("/metrics"))
     (units,) = families["tuneforge_provisioned_model_units"].samples
     assert (units.labels, units.value) == ({"model": arn}, 2)
@@ -274,6 +274,7 @@ def test_metrics_show_deployments_and_jobs_read_at_scrape_time(open_client: Test
     (tokens,) = families["tuneforge_training_tokens_per_second"].samples
     assert tokens.labels["name"] == JOB_BODY["jobName"] and tokens.value == 1234.5
     assert families["tuneforge_training_loss"].samples[0].value == 2.5
+    assert families["tuneforge_training_mfu"].samples[0].value == 0.31
     for name in ("tuneforge_generation_requests", "tuneforge_output_tokens", "tuneforge_time_to_first_token_seconds"):
         assert name in families
 

@@ -52,10 +52,18 @@ class JobsCollector(Collector):
         loss = GaugeMetricFamily(
             "tuneforge_training_loss", "Training loss a running job last reported.", labels=["job", "name"]
         )
+        mfu = GaugeMetricFamily(
+            "tuneforge_training_mfu",
+            "Model FLOPs utilisation (0-1) a running job last reported, real tokens only.",
+            labels=["job", "name"],
+        )
         for arn, name, progress in sorted(training, key=lambda row: row.arn):
             if progress and "tokensPerSecond" in progress:
                 tokens.add_metric([arn, name], float(progress["tokensPerSecond"]))
                 loss.add_metric([arn, name], float(progress["loss"]))
+                if "mfu" in progress:
+                    mfu.add_metric([arn, name], float(progress["mfu"]))
         yield jobs
         yield tokens
         yield loss
+        yield mfu
