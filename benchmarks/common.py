@@ -45,13 +45,19 @@ def environment(threads: int) -> dict[str, Any]:
     return info
 
 
-def matmul_peak_flops(threads: int, size: int = 1024, seconds: float = 1.0) -> float:
-    """Best float32 matmul FLOP/s on this machine now (bf16 on a GPU): the limit MFU is measured against."""
+def matmul_peak_flops(threads: int, size: int = 1024, seconds: float = 1.0, dtype_name: str = "") -> float:
+    """Best matmul FLOP/s on this machine now: the limit MFU is measured against.
+
+    ``dtype_name`` "bf16" or "fp32"; by default bf16 on a GPU and fp32 on the CPU.
+    """
     import torch
 
     torch.set_num_threads(threads)
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    dtype = torch.bfloat16 if device == "cuda" else torch.float32
+    if dtype_name:
+        dtype = torch.bfloat16 if dtype_name == "bf16" else torch.float32
+    else:
+        dtype = torch.bfloat16 if device == "cuda" else torch.float32
     if device == "cuda":
         size = 8192
     a = torch.randn(size, size, device=device, dtype=dtype)

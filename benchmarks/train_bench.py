@@ -1,21 +1,27 @@
 """Fine-tuning throughput: tuneforge's FINE_TUNING recipe against the stacks users would otherwise pick.
 
     python benchmarks/train_bench.py                 # CPU: forge-small, 2 threads, 3 repeats
-    python benchmarks/train_bench.py --quick         # CI smoke: fewer steps, 1 repeat, lenient floors
+    python benchmarks/train_bench.py --quick --check # CI smoke: fewer steps and variants, lenient floors
 
 Variants, each in its own process, interleaved:
-- ``tuneforge``        the recipe a job runs (LoRA, length-grouped batches);
-- ``tuneforge_padded`` the same recipe with length grouping off (random batches padded to their max);
+- ``tuneforge``        the recipe a job runs, defaults: LoRA, length-grouped batches, ``precision=auto``
+                       (bf16 autocast where the CPU/GPU has native bf16, else fp32);
+- ``tuneforge_fp32``   the same with ``precision=fp32`` (what grouping alone buys);
+- ``tuneforge_padded`` the same with length grouping off (random batches padded to their max);
 - ``tuneforge_full``   the recipe with full fine-tuning;
-- ``plain``            a plain PyTorch loop over exactly tuneforge's batches (framework overhead);
-- ``hf_trainer``       HF ``Trainer`` with ordinary per-batch padding (DataCollatorForSeq2Seq);
+- ``plain``            a plain PyTorch loop over exactly tuneforge's batches, same precision (framework overhead);
+- ``hf_trainer``       HF ``Trainer`` with ordinary per-batch padding (DataCollatorForSeq2Seq), defaults (fp32);
 - ``trl_sft``          TRL ``SFTTrainer`` defaults (prompt/completion dataset), when trl is installed.
 
 Data: synthetic prompt/completion records whose lengths are spread uniformly over 16-100% of the
 context (512 tokens), completion ~25% of each record. Token-counting rule, same on every side: all
 non-padding tokens a step processes (prompt + completion + special tokens). MFU = FLOPs/token x
-tokens/s ÷ a float32 matmul peak measured in this run, with FLOPs/token = 6·N for full fine-tuning and
-4·N for LoRA (frozen weights get no weight gradients), N = model parameters; attention FLOPs ignored.
+tokens/s ÷ the best matmul peak measured in this run (bf16 where the CPU has it natively, else fp32),
+with FLOPs/token = 6·N for full fine-tuning and 4·N for LoRA (frozen weights get no weight
+gradients), N = model parameters; attention FLOPs ignored here (the job logs count them).
+
+``--check`` exits non-zero when an in-run ratio falls below a lenient floor (``FLOORS``): never on
+an absolute time.
 """
 
 from __future__ import annotations
@@ -107,7 +113,7 @@ def base_model_dir(name: str) -> Path:
     return ensure_builtin(name, MODEL_CACHE)
 
 
-def child_tuneforge(args: argparse.Namespace, method: str, grouping: bool) -> dict[str, Any]:
+def child_tuneforge(args: argparse.Namespace, method: str, grouping: bool, precision: str = "auto") -> dict[str, Any]:
     from tuneforge.catalog.hyperparameters import resolve
     from tuneforge.catalog.models import BUILTIN_MODELS, FINE_TUNING
     from tuneforge.data.tasks import write_jsonl
@@ -136,6 +142,7 @@ def child_tuneforge(args: argparse.Namespace, method: str, grouping: bool) -> di
             "learningRate": str(LR if method == "lora" else LR / 3),
             "trainingMethod": method,
             "lengthGrouping": str(grouping).lower(),
+            "precision": precision,
             "seed": str(SEED),
             "checkpointEverySteps": "1000000",
         },
@@ -177,11 +184,15 @@ def _lora_model(args: argparse.Namespace) -> tuple[Any, Any]:
 
 
 def child_plain(args: argparse.Namespace) -> dict[str, Any]:
-    """A plain loop over exactly the batches the recipe builds: the framework-overhead baseline."""
+    """A plain loop over exactly the batches the recipe builds, in the recipe's precision: the
+    framework-overhead baseline. Only the batch order and padding come from tuneforge."""
+    import contextlib
+
     import torch
     from transformers import get_cosine_schedule_with_warmup
 
     from tuneforge.recipes.components import collate, encode_record, length_grouped_batches
+    from tuneforge.recipes.performance import resolve_precision
 
     model, tokenizer = _lora_model(args)
     examples = [encode_record(r, tokenizer, CONTEXT) for r in synthetic_records(BATCH * args.steps)]
@@ -189,19 +200,22 @@ def child_plain(args: argparse.Namespace) -> dict[str, Any]:
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=LR, weight_decay=0.0)
     scheduler = get_cosine_schedule_with_warmup(optimizer, 5, len(batches))
+    bf16 = resolve_precision("auto", torch.device("cpu")) == "bf16"
     clock = Clock(args.warmup)
     model.train()
     tokens = 0
     for step, batch in enumerate(batches, start=1):
         inputs = collate([examples[i] for i in batch], tokenizer.pad_token_id)
-        loss = model(**inputs, use_cache=False).loss
+        # Right padding under causal attention needs no mask (as in the recipe).
+        with torch.autocast("cpu", dtype=torch.bfloat16) if bf16 else contextlib.nullcontext():
+            loss = model(input_ids=inputs["input_ids"], labels=inputs["labels"], use_cache=False).loss
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
         tokens += int(inputs["attention_mask"].sum())
-        clock.step(step, tokens, float(loss))
+        clock.step(step, tokens, float(loss.detach()))
     return clock.result()
 
 
@@ -283,6 +297,7 @@ def child_hf_trainer(args: argparse.Namespace, trl: bool) -> dict[str, Any]:
 def child(args: argparse.Namespace) -> None:
     runners = {
         "tuneforge": lambda: child_tuneforge(args, "lora", True),
+        "tuneforge_fp32": lambda: child_tuneforge(args, "lora", True, "fp32"),
         "tuneforge_padded": lambda: child_tuneforge(args, "lora", False),
         "tuneforge_full": lambda: child_tuneforge(args, "full", True),
         "plain": lambda: child_plain(args),
@@ -295,42 +310,76 @@ def child(args: argparse.Namespace) -> None:
 # -- parent --------------------------------------------------------------------------------------
 
 
+FLOORS = {
+    # Lenient in-run floors for --check (CI smoke): far below the targets, so only a real
+    # regression or a broken variant trips them. Targets: vs HF Trainer >= 1.5x, vs plain >= 0.9x.
+    "tuneforge_vs_hf_trainer": 1.1,
+    "grouped_vs_padded": 1.1,
+    "tuneforge_vs_plain": 0.6,
+}
+LOSS_PARITY_TOLERANCE = 1e-3
+"""|loss(tuneforge) - loss(plain loop)| at the last step: the same batches and precision, so equal
+up to the order of floating-point sums."""
+MATCHING_LOSS_TOLERANCE = 0.05
+"""Relative difference allowed between tuneforge's and HF Trainer's mean loss over the last steps
+(different batch order, so close rather than equal)."""
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--child")
     parser.add_argument("--model", default="forge-small")
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--steps", type=int, default=30)
-    parser.add_argument("--warmup", type=int, default=5)
+    parser.add_argument("--steps", type=int, default=16)
+    parser.add_argument("--warmup", type=int, default=4)
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--quick", action="store_true", help="CI smoke: 14 steps, 1 repeat, lenient floors.")
+    parser.add_argument("--variants", help="comma-separated subset of the variants to run")
+    parser.add_argument("--quick", action="store_true", help="CI smoke: 10 steps, 1 repeat, four variants.")
+    parser.add_argument("--check", action="store_true", help="exit 1 when a ratio falls below its floor")
     args = parser.parse_args()
     if args.child:
         child(args)
         return
+
+    variants = ["tuneforge", "hf_trainer", "plain", "tuneforge_padded", "tuneforge_fp32", "tuneforge_full"]
     if args.quick:
-        args.steps, args.warmup, args.repeats = 14, 4, 1
+        args.steps, args.warmup, args.repeats = 10, 3, 1
+        variants = ["tuneforge", "hf_trainer", "plain", "tuneforge_padded"]
+    else:
+        try:
+            import datasets  # noqa: F401
+            import trl  # noqa: F401
+
+            variants.append("trl_sft")
+        except ImportError:
+            print("trl/datasets not installed: skipping the TRL row (pip install -r benchmarks/requirements.txt)")
+    if args.variants:
+        variants = args.variants.split(",")
 
     from tuneforge.catalog.models import BUILTIN_MODELS
+    from tuneforge.recipes.performance import native_bf16
 
     model = next(m for m in BUILTIN_MODELS if m.source == f"builtin:{args.model}")
     n_params = model.parameter_count or 0
-    variants = ["tuneforge", "hf_trainer", "plain", "tuneforge_padded", "tuneforge_full"]
-    try:
-        import datasets  # noqa: F401
-        import trl  # noqa: F401
-
-        variants.append("trl_sft")
-    except ImportError:
-        print("trl/datasets not installed: skipping the TRL row (pip install -r benchmarks/requirements.txt)")
     base_model_dir(args.model)  # create once, outside any timing
-    peak = matmul_peak_flops(args.threads)
+    import torch
+
+    bf16 = native_bf16(torch.device("cpu"))
+    peaks = {"fp32": matmul_peak_flops(args.threads, dtype_name="fp32")}
+    if bf16:
+        peaks["bf16"] = matmul_peak_flops(args.threads, dtype_name="bf16")
+    peak = max(peaks.values())
     pad = padding_fraction(synthetic_records(BATCH * args.steps), BATCH)
     print(
         f"fine-tuning {args.model} ({n_params / 1e6:.1f}M params), batch {BATCH}, {args.steps} steps "
-        f"({args.warmup} warm-up), {args.threads} threads, {args.repeats} repeats"
+        f"({args.warmup} warm-up), {args.threads} threads, {args.repeats} repeats; "
+        f"precision=auto computes in {'bf16' if bf16 else 'fp32'} here"
     )
-    print(f"random batches waste {pad:.0%} of their tokens on padding; matmul peak {peak / 1e9:.1f} GFLOP/s")
+    print(
+        f"random batches waste {pad:.0%} of their tokens on padding; matmul peaks "
+        + ", ".join(f"{k} {v / 1e9:.1f} GFLOP/s" for k, v in peaks.items())
+        + " (MFU is against the higher)"
+    )
 
     script = Path(__file__)
     child_args = [
@@ -367,9 +416,17 @@ def main() -> None:
         "tuneforge_vs_plain": ratio("tuneforge", "plain"),
         "grouped_vs_padded": ratio("tuneforge", "tuneforge_padded"),
         "padding_prediction": 1 / (1 - pad),
+        "bf16_vs_fp32": ratio("tuneforge", "tuneforge_fp32"),
+        "fp32_grouped_vs_hf_trainer": ratio("tuneforge_fp32", "hf_trainer"),
         "lora_vs_full": ratio("tuneforge", "tuneforge_full"),
     }
-    parity = abs(results["tuneforge"][0]["losses"][-1] - results["plain"][0]["losses"][-1])
+    parity = None
+    if "tuneforge" in results and "plain" in results:
+        parity = abs(results["tuneforge"][0]["losses"][-1] - results["plain"][0]["losses"][-1])
+    matching = None
+    if "tuneforge" in rows and "hf_trainer" in rows:
+        tf_loss, hf_loss = rows["tuneforge"]["loss"]["median"], rows["hf_trainer"]["loss"]["median"]
+        matching = abs(tf_loss - hf_loss) / hf_loss
 
     print(f"\n{'variant':<18}{'real tokens/s  median [min, max]':<36}{'MFU':>7}{'loss':>9}{'peak RSS MB':>13}")
     for variant, row in rows.items():
@@ -380,9 +437,22 @@ def main() -> None:
     print()
     for name, value in ratios.items():
         if value is not None:
-            print(f"{name:<28}{value:6.2f}x")
-    print(f"loss parity tuneforge vs plain loop (same batches, last step): |diff| = {parity:.2e}")
+            floor = FLOORS.get(name)
+            print(f"{name:<28}{value:6.2f}x" + (f"   (floor {floor}x)" if floor else ""))
+    if parity is not None:
+        print(f"loss parity tuneforge vs plain loop (same batches, last step): |diff| = {parity:.2e}")
+    if matching is not None:
+        print(f"mean loss of the last steps, tuneforge vs HF Trainer: {matching:.1%} apart")
 
+    failures = [
+        f"{name} = {ratios[name]:.2f}x < floor {floor}x"
+        for name, floor in FLOORS.items()
+        if ratios.get(name) is not None and ratios[name] < floor  # type: ignore[operator]
+    ]
+    if parity is not None and parity > LOSS_PARITY_TOLERANCE:
+        failures.append(f"loss parity with the plain loop {parity:.2e} > {LOSS_PARITY_TOLERANCE}")
+    if matching is not None and matching > MATCHING_LOSS_TOLERANCE:
+        failures.append(f"loss vs HF Trainer {matching:.1%} apart > {MATCHING_LOSS_TOLERANCE:.0%}")
     final_json(
         {
             "benchmark": "train",
@@ -392,12 +462,17 @@ def main() -> None:
             "steps": args.steps,
             "repeats": args.repeats,
             "padding_fraction": pad,
-            "matmul_peak_flops": peak,
+            "matmul_peak_flops": peaks,
             "rows": rows,
             "ratios": ratios,
             "loss_parity_abs_diff": parity,
+            "loss_vs_hf_trainer_rel_diff": matching,
+            "check_failures": failures,
         }
     )
+    if args.check and failures:
+        print("benchmark check failed: " + "; ".join(failures), file=sys.stderr)
+        sys.exit(1)
 
 
 if __name__ == "__main__":

@@ -20,10 +20,15 @@ from pathlib import Path
 from typing import Any
 
 import boto3
+import httpx
 import openai
 import pytest
+from botocore.auth import SigV4Auth
+from botocore.awsrequest import AWSRequest
 from botocore.config import Config
+from botocore.credentials import Credentials
 from botocore.exceptions import ClientError
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests.e2e.conftest import BASE_MODEL, ROLE, STUDENT_MODEL, Server, make_server, unique, wait_for_status
 from tuneforge.data.tasks import make_classification_task
@@ -359,6 +364,104 @@ def test_wrong_credentials_are_refused_on_both_surfaces_and_change_nothing(
     time.sleep(0.7)
     assert invocations() == before
     services.close()
+
+
+# -- metrics -------------------------------------------------------------------------------------------
+
+Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
+
+
+def scrape(server: Server, headers: dict[str, str] | None = None) -> Samples:
+    response = httpx.get(f"{server.url}/metrics", headers=headers or {"authorization": f"Bearer {API_KEY}"})
+    assert response.status_code == 200, response.text
+    assert response.headers["content-type"].startswith("text/plain; version=0.0.4")
+    return {
+        (sample.name, frozenset(sample.labels.items())): sample.value
+        for family in text_string_to_metric_families(response.text)
+        for sample in family.samples
+    }
+
+
+def delta(before: Samples, after: Samples, name: str, **labels: str) -> float:
+    key = (name, frozenset(labels.items()))
+    return after.get(key, 0.0) - before.get(key, 0.0)
+
+
+def test_metrics_count_what_both_surfaces_answered(server: Server, runtime: Any, deployment: Deployment) -> None:
+    """Converse and ConverseStream by ARN, OpenAI chat by name, and an on-demand call by foundation-model ARN:
+    the counters move by exactly the usage the responses reported, under the model the runtime resolved."""
+    before = scrape(server)
+    messages = [{"role": "user", "content": [{"text": "my invoice is wrong"}]}]
+    answered = runtime.converse(modelId=deployment.arn, messages=messages, inferenceConfig={"maxTokens": 16})
+    streamed = list(
+        runtime.converse_stream(modelId=deployment.arn, messages=messages, inferenceConfig={"maxTokens": 16})["stream"]
+    )
+    bedrock_usage = [answered["usage"], streamed[-1]["metadata"]["usage"]]
+    bedrock_stops = [answered["stopReason"], streamed[-2]["messageStop"]["stopReason"]]
+    sdk = openai.OpenAI(base_url=f"{server.url}/v1", api_key=API_KEY, max_retries=0)
+    chat: Any = [{"role": "user", "content": "my invoice is wrong"}]
+    replies = [sdk.chat.completions.create(model=deployment.name, messages=chat, max_tokens=8)]
+    chunks = list(
+        sdk.chat.completions.create(
+            model=deployment.name, messages=chat, max_tokens=8, stream=True, stream_options={"include_usage": True}
+        )
+    )
+    openai_usage = [r.usage for r in replies] + [chunks[-1].usage]
+    on_demand = runtime.converse(
+        modelId=f"arn:aws:bedrock:us-east-1::foundation-model/{STUDENT_MODEL}",
+        messages=messages,
+        inferenceConfig={"maxTokens": 3},
+    )
+    after = scrape(server)
+
+    bedrock = {"model": deployment.arn, "api": "bedrock"}
+    assert delta(before, after, "tuneforge_output_tokens_total", **bedrock) == sum(
+        u["outputTokens"] for u in bedrock_usage
+    )
+    assert delta(before, after, "tuneforge_input_tokens_total", **bedrock) == sum(
+        u["inputTokens"] for u in bedrock_usage
+    )
+    for stop in set(bedrock_stops):
+        counted = delta(before, after, "tuneforge_generation_requests_total", outcome=stop, **bedrock)
+        assert counted == bedrock_stops.count(stop)
+    assert delta(before, after, "tuneforge_time_to_first_token_seconds_count", **bedrock) == 2
+    assert delta(before, after, "tuneforge_generation_duration_seconds_count", **bedrock) == 2
+
+    by_name = {"model": deployment.arn, "api": "openai"}
+    assert all(u is not None for u in openai_usage)
+    outputs = sum(u.completion_tokens for u in openai_usage if u is not None)
+    assert delta(before, after, "tuneforge_output_tokens_total", **by_name) == outputs
+    inputs = sum(u.prompt_tokens for u in openai_usage if u is not None)
+    assert delta(before, after, "tuneforge_input_tokens_total", **by_name) == inputs
+    outcomes = [k for k in after if k[0] == "tuneforge_generation_requests_total" and set(by_name.items()) <= k[1]]
+    assert sum(delta(before, after, name, **dict(labels)) for name, labels in outcomes) == 2
+    assert delta(before, after, "tuneforge_time_to_first_token_seconds_count", **by_name) == 2
+
+    foundation = {"model": STUDENT_MODEL, "api": "bedrock"}
+    assert delta(before, after, "tuneforge_output_tokens_total", **foundation) == on_demand["usage"]["outputTokens"]
+    assert not [k for k in after if ("model", f"arn:aws:bedrock:us-east-1::foundation-model/{STUDENT_MODEL}") in k[1]]
+    assert ("model", deployment.name) not in {label for _, labels in after for label in labels}
+
+    for api in ("bedrock", "openai"):
+        assert after[("tuneforge_generation_requests_in_flight", frozenset({**bedrock, "api": api}.items()))] == 0
+    assert after[("tuneforge_provisioned_model_units", frozenset({("model", deployment.arn)}))] == 1
+    assert after[("tuneforge_engine_replicas", frozenset({("model", deployment.arn), ("state", "ready")}))] == 1
+    (info,) = [
+        labels
+        for name, labels in after
+        if name == "tuneforge_provisioned_model_info" and ("model", deployment.arn) in labels
+    ]
+    assert ("name", deployment.name) in info and ("status", "InService") in info
+    assert ("tuneforge_output_tokens_per_second", frozenset({("model", deployment.arn)})) in after
+
+
+def test_metrics_need_a_credential_on_a_locked_server(server: Server) -> None:
+    for headers in ({}, {"authorization": "Bearer sk-wrong"}):
+        refused = httpx.get(f"{server.url}/metrics", headers=headers)
+        assert refused.status_code == 401 and "tuneforge_" not in refused.text
+    signed = AWSRequest(method="GET", url=f"{server.url}/metrics")
+    SigV4Auth(Credentials("AKIDSERVING", KEYS["AKIDSERVING"]), "bedrock", "us-east-1").add_auth(signed)
+    assert scrape(server, dict(signed.headers.items()))
 
 
 # -- batching ------------------------------------------------------------------------------------------

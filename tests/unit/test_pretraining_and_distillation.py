@@ -325,13 +325,17 @@ def test_output_artifacts_name_the_documented_paths() -> None:
     validation = f"{root}/validation_artifacts/post_fine_tuning_validation"
     assert files == {
         "trainingMetrics": f"{root}/training_artifacts/step_wise_training_metrics.csv",
+        "performanceMetrics": f"{root}/training_artifacts/step_wise_performance_metrics.csv",
         "validationMetrics0": f"{validation}/validation/validation_metrics.csv",
         "validationMetrics1": f"{validation}/validation_1/validation_metrics.csv",
         "distillationReport": f"{root}/distillation_artifacts/distillation_report.json",
         "promptInsights": f"{root}/distillation_artifacts/prompt_insights.json",
         "syntheticDataSample": f"{root}/distillation_artifacts/synthetic_data_sample.jsonl",
     }
-    assert set(output_artifacts("s3://b/out", "x", "FINE_TUNING", validators=0)) == {"trainingMetrics"}
+    assert set(output_artifacts("s3://b/out", "x", "FINE_TUNING", validators=0)) == {
+        "trainingMetrics",
+        "performanceMetrics",
+    }
 
 
 def test_a_job_left_with_nothing_to_train_on_fails_saying_why(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -5,7 +5,9 @@ The API process never imports torch: training runs in worker processes started b
 by the :class:`~tuneforge.serving.manager.EngineManager`; both run here as background threads.
 
 Authentication depends on the path: ``/v1/...`` (OpenAI) takes bearer API keys and answers errors
-in OpenAI's envelope; everything else is Bedrock (control plane and runtime alike are signed with
+in OpenAI's envelope; ``/metrics`` takes either credential (Prometheus can send a bearer key, not a
+SigV4 signature) and answers a plain 401; ``/healthz`` is open (it says only that the server is up,
+and probes cannot sign); everything else is Bedrock (control plane and runtime alike are signed with
 SigV4 under the signing name ``bedrock``) and answers AWS-style errors.
 """
 
@@ -17,13 +19,15 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from tuneforge import __version__
 from tuneforge.api.auth import verify_bearer, verify_request
 from tuneforge.api.bedrock.routes import router as bedrock_router
 from tuneforge.api.bedrock.serving_routes import router as serving_router
+from tuneforge.api.metrics import create_registry
+from tuneforge.api.metrics import router as metrics_router
 from tuneforge.api.openai.protocol import error_body, service_error
 from tuneforge.api.openai.routes import router as openai_router
 from tuneforge.api.openai.serving import OpenAIServing
@@ -52,6 +56,10 @@ def is_openai(request: Request) -> bool:
     return request.url.path == "/v1" or request.url.path.startswith("/v1/")
 
 
+def is_bearer(authorization: str | None) -> bool:
+    return (authorization or "").lower().startswith("bearer ")
+
+
 def error_response(request: Request, exc: ServiceError) -> JSONResponse:
     if is_openai(request):
         status, body = service_error(exc)
@@ -67,7 +75,10 @@ def create_app(
     services = Services.create(settings)
     supervisor = Supervisor(services) if run_supervisor else None
     engines = EngineManager(settings, services.throughput, services.meter, services.invocation_logs)
-    runtime = RuntimeService(services.throughput, engines, services.meter, settings.engine_start_timeout_s)
+    registry, serving_metrics = create_registry(services, engines)
+    runtime = RuntimeService(
+        services.throughput, engines, services.meter, settings.engine_start_timeout_s, serving_metrics
+    )
     inference = Inference(runtime, services.invocation_logs)
     start_engines = run_supervisor if run_engines is None else run_engines
 
@@ -89,6 +100,7 @@ def create_app(
     app.state.services = services
     app.state.supervisor = supervisor
     app.state.engines = engines
+    app.state.metrics_registry = registry
     app.state.bedrock_runtime = BedrockRuntime(inference)
     app.state.openai = OpenAIServing(inference, services.throughput)
 
@@ -98,8 +110,9 @@ def create_app(
         request.state.identity = "anonymous"
         if request.url.path == "/healthz":
             return await call_next(request)
+        scrape = request.url.path == "/metrics"
         try:
-            if is_openai(request):
+            if is_openai(request) or (scrape and is_bearer(request.headers.get("authorization"))):
                 label = verify_bearer(settings, request.headers.get("authorization"))
                 request.state.identity = label or "anonymous"
             else:
@@ -119,6 +132,10 @@ def create_app(
             if is_openai(request):
                 return JSONResponse(
                     error_body(exc.message, "invalid_request_error", "invalid_api_key"), status_code=401
+                )
+            if scrape:
+                return PlainTextResponse(
+                    f"{exc.message}\n", status_code=401, headers={"WWW-Authenticate": 'Bearer realm="tuneforge"'}
                 )
             return aws_error(exc.code, exc.status, exc.message)
         response = await call_next(request)
@@ -163,4 +180,5 @@ def create_app(
     app.include_router(serving_router)
     app.include_router(runtime_router)
     app.include_router(openai_router)
+    app.include_router(metrics_router)
     return app

@@ -30,6 +30,7 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -59,6 +60,9 @@ class Sequence:
     space belongs to the template, not to the answer."""
     generated: list[int] = field(default_factory=list)
     emitted_chars: int = 0
+    accepted_at: float = field(default_factory=time.monotonic)
+    first_token_at: float | None = None
+    """When the first token (possibly end of sequence) was sampled: queueing and prefill end here."""
     cancelled: threading.Event = field(default_factory=threading.Event)
     generator: torch.Generator | None = None
 
@@ -244,6 +248,8 @@ class ContinuousBatcher:
         """Append one token; emit text, or finish the sequence (marking it for retirement)."""
         if sequence.cancelled.is_set():
             return
+        if sequence.first_token_at is None:
+            sequence.first_token_at = time.monotonic()
         if token in self.eos_ids:
             self._finish(sequence, self._text(sequence), "end_turn")
             return
@@ -281,6 +287,7 @@ class ContinuousBatcher:
                 "stop_reason": reason,
                 "input_tokens": len(sequence.prompt_ids),
                 "output_tokens": len(sequence.generated),
+                "first_token_s": round((sequence.first_token_at or time.monotonic()) - sequence.accepted_at, 6),
             }
         )
         sequence.cancelled.set()

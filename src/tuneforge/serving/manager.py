@@ -203,6 +203,15 @@ class EngineManager:
                     states[replica.state] = states.get(replica.state, 0) + 1
             return states
 
+    def replica_counts(self) -> dict[str, dict[str, int]]:
+        """Replicas per group and state, for the metrics endpoint."""
+        with self._lock:
+            counts: dict[str, dict[str, int]] = {}
+            for replica in self._replicas.values():
+                states = counts.setdefault(replica.group, {})
+                states[replica.state] = states.get(replica.state, 0) + 1
+            return counts
+
     # -- processes ------------------------------------------------------------------------------
 
     def _spawn(self, group: str, model_arn: str, source: str) -> Replica:

@@ -7,7 +7,9 @@ line; the engine answers with lines, each one event:
   with the model's template) was tokenized and accepted;
 - ``{"event": "text", "text": "...", "output_tokens": M}``: new text (only when the request asked
   to stream);
-- ``{"event": "end", "text": "<all of it>", "stop_reason": ..., "input_tokens": N, "output_tokens": M}``;
+- ``{"event": "end", "text": "<all of it>", "stop_reason": ..., "input_tokens": N, "output_tokens": M,
+  "first_token_s": S}``, where ``S`` is the time from the engine accepting the request (just before
+  ``start``) to its first sampled token: the queueing and prefill part of time to first token;
 - ``{"event": "error", "code": "ValidationException", "message": "..."}`` instead of ``start``.
 
 Closing the connection cancels the generation. A Unix socket (mode 0600 in the data directory)

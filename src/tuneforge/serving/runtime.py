@@ -19,6 +19,7 @@ from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 from typing import Any
 
+from prometheus_client import CollectorRegistry
 from sqlalchemy import select
 
 from tuneforge.arns import decode_identifier, is_arn, resource_type
@@ -35,6 +36,7 @@ from tuneforge.errors import (
 )
 from tuneforge.serving.engine_client import EngineUnavailable, stream_events
 from tuneforge.serving.manager import EngineManager, Replica, on_demand_group, pt_group
+from tuneforge.serving.metrics import Api, ServingMetrics
 from tuneforge.serving.protocol import GenerationRequest
 from tuneforge.serving.throughput import DELETED, ServedModel, ThroughputService
 from tuneforge.serving.usage import UsageMeter
@@ -55,15 +57,29 @@ class Target:
     provisioned_model_arn: str | None = None
     on_demand: ServedModel | None = None
 
+    @property
+    def metrics_label(self) -> str:
+        """The ``model`` label of serving metrics: one value per deployment or on-demand model, whichever
+        name or ARN the caller used."""
+        if self.provisioned_model_arn is not None:
+            return self.provisioned_model_arn
+        return self.on_demand.foundation.model_id if self.on_demand is not None else self.model_arn
+
 
 class RuntimeService:
     def __init__(
-        self, throughput: ThroughputService, manager: EngineManager, meter: UsageMeter, start_timeout_s: float
+        self,
+        throughput: ThroughputService,
+        manager: EngineManager,
+        meter: UsageMeter,
+        start_timeout_s: float,
+        metrics: ServingMetrics | None = None,
     ) -> None:
         self.throughput = throughput
         self.manager = manager
         self.meter = meter
         self.start_timeout_s = start_timeout_s
+        self.metrics = metrics or ServingMetrics(CollectorRegistry())
 
     # -- resolution -----------------------------------------------------------------------------
 
@@ -145,31 +161,38 @@ class RuntimeService:
 
     # -- generation -----------------------------------------------------------------------------
 
-    async def generate(self, target: Target, request: GenerationRequest) -> AsyncGenerator[dict[str, Any], None]:
+    async def generate(
+        self, target: Target, request: GenerationRequest, api: Api = "bedrock"
+    ) -> AsyncGenerator[dict[str, Any], None]:
         """The engine's events (``start``, ``text``..., ``end``); engine errors become ServiceErrors.
 
         Usage is metered when the ``end`` event arrives; the replica is released when the caller
         closes the iterator, so a retiring replica stops only after its last response is sent.
+        Both API surfaces come through here, so this is where serving metrics are taken, once: from
+        the moment the request arrives (waiting for a replica counts) to its end, failure or cancellation.
         """
-        replica = await self._acquire(target)
-        try:
-            async for event in stream_events(replica.socket_path, request):
-                kind = event["event"]
-                if kind == "error":
-                    error = ValidationException if event.get("code") == "ValidationException" else ModelErrorException
-                    raise error(str(event.get("message", "the model failed")))
-                if kind == "end":
-                    self.meter.record(
-                        target.provisioned_model_id,
-                        replica.model_arn,
-                        int(event["input_tokens"]),
-                        int(event["output_tokens"]),
-                    )
-                yield event
-        except EngineUnavailable as exc:
-            raise ModelErrorException(f"The model failed to answer: {exc}") from None
-        finally:
-            self.manager.release(replica)
+        with self.metrics.track(target.metrics_label, api) as tracker:
+            replica = await self._acquire(target)
+            try:
+                async for event in stream_events(replica.socket_path, request):
+                    kind = event["event"]
+                    if kind == "error":
+                        code = event.get("code")
+                        error = ValidationException if code == "ValidationException" else ModelErrorException
+                        raise error(str(event.get("message", "the model failed")))
+                    tracker.observe(event)
+                    if kind == "end":
+                        self.meter.record(
+                            target.provisioned_model_id,
+                            replica.model_arn,
+                            int(event["input_tokens"]),
+                            int(event["output_tokens"]),
+                        )
+                    yield event
+            except EngineUnavailable as exc:
+                raise ModelErrorException(f"The model failed to answer: {exc}") from None
+            finally:
+                self.manager.release(replica)
 
     async def _acquire(self, target: Target) -> Replica:
         replica = self.manager.acquire(target.group)

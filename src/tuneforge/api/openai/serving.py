@@ -90,6 +90,7 @@ class OpenAIServing:
             stream=stream,
             conversation=request.conversation(),
             max_tokens_member="max_tokens",
+            api="openai",
         )
 
     async def _chat_events(
@@ -140,6 +141,7 @@ class OpenAIServing:
             stream=stream,
             prompt=request.prompt_text(),
             max_tokens_member="max_tokens",
+            api="openai",
         )
 
     async def _completion_events(

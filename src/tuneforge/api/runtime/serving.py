@@ -29,6 +29,7 @@ from tuneforge.api.runtime.protocol import (
 from tuneforge.errors import ServiceError
 from tuneforge.serving.conversation import Conversation
 from tuneforge.serving.invocation_logs import InvocationLogs
+from tuneforge.serving.metrics import Api
 from tuneforge.serving.protocol import GenerationRequest
 from tuneforge.serving.runtime import RuntimeService, Target, collect
 
@@ -76,6 +77,7 @@ class Inference:
         prompt: str | None = None,
         conversation: Conversation | None = None,
         max_tokens_member: str = "inferenceConfig.maxTokens",
+        api: Api = "bedrock",
     ) -> Generation:
         started = time.perf_counter()
         target = await asyncio.to_thread(self.runtime.resolve, model_id)
@@ -91,7 +93,7 @@ class Inference:
             stream=stream,
             seed=sampling.seed,
         )
-        events = self.runtime.generate(target, request)
+        events = self.runtime.generate(target, request, api)
         try:
             start = await anext(events)
         except BaseException:
