@@ -11,7 +11,8 @@ Variants, each in its own process, interleaved:
 - ``tuneforge_full``   the recipe with full fine-tuning;
 - ``plain``            a plain PyTorch loop over exactly tuneforge's batches, same precision (framework overhead);
 - ``hf_trainer``       HF ``Trainer`` with ordinary per-batch padding (DataCollatorForSeq2Seq), defaults (fp32);
-- ``trl_sft``          TRL ``SFTTrainer`` defaults (prompt/completion dataset), when trl is installed.
+- ``trl_sft``          TRL ``SFTTrainer`` defaults (prompt/completion dataset), when trl is installed;
+- ``hf_trainer_bf16``  HF ``Trainer`` with ``bf16=True`` (not run by default; ``--variants`` adds it).
 
 Data: synthetic prompt/completion records whose lengths are spread uniformly over 16-100% of the
 context (512 tokens), completion ~25% of each record. Token-counting rule, same on every side: all
@@ -219,7 +220,7 @@ def child_plain(args: argparse.Namespace) -> dict[str, Any]:
     return clock.result()
 
 
-def child_hf_trainer(args: argparse.Namespace, trl: bool) -> dict[str, Any]:
+def child_hf_trainer(args: argparse.Namespace, trl: bool, bf16: bool = False) -> dict[str, Any]:
     import torch
     from transformers import DataCollatorForSeq2Seq, Trainer, TrainingArguments
 
@@ -252,6 +253,7 @@ def child_hf_trainer(args: argparse.Namespace, trl: bool) -> dict[str, Any]:
         dataloader_num_workers=0,
         seed=SEED,
         use_cpu=not torch.cuda.is_available(),
+        bf16=bf16,
         disable_tqdm=True,
     )
     if trl:
@@ -303,6 +305,7 @@ def child(args: argparse.Namespace) -> None:
         "plain": lambda: child_plain(args),
         "hf_trainer": lambda: child_hf_trainer(args, trl=False),
         "trl_sft": lambda: child_hf_trainer(args, trl=True),
+        "hf_trainer_bf16": lambda: child_hf_trainer(args, trl=False, bf16=True),
     }
     print(json.dumps(runners[args.child]()))
 
@@ -418,6 +421,7 @@ def main() -> None:
         "padding_prediction": 1 / (1 - pad),
         "bf16_vs_fp32": ratio("tuneforge", "tuneforge_fp32"),
         "fp32_grouped_vs_hf_trainer": ratio("tuneforge_fp32", "hf_trainer"),
+        "tuneforge_vs_hf_trainer_bf16": ratio("tuneforge", "hf_trainer_bf16"),
         "lora_vs_full": ratio("tuneforge", "tuneforge_full"),
     }
     parity = None
