@@ -17,13 +17,15 @@ spread uniformly over 32-256 tokens. Every answer is capped at ``--tokens`` new 
 ``maxResponseLengthForInference`` caps a job's. Token rule, the same on both sides: tokens a prompt's
 answer generated, its closing EOS included, padding never (``Completion.tokens``; for the baseline, the
 output's length minus the prompt's). The random-init teacher seldom ends an answer early, so both sides
-write about prompts x tokens; the script checks that both wrote the same answers.
+write about prompts x tokens. The last line is one JSON object; the exit status is 1 when the two sides'
+answers differ or batched/sequential falls under 1.5x (a broken run, never an absolute time).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import random
 import statistics
 import sys
@@ -39,6 +41,8 @@ from common import environment, final_json, fmt, interleave, peak_rss_mb, run_ch
 SEED = 7
 BATCH = 8
 """Training batch of the KD/SFT step row."""
+FLOOR = 1.5
+"""Exit status 1 below this batched/sequential ratio (a broken batching path), or when answers differ."""
 TEACHER, STUDENT = "forge-small", "forge-micro"
 MODEL_CACHE = Path(tempfile.gettempdir()) / "tuneforge-bench-models"
 LENGTHS = (32, 256)
@@ -176,7 +180,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--quick", action="store_true", help="CI smoke: 32 prompts x 32 tokens, 1 repeat, no KD row")
     args = parser.parse_args()
-    args.batch_size = args.batch_size or default_teacher_batch_size()
+    default_batch = default_teacher_batch_size()
+    args.batch_size = args.batch_size or default_batch
     if args.child:
         runners = {
             "sequential": lambda: child_sequential(args),
@@ -189,13 +194,12 @@ def main() -> None:
         args.prompts, args.tokens, args.repeats = 32, 32, 1
 
     from tuneforge.catalog.models import BUILTIN_MODELS
+    from tuneforge.recipes.components import encode_prompt
     from tuneforge.serving.generation import length_sorted_batches
 
     params = {m.source.removeprefix("builtin:"): m.parameter_count or 0 for m in BUILTIN_MODELS}
     load(STUDENT, args.threads)  # create both models once, outside any timing
     _, tokenizer = load(TEACHER, args.threads)
-    from tuneforge.recipes.components import encode_prompt
-
     lengths = [len(encode_prompt(tokenizer, text)) for text in synthetic_prompts(args.prompts)]
     in_order = [list(range(s, min(s + args.batch_size, len(lengths)))) for s in range(0, len(lengths), args.batch_size)]
     padding = {
@@ -204,9 +208,12 @@ def main() -> None:
     }
     print(
         f"teacher generation: {TEACHER} ({params[TEACHER] / 1e6:.1f}M params), {args.prompts} prompts of "
-        f"{min(lengths)}-{max(lengths)} tokens x up to {args.tokens} new tokens, teacherBatchSize {args.batch_size} "
-        f"(the recipe's default), {args.threads} threads, {args.repeats} repeats"
+        f"{min(lengths)}-{max(lengths)} tokens x up to {args.tokens} new tokens, teacherBatchSize {args.batch_size}"
+        f"{' (the recipe default)' if args.batch_size == default_batch else ''}, {args.threads} threads, "
+        f"{args.repeats} repeats"
     )
+    if os.getloadavg()[0] > 0.5 * (os.cpu_count() or 1):
+        print(f"warning: load average {os.getloadavg()[0]:.1f}: other processes share the cores; ratios will be off")
     print(
         f"batches in file order would waste {padding['in_file_order']:.0%} of prompt tokens on padding; "
         f"length-sorted batches waste {padding['length_sorted']:.0%}"
@@ -229,9 +236,10 @@ def main() -> None:
     print(f"\n{'variant':<12}{'generated tokens/s  median [min, max]':<40}{'tokens':>8}")
     for variant, row in rows.items():
         print(f"{variant:<12}{fmt(row['tokens_per_s']):<40}{row['tokens']:>8}")
-    print(f"batched / sequential      {speedup:6.2f}x  (target >= 4 on 2 CPU threads)")
+    print(f"batched / sequential      {speedup:6.2f}x  (target >= 4 on 2 CPU threads; fails under {FLOOR:g})")
     print(f"answers equal to the sequential ones: {same} of {args.prompts}")
 
+    ok = same == args.prompts and speedup >= FLOOR
     kd_row: dict[str, Any] | None = None
     if "kd_sft" in results:
         sft, kd = (stats([r[f"{v}_step_s"] for r in results["kd_sft"]]) for v in ("sft", "kd"))
@@ -244,7 +252,7 @@ def main() -> None:
     final_json(
         {
             "benchmark": "distill",
-            "env": environment(args.threads),
+            "env": {**environment(args.threads), "load_average_1min": os.getloadavg()[0]},
             "teacher": TEACHER,
             "parameters": params,
             "prompts": args.prompts,
@@ -257,9 +265,11 @@ def main() -> None:
             "ratios": {"batched_vs_sequential": speedup},
             "answers_equal": same,
             "kd_vs_sft": kd_row,
-            "ok": same == args.prompts,
+            "ok": ok,
         }
     )
+    if not ok:
+        sys.exit(1)
 
 
 if __name__ == "__main__":
