@@ -32,6 +32,7 @@ $(BENCH_STAMP): $(STAMP) benchmarks/requirements.txt
 bench: $(BENCH_STAMP)
 	$(BIN)/python benchmarks/train_bench.py
 	$(BIN)/python benchmarks/serving_batching.py --repeats 3
+	$(BIN)/python benchmarks/distill_bench.py --kd
 	$(BIN)/python benchmarks/control_plane_bench.py
 
 lint: $(STAMP)

@@ -75,6 +75,38 @@ def matmul_peak_flops(threads: int, size: int = 1024, seconds: float = 1.0, dtyp
     return best
 
 
+def memory_bandwidth(threads: int, megabytes: int = 512, runs: int = 5) -> float:
+    """Best read bandwidth in bytes/s now: summing a buffer far larger than the CPU caches (4 GiB on a GPU).
+
+    Decoding reads every weight (and the KV cache) once per step, so this is the limit MBU is measured
+    against. Read-only, like decode's weight reads; the best of ``runs`` is the least disturbed.
+    """
+    import torch
+
+    torch.set_num_threads(threads)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda":
+        megabytes = 4096
+    buffer = torch.ones(megabytes * 2**20 // 4, dtype=torch.float32, device=device)
+    buffer.sum()  # first touch and warm-up
+    best = 0.0
+    for _ in range(runs):
+        if device == "cuda":
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        buffer.sum()
+        if device == "cuda":
+            torch.cuda.synchronize()
+        best = max(best, buffer.numel() * 4 / (time.perf_counter() - start))
+    return best
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    """The nearest-rank ``q`` quantile (0..1) of ``values``."""
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
 def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 

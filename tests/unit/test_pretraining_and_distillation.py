@@ -22,9 +22,9 @@ from tuneforge.catalog.models import BUILTIN_MODELS
 from tuneforge.data.tasks import archipelago_facts, make_domain_documents, write_jsonl
 from tuneforge.recipes.base import RecipeInputs, TeacherInputs
 from tuneforge.recipes.components import IGNORE_INDEX, chunk_document, encode_documents, loss_token_count
-from tuneforge.recipes.distillation import DistillationRecipe, distillation_loss, prompt_insights
+from tuneforge.recipes.distillation import DistillationRecipe, distillation_loss, prompt_insights, teacher_answers
 from tuneforge.recipes.layout import output_artifacts
-from tuneforge.serving.generation import Completion
+from tuneforge.serving.generation import Completion, complete, length_sorted_batches, load_for_inference
 
 # --------------------------------------------------------------------------- chunking
 
@@ -275,6 +275,25 @@ def test_teacher_progress_is_reported_per_batch(processed: tuple[list[Any], Reco
         {"done": 3, "total": 5, "unit": "prompts"},
         {"done": 5, "total": 5, "unit": "prompts"},
     ]
+
+
+def test_batches_are_length_sorted_cover_every_prompt_once_and_keep_ties_in_order() -> None:
+    batches = length_sorted_batches([5, 9, 1, 9, 3, 7, 2], batch_size=3)
+    assert batches == [[1, 3, 5], [0, 4, 6], [2]]
+    with pytest.raises(ValueError, match="batch_size"):
+        length_sorted_batches([1], batch_size=0)
+
+
+def test_batched_teacher_answers_equal_one_at_a_time_greedy_answers(tmp_path: Path) -> None:
+    """Length-sorted batches with left padding change neither an answer nor the order answers come back in."""
+    torch.set_num_threads(1)
+    teacher, tokenizer = load_for_inference(ensure_builtin("forge-micro", tmp_path), tmp_path)
+    texts = [f"User: {'word ' * n}question {n}\nAssistant:" for n in (0, 11, 3, 25, 7, 1, 18)]
+    progress: list[int] = []
+    batched = teacher_answers(teacher, tokenizer, texts, 12, batch_size=3, progress=progress.append)
+    alone = [complete(teacher, tokenizer, [text], 12)[0] for text in texts]
+    assert batched == alone
+    assert progress == [3, 6, 7]
 
 
 def test_prompt_insights_count_outcomes_and_reasons(processed: tuple[list[Any], Any]) -> None:

@@ -5,12 +5,13 @@ Read top to bottom:
 1. **setup**: the teacher, loaded exactly as it is served (a foundation model, or a custom model such
    as a fine-tuned teacher), and the student (full training by default, or LoRA).
 2. **dataProcessing**: every prompt gets a response, the record's golden assistant answer when it has
-   one, else the teacher's greedy answer, generated ``teacherBatchSize`` prompts at a time with a
-   progress event per batch. A prompt is rejected, with its reason, when it repeats an earlier
-   prompt, when it leaves no room for an answer within the student's sequence limit, when the
-   teacher's answer is empty or does not end within ``maxResponseLengthForInference`` tokens (a cut
-   answer would teach the student to stop mid-sentence), or when prompt and answer together pass the
-   limit. Written: a sample of the synthetic training data and the prompt-insights report.
+   one, else the teacher's greedy answer, generated ``teacherBatchSize`` prompts at a time (prompts
+   of similar length together, so batches pad little) with a progress event per batch. A prompt is
+   rejected, with its reason, when it repeats an earlier prompt, when it leaves no room for an
+   answer within the student's sequence limit, when the teacher's answer is empty or does not end
+   within ``maxResponseLengthForInference`` tokens (a cut answer would teach the student to stop
+   mid-sentence), or when prompt and answer together pass the limit. Written: a sample of the
+   synthetic training data and the prompt-insights report.
 3. **training**: cross-entropy on the responses (sequence-level distillation), optionally mixed with
    logit-level distillation (:func:`distillation_loss`).
 4. **evaluate**: per validator, the student's loss on the teacher's answers to the validation prompts
@@ -38,7 +39,7 @@ import copy
 import json
 import random
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -68,7 +69,13 @@ from tuneforge.recipes.components import (
     train,
 )
 from tuneforge.recipes.performance import training_device
-from tuneforge.serving.generation import complete, load_for_inference, measure_generation_speed
+from tuneforge.serving.generation import (
+    Completion,
+    complete,
+    length_sorted_batches,
+    load_for_inference,
+    measure_generation_speed,
+)
 
 DATA_CACHE = "distillation_data.json"
 """Beside the checkpoints: the processed prompts, so a resumed job skips the teacher."""
@@ -368,20 +375,48 @@ class DistillationRecipe:
         limit = config.max_response_tokens
         reporter.log(f"asking the teacher {config.arn} for {len(prompts):,} responses of up to {limit} tokens")
         reporter.data_progress(done=0, total=len(prompts), unit="prompts")
-        for start in range(0, len(prompts), batch_size):
-            batch = prompts[start : start + batch_size]
-            for prompt, answer in zip(batch, complete(teacher, tokenizer, [p.text for p in batch], limit), strict=True):
-                text = answer.text.strip()
-                if not answer.finished:
-                    prompt.reject(
-                        "truncated",
-                        f"the teacher's response did not end within {limit} tokens (maxResponseLengthForInference)",
-                    )
-                elif not text:
-                    prompt.reject("empty response", "the teacher's response is empty")
-                else:
-                    prompt.response, prompt.source = text, "teacher"
-            reporter.data_progress(done=start + len(batch), total=len(prompts), unit="prompts")
+        answers = teacher_answers(
+            teacher,
+            tokenizer,
+            [p.text for p in prompts],
+            limit,
+            batch_size,
+            progress=lambda done: reporter.data_progress(done=done, total=len(prompts), unit="prompts"),
+        )
+        for prompt, answer in zip(prompts, answers, strict=True):
+            text = answer.text.strip()
+            if not answer.finished:
+                prompt.reject(
+                    "truncated",
+                    f"the teacher's response did not end within {limit} tokens (maxResponseLengthForInference)",
+                )
+            elif not text:
+                prompt.reject("empty response", "the teacher's response is empty")
+            else:
+                prompt.response, prompt.source = text, "teacher"
+
+
+def teacher_answers(
+    teacher: Any,
+    tokenizer: Any,
+    texts: Sequence[str],
+    limit: int,
+    batch_size: int,
+    progress: Callable[[int], None] | None = None,
+) -> list[Completion]:
+    """The teacher's greedy answers to ``texts``, in their order, generated ``batch_size`` at a time.
+
+    Prompts are batched by length (:func:`length_sorted_batches`), so a batch pads little; a greedy
+    answer does not depend on the batch it was generated in. ``progress`` gets the count of prompts
+    answered so far after each batch.
+    """
+    lengths = [len(encode_prompt(tokenizer, text)) for text in texts]
+    answers: dict[int, Completion] = {}
+    for batch in length_sorted_batches(lengths, batch_size):
+        answers.update(zip(batch, complete(teacher, tokenizer, [texts[i] for i in batch], limit), strict=True))
+        if progress is not None:
+            progress(len(answers))
+    return [answers[index] for index in range(len(texts))]
 
 
 def prompt_insights(prompts: Sequence[DistillationPrompt]) -> dict[str, Any]:

@@ -121,6 +121,21 @@ def complete(
     return completions
 
 
+def length_sorted_batches(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
+    """Indices into ``lengths`` in batches of ``batch_size``, longest first, so each batch pads little.
+
+    A batch is padded to its longest prompt, and the padding costs as much to prefill and to attend
+    over as real tokens do: with prompt lengths spread uniformly over 32-256 tokens, batches of 32
+    taken in file order are ~40% padding; length-sorted ones 28% for 64 prompts, 8% for 256, 2% for
+    1,024. Longest first puts the largest batch (the peak memory) at the start, where a failure
+    costs least.
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    return [order[start : start + batch_size] for start in range(0, len(order), batch_size)]
+
+
 def generate(
     model: Any,
     tokenizer: PreTrainedTokenizerBase,
