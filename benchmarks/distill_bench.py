@@ -181,6 +181,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--kd", action="store_true", help="also time KD against SFT training steps")
     parser.add_argument("--quick", action="store_true", help="CI smoke: 32 prompts x 32 tokens, 1 repeat")
+    parser.add_argument("--check", action="store_true", help="exit 1 when answers differ or the ratio misses its floor")
     args = parser.parse_args()
     default_batch = default_teacher_batch_size()
     args.batch_size = args.batch_size or default_batch
@@ -270,7 +271,7 @@ def main() -> None:
             "ok": ok,
         }
     )
-    if not ok:
+    if args.check and not ok:
         sys.exit(1)
 
 
