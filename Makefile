@@ -35,6 +35,12 @@ bench: $(BENCH_STAMP)
 	$(BIN)/python benchmarks/distill_bench.py --kd
 	$(BIN)/python benchmarks/control_plane_bench.py
 
+# What CI runs (tests/bench): quick modes, failing only on a broken run or an in-run ratio under its floor.
+bench-smoke: $(STAMP)
+	$(BIN)/python benchmarks/train_bench.py --quick --check
+	$(BIN)/python benchmarks/distill_bench.py --quick --check
+	$(BIN)/python benchmarks/serving_batching.py --quick --check
+
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/ruff format --check src tests benchmarks

@@ -15,11 +15,12 @@ Variants, each in its own process, interleaved:
 - ``hf_trainer_bf16``  HF ``Trainer`` with ``bf16=True`` (not run by default; ``--variants`` adds it).
 
 Data: synthetic prompt/completion records whose lengths are spread uniformly over 16-100% of the
-context (512 tokens), completion ~25% of each record. Token-counting rule, same on every side: all
-non-padding tokens a step processes (prompt + completion + special tokens). MFU = FLOPs/token x
-tokens/s ÷ the best matmul peak measured in this run (bf16 where the CPU has it natively, else fp32),
-with FLOPs/token = 6·N for full fine-tuning and 4·N for LoRA (frozen weights get no weight
-gradients), N = model parameters; attention FLOPs ignored here (the job logs count them).
+context (256 tokens, as in the reference CPU figures), completion ~25% of each record.
+Token-counting rule, same on every side: all non-padding tokens a step processes (prompt +
+completion + special tokens). MFU = FLOPs/token x tokens/s ÷ the best matmul peak measured in this
+run (bf16 where the CPU has it natively, else fp32), with FLOPs/token = 6·N for full fine-tuning
+and 4·N for LoRA (frozen weights get no weight gradients), N = model parameters; attention FLOPs
+ignored here (the job logs count them).
 
 ``--check`` exits non-zero when an in-run ratio falls below a lenient floor (``FLOORS``): never on
 an absolute time.
@@ -49,7 +50,7 @@ from common import (
     stats,
 )
 
-CONTEXT = 512
+CONTEXT = 256
 BATCH = 8
 LR = 3e-3
 SEED = 7
@@ -333,8 +334,8 @@ def main() -> None:
     parser.add_argument("--child")
     parser.add_argument("--model", default="forge-small")
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--steps", type=int, default=16)
-    parser.add_argument("--warmup", type=int, default=4)
+    parser.add_argument("--steps", type=int, default=12)
+    parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--variants", help="comma-separated subset of the variants to run")
     parser.add_argument("--quick", action="store_true", help="CI smoke: 10 steps, 1 repeat, four variants.")
