@@ -144,8 +144,9 @@ def child_steps(args: argparse.Namespace) -> dict[str, Any]:
     import torch
 
     from tuneforge.catalog.builtin import ensure_builtin, load_model_and_tokenizer
-    from tuneforge.recipes.components import IGNORE_INDEX, causal_lm_loss, collate, encode_record
+    from tuneforge.recipes.components import causal_lm_loss, collate, encode_record, forward_inputs, target_count
     from tuneforge.recipes.distillation import LogitDistillationLoss
+    from tuneforge.recipes.performance import autocast, resolve_precision
 
     teacher, _ = load(TEACHER, args.threads)
     student, tokenizer = load_model_and_tokenizer(ensure_builtin(STUDENT, MODEL_CACHE))
@@ -155,12 +156,17 @@ def child_steps(args: argparse.Namespace) -> dict[str, Any]:
     losses = {"sft": causal_lm_loss, "kd": LogitDistillationLoss(teacher, 0.5, 2.0)}
     optimizer = torch.optim.AdamW(student.parameters(), lr=1e-4)
     times: dict[str, list[float]] = {"sft": [], "kd": []}
+    cpu = torch.device("cpu")
+    precision = resolve_precision("auto", cpu)  # what a job on this machine computes in
     for step in range(args.steps):
-        inputs = collate(examples[BATCH * step : BATCH * step + BATCH], tokenizer.pad_token_id)
-        targets = int((inputs["labels"] != IGNORE_INDEX).sum())
+        batch = collate(examples[BATCH * step : BATCH * step + BATCH], tokenizer.pad_token_id)
+        targets = target_count(batch["labels"])
+        inputs = forward_inputs(batch, cpu)  # as train() passes batches: right-padded, no mask
         for name, loss_function in losses.items():
             started = time.perf_counter()
-            loss_function(student, inputs, targets).backward()
+            with autocast(cpu, precision):
+                loss = loss_function(student, inputs, targets)
+            loss.backward()
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             times[name].append(time.perf_counter() - started)

@@ -684,6 +684,10 @@ def mbu_bytes_per_token(shape: Shape, counts: dict[str, int], prompt: int, new_t
 # -- report --------------------------------------------------------------------------------------
 
 
+MIN_EQUAL_PREFIX = 32
+"""Greedy tokens a tuneforge decoder must share with HF ``generate`` before its speed counts."""
+
+
 def verdict(value: float | None, target: float) -> str:
     if value is None:
         return "not measured"
@@ -888,6 +892,14 @@ def main() -> None:
         }
     for entry in targets.values():
         entry["status"] = verdict(entry["value"], entry["target"])
+    # A fast decoder that writes the wrong tokens fails whatever its speed: greedy answers must agree
+    # with HF generate's for at least MIN_EQUAL_PREFIX tokens (bf16 kernels may round apart later).
+    for name in TUNEFORGE_DECODERS:
+        row = decode_rows.get(name, {})
+        equal = row.get("tokens_equal_to_hf_default")
+        if equal is not None and equal < min(MIN_EQUAL_PREFIX, len(reference)):
+            for key in (f"{name}_mbu", f"{name}_vs_hf_static", f"{name}_vs_hf_default"):
+                targets[key]["status"] = f"FAIL (tokens differ from HF generate after {equal})"
     if device.type != "cuda":
         for entry in targets.values():
             entry["status"] += " (CPU run: targets are for H100/H200)"

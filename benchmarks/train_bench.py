@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import random
 import sys
 import tempfile
@@ -344,6 +345,8 @@ def main() -> None:
     if args.child:
         child(args)
         return
+    # The CPU benchmark: every variant on the CPU, even on a GPU host (benchmarks/gpu_bench.py is the GPU one).
+    os.environ["CUDA_VISIBLE_DEVICES"] = ""
 
     variants = ["tuneforge", "hf_trainer", "plain", "tuneforge_padded", "tuneforge_fp32", "tuneforge_full"]
     if args.quick:

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 from tuneforge.catalog.builtin import ensure_builtin, load_model_and_tokenizer
 from tuneforge.recipes.components import IGNORE_INDEX, Example, collate, forward_inputs
-from tuneforge.recipes.performance import FlopCounter, native_bf16, resolve_precision
+from tuneforge.recipes.performance import FlopCounter, native_bf16, resolve_precision, spec_peak_for_name
 
 CPU = torch.device("cpu")
 
@@ -76,6 +76,25 @@ def test_padded_batch_loss_equals_padding_free_loss(model_and_pad: tuple[torch.n
     torch.testing.assert_close(padded, alone, atol=1e-5, rtol=1e-5)
     # Sanity: the comparison is not vacuous, padding really was there.
     assert int(batch["attention_mask"].sum()) < batch["attention_mask"].numel() * 0.7
+
+
+@pytest.mark.parametrize(
+    ("name", "peak"),
+    [
+        ("NVIDIA H100 80GB HBM3", 989e12),
+        ("NVIDIA H100 PCIe", 756e12),
+        ("NVIDIA H100 NVL", 835e12),
+        ("NVIDIA H200", 989e12),
+        ("NVIDIA A100-SXM4-80GB", 312e12),
+        ("NVIDIA L4", 121e12),
+        ("NVIDIA L40S", 362e12),
+        ("NVIDIA L40", None),  # not in the table: measured instead, never mistaken for an L4
+        ("NVIDIA RTX A1000", None),  # not an A100
+        ("NVIDIA A10G", 70e12),
+    ],
+)
+def test_gpu_spec_peaks_match_whole_model_names(name: str, peak: float | None) -> None:
+    assert spec_peak_for_name(name) == peak
 
 
 def test_precision_auto_follows_the_hardware() -> None:

@@ -625,6 +625,7 @@ def _save_checkpoint(
         "optimizer": optimizer.state_dict(),
         "scheduler": scheduler.state_dict(),
         "torch_rng": torch.get_rng_state(),
+        "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
     }
     partial = checkpoint_dir / f".{CHECKPOINT_FILE}.partial"
     torch.save(payload, partial)
@@ -641,7 +642,7 @@ def _load_checkpoint(
     path = checkpoint_dir / CHECKPOINT_FILE
     if not path.exists():
         return None
-    payload = torch.load(path, weights_only=True)
+    payload = torch.load(path, weights_only=True, map_location="cpu")
     if payload["fingerprint"] != fingerprint:
         raise ValueError(
             f"checkpoint {path} was written for another configuration "
@@ -654,6 +655,8 @@ def _load_checkpoint(
     optimizer.load_state_dict(payload["optimizer"])
     scheduler.load_state_dict(payload["scheduler"])
     torch.set_rng_state(payload["torch_rng"])
+    if payload.get("cuda_rng") and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(payload["cuda_rng"])
     return int(payload["step"]), int(payload["tokens_seen"]), [float(x) for x in payload["epoch_losses"]]
 
 
@@ -771,7 +774,10 @@ def record_validation(
     Returns the losses in validator order and artifact name -> path relative to the output folder.
     """
     losses: list[float] = []
-    artifacts = {"trainingMetrics": metrics.relative(metrics.training_csv)}
+    artifacts = {
+        "trainingMetrics": metrics.relative(metrics.training_csv),
+        "performanceMetrics": metrics.relative(metrics.performance_csv),
+    }
     for index, validator in enumerate(validators):
         loss = mean_token_loss(model, validator, pad_id)
         metrics.validation(index, outcome.steps - 1, epochs - 1, loss)

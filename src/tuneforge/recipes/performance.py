@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import re
 import time
 from collections.abc import Iterator, Sequence
 from typing import Any, Literal
@@ -29,11 +30,12 @@ import torch
 Precision = Literal["bf16", "fp32"]
 
 GPU_PEAK_BF16_FLOPS: dict[str, float] = {
-    # Dense bf16 tensor-core peaks from the vendors' data sheets (no sparsity). First match wins,
-    # so the PCIe and NVL boards come before the SXM part they share a name with.
+    # Dense bf16 tensor-core peaks from the vendors' data sheets (no sparsity). Names are matched as
+    # whole words of the device name, first match wins: the PCIe and NVL boards come before the SXM
+    # part they share a name with.
     "H200": 989e12,
-    "H100PCIe": 756e12,
-    "H100NVL": 835e12,
+    "H100 PCIE": 756e12,
+    "H100 NVL": 835e12,
     "H100": 989e12,
     "GH200": 989e12,
     "A100": 312e12,
@@ -45,9 +47,13 @@ GPU_PEAK_BF16_FLOPS: dict[str, float] = {
 
 
 def native_bf16(device: torch.device) -> bool:
-    """True where bf16 matmuls run in hardware rather than being emulated (and so would be slower)."""
+    """True where bf16 matmuls run in hardware rather than being emulated (and so would be slower).
+
+    CUDA: compute capability 8.0 (Ampere) or later; older cards emulate bf16. CPU: AVX-512 BF16 or AMX.
+    """
     if device.type == "cuda":
-        return bool(torch.cuda.is_bf16_supported())
+        major, _ = torch.cuda.get_device_capability(device)
+        return major >= 8
     if device.type == "cpu":
         cpu = torch.cpu
         return bool(cpu._is_avx512_bf16_supported() or cpu._is_amx_tile_supported())
@@ -86,16 +92,23 @@ def spec_peak_flops(device: torch.device) -> float | None:
     """The dense bf16 peak of a known GPU, from its name; None elsewhere."""
     if device.type != "cuda":
         return None
-    name = torch.cuda.get_device_name(device)
+    return spec_peak_for_name(torch.cuda.get_device_name(device))
+
+
+def spec_peak_for_name(name: str) -> float | None:
+    """The table's peak for a CUDA device name ("NVIDIA H100 80GB HBM3" -> H100), matching whole words."""
+    upper = name.upper()
     for key, flops in GPU_PEAK_BF16_FLOPS.items():
-        if key in name.replace(" ", ""):
+        if re.search(rf"(?<![A-Z0-9]){re.escape(key)}(?![A-Z0-9])", upper):
             return flops
     return None
 
 
 @functools.cache
-def measured_peak_flops(device_type: str, precision: Precision, size: int = 1024, seconds: float = 0.15) -> float:
-    """Best matmul FLOP/s over a short burst of ``size``-cube products in the training dtype."""
+def measured_peak_flops(device_type: str, precision: Precision, seconds: float = 0.15) -> float:
+    """Best matmul FLOP/s over a short burst of square products in the training dtype (1024 on a CPU,
+    8192 on a GPU, where smaller products measure launch overhead rather than the peak)."""
+    size = 8192 if device_type == "cuda" else 1024
     dtype = torch.bfloat16 if precision == "bf16" else torch.float32
     a = torch.randn(size, size, device=device_type, dtype=dtype)
     b = torch.randn(size, size, device=device_type, dtype=dtype)
