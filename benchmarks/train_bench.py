@@ -70,15 +70,15 @@ def synthetic_records(count: int, seed: int = SEED) -> list[dict[str, str]]:
     return records
 
 
-def padding_fraction(records: list[dict[str, str]], batch: int, seed: int = SEED) -> float:
+def padding_fraction(records: list[dict[str, str]], batch: int, grouped: bool, seed: int = SEED) -> float:
+    """Share of the tokens of an epoch's batches that are padding: the recipe's own batches (as the
+    ``tuneforge`` variant builds them, ``grouped``) or random ones (``tuneforge_padded``)."""
+    from tuneforge.recipes.components import length_grouped_batches
+
     lengths = [len(r["prompt"]) + len(r["completion"]) + 2 for r in records]
-    order = list(range(len(lengths)))
-    random.Random(seed).shuffle(order)
-    real = padded = 0
-    for start in range(0, len(order), batch):
-        chunk = [lengths[i] for i in order[start : start + batch]]
-        real += sum(chunk)
-        padded += max(chunk) * len(chunk)
+    batches = length_grouped_batches(lengths, batch, seed, 0, group_batches=16 if grouped else 1)
+    real = sum(lengths)
+    padded = sum(max(lengths[i] for i in b) * len(b) for b in batches)
     return 1 - real / padded
 
 
@@ -376,14 +376,16 @@ def main() -> None:
     if bf16:
         peaks["bf16"] = matmul_peak_flops(args.threads, dtype_name="bf16")
     peak = max(peaks.values())
-    pad = padding_fraction(synthetic_records(BATCH * args.steps), BATCH)
+    pad = padding_fraction(synthetic_records(BATCH * args.steps), BATCH, grouped=False)
+    grouped_pad = padding_fraction(synthetic_records(BATCH * args.steps), BATCH, grouped=True)
     print(
         f"fine-tuning {args.model} ({n_params / 1e6:.1f}M params), batch {BATCH}, {args.steps} steps "
         f"({args.warmup} warm-up), {args.threads} threads, {args.repeats} repeats; "
         f"precision=auto computes in {'bf16' if bf16 else 'fp32'} here"
     )
     print(
-        f"random batches waste {pad:.0%} of their tokens on padding; matmul peaks "
+        f"random batches waste {pad:.0%} of their tokens on padding, length-grouped ones {grouped_pad:.0%}; "
+        "matmul peaks "
         + ", ".join(f"{k} {v / 1e9:.1f} GFLOP/s" for k, v in peaks.items())
         + " (MFU is against the higher)"
     )
@@ -422,7 +424,7 @@ def main() -> None:
         "tuneforge_vs_trl_sft": ratio("tuneforge", "trl_sft"),
         "tuneforge_vs_plain": ratio("tuneforge", "plain"),
         "grouped_vs_padded": ratio("tuneforge", "tuneforge_padded"),
-        "padding_prediction": 1 / (1 - pad),
+        "padding_prediction": (1 - grouped_pad) / (1 - pad),
         "bf16_vs_fp32": ratio("tuneforge", "tuneforge_fp32"),
         "fp32_grouped_vs_hf_trainer": ratio("tuneforge_fp32", "hf_trainer"),
         "tuneforge_vs_hf_trainer_bf16": ratio("tuneforge", "hf_trainer_bf16"),
@@ -470,6 +472,7 @@ def main() -> None:
             "steps": args.steps,
             "repeats": args.repeats,
             "padding_fraction": pad,
+            "padding_fraction_grouped": grouped_pad,
             "matmul_peak_flops": peaks,
             "rows": rows,
             "ratios": ratios,
