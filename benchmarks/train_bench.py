@@ -339,7 +339,7 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--variants", help="comma-separated subset of the variants to run")
-    parser.add_argument("--quick", action="store_true", help="CI smoke: 10 steps, 1 repeat, four variants.")
+    parser.add_argument("--quick", action="store_true", help="CI smoke: 16 steps, 1 repeat, four variants.")
     parser.add_argument("--check", action="store_true", help="exit 1 when a ratio falls below its floor")
     args = parser.parse_args()
     if args.child:
@@ -350,7 +350,7 @@ def main() -> None:
 
     variants = ["tuneforge", "hf_trainer", "plain", "tuneforge_padded", "tuneforge_fp32", "tuneforge_full"]
     if args.quick:
-        args.steps, args.warmup, args.repeats = 10, 3, 1
+        args.steps, args.warmup, args.repeats = 16, 3, 1
         variants = ["tuneforge", "hf_trainer", "plain", "tuneforge_padded"]
     else:
         try:
