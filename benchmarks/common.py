@@ -45,34 +45,20 @@ def environment(threads: int) -> dict[str, Any]:
     return info
 
 
-def matmul_peak_flops(threads: int, size: int = 1024, seconds: float = 1.0, dtype_name: str = "") -> float:
+def matmul_peak_flops(threads: int, seconds: float = 1.0, dtype_name: str = "") -> float:
     """Best matmul FLOP/s on this machine now: the limit MFU is measured against.
 
-    ``dtype_name`` "bf16" or "fp32"; by default bf16 on a GPU and fp32 on the CPU.
+    ``dtype_name`` "bf16" or "fp32"; by default bf16 on a GPU and fp32 on the CPU. The measurement is
+    the one training jobs use (:func:`tuneforge.recipes.performance.measured_peak_flops`), run longer.
     """
     import torch
 
+    from tuneforge.recipes.performance import measured_peak_flops
+
     torch.set_num_threads(threads)
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    if dtype_name:
-        dtype = torch.bfloat16 if dtype_name == "bf16" else torch.float32
-    else:
-        dtype = torch.bfloat16 if device == "cuda" else torch.float32
-    if device == "cuda":
-        size = 8192
-    a = torch.randn(size, size, device=device, dtype=dtype)
-    b = torch.randn(size, size, device=device, dtype=dtype)
-    best = 0.0
-    deadline = time.perf_counter() + seconds
-    while time.perf_counter() < deadline:
-        if device == "cuda":
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        a @ b
-        if device == "cuda":
-            torch.cuda.synchronize()
-        best = max(best, 2 * size**3 / (time.perf_counter() - start))
-    return best
+    precision = dtype_name or ("bf16" if device == "cuda" else "fp32")
+    return measured_peak_flops(device, "bf16" if precision == "bf16" else "fp32", seconds=seconds)
 
 
 def memory_bandwidth(threads: int, megabytes: int = 512, runs: int = 5) -> float:

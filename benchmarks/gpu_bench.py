@@ -232,22 +232,9 @@ def synchronize(device: Any) -> None:
 
 def matmul_peak(device: Any, seconds: float = 1.5) -> float:
     """Best FLOP/s of a square matmul: bf16 8192³ on a GPU, float32 1024³ on a CPU."""
-    import torch
+    from tuneforge.recipes.performance import measured_peak_flops
 
-    size, dtype = (8192, torch.bfloat16) if device.type == "cuda" else (1024, torch.float32)
-    a = torch.randn(size, size, device=device, dtype=dtype)
-    b = torch.randn(size, size, device=device, dtype=dtype)
-    calls = 4 if device.type == "cuda" else 1
-    best = 0.0
-    deadline = time.perf_counter() + seconds
-    while time.perf_counter() < deadline:
-        synchronize(device)
-        start = time.perf_counter()
-        for _ in range(calls):
-            a @ b
-        synchronize(device)
-        best = max(best, calls * 2 * size**3 / (time.perf_counter() - start))
-    return best
+    return measured_peak_flops(device.type, "bf16" if device.type == "cuda" else "fp32", seconds=seconds)
 
 
 def copy_bandwidth(device: Any, seconds: float = 1.0) -> float:
