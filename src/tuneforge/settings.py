@@ -63,7 +63,9 @@ class Settings(BaseSettings):
     )
     host: str = Field(default="127.0.0.1", description="Bind address. Loopback by default.")
     port: int = Field(default=8080, ge=0, le=65535)
-    region: str = Field(default="us-east-1", description="Region written into ARNs.")
+    region: str = Field(
+        default="us-east-1", description="Region written into ARNs; SigV4 signatures must be scoped to it."
+    )
     account_id: str = Field(default="123456789012", pattern=r"^[0-9]{12}$")
     worker_concurrency: int = Field(default=1, ge=1, le=64, description="Jobs that train at once.")
     worker_threads: int = Field(default=0, ge=0, description="torch threads per worker; 0 = all cores / concurrency.")
@@ -80,6 +82,19 @@ class Settings(BaseSettings):
     api_keys: list[str] = Field(
         default_factory=list,
         description="Bearer API keys accepted on the OpenAI-compatible routes (/v1/...).",
+    )
+    allowed_origins: list[str] = Field(
+        default_factory=list,
+        description="Browser origins (scheme://host:port) allowed to call the API besides the server's own; "
+        "requests with any other Origin header are refused.",
+    )
+    max_request_body_bytes: int = Field(
+        default=1 << 20, ge=1, description="Largest request body the control plane reads; larger ones get 413."
+    )
+    max_inference_body_bytes: int = Field(
+        default=10 << 20,
+        ge=1,
+        description="Largest request body the inference routes (/model/.../converse, invoke, /v1/...) read.",
     )
     price_per_model_unit_hour: float = Field(
         default=1.0,

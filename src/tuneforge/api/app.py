@@ -4,28 +4,28 @@ The API process never imports torch: training runs in worker processes started b
 :class:`~tuneforge.jobs.supervisor.Supervisor`, and models are served by engine processes started
 by the :class:`~tuneforge.serving.manager.EngineManager`; both run here as background threads.
 
-Authentication depends on the path: ``/v1/...`` (OpenAI) takes bearer API keys and answers errors
-in OpenAI's envelope; ``/metrics`` takes either credential (Prometheus can send a bearer key, not a
-SigV4 signature) and answers a plain 401; ``/healthz`` is open (it says only that the server is up,
-and probes cannot sign); everything else is Bedrock (control plane and runtime alike are signed with
-SigV4 under the signing name ``bedrock``) and answers AWS-style errors.
+Every request first passes :class:`~tuneforge.api.edge.Edge`, which decides its surface and
+checks it: a SigV4-signed request, or an unsigned one outside ``/v1/...``, is Bedrock (SigV4 under
+the signing name ``bedrock``, AWS-style errors); an unsigned ``/v1/...`` request is OpenAI (bearer
+API keys, OpenAI's error envelope); ``/metrics`` takes either credential (Prometheus can send a
+bearer key, not a SigV4 signature) and answers a plain 401; ``/healthz`` is open (it says only that
+the server is up, and probes cannot sign). The handlers below answer in the surface it decided.
 """
 
 from __future__ import annotations
 
-import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, PlainTextResponse, Response
+from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from tuneforge import __version__
-from tuneforge.api.auth import verify_bearer, verify_request
 from tuneforge.api.bedrock.routes import router as bedrock_router
 from tuneforge.api.bedrock.serving_routes import router as serving_router
+from tuneforge.api.edge import OPENAI, Edge, aws_error, surface_of
 from tuneforge.api.metrics import create_registry
 from tuneforge.api.metrics import router as metrics_router
 from tuneforge.api.openai.protocol import error_body, service_error
@@ -40,24 +40,9 @@ from tuneforge.serving.manager import EngineManager
 from tuneforge.serving.runtime import RuntimeService
 from tuneforge.settings import Settings
 
-ERROR_NAMESPACE = "http://internal.amazon.com/coral/com.amazon.bedrock/"
-UNEXPECTED = "Encountered an unexpected error when processing the request, please try again"
-
-
-def aws_error(code: str, status: int, message: str) -> JSONResponse:
-    return JSONResponse(
-        {"message": message},
-        status_code=status,
-        headers={"x-amzn-ErrorType": f"{code}:{ERROR_NAMESPACE}"},
-    )
-
 
 def is_openai(request: Request) -> bool:
-    return request.url.path == "/v1" or request.url.path.startswith("/v1/")
-
-
-def is_bearer(authorization: str | None) -> bool:
-    return (authorization or "").lower().startswith("bearer ")
+    return surface_of(request.scope) == OPENAI
 
 
 def error_response(request: Request, exc: ServiceError) -> JSONResponse:
@@ -104,43 +89,7 @@ def create_app(
     app.state.bedrock_runtime = BedrockRuntime(inference)
     app.state.openai = OpenAIServing(inference, services.throughput)
 
-    @app.middleware("http")
-    async def _authenticate(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
-        request.state.request_id = str(uuid.uuid4())
-        request.state.identity = "anonymous"
-        if request.url.path == "/healthz":
-            return await call_next(request)
-        scrape = request.url.path == "/metrics"
-        try:
-            if is_openai(request) or (scrape and is_bearer(request.headers.get("authorization"))):
-                label = verify_bearer(settings, request.headers.get("authorization"))
-                request.state.identity = label or "anonymous"
-            else:
-                raw_path = request.scope.get("raw_path", request.url.path.encode()).decode("latin-1")
-                query = request.scope.get("query_string", b"").decode("latin-1")
-                host = request.headers.get("host", f"{settings.host}:{settings.port}")
-                key_id = verify_request(
-                    settings,
-                    method=request.method,
-                    url=f"http://{host}{raw_path}" + (f"?{query}" if query else ""),
-                    headers={k.lower(): v for k, v in request.headers.items()},
-                    body=await request.body(),
-                )
-                if key_id is not None:
-                    request.state.identity = f"arn:aws:iam::{settings.account_id}:user/{key_id}"
-        except ServiceError as exc:
-            if is_openai(request):
-                return JSONResponse(
-                    error_body(exc.message, "invalid_request_error", "invalid_api_key"), status_code=401
-                )
-            if scrape:
-                return PlainTextResponse(
-                    f"{exc.message}\n", status_code=401, headers={"WWW-Authenticate": 'Bearer realm="tuneforge"'}
-                )
-            return aws_error(exc.code, exc.status, exc.message)
-        response = await call_next(request)
-        response.headers["x-amzn-RequestId"] = request.state.request_id
-        return response
+    app.add_middleware(Edge, settings=settings)
 
     @app.exception_handler(ServiceError)
     async def _service_error(request: Request, exc: ServiceError) -> JSONResponse:
@@ -165,12 +114,6 @@ def create_app(
         if exc.status_code == 405:
             return aws_error("UnknownOperationException", 405, "Method not allowed for this operation")
         return aws_error("InternalServerException", exc.status_code, str(exc.detail))
-
-    @app.exception_handler(Exception)
-    async def _unexpected(request: Request, _exc: Exception) -> JSONResponse:
-        if is_openai(request):
-            return JSONResponse(error_body(UNEXPECTED, "server_error"), status_code=500)
-        return aws_error("InternalServerException", 500, UNEXPECTED)
 
     @app.get("/healthz", include_in_schema=False)
     def healthz() -> dict[str, str]:

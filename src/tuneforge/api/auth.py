@@ -2,13 +2,20 @@
 
 The server rebuilds the canonical request from exactly the headers the client signed, recomputes
 the signature with :class:`botocore.auth.SigV4Auth` and the secret of the claimed access key, and
-compares in constant time. Anonymous requests pass only when the server binds to loopback and
-``allow_anonymous`` is on (the embedded default); then signatures from unknown keys are ignored
-too, so a laptop user's placeholder credentials keep working.
+compares in constant time. The signer trusts a client's ``X-Amz-Content-SHA256`` header instead of
+hashing the body, so that header must equal the hash of the body received; and the credential
+scope must name this server's region and the ``bedrock`` service.
+
+Anonymous means no credential at all: it passes only when the server binds to loopback and
+``allow_anonymous`` is on (the embedded default). A credential that is presented is verified
+whenever keys of its kind are configured; only a server with no keys of that kind ignores it, so
+the placeholder credentials that boto3 (which always signs) and the openai SDK (which always sends
+a key) carry keep working on a laptop.
 """
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import re
 from datetime import UTC, datetime, timedelta
@@ -26,6 +33,11 @@ _AUTH_PATTERN = re.compile(
     r"^AWS4-HMAC-SHA256 Credential=(?P<key>[^/]+)/(?P<date>\d{8})/(?P<region>[^/]+)/(?P<service>[^/]+)/aws4_request,"
     r"\s*SignedHeaders=(?P<headers>[^,]+),\s*Signature=(?P<signature>[0-9a-f]{64})$"
 )
+SIGV4_SCHEME = "AWS4-HMAC-SHA256"
+
+
+def is_sigv4(authorization: str | None) -> bool:
+    return (authorization or "").lstrip().startswith(SIGV4_SCHEME)
 
 
 def verify_request(
@@ -49,11 +61,17 @@ def verify_request(
     key_id = match["key"]
     secret = settings.access_keys.get(key_id)
     if secret is None:
-        if settings.anonymous_allowed:
-            return None
         raise AccessDeniedException(f"The security token included in the request is invalid: unknown key {key_id}")
     if match["service"] != SIGNING_NAME:
         raise AccessDeniedException(f"Credential should be scoped to correct service: '{SIGNING_NAME}'")
+    if match["region"] != settings.region:
+        raise AccessDeniedException(
+            f"Credential should be scoped to a valid region, not '{match['region']}' "
+            f"(this server's region is '{settings.region}')"
+        )
+    body_hash = hashlib.sha256(body).hexdigest()
+    if not hmac.compare_digest(headers.get("x-amz-content-sha256", body_hash).encode(), body_hash.encode()):
+        raise AccessDeniedException("The provided 'x-amz-content-sha256' header does not match what was computed.")
     amz_date = headers.get("x-amz-date", "")
     try:
         signed_at = datetime.strptime(amz_date, "%Y%m%dT%H%M%SZ").replace(tzinfo=UTC)
@@ -82,8 +100,9 @@ def verify_bearer(settings: Settings, authorization: str | None) -> str | None:
     """OpenAI-compatible routes: a configured API key as ``Authorization: Bearer <key>``.
 
     Returns a label safe to log (the key's last four characters), or None for an allowed anonymous
-    call; raises AccessDenied otherwise. Like SigV4 above, an unknown key on an anonymous loopback
-    server is treated as anonymous, so the SDK's mandatory placeholder key keeps working there.
+    call; raises AccessDenied otherwise. Like SigV4 above, any key passes on an anonymous loopback
+    server without API keys (the SDK insists on sending one), and none but a configured one where
+    API keys are configured.
     """
     if settings.anonymous_allowed and (not authorization or not settings.api_keys):
         return None
@@ -93,6 +112,4 @@ def verify_bearer(settings: Settings, authorization: str | None) -> str | None:
     key = key.strip()
     if any(hmac.compare_digest(key.encode(), known.encode()) for known in settings.api_keys):
         return f"api-key:...{key[-4:]}"
-    if settings.anonymous_allowed:
-        return None
     raise AccessDeniedException("Incorrect API key provided")

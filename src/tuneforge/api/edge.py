@@ -1,0 +1,265 @@
+"""The HTTP edge: one pure ASGI middleware that every request passes before a route runs.
+
+It decides the request's *surface* first, because that decides both the credential and the error
+format. A SigV4-signed request is a Bedrock request whatever its path (Bedrock has operations under
+``/v1/...`` too, such as the data-retention ones); an unsigned ``/v1/...`` request is OpenAI;
+``/metrics`` takes either credential; ``/healthz`` is open; everything else is Bedrock.
+
+Then, cheapest first, so that nothing a browser page or a hostile client sends costs real work:
+
+1. a foreign ``Origin`` is refused (a page in the user's browser can POST to the loopback server
+   without a preflight; same-origin and ``allowed_origins`` pass);
+2. a body whose ``Content-Type`` is not JSON is refused (``text/plain`` is what such a page sends;
+   no header at all is allowed, because boto3's InvokeModel sends none unless told);
+3. the body is read up to the route's cap and refused with 413 past it (``Content-Length`` is
+   honoured before reading anything); the body read here is replayed to the route;
+4. the credential is verified (:mod:`tuneforge.api.auth`) against that body.
+
+It also answers unexpected errors itself. Starlette's ``ServerErrorMiddleware`` re-raises after
+sending its 500, and uvicorn then closes the connection, which reset the client's next request on a
+keep-alive connection; answering here and returning normally keeps the connection usable.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from typing import Any
+from urllib.parse import urlsplit
+
+from starlette.responses import JSONResponse, PlainTextResponse, Response
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from tuneforge.api.auth import is_sigv4, verify_bearer, verify_request
+from tuneforge.api.openai.protocol import error_body
+from tuneforge.errors import ServiceError
+from tuneforge.settings import Settings, is_loopback
+
+log = logging.getLogger(__name__)
+
+BEDROCK, OPENAI, METRICS, HEALTH = "bedrock", "openai", "metrics", "health"
+ERROR_NAMESPACE = "http://internal.amazon.com/coral/com.amazon.bedrock/"
+UNEXPECTED = "Encountered an unexpected error when processing the request, please try again"
+JSON_MEDIA_TYPES = {"application/json", "application/x-amz-json-1.0", "application/x-amz-json-1.1"}
+BODY_METHODS = {"POST", "PUT", "PATCH"}
+
+
+def aws_error(code: str, status: int, message: str) -> JSONResponse:
+    return JSONResponse(
+        {"message": message},
+        status_code=status,
+        headers={"x-amzn-ErrorType": f"{code}:{ERROR_NAMESPACE}"},
+    )
+
+
+def is_openai_path(path: str) -> bool:
+    return path == "/v1" or path.startswith("/v1/")
+
+
+def classify(path: str, authorization: str | None) -> str:
+    if path == "/healthz":
+        return HEALTH
+    if path == "/metrics":
+        return METRICS
+    if is_sigv4(authorization):
+        return BEDROCK
+    return OPENAI if is_openai_path(path) else BEDROCK
+
+
+def surface_of(scope: Scope) -> str:
+    """The surface the edge decided (the path's, for a scope that never passed the edge)."""
+    state: dict[str, Any] = scope.get("state", {})
+    surface = state.get("surface")
+    if isinstance(surface, str):
+        return surface
+    return classify(scope["path"], None)
+
+
+def refusal(surface: str, status: int, aws_code: str, message: str, openai_code: str | None = None) -> Response:
+    """One error in the surface's own format: AWS's, OpenAI's, or plain text for metrics and probes."""
+    if surface == BEDROCK:
+        return aws_error(aws_code, status, message)
+    if surface == OPENAI:
+        return JSONResponse(error_body(message, "invalid_request_error", openai_code), status_code=status)
+    headers = {"WWW-Authenticate": 'Bearer realm="tuneforge"'} if status == 401 else None
+    return PlainTextResponse(f"{message}\n", status_code=status, headers=headers)
+
+
+def _host_port(netloc: str, default_port: int) -> tuple[str, int] | None:
+    try:
+        parts = urlsplit(f"//{netloc}")
+        return (parts.hostname or "").lower(), parts.port or default_port
+    except ValueError:
+        return None
+
+
+class Edge:
+    """Pure ASGI middleware (see the module docstring for what it checks, and in which order)."""
+
+    def __init__(self, app: ASGIApp, settings: Settings) -> None:
+        self.app = app
+        self.settings = settings
+        self.allowed_origins = {o.rstrip("/").lower() for o in settings.allowed_origins}
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+        surface = classify(scope["path"], headers.get("authorization"))
+        request_id = str(uuid.uuid4())
+        state = scope.setdefault("state", {})
+        state.update(surface=surface, request_id=request_id, identity="anonymous")
+
+        async def send_with_id(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message["headers"] = [*message.get("headers", []), (b"x-amzn-requestid", request_id.encode())]
+            await send(message)
+
+        refused = self.check_origin(surface, headers) or self.check_content_type(surface, scope["method"], headers)
+        body = b""
+        if refused is None:
+            body_or_refusal = await self.read_body(surface, scope["path"], headers, receive)
+            if isinstance(body_or_refusal, Response):
+                refused = body_or_refusal
+            else:
+                body = body_or_refusal
+                refused = self.authenticate(surface, scope, headers, body, state)
+        if refused is None and surface == BEDROCK and is_openai_path(scope["path"]):
+            refused = aws_error("UnknownOperationException", 404, "Unknown operation")
+        if refused is not None:
+            await refused(scope, receive, send_with_id)
+            return
+        await self.call_app(surface, scope, replay(body, receive), send_with_id)
+
+    async def call_app(self, surface: str, scope: Scope, receive: Receive, send: Send) -> None:
+        started = False
+
+        async def tracking_send(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, receive, tracking_send)
+        except Exception:
+            log.exception("unexpected error in %s %s", scope["method"], scope["path"])
+            if started:
+                raise
+            response = (
+                JSONResponse(error_body(UNEXPECTED, "server_error"), status_code=500)
+                if surface == OPENAI
+                else aws_error("InternalServerException", 500, UNEXPECTED)
+            )
+            await response(scope, receive, send)
+
+    def check_origin(self, surface: str, headers: dict[str, str]) -> Response | None:
+        origin = headers.get("origin")
+        if origin is None or origin.rstrip("/").lower() in self.allowed_origins:
+            return None
+        parts = urlsplit(origin) if "://" in origin else None
+        if parts is not None and parts.scheme in ("http", "https"):
+            theirs = _host_port(parts.netloc, 443 if parts.scheme == "https" else 80)
+            ours = _host_port(headers.get("host", ""), 80)
+            rebound = self.settings.binds_loopback and theirs is not None and not is_loopback(theirs[0])
+            if theirs is not None and theirs == ours and not rebound:
+                return None
+        return refusal(
+            surface,
+            403,
+            "AccessDeniedException",
+            f"Cross-origin requests are not allowed: origin {origin!r} is not this server's own "
+            "(add it to TUNEFORGE_ALLOWED_ORIGINS to allow it)",
+            "forbidden_origin",
+        )
+
+    def check_content_type(self, surface: str, method: str, headers: dict[str, str]) -> Response | None:
+        content_type = headers.get("content-type")
+        if method not in BODY_METHODS or content_type is None:
+            return None
+        media_type = content_type.split(";", 1)[0].strip().lower()
+        if media_type in JSON_MEDIA_TYPES or (media_type.startswith("application/") and media_type.endswith("+json")):
+            return None
+        return refusal(
+            surface,
+            400,
+            "ValidationException",
+            f"Unsupported Content-Type {content_type!r}: the request body must be JSON (application/json)",
+            "unsupported_content_type",
+        )
+
+    def body_cap(self, surface: str, path: str) -> tuple[int, str]:
+        """The route's body cap and the setting that sets it: inference routes get the larger one."""
+        if surface == OPENAI or path.startswith("/model/"):
+            return self.settings.max_inference_body_bytes, "TUNEFORGE_MAX_INFERENCE_BODY_BYTES"
+        return self.settings.max_request_body_bytes, "TUNEFORGE_MAX_REQUEST_BODY_BYTES"
+
+    async def read_body(self, surface: str, path: str, headers: dict[str, str], receive: Receive) -> bytes | Response:
+        """Read the whole body, never more than the cap; uvicorn discards what is left unread."""
+        cap, setting = self.body_cap(surface, path)
+        too_large = refusal(
+            surface,
+            413,
+            "ValidationException",
+            f"The request body is larger than this operation's limit of {cap} bytes (set by {setting})",
+            "request_too_large",
+        )
+        declared = headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > cap:
+            return too_large
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":
+                break
+            chunk: bytes = message.get("body", b"")
+            size += len(chunk)
+            if size > cap:
+                return too_large
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                break
+        return b"".join(chunks)
+
+    def authenticate(
+        self, surface: str, scope: Scope, headers: dict[str, str], body: bytes, state: dict[str, Any]
+    ) -> Response | None:
+        if surface == HEALTH:
+            return None
+        authorization = headers.get("authorization")
+        try:
+            if surface == OPENAI or (surface == METRICS and not is_sigv4(authorization)):
+                label = verify_bearer(self.settings, authorization)
+                state["identity"] = label or "anonymous"
+                return None
+            raw_path = scope.get("raw_path") or scope["path"].encode()
+            query = scope.get("query_string", b"").decode("latin-1")
+            host = headers.get("host", f"{self.settings.host}:{self.settings.port}")
+            key_id = verify_request(
+                self.settings,
+                method=scope["method"],
+                url=f"http://{host}{raw_path.decode('latin-1')}" + (f"?{query}" if query else ""),
+                headers=headers,
+                body=body,
+            )
+        except ServiceError as exc:
+            status = exc.status if surface == BEDROCK else 401
+            return refusal(surface, status, exc.code, exc.message, "invalid_api_key")
+        if key_id is not None:
+            state["identity"] = f"arn:aws:iam::{self.settings.account_id}:user/{key_id}"
+        return None
+
+
+def replay(body: bytes, receive: Receive) -> Receive:
+    """Hand the route the body already read, then the server's own messages (disconnects)."""
+    sent = False
+
+    async def replayed() -> Message:
+        nonlocal sent
+        if not sent:
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await receive()
+
+    return replayed
