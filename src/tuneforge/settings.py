@@ -11,19 +11,23 @@ from __future__ import annotations
 import ipaddress
 import json
 import os
+import re
+import stat
 import tomllib
 from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-from pydantic import Field, field_validator
+from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
+    SettingsError,
 )
 
 LOOPBACK_NAMES = {"localhost", "ip6-localhost"}
+PRIVATE_UMASK = 0o077
 
 
 class _ConfigFileSource(PydanticBaseSettingsSource):
@@ -194,7 +198,22 @@ class Settings(BaseSettings):
 
     def ensure_dirs(self) -> None:
         for path in (self.data_dir, self.objects_dir, self.models_dir, self.logs_dir):
-            path.mkdir(parents=True, exist_ok=True)
+            path.mkdir(mode=0o700, parents=True, exist_ok=True)
+
+    def make_state_private(self) -> None:
+        """Keep the database, WAL, objects, models and logs readable by their owner only.
+
+        The umask makes every file this process creates 0600 and every folder 0700, and the workers
+        and engines it starts inherit it; the walk tightens what an older version or another umask
+        left group- or world-readable. Symbolic links are left alone (chmod would follow them).
+        """
+        os.umask(PRIVATE_UMASK)
+        self.ensure_dirs()
+        for root, dirs, files in os.walk(self.data_dir):
+            for path in (root, *(os.path.join(root, name) for name in (*dirs, *files))):
+                mode = os.lstat(path).st_mode
+                if not stat.S_ISLNK(mode) and mode & PRIVATE_UMASK:
+                    os.chmod(path, stat.S_IMODE(mode) & ~PRIVATE_UMASK)
 
     def check_bind_is_safe(self) -> None:
         """A server reachable from other machines must authenticate every request."""
@@ -203,6 +222,25 @@ class Settings(BaseSettings):
                 f"refusing to bind to {self.host}: a non-loopback bind needs access keys "
                 '(set TUNEFORGE_ACCESS_KEYS=\'{"AKID": "secret"}\')'
             )
+
+
+def describe_settings_error(exc: Exception) -> str:
+    """One line that names the offending setting, for ``serve`` and the CLI instead of a traceback.
+
+    Values are left out: they may be secrets (access keys, API keys).
+    """
+    if isinstance(exc, ValidationError):
+        return "; ".join(
+            f"TUNEFORGE_{'_'.join(str(part) for part in error['loc'][:1]).upper()}: {error['msg']}"
+            for error in exc.errors()
+        )
+    if isinstance(exc, SettingsError):
+        field = re.search(r'field "(\w+)"', str(exc))
+        if field is not None:
+            return f"TUNEFORGE_{field[1].upper()}: not valid JSON"
+    if isinstance(exc, (OSError, ValueError)) and os.environ.get("TUNEFORGE_CONFIG_FILE"):
+        return f"TUNEFORGE_CONFIG_FILE: {exc}"
+    return str(exc)
 
 
 def is_loopback(host: str) -> bool:

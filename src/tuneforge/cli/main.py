@@ -16,7 +16,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from tuneforge.settings import Settings
+from tuneforge.settings import Settings, describe_settings_error
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
 models_app = typer.Typer(no_args_is_help=True, help="Foundation models: built-in and registered.")
@@ -37,18 +37,20 @@ EndpointOpt = Annotated[
 ]
 
 
-def _settings() -> Settings:
+def _settings(**overrides: Any) -> Settings:
     try:
-        return Settings()
-    except Exception as exc:
-        err.print(f"[red]error:[/red] invalid settings: {exc}")
+        return Settings(**overrides)
+    except (ValueError, OSError) as exc:
+        err.print(f"[red]error:[/red] invalid settings: {describe_settings_error(exc)}", soft_wrap=True)
         raise typer.Exit(2) from None
 
 
 def _services() -> Any:
     from tuneforge.services import Services
 
-    return Services.create(_settings())
+    settings = _settings()
+    settings.make_state_private()
+    return Services.create(settings)
 
 
 def _print_json(data: Any) -> None:
@@ -78,11 +80,12 @@ def serve(
         overrides["host"] = host
     if port is not None:
         overrides["port"] = port
-    settings = Settings(**overrides)
+    settings = _settings(**overrides)
     try:
         settings.check_bind_is_safe()
     except ValueError as exc:
         raise _fail(str(exc), 2) from None
+    settings.make_state_private()
     err.print(f"tuneforge serving on http://{settings.host}:{settings.port} (data in {settings.data_dir})")
     uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level="warning")
 
