@@ -124,3 +124,68 @@ def test_list_jobs_with_next_token_offset_beyond_int64_is_a_client_error(fast_tm
         )
     assert response.status_code == 400
     assert error_code(response) == "ValidationException"
+
+
+@pytest.fixture
+def live_server(fast_tmp: Path) -> Iterator[tuple[str, int]]:
+    """The real app under uvicorn on a thread, with one route that fails unexpectedly on each surface."""
+    import threading
+    import time
+
+    import uvicorn
+
+    from tuneforge.demo import free_port
+
+    app = create_app(Settings(data_dir=fast_tmp / "data"), run_supervisor=False)
+
+    def fail() -> None:
+        raise RuntimeError("a defect in a route")
+
+    app.add_api_route("/fail", fail)
+    app.add_api_route("/v1/fail", fail)
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="critical"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        assert time.monotonic() < deadline and thread.is_alive(), "uvicorn did not start"
+        time.sleep(0.05)
+    yield "127.0.0.1", port
+    server.should_exit = True
+    thread.join(timeout=30)
+
+
+def http_exchange(sock: Any, path: str) -> tuple[int, dict[str, str], bytes]:
+    """One request on an open connection, read to the end of its response (Content-Length framed)."""
+    sock.sendall(f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode())
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = sock.recv(65536)
+        assert chunk, f"connection closed before the response to {path}"
+        data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    status_line, *lines = head.decode("latin-1").split("\r\n")
+    headers = {k.strip().lower(): v.strip() for k, _, v in (line.partition(":") for line in lines)}
+    while len(body) < int(headers["content-length"]):
+        chunk = sock.recv(65536)
+        assert chunk, f"connection closed inside the response to {path}"
+        body += chunk
+    return int(status_line.split()[1]), headers, body
+
+
+@pytest.mark.parametrize(("failing", "then"), [("/fail", "/foundation-models"), ("/v1/fail", "/v1/models")])
+def test_connection_stays_usable_after_an_unexpected_500(live_server: tuple[str, int], failing: str, then: str) -> None:
+    import json
+    import socket
+
+    with socket.create_connection(live_server, timeout=30) as sock:
+        status, headers, body = http_exchange(sock, failing)
+        assert status == 500
+        if failing.startswith("/v1/"):
+            assert json.loads(body)["error"]["type"] == "server_error"
+        else:
+            assert headers[ERROR_TYPE.lower()].startswith("InternalServerException")
+        assert headers.get("connection") != "close"
+        status, _, _ = http_exchange(sock, then)
+        assert status == 200
