@@ -28,6 +28,7 @@ from pydantic_settings import (
 
 LOOPBACK_NAMES = {"localhost", "ip6-localhost"}
 PRIVATE_UMASK = 0o077
+STATE_FOLDERS = ("objects", "models", "logs", "engines", "jobs")
 
 
 class _ConfigFileSource(PydanticBaseSettingsSource):
@@ -204,16 +205,22 @@ class Settings(BaseSettings):
         """Keep the database, WAL, objects, models and logs readable by their owner only.
 
         The umask makes every file this process creates 0600 and every folder 0700, and the workers
-        and engines it starts inherit it; the walk tightens what an older version or another umask
-        left group- or world-readable. Symbolic links are left alone (chmod would follow them).
+        and engines it starts inherit it. What an older version or another umask left open is
+        tightened too, but only in tuneforge's own entries of the data directory (the folder itself
+        may be one the user shares with other things). Symbolic links are left alone: chmod would
+        follow them.
         """
         os.umask(PRIVATE_UMASK)
         self.ensure_dirs()
-        for root, dirs, files in os.walk(self.data_dir):
-            for path in (root, *(os.path.join(root, name) for name in (*dirs, *files))):
-                mode = os.lstat(path).st_mode
-                if not stat.S_ISLNK(mode) and mode & PRIVATE_UMASK:
-                    os.chmod(path, stat.S_IMODE(mode) & ~PRIVATE_UMASK)
+        _make_private(self.data_dir)
+        owned = [self.data_dir / name for name in STATE_FOLDERS] + list(self.data_dir.glob("tuneforge.db*"))
+        for top in owned:
+            for root, dirs, files in os.walk(top):
+                _make_private(Path(root))
+                for name in (*dirs, *files):
+                    _make_private(Path(root) / name)
+            if top.is_file():
+                _make_private(top)
 
     def check_bind_is_safe(self) -> None:
         """A server reachable from other machines must authenticate every request."""
@@ -222,6 +229,12 @@ class Settings(BaseSettings):
                 f"refusing to bind to {self.host}: a non-loopback bind needs access keys "
                 '(set TUNEFORGE_ACCESS_KEYS=\'{"AKID": "secret"}\')'
             )
+
+
+def _make_private(path: Path) -> None:
+    mode = path.lstat().st_mode
+    if not stat.S_ISLNK(mode) and mode & PRIVATE_UMASK:
+        path.chmod(stat.S_IMODE(mode) & ~PRIVATE_UMASK)
 
 
 def describe_settings_error(exc: Exception) -> str:

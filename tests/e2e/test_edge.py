@@ -163,9 +163,10 @@ def test_chunked_body_past_the_cap_is_refused(edge_server: Server) -> None:
 
 def test_state_files_are_readable_by_their_owner_only(tmp_path: Path) -> None:
     data_dir = tmp_path / "state"
-    data_dir.mkdir(mode=0o755)
-    (data_dir / "left-by-an-older-version.txt").write_text("x")
-    os.chmod(data_dir / "left-by-an-older-version.txt", 0o644)
+    (data_dir / "logs").mkdir(mode=0o755, parents=True)
+    os.chmod(data_dir, 0o755)
+    (data_dir / "logs" / "left-by-an-older-version.log").write_text("x")
+    os.chmod(data_dir / "logs" / "left-by-an-older-version.log", 0o644)
     server = make_server(data_dir)
     server.start()
     try:

@@ -2,12 +2,13 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 from pathlib import Path
 
 import pytest
 from pydantic import ValidationError
 
-from tuneforge.settings import Settings, child_environment, is_loopback
+from tuneforge.settings import Settings, child_environment, describe_settings_error, is_loopback
 
 
 @pytest.fixture(autouse=True)
@@ -228,3 +229,42 @@ def test_child_environment_carries_config_file_values_but_not_the_file(
 def test_child_environment_keeps_unrelated_variables(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("SOME_OTHER_VAR", "kept")
     assert child_environment(Settings())["SOME_OTHER_VAR"] == "kept"
+
+
+def test_make_state_private_tightens_tuneforge_state_and_leaves_the_users_files(tmp_path: Path) -> None:
+    data_dir = tmp_path / "shared"
+    (data_dir / "objects" / "bucket").mkdir(parents=True)
+    (data_dir / "objects" / "bucket" / "train.jsonl").write_text("{}")
+    (data_dir / "tuneforge.db").write_text("")
+    (data_dir / "notes-of-the-user.txt").write_text("mine")
+    for path in [data_dir, *data_dir.rglob("*")]:
+        path.chmod(0o755 if path.is_dir() else 0o644)
+    previous = os.umask(0o022)
+    try:
+        Settings(data_dir=data_dir).make_state_private()
+        assert os.umask(0o022) == 0o077
+    finally:
+        os.umask(previous)
+    modes = {str(p.relative_to(data_dir)): stat.S_IMODE(p.stat().st_mode) for p in [data_dir, *data_dir.rglob("*")]}
+    assert modes.pop("notes-of-the-user.txt") == 0o644
+    assert modes["."] == 0o700
+    assert {name: mode for name, mode in modes.items() if mode & 0o077} == {}
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "expected"),
+    [
+        ("TUNEFORGE_PORT", "abc", "TUNEFORGE_PORT: Input should be a valid integer"),
+        ("TUNEFORGE_ACCESS_KEYS", '{"AKID": ', "TUNEFORGE_ACCESS_KEYS: not valid JSON"),
+        ("TUNEFORGE_CONFIG_FILE", "/nonexistent/tuneforge.toml", "TUNEFORGE_CONFIG_FILE: [Errno 2]"),
+    ],
+)
+def test_invalid_setting_is_described_in_one_line_without_its_value(
+    monkeypatch: pytest.MonkeyPatch, name: str, value: str, expected: str
+) -> None:
+    monkeypatch.setenv(name, value)
+    with pytest.raises((ValueError, OSError)) as exc:
+        Settings()
+    message = describe_settings_error(exc.value)
+    assert message.startswith(expected) and "\n" not in message
+    assert "AKID" not in message
