@@ -116,21 +116,28 @@ class Edge:
                 message["headers"] = [*message.get("headers", []), (b"x-amzn-requestid", request_id.encode())]
             await send(message)
 
-        refused = self.check_origin(surface, headers) or self.check_content_type(surface, scope["method"], headers)
-        body = b""
-        if refused is None:
-            body_or_refusal = await self.read_body(surface, scope["path"], headers, receive)
-            if isinstance(body_or_refusal, Response):
-                refused = body_or_refusal
-            else:
-                body = body_or_refusal
-                refused = self.authenticate(surface, scope, headers, body, state)
-        if refused is None and surface == BEDROCK and is_openai_path(scope["path"]):
-            refused = aws_error("UnknownOperationException", 404, "Unknown operation")
-        if refused is not None:
-            await refused(scope, receive, send_with_id)
+        outcome = await self.screen(surface, scope, headers, receive, state)
+        if isinstance(outcome, Response):
+            await outcome(scope, receive, send_with_id)
             return
-        await self.call_app(surface, scope, replay(body, receive), send_with_id)
+        await self.call_app(surface, scope, replay(outcome, receive), send_with_id)
+
+    async def screen(
+        self, surface: str, scope: Scope, headers: dict[str, str], receive: Receive, state: dict[str, Any]
+    ) -> bytes | Response:
+        """The request's body, or the refusal to answer instead, after every check in order."""
+        refused = self.check_origin(surface, headers) or self.check_content_type(surface, scope["method"], headers)
+        if refused is not None:
+            return refused
+        body = await self.read_body(surface, scope["path"], headers, receive)
+        if isinstance(body, Response):
+            return body
+        refused = self.authenticate(surface, scope, headers, body, state)
+        if refused is not None:
+            return refused
+        if surface == BEDROCK and is_openai_path(scope["path"]):
+            return aws_error("UnknownOperationException", 404, "Unknown operation")
+        return body
 
     async def call_app(self, surface: str, scope: Scope, receive: Receive, send: Send) -> None:
         started = False
