@@ -16,7 +16,7 @@ from tuneforge.api.bedrock.schemas import parse_create_job
 from tuneforge.api.bedrock.serving_schemas import parse_logging_config
 from tuneforge.api.bedrock.shapes import parse_body
 from tuneforge.db.tables import CustomModel, Job, ProvisionedModel, utcnow
-from tuneforge.errors import ConflictException, ValidationException
+from tuneforge.errors import ConflictException, TooManyTagsException, ValidationException
 from tuneforge.jobs.service import CreateJobRequest
 from tuneforge.services import Services
 from tuneforge.serving.manager import EngineManager
@@ -126,6 +126,20 @@ def test_path_segment_over_255_bytes_is_refused_at_create_naming_the_member(memb
         body[member.split(".")[0]] = {"s3Uri": uri}
     message = refused(body)
     assert f"at '{member}' failed to satisfy constraint: Member must not have a path segment longer than 255" in message
+
+
+def test_s3_key_over_1024_bytes_is_refused_at_create() -> None:
+    uri = "s3://bucket/" + "/".join(["é" * 100] * 6)  # 605 characters, 1205 bytes
+    message = refused({**JOB_BODY, "outputDataConfig": {"s3Uri": uri}})
+    assert (
+        "at 'outputDataConfig.s3Uri' failed to satisfy constraint: Member must have an S3 key of at most 1024"
+        in message
+    )
+
+
+def test_more_than_200_job_tags_is_too_many_tags() -> None:
+    with pytest.raises(TooManyTagsException, match="jobTags"):
+        parse_create_job({**JOB_BODY, "jobTags": [{"key": f"k{i}", "value": "v"} for i in range(201)]})
 
 
 def test_key_of_255_byte_segments_is_accepted() -> None:

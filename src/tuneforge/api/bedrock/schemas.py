@@ -229,6 +229,9 @@ def _invocation_logs_config(c: Checker, logs: Any) -> dict[str, Any] | None:
 
 
 def parse_create_job(body: dict[str, Any]) -> CreateJobRequest:
+    for member in ("jobTags", "customModelTags"):
+        if isinstance(body.get(member), list) and len(body[member]) > MAX_TAGS:
+            raise TooManyTagsException(f"{member}: a resource can have at most {MAX_TAGS} tags")
     c = Checker()
     job_name = c.string(body, "jobName", required=True, max_len=63, pattern=JOB_NAME_PATTERN)
     model_name = c.string(body, "customModelName", required=True, max_len=63, pattern=MODEL_NAME_PATTERN)
