@@ -11,6 +11,7 @@ from tuneforge.api.bedrock.schemas import (
     parse_create_job,
     parse_paging,
     parse_time,
+    status_details,
 )
 from tuneforge.errors import (
     AccessDeniedException,
@@ -323,6 +324,19 @@ def test_iso_renders_utc_with_milliseconds_and_trailing_z() -> None:
 
 def test_iso_renders_whole_seconds_with_zero_milliseconds() -> None:
     assert iso(datetime(2024, 1, 2, 3, 4, 5, tzinfo=UTC)) == "2024-01-02T03:04:05.000Z"
+
+
+def test_iso_renders_other_offsets_and_naive_times_as_utc() -> None:
+    assert iso(datetime(2024, 1, 2, 5, 4, 5, tzinfo=timezone(timedelta(hours=2)))) == "2024-01-02T03:04:05.000Z"
+    assert iso(datetime(2024, 1, 2, 3, 4, 5)) == "2024-01-02T03:04:05.000Z"
+
+
+def test_status_details_times_are_rendered_like_top_level_times() -> None:
+    stored = {"validationDetails": {"status": "Completed", "creationTime": "2024-01-02T03:04:05.678901+00:00"}}
+    assert status_details(stored) == {
+        "validationDetails": {"status": "Completed", "creationTime": "2024-01-02T03:04:05.678Z"}
+    }
+    assert status_details({}) is None
 
 
 def test_iso_of_none_is_none() -> None:

@@ -48,7 +48,8 @@ def iso(value: datetime | None) -> str | None:
     """The one timestamp format on the wire: UTC, milliseconds, ``Z`` (``2024-01-01T00:00:00.123Z``)."""
     if value is None:
         return None
-    return value.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    aware = value.astimezone(UTC) if value.tzinfo else value.replace(tzinfo=UTC)
+    return aware.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def status_details(details: dict[str, Any] | None) -> dict[str, Any] | None:
@@ -70,7 +71,7 @@ def _wire_time(value: Any) -> Any:
         parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
     except ValueError:
         return value
-    return iso(parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC))
+    return iso(parsed)
 
 
 class Checker:
