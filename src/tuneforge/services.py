@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from tuneforge.arns import ArnFactory
 from tuneforge.catalog.custom import CustomModelService
 from tuneforge.catalog.service import Catalog
+from tuneforge.db.listing import PageTokens
 from tuneforge.db.session import Database
 from tuneforge.jobs.service import JobService
 from tuneforge.serving.invocation_logs import InvocationLogs
@@ -18,6 +19,7 @@ from tuneforge.serving.throughput import ThroughputService
 from tuneforge.serving.usage import UsageMeter
 from tuneforge.settings import Settings
 from tuneforge.storage import ObjectStore
+from tuneforge.tags import TagService
 
 
 @dataclass
@@ -32,6 +34,8 @@ class Services:
     throughput: ThroughputService
     meter: UsageMeter
     invocation_logs: InvocationLogs
+    page_tokens: PageTokens
+    tags: TagService
 
     @classmethod
     def create(cls, settings: Settings) -> Services:
@@ -51,6 +55,8 @@ class Services:
             throughput=ThroughputService(db, catalog, arns, settings),
             meter=UsageMeter(db),
             invocation_logs=InvocationLogs(db, store, settings.account_id, settings.region),
+            page_tokens=PageTokens.from_key_file(settings.data_dir / "pagination.key"),
+            tags=TagService(db, settings),
         )
 
     def close(self) -> None:

@@ -109,6 +109,8 @@ class Settings(BaseSettings):
     idle_timeout_minutes: float = Field(
         default=60.0,
         ge=0,
+        le=525_600,
+        allow_inf_nan=False,
         description="Delete a provisioned throughput after this many minutes without requests; 0 turns it off. "
         "A deployment's tuneforge:idle-timeout-minutes tag overrides it.",
     )
@@ -128,7 +130,11 @@ class Settings(BaseSettings):
         default=300.0, gt=0, description="An engine that has not loaded its model by then counts as failed."
     )
     on_demand_idle_minutes: float = Field(
-        default=15.0, gt=0, description="An on-demand foundation-model engine without requests this long is stopped."
+        default=15.0,
+        gt=0,
+        le=525_600,
+        allow_inf_nan=False,
+        description="An on-demand foundation-model engine without requests this long is stopped.",
     )
     max_training_records: int = Field(default=20_000, ge=1)
     max_training_file_bytes: int = Field(default=1 << 30, ge=1)

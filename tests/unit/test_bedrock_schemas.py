@@ -1,7 +1,5 @@
 from __future__ import annotations
 
-import base64
-import json
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
@@ -9,12 +7,11 @@ import pytest
 
 from tuneforge.api.bedrock.schemas import (
     JOB_NAME_PATTERN,
-    decode_token,
-    encode_token,
     iso,
     parse_create_job,
     parse_paging,
     parse_time,
+    status_details,
 )
 from tuneforge.errors import (
     AccessDeniedException,
@@ -123,7 +120,7 @@ def test_empty_body_reports_every_required_member() -> None:
 
 
 def test_missing_training_s3_uri_is_reported_as_null() -> None:
-    assert "Value null at 's3Uri'" in message_of(body(trainingDataConfig={}))
+    assert "Value null at 'trainingDataConfig.s3Uri'" in message_of(body(trainingDataConfig={}))
 
 
 def test_job_name_longer_than_63_is_refused_with_length_constraint() -> None:
@@ -275,63 +272,20 @@ def test_constraint_errors_counts_violations() -> None:
     assert constraint_errors(["a", "b", "c"]).message == "3 validation errors detected: a; b; c"
 
 
-# -- paging tokens -----------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize("offset", [0, 1, 100, 10**6])
-def test_encode_decode_token_round_trip(offset: int) -> None:
-    token = encode_token(offset)
-    assert token is not None
-    assert decode_token(token) == offset
-
-
-def test_no_offset_encodes_to_no_token_and_no_token_decodes_to_zero() -> None:
-    assert encode_token(None) is None
-    assert decode_token(None) == 0
-    assert decode_token("") == 0
-
-
-def _token(raw: bytes) -> str:
-    return base64.urlsafe_b64encode(raw).decode()
-
-
-@pytest.mark.parametrize(
-    "token",
-    [
-        "!!!",
-        "abc",
-        "not a token at all",
-        _token(b"[1]"),
-        _token(b"{}"),
-        _token(b"7"),
-        _token(b'{"offset": "x"}'),
-        _token(b'{"offset": -1}'),
-        _token(b'{"offset": NaN}'),
-        _token(b"\xff\xfe"),
-    ],
-)
-def test_garbage_token_is_a_validation_exception(token: str) -> None:
-    with pytest.raises(ValidationException, match="Invalid nextToken"):
-        decode_token(token)
-
-
-@pytest.mark.parametrize("raw", [b'{"offset": 1e400}', b'{"offset": Infinity}'])
-def test_token_with_infinite_offset_is_a_validation_exception(raw: bytes) -> None:
-    with pytest.raises(ValidationException, match="Invalid nextToken"):
-        decode_token(_token(raw))
+# -- paging --------------------------------------------------------------------------------------
 
 
 def test_parse_paging_defaults_to_first_100_descending() -> None:
-    assert parse_paging(None, None, None, None) == (0, 100, True)
+    assert parse_paging(None, None, None) == (100, True)
 
 
-def test_parse_paging_reads_limit_token_and_ascending_order() -> None:
-    assert parse_paging("25", encode_token(50), "CreationTime", "Ascending") == (50, 25, False)
+def test_parse_paging_reads_limit_and_ascending_order() -> None:
+    assert parse_paging("25", "CreationTime", "Ascending") == (25, False)
 
 
 @pytest.mark.parametrize("bound", ["1", "1000"])
 def test_parse_paging_accepts_max_results_bounds(bound: str) -> None:
-    assert parse_paging(bound, None, None, None)[1] == int(bound)
+    assert parse_paging(bound, None, None)[0] == int(bound)
 
 
 @pytest.mark.parametrize(
@@ -345,7 +299,7 @@ def test_parse_paging_accepts_max_results_bounds(bound: str) -> None:
 )
 def test_parse_paging_refuses_max_results_out_of_bounds(max_results: str, constraint: str) -> None:
     with pytest.raises(ValidationException) as info:
-        parse_paging(max_results, None, None, None)
+        parse_paging(max_results, None, None)
     assert info.value.message == (
         f"1 validation error detected: Value '{max_results}' at 'maxResults' failed to satisfy constraint: {constraint}"
     )
@@ -353,12 +307,12 @@ def test_parse_paging_refuses_max_results_out_of_bounds(max_results: str, constr
 
 def test_parse_paging_refuses_sort_order_outside_enum() -> None:
     with pytest.raises(ValidationException, match=r"'sortOrder'.*enum value set: \[Ascending, Descending\]"):
-        parse_paging(None, None, None, "Sideways")
+        parse_paging(None, None, "Sideways")
 
 
 def test_parse_paging_refuses_sort_by_outside_enum() -> None:
     with pytest.raises(ValidationException, match=r"'sortBy'.*enum value set: \[CreationTime\]"):
-        parse_paging(None, None, "Name", None)
+        parse_paging(None, "Name", None)
 
 
 # -- timestamps --------------------------------------------------------------------------------
@@ -370,6 +324,19 @@ def test_iso_renders_utc_with_milliseconds_and_trailing_z() -> None:
 
 def test_iso_renders_whole_seconds_with_zero_milliseconds() -> None:
     assert iso(datetime(2024, 1, 2, 3, 4, 5, tzinfo=UTC)) == "2024-01-02T03:04:05.000Z"
+
+
+def test_iso_renders_other_offsets_and_naive_times_as_utc() -> None:
+    assert iso(datetime(2024, 1, 2, 5, 4, 5, tzinfo=timezone(timedelta(hours=2)))) == "2024-01-02T03:04:05.000Z"
+    assert iso(datetime(2024, 1, 2, 3, 4, 5)) == "2024-01-02T03:04:05.000Z"
+
+
+def test_status_details_times_are_rendered_like_top_level_times() -> None:
+    stored = {"validationDetails": {"status": "Completed", "creationTime": "2024-01-02T03:04:05.678901+00:00"}}
+    assert status_details(stored) == {
+        "validationDetails": {"status": "Completed", "creationTime": "2024-01-02T03:04:05.678Z"}
+    }
+    assert status_details({}) is None
 
 
 def test_iso_of_none_is_none() -> None:
@@ -388,10 +355,3 @@ def test_parse_time_keeps_explicit_offset() -> None:
 def test_parse_time_refuses_garbage_naming_member() -> None:
     with pytest.raises(ValidationException, match=r"Value 'yesterday' at 'creationTimeBefore'.*ISO-8601"):
         parse_time("yesterday", "creationTimeBefore")
-
-
-def test_token_is_opaque_url_safe_text() -> None:
-    token = encode_token(123)
-    assert token is not None
-    assert json.loads(base64.urlsafe_b64decode(token)) == {"offset": 123}
-    assert set(token) <= set("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_=")

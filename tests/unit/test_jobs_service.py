@@ -97,7 +97,7 @@ def test_same_token_and_same_request_returns_the_original_job(services: Services
     first = services.jobs.create(request(client_request_token="tok-1"))
     again = services.jobs.create(request(client_request_token="tok-1"))
     assert again.arn == first.arn
-    assert len(services.jobs.list_jobs(JobFilter(), 0, 100).items) == 1
+    assert len(services.jobs.list_jobs(JobFilter(), None, 100).items) == 1
 
 
 def test_same_token_with_different_request_is_conflict(services: Services) -> None:
@@ -163,7 +163,7 @@ def test_bad_hyperparameter_is_validation_error_and_creates_nothing(
     with pytest.raises(ValidationException) as info:
         services.jobs.create(request(hyperparameters=hyper))
     assert fragment in info.value.message
-    assert services.jobs.list_jobs(JobFilter(), 0, 10).items == []
+    assert services.jobs.list_jobs(JobFilter(), None, 10).items == []
 
 
 def test_training_uri_with_foreign_scheme_is_validation_error_naming_member(services: Services) -> None:
@@ -225,8 +225,8 @@ def test_stop_unknown_job_is_resource_not_found(services: Services) -> None:
 # -- list ----------------------------------------------------------------------------------------
 
 
-def names(services: Services, filters: JobFilter, offset: int = 0, limit: int = 100) -> list[str]:
-    return [job.name for job in services.jobs.list_jobs(filters, offset, limit).items]
+def names(services: Services, filters: JobFilter, limit: int = 100) -> list[str]:
+    return [job.name for job in services.jobs.list_jobs(filters, None, limit).items]
 
 
 @pytest.fixture
@@ -268,24 +268,21 @@ def test_list_jobs_creation_time_bounds_are_exclusive_windows(services: Services
     assert names(services, window) == ["beta-two"]
 
 
-def test_list_jobs_paging_returns_next_offset_until_the_last_page(
-    services: Services, three_jobs: tuple[Any, Any]
-) -> None:
-    first = services.jobs.list_jobs(JobFilter(), 0, 2)
+def test_list_jobs_paging_returns_a_cursor_until_the_last_page(services: Services, three_jobs: tuple[Any, Any]) -> None:
+    first = services.jobs.list_jobs(JobFilter(), None, 2)
     assert [j.name for j in first.items] == ["ALPHA-three", "beta-two"]
-    assert first.next_offset == 2
-    second = services.jobs.list_jobs(JobFilter(), first.next_offset, 2)
+    assert first.next_cursor is not None
+    second = services.jobs.list_jobs(JobFilter(), first.next_cursor, 2)
     assert [j.name for j in second.items] == ["Alpha-one"]
-    assert second.next_offset is None
+    assert second.next_cursor is None
 
 
-def test_list_jobs_page_that_ends_exactly_at_the_last_job_has_no_next_offset(
+def test_list_jobs_page_that_ends_exactly_at_the_last_job_has_no_cursor(
     services: Services, three_jobs: tuple[Any, Any]
 ) -> None:
-    page = services.jobs.list_jobs(JobFilter(), 0, 3)
+    page = services.jobs.list_jobs(JobFilter(), None, 3)
     assert len(page.items) == 3
-    assert page.next_offset is None
-    assert services.jobs.list_jobs(JobFilter(), 1, 1).next_offset == 2
+    assert page.next_cursor is None
 
 
 # -- mark_stages ---------------------------------------------------------------------------------

@@ -11,9 +11,10 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from tuneforge.arns import decode_identifier, is_arn
-from tuneforge.db.listing import Page, created_and_named, fetch_page
+from tuneforge.catalog.models import DISTILLATION
+from tuneforge.db.listing import Cursor, Page, created_and_named, fetch_page
 from tuneforge.db.session import Database
-from tuneforge.db.tables import LIVE_PROVISIONED_STATUSES, CustomModel, ProvisionedModel
+from tuneforge.db.tables import LIVE_PROVISIONED_STATUSES, CustomModel, Job, ProvisionedModel
 from tuneforge.errors import ConflictException, ResourceNotFoundException
 
 
@@ -47,7 +48,7 @@ class CustomModelService:
             raise ResourceNotFoundException(f"The custom model {identifier} does not exist.")
         return model
 
-    def list_models(self, filters: CustomModelFilter, offset: int, limit: int) -> Page[CustomModel]:
+    def list_models(self, filters: CustomModelFilter, after: Cursor | None, limit: int) -> Page[CustomModel]:
         query = created_and_named(
             select(CustomModel),
             CustomModel,
@@ -62,12 +63,26 @@ class CustomModelService:
                 query = query.where(CustomModel.base_model_arn == arn)
         if filters.model_status:
             query = query.where(CustomModel.status == filters.model_status)
-        return fetch_page(self.db, query, CustomModel, descending=filters.sort_descending, offset=offset, limit=limit)
+        return fetch_page(self.db, query, CustomModel, descending=filters.sort_descending, after=after, limit=limit)
+
+    @staticmethod
+    def _teaching(session: Session, model_arn: str) -> str | None:
+        """The name of an unfinished DISTILLATION job whose teacher is ``model_arn``, if any."""
+        jobs = session.scalars(
+            select(Job).where(Job.customization_type == DISTILLATION, Job.status.in_(("InProgress", "Stopping")))
+        )
+        for job in jobs:
+            config = (job.customization_config or {}).get("distillationConfig") or {}
+            teacher = (config.get("teacherModelConfig") or {}).get("teacherModelIdentifier")
+            if isinstance(teacher, str) and decode_identifier(teacher) == model_arn:
+                return job.name
+        return None
 
     def delete(self, identifier: str) -> None:
         """Remove the record and the weights. The database row goes first, so a crash half-way
         leaves at worst an orphaned folder, never a model whose weights are gone. A model that a
-        live provisioned throughput serves (or is switching to) is refused with ConflictException."""
+        live provisioned throughput serves (or is switching to), or that a DISTILLATION job not yet
+        finished (queued, running or stopping) uses as its teacher, is refused with ConflictException."""
         with self.db.session() as session:
             model = self._find(session, identifier)
             serving = session.scalar(
@@ -80,6 +95,12 @@ class CustomModelService:
                 raise ConflictException(
                     f"The custom model {model.name} is in use by provisioned model throughput {serving}. "
                     "Delete the provisioned throughput (or update it to another model) first."
+                )
+            teaching = self._teaching(session, model.arn)
+            if teaching is not None:
+                raise ConflictException(
+                    f"The custom model {model.name} is the teacher of model customization job {teaching}, "
+                    "which has not finished. Wait for the job to end (or stop it) first."
                 )
             weights = Path(model.weights_path)
             session.delete(model)

@@ -23,7 +23,8 @@ from tuneforge.db.tables import RegisteredModel
 from tuneforge.errors import ResourceNotFoundException, ValidationException
 from tuneforge.storage import ObjectStore, StorageError
 
-MODEL_ID_PATTERN = re.compile(r"^[a-z0-9][a-z0-9.\-]{0,62}(:[a-z0-9]{1,32}){0,3}$")
+MODEL_ID_PATTERN = re.compile(r"[a-z0-9][a-z0-9.\-]{0,62}(:[a-z0-9]{1,32}){0,3}")
+"""Matched whole (``fullmatch``): with ``match`` and ``$``, an id ending in a newline registered."""
 
 
 class Catalog:
@@ -58,7 +59,7 @@ class Catalog:
         The folder is checked cheaply (config, weights and tokenizer files present, a causal LM
         architecture) without loading weights; a folder that is not one is refused with the reason.
         """
-        if not MODEL_ID_PATTERN.match(model_id):
+        if not MODEL_ID_PATTERN.fullmatch(model_id):
             raise ValidationException(
                 f"model id '{model_id}' must match {MODEL_ID_PATTERN.pattern} "
                 "(lower case, digits, '.', '-', optional ':' suffixes)"

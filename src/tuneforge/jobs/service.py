@@ -16,7 +16,7 @@ from tuneforge.arns import ArnFactory, decode_identifier, is_arn, new_id, resour
 from tuneforge.catalog.hyperparameters import HyperParameterError, as_strings, resolve
 from tuneforge.catalog.models import CONTINUED_PRE_TRAINING, DISTILLATION, FoundationModel
 from tuneforge.catalog.service import Catalog
-from tuneforge.db.listing import Page, created_and_named, fetch_page
+from tuneforge.db.listing import Cursor, Page, created_and_named, fetch_page
 from tuneforge.db.session import Database
 from tuneforge.db.tables import CustomModel, Job, JobEvent, utcnow
 from tuneforge.errors import (
@@ -272,7 +272,7 @@ class JobService:
             raise ResourceNotFoundException(f"The model customization job {identifier} does not exist.")
         return job
 
-    def list_jobs(self, filters: JobFilter, offset: int, limit: int) -> Page[Job]:
+    def list_jobs(self, filters: JobFilter, after: Cursor | None, limit: int) -> Page[Job]:
         query = created_and_named(
             select(Job),
             Job,
@@ -282,7 +282,7 @@ class JobService:
         )
         if filters.status_equals:
             query = query.where(Job.status == filters.status_equals)
-        return fetch_page(self.db, query, Job, descending=filters.sort_descending, offset=offset, limit=limit)
+        return fetch_page(self.db, query, Job, descending=filters.sort_descending, after=after, limit=limit)
 
     def events(self, identifier: str, after_id: int = 0, limit: int = 1000) -> list[JobEvent]:
         with self.db.session() as session:

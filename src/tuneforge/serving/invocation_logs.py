@@ -27,7 +27,8 @@ from sqlalchemy import select
 
 from tuneforge.db.session import Database
 from tuneforge.db.tables import InvocationLoggingConfig, utcnow
-from tuneforge.storage import ObjectStore
+from tuneforge.errors import ValidationException
+from tuneforge.storage import ObjectStore, StorageError
 
 _CONFIG_ID = 1
 
@@ -44,6 +45,16 @@ class InvocationLogs:
     # -- configuration --------------------------------------------------------------------------
 
     def put(self, config: dict[str, Any]) -> None:
+        """Store the configuration once the store accepts where it would write (a prefix that leaves
+        the bucket or the object root is refused now, not dropped at every flush)."""
+        where = self.prefix_uri(config)
+        try:
+            self.store.check(f"{where}/0000/00/00/00/x.json.gz")
+        except StorageError as exc:
+            raise ValidationException(
+                f"Invalid loggingConfig.s3Config (bucketName {config['s3Config'].get('bucketName')!r}, "
+                f"keyPrefix {config['s3Config'].get('keyPrefix', '')!r}): {exc}"
+            ) from None
         with self.db.session() as session:
             row = session.get(InvocationLoggingConfig, _CONFIG_ID)
             if row is None:

@@ -34,6 +34,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
@@ -144,10 +145,22 @@ class EngineManager:
         live = self.throughput.live()
         self._stop_orphans({row.id for row in live})
         for row in live:
-            self._reconcile(row)
+            self._isolated(row, self._reconcile)
         self._retire()
-        self._reap_idle(live)
+        self.reap_idle(live)
         self._flush()
+
+    @staticmethod
+    def _isolated(row: ProvisionedModel, step: Callable[[ProvisionedModel], None]) -> None:
+        """Run one deployment's step; a failure is logged with its id and the other deployments go on.
+
+        One bad row (say an idle timeout that overflows a timedelta) used to end the tick for every
+        deployment, on every tick: no idle deletion, no log flush, anywhere.
+        """
+        try:
+            step(row)
+        except Exception:
+            log.exception("provisioned throughput %s (%s): housekeeping step failed", row.id, row.name)
 
     def _flush(self) -> None:
         try:
@@ -383,36 +396,38 @@ class EngineManager:
             if replica.in_flight == 0 or now - replica.last_used > RETIRE_GRACE_S:
                 self._stop_replica(replica)
 
-    def _reap_idle(self, live: list[ProvisionedModel]) -> None:
-        now = utcnow()
-        mono = time.monotonic()
+    def reap_idle(self, live: list[ProvisionedModel]) -> None:
+        """Delete deployments idle for their timeout, each on its own; stop idle on-demand engines."""
         for row in live:
-            if row.status != "InService" or row.idle_timeout_s is None:
-                continue
-            group = pt_group(row.id)
-            replicas = self._group(group)
-            if any(r.in_flight for r in replicas):
-                continue
-            marks = [t for t in (row.last_invocation_at, row.in_service_at) if t is not None]
-            if group in self._last_request:
-                marks.append(now - timedelta(seconds=mono - self._last_request[group]))
-            if not marks or now - max(marks) < timedelta(seconds=row.idle_timeout_s):
-                continue
-            minutes = row.idle_timeout_s / 60
-            try:
-                self.throughput.delete(
-                    row.arn, reason=f"deleted by the idle timeout: no requests for {minutes:g} minutes"
-                )
-            except ServiceError as exc:
-                log.warning("%s: idle deletion refused: %s", group, exc.message)
-                continue
-            log.warning("%s: deleted after %g idle minutes", row.name, minutes)
-            for replica in replicas:
-                self._stop_replica(replica)
+            self._isolated(row, self._reap_if_idle)
+        mono = time.monotonic()
         idle_s = self.settings.on_demand_idle_minutes * 60
         for replica in [r for r in self._all() if r.group.startswith("od:")]:
             if replica.state == "ready" and replica.in_flight == 0 and mono - replica.last_used > idle_s:
                 self._stop_replica(replica)
+
+    def _reap_if_idle(self, row: ProvisionedModel) -> None:
+        if row.status != "InService" or row.idle_timeout_s is None:
+            return
+        now = utcnow()
+        group = pt_group(row.id)
+        replicas = self._group(group)
+        if any(r.in_flight for r in replicas):
+            return
+        marks = [t for t in (row.last_invocation_at, row.in_service_at) if t is not None]
+        if group in self._last_request:
+            marks.append(now - timedelta(seconds=time.monotonic() - self._last_request[group]))
+        if not marks or now - max(marks) < timedelta(seconds=row.idle_timeout_s):
+            return
+        minutes = row.idle_timeout_s / 60
+        try:
+            self.throughput.delete(row.arn, reason=f"deleted by the idle timeout: no requests for {minutes:g} minutes")
+        except ServiceError as exc:
+            log.warning("%s: idle deletion refused: %s", group, exc.message)
+            return
+        log.warning("%s: deleted after %g idle minutes", row.name, minutes)
+        for replica in replicas:
+            self._stop_replica(replica)
 
     def _all(self) -> list[Replica]:
         with self._lock:

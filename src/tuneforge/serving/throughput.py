@@ -25,7 +25,7 @@ from sqlalchemy.orm import Session
 from tuneforge.arns import ArnFactory, decode_identifier, is_arn, new_id, resource_type
 from tuneforge.catalog.models import FoundationModel
 from tuneforge.catalog.service import Catalog
-from tuneforge.db.listing import Page, created_and_named, fetch_page
+from tuneforge.db.listing import Cursor, Page, created_and_named, fetch_page
 from tuneforge.db.session import Database
 from tuneforge.db.tables import LIVE_PROVISIONED_STATUSES as LIVE_STATUSES
 from tuneforge.db.tables import CustomModel, ProvisionedModel, utcnow
@@ -42,6 +42,8 @@ STATUSES = (*LIVE_STATUSES, "Failed")
 DELETED = "Deleted"
 IDLE_TIMEOUT_TAG = "tuneforge:idle-timeout-minutes"
 COMMITMENT_MONTHS = {"OneMonth": 1, "SixMonths": 6}
+MAX_IDLE_TIMEOUT_MINUTES = 525_600
+"""A year: the longest idle timeout a tag or the setting may ask for."""
 
 
 @dataclass(frozen=True)
@@ -89,7 +91,11 @@ def add_months(start: datetime, months: int) -> datetime:
 
 
 def idle_timeout_seconds(tags: tuple[dict[str, str], ...], default_minutes: float) -> float | None:
-    """The tag's minutes (decimals allowed; ``0`` or ``off`` turns it off), else the setting's."""
+    """The tag's minutes (decimals allowed; ``0`` or ``off`` turns it off), else the setting's.
+
+    Bounded to a year: the manager adds the timeout to timestamps every tick, and ``1e300`` minutes
+    overflowed there, on every tick, for every deployment.
+    """
     for tag in tags:
         if tag["key"] != IDLE_TIMEOUT_TAG:
             continue
@@ -100,10 +106,10 @@ def idle_timeout_seconds(tags: tuple[dict[str, str], ...], default_minutes: floa
             minutes = float(value)
         except ValueError:
             minutes = -1.0
-        if not minutes >= 0 or minutes == float("inf"):
+        if not 0 <= minutes <= MAX_IDLE_TIMEOUT_MINUTES:
             raise ValidationException(
-                f"Tag {IDLE_TIMEOUT_TAG} must be a number of minutes >= 0 (0 or 'off' turns it off), "
-                f"got '{tag['value']}'"
+                f"Tag {IDLE_TIMEOUT_TAG} must be a number of minutes between 0 and {MAX_IDLE_TIMEOUT_MINUTES} "
+                f"(0 or 'off' turns it off), got '{tag['value']}'"
             )
         return minutes * 60 if minutes > 0 else None
     return default_minutes * 60 if default_minutes > 0 else None
@@ -246,7 +252,7 @@ class ThroughputService:
             )
         return row
 
-    def list_throughputs(self, filters: ThroughputFilter, offset: int, limit: int) -> Page[ProvisionedModel]:
+    def list_throughputs(self, filters: ThroughputFilter, after: Cursor | None, limit: int) -> Page[ProvisionedModel]:
         query = created_and_named(
             select(ProvisionedModel),
             ProvisionedModel,
@@ -261,7 +267,7 @@ class ThroughputService:
         if filters.model_arn_equals:
             query = query.where(ProvisionedModel.model_arn == filters.model_arn_equals)
         return fetch_page(
-            self.db, query, ProvisionedModel, descending=filters.sort_descending, offset=offset, limit=limit
+            self.db, query, ProvisionedModel, descending=filters.sort_descending, after=after, limit=limit
         )
 
     def live(self) -> list[ProvisionedModel]:

@@ -10,7 +10,7 @@ from typing import Protocol
 
 from tuneforge.settings import Settings
 
-BUCKET_PATTERN = re.compile(r"^[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9]$")
+BUCKET_PATTERN = re.compile(r"[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9]")
 
 
 class StorageError(ValueError):
@@ -35,7 +35,7 @@ def parse_uri(uri: str) -> ParsedUri:
     if uri.startswith("s3://"):
         rest = uri[len("s3://") :]
         bucket, _, key = rest.partition("/")
-        if not BUCKET_PATTERN.match(bucket):
+        if not BUCKET_PATTERN.fullmatch(bucket):
             raise StorageError(f"invalid bucket name {bucket!r} in {uri}")
         if any(part in ("..", ".") for part in key.split("/")):
             raise StorageError(f"URI {uri} must not contain '.' or '..' segments")

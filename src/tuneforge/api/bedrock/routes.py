@@ -2,32 +2,20 @@
 
 from __future__ import annotations
 
-import json
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import JSONResponse
 
 from tuneforge.api.bedrock import schemas
+from tuneforge.api.bedrock.shapes import parse_body
 from tuneforge.api.deps import get_services
 from tuneforge.catalog.custom import CustomModelFilter
-from tuneforge.errors import ValidationException
 from tuneforge.jobs.service import JobFilter
 from tuneforge.services import Services
 
 router = APIRouter()
 ServicesDep = Annotated[Services, Depends(get_services)]
-
-
-async def _json_body(request: Request) -> dict[str, Any]:
-    raw = await request.body()
-    try:
-        body = json.loads(raw or b"{}")
-    except ValueError:
-        raise ValidationException("The request body is not valid JSON") from None
-    if not isinstance(body, dict):
-        raise ValidationException("The request body must be a JSON object")
-    return body
 
 
 # -- foundation models ---------------------------------------------------------------------------
@@ -42,7 +30,7 @@ def list_foundation_models(
     by_inference_type: Annotated[str | None, Query(alias="byInferenceType")] = None,
 ) -> dict[str, Any]:
     c = schemas.Checker()
-    c.string({"byProvider": by_provider}, "byProvider", pattern=r"[A-Za-z0-9- ]{1,63}")
+    c.string({"byProvider": by_provider}, "byProvider", pattern=schemas.PROVIDER_PATTERN)
     c.string(
         {"byCustomizationType": by_customization_type},
         "byCustomizationType",
@@ -73,7 +61,7 @@ def get_foundation_model(model_identifier: str, services: ServicesDep) -> dict[s
 
 @router.post("/model-customization-jobs", status_code=201)
 async def create_model_customization_job(request: Request, services: ServicesDep) -> JSONResponse:
-    parsed = schemas.parse_create_job(await _json_body(request))
+    parsed = schemas.parse_create_job(parse_body(await request.body(), "CreateModelCustomizationJob"))
     job = services.jobs.create(parsed)
     return JSONResponse({"jobArn": job.arn}, status_code=201)
 
@@ -90,7 +78,7 @@ def list_model_customization_jobs(
     sort_by: Annotated[str | None, Query(alias="sortBy")] = None,
     sort_order: Annotated[str | None, Query(alias="sortOrder")] = None,
 ) -> dict[str, Any]:
-    offset, limit, descending = schemas.parse_paging(max_results, next_token, sort_by, sort_order)
+    limit, descending = schemas.parse_paging(max_results, sort_by, sort_order)
     c = schemas.Checker()
     c.string({"statusEquals": status_equals}, "statusEquals", enum=schemas.JOB_STATUSES)
     c.string({"nameContains": name_contains}, "nameContains", max_len=63, pattern=schemas.JOB_NAME_PATTERN)
@@ -102,9 +90,10 @@ def list_model_customization_jobs(
         name_contains=name_contains,
         sort_descending=descending,
     )
-    page = services.jobs.list_jobs(filters, offset, limit)
+    scope = schemas.page_scope("ListModelCustomizationJobs", filters)
+    page = services.jobs.list_jobs(filters, services.page_tokens.decode(scope, next_token), limit)
     body: dict[str, Any] = {"modelCustomizationJobSummaries": [schemas.job_summary(j) for j in page.items]}
-    token = schemas.encode_token(page.next_offset)
+    token = services.page_tokens.encode(scope, page.next_cursor)
     if token:
         body["nextToken"] = token
     return body
@@ -150,8 +139,9 @@ def list_custom_models(
     is_owned: Annotated[str | None, Query(alias="isOwned")] = None,
     model_status: Annotated[str | None, Query(alias="modelStatus")] = None,
 ) -> dict[str, Any]:
-    offset, limit, descending = schemas.parse_paging(max_results, next_token, sort_by, sort_order)
+    limit, descending = schemas.parse_paging(max_results, sort_by, sort_order)
     c = schemas.Checker()
+    c.string({"nameContains": name_contains}, "nameContains", max_len=63, pattern=schemas.MODEL_NAME_PATTERN)
     c.string({"modelStatus": model_status}, "modelStatus", enum=("Active", "Creating", "Failed"))
     c.string({"isOwned": is_owned}, "isOwned", enum=("true", "false"))
     c.raise_if_any()
@@ -167,10 +157,11 @@ def list_custom_models(
         model_status=model_status,
         sort_descending=descending,
     )
-    page = services.custom_models.list_models(filters, offset, limit)
+    scope = schemas.page_scope("ListCustomModels", filters)
+    page = services.custom_models.list_models(filters, services.page_tokens.decode(scope, next_token), limit)
     account = services.settings.account_id
     body: dict[str, Any] = {"modelSummaries": [schemas.custom_model_summary(m, account) for m in page.items]}
-    token = schemas.encode_token(page.next_offset)
+    token = services.page_tokens.encode(scope, page.next_cursor)
     if token:
         body["nextToken"] = token
     return body
@@ -185,3 +176,26 @@ def get_custom_model(model_identifier: str, services: ServicesDep) -> dict[str, 
 def delete_custom_model(model_identifier: str, services: ServicesDep) -> dict[str, Any]:
     services.custom_models.delete(model_identifier)
     return {}
+
+
+# -- tags ----------------------------------------------------------------------------------------
+
+
+@router.post("/tagResource")
+async def tag_resource(request: Request, services: ServicesDep) -> dict[str, Any]:
+    arn, tags = schemas.parse_tag_resource(parse_body(await request.body(), "TagResource"))
+    services.tags.tag(arn, tags)
+    return {}
+
+
+@router.post("/untagResource")
+async def untag_resource(request: Request, services: ServicesDep) -> dict[str, Any]:
+    arn, keys = schemas.parse_untag_resource(parse_body(await request.body(), "UntagResource"))
+    services.tags.untag(arn, keys)
+    return {}
+
+
+@router.post("/listTagsForResource")
+async def list_tags_for_resource(request: Request, services: ServicesDep) -> dict[str, Any]:
+    arn = schemas.parse_resource_arn(parse_body(await request.body(), "ListTagsForResource"))
+    return {"tags": services.tags.list_tags(arn)}

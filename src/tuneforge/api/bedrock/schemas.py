@@ -6,16 +6,17 @@ botocore checks only required members, types and minimum lengths on the client; 
 
 from __future__ import annotations
 
-import base64
 import json
 import re
-from datetime import datetime
+from dataclasses import asdict
+from datetime import UTC, datetime
 from typing import Any
 
 from tuneforge.arns import ArnFactory
 from tuneforge.catalog.models import CUSTOMIZATION_TYPES, FoundationModel
 from tuneforge.db.tables import CustomModel, Job
 from tuneforge.errors import (
+    TooManyTagsException,
     ValidationException,
     constraint_errors,
     enum_violation,
@@ -26,19 +27,51 @@ from tuneforge.errors import (
 from tuneforge.jobs.service import CreateJobRequest
 from tuneforge.recipes.layout import output_artifacts
 
-JOB_NAME_PATTERN = r"[a-zA-Z0-9](-*[a-zA-Z0-9\+\-\.])*"
-MODEL_NAME_PATTERN = r"([0-9a-zA-Z][_-]?){1,63}"
+# Every pattern here matches in linear time (tests/unit/test_patterns.py times each against adversarial
+# input). Where botocore's shape pattern would backtrack, an equivalent one is used and named: Bedrock's
+# job name pattern ``[a-zA-Z0-9](-*[a-zA-Z0-9\+\-\.])*`` takes seconds on ``"a" + "-" * 26 + "!"``.
+JOB_NAME_PATTERN = r"[a-zA-Z0-9][a-zA-Z0-9+\-.]*"
+MODEL_NAME_PATTERN = r"[0-9a-zA-Z](?:[_-]?[0-9a-zA-Z])*[_-]?"
+"""Bedrock's ``([0-9a-zA-Z][_-]?){1,63}``: an alphanumeric first, never two of ``_``/``-`` in a row."""
 ROLE_ARN_PATTERN = r"arn:aws(-[^:]+)?:iam::([0-9]{12})?:role/.+"
-S3_URI_PATTERN = r"s3://[a-z0-9][\.\-a-z0-9]{1,61}[a-z0-9](/.*)?"
-TOKEN_PATTERN = r"[a-zA-Z0-9]{1,256}(-*[a-zA-Z0-9]){0,256}"
+TOKEN_PATTERN = r"[a-zA-Z0-9](?:[-a-zA-Z0-9]{0,254}[a-zA-Z0-9])?"
+TAG_PATTERN = r"[a-zA-Z0-9\s._:/=+@-]*"
+PROVIDER_PATTERN = r"[A-Za-z0-9- ]{1,63}"
+MAX_TAGS = 200
+MAX_S3_KEY_BYTES = 1024
+MAX_PATH_SEGMENT_BYTES = 255
 REQUEST_TYPES = (*CUSTOMIZATION_TYPES, "REINFORCEMENT_FINE_TUNING", "IMPORTED")
 JOB_STATUSES = ("InProgress", "Completed", "Failed", "Stopping", "Stopped")
 
 
 def iso(value: datetime | None) -> str | None:
+    """The one timestamp format on the wire: UTC, milliseconds, ``Z`` (``2024-01-01T00:00:00.123Z``)."""
     if value is None:
         return None
-    return value.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    aware = value.astimezone(UTC) if value.tzinfo else value.replace(tzinfo=UTC)
+    return aware.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def status_details(details: dict[str, Any] | None) -> dict[str, Any] | None:
+    """``statusDetails`` with its stored ISO times re-rendered by :func:`iso`, like every other time."""
+    if not details:
+        return None
+    out: dict[str, Any] = {}
+    for stage, value in details.items():
+        if isinstance(value, dict):
+            value = {k: _wire_time(v) if k.endswith("Time") else v for k, v in value.items()}
+        out[stage] = value
+    return out
+
+
+def _wire_time(value: Any) -> Any:
+    if not isinstance(value, str):
+        return value
+    try:
+        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return value
+    return iso(parsed)
 
 
 class Checker:
@@ -57,8 +90,11 @@ class Checker:
         max_len: int = 2048,
         pattern: str | None = None,
         enum: tuple[str, ...] = (),
+        where: str | None = None,
     ) -> str | None:
+        """``body[member]`` checked against AWS's constraints; ``where`` names it in messages (default: ``member``)."""
         value = body.get(member)
+        member = where or member
         if value is None:
             if required:
                 self.violations.append(
@@ -98,23 +134,50 @@ class Checker:
 
 
 def _tags(checker: Checker, body: dict[str, Any], member: str) -> tuple[dict[str, str], ...]:
+    """A ``TagList``: at most 200 ``{"key", "value"}`` pairs of strings, AWS's lengths and pattern."""
     tags = body.get(member) or []
     if not isinstance(tags, list):
         checker.violations.append(f"Value at '{member}' failed to satisfy constraint: Member must be a list")
         return ()
-    if len(tags) > 200:
+    if len(tags) > MAX_TAGS:
         checker.violations.append(
-            f"Value at '{member}' failed to satisfy constraint: Member must have length less than or equal to 200"
+            f"Value at '{member}' failed to satisfy constraint: "
+            f"Member must have length less than or equal to {MAX_TAGS}"
         )
     out = []
-    for tag in tags:
+    for index, tag in enumerate(tags):
+        where = f"{member}.{index + 1}.member"
         if not isinstance(tag, dict) or "key" not in tag or "value" not in tag:
             checker.violations.append(
                 f"Value '{tag}' at '{member}' failed to satisfy constraint: Member must have key and value"
             )
             continue
-        out.append({"key": str(tag["key"]), "value": str(tag["value"])})
+        key = checker.string(tag, "key", required=True, max_len=128, pattern=TAG_PATTERN, where=f"{where}.key")
+        value = checker.string(
+            tag, "value", required=True, min_len=0, max_len=256, pattern=TAG_PATTERN, where=f"{where}.value"
+        )
+        if key is not None and value is not None:
+            out.append({"key": key, "value": value})
     return tuple(out)
+
+
+def s3_uri_lengths(checker: Checker, uri: str | None, member: str) -> None:
+    """S3's limits, checked before anything is written: a key of at most 1024 bytes, and (because
+    the embedded object store keeps keys as files) no path segment over 255 bytes. Local paths get
+    the segment rule too, for the same reason."""
+    if not uri:
+        return
+    key = uri[len("s3://") :].partition("/")[2] if uri.startswith("s3://") else uri
+    if uri.startswith("s3://") and len(key.encode()) > MAX_S3_KEY_BYTES:
+        checker.violations.append(
+            f"Value '{uri[:80]}...' at '{member}' failed to satisfy constraint: "
+            f"Member must have an S3 key of at most {MAX_S3_KEY_BYTES} bytes"
+        )
+    elif any(len(part.encode()) > MAX_PATH_SEGMENT_BYTES for part in key.split("/")):
+        checker.violations.append(
+            f"Value '{uri[:80]}...' at '{member}' failed to satisfy constraint: "
+            f"Member must not have a path segment longer than {MAX_PATH_SEGMENT_BYTES} bytes"
+        )
 
 
 def _metadata_filter(c: Checker, value: Any, member: str, depth: int = 0) -> None:
@@ -149,7 +212,9 @@ def _invocation_logs_config(c: Checker, logs: Any) -> dict[str, Any] | None:
         c.violations.append(f"Value at '{member}' failed to satisfy constraint: Member must be a structure")
         return None
     source = logs.get("invocationLogSource")
-    uri = c.string(source if isinstance(source, dict) else {}, "s3Uri", required=True, max_len=1024)
+    where = f"{member}.invocationLogSource.s3Uri"
+    uri = c.string(source if isinstance(source, dict) else {}, "s3Uri", required=True, max_len=1024, where=where)
+    s3_uri_lengths(c, uri, where)
     use = logs.get("usePromptResponse", False)
     if not isinstance(use, bool):
         c.violations.append(f"Value '{use}' at '{member}.usePromptResponse' failed to satisfy constraint: boolean")
@@ -165,6 +230,9 @@ def _invocation_logs_config(c: Checker, logs: Any) -> dict[str, Any] | None:
 
 
 def parse_create_job(body: dict[str, Any]) -> CreateJobRequest:
+    for member in ("jobTags", "customModelTags"):
+        if isinstance(body.get(member), list) and len(body[member]) > MAX_TAGS:
+            raise TooManyTagsException(f"{member}: a resource can have at most {MAX_TAGS} tags")
     c = Checker()
     job_name = c.string(body, "jobName", required=True, max_len=63, pattern=JOB_NAME_PATTERN)
     model_name = c.string(body, "customModelName", required=True, max_len=63, pattern=MODEL_NAME_PATTERN)
@@ -189,7 +257,9 @@ def parse_create_job(body: dict[str, Any]) -> CreateJobRequest:
             invocation_logs = _invocation_logs_config(c, logs)
             training_uri = invocation_logs["invocationLogSource"]["s3Uri"] if invocation_logs else None
         else:
-            training_uri = c.string(training, "s3Uri", required=True, max_len=1024)
+            where = "trainingDataConfig.s3Uri"
+            training_uri = c.string(training, "s3Uri", required=True, max_len=1024, where=where)
+            s3_uri_lengths(c, training_uri, where)
 
     validators: list[str] = []
     validation = body.get("validationDataConfig")
@@ -201,8 +271,12 @@ def parse_create_job(body: dict[str, Any]) -> CreateJobRequest:
                 "Member must have length less than or equal to 10"
             )
         else:
-            for item in items:
-                uri = c.string(item if isinstance(item, dict) else {}, "s3Uri", required=True, max_len=1024)
+            for index, item in enumerate(items):
+                where = f"validationDataConfig.validators.{index + 1}.member.s3Uri"
+                uri = c.string(
+                    item if isinstance(item, dict) else {}, "s3Uri", required=True, max_len=1024, where=where
+                )
+                s3_uri_lengths(c, uri, where)
                 if uri:
                     validators.append(uri)
 
@@ -211,7 +285,8 @@ def parse_create_job(body: dict[str, Any]) -> CreateJobRequest:
     if not isinstance(output, dict):
         c.violations.append("Value null at 'outputDataConfig' failed to satisfy constraint: Member must not be null")
     else:
-        output_uri = c.string(output, "s3Uri", required=True, max_len=1024)
+        output_uri = c.string(output, "s3Uri", required=True, max_len=1024, where="outputDataConfig.s3Uri")
+        s3_uri_lengths(c, output_uri, "outputDataConfig.s3Uri")
 
     hyper = body.get("hyperParameters")
     hyper = {} if hyper is None else hyper
@@ -246,6 +321,48 @@ def parse_create_job(body: dict[str, Any]) -> CreateJobRequest:
         job_tags=job_tags,
         custom_model_tags=model_tags,
     )
+
+
+def parse_resource_arn(body: dict[str, Any]) -> str:
+    c = Checker()
+    arn = c.string(body, "resourceARN", required=True, min_len=20, max_len=1011)
+    c.raise_if_any()
+    assert arn is not None
+    return arn
+
+
+def parse_tag_resource(body: dict[str, Any]) -> tuple[str, tuple[dict[str, str], ...]]:
+    if isinstance(body.get("tags"), list) and len(body["tags"]) > MAX_TAGS:
+        raise TooManyTagsException(f"A request can add at most {MAX_TAGS} tags")
+    c = Checker()
+    arn = c.string(body, "resourceARN", required=True, min_len=20, max_len=1011)
+    if body.get("tags") is None:
+        c.violations.append("Value null at 'tags' failed to satisfy constraint: Member must not be null")
+    tags = _tags(c, body, "tags")
+    c.raise_if_any()
+    assert arn is not None
+    return arn, tags
+
+
+def parse_untag_resource(body: dict[str, Any]) -> tuple[str, tuple[str, ...]]:
+    c = Checker()
+    arn = c.string(body, "resourceARN", required=True, min_len=20, max_len=1011)
+    keys = body.get("tagKeys")
+    if keys is None:
+        c.violations.append("Value null at 'tagKeys' failed to satisfy constraint: Member must not be null")
+        keys = []
+    elif not isinstance(keys, list) or len(keys) > MAX_TAGS:
+        c.violations.append(
+            f"Value at 'tagKeys' failed to satisfy constraint: Member must be a list of at most {MAX_TAGS} keys"
+        )
+        keys = []
+    found = [
+        c.string({"key": key}, "key", required=True, max_len=128, pattern=TAG_PATTERN, where=f"tagKeys.{i + 1}.member")
+        for i, key in enumerate(keys)
+    ]
+    c.raise_if_any()
+    assert arn is not None
+    return arn, tuple(key for key in found if key is not None)
 
 
 CUSTOMIZATION_CONFIG_MEMBERS = ("distillationConfig", "rftConfig")
@@ -301,34 +418,21 @@ def parse_time(value: str | None, member: str) -> datetime | None:
         ) from None
 
 
-def parse_paging(
-    max_results: str | None, next_token: str | None, sort_by: str | None, sort_order: str | None
-) -> tuple[int, int, bool]:
-    """(offset, limit, descending) from Bedrock's list query parameters."""
+def parse_paging(max_results: str | None, sort_by: str | None, sort_order: str | None) -> tuple[int, bool]:
+    """(limit, descending) from Bedrock's list query parameters; ``nextToken`` is the caller's
+    :class:`~tuneforge.db.listing.PageTokens` business, scoped by :func:`page_scope`."""
     c = Checker()
     limit = c.integer(max_results, "maxResults", 1, 1000) if max_results is not None else 100
     c.string({"sortBy": sort_by}, "sortBy", enum=("CreationTime",))
     c.string({"sortOrder": sort_order}, "sortOrder", enum=("Ascending", "Descending"))
     c.raise_if_any()
-    return decode_token(next_token), limit or 100, sort_order != "Ascending"
+    return limit or 100, sort_order != "Ascending"
 
 
-def encode_token(offset: int | None) -> str | None:
-    if offset is None:
-        return None
-    return base64.urlsafe_b64encode(json.dumps({"offset": offset}).encode()).decode()
-
-
-def decode_token(token: str | None) -> int:
-    if not token:
-        return 0
-    try:
-        offset = int(json.loads(base64.urlsafe_b64decode(token.encode()))["offset"])
-    except (ValueError, KeyError, TypeError, OverflowError):
-        raise ValidationException(f"Invalid nextToken: {token}") from None
-    if not 0 <= offset < 2**62:
-        raise ValidationException(f"Invalid nextToken: {token}")
-    return offset
+def page_scope(operation: str, filters: Any) -> str:
+    """What a ``nextToken`` is bound to: the operation and every filter and sort choice of the query,
+    so that a token sent with other filters is refused rather than silently reused."""
+    return f"{operation}:{json.dumps(asdict(filters), sort_keys=True, default=str)}"
 
 
 # -- outputs -------------------------------------------------------------------------------------
@@ -388,7 +492,7 @@ def job_details(job: Job) -> dict[str, Any]:
             "clientRequestToken": job.client_request_token,
             "roleArn": job.role_arn,
             "status": job.status,
-            "statusDetails": job.status_details or None,
+            "statusDetails": status_details(job.status_details),
             "failureMessage": job.failure_message,
             "creationTime": iso(job.created_at),
             "lastModifiedTime": iso(job.updated_at),
@@ -419,7 +523,7 @@ def job_summary(job: Job) -> dict[str, Any]:
             "baseModelArn": job.base_model_arn,
             "jobName": job.name,
             "status": job.status,
-            "statusDetails": job.status_details or None,
+            "statusDetails": status_details(job.status_details),
             "lastModifiedTime": iso(job.updated_at),
             "creationTime": iso(job.created_at),
             "endTime": iso(job.ended_at),

@@ -8,8 +8,8 @@ from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import JSONResponse
 
 from tuneforge.api.bedrock import schemas, serving_schemas
+from tuneforge.api.bedrock.shapes import parse_body
 from tuneforge.api.deps import get_manager, get_services
-from tuneforge.api.runtime.protocol import json_object
 from tuneforge.db.tables import ProvisionedModel
 from tuneforge.services import Services
 from tuneforge.serving.manager import EngineManager, pt_group
@@ -33,7 +33,9 @@ def _with_meters(
 
 @router.post("/provisioned-model-throughput", status_code=201)
 async def create_provisioned_model_throughput(request: Request, services: ServicesDep) -> JSONResponse:
-    parsed = serving_schemas.parse_create_throughput(json_object(await request.body()))
+    parsed = serving_schemas.parse_create_throughput(
+        parse_body(await request.body(), "CreateProvisionedModelThroughput")
+    )
     row = services.throughput.create(parsed)
     return JSONResponse({"provisionedModelArn": row.arn}, status_code=201)
 
@@ -53,7 +55,7 @@ def list_provisioned_model_throughputs(
     sort_order: Annotated[str | None, Query(alias="sortOrder")] = None,
 ) -> dict[str, Any]:
     """Bedrock's List; ``statusEquals=Deleted`` (a tuneforge extension) lists deleted deployments."""
-    offset, limit, descending = schemas.parse_paging(max_results, next_token, sort_by, sort_order)
+    limit, descending = schemas.parse_paging(max_results, sort_by, sort_order)
     serving_schemas.check_list_filters(status_equals, name_contains)
     filters = ThroughputFilter(
         creation_time_after=schemas.parse_time(creation_time_after, "creationTimeAfter"),
@@ -63,9 +65,10 @@ def list_provisioned_model_throughputs(
         name_contains=name_contains,
         sort_descending=descending,
     )
-    page = services.throughput.list_throughputs(filters, offset, limit)
+    scope = schemas.page_scope("ListProvisionedModelThroughputs", filters)
+    page = services.throughput.list_throughputs(filters, services.page_tokens.decode(scope, next_token), limit)
     body: dict[str, Any] = {"provisionedModelSummaries": _with_meters(services, manager, page.items, details=False)}
-    token = schemas.encode_token(page.next_offset)
+    token = services.page_tokens.encode(scope, page.next_cursor)
     if token:
         body["nextToken"] = token
     return body
@@ -83,7 +86,9 @@ def get_provisioned_model_throughput(
 async def update_provisioned_model_throughput(
     provisioned_model_id: str, request: Request, services: ServicesDep
 ) -> dict[str, Any]:
-    name, model_id = serving_schemas.parse_update_throughput(json_object(await request.body()))
+    name, model_id = serving_schemas.parse_update_throughput(
+        parse_body(await request.body(), "UpdateProvisionedModelThroughput")
+    )
     services.throughput.update(provisioned_model_id, name, model_id)
     return {}
 
@@ -99,7 +104,9 @@ def delete_provisioned_model_throughput(provisioned_model_id: str, services: Ser
 
 @router.put("/logging/modelinvocations")
 async def put_model_invocation_logging_configuration(request: Request, services: ServicesDep) -> dict[str, Any]:
-    services.invocation_logs.put(serving_schemas.parse_logging_config(json_object(await request.body())))
+    services.invocation_logs.put(
+        serving_schemas.parse_logging_config(parse_body(await request.body(), "PutModelInvocationLoggingConfiguration"))
+    )
     return {}
 
 

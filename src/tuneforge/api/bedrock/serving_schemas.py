@@ -16,6 +16,7 @@ from tuneforge.api.bedrock.schemas import (
     _compact,
     _tags,
     iso,
+    s3_uri_lengths,
 )
 from tuneforge.db.tables import ProvisionedModel
 from tuneforge.errors import TooManyTagsException, ValidationException
@@ -126,6 +127,24 @@ _DELIVERY_FLAGS = (
 )
 
 
+def _key_prefix(c: Checker, prefix: str, member: str) -> None:
+    """A key prefix the log files can be written under: relative, no ``.``/``..`` segments (they
+    would leave the bucket on the embedded store, and S3 keeps them as literal names nobody means),
+    no control characters, segments short enough to be file names."""
+    segments = prefix.strip("/").split("/")
+    if prefix.startswith("/") or any(part in (".", "..") for part in segments):
+        c.violations.append(
+            f"Value '{prefix}' at '{member}' failed to satisfy constraint: "
+            "Member must be a relative key prefix without '.' or '..' segments"
+        )
+    elif any(ord(char) < 32 or ord(char) == 127 for char in prefix):
+        c.violations.append(
+            f"Value '{prefix!r}' at '{member}' failed to satisfy constraint: Member must not contain control characters"
+        )
+    else:
+        s3_uri_lengths(c, prefix, member)
+
+
 def parse_logging_config(body: dict[str, Any]) -> dict[str, Any]:
     """Bedrock's ``loggingConfig``; tuneforge delivers to ``s3Config`` (CloudWatch is not available)."""
     config = body.get("loggingConfig")
@@ -139,8 +158,18 @@ def parse_logging_config(body: dict[str, Any]) -> dict[str, Any]:
     if s3 is not None:
         if not isinstance(s3, dict):
             s3 = {}
-        c.string(s3, "bucketName", required=True, min_len=3, max_len=63, pattern=BUCKET_PATTERN)
-        c.string(s3, "keyPrefix", min_len=0, max_len=1024)
+        c.string(
+            s3,
+            "bucketName",
+            required=True,
+            min_len=3,
+            max_len=63,
+            pattern=BUCKET_PATTERN,
+            where="loggingConfig.s3Config.bucketName",
+        )
+        prefix = c.string(s3, "keyPrefix", min_len=0, max_len=1024, where="loggingConfig.s3Config.keyPrefix")
+        if prefix:
+            _key_prefix(c, prefix, "loggingConfig.s3Config.keyPrefix")
     for flag in _DELIVERY_FLAGS:
         if flag in config and not isinstance(config[flag], bool):
             c.violations.append(

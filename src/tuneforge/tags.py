@@ -1,0 +1,87 @@
+"""TagResource, UntagResource and ListTagsForResource: the tags a resource was created with, and after.
+
+Tags live with their resource (``jobs.job_tags``, ``custom_models.tags``, ``provisioned_models.tags``)
+as Bedrock's ``[{"key", "value"}]`` list. A provisioned throughput's
+``tuneforge:idle-timeout-minutes`` tag is also its idle timeout, so tagging it changes the timeout
+(checked like at create), and untagging it falls back to the server's setting.
+
+Imported models do not exist in tuneforge yet: their ARNs, like every ARN of a resource type
+tuneforge does not keep, are ResourceNotFoundException.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from tuneforge.arns import decode_identifier, resource_path, resource_type
+from tuneforge.db.session import Database
+from tuneforge.db.tables import CustomModel, Job, ProvisionedModel
+from tuneforge.errors import ResourceNotFoundException, TooManyTagsException
+from tuneforge.serving.throughput import DELETED, idle_timeout_seconds
+from tuneforge.settings import Settings
+
+MAX_TAGS = 200
+
+
+class TagService:
+    def __init__(self, db: Database, settings: Settings) -> None:
+        self.db = db
+        self.settings = settings
+
+    def list_tags(self, arn: str) -> list[dict[str, str]]:
+        with self.db.session() as session:
+            return list(self._tags(self._find(session, arn)))
+
+    def tag(self, arn: str, tags: Iterable[dict[str, str]]) -> None:
+        """Add or overwrite tags; more than 200 on the resource afterwards is TooManyTagsException."""
+        with self.db.session() as session:
+            row = self._find(session, arn)
+            merged = {tag["key"]: tag["value"] for tag in self._tags(row)}
+            merged.update({tag["key"]: tag["value"] for tag in tags})
+            if len(merged) > MAX_TAGS:
+                raise TooManyTagsException(
+                    f"The resource {arn} would have {len(merged)} tags; a resource can have at most {MAX_TAGS}"
+                )
+            self._store(row, [{"key": k, "value": v} for k, v in merged.items()])
+
+    def untag(self, arn: str, keys: Iterable[str]) -> None:
+        """Remove tags by key; keys the resource does not have are ignored, as in AWS."""
+        drop = set(keys)
+        with self.db.session() as session:
+            row = self._find(session, arn)
+            self._store(row, [tag for tag in self._tags(row) if tag["key"] not in drop])
+
+    @staticmethod
+    def _tags(row: Job | CustomModel | ProvisionedModel) -> list[dict[str, str]]:
+        return list(row.job_tags if isinstance(row, Job) else row.tags)
+
+    def _store(self, row: Job | CustomModel | ProvisionedModel, tags: list[dict[str, str]]) -> None:
+        if isinstance(row, Job):
+            row.job_tags = tags
+            return
+        if isinstance(row, ProvisionedModel) and row.commitment_duration is None:
+            # Raises ValidationException, naming the tag and its range, before anything is stored.
+            row.idle_timeout_s = idle_timeout_seconds(tuple(tags), self.settings.idle_timeout_minutes)
+        row.tags = tags
+
+    @staticmethod
+    def _find(session: Session, raw_arn: str) -> Job | CustomModel | ProvisionedModel:
+        arn = decode_identifier(raw_arn)
+        kind = resource_type(arn)
+        row: Any = None
+        if kind == "model-customization-job":
+            row = session.scalar(select(Job).where(Job.arn == arn))
+        elif kind == "custom-model" and not resource_path(arn).startswith("imported/"):
+            row = session.scalar(select(CustomModel).where(CustomModel.arn == arn))
+        elif kind == "provisioned-model":
+            row = session.scalar(
+                select(ProvisionedModel).where(ProvisionedModel.arn == arn, ProvisionedModel.status != DELETED)
+            )
+        if row is None:
+            raise ResourceNotFoundException(f"The resource {arn} does not exist.")
+        assert isinstance(row, Job | CustomModel | ProvisionedModel)
+        return row
