@@ -126,6 +126,12 @@ class Settings(BaseSettings):
     engine_max_batch: int = Field(
         default=16, ge=1, le=512, description="Sequences one engine decodes together (continuous batching)."
     )
+    max_prompt_chars: int = Field(
+        default=2_000_000,
+        ge=1,
+        description="Characters a prompt (all its messages together) may hold; longer ones are refused before "
+        "tokenizing. The default is about four times a 128k-token context at four characters a token.",
+    )
     engine_start_timeout_s: float = Field(
         default=300.0, gt=0, description="An engine that has not loaded its model by then counts as failed."
     )

@@ -133,3 +133,123 @@ def test_seeded_sampling_repeats_and_top_p_near_zero_is_greedy(model_and_tokeniz
         batcher.step()
     assert same[0].generated == same[1].generated != other.generated
     assert nucleus.generated == solo_greedy(model, tokenizer, PROMPTS[0], 10)
+
+
+def run_to_end(batcher: ContinuousBatcher, sequence: Sequence) -> None:
+    while not sequence.cancelled.is_set():
+        batcher.step()
+
+
+def test_logprobs_are_the_models_own_and_follow_the_greedy_choice(model_and_tokenizer: tuple[Any, Any]) -> None:
+    model, tokenizer = model_and_tokenizer
+    batcher = ContinuousBatcher(model, tokenizer)
+    batcher.eos_ids = set()
+    sequence, events = submit(batcher, PROMPTS[0], max_tokens=4, logprobs=3, stream=True)
+    run_to_end(batcher, sequence)
+    entries = events[-1]["logprobs"]
+    assert len(entries) == 4 == len(sequence.generated)
+    from tuneforge.recipes.components import encode_prompt
+
+    ids = encode_prompt(tokenizer, PROMPTS[0])
+    for token, entry in zip(sequence.generated, entries, strict=True):
+        expected = torch.log_softmax(model(input_ids=torch.tensor([ids])).logits[0, -1].float(), dim=-1)
+        assert entry["logprob"] == pytest.approx(float(expected[token]), abs=1e-4)
+        tops = entry["top_logprobs"]
+        assert len(tops) == 3 and tops[0]["logprob"] == pytest.approx(entry["logprob"], abs=1e-4)  # greedy = top 1
+        assert [t["logprob"] for t in tops] == sorted((t["logprob"] for t in tops), reverse=True)
+        ids.append(token)
+    text = b"".join(bytes(entry["bytes"]) for entry in entries).decode("utf-8", errors="replace")
+    assert text == tokenizer.decode(sequence.generated)  # each entry holds its token's exact bytes
+    streamed = [e for event in events if event["event"] == "text" for e in event.get("logprobs", [])]
+    assert streamed == entries
+
+
+def test_prompt_logprobs_cover_every_prompt_token_after_bos(model_and_tokenizer: tuple[Any, Any]) -> None:
+    model, tokenizer = model_and_tokenizer
+    batcher = ContinuousBatcher(model, tokenizer)
+    sequence, events = submit(batcher, PROMPTS[1], max_tokens=1, logprobs=0, prompt_logprobs=True)
+    run_to_end(batcher, sequence)
+    prompt_entries = events[-1]["prompt_logprobs"]
+    assert "".join(e["token"] for e in prompt_entries) == PROMPTS[1]
+    assert all(isinstance(e["logprob"], float) and e["logprob"] <= 0 for e in prompt_entries)
+
+
+def test_json_schema_response_format_makes_a_random_model_write_valid_json(
+    model_and_tokenizer: tuple[Any, Any],
+) -> None:
+    import json
+
+    model, tokenizer = model_and_tokenizer
+    batcher = ContinuousBatcher(model, tokenizer)
+    schema = {
+        "type": "object",
+        "properties": {"ok": {"type": "boolean"}, "label": {"type": "string", "maxLength": 5}},
+        "required": ["ok", "label"],
+        "additionalProperties": False,
+    }
+    response_format = {"type": "json_schema", "schema": schema}
+    free, _ = submit(batcher, PROMPTS[0], max_tokens=60)  # an unconstrained neighbour in the same batch
+    request = GenerationRequest(prompt=PROMPTS[0], max_tokens=60, response_format=response_format)
+    events: list[dict[str, Any]] = []
+    sequence = Sequence(
+        request, batcher.tokenize(PROMPTS[0], 60), events.append, matcher=batcher.matcher(response_format)
+    )
+    batcher.submit(sequence)
+    run_to_end(batcher, sequence)
+    run_to_end(batcher, free)
+    end = events[-1]
+    assert end["stop_reason"] == "end_turn", end
+    value = json.loads(end["text"])
+    assert set(value) == {"ok", "label"} and isinstance(value["ok"], bool) and isinstance(value["label"], str)
+    assert len(value["label"]) <= 5
+
+
+def test_json_object_response_format_and_bad_schemas(model_and_tokenizer: tuple[Any, Any]) -> None:
+    import json
+
+    model, tokenizer = model_and_tokenizer
+    batcher = ContinuousBatcher(model, tokenizer)
+    response_format = {"type": "json_object"}
+    request = GenerationRequest(prompt="x", max_tokens=200, response_format=response_format, temperature=0.7, seed=3)
+    events: list[dict[str, Any]] = []
+    sequence = Sequence(request, batcher.tokenize("x", 200), events.append, matcher=batcher.matcher(response_format))
+    batcher.submit(sequence)
+    run_to_end(batcher, sequence)
+    end = events[-1]
+    if end["stop_reason"] == "end_turn":
+        assert isinstance(json.loads(end["text"]), dict)
+    else:  # out of tokens before the object closed: OpenAI answers finish_reason "length" too
+        assert end["stop_reason"] == "max_tokens" and end["text"].startswith("{")
+    with pytest.raises(ValueError, match="not supported"):
+        batcher.matcher({"type": "yaml"})
+    with pytest.raises(ValueError):
+        batcher.matcher({"type": "json_schema", "schema": {"type": "no-such-type"}})
+
+
+def test_top_k_one_is_greedy_even_when_sampling(model_and_tokenizer: tuple[Any, Any]) -> None:
+    model, tokenizer = model_and_tokenizer
+    batcher = ContinuousBatcher(model, tokenizer)
+    batcher.eos_ids = set()
+    greedy, _ = submit(batcher, PROMPTS[0], max_tokens=8)
+    sampled, _ = submit(batcher, PROMPTS[0], max_tokens=8, temperature=1.0, top_k=1, seed=5)
+    run_to_end(batcher, greedy)
+    run_to_end(batcher, sampled)
+    assert sampled.generated == greedy.generated
+
+
+def test_a_final_assistant_message_is_continued_not_repeated() -> None:
+    from tuneforge.recipes.components import render_prompt
+    from tuneforge.serving.engine import render
+
+    conversation = {
+        "system": [],
+        "messages": [
+            {"role": "user", "content": [{"text": "Say it"}]},
+            {"role": "assistant", "content": [{"text": "The answer is"}]},
+        ],
+    }
+    prompt, strip = render(GenerationRequest(max_tokens=4, conversation=conversation))
+    assert prompt == render_prompt(conversation) + " The answer is" == "User: Say it\nAssistant: The answer is"
+    assert strip is False
+    plain = {"system": [], "messages": conversation["messages"][:1]}
+    assert render(GenerationRequest(max_tokens=4, conversation=plain)) == ("User: Say it\nAssistant:", True)

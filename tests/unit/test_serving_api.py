@@ -278,3 +278,152 @@ def test_openai_errors_use_the_openai_envelope(app_client: TestClient) -> None:
     assert response.status_code == 400 and response.json()["error"]["type"] == "invalid_request_error"
     empty = app_client.post("/v1/chat/completions", json={"model": SMALL, "messages": []})
     assert "greater than or equal to 1" in empty.json()["error"]["message"]
+
+
+# -- strict runtime bodies (issue 9, item 23) ---------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        ({"inferenceConfig": []}, "'inferenceConfig' failed to satisfy constraint: Member must be a structure"),
+        ({"inferenceConfig": {"maxTokens": "5"}}, "'inferenceConfig.maxTokens' failed to satisfy constraint"),
+        ({"inferenceConfig": {"temperature": "0.5"}}, "Member must be a number"),
+        ({"inferenceConfig": {"maxTokens": 5, "topK": 3}}, "extraneous key [inferenceConfig.topK]"),
+        ({"messages": [{"role": "user", "content": [{"text": ""}]}]}, "is blank"),
+        ({"system": [{"text": "  "}]}, "is blank"),
+        ({"messages": [{"role": "user", "content": [{"text": "hi"}], "name": "x"}]}, "extraneous key"),
+        ({"unknownMember": 1}, "extraneous key [unknownMember] is not permitted"),
+        ({"additionalModelRequestFields": {"frequency_penalty": 1}}, "frequency_penalty is not supported"),
+        ({"additionalModelRequestFields": {"top_k": 0}}, "'additionalModelRequestFields.top_k'"),
+        ({"outputConfig": {"effort": "high"}}, "outputConfig.effort is not supported"),
+        ({"additionalModelResponseFieldPaths": ["/stop_sequence"]}, "additionalModelResponseFieldPaths"),
+    ],
+)
+def test_converse_bodies_are_parsed_strictly(app_client: TestClient, body: dict[str, Any], message: str) -> None:
+    response = converse(app_client, SMALL, **body)
+    assert response.status_code == 400 and error_code(response) == "ValidationException", response.text
+    assert message in response.json()["message"]
+
+
+def test_native_bodies_are_parsed_strictly(app_client: TestClient) -> None:
+    for body, message in (
+        ({"prompt": "hi", "max_gen_len": "5"}, "'max_gen_len' failed to satisfy constraint: Member must be an integer"),
+        ({"prompt": "hi", "top_k": 5}, "extraneous key [top_k] is not permitted"),
+        ({"prompt": ""}, "'prompt' failed to satisfy constraint"),
+    ):
+        response = app_client.post(f"/model/{SMALL}/invoke", json=body)
+        assert error_code(response) == "ValidationException" and message in response.json()["message"], response.text
+
+
+def test_converse_tool_config_is_refused_because_the_template_has_no_tools(app_client: TestClient) -> None:
+    tool = {"toolSpec": {"name": "f", "inputSchema": {"json": {"type": "object"}}}}
+    response = converse(app_client, SMALL, toolConfig={"tools": [tool]})
+    assert error_code(response) == "ValidationException"
+    assert "toolConfig" in response.json()["message"] and "chat template" in response.json()["message"]
+
+
+# -- prompt size (issue 9, item 15) ---------------------------------------------------------------------
+
+
+@pytest.fixture
+def small_prompts_client(tmp_path: Path) -> Iterator[TestClient]:
+    with TestClient(create_app(Settings(data_dir=tmp_path / "d", max_prompt_chars=100), run_supervisor=False)) as c:
+        yield c
+
+
+def test_prompts_over_the_character_limit_are_refused_before_tokenizing(small_prompts_client: TestClient) -> None:
+    client = small_prompts_client
+    long_text = "x" * 101
+    response = converse(client, SMALL, messages=[{"role": "user", "content": [{"text": long_text}]}])
+    assert error_code(response) == "ValidationException" and "limit of 100" in response.json()["message"]
+    response = converse(
+        client, SMALL, system=[{"text": "s" * 60}], messages=[{"role": "user", "content": [{"text": "u" * 41}]}]
+    )
+    assert "max_prompt_chars" in response.json()["message"], "system and messages count together"
+    native = client.post(f"/model/{SMALL}/invoke", json={"prompt": long_text})
+    assert error_code(native) == "ValidationException" and "limit of 100" in native.json()["message"]
+    chat = client.post(
+        "/v1/chat/completions", json={"model": SMALL, "messages": [{"role": "user", "content": long_text}]}
+    )
+    assert chat.status_code == 400 and chat.json()["error"]["param"] == "messages"
+    completion = client.post("/v1/completions", json={"model": SMALL, "prompt": long_text})
+    assert completion.status_code == 400 and completion.json()["error"]["param"] == "prompt"
+    unknown = converse(client, "nobody.nothing-v1", messages=[{"role": "user", "content": [{"text": long_text}]}])
+    assert "limit of 100" in unknown.json()["message"], "the size is checked before the model is even resolved"
+
+
+# -- OpenAI errors and parameters (issue 9, items 2, 3, 22) ---------------------------------------------
+
+
+def chat(client: TestClient, **body: Any) -> Any:
+    body.setdefault("model", SMALL)
+    body.setdefault("messages", [{"role": "user", "content": "hi"}])
+    return client.post("/v1/chat/completions", json=body)
+
+
+def test_openai_unknown_model_is_404_model_not_found(app_client: TestClient) -> None:
+    for response in (
+        chat(app_client, model="nobody.nothing-v1"),
+        app_client.post("/v1/completions", json={"model": "nobody.nothing-v1", "prompt": "x"}),
+        app_client.get("/v1/models/nobody.nothing-v1"),
+    ):
+        assert response.status_code == 404, response.text
+        error = response.json()["error"]
+        assert error["code"] == "model_not_found" and error["param"] == "model"
+        assert error["type"] == "invalid_request_error" and "nobody.nothing-v1" in error["message"]
+    found = app_client.get(f"/v1/models/{SMALL}")
+    assert found.status_code == 200 and found.json()["id"] == SMALL and found.json()["object"] == "model"
+
+
+@pytest.mark.parametrize(
+    ("body", "param"),
+    [
+        ({"n": 9}, "n"),
+        ({"n": 2, "stream": True}, "n"),
+        ({"top_logprobs": 2}, "top_logprobs"),
+        ({"logprobs": True, "top_logprobs": 21}, "top_logprobs"),
+        ({"logit_bias": {"65": 10}}, "logit_bias"),
+        ({"frequency_penalty": 0.5}, "frequency_penalty"),
+        ({"presence_penalty": -1}, "presence_penalty"),
+        ({"functions": [{"name": "f"}]}, "functions"),
+        ({"tool_choice": "auto"}, "tool_choice"),
+        ({"tools": [{"type": "function", "function": {"name": "f"}}]}, "tools"),
+        ({"response_format": {"type": "json_schema"}}, "response_format"),
+        ({"response_format": {"type": "yaml"}}, "response_format"),
+        ({"no_such_parameter": 1}, "no_such_parameter"),
+        ({"stop": ["a", "b", "c", "d", "e"]}, "stop"),
+    ],
+)
+def test_openai_chat_refuses_what_it_cannot_honour_naming_the_parameter(
+    app_client: TestClient, body: dict[str, Any], param: str
+) -> None:
+    response = chat(app_client, **body)
+    assert response.status_code == 400, response.text
+    assert response.json()["error"]["param"] == param, response.text
+
+
+def test_openai_completions_refusals_name_the_parameter(app_client: TestClient) -> None:
+    for body, param in (
+        ({"logprobs": 6}, "logprobs"),
+        ({"echo": True, "logprobs": 1, "stream": True}, "echo"),
+        ({"best_of": 3}, "best_of"),
+        ({"suffix": "end"}, "suffix"),
+        ({"prompt": ["a", "b"]}, "prompt"),
+    ):
+        response = app_client.post("/v1/completions", json={"model": SMALL, "prompt": "x", **body})
+        assert response.status_code == 400 and response.json()["error"]["param"] == param, response.text
+
+
+def test_openai_seed_of_any_size_maps_into_the_engine_range() -> None:
+    from tuneforge.api.openai.protocol import ChatCompletionRequest
+
+    for seed in (2**70, -1, 0, 2**63):
+        request = ChatCompletionRequest.model_validate({"model": SMALL, "messages": [], "seed": seed})
+        mapped = request.to_sampling().seed
+        assert mapped is not None and 0 <= mapped < 2**63 and mapped == seed % 2**63
+
+
+def test_openai_parameters_that_cannot_change_the_output_are_accepted(app_client: TestClient) -> None:
+    response = chat(app_client, model="nobody.nothing-v1", user="u1", metadata={"k": "v"}, store=False)
+    assert response.status_code == 404, "parsed and passed on to model resolution: " + response.text

@@ -66,6 +66,9 @@ class FoundationModel:
     lifecycle: str = "ACTIVE"
     description: str = ""
     builtin: bool = False
+    tool_use: bool = False
+    """Whether the model's chat template renders tools and its output is parsed into tool calls; the
+    runtime refuses ``tools`` / ``toolConfig`` for a model without it."""
     specs: dict[str, tuple[HyperParameterSpec, ...]] = field(default_factory=dict)
 
     def hyperparameter_specs(self, customization_type: str) -> tuple[HyperParameterSpec, ...]:

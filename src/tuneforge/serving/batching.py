@@ -19,8 +19,11 @@ explicitly (the number of real tokens before each one), so a prompt gets the sam
 the same greedy answer, alone or in a batch. Merging two caches pads the shorter one on the left;
 retiring rows trims columns that became padding for everyone, so ``L`` stays the longest live row.
 
-**Sampling** is per row: temperature 0 is greedy; otherwise temperature, then top-p (nucleus), with
-a per-request generator when a seed is given.
+**Sampling** is per row: temperature 0 is greedy; otherwise temperature, then top-k, then top-p
+(nucleus), with a per-request generator when a seed is given. A request with a ``response_format``
+has its row's logits masked by its grammar first (:mod:`tuneforge.serving.constrained`), so greedy
+and sampled decoding alike only pick tokens that keep the output valid JSON. Logprobs, when asked
+for, are the model's own distribution (before temperature and the grammar mask), as OpenAI reports.
 
 This module needs torch; it runs in engine processes (:mod:`tuneforge.serving.engine`) and tests.
 """
@@ -40,6 +43,7 @@ from transformers import DynamicCache, PreTrainedTokenizerBase
 from transformers.cache_utils import DynamicLayer
 
 from tuneforge.recipes.components import encode_prompt
+from tuneforge.serving.constrained import Grammars, Matcher
 from tuneforge.serving.protocol import GenerationRequest, StopReason
 
 log = logging.getLogger(__name__)
@@ -65,6 +69,12 @@ class Sequence:
     """When the first token (possibly end of sequence) was sampled: queueing and prefill end here."""
     cancelled: threading.Event = field(default_factory=threading.Event)
     generator: torch.Generator | None = None
+    matcher: Matcher | None = None
+    """The grammar of the request's ``response_format``, if any."""
+    logprobs: list[dict[str, Any]] = field(default_factory=list)
+    """One entry per generated token (EOS aside), when the request asked for logprobs."""
+    logprobs_sent: int = 0
+    prompt_logprobs: list[dict[str, Any]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         if self.request.seed is not None:
@@ -83,6 +93,8 @@ class ContinuousBatcher:
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         self.device = next(model.parameters()).device
         """Where the model's weights are: batches and cache indices are built there."""
+        self.grammars = Grammars(tokenizer, int(model.config.vocab_size))
+        self._pieces = _TokenPieces(tokenizer)
         self._tokenizer_lock = threading.Lock()
         self._waiting: queue.Queue[Sequence] = queue.Queue()
         self._active: list[Sequence] = []
@@ -102,6 +114,13 @@ class ContinuousBatcher:
                 f"max tokens exceed the model's context of {self.context} tokens"
             )
         return ids
+
+    def matcher(self, response_format: dict[str, Any] | None) -> Matcher | None:
+        """The grammar state for a request's ``response_format``; ValueError when it cannot be honoured."""
+        if response_format is None:
+            return None
+        with self._tokenizer_lock:
+            return self.grammars.matcher(response_format)
 
     def submit(self, sequence: Sequence) -> None:
         self._waiting.put(sequence)
@@ -158,6 +177,10 @@ class ContinuousBatcher:
         cache = DynamicCache(config=self.model.config)
         out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, cache=cache, use_cache=True)
         first = self._sample(out.logits[:, -1, :], group)
+        for row, sequence in enumerate(group):
+            if sequence.request.prompt_logprobs:
+                n = len(sequence.prompt_ids)
+                self._prompt_logprobs(sequence, out.logits[row, width - n : width - 1])
         if self._cache is None or self._mask is None or self._last is None:
             self._cache, self._mask, self._last = out.cache, mask, first
         else:
@@ -227,12 +250,24 @@ class ContinuousBatcher:
     # -- tokens -> events ------------------------------------------------------------------------
 
     def _sample(self, logits: torch.Tensor, sequences: list[Sequence]) -> torch.Tensor:
+        raw = logits
+        if any(s.matcher is not None for s in sequences):
+            logits = logits.clone()
+            for row, sequence in enumerate(sequences):
+                if sequence.matcher is not None:
+                    allowed = sequence.matcher.allowed().to(logits.device)
+                    logits[row, : allowed.shape[0]].masked_fill_(~allowed, float("-inf"))
+                    logits[row, allowed.shape[0] :] = float("-inf")
         tokens = logits.argmax(dim=-1)
         for row, sequence in enumerate(sequences):
             temperature = sequence.request.temperature
             if temperature <= 0:
                 continue
             probs = torch.softmax(logits[row].float() / temperature, dim=-1)
+            top_k = sequence.request.top_k
+            if top_k is not None and top_k < probs.shape[0]:
+                kth = torch.topk(probs, top_k).values[-1]
+                probs = torch.where(probs < kth, torch.zeros_like(probs), probs)
             top_p = sequence.request.top_p
             if top_p < 1.0:
                 sorted_probs, order = probs.sort(descending=True)
@@ -242,7 +277,36 @@ class ContinuousBatcher:
             if sequence.generator is not None:  # a seeded request's generator lives on the CPU
                 probs = probs.cpu()
             tokens[row] = torch.multinomial(probs, 1, generator=sequence.generator)[0]
+        for row, sequence in enumerate(sequences):
+            if sequence.request.logprobs is not None and not sequence.cancelled.is_set():
+                token = int(tokens[row])
+                if token not in self.eos_ids:
+                    logprobs = torch.log_softmax(raw[row].float(), dim=-1)
+                    sequence.logprobs.append(self._logprob_entry(logprobs, token, sequence.request.logprobs))
         return tokens
+
+    def _logprob_entry(self, logprobs: torch.Tensor, token: int, top: int) -> dict[str, Any]:
+        entry = self._pieces.entry(token, float(logprobs[token]))
+        if top > 0:
+            values, ids = torch.topk(logprobs, min(top, logprobs.shape[0]))
+            alternatives = zip(ids.tolist(), values.tolist(), strict=True)
+            entry["top_logprobs"] = [self._pieces.entry(i, v) for i, v in alternatives]
+        else:
+            entry["top_logprobs"] = []
+        return entry
+
+    def _prompt_logprobs(self, sequence: Sequence, logits: torch.Tensor) -> None:
+        """Entries for the prompt's tokens; ``logits`` are the prefill's outputs before each token from
+        the second on. A leading ``<bos>`` is not text: it gets no entry, and the first text token its
+        logprob after it; without a ``<bos>`` the first token's logprob is None, as OpenAI reports it."""
+        ids = sequence.prompt_ids
+        logprobs = torch.log_softmax(logits.float(), dim=-1)
+        top = sequence.request.logprobs or 0
+        bos = self.tokenizer.bos_token_id is not None and ids[:1] == [self.tokenizer.bos_token_id]
+        if not bos and ids:
+            sequence.prompt_logprobs.append({**self._pieces.entry(ids[0], None), "top_logprobs": []})
+        for position, token in enumerate(ids[1:]):
+            sequence.prompt_logprobs.append(self._logprob_entry(logprobs[position], token, top))
 
     def _accept(self, sequence: Sequence, token: int) -> None:
         """Append one token; emit text, or finish the sequence (marking it for retirement)."""
@@ -253,6 +317,8 @@ class ContinuousBatcher:
         if token in self.eos_ids:
             self._finish(sequence, self._text(sequence), "end_turn")
             return
+        if sequence.matcher is not None:
+            sequence.matcher.accept(token)
         sequence.generated.append(token)
         text = self._text(sequence)
         for stop in sequence.request.stop:
@@ -266,31 +332,36 @@ class ContinuousBatcher:
         if sequence.request.stream:
             safe = _safe_length(text, sequence.request.stop)
             if safe > sequence.emitted_chars:
-                sequence.sink(
-                    {
-                        "event": "text",
-                        "text": text[sequence.emitted_chars : safe],
-                        "output_tokens": len(sequence.generated),
-                    }
-                )
+                sequence.sink(self._text_event(sequence, text[sequence.emitted_chars : safe]))
                 sequence.emitted_chars = safe
 
     def _finish(self, sequence: Sequence, text: str, reason: StopReason) -> None:
-        if sequence.request.stream and len(text) > sequence.emitted_chars:
-            sequence.sink(
-                {"event": "text", "text": text[sequence.emitted_chars :], "output_tokens": len(sequence.generated)}
-            )
-        sequence.sink(
-            {
-                "event": "end",
-                "text": text,
-                "stop_reason": reason,
-                "input_tokens": len(sequence.prompt_ids),
-                "output_tokens": len(sequence.generated),
-                "first_token_s": round((sequence.first_token_at or time.monotonic()) - sequence.accepted_at, 6),
-            }
-        )
+        if sequence.request.stream and (
+            len(text) > sequence.emitted_chars or len(sequence.logprobs) > sequence.logprobs_sent
+        ):
+            sequence.sink(self._text_event(sequence, text[sequence.emitted_chars :]))
+        end: Event = {
+            "event": "end",
+            "text": text,
+            "stop_reason": reason,
+            "input_tokens": len(sequence.prompt_ids),
+            "output_tokens": len(sequence.generated),
+            "first_token_s": round((sequence.first_token_at or time.monotonic()) - sequence.accepted_at, 6),
+        }
+        if sequence.request.logprobs is not None:
+            end["logprobs"] = sequence.logprobs
+        if sequence.request.prompt_logprobs:
+            end["prompt_logprobs"] = sequence.prompt_logprobs
+        sequence.sink(end)
         sequence.cancelled.set()
+
+    @staticmethod
+    def _text_event(sequence: Sequence, text: str) -> Event:
+        event: Event = {"event": "text", "text": text, "output_tokens": len(sequence.generated)}
+        if sequence.request.logprobs is not None:
+            event["logprobs"] = sequence.logprobs[sequence.logprobs_sent :]
+            sequence.logprobs_sent = len(sequence.logprobs)
+        return event
 
     def _text(self, sequence: Sequence) -> str:
         text = str(self.tokenizer.decode(sequence.generated, skip_special_tokens=True))
@@ -334,6 +405,44 @@ def _safe_length(text: str, stops: tuple[str, ...]) -> int:
                 held = max(held, size)
                 break
     return end - held
+
+
+class _TokenPieces:
+    """A token's text and bytes for logprobs entries.
+
+    Byte-level BPE vocabularies (GPT-2 style, the built-in family's) spell bytes as printable
+    characters; those are mapped back to the token's exact bytes, so a token holding half of a UTF-8
+    character reports its real byte. Other tokenizers report the decoded text's bytes.
+    """
+
+    def __init__(self, tokenizer: PreTrainedTokenizerBase) -> None:
+        self.tokenizer = tokenizer
+        backend = getattr(tokenizer, "backend_tokenizer", None)
+        decoder = type(getattr(backend, "decoder", None)).__name__
+        self.byte_level = decoder == "ByteLevel"
+        self._to_byte = {char: byte for byte, char in _bytes_to_unicode().items()}
+
+    def entry(self, token: int, logprob: float | None) -> dict[str, Any]:
+        data = self.bytes(token)
+        return {"token": data.decode("utf-8", errors="replace"), "bytes": list(data), "logprob": logprob}
+
+    def bytes(self, token: int) -> bytes:
+        piece = self.tokenizer.convert_ids_to_tokens(token)
+        if self.byte_level and isinstance(piece, str) and all(char in self._to_byte for char in piece):
+            return bytes(self._to_byte[char] for char in piece)
+        return str(self.tokenizer.decode([token], skip_special_tokens=False)).encode("utf-8")
+
+
+def _bytes_to_unicode() -> dict[int, str]:
+    """GPT-2's reversible byte -> printable character table, used by byte-level BPE vocabularies."""
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    table = {byte: chr(byte) for byte in printable}
+    extra = 0
+    for byte in range(256):
+        if byte not in table:
+            table[byte] = chr(256 + extra)
+            extra += 1
+    return table
 
 
 def _eos_ids(model: Any, tokenizer: PreTrainedTokenizerBase) -> set[int]:

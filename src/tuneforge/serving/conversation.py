@@ -3,8 +3,10 @@
 The model sees a conversation through the plain-text template training used
 (:func:`tuneforge.recipes.components.render_prompt`, applied in the engine):
 ``System: ...``, then ``User: ...\\nAssistant:`` turns. So a conversation must start with a user
-message, alternate, and end with a user message (the assistant's turn is what gets generated), and
-it may hold text only.
+message, alternate, and hold text only. It ends with a user message (the assistant's turn is what
+gets generated) or with an assistant message, which the model continues (prefill: the answer
+starts with that text, and only the continuation is returned). Text blocks may not be blank, as on
+Bedrock.
 """
 
 from __future__ import annotations
@@ -47,6 +49,11 @@ def text_blocks(blocks: Any, member: str) -> list[dict[str, str]]:
                 raise constraint_errors(
                     [f"Value at '{member}.text' failed to satisfy constraint: Member must be a string"]
                 )
+            if not value.strip():
+                raise ValidationException(
+                    f"The text field in the ContentBlock object at {member} is blank. "
+                    "Add text to the text field, and try again."
+                )
             out.append({"text": value})
         elif kind == "cachePoint":
             continue
@@ -84,8 +91,4 @@ def check_conversation(system: list[dict[str, str]], messages: Any) -> Conversat
                 "A conversation must alternate between user and assistant roles. Make sure the conversation "
                 "alternates between user and assistant roles and try again."
             )
-    if checked[-1]["role"] != "user":
-        raise ValidationException(
-            "The last message must be from the user: the assistant's reply is what the model generates."
-        )
     return {"system": system, "messages": checked}

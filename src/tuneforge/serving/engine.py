@@ -54,6 +54,23 @@ def model_folder(source: str, settings: Settings) -> Path:
     return folder
 
 
+def render(request: GenerationRequest) -> tuple[str, bool]:
+    """The prompt text, and whether the answer's leading space belongs to the template.
+
+    A conversation ending with an assistant message is a prefill: the prompt ends with that partial
+    answer, rendered as training renders an answer (`` <text>``) but without its end of turn, so the
+    model continues it and only the continuation is returned.
+    """
+    if request.conversation is None:
+        assert request.prompt is not None
+        return request.prompt, False
+    messages = request.conversation["messages"]
+    if messages[-1]["role"] != "assistant":
+        return render_prompt(request.conversation), True
+    prefill = "".join(block["text"] for block in messages[-1]["content"])
+    return render_prompt(request.conversation) + " " + prefill, False
+
+
 def warm_up(batcher: ContinuousBatcher) -> None:
     """One short generation, so the first real request does not pay for lazy initialisation."""
     request = GenerationRequest(prompt="warm up", max_tokens=2)
@@ -81,14 +98,16 @@ class Connection:
                 return
             try:
                 request = GenerationRequest.from_json(json.loads(line))
-                prompt = request.prompt if request.conversation is None else render_prompt(request.conversation)
-                assert prompt is not None
+                prompt, strip_leading_space = render(request)
                 prompt_ids = self.batcher.tokenize(prompt, request.max_tokens)
+                matcher = self.batcher.matcher(request.response_format)
             except (ValueError, KeyError, TypeError) as exc:
                 self.send({"event": "error", "code": "ValidationException", "message": str(exc)})
                 return
             events: queue.SimpleQueue[Event] = queue.SimpleQueue()
-            sequence = Sequence(request, prompt_ids, events.put, strip_leading_space=request.conversation is not None)
+            sequence = Sequence(
+                request, prompt_ids, events.put, strip_leading_space=strip_leading_space, matcher=matcher
+            )
             try:
                 self.send({"event": "start", "input_tokens": len(prompt_ids), "prompt": prompt})
                 self.batcher.submit(sequence)
@@ -103,7 +122,10 @@ class Connection:
                             break
                         if pending["event"] != "text":
                             break
-                        event = {**pending, "text": event["text"] + pending["text"]}
+                        merged = {**pending, "text": event["text"] + pending["text"]}
+                        if "logprobs" in pending:
+                            merged["logprobs"] = [*event["logprobs"], *pending["logprobs"]]
+                        event = merged
                         pending = None
                     self.send(event)
                     if event["event"] in ("end", "error"):

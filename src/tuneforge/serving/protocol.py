@@ -6,10 +6,15 @@ line; the engine answers with lines, each one event:
 - ``{"event": "start", "input_tokens": N, "prompt": "..."}``: the prompt (a conversation rendered
   with the model's template) was tokenized and accepted;
 - ``{"event": "text", "text": "...", "output_tokens": M}``: new text (only when the request asked
-  to stream);
+  to stream), with ``"logprobs": [...]`` for the tokens behind it when the request asked for them;
 - ``{"event": "end", "text": "<all of it>", "stop_reason": ..., "input_tokens": N, "output_tokens": M,
   "first_token_s": S}``, where ``S`` is the time from the engine accepting the request (just before
-  ``start``) to its first sampled token: the queueing and prefill part of time to first token;
+  ``start``) to its first sampled token: the queueing and prefill part of time to first token; with
+  ``"logprobs"`` (every generated token) and ``"prompt_logprobs"`` when asked.
+
+A logprobs entry is ``{"token": str, "bytes": [int], "logprob": float, "top_logprobs": [{"token",
+"bytes", "logprob"}]}`` (OpenAI's chat shape); a prompt entry's ``logprob`` is None for the first
+token, which nothing precedes.
 - ``{"event": "error", "code": "ValidationException", "message": "..."}`` instead of ``start``.
 
 Closing the connection cancels the generation. A Unix socket (mode 0600 in the data directory)
@@ -43,6 +48,16 @@ class GenerationRequest:
     stop: tuple[str, ...] = field(default_factory=tuple)
     stream: bool = False
     seed: int | None = None
+    """Any non-negative int below 2**63 (the API maps larger ones into that range)."""
+    top_k: int | None = None
+    """Sample only among the ``top_k`` most likely tokens (None: all)."""
+    logprobs: int | None = None
+    """None: no logprobs; k: each generated token's logprob and its ``k`` most likely alternatives."""
+    prompt_logprobs: bool = False
+    """Also the prompt's token logprobs (OpenAI completions' ``echo`` with ``logprobs``)."""
+    response_format: dict[str, Any] | None = None
+    """``{"type": "json_object"}`` or ``{"type": "json_schema", "schema": {...}}``: the output is
+    constrained to parse as JSON (matching the schema), see :mod:`tuneforge.serving.constrained`."""
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
@@ -62,4 +77,8 @@ class GenerationRequest:
             stop=tuple(str(s) for s in data.get("stop") or ()),
             stream=bool(data.get("stream", False)),
             seed=None if data.get("seed") is None else int(data["seed"]),
+            top_k=None if data.get("top_k") is None else int(data["top_k"]),
+            logprobs=None if data.get("logprobs") is None else int(data["logprobs"]),
+            prompt_logprobs=bool(data.get("prompt_logprobs", False)),
+            response_format=data.get("response_format"),
         )

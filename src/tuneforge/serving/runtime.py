@@ -8,7 +8,8 @@
   first use (the request waits for it) and stopped after ``on_demand_idle_minutes`` without use;
 - a **custom model** ARN or name: refused with ValidationException, because custom models are
   served only through provisioned throughput (as on Bedrock);
-- anything else: ValidationException ("The provided model identifier is invalid.").
+- anything else: ValidationException ("The provided model identifier is invalid."), which the
+  OpenAI surface answers as 404 ``model_not_found`` (:class:`UnknownModel`).
 """
 
 from __future__ import annotations
@@ -44,6 +45,22 @@ from tuneforge.serving.usage import UsageMeter
 INVALID_MODEL = "The provided model identifier is invalid."
 
 
+class UnknownModel(ValidationException):
+    """No model answers to this id: ValidationException on Bedrock, 404 ``model_not_found`` on OpenAI."""
+
+    def __init__(self, model_id: str) -> None:
+        super().__init__(INVALID_MODEL)
+        self.model_id = model_id
+
+
+class InvalidParameter(ValidationException):
+    """A request member that cannot be honoured; ``param`` names it (OpenAI's ``error.param``)."""
+
+    def __init__(self, message: str, param: str) -> None:
+        super().__init__(message)
+        self.param = param
+
+
 @dataclass(frozen=True)
 class Target:
     """Where a request goes, resolved from its ``modelId``."""
@@ -56,6 +73,8 @@ class Target:
     provisioned_model_id: str | None = None
     provisioned_model_arn: str | None = None
     on_demand: ServedModel | None = None
+    tool_use: bool = False
+    """The model's chat template supports tools (see ``FoundationModel.tool_use``)."""
 
     @property
     def metrics_label(self) -> str:
@@ -94,10 +113,10 @@ class RuntimeService:
             try:
                 served = self.throughput.resolve_model(identifier)
             except ResourceNotFoundException:
-                raise ValidationException(INVALID_MODEL) from None
+                raise UnknownModel(model_id) from None
             return self._on_demand(model_id, served)
         if kind:
-            raise ValidationException(INVALID_MODEL)
+            raise UnknownModel(model_id)
         with self.throughput.db.session() as session:
             row = session.scalar(
                 select(ProvisionedModel).where(ProvisionedModel.name == identifier, ProvisionedModel.status != DELETED)
@@ -107,7 +126,7 @@ class RuntimeService:
             return self._provisioned(model_id, row)
         if custom is not None:
             raise self._needs_provisioned_throughput(custom)
-        raise ValidationException(INVALID_MODEL)
+        raise UnknownModel(model_id)
 
     def _provisioned(self, model_id: str, row: ProvisionedModel) -> Target:
         if row.status == "Creating":
@@ -125,6 +144,7 @@ class RuntimeService:
             group=pt_group(row.id),
             model_arn=row.model_arn,
             limits=served.foundation.limits,
+            tool_use=served.foundation.tool_use,
             provisioned_model_id=row.id,
             provisioned_model_arn=row.arn,
         )
@@ -140,6 +160,7 @@ class RuntimeService:
             group=on_demand_group(served.foundation.model_id),
             model_arn=served.arn,
             limits=served.foundation.limits,
+            tool_use=served.foundation.tool_use,
             on_demand=served,
         )
 

@@ -1,4 +1,6 @@
-"""OpenAI-compatible routes: ``/v1/models``, ``/v1/chat/completions``, ``/v1/completions``. HTTP only."""
+"""OpenAI-compatible routes: ``/v1/models`` (and one by id), ``/v1/chat/completions``, ``/v1/completions``.
+
+HTTP only."""
 
 from __future__ import annotations
 
@@ -6,27 +8,16 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import StreamingResponse
-from pydantic import ValidationError
 
 from tuneforge.api.deps import get_openai
-from tuneforge.api.openai.protocol import ChatCompletionRequest, CompletionRequest
+from tuneforge.api.openai.protocol import ChatCompletionRequest, CompletionRequest, parse_request
 from tuneforge.api.openai.serving import OpenAIServing
 from tuneforge.api.runtime.protocol import json_object
 from tuneforge.api.runtime.routes import caller
-from tuneforge.errors import ValidationException
 
 router = APIRouter(prefix="/v1")
 ServingDep = Annotated[OpenAIServing, Depends(get_openai)]
 SSE = "text/event-stream"
-
-
-def _parse(model: type[ChatCompletionRequest] | type[CompletionRequest], body: dict[str, Any]) -> Any:
-    try:
-        return model.model_validate(body)
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(part) for part in first["loc"])
-        raise ValidationException(f"Invalid value for '{where}': {first['msg']}") from None
 
 
 @router.get("/models")
@@ -34,10 +25,15 @@ def list_models(serving: ServingDep) -> dict[str, Any]:
     return serving.models()
 
 
+@router.get("/models/{model_id:path}")
+def retrieve_model(model_id: str, serving: ServingDep) -> dict[str, Any]:
+    return serving.model(model_id)
+
+
 @router.post("/chat/completions", response_model=None)
 async def chat_completions(request: Request, serving: ServingDep) -> dict[str, Any] | StreamingResponse:
     body = json_object(await request.body())
-    parsed: ChatCompletionRequest = _parse(ChatCompletionRequest, body)
+    parsed = parse_request(ChatCompletionRequest, body)
     if parsed.stream:
         return StreamingResponse(await serving.chat_stream(parsed, body, caller(request)), media_type=SSE)
     return await serving.chat(parsed, body, caller(request))
@@ -46,7 +42,7 @@ async def chat_completions(request: Request, serving: ServingDep) -> dict[str, A
 @router.post("/completions", response_model=None)
 async def completions(request: Request, serving: ServingDep) -> dict[str, Any] | StreamingResponse:
     body = json_object(await request.body())
-    parsed: CompletionRequest = _parse(CompletionRequest, body)
+    parsed = parse_request(CompletionRequest, body)
     if parsed.stream:
         return StreamingResponse(await serving.complete_stream(parsed, body, caller(request)), media_type=SSE)
     return await serving.complete(parsed, body, caller(request))

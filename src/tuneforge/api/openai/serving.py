@@ -2,32 +2,43 @@
 
 ``model`` takes what Bedrock's ``modelId`` takes: a provisioned throughput's name or ARN, or a
 foundation model id for on-demand inference. Chat messages are checked and rendered exactly like
-Converse messages (``system``/``developer`` messages become the system prompt). Streams are
-server-sent events (``data: {...}``, then ``data: [DONE]``).
+Converse messages (``system``/``developer`` messages become the system prompt; a final assistant
+message is continued, as Converse continues it). Streams are server-sent events (``data: {...}``,
+then ``data: [DONE]``).
+
+``n`` choices are ``n`` generations of the same prompt, started together so the engine batches
+them; a request with a ``seed`` gives choice ``i`` the seed ``seed + i``, so choices differ when
+sampling and the whole answer is still repeatable.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from typing import Any
 
 from tuneforge.api.openai.protocol import (
     FINISH_REASONS,
+    SEED_RANGE,
     ChatCompletionRequest,
     CompletionRequest,
     chat_chunk,
     chat_completion,
     completion,
+    completion_choice,
+    completion_logprobs,
     service_error,
-    usage,
+    total_usage,
     usage_chunk,
 )
 from tuneforge.api.runtime.protocol import Sampling
 from tuneforge.api.runtime.serving import Caller, Generation, Inference
 from tuneforge.errors import ServiceError
-from tuneforge.serving.runtime import collect
+from tuneforge.serving.conversation import Conversation
+from tuneforge.serving.runtime import UnknownModel, collect
 from tuneforge.serving.throughput import ThroughputService
 
 
@@ -38,16 +49,6 @@ def _sse(data: dict[str, Any]) -> bytes:
 DONE = b"data: [DONE]\n\n"
 
 
-def _sampling(request: ChatCompletionRequest | CompletionRequest, max_tokens: int | None) -> Sampling:
-    return Sampling(
-        max_tokens=max_tokens,
-        temperature=request.temperature or 0.0,
-        top_p=request.top_p or 1.0,
-        stop=request.stops(),
-        seed=request.seed,
-    )
-
-
 class OpenAIServing:
     def __init__(self, inference: Inference, throughput: ThroughputService) -> None:
         self.inference = inference
@@ -55,43 +56,116 @@ class OpenAIServing:
 
     def models(self) -> dict[str, Any]:
         """On-demand foundation models by id, and live provisioned throughputs by name."""
+        return {"object": "list", "data": [entry for entry, _ in self._entries()]}
+
+    def model(self, model_id: str) -> dict[str, Any]:
+        """One model of :meth:`models`, by its id (a provisioned throughput also by its ARN)."""
+        for entry, aliases in self._entries():
+            if model_id in aliases:
+                return entry
+        raise UnknownModel(model_id)
+
+    def _entries(self) -> list[tuple[dict[str, Any], tuple[str, ...]]]:
         created = int(time.time())
-        data = [
-            {"id": m.model_id, "object": "model", "created": created, "owned_by": m.provider}
+        entries: list[tuple[dict[str, Any], tuple[str, ...]]] = [
+            ({"id": m.model_id, "object": "model", "created": created, "owned_by": m.provider}, (m.model_id,))
             for m in self.throughput.catalog.all()
             if "ON_DEMAND" in m.inference_types
         ]
-        data += [
-            {"id": row.name, "object": "model", "created": int(row.created_at.timestamp()), "owned_by": "tuneforge"}
+        entries += [
+            (
+                {
+                    "id": row.name,
+                    "object": "model",
+                    "created": int(row.created_at.timestamp()),
+                    "owned_by": "tuneforge",
+                },
+                (row.name, row.arn),
+            )
             for row in self.throughput.live()
         ]
-        return {"object": "list", "data": data}
+        return entries
+
+    async def _start(
+        self,
+        request: ChatCompletionRequest | CompletionRequest,
+        sampling: Sampling,
+        *,
+        stream: bool,
+        conversation: Conversation | None = None,
+        prompt: str | None = None,
+        tools: bool = False,
+    ) -> list[Generation]:
+        """``request.n`` generations, started together; if one cannot start, none is left running."""
+        request.check()
+
+        def choice(index: int) -> Sampling:
+            if sampling.seed is None or index == 0:
+                return sampling
+            return replace(sampling, seed=(sampling.seed + index) % SEED_RANGE)
+
+        starts = [
+            self.inference.start(
+                request.model,
+                choice(index),
+                stream=stream,
+                conversation=conversation,
+                prompt=prompt,
+                max_tokens_member="max_tokens",
+                prompt_member="messages" if conversation is not None else "prompt",
+                tools_member="tools" if tools else None,
+                api="openai",
+            )
+            for index in range(request.n)
+        ]
+        results = await asyncio.gather(*starts, return_exceptions=True)
+        generations = [r for r in results if isinstance(r, Generation)]
+        failure = next((r for r in results if isinstance(r, BaseException)), None)
+        if failure is not None:
+            for generation in generations:
+                await generation.events.aclose()
+            raise failure
+        return generations
+
+    async def _collect(self, generations: list[Generation]) -> list[dict[str, Any]]:
+        return list(await asyncio.gather(*(collect(g.events) for g in generations)))
+
+    async def _log(
+        self,
+        operation: str,
+        generations: list[Generation],
+        caller: Caller,
+        body: dict[str, Any],
+        response: dict[str, Any],
+        ends: list[dict[str, Any]],
+    ) -> None:
+        """One invocation-log record per request, with the usage of all its choices."""
+        end = {**ends[0], "output_tokens": total_usage(ends)["completion_tokens"]}
+        await self.inference.log(operation, generations[0], caller, body, response, end)
 
     # -- chat -----------------------------------------------------------------------------------
 
+    async def _start_chat(self, request: ChatCompletionRequest, *, stream: bool) -> list[Generation]:
+        return await self._start(
+            request,
+            request.to_sampling(),
+            stream=stream,
+            conversation=request.conversation(),
+            tools=bool(request.tools),
+        )
+
     async def chat(self, request: ChatCompletionRequest, body: dict[str, Any], caller: Caller) -> dict[str, Any]:
-        generation = await self._start_chat(request, stream=False)
-        end = await collect(generation.events)
-        response = chat_completion(caller.request_id, request.model, end)
-        await self.inference.log("OpenAI.ChatCompletions", generation, caller, body, response, end)
+        generations = await self._start_chat(request, stream=False)
+        ends = await self._collect(generations)
+        response = chat_completion(caller.request_id, request.model, ends)
+        await self._log("OpenAI.ChatCompletions", generations, caller, body, response, ends)
         return response
 
     async def chat_stream(
         self, request: ChatCompletionRequest, body: dict[str, Any], caller: Caller
     ) -> AsyncIterator[bytes]:
-        generation = await self._start_chat(request, stream=True)
+        (generation,) = await self._start_chat(request, stream=True)
         return self._chat_events(generation, request, body, caller)
-
-    async def _start_chat(self, request: ChatCompletionRequest, *, stream: bool) -> Generation:
-        max_tokens = request.max_completion_tokens or request.max_tokens
-        return await self.inference.start(
-            request.model,
-            _sampling(request, max_tokens),
-            stream=stream,
-            conversation=request.conversation(),
-            max_tokens_member="max_tokens",
-            api="openai",
-        )
 
     async def _chat_events(
         self, generation: Generation, request: ChatCompletionRequest, body: dict[str, Any], caller: Caller
@@ -102,7 +176,7 @@ class OpenAIServing:
         try:
             async for event in generation.events:
                 if event["event"] == "text":
-                    yield _sse(chat_chunk(rid, model, {"content": event["text"]}))
+                    yield _sse(chat_chunk(rid, model, {"content": event["text"]}, logprobs=event.get("logprobs")))
                 elif event["event"] == "end":
                     end = event
         except ServiceError as exc:
@@ -115,44 +189,57 @@ class OpenAIServing:
         if request.stream_options and request.stream_options.include_usage:
             yield _sse(usage_chunk(f"chatcmpl-{rid}", model, "chat.completion.chunk", end))
         yield DONE
-        response = chat_completion(rid, model, end)
-        await self.inference.log("OpenAI.ChatCompletions", generation, caller, body, response, end)
+        response = chat_completion(rid, model, [end])
+        await self._log("OpenAI.ChatCompletions", [generation], caller, body, response, [end])
 
     # -- completions ----------------------------------------------------------------------------
 
+    async def _start_completion(self, request: CompletionRequest, *, stream: bool) -> list[Generation]:
+        return await self._start(request, request.to_sampling(), stream=stream, prompt=request.prompt_text())
+
+    @staticmethod
+    def _choice(request: CompletionRequest, index: int, end: dict[str, Any]) -> dict[str, Any]:
+        """A choice's text and logprobs; with ``echo`` the prompt (and its token logprobs) come first."""
+        prefix = request.prompt_text() if request.echo else ""
+        entries = end.get("logprobs")
+        if entries is not None and request.echo:
+            entries = [*end.get("prompt_logprobs", []), *entries]
+        return completion_choice(
+            index, prefix + end["text"], FINISH_REASONS[end["stop_reason"]], completion_logprobs(entries)
+        )
+
     async def complete(self, request: CompletionRequest, body: dict[str, Any], caller: Caller) -> dict[str, Any]:
-        generation = await self._start_completion(request, stream=False)
-        end = await collect(generation.events)
-        response = completion(caller.request_id, request.model, end["text"], FINISH_REASONS[end["stop_reason"]])
-        response["usage"] = usage(end["input_tokens"], end["output_tokens"])
-        await self.inference.log("OpenAI.Completions", generation, caller, body, response, end)
+        generations = await self._start_completion(request, stream=False)
+        ends = await self._collect(generations)
+        choices = [self._choice(request, index, end) for index, end in enumerate(ends)]
+        response = completion(caller.request_id, request.model, choices)
+        response["usage"] = total_usage(ends)
+        await self._log("OpenAI.Completions", generations, caller, body, response, ends)
         return response
 
     async def complete_stream(
         self, request: CompletionRequest, body: dict[str, Any], caller: Caller
     ) -> AsyncIterator[bytes]:
-        generation = await self._start_completion(request, stream=True)
+        (generation,) = await self._start_completion(request, stream=True)
         return self._completion_events(generation, request, body, caller)
-
-    async def _start_completion(self, request: CompletionRequest, *, stream: bool) -> Generation:
-        return await self.inference.start(
-            request.model,
-            _sampling(request, request.max_tokens),
-            stream=stream,
-            prompt=request.prompt_text(),
-            max_tokens_member="max_tokens",
-            api="openai",
-        )
 
     async def _completion_events(
         self, generation: Generation, request: CompletionRequest, body: dict[str, Any], caller: Caller
     ) -> AsyncIterator[bytes]:
         rid, model = caller.request_id, request.model
         end: dict[str, Any] | None = None
+        offset = 0
+        if request.echo:
+            prompt = request.prompt_text()
+            # The prompt's logprobs arrive only with the end event: the echo chunk carries the text.
+            yield _sse(completion(rid, model, [completion_choice(0, prompt, None)]))
+            offset = len(prompt)
         try:
             async for event in generation.events:
                 if event["event"] == "text":
-                    yield _sse(completion(rid, model, event["text"], None))
+                    logprobs = completion_logprobs(event.get("logprobs"), offset)
+                    offset += len(event["text"])
+                    yield _sse(completion(rid, model, [completion_choice(0, event["text"], None, logprobs)]))
                 elif event["event"] == "end":
                     end = event
         except ServiceError as exc:
@@ -161,10 +248,10 @@ class OpenAIServing:
         finally:
             await generation.events.aclose()
         assert end is not None
-        yield _sse(completion(rid, model, "", FINISH_REASONS[end["stop_reason"]]))
+        yield _sse(completion(rid, model, [completion_choice(0, "", FINISH_REASONS[end["stop_reason"]])]))
         if request.stream_options and request.stream_options.include_usage:
             yield _sse(usage_chunk(f"cmpl-{rid}", model, "text_completion", end))
         yield DONE
-        response = completion(rid, model, end["text"], FINISH_REASONS[end["stop_reason"]])
-        response["usage"] = usage(end["input_tokens"], end["output_tokens"])
-        await self.inference.log("OpenAI.Completions", generation, caller, body, response, end)
+        response = completion(rid, model, [self._choice(request, 0, end)])
+        response["usage"] = total_usage([end])
+        await self._log("OpenAI.Completions", [generation], caller, body, response, [end])

@@ -31,7 +31,7 @@ from tuneforge.serving.conversation import Conversation
 from tuneforge.serving.invocation_logs import InvocationLogs
 from tuneforge.serving.metrics import Api
 from tuneforge.serving.protocol import GenerationRequest
-from tuneforge.serving.runtime import RuntimeService, Target, collect
+from tuneforge.serving.runtime import InvalidParameter, RuntimeService, Target, collect
 
 STREAM_EXCEPTIONS = {
     "ValidationException": "validationException",
@@ -61,12 +61,25 @@ class Generation:
         return int(((since or time.perf_counter()) - self.started) * 1000)
 
 
+def prompt_chars(prompt: str | None, conversation: Conversation | None) -> int:
+    if conversation is None:
+        return len(prompt or "")
+    blocks = [*conversation["system"], *(b for m in conversation["messages"] for b in m["content"])]
+    return sum(len(block["text"]) for block in blocks)
+
+
 class Inference:
-    """Shared by the Bedrock runtime and the OpenAI surfaces: start a generation, log it."""
+    """Shared by the Bedrock runtime and the OpenAI surfaces: start a generation, log it.
+
+    Both surfaces' requests pass the same checks here, in the same order: the prompt's size (before
+    anything is resolved or tokenized, so a 50 MB prompt is refused at once), the model, ``maxTokens``,
+    then what the model can do (tools).
+    """
 
     def __init__(self, runtime: RuntimeService, logs: InvocationLogs) -> None:
         self.runtime = runtime
         self.logs = logs
+        self.max_prompt_chars = runtime.manager.settings.max_prompt_chars
 
     async def start(
         self,
@@ -77,12 +90,27 @@ class Inference:
         prompt: str | None = None,
         conversation: Conversation | None = None,
         max_tokens_member: str = "inferenceConfig.maxTokens",
+        prompt_member: str = "messages",
+        tools_member: str | None = None,
         api: Api = "bedrock",
     ) -> Generation:
+        """``tools_member`` names the member that asked for tools, if the request did."""
         started = time.perf_counter()
+        chars = prompt_chars(prompt, conversation)
+        if chars > self.max_prompt_chars:
+            raise InvalidParameter(
+                f"The prompt has {chars} characters, more than the limit of {self.max_prompt_chars} "
+                "(setting max_prompt_chars). Shorten the input and try again.",
+                prompt_member,
+            )
         target = await asyncio.to_thread(self.runtime.resolve, model_id)
         max_tokens = target.limits.max_output_tokens if sampling.max_tokens is None else sampling.max_tokens
         self.runtime.check_max_tokens(target, max_tokens, max_tokens_member)
+        if tools_member is not None and not target.tool_use:
+            raise InvalidParameter(
+                f"This model doesn't support tool use ({tools_member}): its chat template has no tool support.",
+                tools_member,
+            )
         request = GenerationRequest(
             max_tokens=max_tokens,
             prompt=prompt,
@@ -92,6 +120,10 @@ class Inference:
             stop=sampling.stop,
             stream=stream,
             seed=sampling.seed,
+            top_k=sampling.top_k,
+            logprobs=sampling.logprobs,
+            prompt_logprobs=sampling.prompt_logprobs,
+            response_format=sampling.response_format,
         )
         events = self.runtime.generate(target, request, api)
         try:
@@ -143,7 +175,11 @@ class BedrockRuntime:
     async def converse(self, model_id: str, body: dict[str, Any], caller: Caller) -> dict[str, Any]:
         parsed = parse_converse(body)
         generation = await self.inference.start(
-            model_id, parsed.sampling, stream=False, conversation=parsed.conversation
+            model_id,
+            parsed.sampling,
+            stream=False,
+            conversation=parsed.conversation,
+            tools_member="toolConfig" if parsed.tools else None,
         )
         end = await collect(generation.events)
         response = converse_response(
@@ -155,7 +191,11 @@ class BedrockRuntime:
     async def converse_stream(self, model_id: str, body: dict[str, Any], caller: Caller) -> AsyncIterator[bytes]:
         parsed = parse_converse(body)
         generation = await self.inference.start(
-            model_id, parsed.sampling, stream=True, conversation=parsed.conversation
+            model_id,
+            parsed.sampling,
+            stream=True,
+            conversation=parsed.conversation,
+            tools_member="toolConfig" if parsed.tools else None,
         )
         return self._converse_frames(generation, body, caller, parsed.request_metadata)
 
@@ -196,7 +236,12 @@ class BedrockRuntime:
     ) -> tuple[dict[str, Any], dict[str, str]]:
         parsed = parse_native(body)
         generation = await self.inference.start(
-            model_id, parsed.sampling, stream=False, prompt=parsed.prompt, max_tokens_member="max_gen_len"
+            model_id,
+            parsed.sampling,
+            stream=False,
+            prompt=parsed.prompt,
+            max_tokens_member="max_gen_len",
+            prompt_member="prompt",
         )
         end = await collect(generation.events)
         response = native_response(end["text"], end["stop_reason"], end["input_tokens"], end["output_tokens"])
@@ -213,7 +258,12 @@ class BedrockRuntime:
     ) -> AsyncIterator[bytes]:
         parsed = parse_native(body)
         generation = await self.inference.start(
-            model_id, parsed.sampling, stream=True, prompt=parsed.prompt, max_tokens_member="max_gen_len"
+            model_id,
+            parsed.sampling,
+            stream=True,
+            prompt=parsed.prompt,
+            max_tokens_member="max_gen_len",
+            prompt_member="prompt",
         )
         return self._chunks(generation, body, caller, metadata)
 
