@@ -185,8 +185,12 @@ def encode_record(record: Mapping[str, Any], tokenizer: PreTrainedTokenizerBase,
 
 
 def read_jsonl(path: Path) -> list[dict[str, Any]]:
-    """The records of an already validated JSONL file (blank lines skipped)."""
-    with path.open(encoding="utf-8") as handle:
+    """The records of an already validated JSONL file (blank lines skipped).
+
+    ``utf-8-sig`` drops a byte-order mark before the first record, as validation does: a file
+    saved by an editor that writes one must not pass validation and then fail here.
+    """
+    with path.open(encoding="utf-8-sig") as handle:
         return [json.loads(line) for line in handle if line.strip()]
 
 
