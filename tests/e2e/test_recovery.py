@@ -14,7 +14,9 @@ import pytest
 from tests.e2e.conftest import BASE_MODEL, ROLE, Server, make_server, wait_for_status
 from tuneforge.data.tasks import make_classification_task, write_jsonl
 from tuneforge.db.tables import Job
+from tuneforge.demo import free_port
 from tuneforge.services import Services
+from tuneforge.settings import Settings
 
 pytestmark = pytest.mark.e2e
 
@@ -97,5 +99,60 @@ def test_killed_worker_without_checkpoint_fails_with_a_clear_message(tmp_path: P
         assert job["failureMessage"].startswith("Job interrupted: the worker process ended unexpectedly")
         assert "no checkpoint to resume from" in job["failureMessage"]
         assert job["statusDetails"]["trainingDetails"]["status"] == "Failed"
+    finally:
+        server.stop()
+
+
+def live_workers(job_ids: set[str]) -> dict[int, str]:
+    """pid -> job id of every running ``tuneforge.jobs.worker`` process for ``job_ids`` on this host."""
+    found: dict[int, str] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            args = (entry / "cmdline").read_bytes().rstrip(b"\0").split(b"\0")
+        except OSError:
+            continue
+        if len(args) >= 2 and args[-2] == b"tuneforge.jobs.worker" and args[-1].decode() in job_ids:
+            found[int(entry.name)] = args[-1].decode()
+    return found
+
+
+@pytest.mark.skipif(not Path("/proc/self/cmdline").exists(), reason="counts worker processes through /proc")
+def test_worker_left_by_a_killed_server_is_adopted_within_the_concurrency_limit(tmp_path: Path) -> None:
+    """kill -9 of the server alone: its worker keeps training. The restarted server adopts it and
+    starts no second worker beside it (WORKER_CONCURRENCY=1) until it is done."""
+    server = Server(Settings(data_dir=tmp_path / "data", port=free_port(), worker_concurrency=1, worker_threads=1))
+    server.start()
+    try:
+        first = start_job(server, tmp_path, "orphan", {"epochCount": "1", "checkpointEverySteps": "0"})
+        second = start_job(server, tmp_path, "queued-behind", {"epochCount": "1", "batchSize": "32"})
+        ids = {first.rsplit("/", 1)[-1], second.rsplit("/", 1)[-1]}
+        deadline = time.monotonic() + 120
+        while not any(e["kind"] == "progress" for e in events(server, first)):
+            assert time.monotonic() < deadline, "training never started"
+            time.sleep(0.1)
+        (orphan_pid,) = live_workers(ids)
+        server.kill()
+        server.start()
+
+        most_at_once = 0
+        bedrock = server.bedrock()
+        deadline = time.monotonic() + 300
+        while True:
+            most_at_once = max(most_at_once, len(live_workers(ids)))
+            statuses = [bedrock.get_model_customization_job(jobIdentifier=arn)["status"] for arn in (first, second)]
+            if all(status in ("Completed", "Failed", "Stopped") for status in statuses):
+                break
+            assert time.monotonic() < deadline, statuses
+            time.sleep(0.1)
+        assert most_at_once == 1
+        assert statuses == ["Completed", "Completed"]
+        history = events(server, first)
+        assert any(
+            f"worker (pid {orphan_pid}) is still running and was adopted" in (e["data"].get("message") or "")
+            for e in history
+        )
+        assert not any("resuming" in (e["data"].get("message") or "") for e in history)
     finally:
         server.stop()

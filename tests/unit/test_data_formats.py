@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -17,6 +18,7 @@ from tuneforge.data.formats import (
     parse_record,
     record_format,
 )
+from tuneforge.data.tasks import write_jsonl
 
 
 def msg(role: str, text: str) -> dict[str, Any]:
@@ -250,3 +252,10 @@ def test_record_error_str_names_the_field() -> None:
 )
 def test_json_type_names(value: object, name: str) -> None:
     assert json_type_name(value) == name
+
+
+def test_write_jsonl_accepts_a_plain_string_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    written = write_jsonl("train.jsonl", [{"prompt": "a", "completion": "é"}])
+    assert written == Path("train.jsonl")
+    assert (tmp_path / "train.jsonl").read_text(encoding="utf-8") == '{"prompt": "a", "completion": "é"}\n'

@@ -89,6 +89,26 @@ def test_preflight_does_not_hold_documents_to_the_chunk_length(tmp_path: Path) -
 # --------------------------------------------------------------------------- the CPT demo domain
 
 
+def test_recipes_read_a_byte_order_mark_as_validation_does(tmp_path: Path) -> None:
+    """Validation accepts a BOM before the first record; the recipes' reader must too."""
+    from tuneforge.catalog.models import FINE_TUNING, TokenLimits
+    from tuneforge.data.validate import validate_file
+    from tuneforge.recipes.components import read_jsonl
+
+    path = tmp_path / "bom.jsonl"
+    path.write_bytes(b'\xef\xbb\xbf{"prompt": "a", "completion": "b"}\n{"prompt": "c", "completion": "d"}\n')
+    report = validate_file(
+        path,
+        customization_type=FINE_TUNING,
+        limits=TokenLimits(512, 512, 512),
+        count_tokens=len,
+        max_records=10,
+        max_bytes=1 << 20,
+    )
+    assert report.ok and report.records == 2
+    assert read_jsonl(path) == [{"prompt": "a", "completion": "b"}, {"prompt": "c", "completion": "d"}]
+
+
 def test_domain_documents_are_deterministic_and_state_every_probed_fact() -> None:
     train, test, probes = make_domain_documents(n_train=50, n_test=10, seed=3)
     assert (train, test, probes) == make_domain_documents(n_train=50, n_test=10, seed=3)
@@ -250,7 +270,7 @@ def test_every_prompt_is_trained_held_out_or_rejected_with_its_reason(processed:
         ("train.jsonl", 1): ("trained", None, "teacher"),
         ("train.jsonl", 2): ("trained", None, "golden"),
         ("train.jsonl", 3): ("rejected", "duplicate", None),
-        ("train.jsonl", 4): ("rejected", "truncated", None),
+        ("train.jsonl", 4): ("trained", None, "teacher"),
         ("train.jsonl", 5): ("rejected", "empty response", None),
         ("train.jsonl", 6): ("rejected", "too long", None),
         ("validation.jsonl", 1): ("heldOut", None, "teacher"),
@@ -261,6 +281,7 @@ def test_every_prompt_is_trained_held_out_or_rejected_with_its_reason(processed:
     assert by_line[("validation.jsonl", 1)].golden == "reference"
     assert by_line[("validation.jsonl", 1)].response == "fine"
     assert by_line[("train.jsonl", 3)].detail == "same prompt as line 1"
+    assert (by_line[("train.jsonl", 4)].response, by_line[("train.jsonl", 4)].truncated) == ("and then", True)
     assert by_line[("train.jsonl", 1)].conversation()["messages"][-1] == {
         "role": "assistant",
         "content": [{"text": "fine"}],
@@ -299,16 +320,41 @@ def test_batched_teacher_answers_equal_one_at_a_time_greedy_answers(tmp_path: Pa
 def test_prompt_insights_count_outcomes_and_reasons(processed: tuple[list[Any], Any]) -> None:
     prompts, _ = processed
     insights = prompt_insights(prompts)
-    assert (insights["prompts"], insights["trained"], insights["heldOut"], insights["rejected"]) == (8, 2, 2, 4)
-    assert insights["responses"] == {"teacher": 1, "golden": 1}
-    assert insights["rejectedByReason"] == {"duplicate": 1, "truncated": 1, "empty response": 1, "too long": 1}
+    assert (insights["prompts"], insights["trained"], insights["heldOut"], insights["rejected"]) == (8, 3, 2, 3)
+    assert insights["responses"] == {"teacher": 2, "golden": 1}
+    assert insights["truncatedResponses"] == 1
+    assert insights["rejectedByReason"] == {"duplicate": 1, "empty response": 1, "too long": 1}
     assert insights["details"][3] == {
         "file": "train.jsonl",
         "line": 4,
-        "status": "rejected",
-        "reason": "truncated",
-        "detail": "the teacher's response did not end within 8 tokens (maxResponseLengthForInference)",
+        "status": "trained",
+        "responseSource": "teacher",
+        "truncated": True,
     }
+
+
+def test_a_truncated_answer_is_trained_on_without_its_end_of_sequence(
+    processed: tuple[list[Any], Any], tmp_path: Path
+) -> None:
+    prompts, _ = processed
+    tokenizer = load_tokenizer(ensure_builtin("forge-micro", tmp_path / "models"))
+    cut = next(p for p in prompts if p.truncated)
+    whole = next(p for p in prompts if p.status == "trained" and not p.truncated and p.source == "teacher")
+    assert cut.example(tokenizer, 512).labels[-1] != tokenizer.eos_token_id
+    assert cut.example(tokenizer, 512).input_ids[-len("and then") :] == list(b"and then")
+    assert whole.example(tokenizer, 512).labels[-1] == tokenizer.eos_token_id
+
+
+def test_truncated_answers_are_rejected_only_when_asked(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    answers = {"cut short": Completion(" and then", False, 8)}
+    monkeypatch.setattr("tuneforge.recipes.distillation.complete", scripted_teacher(answers))
+    prompts, _ = process(
+        tmp_path, [conversation("hello"), conversation("cut short")], rejectTruncatedTeacherAnswers="true"
+    )
+    cut = next(p for p in prompts if p.line == 2)
+    assert (cut.status, cut.rejected, cut.response) == ("rejected", "truncated", None)
+    assert cut.detail == "the teacher's response did not end within 8 tokens (maxResponseLengthForInference)"
+    assert prompt_insights(prompts)["truncatedResponses"] == 0
 
 
 def test_without_a_validation_set_a_seeded_share_of_distinct_prompts_is_held_out(
@@ -377,10 +423,14 @@ def test_a_job_left_with_nothing_to_train_on_fails_saying_why(tmp_path: Path, mo
         output_dir=tmp_path / "output",
         model_dir=tmp_path / "model",
         checkpoint_dir=tmp_path / "checkpoints",
-        hyperparameters=resolve(distillation_specs(), {"holdoutPercent": "0"}),
+        hyperparameters=resolve(distillation_specs(), {"holdoutPercent": "0", "rejectTruncatedTeacherAnswers": "true"}),
         teacher=TeacherInputs(arn="teacher", model_dir=folder, models_dir=models_dir, max_response_tokens=8),
     )
-    with pytest.raises(RecipeFailed, match=r"No prompt is left to train on: 2 rejected \(2 truncated\), 0 held out"):
+    with pytest.raises(
+        RecipeFailed,
+        match=r"No prompt is left to train on: 2 rejected \(2 truncated\), 0 held out.*"
+        r"set rejectTruncatedTeacherAnswers=false",
+    ):
         DistillationRecipe().run(inputs, RecordingReporter())
     insights = tmp_path / "output" / "model-customization-job-abcdefghij12" / "distillation_artifacts"
     assert (insights / "prompt_insights.json").exists()

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -301,3 +302,15 @@ def test_from_settings_maps_s3_to_data_dir_objects_and_allows_data_dir(tmp_path:
     store.check(str(tmp_path / "data" / "inputs" / "train.jsonl"))
     with pytest.raises(StorageError, match="TUNEFORGE_LOCAL_ROOTS"):
         store.check(str(tmp_path / "elsewhere" / "train.jsonl"))
+
+
+def test_symlink_loop_in_object_root_is_a_storage_error_naming_the_uri(
+    store: ObjectStore, roots: tuple[Path, Path], tmp_path: Path
+) -> None:
+    (roots[0] / "bkt").mkdir()
+    os.symlink(roots[0] / "bkt" / "b", roots[0] / "bkt" / "a")
+    os.symlink(roots[0] / "bkt" / "a", roots[0] / "bkt" / "b")
+    with pytest.raises(StorageError, match=re.escape("s3://bkt/a/train.jsonl cannot be resolved")):
+        store.check("s3://bkt/a/train.jsonl")
+    with pytest.raises(StorageError, match="cannot be resolved"):
+        store.download_file("s3://bkt/a", tmp_path / "copy")

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import tracemalloc
 from pathlib import Path
 from typing import Any
 
@@ -10,8 +11,10 @@ from tuneforge.catalog.models import CONTINUED_PRE_TRAINING, DISTILLATION, FINE_
 from tuneforge.data.estimate import estimate_training, measure_peak_flops
 from tuneforge.data.validate import (
     FAILURE_MESSAGE_LIMIT,
+    MIN_RECORD_BYTES,
     DataError,
     ValidationReport,
+    record_byte_limit,
     validate_file,
     validate_lines,
 )
@@ -285,6 +288,86 @@ def test_non_utf8_line_is_reported() -> None:
 
 def test_utf8_byte_order_mark_on_first_line_is_accepted() -> None:
     assert check([b"\xef\xbb\xbf" + jsonl(pc())[0]]).ok
+
+
+def utf8_token_count(text: str) -> int:
+    """Counts as a byte-level tokenizer does; like a real tokenizer, it cannot encode a lone surrogate."""
+    return len(text.encode("utf-8"))
+
+
+def test_lone_surrogate_escape_names_its_line_and_field() -> None:
+    lines = [*jsonl(pc()), b'{"prompt": "ok", "completion": "half \\ud800 a pair"}\n']
+    report = validate_lines(
+        lines,
+        customization_type=FINE_TUNING,
+        limits=LIMITS,
+        count_tokens=utf8_token_count,
+        max_records=10,
+        max_bytes=1 << 20,
+    )
+    error = only_error(report)
+    assert (error.line, error.field) == (2, "completion")
+    assert "\\ud800" in error.message and "surrogate" in error.message
+
+
+def test_lone_surrogate_in_a_conversation_names_the_nested_field() -> None:
+    record = (
+        '{"messages": [{"role": "user", "content": [{"text": "hi"}]}, '
+        '{"role": "assistant", "content": [{"text": "\\udfff"}]}]}'
+    )
+    error = only_error(check([record.encode() + b"\n"]))
+    assert error.field == "messages[1].content[0].text"
+
+
+def test_a_surrogate_pair_escape_is_one_character_and_passes() -> None:
+    assert check([b'{"prompt": "smile \\ud83d\\ude00", "completion": "ok"}\n']).ok
+
+
+def test_record_byte_limit_follows_the_context_with_a_floor() -> None:
+    assert record_byte_limit(TokenLimits(384, 384, 512)) == MIN_RECORD_BYTES
+    assert record_byte_limit(TokenLimits(100_000, 100_000, 100_000)) == 100_000 * 6 * 6
+
+
+def test_ten_megabyte_line_is_refused_unread_naming_file_line_and_limit(tmp_path: Path) -> None:
+    path = tmp_path / "huge.jsonl"
+    with path.open("wb") as handle:
+        handle.write(json.dumps(pc()).encode() + b"\n")
+        handle.write(b'{"prompt": "' + b"x" * (10 << 20) + b'", "completion": "c"}\n')
+        handle.write(json.dumps(pc()).encode() + b"\n")
+    counted: list[int] = []
+
+    def count(text: str) -> int:
+        counted.append(len(text))
+        return len(text)
+
+    tracemalloc.start()
+    try:
+        report = validate_file(
+            path, customization_type=FINE_TUNING, limits=LIMITS, count_tokens=count, max_records=10, max_bytes=1 << 30
+        )
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    error = only_error(report)
+    assert error.line == 2
+    assert f"in file huge.jsonl is {(10 << 20) + 34} bytes" in error.message
+    assert f"over the limit of {MIN_RECORD_BYTES} bytes per record" in error.message
+    assert max(counted) < 100, "the huge record must not reach the tokenizer"
+    assert peak < 4 * MIN_RECORD_BYTES, f"validation held {peak} bytes at once"
+    assert report.bytes == path.stat().st_size
+
+
+def test_an_oversized_line_in_a_stream_of_bytes_is_refused_before_parsing() -> None:
+    report = validate_lines(
+        [b"{" * 100 + b"\n"],
+        customization_type=FINE_TUNING,
+        limits=LIMITS,
+        count_tokens=len,
+        max_records=10,
+        max_bytes=1 << 20,
+        max_record_bytes=50,
+    )
+    assert "is 101 bytes, over the limit of 50 bytes per record" in only_error(report).message
 
 
 def test_errors_are_capped_and_the_rest_counted() -> None:

@@ -265,6 +265,13 @@ _DISTILLATION_EXTRAS: tuple[HyperParameterSpec, ...] = (
         0,
         50,
     ),
+    HyperParameterSpec(
+        "rejectTruncatedTeacherAnswers",
+        "bool",
+        False,
+        "Leave out prompts whose teacher answer did not end within maxResponseLengthForInference tokens. "
+        "false (as on Bedrock) trains on the answer as capped, without teaching the student to stop there.",
+    ),
 )
 
 

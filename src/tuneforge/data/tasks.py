@@ -15,6 +15,7 @@ Everything is generated with a seeded ``random.Random``: same arguments, same re
 from __future__ import annotations
 
 import json
+import os
 import random
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -124,8 +125,12 @@ def to_prompt_only(record: Mapping[str, Any]) -> Record:
     return {**record, "messages": list(record["messages"])[:-1]}
 
 
-def write_jsonl(path: Path, records: Iterable[Mapping[str, Any]]) -> Path:
-    """Write one JSON object per line (UTF-8, no ASCII escaping) and return ``path``."""
+def write_jsonl(path: str | os.PathLike[str], records: Iterable[Mapping[str, Any]]) -> Path:
+    """Write one JSON object per line (UTF-8, no ASCII escaping) and return the path as a ``Path``.
+
+    ``path`` may be a plain string, as in the README's tour (``write_jsonl("train.jsonl", ...)``).
+    """
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("w", encoding="utf-8") as handle:
         for record in records:

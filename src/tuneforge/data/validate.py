@@ -27,9 +27,10 @@ from __future__ import annotations
 
 import codecs
 import json
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 from tuneforge.catalog.models import CONTINUED_PRE_TRAINING, CUSTOMIZATION_TYPES, DISTILLATION, TokenLimits
 from tuneforge.data.formats import (
@@ -43,6 +44,14 @@ from tuneforge.data.formats import (
 
 CHARS_PER_TOKEN = 6
 """Bedrock's per-record character quota is its token quota times this."""
+
+JSON_BYTES_PER_CHARACTER = 6
+"""The most bytes one character can take in a JSON line: a ``\\uXXXX`` escape."""
+
+MIN_RECORD_BYTES = 1 << 20
+"""The record byte cap never goes below 1 MiB, so JSON structure and short contexts leave room."""
+
+_SKIP_CHUNK = 1 << 16
 
 FAILURE_MESSAGE_LIMIT = 2048
 """Bedrock's ``failureMessage`` is at most 2048 characters."""
@@ -71,6 +80,47 @@ class DataError:
 
     def to_dict(self) -> dict[str, object]:
         return {"line": self.line, "field": self.field, "message": self.message, "text": str(self)}
+
+
+def record_byte_limit(limits: TokenLimits) -> int:
+    """The most bytes one JSONL line may have before it is refused unread.
+
+    Bedrock's per-record character quota is ``max_total_tokens x 6`` (:data:`CHARS_PER_TOKEN`); a
+    character takes at most :data:`JSON_BYTES_PER_CHARACTER` bytes in JSON, so no line longer than
+    their product (or :data:`MIN_RECORD_BYTES`, whichever is larger) can hold a record that passes.
+    Refusing such a line before decoding, parsing or tokenizing it keeps a 10 MB single-line record
+    from costing gigabytes of memory and a minute of tokenizing just to be rejected.
+    """
+    return max(limits.max_total_tokens * CHARS_PER_TOKEN * JSON_BYTES_PER_CHARACTER, MIN_RECORD_BYTES)
+
+
+@dataclass(frozen=True)
+class OversizedLine:
+    """A line longer than the record byte cap, skipped by :func:`bounded_lines` without keeping it."""
+
+    size: int
+
+
+def bounded_lines(handle: BinaryIO, max_record_bytes: int) -> Iterator[bytes | OversizedLine]:
+    """The lines of a binary file, each held in memory only when it is at most ``max_record_bytes``.
+
+    A longer line is read through in 64 KiB chunks and discarded, and an :class:`OversizedLine`
+    with its length takes its place, so memory stays bounded by the cap whatever the file holds.
+    """
+    while True:
+        line = handle.readline(max_record_bytes + 1)
+        if not line:
+            return
+        if len(line) <= max_record_bytes:
+            yield line
+            continue
+        size = len(line)
+        while not line.endswith(b"\n"):
+            line = handle.readline(_SKIP_CHUNK)
+            if not line:
+                break
+            size += len(line)
+        yield OversizedLine(size)
 
 
 @dataclass
@@ -183,20 +233,23 @@ def validate_file(
     max_records: int,
     max_bytes: int,
     max_errors: int = 20,
+    max_record_bytes: int | None = None,
 ) -> ValidationReport:
     """Validate a local JSONL file, streaming it; see the module docstring for what is checked.
 
     The size quota is checked from the file's size before any line is read, so an oversized
-    upload fails at once.
+    upload fails at once. Lines are read through :func:`bounded_lines`, so one huge line costs
+    no more memory than ``max_record_bytes`` (default :func:`record_byte_limit`).
     """
+    record_limit = record_byte_limit(limits) if max_record_bytes is None else max_record_bytes
     size = path.stat().st_size
     if size > max_bytes:
         errors = _Errors(max_errors)
         errors.add_file_level(_size_message(f"is {size} bytes", max_bytes))
         return _report(errors, _initial_format(customization_type), bytes_read=size)
-    with path.open("rb") as lines:
+    with path.open("rb") as handle:
         return validate_lines(
-            lines,
+            bounded_lines(handle, record_limit),
             customization_type=customization_type,
             limits=limits,
             count_tokens=count_tokens,
@@ -204,11 +257,12 @@ def validate_file(
             max_bytes=max_bytes,
             max_errors=max_errors,
             file_name=path.name,
+            max_record_bytes=record_limit,
         )
 
 
 def validate_lines(
-    lines: Iterable[bytes],
+    lines: Iterable[bytes | OversizedLine],
     *,
     customization_type: str,
     limits: TokenLimits,
@@ -217,12 +271,16 @@ def validate_lines(
     max_bytes: int,
     max_errors: int = 20,
     file_name: str | None = None,
+    max_record_bytes: int | None = None,
 ) -> ValidationReport:
     """Validate JSONL given as raw lines (a binary file, an S3 body's ``iter_lines()``, a list).
 
-    ``file_name`` only appears in the continued pre-training "Input size exceeded" message.
-    Reading stops as soon as ``max_bytes`` is passed; past ``max_records`` lines are only counted.
+    ``file_name`` appears in the messages about a record's size. Reading stops as soon as
+    ``max_bytes`` is passed; past ``max_records`` lines are only counted. A line over
+    ``max_record_bytes`` (default :func:`record_byte_limit`) is refused before it is decoded.
     """
+    record_limit = record_byte_limit(limits) if max_record_bytes is None else max_record_bytes
+    in_file = f" in file {file_name}" if file_name else ""
     if customization_type not in CUSTOMIZATION_TYPES:
         raise ValueError(f"unknown customization type {customization_type!r}")
     errors = _Errors(max_errors)
@@ -232,10 +290,20 @@ def validate_lines(
     record_lines = 0
     bytes_read = 0
     for number, raw in enumerate(lines, start=1):
-        bytes_read += len(raw)
+        size = raw.size if isinstance(raw, OversizedLine) else len(raw)
+        bytes_read += size
         if bytes_read > max_bytes:
             errors.add_file_level(_size_message(f"passes {max_bytes} bytes at line {number}", max_bytes))
             return _report(errors, fmt, bytes_read, totals)
+        if isinstance(raw, OversizedLine) or size > record_limit:
+            record_lines += 1
+            errors.add(
+                number,
+                None,
+                f"record{in_file} is {size} bytes, over the limit of {record_limit} bytes per record "
+                f"(no record within {limits.max_total_tokens} tokens is longer); split it into smaller records",
+            )
+            continue
         if number == 1 and raw.startswith(codecs.BOM_UTF8):
             raw = raw[len(codecs.BOM_UTF8) :]
         try:
@@ -258,6 +326,16 @@ def validate_lines(
         except RecursionError:
             errors.add(number, None, "invalid JSON: nested too deeply")
             continue
+        surrogate = _lone_surrogate(obj)
+        if surrogate is not None:
+            field, code = surrogate
+            errors.add(
+                number,
+                field,
+                f"contains the escape \\u{code:04x}, half of a UTF-16 surrogate pair and not a character on its own; "
+                "write the character itself, or a complete pair such as \\ud83d\\ude00",
+            )
+            continue
         try:
             shape = record_format(obj, customization_type)
             if fmt != FORMAT_UNKNOWN and shape != fmt:
@@ -277,7 +355,6 @@ def validate_lines(
         if isinstance(record, PretrainingText):
             char_limit = limits.max_total_tokens * CHARS_PER_TOKEN
             if len(record.text) > char_limit:
-                in_file = f" in file {file_name}" if file_name else ""
                 errors.add(
                     number,
                     "input",
@@ -309,6 +386,32 @@ def validate_lines(
             + (f", in {fmt} format" if fmt != FORMAT_UNKNOWN else "")
         )
     return _report(errors, fmt, bytes_read, totals)
+
+
+def _lone_surrogate(value: object, path: str = "") -> tuple[str, int] | None:
+    """The JSON path and code point of the first lone surrogate in a parsed line, else None.
+
+    ``json.loads`` turns a ``\\ud800`` escape without its pair into a Python string that no UTF-8
+    encoder, tokenizer or database accepts. Valid UTF-8 bytes cannot produce one, so an escape is
+    the only way in, and this check catches it for every field (keys included) before anything
+    else sees the string.
+    """
+    if isinstance(value, str):
+        bad = next((ord(char) for char in value if 0xD800 <= ord(char) <= 0xDFFF), None)
+        return None if bad is None else (path or "(record)", bad)
+    if isinstance(value, list):
+        for index, item in enumerate(value):
+            found = _lone_surrogate(item, f"{path}[{index}]")
+            if found:
+                return found
+    if isinstance(value, dict):
+        for key, item in value.items():
+            name = json.dumps(key)[1:-1] if _lone_surrogate(key) else key
+            child = f"{path}.{name}" if path else name
+            found = _lone_surrogate(key, child) or _lone_surrogate(item, child)
+            if found:
+                return found
+    return None
 
 
 def _token_limit_problems(input_tokens: int, output_tokens: int, limits: TokenLimits) -> list[str]:

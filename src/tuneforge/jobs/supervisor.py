@@ -10,10 +10,19 @@ checkpoint if it has one and has been attempted fewer than ``MAX_ATTEMPTS`` time
 **failed** with a message that says what happened. No job stays ``InProgress`` after its worker is
 gone: the supervisor checks on start and then every tick, by pid on this host and by heartbeat
 age anywhere.
+
+Orphaned workers (policy: **adopt**): a server killed hard leaves its workers running, each in
+its own session, still heartbeating. The next supervisor on this host adopts every one whose pid
+is alive, whose command line is really ``tuneforge.jobs.worker <that job>`` (so a reused pid is
+not mistaken for it) and whose heartbeat is fresh: it counts against ``worker_concurrency``, gets
+stop enforcement, and is recovered like a worker this supervisor started when it dies. One that is
+alive but silent past the heartbeat timeout is hung: it is killed before its job is recovered, so
+two workers never train one job.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
@@ -41,11 +50,41 @@ STOP_GRACE_S = 20.0
 TICK_S = 0.25
 
 
+class AdoptedWorker:
+    """A worker started by an earlier server on this host: not our child, so watched by pid."""
+
+    def __init__(self, pid: int, job_id: str) -> None:
+        self.pid = pid
+        self.job_id = job_id
+
+    def poll(self) -> int | None:
+        """None while the worker runs; its exit status is not ours to read, so 0 once it is gone."""
+        return None if is_worker_process(self.pid, self.job_id) else 0
+
+    def send_signal(self, signum: int) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(self.pid, signum)
+
+    def kill(self) -> None:
+        self.send_signal(signal.SIGKILL)
+
+
 @dataclass
 class _Running:
     job_id: str
-    process: subprocess.Popen[bytes]
+    process: subprocess.Popen[bytes] | AdoptedWorker
     stop_sent_at: float | None = None
+
+    def exit_description(self) -> str | None:
+        """None while the worker runs; else how it ended, for the job's status message."""
+        code = self.process.poll()
+        if code is None:
+            return None
+        if isinstance(self.process, AdoptedWorker):
+            return "the worker process ended unexpectedly"
+        if code < 0:
+            return f"the worker process was killed by signal {-code}"
+        return f"the worker process exited with code {code}"
 
 
 def checkpoint_dir(services: Services, job_id: str) -> Path:
@@ -65,6 +104,23 @@ def pid_alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
+
+
+def is_worker_process(pid: int, job_id: str) -> bool:
+    """True when ``pid`` is alive and is ``python -m tuneforge.jobs.worker job_id``.
+
+    A pid alone is not enough: after a reboot or a long time the number may belong to another
+    process. Where there is no ``/proc`` (macOS), a live pid is taken at its word.
+    """
+    proc = Path("/proc")
+    if not proc.is_dir():
+        return pid_alive(pid)
+    try:
+        raw = (proc / str(pid) / "cmdline").read_bytes()
+    except OSError:
+        return False
+    args = raw.rstrip(b"\0").split(b"\0")
+    return args[-2:] == [b"tuneforge.jobs.worker", job_id.encode()]
 
 
 class Supervisor:
@@ -103,24 +159,46 @@ class Supervisor:
     # -- recovery ----------------------------------------------------------------------------
 
     def recover(self) -> None:
-        """Handle running jobs whose worker is gone (dead pid here, or silent heartbeat)."""
+        """Adopt live orphaned workers on this host; recover jobs whose worker is gone or hung.
+
+        Gone: a dead pid here (or a live pid that is no longer our worker). Hung: a heartbeat
+        silent past the timeout, or a worker that never reported; a hung worker on this host is
+        killed first.
+        """
         timeout = timedelta(seconds=self.services.settings.heartbeat_timeout_s)
         now = utcnow()
+        adopt: list[tuple[str, int]] = []
+        orphans: list[tuple[str, int | None]] = []
         with self.services.db.session() as session:
             rows = session.scalars(
                 select(Job).where(Job.phase == "running", Job.status.in_(("InProgress", "Stopping")))
             ).all()
-            orphans = []
             for job in rows:
                 if job.id in self._running:
                     continue
-                dead_here = job.worker_host == self.host and (job.worker_pid is None or not pid_alive(job.worker_pid))
+                here = job.worker_host == self.host
+                alive_here = here and job.worker_pid is not None and is_worker_process(job.worker_pid, job.id)
                 silent = job.heartbeat_at is not None and now - job.heartbeat_at > timeout
                 never_started = job.heartbeat_at is None and now - job.updated_at > timeout
-                if dead_here or silent or never_started:
-                    orphans.append(job.id)
-        for job_id in orphans:
+                if alive_here and not (silent or never_started):
+                    assert job.worker_pid is not None
+                    adopt.append((job.id, job.worker_pid))
+                elif (here and not alive_here) or silent or never_started:
+                    orphans.append((job.id, job.worker_pid if alive_here else None))
+        for job_id, pid in adopt:
+            self._adopt(job_id, pid)
+        for job_id, hung_pid in orphans:
+            if hung_pid is not None:
+                AdoptedWorker(hung_pid, job_id).kill()
+                log.warning("job %s: killed hung worker pid %d (no heartbeat)", job_id, hung_pid)
             self._handle_lost_worker(job_id, "the worker process ended unexpectedly")
+
+    def _adopt(self, job_id: str, pid: int) -> None:
+        self._running[job_id] = _Running(job_id, AdoptedWorker(pid, job_id))
+        message = f"the server restarted; its worker (pid {pid}) is still running and was adopted"
+        with self.services.db.session() as session:
+            session.add(JobEvent(job_id=job_id, kind="log", data={"message": message}))
+        log.warning("job %s: %s", job_id, message)
 
     def _handle_lost_worker(self, job_id: str, what: str) -> None:
         with self.services.db.session() as session:
@@ -201,19 +279,14 @@ class Supervisor:
 
     def _reap(self) -> None:
         for job_id, running in list(self._running.items()):
-            code = running.process.poll()
-            if code is None:
+            what = running.exit_description()
+            if what is None:
                 continue
             del self._running[job_id]
             with self.services.db.session() as session:
                 job = session.get(Job, job_id)
                 unfinished = job is not None and job.status in ("InProgress", "Stopping") and job.phase == "running"
             if unfinished:
-                what = (
-                    f"the worker process was killed by signal {-code}"
-                    if code < 0
-                    else f"the worker process exited with code {code}"
-                )
                 self._handle_lost_worker(job_id, what)
 
     def _enforce_stops(self) -> None:

@@ -70,6 +70,8 @@ IGNORE_INDEX = -100
 """Label value the loss skips (PyTorch's and transformers' convention)."""
 
 CHECKPOINT_FILE = "checkpoint.pt"
+PREVIOUS_CHECKPOINT_FILE = "checkpoint.previous.pt"
+"""The checkpoint before the latest, kept so that a corrupt latest one costs a few steps, not the job."""
 
 TRAINING_METRICS_HEADER = ("step_number", "epoch_number", "training_loss", "perplexity")
 PERFORMANCE_METRICS_HEADER = (
@@ -185,8 +187,12 @@ def encode_record(record: Mapping[str, Any], tokenizer: PreTrainedTokenizerBase,
 
 
 def read_jsonl(path: Path) -> list[dict[str, Any]]:
-    """The records of an already validated JSONL file (blank lines skipped)."""
-    with path.open(encoding="utf-8") as handle:
+    """The records of an already validated JSONL file (blank lines skipped).
+
+    ``utf-8-sig`` drops a byte-order mark before the first record, as validation does: a file
+    saved by an editor that writes one must not pass validation and then fail here.
+    """
+    with path.open(encoding="utf-8-sig") as handle:
         return [json.loads(line) for line in handle if line.strip()]
 
 
@@ -508,7 +514,7 @@ def train(
     scheduler = get_cosine_schedule_with_warmup(optimizer, config.warmup_steps, total_steps)
     fingerprint = {**asdict(config), "examples": len(examples), "parameters": sum(p.numel() for p in params)}
 
-    state = _load_checkpoint(checkpoint_dir, model, optimizer, scheduler, fingerprint)
+    state = _load_checkpoint(checkpoint_dir, model, optimizer, scheduler, fingerprint, reporter)
     step, tokens_seen, epoch_losses = state if state else (0, 0, [])
     if state:
         reporter.log(f"resumed from checkpoint at step {step}/{total_steps}")
@@ -614,7 +620,10 @@ def _save_checkpoint(
     tokens_seen: int,
     epoch_losses: list[float],
 ) -> None:
-    """Trainable weights, optimizer, scheduler, step and RNG state, written atomically."""
+    """Trainable weights, optimizer, scheduler, step and RNG state, written atomically.
+
+    The checkpoint it replaces becomes :data:`PREVIOUS_CHECKPOINT_FILE`: the last two are kept.
+    """
     checkpoint_dir.mkdir(parents=True, exist_ok=True)
     payload = {
         "fingerprint": fingerprint,
@@ -629,7 +638,33 @@ def _save_checkpoint(
     }
     partial = checkpoint_dir / f".{CHECKPOINT_FILE}.partial"
     torch.save(payload, partial)
-    os.replace(partial, checkpoint_dir / CHECKPOINT_FILE)
+    latest = checkpoint_dir / CHECKPOINT_FILE
+    if latest.exists():
+        os.replace(latest, checkpoint_dir / PREVIOUS_CHECKPOINT_FILE)
+    os.replace(partial, latest)
+
+
+_CHECKPOINT_KEYS = (
+    "fingerprint",
+    "step",
+    "tokens_seen",
+    "epoch_losses",
+    "model",
+    "optimizer",
+    "scheduler",
+    "torch_rng",
+)
+
+
+def _read_checkpoint(path: Path) -> dict[str, Any]:
+    """A checkpoint's payload, or ValueError saying why it cannot be used (unreadable, cut, not ours)."""
+    try:
+        payload = torch.load(path, weights_only=True, map_location="cpu")
+    except Exception as exc:  # torch raises UnpicklingError, RuntimeError, EOFError... on damaged files
+        raise ValueError(f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else 'unreadable'}") from exc
+    if not isinstance(payload, dict) or any(key not in payload for key in _CHECKPOINT_KEYS):
+        raise ValueError("not a complete training checkpoint")
+    return payload
 
 
 def _load_checkpoint(
@@ -638,14 +673,33 @@ def _load_checkpoint(
     optimizer: torch.optim.Optimizer,
     scheduler: Any,
     fingerprint: dict[str, Any],
+    reporter: JobReporter,
 ) -> tuple[int, int, list[float]] | None:
-    path = checkpoint_dir / CHECKPOINT_FILE
-    if not path.exists():
+    """Restore the newest usable checkpoint: the latest, else the previous one, else none (start over).
+
+    A damaged file (a disk error, a partial copy) must not fail a job that has an older good
+    checkpoint, or that could simply start again: each fallback is said in the job's log.
+    """
+    payload: dict[str, Any] | None = None
+    for name in (CHECKPOINT_FILE, PREVIOUS_CHECKPOINT_FILE):
+        path = checkpoint_dir / name
+        if not path.exists():
+            continue
+        try:
+            payload = _read_checkpoint(path)
+        except ValueError as exc:
+            reporter.log(f"checkpoint {name} is unusable ({exc}); falling back to an earlier state")
+            continue
+        if name != CHECKPOINT_FILE:
+            reporter.log(f"fell back to the previous checkpoint {name} (step {payload['step']})")
+        break
+    if payload is None:
+        if any((checkpoint_dir / name).exists() for name in (CHECKPOINT_FILE, PREVIOUS_CHECKPOINT_FILE)):
+            reporter.log("no usable checkpoint is left: training starts again from step 0")
         return None
-    payload = torch.load(path, weights_only=True, map_location="cpu")
     if payload["fingerprint"] != fingerprint:
         raise ValueError(
-            f"checkpoint {path} was written for another configuration "
+            f"the checkpoint in {checkpoint_dir} was written for another configuration "
             f"({payload['fingerprint']} != {fingerprint}); delete it to start over"
         )
     params = dict(model.named_parameters())

@@ -8,10 +8,15 @@ Read top to bottom:
    one, else the teacher's greedy answer, generated ``teacherBatchSize`` prompts at a time (prompts
    of similar length together, so batches pad little) with a progress event per batch. A prompt is
    rejected, with its reason, when it repeats an earlier prompt, when it leaves no room for an
-   answer within the student's sequence limit, when the teacher's answer is empty or does not end
-   within ``maxResponseLengthForInference`` tokens (a cut answer would teach the student to stop
-   mid-sentence), or when prompt and answer together pass the limit. Written: a sample of the
-   synthetic training data and the prompt-insights report.
+   answer within the student's sequence limit, when the teacher's answer is empty, or when prompt
+   and answer together pass the limit. Written: a sample of the synthetic training data and the
+   prompt-insights report.
+
+   **Truncated answers.** An answer that does not end within ``maxResponseLengthForInference``
+   tokens is kept as capped, as Bedrock keeps it, and counted in the insights
+   (``truncatedResponses``). Its end-of-sequence token gets no loss, so the student learns the
+   answer's words without learning to stop where the cap cut them. ``rejectTruncatedTeacherAnswers``
+   leaves such prompts out instead. A job fails for lack of data only when no prompt is usable.
 3. **training**: cross-entropy on the responses (sequence-level distillation), optionally mixed with
    logit-level distillation (:func:`distillation_loss`).
 4. **evaluate**: per validator, the student's loss on the teacher's answers to the validation prompts
@@ -103,6 +108,8 @@ class DistillationPrompt:
     rejected: str | None = None
     """Why it was not used (a short code), else None."""
     detail: str = ""
+    truncated: bool = False
+    """The teacher's response was cut at ``maxResponseLengthForInference`` tokens."""
 
     @property
     def text(self) -> str:
@@ -122,6 +129,13 @@ class DistillationPrompt:
         assert self.response is not None
         answer = {"role": "assistant", "content": [{"text": self.response}]}
         return {**self.record, "messages": [*self.record["messages"], answer]}
+
+    def example(self, tokenizer: Any, max_length: int) -> Example:
+        """The training sequence; a truncated response leaves out its ``<eos>`` (it did not end there)."""
+        example = encode_record(self.conversation(), tokenizer, max_length)
+        if self.truncated:
+            return Example(input_ids=example.input_ids[:-1], labels=example.labels[:-1])
+        return example
 
 
 def read_prompts(path: Path, validator: int | None = None) -> list[DistillationPrompt]:
@@ -237,18 +251,25 @@ class DistillationRecipe:
         )
         if not trained:
             reasons = ", ".join(f"{count} {reason}" for reason, count in insights["rejectedByReason"].items())
+            hint = (
+                "; set rejectTruncatedTeacherAnswers=false to train on truncated answers as capped"
+                if "truncated" in insights["rejectedByReason"]
+                else ""
+            )
             raise RecipeFailed(
                 f"No prompt is left to train on: {insights['rejected']} rejected ({reasons or 'none'}), "
                 f"{insights['heldOut']} held out; see {layout.job_folder(inputs.job_id)}/{layout.PROMPT_INSIGHTS} "
-                "under the output location"
+                f"under the output location{hint}"
             )
-        examples = [encode_record(p.conversation(), tokenizer, max_length) for p in trained]
+        if insights["truncatedResponses"]:
+            reporter.log(
+                f"{insights['truncatedResponses']:,} teacher responses were cut at "
+                f"{inputs.teacher.max_response_tokens} tokens (maxResponseLengthForInference); "
+                "they are trained on as capped"
+            )
+        examples = [p.example(tokenizer, max_length) for p in trained]
         validators: list[list[Example]] = [
-            [
-                encode_record(p.conversation(), tokenizer, max_length)
-                for p in prompts
-                if p.validator == index and p.status == "heldOut"
-            ]
+            [p.example(tokenizer, max_length) for p in prompts if p.validator == index and p.status == "heldOut"]
             for index in range(len(inputs.validation_files))
         ]
         reporter.stage("dataProcessing", "Completed")
@@ -349,13 +370,21 @@ class DistillationRecipe:
             if not prompt.rejected and not prompt.held_out and prompt.golden is not None:
                 prompt.response, prompt.source = prompt.golden, "golden"
         ask = [p for p in prompts if not p.rejected and p.response is None]
-        self._ask_teacher(ask, teacher, tokenizer, inputs.teacher, int(hp["teacherBatchSize"]), reporter)
+        self._ask_teacher(
+            ask,
+            teacher,
+            tokenizer,
+            inputs.teacher,
+            int(hp["teacherBatchSize"]),
+            reporter,
+            reject_truncated=bool(hp["rejectTruncatedTeacherAnswers"]),
+        )
 
         for prompt in prompts:
             if prompt.response is None or prompt.rejected:
                 continue
             try:
-                encode_record(prompt.conversation(), tokenizer, max_length)
+                prompt.example(tokenizer, max_length)
             except ValueError:
                 prompt.reject("too long", f"prompt and response pass the student's limit of {max_length} tokens")
         cache.parent.mkdir(parents=True, exist_ok=True)
@@ -370,8 +399,13 @@ class DistillationRecipe:
         config: TeacherInputs,
         batch_size: int,
         reporter: JobReporter,
+        *,
+        reject_truncated: bool,
     ) -> None:
-        """Greedy teacher answers, a batch at a time, with a progress event after each batch."""
+        """Greedy teacher answers, a batch at a time, with a progress event after each batch.
+
+        An answer cut at ``limit`` tokens is kept and marked truncated, unless ``reject_truncated``.
+        """
         limit = config.max_response_tokens
         reporter.log(f"asking the teacher {config.arn} for {len(prompts):,} responses of up to {limit} tokens")
         reporter.data_progress(done=0, total=len(prompts), unit="prompts")
@@ -385,7 +419,7 @@ class DistillationRecipe:
         )
         for prompt, answer in zip(prompts, answers, strict=True):
             text = answer.text.strip()
-            if not answer.finished:
+            if not answer.finished and reject_truncated:
                 prompt.reject(
                     "truncated",
                     f"the teacher's response did not end within {limit} tokens (maxResponseLengthForInference)",
@@ -393,7 +427,7 @@ class DistillationRecipe:
             elif not text:
                 prompt.reject("empty response", "the teacher's response is empty")
             else:
-                prompt.response, prompt.source = text, "teacher"
+                prompt.response, prompt.source, prompt.truncated = text, "teacher", not answer.finished
 
 
 def teacher_answers(
@@ -432,6 +466,7 @@ def prompt_insights(prompts: Sequence[DistillationPrompt]) -> dict[str, Any]:
             "teacher": sum(p.source == "teacher" for p in used),
             "golden": sum(p.source == "golden" for p in used),
         },
+        "truncatedResponses": sum(p.truncated for p in prompts if not p.rejected),
         "rejectedByReason": dict(Counter(p.rejected for p in prompts if p.rejected)),
         "details": [
             {
@@ -439,6 +474,7 @@ def prompt_insights(prompts: Sequence[DistillationPrompt]) -> dict[str, Any]:
                 "line": p.line,
                 "status": p.status,
                 **({"responseSource": p.source} if p.source else {}),
+                **({"truncated": True} if p.truncated and not p.rejected else {}),
                 **({"reason": p.rejected, "detail": p.detail} if p.rejected else {}),
             }
             for p in prompts

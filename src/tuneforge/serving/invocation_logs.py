@@ -151,7 +151,7 @@ def read_records(store: ObjectStore, prefix_uri: str) -> Iterator[dict[str, Any]
         if name.startswith(".") or not name.endswith((".json.gz", ".json", ".jsonl")):
             continue
         data = store.read_bytes(uri)
-        text = gzip.decompress(data).decode("utf-8") if name.endswith(".gz") else data.decode("utf-8")
+        text = (gzip.decompress(data) if name.endswith(".gz") else data).decode("utf-8-sig")
         for line in text.splitlines():
             if line.strip():
                 yield json.loads(line)

@@ -57,8 +57,15 @@ class ObjectBackend(Protocol):
 
 
 def _confine(path: Path, root: Path, uri: str) -> Path:
-    """Resolve symlinks and refuse anything that ends up outside ``root``."""
-    resolved = path.resolve()
+    """Resolve symlinks and refuse anything that ends up outside ``root``.
+
+    A symlink loop (``a -> b -> a``) makes ``resolve`` raise RuntimeError (OSError on newer
+    Pythons); it is a bad URI like any other, so callers get a StorageError naming it.
+    """
+    try:
+        resolved = path.resolve()
+    except (RuntimeError, OSError) as exc:
+        raise StorageError(f"{uri} cannot be resolved: {exc}") from None
     root = root.resolve()
     if resolved != root and root not in resolved.parents:
         raise StorageError(f"{uri} resolves outside its storage root")
