@@ -1,7 +1,7 @@
 """``GET /metrics``: Prometheus' text exposition format (version 0.0.4), from the app's own registry.
 
-Authentication is the app's middleware's (:mod:`tuneforge.api.app`): open on an anonymous loopback
-server like every other route, otherwise a bearer key (what Prometheus' ``authorization`` scrape
+Authentication is the edge's (:mod:`tuneforge.api.edge`): open to requests without a credential on
+an anonymous loopback server like every other route, otherwise a bearer key (what Prometheus' ``authorization`` scrape
 setting sends) or a SigV4 signature.
 
 The handler is a plain function, so FastAPI runs it in its thread pool: the collectors that read
