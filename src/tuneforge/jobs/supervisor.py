@@ -242,9 +242,8 @@ class Supervisor:
                 mark_stages(job, "Failed", only_unfinished=True)
                 message = job.failure_message
             session.add(JobEvent(job_id=job_id, kind="status", data={"status": job.status, "message": message}))
-            ended = job.status in ("Failed", "Stopped")
-        if ended:
-            remove_job_files(self.services, job_id)
+            if job.status in ("Failed", "Stopped"):  # before the commit: the final status comes with the files gone
+                remove_job_files(self.services, job_id)
         log.warning("job %s: %s", job_id, message)
 
     # -- workers -----------------------------------------------------------------------------

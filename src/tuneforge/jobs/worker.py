@@ -394,7 +394,11 @@ class JobRunner:
         shutil.rmtree(checkpoint_dir(self.services, self.job_id), ignore_errors=True)
 
     def _finish(self, status: str, failure: str | None = None) -> None:
-        """End the job Failed or Stopped; neither is resumed, so its scratch files and weights go."""
+        """End the job Failed or Stopped; neither is resumed, so its scratch files and weights go.
+
+        They go first, so that whoever sees the final status sees them gone too.
+        """
+        remove_job_files(self.services, self.job_id)
         now = utcnow()
         with self.services.db.session() as session:
             job = session.get(Job, self.job_id)
@@ -403,7 +407,6 @@ class JobRunner:
             job.failure_message = failure
             mark_stages(job, status, only_unfinished=True)
             session.add(JobEvent(job_id=self.job_id, kind="status", data={"status": status, "message": failure}))
-        remove_job_files(self.services, self.job_id)
 
 
 def main(argv: list[str] | None = None) -> int:
