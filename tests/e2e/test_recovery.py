@@ -87,6 +87,27 @@ def test_killed_worker_with_checkpoint_is_resumed_to_completed(tmp_path: Path) -
         server.stop()
 
 
+def test_a_corrupt_latest_checkpoint_is_skipped_and_the_job_log_says_so(tmp_path: Path) -> None:
+    from tuneforge.recipes.components import CHECKPOINT_FILE, PREVIOUS_CHECKPOINT_FILE
+
+    server = make_server(tmp_path / "data")
+    server.start()
+    try:
+        arn = start_job(server, tmp_path, "corrupt", {"epochCount": "1", "checkpointEverySteps": "2"})
+        kill_server_and_worker_mid_training(server, arn, min_step=4)
+        checkpoints = server.settings.data_dir / "jobs" / arn.rsplit("/", 1)[-1] / "checkpoints"
+        assert (checkpoints / PREVIOUS_CHECKPOINT_FILE).exists()
+        (checkpoints / CHECKPOINT_FILE).write_bytes(b"\x80\x04 damaged on disk")
+        server.start()
+        job = wait_for_status(server.bedrock(), arn, ("Completed", "Failed", "Stopped"), timeout=300)
+        assert job["status"] == "Completed", job.get("failureMessage")
+        logs = [e["data"]["message"] for e in events(server, arn) if e["kind"] == "log"]
+        assert any(m.startswith(f"checkpoint {CHECKPOINT_FILE} is unusable (") for m in logs), logs
+        assert any(m.startswith(f"fell back to the previous checkpoint {PREVIOUS_CHECKPOINT_FILE}") for m in logs)
+    finally:
+        server.stop()
+
+
 def test_killed_worker_without_checkpoint_fails_with_a_clear_message(tmp_path: Path) -> None:
     server = make_server(tmp_path / "data")
     server.start()
@@ -99,6 +120,9 @@ def test_killed_worker_without_checkpoint_fails_with_a_clear_message(tmp_path: P
         assert job["failureMessage"].startswith("Job interrupted: the worker process ended unexpectedly")
         assert "no checkpoint to resume from" in job["failureMessage"]
         assert job["statusDetails"]["trainingDetails"]["status"] == "Failed"
+        job_id = arn.rsplit("/", 1)[-1]
+        assert not (server.settings.data_dir / "jobs" / job_id).exists(), "a failed job's scratch files stay"
+        assert not (server.settings.models_dir / "custom" / job_id).exists()
     finally:
         server.stop()
 

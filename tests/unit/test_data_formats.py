@@ -259,3 +259,8 @@ def test_write_jsonl_accepts_a_plain_string_path(tmp_path: Path, monkeypatch: py
     written = write_jsonl("train.jsonl", [{"prompt": "a", "completion": "é"}])
     assert written == Path("train.jsonl")
     assert (tmp_path / "train.jsonl").read_text(encoding="utf-8") == '{"prompt": "a", "completion": "é"}\n'
+
+
+def test_write_jsonl_escapes_a_record_with_a_lone_surrogate_so_validation_can_name_it(tmp_path: Path) -> None:
+    written = write_jsonl(tmp_path / "logs.jsonl", [{"prompt": "ok é"}, {"prompt": "half \ud800"}])
+    assert written.read_bytes() == '{"prompt": "ok é"}\n{"prompt": "half \\ud800"}\n'.encode()

@@ -129,12 +129,20 @@ def write_jsonl(path: str | os.PathLike[str], records: Iterable[Mapping[str, Any
     """Write one JSON object per line (UTF-8, no ASCII escaping) and return the path as a ``Path``.
 
     ``path`` may be a plain string, as in the README's tour (``write_jsonl("train.jsonl", ...)``).
+    A record holding a lone surrogate (from a ``\\ud800`` escape, say in logged traffic) cannot be
+    written as UTF-8; it is written ASCII-escaped instead, so that validation names its line and
+    field rather than the write failing.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("w", encoding="utf-8") as handle:
         for record in records:
-            handle.write(json.dumps(record, ensure_ascii=False) + "\n")
+            line = json.dumps(record, ensure_ascii=False)
+            try:
+                line.encode("utf-8")
+            except UnicodeEncodeError:
+                line = json.dumps(record)
+            handle.write(line + "\n")
     return path
 
 

@@ -10,6 +10,8 @@ errors"); file-level errors (size quota, record quota, no records) are always ke
 
 Limits applied per record:
 
+* every type: a byte cap on the raw line (:func:`record_byte_limit`), checked before the line is
+  decoded or parsed, so a huge single-line record is refused without being loaded whole.
 * fine-tuning and distillation: Bedrock's three token limits, with Bedrock's messages verbatim
   (``Maximum input token count 4097 exceeds limit of 4096``, ...). For a conversation the input is
   the system prompt and every turn before the final assistant answer; the output is that answer.

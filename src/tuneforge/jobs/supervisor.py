@@ -25,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -89,6 +90,19 @@ class _Running:
 
 def checkpoint_dir(services: Services, job_id: str) -> Path:
     return services.settings.data_dir / "jobs" / job_id / "checkpoints"
+
+
+def remove_job_files(services: Services, job_id: str) -> None:
+    """Delete a job's scratch folder (staged outputs, checkpoints) and its unregistered weights.
+
+    Called when a job ends Failed or Stopped: neither is ever resumed, so nothing there is needed,
+    and a failed write must not leave gigabytes behind. A job that goes back to the queue keeps
+    its checkpoints; a completed job's weights belong to its custom model and are never passed here.
+    """
+    for folder in (services.settings.data_dir / "jobs" / job_id, services.settings.models_dir / "custom" / job_id):
+        shutil.rmtree(folder, ignore_errors=True)
+        if folder.is_file() or folder.is_symlink():
+            folder.unlink(missing_ok=True)
 
 
 def has_checkpoint(services: Services, job_id: str) -> bool:
@@ -228,6 +242,8 @@ class Supervisor:
                 mark_stages(job, "Failed", only_unfinished=True)
                 message = job.failure_message
             session.add(JobEvent(job_id=job_id, kind="status", data={"status": job.status, "message": message}))
+            if job.status in ("Failed", "Stopped"):  # before the commit: the final status comes with the files gone
+                remove_job_files(self.services, job_id)
         log.warning("job %s: %s", job_id, message)
 
     # -- workers -----------------------------------------------------------------------------

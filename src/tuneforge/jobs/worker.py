@@ -25,7 +25,7 @@ from tuneforge.catalog.models import DISTILLATION, FoundationModel
 from tuneforge.db.tables import CustomModel, Job, JobEvent, utcnow
 from tuneforge.errors import ServiceError
 from tuneforge.jobs.service import mark_stages
-from tuneforge.jobs.supervisor import checkpoint_dir
+from tuneforge.jobs.supervisor import checkpoint_dir, remove_job_files
 from tuneforge.recipes.base import RecipeFailed, RecipeInputs, RecipeResult, Stage, StageStatus, TeacherInputs
 from tuneforge.services import Services
 from tuneforge.settings import Settings
@@ -246,11 +246,27 @@ class JobRunner:
             result = get_recipe(job["customization_type"]).run(inputs, self.reporter)
         except RecipeFailed:
             if output_dir.is_dir():  # what the recipe wrote (distillation's prompt insights) explains why
-                self.services.store.upload_tree(output_dir, output_uri)
+                self._upload_outputs(output_dir, output_uri)
             raise
+        except OSError as exc:
+            raise JobFailed(
+                f"The job could not write a file ({exc}); free disk space or fix the permissions of the data "
+                "directory, then create the job again"
+            ) from None
         if not result.stopped and output_dir.is_dir():
-            self.services.store.upload_tree(output_dir, output_uri)
+            self._upload_outputs(output_dir, output_uri)
         return result, model_dir, base
+
+    def _upload_outputs(self, output_dir: Path, output_uri: str) -> None:
+        try:
+            self.services.store.upload_tree(output_dir, output_uri)
+        except (StorageError, OSError) as exc:
+            # strerror, not str(exc): the latter names a path inside the server's object root.
+            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+            raise JobFailed(
+                f"Could not write the job's outputs to {output_uri} ({reason}); make the output location "
+                "writable, then create the job again"
+            ) from None
 
     def _teacher(self, job: dict[str, Any], student: FoundationModel) -> TeacherInputs | None:
         """A DISTILLATION job's teacher, checked again: it may have been deleted since the job was created."""
@@ -378,6 +394,11 @@ class JobRunner:
         shutil.rmtree(checkpoint_dir(self.services, self.job_id), ignore_errors=True)
 
     def _finish(self, status: str, failure: str | None = None) -> None:
+        """End the job Failed or Stopped; neither is resumed, so its scratch files and weights go.
+
+        They go first, so that whoever sees the final status sees them gone too.
+        """
+        remove_job_files(self.services, self.job_id)
         now = utcnow()
         with self.services.db.session() as session:
             job = session.get(Job, self.job_id)
