@@ -91,6 +91,7 @@ def assert_portable_tokenizer(folder: Path) -> None:
     """Named by a class transformers 4.x has, and that class (not AutoTokenizer) loads it as tuneforge does."""
     config = json.loads((folder / "tokenizer_config.json").read_text())
     assert config["tokenizer_class"] == PORTABLE_TOKENIZER_CLASS == "PreTrainedTokenizerFast"
+    assert config["model_input_names"] == ["input_ids", "attention_mask"]  # 4.x would add token_type_ids
     assert "is_local" not in config and "local_files_only" not in config
     explicit = PreTrainedTokenizerFast.from_pretrained(str(folder))
     ours = load_tokenizer(folder)

@@ -49,6 +49,9 @@ PORTABLE_TOKENIZER_CLASS = "PreTrainedTokenizerFast"
 loads it. transformers 5 writes its own ``TokenizersBackend`` (an alias of the same class there),
 which transformers 4.x refuses with "Tokenizer class TokenizersBackend does not exist"."""
 TRANSFORMERS_5_ONLY_CLASSES = ("TokenizersBackend",)
+CAUSAL_LM_INPUTS = ["input_ids", "attention_mask"]
+"""What a tokenizer returns for a decoder: transformers 4.x's ``PreTrainedTokenizerFast`` would add
+``token_type_ids`` unless told otherwise, and ``generate(**tokenizer(prompt))`` then fails there."""
 LOAD_TIME_KEYS = ("is_local", "local_files_only")
 """What transformers 5 records in tokenizer_config.json about how a tokenizer was loaded, not what it
 is; on another machine they are at best noise."""
@@ -111,7 +114,8 @@ def save_tokenizer(tokenizer: PreTrainedTokenizerBase, path: Path) -> None:
 
 def make_tokenizer_config_portable(folder: Path) -> None:
     """Rename transformers 5's ``TokenizersBackend`` to :data:`PORTABLE_TOKENIZER_CLASS` in
-    ``folder/tokenizer_config.json`` and drop :data:`LOAD_TIME_KEYS`.
+    ``folder/tokenizer_config.json`` (with :data:`CAUSAL_LM_INPUTS` as its ``model_input_names``) and
+    drop :data:`LOAD_TIME_KEYS`.
 
     Only that generic class is renamed: a model-specific class (``LlamaTokenizer``,
     ``Qwen2Tokenizer``) may carry behaviour of its own, and transformers 4.x already maps those
@@ -123,6 +127,7 @@ def make_tokenizer_config_portable(folder: Path) -> None:
     config = json.loads(path.read_text(encoding="utf-8"))
     if config.get("tokenizer_class") in TRANSFORMERS_5_ONLY_CLASSES and (folder / "tokenizer.json").is_file():
         config["tokenizer_class"] = PORTABLE_TOKENIZER_CLASS
+        config.setdefault("model_input_names", CAUSAL_LM_INPUTS)
     for key in LOAD_TIME_KEYS:
         config.pop(key, None)
     path.write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
