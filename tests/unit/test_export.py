@@ -33,6 +33,13 @@ from tuneforge.serving.generation import load_for_inference
 MICRO = next(model for model in BUILTIN_MODELS if model.source == "builtin:forge-micro")
 BASE = BaseModel(model_id=MICRO.model_id, builtin=True)
 PROMPT = "User: my parcel is late\nAssistant:"
+PEFT_0_11_LORA_FIELDS = {
+    *("alpha_pattern", "auto_mapping", "base_model_name_or_path", "bias", "fan_in_fan_out", "inference_mode"),
+    *("init_lora_weights", "layer_replication", "layers_pattern", "layers_to_transform", "loftq_config"),
+    *("lora_alpha", "lora_dropout", "megatron_config", "megatron_core", "modules_to_save", "peft_type", "r"),
+    *("rank_pattern", "revision", "target_modules", "task_type", "use_dora", "use_rslora"),
+}
+"""``LoraConfig``'s fields in peft 0.11.1 (May 2024), which refuses any other key in adapter_config.json."""
 
 
 @pytest.fixture(scope="module")
@@ -112,6 +119,8 @@ def test_saved_adapter_and_merged_folders_have_portable_tokenizers(saved: Path) 
 def test_saved_adapter_names_its_base_by_catalog_id_not_by_path(saved: Path, models_dir: Path) -> None:
     config = json.loads((saved / "adapter" / "adapter_config.json").read_text())
     assert config["base_model_name_or_path"] == "tuneforge.forge-micro-v1:0:512"
+    assert set(config) <= PEFT_0_11_LORA_FIELDS, "older peft releases refuse these keys"
+    assert (config["r"], config["lora_alpha"], config["peft_type"]) == (4, 8, "LORA")
     for folder in (saved / "adapter", saved / "merged"):
         for path in folder.iterdir():
             if path.suffix in (".json", ".md"):

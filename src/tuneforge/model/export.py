@@ -18,6 +18,7 @@ torch, so this module runs in the CLI or worker process, never in the API server
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -27,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from peft import PeftModel
+from peft import LoraConfig, PeftModel
 
 from tuneforge.catalog.builtin import load_model_and_tokenizer, make_tokenizer_config_portable
 
@@ -58,12 +59,43 @@ class Export:
     """Every file written, relative to the export folder."""
 
 
+LORA_KEYS_ALWAYS_KEPT = frozenset(
+    {
+        "peft_type",
+        "task_type",
+        "base_model_name_or_path",
+        "inference_mode",
+        "r",
+        "lora_alpha",
+        "lora_dropout",
+        "bias",
+        "fan_in_fan_out",
+        "use_rslora",
+        "use_dora",
+        "target_modules",
+        "modules_to_save",
+    }
+)
+"""LoRA settings that shape the forward pass, kept even at their defaults so no peft release has to
+agree with today's defaults on them."""
+
+
 def make_adapter_portable(adapter_dir: Path, base: BaseModel, *, base_copied: bool = False) -> None:
-    """Name the base by its catalog id in ``adapter_config.json`` and write the adapter README
-    (over peft's model card, which names the local path too)."""
+    """Name the base by its catalog id in ``adapter_config.json``, leave out what older peft releases
+    cannot read, and write the adapter README (over peft's model card, which names the local path too).
+
+    peft builds the config with ``LoraConfig(**adapter_config)``, and older releases (0.11, for one)
+    refuse any key they do not know: peft 0.21 writes some 20 newer ones (``alora_invocation_tokens``,
+    ``qalora_group_size``, ``peft_version``...), nearly all at their defaults. A setting at its default
+    means the feature is off, which is also what an older peft does without the key, so those keys
+    are dropped (checked with peft 0.11.1 and transformers 4.40.2); a non-default one stays, and a
+    peft too old for it then says so.
+    """
     path = adapter_dir / ADAPTER_CONFIG
     config = json.loads(path.read_text(encoding="utf-8"))
     config["base_model_name_or_path"] = base.model_id
+    if config.get("peft_type") == "LORA":
+        config = _without_defaults(config)
     path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
     (adapter_dir / README).write_text(adapter_readme(base, base_copied=base_copied), encoding="utf-8")
 
@@ -99,6 +131,21 @@ def _where_base(base: BaseModel) -> str:
     return f"`{base.model_id}` is the id the base model was registered under (`tuneforge models register`)."
 
 
+def _without_defaults(config: dict[str, Any]) -> dict[str, Any]:
+    defaults: dict[str, Any] = {}
+    for spec in dataclasses.fields(LoraConfig):
+        if spec.default is not dataclasses.MISSING:
+            defaults[spec.name] = spec.default
+        elif spec.default_factory is not dataclasses.MISSING:
+            defaults[spec.name] = spec.default_factory()
+    defaults["peft_version"] = config.get("peft_version")  # which peft wrote it, not how it runs
+    return {
+        key: value
+        for key, value in config.items()
+        if key in LORA_KEYS_ALWAYS_KEPT or key not in defaults or value != defaults[key]
+    }
+
+
 def adapter_readme(base: BaseModel, *, base_copied: bool) -> str:
     """What an adapter folder's README says: the base to load and how (transformers + peft)."""
     base_path = f"path/to/this/folder/{BASE_SUBFOLDER}" if base_copied else "path/to/the/base/model"
@@ -114,7 +161,7 @@ not a Hugging Face Hub id: load the base from a local folder and pass it to peft
 {where}
 
 ```python
-from peft import PeftModel
+from peft import LoraConfig, PeftModel
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 base = AutoModelForCausalLM.from_pretrained("{base_path}")
