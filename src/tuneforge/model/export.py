@@ -171,7 +171,8 @@ tokenizer = AutoTokenizer.from_pretrained("path/to/this/folder")
 ```
 
 The tokenizer is the base model's (`tokenizer.json`, class `PreTrainedTokenizerFast` where
-transformers 5 would write `TokenizersBackend`), so it loads with transformers 4.40 and later.
+transformers 5 would write `TokenizersBackend`), and `adapter_config.json` leaves out settings at
+peft's defaults, so the folder loads with transformers 4.40 and peft 0.11 as well as newer releases.
 
 {_PROMPTS}"""
 
