@@ -162,8 +162,16 @@ def test_merged_export_loads_with_plain_transformers_and_answers_as_the_server(
 def test_adapter_export_with_its_base_loads_with_plain_peft_and_answers_as_the_server(
     server: Server, served: Served, tmp_path: Path
 ) -> None:
+    """Written over a folder that holds a file: refused without --force, replaced with it."""
     dest = tmp_path / "adapter"
-    cli(server, "models", "export", served.model_name, str(dest), "--adapter", "--include-base")
+    dest.mkdir()
+    (dest / "keep.txt").write_text("mine")
+    args = ("models", "export", served.model_name, str(dest), "--adapter", "--include-base")
+    refused = cli(server, *args, check=False)
+    assert refused.returncode == 1 and "is not empty" in refused.stderr and "--force" in refused.stderr
+    assert [path.name for path in dest.iterdir()] == ["keep.txt"]
+    cli(server, *args, "--force")
+    assert not (dest / "keep.txt").exists()
     config = json.loads((dest / "adapter_config.json").read_text())
     assert config["base_model_name_or_path"] == STUDENT_MODEL
     assert f"`{STUDENT_MODEL}`" in (dest / "README.md").read_text()
@@ -172,17 +180,8 @@ def test_adapter_export_with_its_base_loads_with_plain_peft_and_answers_as_the_s
     assert_same_answers(served, loaded, dest)
 
 
-def test_export_refuses_unknown_models_and_non_empty_folders_in_one_line(
-    server: Server, served: Served, tmp_path: Path
-) -> None:
+def test_export_refuses_an_unknown_model_in_one_line(server: Server, tmp_path: Path) -> None:
     unknown = cli(server, "models", "export", "no-such-model", str(tmp_path / "x"), check=False)
     assert unknown.returncode == 1
     assert unknown.stderr.strip() == "error: The custom model no-such-model does not exist."
-    occupied = tmp_path / "occupied"
-    occupied.mkdir()
-    (occupied / "keep.txt").write_text("mine")
-    refused = cli(server, "models", "export", served.model_name, str(occupied), "--adapter", check=False)
-    assert refused.returncode == 1 and "is not empty" in refused.stderr and "--force" in refused.stderr
-    assert [path.name for path in occupied.iterdir()] == ["keep.txt"]
-    cli(server, "models", "export", served.model_name, str(occupied), "--adapter", "--force")
-    assert (occupied / "adapter_model.safetensors").is_file() and not (occupied / "keep.txt").exists()
+    assert not (tmp_path / "x").exists()
