@@ -9,6 +9,7 @@ Three things make a saved folder portable, and both the recipes (when a job save
   model card). That path means nothing on another machine, so it is replaced by the base model's
   catalog id (``tuneforge.forge-small-v1:0:512``, or the id a user registered their own model under).
   tuneforge itself never reads that field: it finds an adapter's base through its manifest.
+  Settings at peft's defaults are left out, because older peft releases refuse keys they do not know.
 - **README.md**: which base to load, and the few lines of transformers + peft code that load it.
 
 :func:`export_model` writes one self-contained folder from a custom model: the merged model (full
