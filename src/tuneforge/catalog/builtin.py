@@ -13,6 +13,7 @@ API process.
 from __future__ import annotations
 
 import fcntl
+import json
 import os
 import shutil
 import tempfile
@@ -43,7 +44,17 @@ PAD, BOS, EOS, UNK = "<pad>", "<bos>", "<eos>", "<unk>"
 SPECIAL_TOKENS = (PAD, BOS, EOS, UNK)
 """Ids 256..259, after the 256 byte tokens whose id is the byte value."""
 
-"""Any one of these makes a folder's tokenizer loadable by ``AutoTokenizer``."""
+PORTABLE_TOKENIZER_CLASS = "PreTrainedTokenizerFast"
+"""The class a saved ``tokenizer.json`` tokenizer is named by: every transformers release from 4.x on
+loads it. transformers 5 writes its own ``TokenizersBackend`` (an alias of the same class there),
+which transformers 4.x refuses with "Tokenizer class TokenizersBackend does not exist"."""
+TRANSFORMERS_5_ONLY_CLASSES = ("TokenizersBackend",)
+CAUSAL_LM_INPUTS = ["input_ids", "attention_mask"]
+"""What a tokenizer returns for a decoder: transformers 4.x's ``PreTrainedTokenizerFast`` would add
+``token_type_ids`` unless told otherwise, and ``generate(**tokenizer(prompt))`` then fails there."""
+LOAD_TIME_KEYS = ("is_local", "local_files_only")
+"""What transformers 5 records in tokenizer_config.json about how a tokenizer was loaded, not what it
+is; on another machine they are at best noise."""
 
 
 def _byte_symbols() -> list[str]:
@@ -88,7 +99,38 @@ def build_tokenizer(path: Path) -> None:
         split_special_tokens=True,
         model_max_length=max(arch.max_position_embeddings for arch in BUILTIN_ARCHITECTURES.values()),
     )
-    fast.save_pretrained(str(path))
+    save_tokenizer(fast, path)
+
+
+def save_tokenizer(tokenizer: PreTrainedTokenizerBase, path: Path) -> None:
+    """``save_pretrained`` into ``path``, then make its tokenizer_config.json portable.
+
+    Every tokenizer tuneforge writes (built-in models, custom models, exports) goes through here, so
+    a folder it hands out loads with ``AutoTokenizer`` on transformers 4.x as well as 5.
+    """
+    tokenizer.save_pretrained(str(path))
+    make_tokenizer_config_portable(path)
+
+
+def make_tokenizer_config_portable(folder: Path) -> None:
+    """Rename transformers 5's ``TokenizersBackend`` to :data:`PORTABLE_TOKENIZER_CLASS` in
+    ``folder/tokenizer_config.json`` (with :data:`CAUSAL_LM_INPUTS` as its ``model_input_names``) and
+    drop :data:`LOAD_TIME_KEYS`.
+
+    Only that generic class is renamed: a model-specific class (``LlamaTokenizer``,
+    ``Qwen2Tokenizer``) may carry behaviour of its own, and transformers 4.x already maps those
+    names to its fast variants. Folders written before this existed are fixed the same way on export.
+    """
+    path = folder / "tokenizer_config.json"
+    if not path.is_file():
+        return
+    config = json.loads(path.read_text(encoding="utf-8"))
+    if config.get("tokenizer_class") in TRANSFORMERS_5_ONLY_CLASSES and (folder / "tokenizer.json").is_file():
+        config["tokenizer_class"] = PORTABLE_TOKENIZER_CLASS
+        config.setdefault("model_input_names", CAUSAL_LM_INPUTS)
+    for key in LOAD_TIME_KEYS:
+        config.pop(key, None)
+    path.write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
 
 
 def builtin_seed(name: str) -> int:

@@ -190,6 +190,71 @@ def models_register(
     console.print(f"registered {model.model_id} ({services.arns.foundation_model(model.model_id)})")
 
 
+@models_app.command("export")
+def models_export(
+    model: Annotated[str, typer.Argument(help="Custom model name or ARN.")],
+    dest: Annotated[Path, typer.Argument(help="Local folder to write (absent or empty, unless --force).")],
+    merged: Annotated[
+        bool,
+        typer.Option("--merged/--adapter", help="Full weights (default), or the LoRA adapter naming its base."),
+    ] = True,
+    include_base: Annotated[
+        bool, typer.Option("--include-base", help="With --adapter: copy the base model into DEST/base/.")
+    ] = False,
+    force: Annotated[bool, typer.Option("--force", help="Replace DEST even when it is not empty.")] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Export a custom model as a Hugging Face folder that plain transformers (and peft) load.
+
+    Reads the model from this installation's data directory (the server need not run). Merging
+    an adapter-only model loads its base here, so this command imports torch.
+    """
+    from tuneforge.data.preflight import base_model_dir
+    from tuneforge.errors import ServiceError
+    from tuneforge.storage import StorageError
+
+    dest = dest.expanduser()
+    services = _services()
+    try:
+        custom = services.custom_models.get(model)
+        base = services.catalog.get(custom.base_model_id)
+        base_dir = base_model_dir(services, base)
+    except ServiceError as exc:
+        raise _fail(exc.message) from None
+    except StorageError as exc:
+        raise _fail(f"the base model {custom.base_model_id} is not available: {exc}") from None
+
+    from tuneforge.model.export import BaseModel, ExportError, export_model
+    from tuneforge.recipes.components import read_manifest
+
+    weights = Path(custom.weights_path)
+    manifest = read_manifest(weights)
+    if manifest is None:
+        raise _fail(f"the weights of {custom.name} are missing from {weights}")
+    try:
+        with err.status(f"exporting {custom.name}") as status:
+            export = export_model(
+                weights,
+                manifest,
+                BaseModel(model_id=base.model_id, builtin=base.builtin),
+                base_dir,
+                dest,
+                form="merged" if merged else "adapter",
+                include_base=include_base,
+                force=force,
+                protected=(services.settings.data_dir,),
+                progress=lambda step: status.update(f"exporting {custom.name}: {step}"),
+            )
+    except (ExportError, OSError) as exc:
+        raise _fail(str(exc)) from None
+    if as_json:
+        _print_json({"modelArn": custom.arn, "baseModelId": base.model_id, "form": export.form, "files": export.files})
+        return
+    size = sum((dest / name).stat().st_size for name in export.files)
+    console.print(f"exported {custom.name} ({export.form}, base {base.model_id}) to {dest}: ", end="")
+    console.print(f"{len(export.files)} files, {size / 1e6:.1f} MB; see {dest / 'README.md'}")
+
+
 # -- data ------------------------------------------------------------------------------------------
 
 

@@ -54,7 +54,9 @@ import torch
 from peft import LoraConfig, get_peft_model
 from transformers import PreTrainedTokenizerBase, get_cosine_schedule_with_warmup
 
+from tuneforge.catalog.builtin import save_tokenizer
 from tuneforge.catalog.hyperparameters import HyperParameterValue
+from tuneforge.model.export import BaseModel, make_adapter_portable, write_merged_readme
 from tuneforge.recipes import layout
 from tuneforge.recipes.base import JobReporter, RecipeInputs
 from tuneforge.recipes.performance import (
@@ -756,18 +758,25 @@ def save_model(model: Any, tokenizer: Any, inputs: RecipeInputs, *, full: bool) 
       ``saveMergedModel`` is true, and always for full training (then it is the only copy).
     - ``tuneforge-model.json``: which of the two exists and which base model the adapter belongs
       to, read by :func:`tuneforge.serving.generation.load_for_inference`.
+
+    Both folders are portable (:mod:`tuneforge.model.export`): a tokenizer class transformers 4.x
+    loads, the base named by its catalog id rather than a local path, and a README saying how to load
+    them.
     """
     model_dir = inputs.model_dir
     model_dir.mkdir(parents=True, exist_ok=True)
     adapter_dir = None if full else "adapter"
     merged_dir = "merged" if full or inputs.hyperparameters["saveMergedModel"] else None
+    base = BaseModel(model_id=inputs.base_model.model_id, builtin=inputs.base_model.builtin)
     if adapter_dir:
         model.save_pretrained(str(model_dir / adapter_dir), safe_serialization=True)
-        tokenizer.save_pretrained(str(model_dir / adapter_dir))
+        save_tokenizer(tokenizer, model_dir / adapter_dir)
+        make_adapter_portable(model_dir / adapter_dir, base)
     if merged_dir:
         merged = model if full else model.merge_and_unload()
         merged.save_pretrained(str(model_dir / merged_dir), safe_serialization=True)
-        tokenizer.save_pretrained(str(model_dir / merged_dir))
+        save_tokenizer(tokenizer, model_dir / merged_dir)
+        write_merged_readme(model_dir / merged_dir, base)
     manifest = {
         "base_model_id": inputs.base_model.model_id,
         "base_model_source": inputs.base_model.source,
