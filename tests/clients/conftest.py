@@ -2,16 +2,17 @@
 
 The server has access keys and an API key configured and refuses anonymous requests, so every client
 below really signs (SigV4) or sends its bearer key. The model is a provisioned throughput of the
-built-in forge-micro: no training, ready in seconds. Clients are kept on loopback: credentials and
-endpoints are explicit, the user's AWS and OpenAI configuration is hidden, and nothing may ask a cloud
-metadata service, LangSmith or LiteLLM's price list on the internet.
-"""
+built-in forge-micro, created by the docs' AWS CLI snippet: no training, ready in seconds. Clients
+are kept on loopback: credentials and endpoints are explicit, the user's AWS and OpenAI configuration
+is hidden, and nothing may ask a cloud metadata service, LangSmith or LiteLLM's price list on the
+internet."""
 
 from __future__ import annotations
 
 import json
 import os
 import re
+import subprocess
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -22,7 +23,7 @@ import boto3
 import pytest
 from botocore.config import Config
 
-from tests.e2e.conftest import HANG_GUARD_S, STUDENT_MODEL, Server, make_server, wait_until
+from tests.e2e.conftest import HANG_GUARD_S, Server, make_server, wait_until
 
 KEY_ID, SECRET = "AKIDCLIENTS", "clients-secret"
 API_KEY = "sk-tuneforge-clients"
@@ -125,16 +126,17 @@ class Deployment:
 
 @pytest.fixture(scope="package")
 def deployment(server: Server) -> Deployment:
+    """Provisioned by the docs' own AWS CLI snippet; its first answer comes from boto3."""
     bedrock, runtime = boto3_client(server, "bedrock"), boto3_client(server, "bedrock-runtime")
-    arn = bedrock.create_provisioned_model_throughput(
-        provisionedModelName=MODEL_NAME, modelId=STUDENT_MODEL, modelUnits=1
-    )["provisionedModelArn"]
+    (created,) = run_shell_snippet("aws-cli-provision", server)
+    arn = created["provisionedModelArn"]
     status = wait_until(
         lambda: bedrock.get_provisioned_model_throughput(provisionedModelId=arn)["status"],
         lambda got: got != "Creating",
         "the deployment to leave Creating",
     )
     assert status == "InService", bedrock.get_provisioned_model_throughput(provisionedModelId=arn)
+    assert bedrock.get_provisioned_model_throughput(provisionedModelId=arn)["provisionedModelName"] == MODEL_NAME
     reply = runtime.converse(
         modelId=arn,
         messages=[{"role": "user", "content": [{"text": PROMPT}]}],
@@ -174,6 +176,21 @@ def json_documents(text: str) -> list[Any]:
         document, position = decoder.raw_decode(text, position)
         documents.append(document)
     return documents
+
+
+def run_shell_snippet(name: str, server: Server, deployment: Deployment | None = None) -> list[Any]:
+    """Run the docs' shell snippet with bash, as a user would paste it; return the JSON it printed."""
+    lang, code = snippets()[name]
+    assert lang == "sh", name
+    result = subprocess.run(
+        ["bash", "-euo", "pipefail", "-c", code],
+        env=shell_environment(server, deployment),
+        capture_output=True,
+        text=True,
+        timeout=HANG_GUARD_S,
+    )
+    assert result.returncode == 0, f"{name} failed:\n{result.stderr}\n{result.stdout}"
+    return json_documents(result.stdout)
 
 
 def shell_environment(server: Server, deployment: Deployment | None) -> dict[str, str]:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import logging
-import subprocess
 from typing import Any
 
 import pytest
@@ -21,30 +20,14 @@ from tests.clients.conftest import (
     SECRET,
     Deployment,
     boto3_client,
-    json_documents,
     run_python_snippet,
-    shell_environment,
+    run_shell_snippet,
     snippets,
 )
-from tests.e2e.conftest import HANG_GUARD_S, STUDENT_MODEL, Server, wait_for_status
+from tests.e2e.conftest import STUDENT_MODEL, Server, wait_for_status
 from tuneforge.data.tasks import make_classification_task
 
 pytestmark = pytest.mark.e2e
-
-
-def run_shell_snippet(name: str, server: Server, deployment: Deployment | None = None) -> list[Any]:
-    """Run the docs' shell snippet with bash, as a user would paste it; return the JSON it printed."""
-    lang, code = snippets()[name]
-    assert lang == "sh", name
-    result = subprocess.run(
-        ["bash", "-euo", "pipefail", "-c", code],
-        env=shell_environment(server, deployment),
-        capture_output=True,
-        text=True,
-        timeout=HANG_GUARD_S,
-    )
-    assert result.returncode == 0, f"{name} failed:\n{result.stderr}\n{result.stdout}"
-    return json_documents(result.stdout)
 
 
 def assert_streams_the_answer(namespace: dict[str, Any], expected: str | None) -> None:
@@ -60,6 +43,7 @@ def assert_streams_the_answer(namespace: dict[str, Any], expected: str | None) -
 
 def test_every_tested_snippet_has_a_test() -> None:
     tested = {
+        "aws-cli-provision",
         "aws-cli-list-models",
         "aws-cli-create-job",
         "aws-cli-get-job-and-model",
