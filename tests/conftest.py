@@ -1,7 +1,40 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+
+import pytest
+from pytest_timeout import get_env_settings
 
 # Tests must never reach a model hub; everything they load is created offline.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+FIXTURE_TIMEOUT_S = 3600.0
+"""Hang guard for one test's setup or teardown: the fixtures it starts (a server, a module's training
+run). pyproject's ``timeout`` (with ``timeout_func_only``) bounds the test function alone, so a slow
+module-scoped fixture is never billed to whichever test happens to set it up first; this bounds the
+fixtures, far above what they take on a loaded machine, so only a hang trips it."""
+
+
+def _guarded(item: pytest.Item) -> Iterator[None]:
+    settings = get_env_settings(item.config)
+    hooks = item.config.pluginmanager.hook
+    if settings.timeout is None or settings.timeout <= 0:  # timeouts switched off (--timeout=0, a debugger)
+        yield
+        return
+    hooks.pytest_timeout_set_timer(item=item, settings=settings._replace(timeout=FIXTURE_TIMEOUT_S))
+    try:
+        yield
+    finally:
+        hooks.pytest_timeout_cancel_timer(item=item)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_setup(item: pytest.Item) -> Iterator[None]:
+    yield from _guarded(item)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_teardown(item: pytest.Item) -> Iterator[None]:
+    yield from _guarded(item)

@@ -1,6 +1,7 @@
 """CI's benchmark smoke: every benchmark runs end to end in its quick mode and its in-run ratios clear
 lenient floors. Nothing here looks at an absolute time; the floors are far below the targets in
-docs/performance.md, so only a broken run or a large regression fails.
+docs/performance.md, so only a broken run or a large regression fails. A run whose ratio missed while
+other processes held the CPU is skipped, saying how busy the machine was: it cannot be judged.
 """
 
 from __future__ import annotations
@@ -13,15 +14,20 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from benchmarks.common import EXIT_TOO_NOISY
 
 ROOT = Path(__file__).resolve().parents[2]
+RUN_HANG_GUARD_S = 3600
+"""One quick benchmark run takes a minute or two on a quiet 2-core machine, and the training one took
+25 minutes beside a load average of 10 on 2 cores; only a hang takes an hour."""
 
 
-def run_benchmark(script: str, *args: str, timeout: float = 420) -> dict[str, Any]:
-    """Run a benchmark with ``--check``; a floor missed once is re-run once before it counts.
+def run_benchmark(script: str, *args: str) -> dict[str, Any]:
+    """Run a benchmark with ``--check``; its exit status is the verdict.
 
-    One quick repeat can land on a moment when something else holds the CPU; a real regression
-    misses its floor twice in a row. A crash fails at once.
+    0 passes. 3 (too noisy to judge: a ratio missed while other processes held the CPU) skips. 1 is a
+    broken run, or a ratio under its floor on a quiet machine; a floor missed once is re-run once
+    before it counts, since a real regression misses it twice in a row. A crash fails at once.
     """
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
     for attempt in (1, 2):
@@ -29,10 +35,12 @@ def run_benchmark(script: str, *args: str, timeout: float = 420) -> dict[str, An
             [sys.executable, str(ROOT / "benchmarks" / script), *args, "--check"],
             capture_output=True,
             text=True,
-            timeout=timeout,
+            timeout=RUN_HANG_GUARD_S,
             env=env,
             cwd=ROOT,
         )
+        if result.returncode == EXIT_TOO_NOISY:
+            pytest.skip(f"{script}: {result.stderr.strip().splitlines()[-1]}")
         lines = result.stdout.strip().splitlines()
         data: dict[str, Any] = json.loads(lines[-1]) if lines and lines[-1].startswith("{") else {}
         # The run finished and printed its JSON line, but a ratio missed its floor.
@@ -43,7 +51,7 @@ def run_benchmark(script: str, *args: str, timeout: float = 420) -> dict[str, An
     return data
 
 
-@pytest.mark.timeout(600)
+@pytest.mark.timeout(2 * RUN_HANG_GUARD_S + 600)
 def test_training_benchmark_smoke() -> None:
     data = run_benchmark("train_bench.py", "--quick")
     assert data["benchmark"] == "train"
@@ -55,7 +63,7 @@ def test_training_benchmark_smoke() -> None:
     assert data["loss_parity_abs_diff"] < 1e-3
 
 
-@pytest.mark.timeout(300)
+@pytest.mark.timeout(2 * RUN_HANG_GUARD_S + 600)
 def test_teacher_generation_benchmark_smoke() -> None:
     data = run_benchmark("distill_bench.py", "--quick")
     assert data["benchmark"] == "distill"
@@ -64,7 +72,7 @@ def test_teacher_generation_benchmark_smoke() -> None:
     assert data["ratios"]["batched_vs_sequential"] >= 1.5
 
 
-@pytest.mark.timeout(300)
+@pytest.mark.timeout(2 * RUN_HANG_GUARD_S + 600)
 def test_serving_benchmark_smoke() -> None:
     data = run_benchmark("serving_batching.py", "--quick")
     assert data["benchmark"] == "serving_batching"

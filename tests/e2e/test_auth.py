@@ -108,7 +108,7 @@ def test_non_loopback_bind_without_keys_refuses_to_start(tmp_path: Path) -> None
         env=child_environment(settings),
         capture_output=True,
         text=True,
-        timeout=60,
+        timeout=600,
     )
     assert result.returncode == 2
     assert "non-loopback bind needs access keys" in result.stderr

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from botocore.exceptions import ClientError
 
-from tests.e2e.conftest import BASE_MODEL, ROLE, Server, TaskData, unique, wait_for_status
+from tests.e2e.conftest import BASE_MODEL, HANG_GUARD_S, ROLE, Server, TaskData, unique, wait_for_status
 from tuneforge.storage import ObjectStore
 
 pytestmark = pytest.mark.e2e
@@ -97,7 +97,7 @@ def completed_job(bedrock: Any, task_data: TaskData) -> dict[str, Any]:
         validationDataConfig={"validators": [{"s3Uri": task_data.validation_uri}]},
         hyperParameters={"seed": "7"},
     )
-    return wait_for_status(bedrock, arn, ("Completed", "Failed", "Stopped"), timeout=600)
+    return wait_for_status(bedrock, arn, ("Completed", "Failed", "Stopped"))
 
 
 def test_fine_tuning_job_completes_with_metrics_and_bedrock_outputs(
@@ -175,7 +175,7 @@ def test_stopping_a_finished_job_is_a_conflict(completed_job: dict[str, Any], be
 
 def test_stop_moves_running_job_to_stopped(bedrock: Any, task_data: TaskData, server: Server) -> None:
     arn = create_job(bedrock, task_data.train_uri, hyperParameters={"epochCount": "100"})
-    deadline = time.monotonic() + 120
+    deadline = time.monotonic() + HANG_GUARD_S
     while True:
         job = bedrock.get_model_customization_job(jobIdentifier=arn)
         if job["statusDetails"]["trainingDetails"]["status"] == "InProgress":
@@ -184,10 +184,8 @@ def test_stop_moves_running_job_to_stopped(bedrock: Any, task_data: TaskData, se
         time.sleep(0.2)
     bedrock.stop_model_customization_job(jobIdentifier=arn)
     assert bedrock.get_model_customization_job(jobIdentifier=arn)["status"] in ("Stopping", "Stopped")
-    started = time.monotonic()
-    job = wait_for_status(bedrock, arn, ("Stopped", "Completed", "Failed"), timeout=60)
-    assert job["status"] == "Stopped"
-    assert time.monotonic() - started < 15
+    job = wait_for_status(bedrock, arn, ("Stopped", "Completed", "Failed"))
+    assert job["status"] == "Stopped"  # 100 epochs would take far longer: stopping ended it early
     assert job["statusDetails"]["trainingDetails"]["status"] == "Stopped"
     assert "outputModelArn" not in job
 
@@ -199,7 +197,7 @@ def test_list_jobs_paginates_filters_and_sorts(bedrock: Any, task_data: TaskData
         arns.append(create_job(bedrock, task_data.small_uri, jobName=f"{prefix}-{i}"))
         bedrock.stop_model_customization_job(jobIdentifier=arns[-1])
     for arn in arns:
-        wait_for_status(bedrock, arn, ("Stopped",), timeout=60)
+        wait_for_status(bedrock, arn, ("Stopped",))
 
     pages = list(
         bedrock.get_paginator("list_model_customization_jobs").paginate(
@@ -257,20 +255,18 @@ def test_malformed_line_fails_preflight_naming_the_line(bedrock: Any, server: Se
         '{"prompt": "Ticket: where is my parcel\\nCategory:" "completion": " shipping"}',
     ]
     store.write_bytes("s3://tests/bad/train.jsonl", ("\n".join(lines) + "\n").encode())
-    started = time.monotonic()
     arn = create_job(bedrock, "s3://tests/bad/train.jsonl")
-    job = wait_for_status(bedrock, arn, ("Failed", "Completed"), timeout=60)
+    job = wait_for_status(bedrock, arn, ("Failed", "Completed"))
     assert job["status"] == "Failed"
     assert "line 3" in job["failureMessage"]
     assert "s3://tests/bad/train.jsonl" in job["failureMessage"]
     assert job["statusDetails"]["validationDetails"]["status"] == "Failed"
-    assert job["statusDetails"]["trainingDetails"]["status"] == "NotStarted"
-    assert time.monotonic() - started < 45
+    assert job["statusDetails"]["trainingDetails"]["status"] == "NotStarted"  # refused before any training
 
 
 def test_missing_training_file_fails_with_bedrock_message(bedrock: Any) -> None:
     arn = create_job(bedrock, "s3://tests/nothing/here.jsonl")
-    job = wait_for_status(bedrock, arn, ("Failed", "Completed"), timeout=60)
+    job = wait_for_status(bedrock, arn, ("Failed", "Completed"))
     assert job["failureMessage"] == (
         "Could not validate GetObject permissions to access Amazon S3 bucket: tests at key nothing/here.jsonl"
     )
@@ -310,7 +306,7 @@ def test_paths_outside_the_roots_are_refused(bedrock: Any, server: Server) -> No
 
 def test_delete_custom_model_removes_its_weights(bedrock: Any, task_data: TaskData, server: Server) -> None:
     arn = create_job(bedrock, task_data.small_uri, hyperParameters={"epochCount": "1"})
-    job = wait_for_status(bedrock, arn, ("Completed", "Failed", "Stopped"), timeout=300)
+    job = wait_for_status(bedrock, arn, ("Completed", "Failed", "Stopped"))
     assert job["status"] == "Completed", job.get("failureMessage")
     weights = server.settings.models_dir / "custom" / arn.rsplit("/", 1)[-1]
     assert any(weights.rglob("*.safetensors"))

@@ -23,7 +23,7 @@ def cli(server: Server, *args: str, check: bool = True) -> subprocess.CompletedP
         env={**child_environment(server.settings), "COLUMNS": "200"},
         capture_output=True,
         text=True,
-        timeout=300,
+        timeout=1200,
     )
     if check:
         assert result.returncode == 0, result.stderr + result.stdout

@@ -95,7 +95,7 @@ def runs(bedrock: Any, server: Server, tmp_path_factory: pytest.TempPathFactory)
         trainingDataConfig={"s3Uri": upload("teacher-train", train)},
         hyperParameters={"epochCount": "5"},
     )
-    teacher = wait_for_status(bedrock, teacher_arn, TERMINAL, timeout=600)
+    teacher = wait_for_status(bedrock, teacher_arn, TERMINAL)
     assert teacher["status"] == "Completed", teacher.get("failureMessage")
 
     # Prompts only, plus one repeated prompt the insights report must reject; the validation set
@@ -125,12 +125,12 @@ def runs(bedrock: Any, server: Server, tmp_path_factory: pytest.TempPathFactory)
 
 @pytest.fixture(scope="module")
 def cpt_job(bedrock: Any, runs: Runs) -> dict[str, Any]:
-    return wait_for_status(bedrock, runs.cpt, TERMINAL, timeout=600)
+    return wait_for_status(bedrock, runs.cpt, TERMINAL)
 
 
 @pytest.fixture(scope="module")
 def distillation_job(bedrock: Any, runs: Runs) -> dict[str, Any]:
-    return wait_for_status(bedrock, runs.distillation, TERMINAL, timeout=600)
+    return wait_for_status(bedrock, runs.distillation, TERMINAL)
 
 
 # -- catalog -------------------------------------------------------------------------------------
@@ -227,7 +227,7 @@ def test_prompt_insights_and_synthetic_sample_are_at_their_documented_paths(
 
 
 def test_logit_distillation_job_completes_with_its_validation_loss(bedrock: Any, runs: Runs) -> None:
-    job = wait_for_status(bedrock, runs.logit_kd, TERMINAL, timeout=600)
+    job = wait_for_status(bedrock, runs.logit_kd, TERMINAL)
     assert job["status"] == "Completed", job.get("failureMessage")
     assert job["hyperParameters"]["logitDistillationWeight"] == "0.5"
     assert len(job["validationMetrics"]) == 1 and job["validationMetrics"][0]["validationLoss"] > 0
@@ -278,7 +278,7 @@ def test_distillation_data_without_a_user_turn_fails_preflight_naming_the_line(b
         trainingDataConfig={"s3Uri": "s3://tests/approaches/no-user.jsonl"},
         customizationConfig=teacher_config(BASE_MODEL),
     )
-    job = wait_for_status(bedrock, arn, TERMINAL, timeout=120)
+    job = wait_for_status(bedrock, arn, TERMINAL)
     assert job["status"] == "Failed"
     assert "s3://tests/approaches/no-user.jsonl: line 2" in job["failureMessage"]
     assert "needs at least one user message" in job["failureMessage"]

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from tests.e2e.conftest import BASE_MODEL, ROLE, STUDENT_MODEL, Server, unique, wait_for_status
+from tests.e2e.conftest import BASE_MODEL, HANG_GUARD_S, ROLE, STUDENT_MODEL, Server, unique, wait_for_status
 from tuneforge.data.tasks import make_classification_task
 from tuneforge.serving.invocation_logs import read_records
 from tuneforge.storage import ObjectStore
@@ -35,7 +35,7 @@ def test_distillation_job_reads_invocation_logs_written_by_the_runtime(bedrock: 
 
     store = ObjectStore.from_settings(server.settings)
     source = f"s3://tests-logs/{prefix}"
-    deadline = time.monotonic() + 30
+    deadline = time.monotonic() + HANG_GUARD_S
     while len(list(read_records(store, source))) < len(train):
         assert time.monotonic() < deadline, "the runtime did not write its invocation logs"
         time.sleep(0.3)
@@ -57,7 +57,7 @@ def test_distillation_job_reads_invocation_logs_written_by_the_runtime(bedrock: 
         customizationConfig={"distillationConfig": {"teacherModelConfig": {"teacherModelIdentifier": BASE_MODEL}}},
         hyperParameters={"epochCount": "1"},
     )["jobArn"]
-    job = wait_for_status(bedrock, arn, ("Completed", "Failed", "Stopped"), timeout=600)
+    job = wait_for_status(bedrock, arn, ("Completed", "Failed", "Stopped"))
     assert job["status"] == "Completed", job.get("failureMessage")
     assert job["trainingDataConfig"]["invocationLogsConfig"] == logs_config
     assert bedrock.get_custom_model(modelIdentifier=job["outputModelArn"])["customizationType"] == "DISTILLATION"

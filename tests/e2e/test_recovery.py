@@ -11,7 +11,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.e2e.conftest import BASE_MODEL, ROLE, Server, make_server, wait_for_status
+from tests.e2e.conftest import BASE_MODEL, HANG_GUARD_S, ROLE, Server, make_server, wait_for_status
 from tuneforge.data.tasks import make_classification_task, write_jsonl
 from tuneforge.db.tables import Job
 from tuneforge.demo import free_port
@@ -50,7 +50,7 @@ def start_job(server: Server, tmp_path: Path, name: str, hyperparameters: dict[s
 
 def kill_server_and_worker_mid_training(server: Server, arn: str, min_step: int) -> int:
     """SIGKILL the server, then the job's worker, once training has reached ``min_step``."""
-    deadline = time.monotonic() + 120
+    deadline = time.monotonic() + HANG_GUARD_S
     while True:
         steps = [e["data"]["step"] for e in events(server, arn) if e["kind"] == "progress"]
         if steps and max(steps) >= min_step:
@@ -75,7 +75,7 @@ def test_killed_worker_with_checkpoint_is_resumed_to_completed(tmp_path: Path) -
         arn = start_job(server, tmp_path, "resume-me", {"epochCount": "2", "checkpointEverySteps": "2"})
         killed_at = kill_server_and_worker_mid_training(server, arn, min_step=4)
         server.start()
-        job = wait_for_status(server.bedrock(), arn, ("Completed", "Failed", "Stopped"), timeout=300)
+        job = wait_for_status(server.bedrock(), arn, ("Completed", "Failed", "Stopped"))
         assert job["status"] == "Completed", job.get("failureMessage")
         history = events(server, arn)
         messages = [e["data"].get("message") or "" for e in history if e["kind"] == "status"]
@@ -115,7 +115,7 @@ def test_killed_worker_without_checkpoint_fails_with_a_clear_message(tmp_path: P
         arn = start_job(server, tmp_path, "fail-me", {"epochCount": "5", "checkpointEverySteps": "0"})
         kill_server_and_worker_mid_training(server, arn, min_step=1)
         server.start()
-        job = wait_for_status(server.bedrock(), arn, ("Completed", "Failed", "Stopped"), timeout=60)
+        job = wait_for_status(server.bedrock(), arn, ("Completed", "Failed", "Stopped"))
         assert job["status"] == "Failed"
         assert job["failureMessage"].startswith("Job interrupted: the worker process ended unexpectedly")
         assert "no checkpoint to resume from" in job["failureMessage"]

@@ -8,6 +8,7 @@ file order: the deployment is updated and deleted by the last ones.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -23,6 +24,7 @@ import boto3
 import httpx
 import openai
 import pytest
+from benchmarks.common import CpuContention
 from botocore.auth import SigV4Auth
 from botocore.awsrequest import AWSRequest
 from botocore.config import Config
@@ -30,7 +32,16 @@ from botocore.credentials import Credentials
 from botocore.exceptions import ClientError
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.e2e.conftest import BASE_MODEL, ROLE, STUDENT_MODEL, Server, make_server, unique, wait_for_status
+from tests.e2e.conftest import (
+    BASE_MODEL,
+    HANG_GUARD_S,
+    ROLE,
+    STUDENT_MODEL,
+    Server,
+    make_server,
+    unique,
+    wait_for_status,
+)
 from tuneforge.data.tasks import make_classification_task
 from tuneforge.settings import child_environment
 
@@ -64,7 +75,7 @@ def client(server: Server, service: str, key: str = "AKIDSERVING", secret: str =
         region_name="us-east-1",
         aws_access_key_id=key,
         aws_secret_access_key=secret,
-        config=Config(retries={"max_attempts": 1}, read_timeout=120),
+        config=Config(retries={"max_attempts": 1}, read_timeout=HANG_GUARD_S),
     )
 
 
@@ -72,7 +83,9 @@ def code(exc: pytest.ExceptionInfo[ClientError]) -> str:
     return str(exc.value.response["Error"]["Code"])
 
 
-def wait_for_pt(bedrock: Any, arn: str, done: tuple[str, ...] = ("InService", "Failed"), timeout: float = 120) -> Any:
+def wait_for_pt(
+    bedrock: Any, arn: str, done: tuple[str, ...] = ("InService", "Failed"), timeout: float = HANG_GUARD_S
+) -> Any:
     deadline = time.monotonic() + timeout
     while True:
         response = bedrock.get_provisioned_model_throughput(provisionedModelId=arn)
@@ -110,7 +123,11 @@ def cli(server: Server, *args: str, check: bool = True) -> subprocess.CompletedP
         "COLUMNS": "200",
     }
     result = subprocess.run(
-        [sys.executable, "-m", "tuneforge.cli.main", *args], env=env, capture_output=True, text=True, timeout=120
+        [sys.executable, "-m", "tuneforge.cli.main", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=HANG_GUARD_S,
     )
     if check:
         assert result.returncode == 0, result.stderr + result.stdout
@@ -181,7 +198,7 @@ def tuned(server: Server, bedrock: Any) -> Tuned:
                 hyperParameters=hp,
             )["jobArn"]
         )
-    jobs = [wait_for_status(bedrock, arn, ("Completed", "Failed", "Stopped"), timeout=600) for arn in arns]
+    jobs = [wait_for_status(bedrock, arn, ("Completed", "Failed", "Stopped")) for arn in arns]
     assert [j["status"] for j in jobs] == ["Completed", "Completed"], [j.get("failureMessage") for j in jobs]
     return Tuned(jobs[0]["outputModelArn"], jobs[1]["outputModelArn"], [ticket_and_label(r) for r in records[:4]])
 
@@ -468,7 +485,9 @@ def test_metrics_need_a_credential_on_a_locked_server(server: Server) -> None:
 
 
 def test_concurrent_requests_are_batched(runtime: Any, committed: str) -> None:
-    """8 concurrent requests to one replica: aggregate tokens/s well above one request's (benchmark: >= 3x)."""
+    """8 concurrent requests to one replica: aggregate tokens/s well above one request's (benchmark: >= 3x).
+
+    A ratio within one run; skipped, not failed, when other processes held the CPU during it."""
     body = json.dumps({"prompt": "Once upon a time", "max_gen_len": 48})
 
     def one(_: int) -> int:
@@ -476,13 +495,16 @@ def test_concurrent_requests_are_batched(runtime: Any, committed: str) -> None:
         return int(response["ResponseMetadata"]["HTTPHeaders"]["x-amzn-bedrock-output-token-count"])
 
     one(0)  # warm up
-    started = time.perf_counter()
-    single = one(0) / (time.perf_counter() - started)
-    with ThreadPoolExecutor(8) as pool:
+    with CpuContention(os.cpu_count() or 1) as contention, ThreadPoolExecutor(8) as pool:
+        started = time.perf_counter()
+        single = one(0) / (time.perf_counter() - started)
         started = time.perf_counter()
         tokens = sum(pool.map(one, range(8)))
         batched = tokens / (time.perf_counter() - started)
-    assert batched >= 1.5 * single, f"8 concurrent: {batched:.0f} tokens/s; alone: {single:.0f} tokens/s"
+    verdict = f"8 concurrent: {batched:.0f} tokens/s; alone: {single:.0f} tokens/s"
+    if batched < 1.5 * single and contention.noisy:
+        pytest.skip(f"too noisy to judge ({verdict}): {contention.describe()}")
+    assert batched >= 1.5 * single, verdict
 
 
 def test_committed_deployment_refuses_delete(server: Server, bedrock: Any, committed: str) -> None:
@@ -541,7 +563,7 @@ def test_invocation_logs_are_written_in_bedrock_format(
     )
     store = ObjectStore.from_settings(server.settings)
     prefix = "s3://invocation-logs/prod/AWSLogs/123456789012/BedrockModelInvocationLogs/us-east-1"
-    deadline = time.monotonic() + 10
+    deadline = time.monotonic() + HANG_GUARD_S
     entries: list[dict[str, Any]] = []
     while not entries and time.monotonic() < deadline:
         time.sleep(0.3)
@@ -566,7 +588,7 @@ def test_idle_deployment_is_deleted_and_stays_in_history_and_usage(server: Serve
     meter = raw_body(bedrock, "GetProvisionedModelThroughput", provisionedModelId=arn)["tuneforge"]
     assert meter["replicas"] == {"ready": 2}, "one engine process per model unit"
     assert meter["idleTimeoutMinutes"] == 0.1 and meter["pricePerModelUnitHour"] == PRICE
-    deadline = time.monotonic() + 60
+    deadline = time.monotonic() + HANG_GUARD_S
     while True:
         history = bedrock.list_provisioned_model_throughputs(statusEquals="Deleted", nameContains=name)
         if history["provisionedModelSummaries"]:
@@ -624,7 +646,7 @@ def test_update_swaps_to_a_sibling_model_without_dropping_requests(
     try:
         bedrock.update_provisioned_model_throughput(provisionedModelId=deployment.arn, desiredModelId=tuned.sibling_arn)
         assert bedrock.get_provisioned_model_throughput(provisionedModelId=deployment.arn)["status"] == "Updating"
-        deadline = time.monotonic() + 120
+        deadline = time.monotonic() + HANG_GUARD_S
         while True:
             got = bedrock.get_provisioned_model_throughput(provisionedModelId=deployment.arn)
             if got["status"] == "InService":

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from botocore.exceptions import ClientError
 
-from tests.e2e.conftest import STUDENT_MODEL, Server, make_server
+from tests.e2e.conftest import HANG_GUARD_S, STUDENT_MODEL, Server, make_server
 
 pytestmark = pytest.mark.e2e
 
@@ -27,7 +27,7 @@ def alive(pid: int) -> bool:
     return status.exists() and "State:\tZ" not in status.read_text()
 
 
-def converse_when_ready(runtime: Any, model_id: str, timeout: float = 90) -> dict[str, Any]:
+def converse_when_ready(runtime: Any, model_id: str, timeout: float = HANG_GUARD_S) -> dict[str, Any]:
     deadline = time.monotonic() + timeout
     while True:
         try:
@@ -56,7 +56,7 @@ def test_killed_server_restarts_engines_for_live_deployments(tmp_path: Path) -> 
     )["provisionedModelArn"]
     first.kill()
 
-    deadline = time.monotonic() + 15
+    deadline = time.monotonic() + HANG_GUARD_S
     while any(alive(pid) for pid in old_engines):
         assert time.monotonic() < deadline, "engines outlived their server"
         time.sleep(0.2)

@@ -57,7 +57,7 @@ def test_api_process_serves_foundation_models_without_importing_torch(tmp_path: 
     env = {k: v for k, v in os.environ.items() if not k.startswith("TUNEFORGE_")}
     env["TUNEFORGE_DATA_DIR"] = str(tmp_path / "data")
     result = subprocess.run(
-        [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=60, check=False
+        [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=600, check=False
     )
     assert result.returncode == 0, result.stderr
     assert "HEAVY=\n" in result.stdout, f"the API process imported {result.stdout.strip()}"
