@@ -20,7 +20,7 @@ SRC = Path(__file__).resolve().parents[2] / "src" / "tuneforge"
 RE_FUNCTIONS = {"compile", "match", "fullmatch", "search", "findall", "finditer", "sub", "subn", "split"}
 REVIEWED_DYNAMIC = {"recipes/performance.py", "demo.py"}
 """f-string patterns that interpolate only ``re.escape(...)`` of a fixed table or an expected answer."""
-BOUND_S = 0.5
+BOUND_S = 2.0
 """A generous safety net: linear patterns take microseconds; the old job-name pattern took 7.5 s at 28 characters."""
 
 
