@@ -392,6 +392,7 @@ def test_openai_unknown_model_is_404_model_not_found(app_client: TestClient) -> 
         ({"response_format": {"type": "json_schema"}}, "response_format"),
         ({"response_format": {"type": "yaml"}}, "response_format"),
         ({"no_such_parameter": 1}, "no_such_parameter"),
+        ({"messages": [{"role": "user", "content": "hi", "name": "ann"}]}, "messages"),
         ({"stop": ["a", "b", "c", "d", "e"]}, "stop"),
     ],
 )

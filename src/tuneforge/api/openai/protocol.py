@@ -62,9 +62,9 @@ def parse_request(model: type[R], body: dict[str, Any]) -> R:
     except ValidationError as exc:
         first = exc.errors()[0]
         param = str(first["loc"][0]) if first["loc"] else ""
-        if first["type"] == "extra_forbidden":
-            raise InvalidParameter(f"Unrecognized request argument supplied: {param}", param) from None
         where = ".".join(str(part) for part in first["loc"])
+        if first["type"] == "extra_forbidden":
+            raise InvalidParameter(f"Unrecognized request argument supplied: {where}", param) from None
         raise InvalidParameter(f"Invalid value for '{where}': {first['msg']}", param) from None
 
 
