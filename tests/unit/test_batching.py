@@ -210,16 +210,22 @@ def test_json_object_response_format_and_bad_schemas(model_and_tokenizer: tuple[
     model, tokenizer = model_and_tokenizer
     batcher = ContinuousBatcher(model, tokenizer)
     response_format = {"type": "json_object"}
-    request = GenerationRequest(prompt="x", max_tokens=200, response_format=response_format, temperature=0.7, seed=3)
     events: list[dict[str, Any]] = []
-    sequence = Sequence(request, batcher.tokenize("x", 200), events.append, matcher=batcher.matcher(response_format))
+    prompt = "User: Ticket: my invoice is wrong\nAssistant:"
+    request = GenerationRequest(prompt=prompt, max_tokens=200, response_format=response_format)
+    sequence = Sequence(request, batcher.tokenize(prompt, 200), events.append, matcher=batcher.matcher(response_format))
     batcher.submit(sequence)
+    sampled_events: list[dict[str, Any]] = []
+    request = GenerationRequest(prompt="x", max_tokens=8, response_format=response_format, temperature=0.7, seed=3)
+    sampled = Sequence(
+        request, batcher.tokenize("x", 8), sampled_events.append, matcher=batcher.matcher(response_format)
+    )
+    batcher.submit(sampled)
     run_to_end(batcher, sequence)
-    end = events[-1]
-    if end["stop_reason"] == "end_turn":
-        assert isinstance(json.loads(end["text"]), dict)
-    else:  # out of tokens before the object closed: OpenAI answers finish_reason "length" too
-        assert end["stop_reason"] == "max_tokens" and end["text"].startswith("{")
+    run_to_end(batcher, sampled)
+    assert events[-1]["stop_reason"] == "end_turn" and isinstance(json.loads(events[-1]["text"]), dict)
+    # Out of tokens before the object closed: a partial document and "max_tokens" (OpenAI's "length").
+    assert sampled_events[-1]["stop_reason"] == "max_tokens" and sampled_events[-1]["text"].startswith("{")
     with pytest.raises(ValueError, match="not supported"):
         batcher.matcher({"type": "yaml"})
     with pytest.raises(ValueError):
