@@ -259,3 +259,21 @@ def test_a_final_assistant_message_is_continued_not_repeated() -> None:
     assert strip is False
     plain = {"system": [], "messages": conversation["messages"][:1]}
     assert render(GenerationRequest(max_tokens=4, conversation=plain)) == ("User: Say it\nAssistant:", True)
+
+
+def test_logit_bias_and_penalties_steer_greedy_decoding(model_and_tokenizer: tuple[Any, Any]) -> None:
+    model, tokenizer = model_and_tokenizer
+    batcher = ContinuousBatcher(model, tokenizer)
+    batcher.eos_ids = set()
+    (z,) = tokenizer.encode("z", add_special_tokens=False)
+    biased, _ = submit(batcher, PROMPTS[0], max_tokens=6, logit_bias={z: 100.0})
+    present, _ = submit(batcher, PROMPTS[0], max_tokens=12, presence_penalty=1000.0)
+    frequent, _ = submit(batcher, PROMPTS[0], max_tokens=12, frequency_penalty=1000.0)
+    plain, _ = submit(batcher, PROMPTS[0], max_tokens=12, logprobs=1)
+    for sequence in (biased, present, frequent, plain):
+        run_to_end(batcher, sequence)
+    assert biased.generated == [z] * 6
+    assert len(set(present.generated)) == 12 and len(set(frequent.generated)) == 12, "no token comes twice"
+    assert plain.generated == solo_greedy(model, tokenizer, PROMPTS[0], 12), "neighbours' settings stay in their rows"
+    with pytest.raises(ValueError, match="outside the model's vocabulary"):
+        batcher.check_logit_bias({10_000: 1.0})
