@@ -223,3 +223,17 @@ def test_prefill_continues_the_assistant_message_on_both_surfaces(sdk: openai.Op
         max_tokens=6,
     )
     assert chat.choices[0].message.content == continuation
+
+
+def test_logit_bias_and_penalties_are_honoured(sdk: openai.OpenAI, tmp_path: Any) -> None:
+    from tuneforge.catalog.builtin import build_tokenizer, load_tokenizer
+
+    build_tokenizer(tmp_path)
+    (z,) = load_tokenizer(tmp_path).encode("z", add_special_tokens=False)
+    biased = sdk.completions.create(model=MODEL, prompt="x", max_tokens=5, logit_bias={str(z): 100})
+    assert biased.choices[0].text == "zzzzz"
+    varied = sdk.chat.completions.create(model=MODEL, messages=user(), max_tokens=8, presence_penalty=2.0)
+    assert varied.choices[0].finish_reason in ("stop", "length")
+    with pytest.raises(openai.BadRequestError) as exc:
+        sdk.completions.create(model=MODEL, prompt="x", max_tokens=2, logit_bias={"99999": 1})
+    assert "outside the model's vocabulary" in str(exc.value)

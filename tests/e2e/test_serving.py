@@ -316,9 +316,9 @@ def test_system_multi_turn_and_inference_config(runtime: Any, deployment: Deploy
     with pytest.raises(ClientError) as exc:
         runtime.converse(modelId=deployment.arn, messages=messages, inferenceConfig={"maxTokens": 100_000})
     assert code(exc) == "ValidationException" and "less than or equal to 256" in str(exc.value)
-    with pytest.raises(ClientError) as exc:
-        runtime.converse(modelId=deployment.arn, messages=messages[:2])
-    assert code(exc) == "ValidationException"
+    prefill = [messages[0], {"role": "assistant", "content": [{"text": label[:2]}]}]
+    continued = runtime.converse(modelId=deployment.arn, messages=prefill)
+    assert continued["output"]["message"]["content"][0]["text"] == label[2:], "a final assistant message is continued"
 
 
 def test_foundation_model_is_served_on_demand(runtime: Any) -> None:

@@ -210,16 +210,22 @@ def test_json_object_response_format_and_bad_schemas(model_and_tokenizer: tuple[
     model, tokenizer = model_and_tokenizer
     batcher = ContinuousBatcher(model, tokenizer)
     response_format = {"type": "json_object"}
-    request = GenerationRequest(prompt="x", max_tokens=200, response_format=response_format, temperature=0.7, seed=3)
     events: list[dict[str, Any]] = []
-    sequence = Sequence(request, batcher.tokenize("x", 200), events.append, matcher=batcher.matcher(response_format))
+    prompt = "User: Ticket: my invoice is wrong\nAssistant:"
+    request = GenerationRequest(prompt=prompt, max_tokens=200, response_format=response_format)
+    sequence = Sequence(request, batcher.tokenize(prompt, 200), events.append, matcher=batcher.matcher(response_format))
     batcher.submit(sequence)
+    sampled_events: list[dict[str, Any]] = []
+    request = GenerationRequest(prompt="x", max_tokens=8, response_format=response_format, temperature=0.7, seed=3)
+    sampled = Sequence(
+        request, batcher.tokenize("x", 8), sampled_events.append, matcher=batcher.matcher(response_format)
+    )
+    batcher.submit(sampled)
     run_to_end(batcher, sequence)
-    end = events[-1]
-    if end["stop_reason"] == "end_turn":
-        assert isinstance(json.loads(end["text"]), dict)
-    else:  # out of tokens before the object closed: OpenAI answers finish_reason "length" too
-        assert end["stop_reason"] == "max_tokens" and end["text"].startswith("{")
+    run_to_end(batcher, sampled)
+    assert events[-1]["stop_reason"] == "end_turn" and isinstance(json.loads(events[-1]["text"]), dict)
+    # Out of tokens before the object closed: a partial document and "max_tokens" (OpenAI's "length").
+    assert sampled_events[-1]["stop_reason"] == "max_tokens" and sampled_events[-1]["text"].startswith("{")
     with pytest.raises(ValueError, match="not supported"):
         batcher.matcher({"type": "yaml"})
     with pytest.raises(ValueError):
@@ -253,3 +259,21 @@ def test_a_final_assistant_message_is_continued_not_repeated() -> None:
     assert strip is False
     plain = {"system": [], "messages": conversation["messages"][:1]}
     assert render(GenerationRequest(max_tokens=4, conversation=plain)) == ("User: Say it\nAssistant:", True)
+
+
+def test_logit_bias_and_penalties_steer_greedy_decoding(model_and_tokenizer: tuple[Any, Any]) -> None:
+    model, tokenizer = model_and_tokenizer
+    batcher = ContinuousBatcher(model, tokenizer)
+    batcher.eos_ids = set()
+    (z,) = tokenizer.encode("z", add_special_tokens=False)
+    biased, _ = submit(batcher, PROMPTS[0], max_tokens=6, logit_bias={z: 100.0})
+    present, _ = submit(batcher, PROMPTS[0], max_tokens=12, presence_penalty=1000.0)
+    frequent, _ = submit(batcher, PROMPTS[0], max_tokens=12, frequency_penalty=1000.0)
+    plain, _ = submit(batcher, PROMPTS[0], max_tokens=12, logprobs=1)
+    for sequence in (biased, present, frequent, plain):
+        run_to_end(batcher, sequence)
+    assert biased.generated == [z] * 6
+    assert len(set(present.generated)) == 12 and len(set(frequent.generated)) == 12, "no token comes twice"
+    assert plain.generated == solo_greedy(model, tokenizer, PROMPTS[0], 12), "neighbours' settings stay in their rows"
+    with pytest.raises(ValueError, match="outside the model's vocabulary"):
+        batcher.check_logit_bias({10_000: 1.0})

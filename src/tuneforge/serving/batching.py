@@ -19,11 +19,12 @@ explicitly (the number of real tokens before each one), so a prompt gets the sam
 the same greedy answer, alone or in a batch. Merging two caches pads the shorter one on the left;
 retiring rows trims columns that became padding for everyone, so ``L`` stays the longest live row.
 
-**Sampling** is per row: temperature 0 is greedy; otherwise temperature, then top-k, then top-p
+**Sampling** is per row: frequency and presence penalties and a logit bias adjust the row's
+logits first (OpenAI's definitions); then temperature 0 is greedy; otherwise temperature, then top-k, then top-p
 (nucleus), with a per-request generator when a seed is given. A request with a ``response_format``
 has its row's logits masked by its grammar first (:mod:`tuneforge.serving.constrained`), so greedy
 and sampled decoding alike only pick tokens that keep the output valid JSON. Logprobs, when asked
-for, are the model's own distribution (before temperature and the grammar mask), as OpenAI reports.
+for, are the model's own distribution (before penalties, bias, temperature and the grammar mask).
 
 This module needs torch; it runs in engine processes (:mod:`tuneforge.serving.engine`) and tests.
 """
@@ -114,6 +115,13 @@ class ContinuousBatcher:
                 f"max tokens exceed the model's context of {self.context} tokens"
             )
         return ids
+
+    def check_logit_bias(self, logit_bias: dict[int, float] | None) -> None:
+        """ValueError for a token id outside the model's vocabulary."""
+        vocab = self.grammars.vocab_size
+        for token in logit_bias or {}:
+            if not 0 <= token < vocab:
+                raise ValueError(f"logit_bias: token id {token} is outside the model's vocabulary (0..{vocab - 1})")
 
     def matcher(self, response_format: dict[str, Any] | None) -> Matcher | None:
         """The grammar state for a request's ``response_format``; ValueError when it cannot be honoured."""
@@ -251,9 +259,11 @@ class ContinuousBatcher:
 
     def _sample(self, logits: torch.Tensor, sequences: list[Sequence]) -> torch.Tensor:
         raw = logits
-        if any(s.matcher is not None for s in sequences):
+        if any(s.matcher is not None or _adjusts(s.request) for s in sequences):
             logits = logits.clone()
             for row, sequence in enumerate(sequences):
+                if _adjusts(sequence.request):
+                    self._adjust(logits[row], sequence)
                 if sequence.matcher is not None:
                     allowed = sequence.matcher.allowed().to(logits.device)
                     logits[row, : allowed.shape[0]].masked_fill_(~allowed, float("-inf"))
@@ -284,6 +294,16 @@ class ContinuousBatcher:
                     logprobs = torch.log_softmax(raw[row].float(), dim=-1)
                     sequence.logprobs.append(self._logprob_entry(logprobs, token, sequence.request.logprobs))
         return tokens
+
+    def _adjust(self, logits: torch.Tensor, sequence: Sequence) -> None:
+        """OpenAI's penalties over the tokens generated so far, then the request's logit bias, in place."""
+        request = sequence.request
+        if sequence.generated and (request.frequency_penalty or request.presence_penalty):
+            ids = torch.tensor(sequence.generated, device=logits.device)
+            counts = torch.bincount(ids, minlength=logits.shape[0])[: logits.shape[0]].to(logits.dtype)
+            logits -= request.frequency_penalty * counts + request.presence_penalty * (counts > 0).to(logits.dtype)
+        for token, bias in (request.logit_bias or {}).items():
+            logits[token] += bias
 
     def _logprob_entry(self, logprobs: torch.Tensor, token: int, top: int) -> dict[str, Any]:
         entry = self._pieces.entry(token, float(logprobs[token]))
@@ -405,6 +425,10 @@ def _safe_length(text: str, stops: tuple[str, ...]) -> int:
                 held = max(held, size)
                 break
     return end - held
+
+
+def _adjusts(request: GenerationRequest) -> bool:
+    return bool(request.frequency_penalty or request.presence_penalty or request.logit_bias)
 
 
 class _TokenPieces:

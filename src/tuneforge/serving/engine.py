@@ -101,6 +101,7 @@ class Connection:
                 prompt, strip_leading_space = render(request)
                 prompt_ids = self.batcher.tokenize(prompt, request.max_tokens)
                 matcher = self.batcher.matcher(request.response_format)
+                self.batcher.check_logit_bias(request.logit_bias)
             except (ValueError, KeyError, TypeError) as exc:
                 self.send({"event": "error", "code": "ValidationException", "message": str(exc)})
                 return

@@ -54,6 +54,12 @@ class GenerationRequest:
     logprobs: int | None = None
     """None: no logprobs; k: each generated token's logprob and its ``k`` most likely alternatives."""
     prompt_logprobs: bool = False
+    frequency_penalty: float = 0.0
+    presence_penalty: float = 0.0
+    """OpenAI's penalties: each generated token's logit is lowered by ``frequency_penalty`` times the
+    times it was generated so far, plus ``presence_penalty`` once it was generated at all."""
+    logit_bias: dict[int, float] | None = None
+    """Added to the logits of these token ids (of the model's own vocabulary) before sampling."""
     """Also the prompt's token logprobs (OpenAI completions' ``echo`` with ``logprobs``)."""
     response_format: dict[str, Any] | None = None
     """``{"type": "json_object"}`` or ``{"type": "json_schema", "schema": {...}}``: the output is
@@ -81,4 +87,9 @@ class GenerationRequest:
             logprobs=None if data.get("logprobs") is None else int(data["logprobs"]),
             prompt_logprobs=bool(data.get("prompt_logprobs", False)),
             response_format=data.get("response_format"),
+            frequency_penalty=float(data.get("frequency_penalty", 0.0)),
+            presence_penalty=float(data.get("presence_penalty", 0.0)),
+            logit_bias=None
+            if data.get("logit_bias") is None
+            else {int(k): float(v) for k, v in data["logit_bias"].items()},
         )

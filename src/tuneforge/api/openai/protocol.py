@@ -62,9 +62,9 @@ def parse_request(model: type[R], body: dict[str, Any]) -> R:
     except ValidationError as exc:
         first = exc.errors()[0]
         param = str(first["loc"][0]) if first["loc"] else ""
-        if first["type"] == "extra_forbidden":
-            raise InvalidParameter(f"Unrecognized request argument supplied: {param}", param) from None
         where = ".".join(str(part) for part in first["loc"])
+        if first["type"] == "extra_forbidden":
+            raise InvalidParameter(f"Unrecognized request argument supplied: {where}", param) from None
         raise InvalidParameter(f"Invalid value for '{where}': {first['msg']}", param) from None
 
 
@@ -166,13 +166,7 @@ class _Sampling(_Request):
         for member, what in _UNSUPPORTED.items():
             if getattr(self, member, None) is not None:
                 raise InvalidParameter(f"'{member}' is not supported: this model does not do {what}.", member)
-        for member in ("frequency_penalty", "presence_penalty"):
-            if getattr(self, member):
-                raise InvalidParameter(
-                    f"'{member}' is not supported by tuneforge's engines; omit it or send 0.", member
-                )
-        if self.logit_bias:
-            raise InvalidParameter("'logit_bias' is not supported by tuneforge's engines; omit it.", "logit_bias")
+        self.token_biases()
         if self.stream and self.n > 1:
             raise InvalidParameter("Streaming is supported for n=1 only; send n=1 or stream=false.", "n")
         self.stops()
@@ -185,6 +179,19 @@ class _Sampling(_Request):
             raise InvalidParameter("'stop' takes up to 4 non-empty sequences", "stop")
         return stops
 
+    def token_biases(self) -> dict[int, float] | None:
+        """``logit_bias`` keyed by token id (the model's own vocabulary; the engine checks the range)."""
+        if not self.logit_bias:
+            return None
+        biases: dict[int, float] = {}
+        for key, bias in self.logit_bias.items():
+            if not key.isdigit() or not -100 <= bias <= 100:
+                raise InvalidParameter(
+                    f"logit_bias maps token ids to biases between -100 and 100; got {key!r}: {bias}", "logit_bias"
+                )
+            biases[int(key)] = bias
+        return biases
+
     def sampling(self, max_tokens: int | None, **extra: Any) -> Sampling:
         return Sampling(
             max_tokens=max_tokens,
@@ -192,6 +199,9 @@ class _Sampling(_Request):
             top_p=self.top_p or 1.0,
             stop=self.stops(),
             seed=None if self.seed is None else self.seed % SEED_RANGE,
+            frequency_penalty=self.frequency_penalty or 0.0,
+            presence_penalty=self.presence_penalty or 0.0,
+            logit_bias=self.token_biases(),
             **extra,
         )
 

@@ -44,6 +44,10 @@ class Sampling:
     logprobs: int | None = None
     """None: none; k: each output token's logprob and its k most likely alternatives."""
     prompt_logprobs: bool = False
+    frequency_penalty: float = 0.0
+    presence_penalty: float = 0.0
+    logit_bias: dict[int, float] | None = None
+    """Token id (of the model's own vocabulary) -> bias added to its logit."""
     response_format: dict[str, Any] | None = None
     """``{"type": "json_object"}`` or ``{"type": "json_schema", "schema": {...}}``."""
 

@@ -124,6 +124,9 @@ class Inference:
             logprobs=sampling.logprobs,
             prompt_logprobs=sampling.prompt_logprobs,
             response_format=sampling.response_format,
+            frequency_penalty=sampling.frequency_penalty,
+            presence_penalty=sampling.presence_penalty,
+            logit_bias=sampling.logit_bias,
         )
         events = self.runtime.generate(target, request, api)
         try:
