@@ -12,13 +12,13 @@ regular expressions are not run, because some of them backtrack exponentially.
 from __future__ import annotations
 
 import functools
-import json
 from typing import Any
 
 import botocore.session
 from botocore.model import ListShape, MapShape, OperationModel, Shape, StructureShape
 
-from tuneforge.errors import ValidationException, constraint_errors
+from tuneforge.api.bodies import json_object
+from tuneforge.errors import constraint_errors
 
 MAX_VIOLATIONS = 10
 """Enough to fix a body in one go without echoing a hostile body back in full."""
@@ -31,12 +31,7 @@ def _operation(name: str) -> OperationModel:
 
 def parse_body(raw: bytes, operation: str) -> dict[str, Any]:
     """A request body as a JSON object that fits ``operation``'s input shape, or ValidationException."""
-    try:
-        body = json.loads(raw or b"{}")
-    except ValueError:
-        raise ValidationException("The request body is not valid JSON") from None
-    if not isinstance(body, dict):
-        raise ValidationException("The request body must be a JSON object")
+    body = json_object(raw)
     violations: list[str] = []
     input_shape = _operation(operation).input_shape
     assert input_shape is not None, operation

@@ -9,10 +9,10 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import StreamingResponse
 
+from tuneforge.api.bodies import json_object
 from tuneforge.api.deps import get_openai
 from tuneforge.api.openai.protocol import ChatCompletionRequest, CompletionRequest, parse_request
 from tuneforge.api.openai.serving import OpenAIServing
-from tuneforge.api.runtime.protocol import json_object
 from tuneforge.api.runtime.routes import caller
 
 router = APIRouter(prefix="/v1")

@@ -61,16 +61,6 @@ class ConverseInput:
     """The request carries a ``toolConfig`` (refused unless the model's template supports tools)."""
 
 
-def json_object(raw: bytes) -> dict[str, Any]:
-    try:
-        body = json.loads(raw or b"{}")
-    except ValueError:
-        raise ValidationException("The request body is not valid JSON") from None
-    if not isinstance(body, dict):
-        raise ValidationException("The request body must be a JSON object")
-    return body
-
-
 # -- strict wire models ---------------------------------------------------------------------------
 #
 # Bedrock refuses members it does not know and values of the wrong JSON type (``maxTokens: "5"``,

@@ -11,9 +11,10 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
+from tuneforge.api.bodies import json_object
 from tuneforge.api.deps import get_bedrock_runtime
 from tuneforge.api.runtime import eventstream
-from tuneforge.api.runtime.protocol import json_object, request_metadata_header
+from tuneforge.api.runtime.protocol import request_metadata_header
 from tuneforge.api.runtime.serving import BedrockRuntime, Caller
 
 router = APIRouter()
