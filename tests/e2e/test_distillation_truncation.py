@@ -37,7 +37,7 @@ def test_distillation_with_short_teacher_answers_trains_on_them_as_capped(server
         },
         hyperParameters={"epochCount": "1", "batchSize": "8"},
     )["jobArn"]
-    job = wait_for_status(server.bedrock(), arn, ("Completed", "Failed", "Stopped"), timeout=300)
+    job = wait_for_status(server.bedrock(), arn, ("Completed", "Failed", "Stopped"))
     assert job["status"] == "Completed", job.get("failureMessage")
     job_id = arn.rsplit("/", 1)[-1]
     insights = json.loads(

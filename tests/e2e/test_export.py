@@ -112,7 +112,7 @@ def served(server: Server, bedrock: Any, task_data: TaskData) -> Served:
         outputDataConfig={"s3Uri": f"s3://tests/export/{name}/"},
         hyperParameters={"epochCount": "1"},
     )["jobArn"]
-    done = wait_for_status(bedrock, job, ("Completed", "Failed", "Stopped"), timeout=600)
+    done = wait_for_status(bedrock, job, ("Completed", "Failed", "Stopped"))
     assert done["status"] == "Completed", done.get("failureMessage")
     deployment = bedrock.create_provisioned_model_throughput(
         provisionedModelName=name, modelId=done["outputModelArn"], modelUnits=1

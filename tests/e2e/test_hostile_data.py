@@ -59,7 +59,7 @@ def test_a_byte_order_mark_passes_validation_and_the_job(server: Server, tmp_pat
     assert checked.returncode == 0, checked.stdout + checked.stderr
     ObjectStore.from_settings(server.settings).upload_file(path, "s3://hostile/bom.jsonl")
     arn = create_job(server, unique("bom"), "s3://hostile/bom.jsonl")
-    job = wait_for_status(server.bedrock(), arn, ("Completed", "Failed", "Stopped"), timeout=300)
+    job = wait_for_status(server.bedrock(), arn, ("Completed", "Failed", "Stopped"))
     assert job["status"] == "Completed", job.get("failureMessage")
 
 
@@ -74,7 +74,7 @@ def test_a_lone_surrogate_is_named_by_line_and_field_in_validation_and_in_the_jo
     assert 'line 4, field "prompt": contains the escape \\ud800' in checked.stdout
     ObjectStore.from_settings(server.settings).upload_file(path, "s3://hostile/surrogate.jsonl")
     arn = create_job(server, unique("surrogate"), "s3://hostile/surrogate.jsonl")
-    job = wait_for_status(server.bedrock(), arn, ("Completed", "Failed", "Stopped"), timeout=120)
+    job = wait_for_status(server.bedrock(), arn, ("Completed", "Failed", "Stopped"))
     assert job["status"] == "Failed"
     assert 'line 4, field "prompt": contains the escape \\ud800' in job["failureMessage"]
     assert "s3://hostile/surrogate.jsonl" in job["failureMessage"]

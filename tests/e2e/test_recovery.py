@@ -99,7 +99,7 @@ def test_a_corrupt_latest_checkpoint_is_skipped_and_the_job_log_says_so(tmp_path
         assert (checkpoints / PREVIOUS_CHECKPOINT_FILE).exists()
         (checkpoints / CHECKPOINT_FILE).write_bytes(b"\x80\x04 damaged on disk")
         server.start()
-        job = wait_for_status(server.bedrock(), arn, ("Completed", "Failed", "Stopped"), timeout=300)
+        job = wait_for_status(server.bedrock(), arn, ("Completed", "Failed", "Stopped"))
         assert job["status"] == "Completed", job.get("failureMessage")
         logs = [e["data"]["message"] for e in events(server, arn) if e["kind"] == "log"]
         assert any(m.startswith(f"checkpoint {CHECKPOINT_FILE} is unusable (") for m in logs), logs

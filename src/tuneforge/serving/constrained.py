@@ -11,25 +11,30 @@ Whitespace between JSON tokens is not allowed (``whitespace_flexible`` off): the
 random-initialised, and with free whitespace a model can stay inside the grammar forever by writing
 blanks; without it every step moves the document forward.
 
-This module needs torch; it runs in engine processes and tests only.
+This module needs torch; it runs in engine processes and tests only. llguidance itself is imported
+on the first ``response_format`` request, so an engine (and the GPU check, which uses the batcher
+with torch, transformers and peft alone) loads it only when a request needs it.
 """
 
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import llguidance
-import llguidance.hf
 import numpy as np
 import torch
 from transformers import PreTrainedTokenizerBase
+
+if TYPE_CHECKING:
+    import llguidance
 
 _JSON_OPTIONS: dict[str, Any] = {"whitespace_flexible": False}
 
 
 def grammar_for(response_format: dict[str, Any]) -> str:
     """The llguidance grammar of a ``response_format``; ValueError when it cannot be compiled."""
+    import llguidance
+
     kind = response_format.get("type")
     if kind == "json_object":
         schema: dict[str, Any] = {"type": "object"}
@@ -55,6 +60,9 @@ class Grammars:
         self._ll_tokenizer: llguidance.LLTokenizer | None = None
 
     def matcher(self, response_format: dict[str, Any]) -> Matcher:
+        import llguidance
+        import llguidance.hf
+
         grammar = grammar_for(response_format)
         if self._ll_tokenizer is None:
             if not self.tokenizer.is_fast:
