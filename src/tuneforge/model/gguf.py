@@ -28,6 +28,7 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
+import torch
 from gguf import GGMLQuantizationType, GGUFReader, dequantize
 from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
 
@@ -124,8 +125,11 @@ def _write_folder(gguf_path: Path, folder: Path) -> None:
     config = loaded.config
     if hasattr(config, "quantization_config"):
         del config.quantization_config
-    model = AutoModelForCausalLM.from_config(config)  # type: ignore[no-untyped-call]
-    model.load_state_dict(loaded.state_dict())
+    # Built on the meta device and given the loaded tensors themselves (assign=True): no random
+    # initialisation to throw away and no second copy of the weights in memory.
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config)  # type: ignore[no-untyped-call]
+    model.load_state_dict(loaded.state_dict(), assign=True)
     model.generation_config = GenerationConfig(  # type: ignore[no-untyped-call]
         bos_token_id=config.bos_token_id,
         eos_token_id=config.eos_token_id,
