@@ -173,5 +173,21 @@ def wait_for_status(bedrock: Any, job: str, statuses: tuple[str, ...]) -> dict[s
     return response
 
 
+def cli(
+    server: Server, *args: str, check: bool = True, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """Run ``tuneforge ARGS`` as a user would, against ``server``'s settings (plus ``env``)."""
+    result = subprocess.run(
+        [sys.executable, "-m", "tuneforge.cli.main", *args],
+        env={**child_environment(server.settings), "COLUMNS": "200", **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=HANG_GUARD_S,
+    )
+    if check:
+        assert result.returncode == 0, result.stderr + result.stdout
+    return result
+
+
 def unique(prefix: str) -> str:
     return f"{prefix}-{os.getpid()}-{time.monotonic_ns() % 10**9}"

@@ -4,30 +4,14 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.e2e.conftest import BASE_MODEL, Server, TaskData, unique
-from tuneforge.settings import child_environment
+from tests.e2e.conftest import BASE_MODEL, Server, TaskData, cli, unique
 
 pytestmark = pytest.mark.e2e
-
-
-def cli(server: Server, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    result = subprocess.run(
-        [sys.executable, "-m", "tuneforge.cli.main", *args],
-        env={**child_environment(server.settings), "COLUMNS": "200"},
-        capture_output=True,
-        text=True,
-        timeout=1200,
-    )
-    if check:
-        assert result.returncode == 0, result.stderr + result.stdout
-    return result
 
 
 def test_models_list_and_show(server: Server) -> None:

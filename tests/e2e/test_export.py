@@ -21,8 +21,7 @@ from typing import Any
 import pytest
 from transformers import AutoTokenizer
 
-from tests.e2e.conftest import ROLE, STUDENT_MODEL, Server, TaskData, unique, wait_for_status
-from tuneforge.settings import child_environment
+from tests.e2e.conftest import ROLE, STUDENT_MODEL, Server, TaskData, cli, unique, wait_for_status
 
 pytestmark = pytest.mark.e2e
 
@@ -66,19 +65,6 @@ class Served:
     prompts: list[str]
     answers: list[dict[str, Any]]
     """InvokeModel's response bodies, one per prompt, at temperature 0."""
-
-
-def cli(server: Server, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    result = subprocess.run(
-        [sys.executable, "-m", "tuneforge.cli.main", *args],
-        env={**child_environment(server.settings), "COLUMNS": "200"},
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    if check:
-        assert result.returncode == 0, result.stderr + result.stdout
-    return result
 
 
 def plain_hf_greedy(folder: Path, prompts: list[str], base: Path | None = None) -> dict[str, Any]:

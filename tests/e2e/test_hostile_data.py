@@ -7,31 +7,18 @@ that passes the first must not fail the second, and an error must name the line 
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 from botocore.exceptions import ClientError
 
-from tests.e2e.conftest import ROLE, STUDENT_MODEL, Server, unique, wait_for_status
-from tuneforge.settings import child_environment
+from tests.e2e.conftest import ROLE, STUDENT_MODEL, Server, cli, unique, wait_for_status
 from tuneforge.storage import ObjectStore
 
 pytestmark = pytest.mark.e2e
 
 TINY_JOB = {"epochCount": "1", "batchSize": "4"}
-
-
-def cli(server: Server, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "tuneforge.cli.main", *args],
-        env={**child_environment(server.settings), "COLUMNS": "200"},
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
 
 
 def records(count: int) -> bytes:
@@ -55,7 +42,7 @@ def create_job(server: Server, name: str, training_uri: str) -> str:
 def test_a_byte_order_mark_passes_validation_and_the_job(server: Server, tmp_path: Path) -> None:
     path = tmp_path / "bom.jsonl"
     path.write_bytes(b"\xef\xbb\xbf" + records(8))
-    checked = cli(server, "data", "validate", str(path), "--model", STUDENT_MODEL)
+    checked = cli(server, "data", "validate", str(path), "--model", STUDENT_MODEL, check=False)
     assert checked.returncode == 0, checked.stdout + checked.stderr
     ObjectStore.from_settings(server.settings).upload_file(path, "s3://hostile/bom.jsonl")
     arn = create_job(server, unique("bom"), "s3://hostile/bom.jsonl")
@@ -68,7 +55,7 @@ def test_a_lone_surrogate_is_named_by_line_and_field_in_validation_and_in_the_jo
 ) -> None:
     path = tmp_path / "surrogate.jsonl"
     path.write_bytes(records(3) + b'{"prompt": "Ticket: \\ud800\\nCategory:", "completion": " billing"}\n')
-    checked = cli(server, "data", "validate", str(path), "--model", STUDENT_MODEL)
+    checked = cli(server, "data", "validate", str(path), "--model", STUDENT_MODEL, check=False)
     assert checked.returncode == 1
     assert "Traceback" not in checked.stdout + checked.stderr
     assert 'line 4, field "prompt": contains the escape \\ud800' in checked.stdout
@@ -101,7 +88,7 @@ def test_a_symlink_loop_is_a_validation_exception_on_create(server: Server, syml
 
 
 def test_data_cp_of_a_symlink_loop_prints_one_clear_line(server: Server, symlink_loop: str, tmp_path: Path) -> None:
-    result = cli(server, "data", "cp", symlink_loop, str(tmp_path / "copy.jsonl"))
+    result = cli(server, "data", "cp", symlink_loop, str(tmp_path / "copy.jsonl"), check=False)
     assert result.returncode == 1
     assert "Traceback" not in result.stderr
     assert result.stderr.strip().startswith("error:") and "cannot be resolved" in result.stderr

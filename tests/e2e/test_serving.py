@@ -11,7 +11,6 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -42,8 +41,8 @@ from tests.e2e.conftest import (
     unique,
     wait_for_status,
 )
+from tests.e2e.conftest import cli as run_cli
 from tuneforge.data.tasks import make_classification_task
-from tuneforge.settings import child_environment
 
 pytestmark = pytest.mark.e2e
 
@@ -116,22 +115,9 @@ def _snake(name: str) -> str:
 
 
 def cli(server: Server, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    env = {
-        **child_environment(server.settings),
-        "AWS_ACCESS_KEY_ID": "AKIDSERVING",
-        "AWS_SECRET_ACCESS_KEY": KEYS["AKIDSERVING"],
-        "COLUMNS": "200",
-    }
-    result = subprocess.run(
-        [sys.executable, "-m", "tuneforge.cli.main", *args],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=HANG_GUARD_S,
-    )
-    if check:
-        assert result.returncode == 0, result.stderr + result.stdout
-    return result
+    """The CLI, signing with this module's access key."""
+    keys = {"AWS_ACCESS_KEY_ID": "AKIDSERVING", "AWS_SECRET_ACCESS_KEY": KEYS["AKIDSERVING"]}
+    return run_cli(server, *args, check=check, env=keys)
 
 
 @dataclass(frozen=True)
