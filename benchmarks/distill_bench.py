@@ -57,7 +57,7 @@ def conversation(text: str) -> dict[str, Any]:
 
 def synthetic_prompts(count: int, seed: int = SEED) -> list[str]:
     """Rendered prompts whose token counts are uniform over LENGTHS (one token per byte, plus BOS)."""
-    from tuneforge.recipes.components import render_prompt
+    from tuneforge.model.prompts import render_prompt
 
     rng = random.Random(seed)
     alphabet = "abcdefghijklmnopqrstuvwxyz     "
@@ -84,8 +84,8 @@ def load(name: str, threads: int) -> tuple[Any, Any]:
     """A built-in model loaded the way a job loads its teacher (eval mode)."""
     import torch
 
-    from tuneforge.catalog.builtin import ensure_builtin
-    from tuneforge.serving.generation import load_for_inference
+    from tuneforge.model.builtin import ensure_builtin
+    from tuneforge.model.folders import load_for_inference
 
     torch.set_num_threads(threads)
     return load_for_inference(ensure_builtin(name, MODEL_CACHE), MODEL_CACHE)
@@ -97,7 +97,7 @@ def load(name: str, threads: int) -> tuple[Any, Any]:
 def child_sequential(args: argparse.Namespace) -> dict[str, Any]:
     import torch
 
-    from tuneforge.recipes.components import encode_prompt
+    from tuneforge.model.prompts import encode_prompt
 
     model, tokenizer = load(TEACHER, args.threads)
     texts = synthetic_prompts(args.prompts)
@@ -144,10 +144,13 @@ def child_steps(args: argparse.Namespace) -> dict[str, Any]:
     (KD), the two alternating step by step on the same batches, after one warm-up step of each."""
     import torch
 
-    from tuneforge.catalog.builtin import ensure_builtin, load_model_and_tokenizer
-    from tuneforge.recipes.components import causal_lm_loss, collate, encode_record, forward_inputs, target_count
+    from tuneforge.model.builtin import ensure_builtin
+    from tuneforge.model.loading import load_model_and_tokenizer
+    from tuneforge.recipes.batching import collate, forward_inputs, target_count
     from tuneforge.recipes.distillation import LogitDistillationLoss
+    from tuneforge.recipes.loop import causal_lm_loss
     from tuneforge.recipes.performance import autocast, resolve_precision
+    from tuneforge.recipes.tokenising import encode_record
 
     teacher, _ = load(TEACHER, args.threads)
     student, tokenizer = load_model_and_tokenizer(ensure_builtin(STUDENT, MODEL_CACHE))
@@ -204,8 +207,8 @@ def main() -> None:
         args.prompts, args.tokens, args.repeats = 32, 32, 1
 
     from tuneforge.catalog.models import BUILTIN_MODELS
-    from tuneforge.recipes.components import encode_prompt
-    from tuneforge.serving.generation import length_sorted_batches
+    from tuneforge.engine.generation import length_sorted_batches
+    from tuneforge.model.prompts import encode_prompt
 
     params = {m.source.removeprefix("builtin:"): m.parameter_count or 0 for m in BUILTIN_MODELS}
     load(STUDENT, args.threads)  # create both models once, outside any timing

@@ -15,7 +15,7 @@ limits measured in the run.
 of random token ids whose lengths are spread evenly on a log scale over 64-2048 tokens (3-100% of
 the context, many short rows and few long ones, as in real data), every token a target:
 
-- ``tuneforge``   :func:`tuneforge.recipes.components.train`, the loop a job runs (length-grouped
+- ``tuneforge``   :func:`tuneforge.recipes.loop.train`, the loop a job runs (length-grouped
   batches, ``precision="bf16"``);
 - ``hf_trainer``  HF ``Trainer``, ``bf16=True``, ordinary random batches padded by
   ``DataCollatorForSeq2Seq``;
@@ -32,9 +32,9 @@ second ÷ the card's dense bf16 spec, and ÷ a bf16 8192³ matmul measured in th
 - ``hf_default``        ``generate`` with its default (dynamic) cache, after two warm-up runs;
 - ``hf_static``         ``generate(cache_implementation="static", disable_compile=True)``;
 - ``hf_static_compiled`` the same with transformers' automatic compile (CUDA only);
-- ``tuneforge_engine``  the serving engine's :class:`~tuneforge.serving.batching.ContinuousBatcher`
+- ``tuneforge_engine``  the serving engine's :class:`~tuneforge.engine.batching.ContinuousBatcher`
   driven in-process (one request, ``step()`` until done);
-- ``tuneforge_static``  :class:`~tuneforge.serving.static_decode.StaticGreedyDecoder`, eager;
+- ``tuneforge_static``  :class:`~tuneforge.engine.static_decode.StaticGreedyDecoder`, eager;
 - ``tuneforge_graphs``  the same with the decode step compiled to CUDA graphs (CUDA only; on a CPU
   it is traced by dynamo with the eager backend, which checks the code path, not the speed).
 
@@ -72,10 +72,14 @@ os.environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")
 from common import environment, final_json, fmt, stats
 
 TUNEFORGE_MODULES = (
-    "tuneforge.recipes.components",
-    "tuneforge.serving.batching",
+    "tuneforge.recipes.tokenising",
+    "tuneforge.recipes.batching",
+    "tuneforge.recipes.loop",
+    "tuneforge.recipes.outputs",
+    "tuneforge.recipes.performance",
+    "tuneforge.engine.batching",
     "tuneforge.serving.protocol",
-    "tuneforge.serving.static_decode",
+    "tuneforge.engine.static_decode",
 )
 """Every tuneforge module this script imports: none may pull in the web stack (tests check)."""
 
@@ -198,7 +202,7 @@ def row_lengths(count: int, shape: Shape, seed: int = SEED) -> list[int]:
 
 
 def make_examples(lengths: list[int], vocab: int, seed: int = SEED) -> list[Any]:
-    from tuneforge.recipes.components import Example
+    from tuneforge.recipes.tokenising import Example
 
     rng = random.Random(seed + 1)
     examples = []
@@ -392,7 +396,7 @@ def _autocast(device: Any) -> Any:
 
 
 def train_tuneforge(ctx: TrainContext, repeat: int) -> dict[str, Any]:
-    """``components.train`` on the variable-length rows, stopped (via the reporter) after ``steps`` steps.
+    """``recipes.loop.train`` on the variable-length rows, stopped (via the reporter) after ``steps`` steps.
 
     The data hold one batch more than the run takes: ``train`` checkpoints after its last step
     whatever ``checkpoint_every_steps`` says, and a full 1.1B checkpoint (weights + AdamW state,
@@ -400,7 +404,9 @@ def train_tuneforge(ctx: TrainContext, repeat: int) -> dict[str, Any]:
     """
     import torch
 
-    from tuneforge.recipes.components import MetricsWriter, TrainingConfig, collate, length_grouped_batches, train
+    from tuneforge.recipes.batching import collate, length_grouped_batches
+    from tuneforge.recipes.loop import TrainingConfig, train
+    from tuneforge.recipes.outputs import MetricsWriter
 
     free_memory(ctx.device)
     examples = ctx.examples[: ctx.shape.batch * (ctx.steps + 1)]
@@ -623,7 +629,7 @@ def hf_generate(ctx: DecodeContext, **options: Any) -> Callable[[], Callable[[],
 
 def engine_batcher(ctx: DecodeContext) -> Callable[[], Callable[[], list[int]]]:
     def setup() -> Callable[[], list[int]]:
-        from tuneforge.serving.batching import ContinuousBatcher, Sequence
+        from tuneforge.engine.batching import ContinuousBatcher, Sequence
         from tuneforge.serving.protocol import GenerationRequest
 
         batcher = ContinuousBatcher(ctx.model, ctx.tokenizer, max_batch=1)
@@ -646,7 +652,7 @@ def engine_batcher(ctx: DecodeContext) -> Callable[[], Callable[[], list[int]]]:
 
 def static_decoder(ctx: DecodeContext, graphs: bool) -> Callable[[], Callable[[], list[int]]]:
     def setup() -> Callable[[], list[int]]:
-        from tuneforge.serving.static_decode import StaticGreedyDecoder
+        from tuneforge.engine.static_decode import StaticGreedyDecoder
 
         length = len(ctx.prompt) + ctx.new_tokens
         if not graphs:
@@ -796,7 +802,7 @@ def main() -> None:
     tokenizer = make_tokenizer(shape.vocab)
     steps = train_warmup + train_timed
     lengths = row_lengths(shape.batch * (steps + 1), shape)
-    from tuneforge.recipes.components import length_grouped_batches
+    from tuneforge.recipes.batching import length_grouped_batches
 
     grouped = length_grouped_batches(lengths, shape.batch, SEED, 0)
     ctx = TrainContext(shape, device, counts["non_embedding"], train_warmup, train_timed, [], tokenizer)

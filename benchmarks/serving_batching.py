@@ -42,11 +42,11 @@ from transformers.generation.streamers import BaseStreamer
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import CpuContention, check_status, environment, final_json, memory_bandwidth, percentile, stats
-from tuneforge.catalog.builtin import ensure_builtin
 from tuneforge.catalog.models import BUILTIN_CONTEXT
 from tuneforge.demo import free_port, start_server
-from tuneforge.recipes.components import encode_prompt
-from tuneforge.serving.generation import load_for_inference
+from tuneforge.model.builtin import ensure_builtin
+from tuneforge.model.folders import load_for_inference
+from tuneforge.model.prompts import encode_prompt
 from tuneforge.settings import Settings
 
 PROMPTS = [f"Request {i}: once upon a time, in a land far away" for i in range(8)]

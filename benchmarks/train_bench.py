@@ -76,7 +76,7 @@ def synthetic_records(count: int, seed: int = SEED) -> list[dict[str, str]]:
 def padding_fraction(records: list[dict[str, str]], batch: int, grouped: bool, seed: int = SEED) -> float:
     """Share of the tokens of an epoch's batches that are padding: the recipe's own batches (as the
     ``tuneforge`` variant builds them, ``grouped``) or random ones (``tuneforge_padded``)."""
-    from tuneforge.recipes.components import length_grouped_batches
+    from tuneforge.recipes.batching import length_grouped_batches
 
     lengths = [len(r["prompt"]) + len(r["completion"]) + 2 for r in records]
     batches = length_grouped_batches(lengths, batch, seed, 0, group_batches=16 if grouped else 1)
@@ -114,7 +114,7 @@ class Clock:
 
 
 def base_model_dir(name: str) -> Path:
-    from tuneforge.catalog.builtin import ensure_builtin
+    from tuneforge.model.builtin import ensure_builtin
 
     return ensure_builtin(name, MODEL_CACHE)
 
@@ -177,8 +177,7 @@ def _lora_model(args: argparse.Namespace) -> tuple[Any, Any]:
     import torch
     from peft import LoraConfig, get_peft_model
 
-    from tuneforge.catalog.builtin import load_model_and_tokenizer
-    from tuneforge.recipes.components import quiet_peft
+    from tuneforge.model.loading import load_model_and_tokenizer, quiet_peft
 
     torch.set_num_threads(args.threads)
     model, tokenizer = load_model_and_tokenizer(base_model_dir(args.model))
@@ -197,8 +196,9 @@ def child_plain(args: argparse.Namespace) -> dict[str, Any]:
     import torch
     from transformers import get_cosine_schedule_with_warmup
 
-    from tuneforge.recipes.components import collate, encode_record, length_grouped_batches
+    from tuneforge.recipes.batching import collate, length_grouped_batches
     from tuneforge.recipes.performance import resolve_precision
+    from tuneforge.recipes.tokenising import encode_record
 
     model, tokenizer = _lora_model(args)
     examples = [encode_record(r, tokenizer, CONTEXT) for r in synthetic_records(BATCH * args.steps)]
@@ -229,7 +229,7 @@ def child_hf_trainer(args: argparse.Namespace, trl: bool, bf16: bool = False) ->
     import torch
     from transformers import DataCollatorForSeq2Seq, Trainer, TrainingArguments
 
-    from tuneforge.recipes.components import encode_record
+    from tuneforge.recipes.tokenising import encode_record
 
     model, tokenizer = _lora_model(args)
     records = synthetic_records(BATCH * args.steps)

@@ -107,8 +107,8 @@ def completes_fact(output: str, answer: str) -> bool:
 def run_demo(data_dir: Path, console: Console) -> int:
     from tuneforge.client import bedrock_client
     from tuneforge.data.tasks import make_conversation_task, make_domain_documents, to_prompt_only, write_jsonl
+    from tuneforge.jobs import layout
     from tuneforge.progress import wait_for_job
-    from tuneforge.recipes import layout
     from tuneforge.services import Services
 
     started = time.monotonic()
@@ -318,15 +318,13 @@ def measure(
     """
     import torch
 
-    from tuneforge.catalog.builtin import ensure_builtin
     from tuneforge.data.tasks import write_jsonl
-    from tuneforge.recipes.components import encode_documents, mean_token_loss, render_prompt
-    from tuneforge.serving.generation import (
-        exact_match_accuracy,
-        generate,
-        load_for_inference,
-        measure_generation_speed,
-    )
+    from tuneforge.engine.generation import exact_match_accuracy, generate, measure_generation_speed
+    from tuneforge.model.builtin import ensure_builtin
+    from tuneforge.model.folders import load_for_inference
+    from tuneforge.model.prompts import render_prompt
+    from tuneforge.recipes.loop import mean_token_loss
+    from tuneforge.recipes.tokenising import encode_documents
 
     torch.set_num_threads(1)
     base, tokenizer = load_for_inference(ensure_builtin("forge-small", models_dir), models_dir)

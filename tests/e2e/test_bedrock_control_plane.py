@@ -151,8 +151,9 @@ def test_completed_job_registers_custom_model_with_its_hyperparameters(
 def test_fine_tuned_model_learns_the_held_out_task(
     completed_job: dict[str, Any], server: Server, task_data: TaskData
 ) -> None:
+    from tuneforge.engine.generation import exact_match_accuracy
+    from tuneforge.model.folders import load_for_inference
     from tuneforge.services import Services
-    from tuneforge.serving.generation import exact_match_accuracy, load_for_inference
 
     services = Services.create(server.settings)
     weights = Path(services.custom_models.get(completed_job["outputModelArn"]).weights_path)

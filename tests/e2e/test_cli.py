@@ -51,7 +51,7 @@ def test_data_cp_round_trips_through_s3(server: Server, tmp_path: Path) -> None:
 
 
 def test_models_register_accepts_a_hf_folder_and_refuses_others(server: Server, bedrock: Any) -> None:
-    from tuneforge.catalog.builtin import ensure_builtin
+    from tuneforge.model.builtin import ensure_builtin
 
     own = server.settings.data_dir / "my-models" / unique("m")
     shutil.copytree(ensure_builtin("forge-micro", server.settings.data_dir / "scratch"), own)

@@ -23,7 +23,7 @@ from botocore.exceptions import ClientError
 
 from tests.e2e.conftest import BASE_MODEL, ROLE, STUDENT_MODEL, Server, unique, wait_for_status
 from tuneforge.data.tasks import make_conversation_task, make_domain_documents, to_prompt_only, write_jsonl
-from tuneforge.recipes import layout
+from tuneforge.jobs import layout
 from tuneforge.storage import ObjectStore
 
 pytestmark = pytest.mark.e2e
@@ -150,8 +150,9 @@ def test_foundation_models_advertise_and_filter_on_every_approach(bedrock: Any, 
 def test_continued_pretraining_lowers_held_out_domain_perplexity_by_30_percent(
     cpt_job: dict[str, Any], runs: Runs, server: Server, tmp_path: Path
 ) -> None:
-    from tuneforge.catalog.builtin import load_model_and_tokenizer
-    from tuneforge.recipes.components import encode_documents, mean_token_loss
+    from tuneforge.model.loading import load_model_and_tokenizer
+    from tuneforge.recipes.loop import mean_token_loss
+    from tuneforge.recipes.tokenising import encode_documents
 
     assert cpt_job["status"] == "Completed", cpt_job.get("failureMessage")
     assert {d["status"] for d in cpt_job["statusDetails"].values()} == {"Completed"}
@@ -241,7 +242,7 @@ def test_logit_distillation_job_completes_with_its_validation_loss(bedrock: Any,
 def test_teacher_of_another_family_is_refused_at_create_time(bedrock: Any, server: Server) -> None:
     from transformers import GPT2Config, GPT2LMHeadModel
 
-    from tuneforge.catalog.builtin import build_tokenizer
+    from tuneforge.model.builtin import build_tokenizer
     from tuneforge.services import Services
 
     folder = server.settings.data_dir / "hf" / unique("tiny-gpt2")

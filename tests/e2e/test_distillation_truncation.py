@@ -7,7 +7,7 @@ import json
 import pytest
 
 from tests.e2e.conftest import BASE_MODEL, ROLE, STUDENT_MODEL, Server, unique, wait_for_status
-from tuneforge.recipes import layout
+from tuneforge.jobs import layout
 from tuneforge.storage import ObjectStore
 
 pytestmark = pytest.mark.e2e

@@ -9,7 +9,7 @@ import pytest
 
 from tests.e2e.conftest import ROLE, STUDENT_MODEL, Server, unique, wait_for_status
 from tuneforge.data.tasks import make_classification_task, write_jsonl
-from tuneforge.recipes import layout
+from tuneforge.jobs import layout
 from tuneforge.storage import ObjectStore
 
 pytestmark = pytest.mark.e2e

@@ -226,7 +226,8 @@ def test_prefill_continues_the_assistant_message_on_both_surfaces(sdk: openai.Op
 
 
 def test_logit_bias_and_penalties_are_honoured(sdk: openai.OpenAI, tmp_path: Any) -> None:
-    from tuneforge.catalog.builtin import build_tokenizer, load_tokenizer
+    from tuneforge.model.builtin import build_tokenizer
+    from tuneforge.model.loading import load_tokenizer
 
     build_tokenizer(tmp_path)
     (z,) = load_tokenizer(tmp_path).encode("z", add_special_tokens=False)

@@ -88,7 +88,7 @@ def test_killed_worker_with_checkpoint_is_resumed_to_completed(tmp_path: Path) -
 
 
 def test_a_corrupt_latest_checkpoint_is_skipped_and_the_job_log_says_so(tmp_path: Path) -> None:
-    from tuneforge.recipes.components import CHECKPOINT_FILE, PREVIOUS_CHECKPOINT_FILE
+    from tuneforge.recipes.checkpoints import CHECKPOINT_FILE, PREVIOUS_CHECKPOINT_FILE
 
     server = make_server(tmp_path / "data")
     server.start()

@@ -509,7 +509,7 @@ def test_committed_deployment_refuses_delete(server: Server, bedrock: Any, commi
 
 
 def test_replica_that_cannot_load_its_model_fails_the_deployment(server: Server, bedrock: Any) -> None:
-    from tuneforge.catalog.builtin import ensure_builtin
+    from tuneforge.model.builtin import ensure_builtin
     from tuneforge.services import Services
 
     folder = server.settings.data_dir / "broken" / "model"
@@ -670,5 +670,5 @@ def test_the_server_process_never_loaded_torch_its_engines_did(server: Server) -
     pid = server.process.pid
     assert "libtorch" not in Path(f"/proc/{pid}/maps").read_text()
     children = [c for task in Path(f"/proc/{pid}/task").iterdir() for c in (task / "children").read_text().split()]
-    engines = [c for c in children if b"tuneforge.serving.engine" in Path(f"/proc/{c}/cmdline").read_bytes()]
+    engines = [c for c in children if b"tuneforge.engine.server" in Path(f"/proc/{c}/cmdline").read_bytes()]
     assert engines and all("libtorch" in Path(f"/proc/{c}/maps").read_text() for c in engines)

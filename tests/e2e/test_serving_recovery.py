@@ -19,7 +19,7 @@ MESSAGES = [{"role": "user", "content": [{"text": "hi"}]}]
 def engine_pids(server_pid: int) -> set[int]:
     tasks = Path(f"/proc/{server_pid}/task")
     children = {int(c) for task in tasks.iterdir() for c in (task / "children").read_text().split()}
-    return {pid for pid in children if b"tuneforge.serving.engine" in Path(f"/proc/{pid}/cmdline").read_bytes()}
+    return {pid for pid in children if b"tuneforge.engine.server" in Path(f"/proc/{pid}/cmdline").read_bytes()}
 
 
 def alive(pid: int) -> bool:

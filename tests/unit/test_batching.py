@@ -7,9 +7,9 @@ from typing import Any
 import pytest
 import torch
 
-from tuneforge.catalog.builtin import ensure_builtin
-from tuneforge.serving.batching import ContinuousBatcher, Sequence, _safe_length
-from tuneforge.serving.generation import load_for_inference
+from tuneforge.engine.batching import ContinuousBatcher, Sequence, _safe_length
+from tuneforge.model.builtin import ensure_builtin
+from tuneforge.model.folders import load_for_inference
 from tuneforge.serving.protocol import GenerationRequest
 
 PROMPTS = ["Ticket: my invoice\nCategory:", "a much longer prompt, so that rows need left padding", "x"]
@@ -23,7 +23,7 @@ def model_and_tokenizer(tmp_path_factory: pytest.TempPathFactory) -> tuple[Any, 
 
 
 def solo_greedy(model: Any, tokenizer: Any, prompt: str, max_tokens: int) -> list[int]:
-    from tuneforge.recipes.components import encode_prompt
+    from tuneforge.model.prompts import encode_prompt
 
     ids = torch.tensor([encode_prompt(tokenizer, prompt)])
     out = model.generate(
@@ -148,7 +148,7 @@ def test_logprobs_are_the_models_own_and_follow_the_greedy_choice(model_and_toke
     run_to_end(batcher, sequence)
     entries = events[-1]["logprobs"]
     assert len(entries) == 4 == len(sequence.generated)
-    from tuneforge.recipes.components import encode_prompt
+    from tuneforge.model.prompts import encode_prompt
 
     ids = encode_prompt(tokenizer, PROMPTS[0])
     for token, entry in zip(sequence.generated, entries, strict=True):
@@ -244,8 +244,8 @@ def test_top_k_one_is_greedy_even_when_sampling(model_and_tokenizer: tuple[Any, 
 
 
 def test_a_final_assistant_message_is_continued_not_repeated() -> None:
-    from tuneforge.recipes.components import render_prompt
-    from tuneforge.serving.engine import render
+    from tuneforge.engine.server import render
+    from tuneforge.model.prompts import render_prompt
 
     conversation = {
         "system": [],

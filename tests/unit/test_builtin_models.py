@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 from transformers import AutoModelForCausalLM, AutoTokenizer, BertConfig
 
-from tuneforge.catalog.builtin import ensure_builtin
 from tuneforge.catalog.folders import check_hf_folder
 from tuneforge.catalog.models import BUILTIN_MODELS, BUILTIN_VOCAB_SIZE, FoundationModel
+from tuneforge.model.builtin import ensure_builtin
 
 
 @pytest.fixture(scope="module")

@@ -8,13 +8,13 @@ from typing import Any
 import pytest
 import torch
 
-from tuneforge.catalog.builtin import ensure_builtin
 from tuneforge.catalog.hyperparameters import fine_tuning_specs, resolve
 from tuneforge.catalog.models import BUILTIN_MODELS
 from tuneforge.data.tasks import make_classification_task, write_jsonl
+from tuneforge.model.builtin import ensure_builtin
 from tuneforge.recipes import get_recipe
 from tuneforge.recipes.base import RecipeInputs
-from tuneforge.recipes.components import CHECKPOINT_FILE, PREVIOUS_CHECKPOINT_FILE
+from tuneforge.recipes.checkpoints import CHECKPOINT_FILE, PREVIOUS_CHECKPOINT_FILE
 
 MICRO = next(m for m in BUILTIN_MODELS if m.source == "builtin:forge-micro")
 

@@ -17,18 +17,15 @@ import torch
 from peft import LoraConfig, PeftModel, get_peft_model
 from transformers import AutoModelForCausalLM, PreTrainedTokenizerFast
 
-from tuneforge.catalog.builtin import (
-    PORTABLE_TOKENIZER_CLASS,
-    ensure_builtin,
-    load_model_and_tokenizer,
-    load_tokenizer,
-)
 from tuneforge.catalog.hyperparameters import fine_tuning_specs, resolve
 from tuneforge.catalog.models import BUILTIN_MODELS
+from tuneforge.model.builtin import ensure_builtin
 from tuneforge.model.export import BaseModel, ExportError, export_model
+from tuneforge.model.folders import load_for_inference, read_manifest
+from tuneforge.model.loading import PORTABLE_TOKENIZER_CLASS, load_model_and_tokenizer, load_tokenizer, quiet_peft
+from tuneforge.model.prompts import encode_prompt
 from tuneforge.recipes.base import RecipeInputs
-from tuneforge.recipes.components import encode_prompt, quiet_peft, read_manifest, save_model
-from tuneforge.serving.generation import load_for_inference
+from tuneforge.recipes.outputs import save_trained_model
 
 MICRO = next(model for model in BUILTIN_MODELS if model.source == "builtin:forge-micro")
 BASE = BaseModel(model_id=MICRO.model_id, builtin=True)
@@ -73,7 +70,7 @@ def saved(models_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
         checkpoint_dir=root / "checkpoints",
         hyperparameters=resolve(fine_tuning_specs(), {"saveMergedModel": "true"}),
     )
-    save_model(peft_model, tokenizer, inputs, full=False)
+    save_trained_model(peft_model, tokenizer, inputs, full=False)
     return inputs.model_dir
 
 

@@ -22,23 +22,18 @@ import torch
 from peft import PeftModel
 from safetensors.torch import load_file
 
-from tuneforge.catalog.builtin import ensure_builtin, load_model_and_tokenizer, load_tokenizer
 from tuneforge.catalog.hyperparameters import HyperParameterValue, fine_tuning_specs, resolve
 from tuneforge.catalog.models import BUILTIN_MODELS, FoundationModel
 from tuneforge.data.tasks import make_classification_task, make_conversation_task, write_jsonl
+from tuneforge.engine.generation import exact_match_accuracy, generate
+from tuneforge.model.builtin import ensure_builtin
+from tuneforge.model.folders import load_for_inference
+from tuneforge.model.loading import load_model_and_tokenizer, load_tokenizer, quiet_peft
+from tuneforge.model.prompts import encode_prompt, render_prompt
 from tuneforge.recipes import get_recipe
 from tuneforge.recipes.base import RecipeInputs, RecipeResult, Stage, StageStatus
-from tuneforge.recipes.components import (
-    IGNORE_INDEX,
-    PERFORMANCE_METRICS_HEADER,
-    TRAINING_METRICS_HEADER,
-    VALIDATION_METRICS_HEADER,
-    encode_prompt,
-    encode_record,
-    quiet_peft,
-    render_prompt,
-)
-from tuneforge.serving.generation import exact_match_accuracy, generate, load_for_inference
+from tuneforge.recipes.outputs import PERFORMANCE_METRICS_HEADER, TRAINING_METRICS_HEADER, VALIDATION_METRICS_HEADER
+from tuneforge.recipes.tokenising import IGNORE_INDEX, encode_record
 
 BY_SOURCE = {model.source: model for model in BUILTIN_MODELS}
 SMALL, MICRO = BY_SOURCE["builtin:forge-small"], BY_SOURCE["builtin:forge-micro"]

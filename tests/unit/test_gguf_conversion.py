@@ -19,7 +19,6 @@ import torch
 from gguf import GGMLQuantizationType, GGUFReader, GGUFWriter
 from transformers import AutoConfig
 
-from tuneforge.catalog.builtin import PORTABLE_TOKENIZER_CLASS, load_model_and_tokenizer
 from tuneforge.catalog.folders import check_hf_folder
 from tuneforge.model.gguf import (
     SMOLLM2_INSTALL,
@@ -28,6 +27,7 @@ from tuneforge.model.gguf import (
     convert_gguf,
     smollm2_gguf_path,
 )
+from tuneforge.model.loading import PORTABLE_TOKENIZER_CLASS, load_model_and_tokenizer
 
 FACTS = [
     ("What is the capital of France?", "Paris"),

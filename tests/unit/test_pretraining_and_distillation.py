@@ -16,15 +16,17 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from tuneforge.catalog.builtin import ensure_builtin, load_tokenizer
 from tuneforge.catalog.hyperparameters import distillation_specs, resolve
 from tuneforge.catalog.models import BUILTIN_MODELS
 from tuneforge.data.tasks import archipelago_facts, make_domain_documents, write_jsonl
+from tuneforge.engine.generation import Completion, complete, length_sorted_batches
+from tuneforge.jobs.layout import output_artifacts
+from tuneforge.model.builtin import ensure_builtin
+from tuneforge.model.folders import load_for_inference
+from tuneforge.model.loading import load_tokenizer
 from tuneforge.recipes.base import RecipeInputs, TeacherInputs
-from tuneforge.recipes.components import IGNORE_INDEX, chunk_document, encode_documents, loss_token_count
 from tuneforge.recipes.distillation import DistillationRecipe, distillation_loss, prompt_insights, teacher_answers
-from tuneforge.recipes.layout import output_artifacts
-from tuneforge.serving.generation import Completion, complete, length_sorted_batches, load_for_inference
+from tuneforge.recipes.tokenising import IGNORE_INDEX, chunk_document, encode_documents, loss_token_count
 
 # --------------------------------------------------------------------------- chunking
 
@@ -93,7 +95,7 @@ def test_recipes_read_a_byte_order_mark_as_validation_does(tmp_path: Path) -> No
     """Validation accepts a BOM before the first record; the recipes' reader must too."""
     from tuneforge.catalog.models import FINE_TUNING, TokenLimits
     from tuneforge.data.validate import validate_file
-    from tuneforge.recipes.components import read_jsonl
+    from tuneforge.recipes.tokenising import read_jsonl
 
     path = tmp_path / "bom.jsonl"
     path.write_bytes(b'\xef\xbb\xbf{"prompt": "a", "completion": "b"}\n{"prompt": "c", "completion": "d"}\n')

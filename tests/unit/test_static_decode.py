@@ -8,7 +8,7 @@ import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from tuneforge.serving.static_decode import StaticGreedyDecoder
+from tuneforge.engine.static_decode import StaticGreedyDecoder
 
 
 @pytest.fixture(scope="module")

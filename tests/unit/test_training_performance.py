@@ -8,9 +8,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from tuneforge.catalog.builtin import ensure_builtin, load_model_and_tokenizer
-from tuneforge.recipes.components import IGNORE_INDEX, Example, collate, forward_inputs
+from tuneforge.model.builtin import ensure_builtin
+from tuneforge.model.loading import load_model_and_tokenizer
+from tuneforge.recipes.batching import collate, forward_inputs
 from tuneforge.recipes.performance import FlopCounter, native_bf16, resolve_precision, spec_peak_for_name
+from tuneforge.recipes.tokenising import IGNORE_INDEX, Example
 
 CPU = torch.device("cpu")
 
@@ -129,7 +131,8 @@ def test_flop_rule_counts_base_weights_and_attention(model_and_pad: tuple[torch.
 
 def test_training_reports_precision_and_mfu_basis(tmp_path: Path) -> None:
     """The job log says which dtype the job computes in and what the MFU is measured against."""
-    from tuneforge.recipes.components import MetricsWriter, TrainingConfig, train
+    from tuneforge.recipes.loop import TrainingConfig, train
+    from tuneforge.recipes.outputs import MetricsWriter
 
     model, tokenizer = load_model_and_tokenizer(ensure_builtin("forge-micro", tmp_path / "models"))
     messages: list[str] = []

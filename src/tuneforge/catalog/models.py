@@ -1,7 +1,7 @@
 """Foundation-model records: the built-in family and users' registered models.
 
 This module is metadata only (no torch), so the API process can list and describe models.
-Weights are created or loaded by worker processes (:mod:`tuneforge.catalog.builtin`).
+Weights are created or loaded by worker processes (:mod:`tuneforge.model.builtin`).
 """
 
 from __future__ import annotations
@@ -76,7 +76,7 @@ class FoundationModel:
 
 
 BUILTIN_VOCAB_SIZE = 260
-"""256 byte tokens + <pad>, <bos>, <eos>, <unk>. See catalog/builtin.py."""
+"""256 byte tokens + <pad>, <bos>, <eos>, <unk>. See model/builtin.py."""
 
 BUILTIN_TOKENIZER = "forge-byte-260"
 """The identity of the built-in family's one tokenizer, compared when pairing a teacher with a student."""

@@ -209,8 +209,8 @@ def models_export(
     Reads the model from this installation's data directory (the server need not run). Merging
     an adapter-only model loads its base here, so this command imports torch.
     """
-    from tuneforge.data.preflight import base_model_dir
     from tuneforge.errors import ServiceError
+    from tuneforge.model.folders import base_model_dir
     from tuneforge.storage import StorageError
 
     dest = dest.expanduser()
@@ -225,7 +225,7 @@ def models_export(
         raise _fail(f"the base model {custom.base_model_id} is not available: {exc}") from None
 
     from tuneforge.model.export import BaseModel, ExportError, export_model
-    from tuneforge.recipes.components import read_manifest
+    from tuneforge.model.folders import read_manifest
 
     weights = Path(custom.weights_path)
     manifest = read_manifest(weights)
@@ -271,11 +271,14 @@ def data_validate(
     """Validate a JSONL dataset pre-flight: errors with line and field, counts and an estimate."""
     from tuneforge.data.preflight import preflight_report
     from tuneforge.errors import ServiceError
+    from tuneforge.model.folders import base_model_dir
 
     services = _services()
     raw_hp = dict(item.split("=", 1) for item in hyperparameters or [] if "=" in item)
     try:
-        result = preflight_report(services, file, model, customization_type, raw_hp)
+        result = preflight_report(
+            services, file, model, customization_type, raw_hp, lambda found: base_model_dir(services, found)
+        )
     except ServiceError as exc:
         raise _fail(exc.message) from None
     if as_json:

@@ -22,15 +22,6 @@ if TYPE_CHECKING:
     from tuneforge.services import Services
 
 
-def base_model_dir(services: Services, model: FoundationModel) -> Path:
-    """A local HF folder for the model; creates the built-in ones on first use (imports torch)."""
-    if model.builtin:
-        from tuneforge.catalog.builtin import ensure_builtin
-
-        return ensure_builtin(model.source.split(":", 1)[1], services.settings.models_dir)
-    return services.catalog.local_folder(model)
-
-
 def token_counter(model_dir: Path) -> Callable[[str], int]:
     from transformers import AutoTokenizer
 
@@ -77,7 +68,10 @@ def preflight_report(
     model_id: str,
     customization_type: str,
     raw_hyperparameters: dict[str, str],
+    model_dir: Callable[[FoundationModel], Path],
 ) -> dict[str, Any]:
+    """``model_dir`` resolves the model to a local folder (for its tokenizer); it is passed in because
+    building a built-in model needs torch, which this module does not import."""
     model = services.catalog.get(model_id)
     if customization_type not in model.customizations:
         raise ValidationException(
@@ -89,7 +83,7 @@ def preflight_report(
         raise ValidationException(str(exc)) from None
     if not file.is_file():
         raise ValidationException(f"{file} does not exist")
-    counter = token_counter(base_model_dir(services, model))
+    counter = token_counter(model_dir(model))
     report = validate_dataset(
         services.settings,
         model,

@@ -186,7 +186,7 @@ class JobRunner:
         self._register(snapshot, result, model_dir, base)
 
     def _execute(self, job: dict[str, Any]) -> tuple[RecipeResult, Path, FoundationModel]:
-        from tuneforge.data.preflight import base_model_dir
+        from tuneforge.model.folders import base_model_dir
         from tuneforge.recipes import get_recipe
 
         base = self.services.catalog.get(job["base_model_id"])
@@ -272,7 +272,7 @@ class JobRunner:
         """A DISTILLATION job's teacher, checked again: it may have been deleted since the job was created."""
         if job["customization_type"] != DISTILLATION:
             return None
-        from tuneforge.data.preflight import base_model_dir
+        from tuneforge.model.folders import base_model_dir
 
         try:
             teacher = self.services.jobs.distillation_teacher(job["customization_config"], student)

@@ -4,7 +4,7 @@ Three things make a saved folder portable, and both the recipes (when a job save
 ``tuneforge models export`` apply them:
 
 - **Tokenizer**: named by a class every transformers release loads
-  (:func:`tuneforge.catalog.builtin.save_tokenizer`).
+  (:func:`tuneforge.model.builtin.save_tokenizer`).
 - **Adapter**: peft writes the base model's local path into ``adapter_config.json`` (and into its
   model card). That path means nothing on another machine, so it is replaced by the base model's
   catalog id (``tuneforge.forge-small-v1:0:512``, or the id a user registered their own model under).
@@ -31,7 +31,7 @@ from typing import Any, Literal
 
 from peft import LoraConfig, PeftModel
 
-from tuneforge.catalog.builtin import load_model_and_tokenizer, make_tokenizer_config_portable
+from tuneforge.model.loading import load_model_and_tokenizer, make_tokenizer_config_portable
 
 ExportForm = Literal["merged", "adapter"]
 
@@ -286,8 +286,8 @@ def _write(
 
 
 def _merge(adapter_dir: Path, base_dir: Path, staging: Path, progress: Callable[[str], None]) -> None:
-    # Imported here: recipes.components imports this module to make the folders it saves portable.
-    from tuneforge.recipes.components import quiet_peft
+    # Imported here: model.folders imports this module to make the folders it saves portable.
+    from tuneforge.model.loading import quiet_peft
 
     progress("loading the base model")
     base_model, _ = load_model_and_tokenizer(base_dir)

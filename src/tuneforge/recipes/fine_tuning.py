@@ -1,9 +1,9 @@
 """FINE_TUNING: supervised fine-tuning on prompt/completion or conversation records.
 
 Read top to bottom: setup (base model, LoRA or full) -> data -> train -> evaluate -> save. The
-shared machinery lives in :mod:`tuneforge.recipes.components`; this file only decides what to call.
+shared machinery lives in :mod:`tuneforge.recipes.loop` and its neighbours; this file only decides what to call.
 
-Outputs in ``model_dir`` are written by :func:`tuneforge.recipes.components.save_model`: the LoRA
+Outputs in ``model_dir`` are written by :func:`tuneforge.model.folders.save_model`: the LoRA
 adapter and/or the merged model, and the manifest that says which exists.
 """
 
@@ -11,18 +11,12 @@ from __future__ import annotations
 
 import torch
 
-from tuneforge.catalog.builtin import load_model_and_tokenizer
 from tuneforge.catalog.models import FINE_TUNING
+from tuneforge.model.loading import load_model_and_tokenizer
 from tuneforge.recipes.base import JobReporter, RecipeInputs, RecipeResult
-from tuneforge.recipes.components import (
-    MetricsWriter,
-    TrainingConfig,
-    encode_file,
-    prepare_for_training,
-    record_validation,
-    save_model,
-    train,
-)
+from tuneforge.recipes.loop import TrainingConfig, prepare_for_training, record_validation, train
+from tuneforge.recipes.outputs import MetricsWriter, save_trained_model
+from tuneforge.recipes.tokenising import encode_file
 
 
 class FineTuningRecipe:
@@ -75,7 +69,7 @@ class FineTuningRecipe:
         reporter.stage("training", "Completed")
 
         # Save.
-        artifacts.update(save_model(model, tokenizer, inputs, full=full))
+        artifacts.update(save_trained_model(model, tokenizer, inputs, full=full))
         return RecipeResult(
             training_loss=outcome.final_loss,
             validation_losses=validation_losses,

@@ -1,7 +1,7 @@
 """Checks a conversation must pass before it is rendered for a model: the same for Converse and OpenAI chat.
 
 The model sees a conversation through the plain-text template training used
-(:func:`tuneforge.recipes.components.render_prompt`, applied in the engine):
+(:func:`tuneforge.model.prompts.render_prompt`, applied in the engine):
 ``System: ...``, then ``User: ...\\nAssistant:`` turns. So a conversation must start with a user
 message, alternate, and hold text only. It ends with a user message (the assistant's turn is what
 gets generated) or with an assistant message, which the model continues (prefill: the answer

@@ -1,7 +1,7 @@
 """Engine processes for provisioned throughputs and on-demand models: start, route, replace, stop.
 
 Runs as one thread in the API process (like the job :class:`~tuneforge.jobs.supervisor.Supervisor`)
-and never imports torch: each replica is ``python -m tuneforge.serving.engine`` in its own process
+and never imports torch: each replica is ``python -m tuneforge.engine.server`` in its own process
 session. Every tick (0.25 s) it:
 
 1. **polls** replicas: a status file says ``ready`` or ``failed``; a process that exits or does not
@@ -238,7 +238,7 @@ class EngineManager:
                 [
                     sys.executable,
                     "-m",
-                    "tuneforge.serving.engine",
+                    "tuneforge.engine.server",
                     "--source",
                     source,
                     "--socket",

@@ -63,7 +63,7 @@ class GenerationRequest:
     """Also the prompt's token logprobs (OpenAI completions' ``echo`` with ``logprobs``)."""
     response_format: dict[str, Any] | None = None
     """``{"type": "json_object"}`` or ``{"type": "json_schema", "schema": {...}}``: the output is
-    constrained to parse as JSON (matching the schema), see :mod:`tuneforge.serving.constrained`."""
+    constrained to parse as JSON (matching the schema), see :mod:`tuneforge.engine.constrained`."""
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)

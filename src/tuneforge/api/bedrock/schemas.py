@@ -24,8 +24,8 @@ from tuneforge.errors import (
     pattern_violation,
     range_violation,
 )
+from tuneforge.jobs.layout import output_artifacts
 from tuneforge.jobs.service import CreateJobRequest
-from tuneforge.recipes.layout import output_artifacts
 
 # Every pattern here matches in linear time (tests/unit/test_patterns.py times each against adversarial
 # input). Where botocore's shape pattern would backtrack, an equivalent one is used and named: Bedrock's

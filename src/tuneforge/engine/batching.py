@@ -22,11 +22,11 @@ retiring rows trims columns that became padding for everyone, so ``L`` stays the
 **Sampling** is per row: frequency and presence penalties and a logit bias adjust the row's
 logits first (OpenAI's definitions); then temperature 0 is greedy; otherwise temperature, then top-k, then top-p
 (nucleus), with a per-request generator when a seed is given. A request with a ``response_format``
-has its row's logits masked by its grammar first (:mod:`tuneforge.serving.constrained`), so greedy
+has its row's logits masked by its grammar first (:mod:`tuneforge.engine.constrained`), so greedy
 and sampled decoding alike only pick tokens that keep the output valid JSON. Logprobs, when asked
 for, are the model's own distribution (before penalties, bias, temperature and the grammar mask).
 
-This module needs torch; it runs in engine processes (:mod:`tuneforge.serving.engine`) and tests.
+This module needs torch; it runs in engine processes (:mod:`tuneforge.engine.server`) and tests.
 """
 
 from __future__ import annotations
@@ -43,8 +43,8 @@ import torch
 from transformers import DynamicCache, PreTrainedTokenizerBase
 from transformers.cache_utils import DynamicLayer
 
-from tuneforge.recipes.components import encode_prompt
-from tuneforge.serving.constrained import Grammars, Matcher
+from tuneforge.engine.constrained import Grammars, Matcher
+from tuneforge.model.prompts import encode_prompt
 from tuneforge.serving.protocol import GenerationRequest, StopReason
 
 log = logging.getLogger(__name__)

@@ -1,8 +1,8 @@
 """Load a custom or base model for inference and generate greedily: simple and correct first.
 
 Serving engines and the recipe tests share this path, so a model is evaluated exactly as it will be
-served: prompts are rendered by :func:`tuneforge.recipes.components.render_prompt` and encoded by
-:func:`tuneforge.recipes.components.encode_prompt`, the same functions training used.
+served: prompts are rendered by :func:`tuneforge.model.prompts.render_prompt` and encoded by
+:func:`tuneforge.model.prompts.encode_prompt`, the same functions training used.
 """
 
 from __future__ import annotations
@@ -11,51 +11,12 @@ import math
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
-from peft import PeftModel
 from transformers import GenerationConfig, PreTrainedTokenizerBase
 
-from tuneforge.catalog.builtin import ensure_builtin, load_model_and_tokenizer, load_tokenizer
-from tuneforge.recipes.components import encode_prompt, expected_answer, quiet_peft, read_manifest, render_prompt
-
-BUILTIN_SOURCE_PREFIX = "builtin:"
-
-
-def load_for_inference(model_dir: Path, models_dir: Path) -> tuple[Any, PreTrainedTokenizerBase]:
-    """Load what a fine-tuning job wrote (merged model, or adapter on its base) or a plain HF folder.
-
-    A merged model is preferred when both exist. An adapter is merged into its base after loading:
-    serving then runs plain matmuls, and the result equals the unmerged model up to rounding.
-    Returns the model in eval mode.
-    """
-    manifest = read_manifest(model_dir)
-    if manifest is None:
-        model, tokenizer = load_model_and_tokenizer(model_dir)
-    elif manifest["merged_dir"]:
-        model, tokenizer = load_model_and_tokenizer(model_dir / manifest["merged_dir"])
-    else:
-        base, _ = load_model_and_tokenizer(_base_model_dir(manifest, models_dir))
-        adapter_dir = model_dir / manifest["adapter_dir"]
-        with quiet_peft():
-            model = PeftModel.from_pretrained(base, str(adapter_dir)).merge_and_unload()
-        tokenizer = load_tokenizer(adapter_dir)
-    model.eval()
-    return model, tokenizer
-
-
-def _base_model_dir(manifest: Mapping[str, Any], models_dir: Path) -> Path:
-    source = str(manifest.get("base_model_source", ""))
-    if source.startswith(BUILTIN_SOURCE_PREFIX):
-        return ensure_builtin(source.removeprefix(BUILTIN_SOURCE_PREFIX), models_dir)
-    if source and Path(source).is_dir():
-        return Path(source)
-    raise FileNotFoundError(
-        f"base model {manifest.get('base_model_id')!r} of this adapter is not available locally "
-        f"(source {source!r}); fetch it into a local folder first"
-    )
+from tuneforge.model.prompts import encode_prompt, expected_answer, render_prompt
 
 
 @dataclass(frozen=True)

@@ -1,8 +1,8 @@
-"""One model replica in its own process: ``python -m tuneforge.serving.engine --source S --socket P --status F``.
+"""One model replica in its own process: ``python -m tuneforge.engine.server --source S --socket P --status F``.
 
 The engine loads the model once (a custom model is its base with the LoRA adapter merged in at
-load time, see :func:`tuneforge.serving.generation.load_for_inference`), runs the continuous-batching
-loop (:mod:`tuneforge.serving.batching`) in one thread, and answers the API process on a Unix socket
+load time, see :func:`tuneforge.engine.generation.load_for_inference`), runs the continuous-batching
+loop (:mod:`tuneforge.engine.batching`) in one thread, and answers the API process on a Unix socket
 (:mod:`tuneforge.serving.protocol`), one thread per connection.
 
 It reports through a small JSON status file, written atomically: ``{"state": "ready"}`` once the
@@ -26,10 +26,10 @@ from typing import Any
 
 import torch
 
-from tuneforge.catalog.builtin import ensure_builtin
-from tuneforge.recipes.components import render_prompt
-from tuneforge.serving.batching import ContinuousBatcher, Event, Sequence
-from tuneforge.serving.generation import BUILTIN_SOURCE_PREFIX, load_for_inference
+from tuneforge.engine.batching import ContinuousBatcher, Event, Sequence
+from tuneforge.model.builtin import ensure_builtin
+from tuneforge.model.folders import BUILTIN_SOURCE_PREFIX, load_for_inference
+from tuneforge.model.prompts import render_prompt
 from tuneforge.serving.protocol import GenerationRequest
 from tuneforge.settings import Settings
 

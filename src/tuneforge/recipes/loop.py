@@ -1,0 +1,313 @@
+"""The training loop the recipes share, the trainable model (LoRA or full) and evaluation.
+
+Recipes stay readable top to bottom (setup -> train -> evaluate -> save) by calling these. Nothing
+here knows about jobs, the database or HTTP: progress goes through a :class:`JobReporter`.
+
+**Precision and utilisation** are in :mod:`tuneforge.recipes.performance`: bf16 autocast where the
+hardware has native bf16, fp32 master weights, and MFU logged with every step.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from peft import LoraConfig, get_peft_model
+from transformers import get_cosine_schedule_with_warmup
+
+from tuneforge.catalog.hyperparameters import HyperParameterValue
+from tuneforge.model.loading import quiet_peft
+from tuneforge.recipes.base import JobReporter
+from tuneforge.recipes.batching import (
+    collate,
+    forward_inputs,
+    length_grouped_batches,
+    split_micro_batches,
+    target_count,
+)
+from tuneforge.recipes.checkpoints import load_checkpoint, save_checkpoint
+from tuneforge.recipes.outputs import MetricsWriter
+from tuneforge.recipes.performance import (
+    FlopCounter,
+    autocast,
+    model_device,
+    peak_flops,
+    resolve_precision,
+    training_device,
+)
+from tuneforge.recipes.tokenising import Example
+
+
+@dataclass(frozen=True)
+class TrainingConfig:
+    epochs: int
+    batch_size: int
+    learning_rate: float
+    warmup_steps: int
+    weight_decay: float
+    gradient_accumulation_steps: int
+    seed: int
+    checkpoint_every_steps: int
+    """0 = a checkpoint at each epoch end."""
+    length_grouping: bool = True
+    precision: str = "auto"
+    """auto, bf16 or fp32; see :mod:`tuneforge.recipes.performance`."""
+    full_training: bool = False
+    """Whether every weight trains (6·N FLOPs per token) rather than adapters (4·N): for MFU only."""
+    max_grad_norm: float = 1.0
+
+    @classmethod
+    def from_hyperparameters(cls, values: Mapping[str, HyperParameterValue]) -> TrainingConfig:
+        return cls(
+            epochs=int(values["epochCount"]),
+            batch_size=int(values["batchSize"]),
+            learning_rate=float(values["learningRate"]),
+            warmup_steps=int(values["learningRateWarmupSteps"]),
+            weight_decay=float(values["weightDecay"]),
+            gradient_accumulation_steps=int(values["gradientAccumulationSteps"]),
+            seed=int(values["seed"]),
+            checkpoint_every_steps=int(values["checkpointEverySteps"]),
+            length_grouping=bool(values.get("lengthGrouping", True)),
+            precision=str(values.get("precision", "auto")),
+            full_training=values.get("trainingMethod") == "full",
+        )
+
+
+@dataclass
+class TrainingOutcome:
+    steps: int
+    """Optimizer steps done in total, including those before a resume."""
+    total_steps: int
+    epochs_done: int
+    stopped: bool
+    final_loss: float | None
+    """Mean loss of the steps of the last (or current, if stopped) epoch: smoother than the last
+    step's loss and comparable across batch sizes."""
+    tokens_seen: int
+    seconds: float
+    """Wall time of this run of the loop (not counting time before a resume)."""
+
+
+LossFunction = Callable[[Any, dict[str, torch.Tensor], int], torch.Tensor]
+"""(model, micro-batch, target tokens in the whole batch) -> that micro-batch's share of the batch
+loss: its summed token loss divided by the batch's target count, so shares add up to the mean."""
+
+
+def causal_lm_loss(model: Any, inputs: dict[str, torch.Tensor], batch_targets: int) -> torch.Tensor:
+    """Cross-entropy on the target tokens: transformers' own loss, summed and divided by the batch total."""
+    output = model(**inputs, use_cache=False, num_items_in_batch=torch.tensor(max(batch_targets, 1)))
+    loss: torch.Tensor = output.loss
+    return loss
+
+
+def train(
+    model: Any,
+    examples: Sequence[Example],
+    config: TrainingConfig,
+    reporter: JobReporter,
+    metrics: MetricsWriter,
+    checkpoint_dir: Path,
+    pad_id: int,
+    loss_function: LossFunction = causal_lm_loss,
+) -> TrainingOutcome:
+    """Train the parameters of ``model`` that require grad; resume from ``checkpoint_dir`` if possible.
+
+    AdamW (no decay on 1-D parameters), linear warmup then cosine decay to 0, gradient clipping,
+    gradient accumulation. The loss of a step is the mean over every target token of the whole
+    batch: each micro-batch adds its *summed* token loss divided by the batch's target count, so
+    accumulation changes memory use, never the result. ``loss_function`` computes that share
+    (distillation swaps in a loss that also compares with a teacher's logits).
+    ``reporter.should_stop()`` is checked before every step; a stop returns at once without a
+    checkpoint (a stopped job is not resumed).
+
+    Runs on the device ``model`` is on (batches follow it), in ``config.precision``, and reports
+    real tokens/s and MFU with each step's loss (:mod:`tuneforge.recipes.performance`).
+    """
+    lengths = [len(e.input_ids) for e in examples]
+    steps_per_epoch = math.ceil(len(examples) / config.batch_size)
+    total_steps = steps_per_epoch * config.epochs
+    params = [p for p in model.parameters() if p.requires_grad]
+    device = model_device(model)
+    precision = resolve_precision(config.precision, device)
+    optimizer = torch.optim.AdamW(
+        [
+            {"params": [p for p in params if p.ndim >= 2], "weight_decay": config.weight_decay},
+            {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0},
+        ],
+        lr=config.learning_rate,
+        # One fused kernel per step on CUDA; on the CPU, multi-tensor ("foreach") updates.
+        fused=device.type == "cuda" or None,
+        foreach=device.type != "cuda" or None,
+    )
+    flops = FlopCounter(model, full=config.full_training)
+    peak, peak_source = peak_flops(device, precision)
+    reporter.log(
+        f"computing in {precision}{' (autocast, fp32 weights)' if precision == 'bf16' else ''} on {device}; "
+        f"MFU against {peak / 1e12:.3g} TFLOP/s ({peak_source})"
+    )
+    scheduler = get_cosine_schedule_with_warmup(optimizer, config.warmup_steps, total_steps)
+    fingerprint = {**asdict(config), "examples": len(examples), "parameters": sum(p.numel() for p in params)}
+
+    state = load_checkpoint(checkpoint_dir, model, optimizer, scheduler, fingerprint, reporter)
+    step, tokens_seen, epoch_losses = state if state else (0, 0, [])
+    if state:
+        reporter.log(f"resumed from checkpoint at step {step}/{total_steps}")
+    metrics.start_training(step)
+
+    model.train()
+    started = time.perf_counter()
+    tokens_this_run = 0
+    flops_this_run = 0.0
+    while step < total_steps:
+        epoch, index_in_epoch = divmod(step, steps_per_epoch)
+        # One batch per group sorts only within a batch: plain random batches, padded to their max.
+        group = 16 if config.length_grouping else 1
+        batches = length_grouped_batches(lengths, config.batch_size, config.seed, epoch, group_batches=group)
+        if index_in_epoch == 0:
+            epoch_losses = []
+        for batch in batches[index_in_epoch:]:
+            if reporter.should_stop():
+                return TrainingOutcome(
+                    steps=step,
+                    total_steps=total_steps,
+                    epochs_done=epoch,
+                    stopped=True,
+                    final_loss=_mean(epoch_losses),
+                    tokens_seen=tokens_seen + tokens_this_run,
+                    seconds=time.perf_counter() - started,
+                )
+            parts = split_micro_batches(batch, lengths, config.gradient_accumulation_steps)
+            micro = [collate([examples[i] for i in part], pad_id) for part in parts]
+            targets = sum(target_count(m["labels"]) for m in micro)
+            loss = 0.0
+            for part, inputs in zip(parts, micro, strict=True):
+                with autocast(device, precision):
+                    micro_loss = loss_function(model, forward_inputs(inputs, device), targets)
+                micro_loss.backward()  # type: ignore[no-untyped-call]
+                loss += float(micro_loss.detach())
+                tokens_this_run += sum(lengths[i] for i in part)
+                flops_this_run += flops.rows([lengths[i] for i in part])
+            torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm, foreach=True)
+            learning_rate = scheduler.get_last_lr()[0]
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+
+            elapsed = max(time.perf_counter() - started, 1e-9)
+            tokens_per_second = tokens_this_run / elapsed
+            mfu = flops_this_run / elapsed / peak
+            metrics.training_step(
+                step, epoch, loss, learning_rate=learning_rate, tokens_per_second=tokens_per_second, mfu=mfu
+            )
+            step += 1
+            epoch_losses.append(loss)
+            reporter.progress(
+                step=step,
+                total_steps=total_steps,
+                epoch=epoch,
+                loss=loss,
+                learning_rate=learning_rate,
+                tokens_per_second=tokens_per_second,
+                tokens_seen=tokens_seen + tokens_this_run,
+                mfu=mfu,
+            )
+            epoch_end = step % steps_per_epoch == 0
+            every = config.checkpoint_every_steps
+            if (every == 0 and epoch_end) or (every > 0 and (step % every == 0 or step == total_steps)):
+                save_checkpoint(
+                    checkpoint_dir,
+                    model,
+                    optimizer,
+                    scheduler,
+                    fingerprint,
+                    step=step,
+                    tokens_seen=tokens_seen + tokens_this_run,
+                    epoch_losses=epoch_losses,
+                )
+    return TrainingOutcome(
+        steps=step,
+        total_steps=total_steps,
+        epochs_done=config.epochs,
+        stopped=False,
+        final_loss=_mean(epoch_losses),
+        tokens_seen=tokens_seen + tokens_this_run,
+        seconds=time.perf_counter() - started,
+    )
+
+
+def _mean(values: Sequence[float]) -> float | None:
+    return sum(values) / len(values) if values else None
+
+
+def prepare_for_training(model: Any, hyperparameters: Mapping[str, HyperParameterValue], reporter: JobReporter) -> Any:
+    """The model to train, on the training device: LoRA adapters on every linear projection, or the
+    model itself for full training.
+
+    peft's "all-linear" leaves the output layer out, as is usual for LoRA. Seed torch's RNG before
+    calling: the adapters' initialisation draws from it.
+    """
+    if hyperparameters["trainingMethod"] != "full":
+        lora = LoraConfig(
+            r=int(hyperparameters["loraRank"]),
+            # peft annotates lora_alpha as int but computes alpha / r in float: fractions work.
+            lora_alpha=float(hyperparameters["loraAlpha"]),  # type: ignore[arg-type]
+            lora_dropout=float(hyperparameters["loraDropout"]),
+            target_modules="all-linear",
+            task_type="CAUSAL_LM",
+        )
+        with quiet_peft():
+            model = get_peft_model(model, lora)
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    total = sum(p.numel() for p in model.parameters())
+    method = "full training" if hyperparameters["trainingMethod"] == "full" else "LoRA"
+    reporter.log(f"{method}: {trainable:,} of {total:,} parameters train")
+    return model.to(training_device())
+
+
+@torch.no_grad()
+def mean_token_loss(model: Any, examples: Sequence[Example], pad_id: int, batch_size: int = 32) -> float:
+    """Mean cross-entropy over every target token of ``examples`` (not a mean of per-batch means)."""
+    was_training = model.training
+    model.eval()
+    device = model_device(model)
+    lengths = [len(e.input_ids) for e in examples]
+    order = sorted(range(len(examples)), key=lambda i: lengths[i])
+    total, count = 0.0, 0
+    for start in range(0, len(order), batch_size):
+        inputs = collate([examples[i] for i in order[start : start + batch_size]], pad_id)
+        n = target_count(inputs["labels"])
+        if n:
+            total += float(model(**forward_inputs(inputs, device), use_cache=False).loss) * n
+            count += n
+    model.train(was_training)
+    return total / max(count, 1)
+
+
+def record_validation(
+    model: Any,
+    validators: Sequence[Sequence[Example]],
+    metrics: MetricsWriter,
+    outcome: TrainingOutcome,
+    epochs: int,
+    pad_id: int,
+) -> tuple[list[float], dict[str, str]]:
+    """Mean token loss per validator, each written to its Bedrock metrics file after the last step.
+
+    Returns the losses in validator order and artifact name -> path relative to the output folder.
+    """
+    losses: list[float] = []
+    artifacts = {
+        "trainingMetrics": metrics.relative(metrics.training_csv),
+        "performanceMetrics": metrics.relative(metrics.performance_csv),
+    }
+    for index, validator in enumerate(validators):
+        loss = mean_token_loss(model, validator, pad_id)
+        metrics.validation(index, outcome.steps - 1, epochs - 1, loss)
+        losses.append(loss)
+        artifacts[f"validationMetrics{index}"] = metrics.relative(metrics.validation_csv(index))
+    return losses, artifacts

@@ -1,0 +1,139 @@
+"""Records -> token ids with loss labels: prompt/completion, conversations and raw documents."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from transformers import PreTrainedTokenizerBase
+
+from tuneforge.model.prompts import conversation_segments, encode_prompt
+
+IGNORE_INDEX = -100
+"""Label value the loss skips (PyTorch's and transformers' convention)."""
+
+
+@dataclass(frozen=True)
+class Example:
+    """One training sequence; ``labels[i]`` is the target at position ``i`` (the model shifts)."""
+
+    input_ids: list[int]
+    labels: list[int]
+
+
+def encode_record(record: Mapping[str, Any], tokenizer: PreTrainedTokenizerBase, max_length: int) -> Example:
+    """Tokenize one prompt/completion or conversation record, loss on answer tokens only.
+
+    Raises ValueError for a record longer than ``max_length``: pre-flight validation rejects those,
+    and cutting one silently would train on an answer without its end.
+    """
+    eos = tokenizer.eos_token_id
+    if "prompt" in record:
+        prompt = encode_prompt(tokenizer, str(record["prompt"]))
+        answer = [*tokenizer.encode(str(record["completion"]), add_special_tokens=False), eos]
+        input_ids = prompt + answer
+        labels = [IGNORE_INDEX] * len(prompt) + answer
+    else:
+        segments = conversation_segments(record)
+        if not segments or not segments[-1][1]:
+            raise ValueError("a training conversation must end with an assistant message")
+        input_ids = encode_prompt(tokenizer, "")
+        labels = [IGNORE_INDEX] * len(input_ids)
+        for text, trained in segments:
+            ids = tokenizer.encode(text, add_special_tokens=False)
+            input_ids += ids
+            labels += ids if trained else [IGNORE_INDEX] * len(ids)
+        input_ids.append(eos)
+        labels.append(eos)
+    if len(input_ids) > max_length:
+        raise ValueError(
+            f"record is {len(input_ids)} tokens, above the limit of {max_length} (maxSequenceLength or "
+            "the model's context); it should have been rejected by validation"
+        )
+    return Example(input_ids=input_ids, labels=labels)
+
+
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    """The records of an already validated JSONL file (blank lines skipped).
+
+    ``utf-8-sig`` drops a byte-order mark before the first record, as validation does: a file
+    saved by an editor that writes one must not pass validation and then fail here.
+    """
+    with path.open(encoding="utf-8-sig") as handle:
+        return [json.loads(line) for line in handle if line.strip()]
+
+
+def encode_file(path: Path, tokenizer: PreTrainedTokenizerBase, max_length: int) -> list[Example]:
+    """Encode every record of a JSONL file; errors name the file and line."""
+    examples = []
+    for line_number, record in enumerate(read_jsonl(path), start=1):
+        try:
+            examples.append(encode_record(record, tokenizer, max_length))
+        except (ValueError, KeyError) as exc:
+            raise ValueError(f"{path.name} line {line_number}: {exc}") from exc
+    return examples
+
+
+def chunk_document(token_ids: Sequence[int], max_length: int, overlap: int) -> list[Example]:
+    """Cut one tokenized document into training windows of at most ``max_length`` tokens.
+
+    Continued pre-training must neither cut long documents silently nor count a token twice. Each
+    window after the first starts ``overlap`` tokens (or more, for the last one) before the end of
+    the previous window: those tokens are context only (label ``IGNORE_INDEX``), so every token is a
+    target in exactly one window and, except in the first window, is predicted with at least
+    ``overlap`` tokens of context. The last window is aligned to the document's end, so it is full
+    length whenever the document is, rather than a short tail.
+
+    The first token of a document is never a target (a causal LM has nothing to predict it from),
+    so ``overlap`` must be at least 1: with no overlap, the first token of every later window would
+    silently drop out of the loss as well.
+    """
+    if not 1 <= overlap < max_length:
+        raise ValueError(f"overlap must be between 1 and max_length - 1 ({max_length - 1}), got {overlap}")
+    ids = list(token_ids)
+    windows: list[Example] = []
+    target_start = 0
+    while target_start < len(ids) or not windows:
+        if target_start == 0:
+            start, end = 0, min(len(ids), max_length)
+        else:
+            end = min(len(ids), target_start + max_length - overlap)
+            start = max(0, end - max_length)
+        window = ids[start:end]
+        labels = [IGNORE_INDEX if start + i < target_start else token for i, token in enumerate(window)]
+        windows.append(Example(input_ids=window, labels=labels))
+        target_start = end
+    return windows
+
+
+def encode_documents(
+    path: Path, tokenizer: PreTrainedTokenizerBase, max_length: int, overlap: int
+) -> tuple[list[Example], int]:
+    """``{"input": ...}`` records -> ``<bos> text <eos>`` cut into windows; also the document count.
+
+    ``<bos>`` is added as :func:`encode_prompt` adds it (when the tokenizer has one).
+
+    The loss covers every token of every document (see :func:`chunk_document`).
+    """
+    windows: list[Example] = []
+    documents = 0
+    for line_number, record in enumerate(read_jsonl(path), start=1):
+        try:
+            text = str(record["input"])
+        except (KeyError, TypeError) as exc:
+            raise ValueError(f'{path.name} line {line_number}: not a {{"input": ...}} record') from exc
+        # verbose=False: a document longer than the context is expected here (it is chunked next),
+        # so transformers' "longer than the maximum sequence length" warning would only mislead.
+        body: list[int] = tokenizer.encode(text, add_special_tokens=False, verbose=False)
+        bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
+        windows.extend(chunk_document([*bos, *body, tokenizer.eos_token_id], max_length, overlap))
+        documents += 1
+    return windows, documents
+
+
+def loss_token_count(examples: Sequence[Example]) -> int:
+    """Tokens the loss covers over ``examples`` (each label after the causal shift that is not ignored)."""
+    return sum(label != IGNORE_INDEX for example in examples for label in example.labels[1:])
