@@ -31,6 +31,12 @@ class ArnFactory:
     def provisioned_model(self, resource_id: str) -> str:
         return f"arn:aws:bedrock:{self.region}:{self.account_id}:provisioned-model/{resource_id}"
 
+    def imported_model(self, resource_id: str) -> str:
+        return f"arn:aws:bedrock:{self.region}:{self.account_id}:imported-model/{resource_id}"
+
+    def model_import_job(self, resource_id: str) -> str:
+        return f"arn:aws:bedrock:{self.region}:{self.account_id}:model-import-job/{resource_id}"
+
 
 def decode_identifier(raw: str) -> str:
     """Path parameters arrive percent-encoded (``arn%3Aaws%3A...%2F...``)."""

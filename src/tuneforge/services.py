@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 from tuneforge.arns import ArnFactory
 from tuneforge.catalog.custom import CustomModelService
+from tuneforge.catalog.imported import ImportService
 from tuneforge.catalog.service import Catalog
 from tuneforge.db.listing import PageTokens
 from tuneforge.db.session import Database
@@ -31,6 +32,7 @@ class Services:
     catalog: Catalog
     jobs: JobService
     custom_models: CustomModelService
+    imports: ImportService
     throughput: ThroughputService
     meter: UsageMeter
     invocation_logs: InvocationLogs
@@ -52,6 +54,7 @@ class Services:
             catalog=catalog,
             jobs=JobService(db, catalog, store, arns),
             custom_models=CustomModelService(db, settings.models_dir),
+            imports=ImportService(db, store, arns, settings),
             throughput=ThroughputService(db, catalog, arns, settings),
             meter=UsageMeter(db),
             invocation_logs=InvocationLogs(db, store, settings.account_id, settings.region),

@@ -147,6 +147,11 @@ class Settings(BaseSettings):
     max_validation_records: int = Field(default=1_000, ge=1)
     max_validation_file_bytes: int = Field(default=100 << 20, ge=1)
     price_per_compute_hour: float = Field(default=1.0, ge=0, description="Used for cost estimates in the data report.")
+    import_memory_limit_bytes: int | None = Field(
+        default=None,
+        ge=1,
+        description="Largest float32 weight size CreateModelImportJob accepts; unset: this machine's available memory.",
+    )
 
     @classmethod
     def settings_customise_sources(

@@ -1,12 +1,12 @@
 """TagResource, UntagResource and ListTagsForResource: the tags a resource was created with, and after.
 
-Tags live with their resource (``jobs.job_tags``, ``custom_models.tags``, ``provisioned_models.tags``)
-as Bedrock's ``[{"key", "value"}]`` list. A provisioned throughput's
+Tags live with their resource (``jobs.job_tags``, ``custom_models.tags``, ``provisioned_models.tags``,
+``model_import_jobs.job_tags``, and an imported model's ``registered_models.tags``) as Bedrock's
+``[{"key", "value"}]`` list. A provisioned throughput's
 ``tuneforge:idle-timeout-minutes`` tag is also its idle timeout, so tagging it changes the timeout
 (checked like at create), and untagging it falls back to the server's setting.
 
-Imported models do not exist in tuneforge yet: their ARNs, like every ARN of a resource type
-tuneforge does not keep, are ResourceNotFoundException.
+An ARN of a resource type tuneforge does not keep is ResourceNotFoundException.
 """
 
 from __future__ import annotations
@@ -19,12 +19,14 @@ from sqlalchemy.orm import Session
 
 from tuneforge.arns import decode_identifier, resource_path, resource_type
 from tuneforge.db.session import Database
-from tuneforge.db.tables import CustomModel, Job, ProvisionedModel
+from tuneforge.db.tables import CustomModel, Job, ModelImportJob, ProvisionedModel, RegisteredModel
 from tuneforge.errors import ResourceNotFoundException, TooManyTagsException
 from tuneforge.serving.throughput import DELETED, idle_timeout_seconds
 from tuneforge.settings import Settings
 
 MAX_TAGS = 200
+
+Tagged = Job | CustomModel | ProvisionedModel | ModelImportJob | RegisteredModel
 
 
 class TagService:
@@ -56,11 +58,11 @@ class TagService:
             self._store(row, [tag for tag in self._tags(row) if tag["key"] not in drop])
 
     @staticmethod
-    def _tags(row: Job | CustomModel | ProvisionedModel) -> list[dict[str, str]]:
-        return list(row.job_tags if isinstance(row, Job) else row.tags)
+    def _tags(row: Tagged) -> list[dict[str, str]]:
+        return list(row.job_tags if isinstance(row, Job | ModelImportJob) else row.tags)
 
-    def _store(self, row: Job | CustomModel | ProvisionedModel, tags: list[dict[str, str]]) -> None:
-        if isinstance(row, Job):
+    def _store(self, row: Tagged, tags: list[dict[str, str]]) -> None:
+        if isinstance(row, Job | ModelImportJob):
             row.job_tags = tags
             return
         if isinstance(row, ProvisionedModel) and row.commitment_duration is None:
@@ -69,7 +71,7 @@ class TagService:
         row.tags = tags
 
     @staticmethod
-    def _find(session: Session, raw_arn: str) -> Job | CustomModel | ProvisionedModel:
+    def _find(session: Session, raw_arn: str) -> Tagged:
         arn = decode_identifier(raw_arn)
         kind = resource_type(arn)
         row: Any = None
@@ -81,7 +83,11 @@ class TagService:
             row = session.scalar(
                 select(ProvisionedModel).where(ProvisionedModel.arn == arn, ProvisionedModel.status != DELETED)
             )
+        elif kind == "model-import-job":
+            row = session.scalar(select(ModelImportJob).where(ModelImportJob.arn == arn))
+        elif kind == "imported-model":
+            row = session.scalar(select(RegisteredModel).where(RegisteredModel.arn == arn))
         if row is None:
             raise ResourceNotFoundException(f"The resource {arn} does not exist.")
-        assert isinstance(row, Job | CustomModel | ProvisionedModel)
+        assert isinstance(row, Job | CustomModel | ProvisionedModel | ModelImportJob | RegisteredModel)
         return row

@@ -23,6 +23,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from tuneforge import __version__
+from tuneforge.api.bedrock.import_routes import router as import_router
 from tuneforge.api.bedrock.routes import router as bedrock_router
 from tuneforge.api.bedrock.serving_routes import router as serving_router
 from tuneforge.api.edge import OPENAI, Edge, aws_error, surface_of
@@ -70,6 +71,7 @@ def create_app(
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         if supervisor is not None:
+            services.imports.recover()
             supervisor.start()
         if start_engines:
             engines.start()
@@ -78,6 +80,7 @@ def create_app(
         finally:
             if supervisor is not None:
                 supervisor.shutdown()
+            services.imports.shutdown()
             engines.shutdown()
             services.close()
 
@@ -120,6 +123,7 @@ def create_app(
         return {"status": "ok", "version": __version__}
 
     app.include_router(bedrock_router)
+    app.include_router(import_router)
     app.include_router(serving_router)
     app.include_router(runtime_router)
     app.include_router(openai_router)

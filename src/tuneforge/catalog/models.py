@@ -70,6 +70,8 @@ class FoundationModel:
     """Whether the model's chat template renders tools and its output is parsed into tool calls; the
     runtime refuses ``tools`` / ``toolConfig`` for a model without it."""
     specs: dict[str, tuple[HyperParameterSpec, ...]] = field(default_factory=dict)
+    arn: str | None = None
+    """An imported model's own ARN (``imported-model/<id>``); None: the model is a foundation model."""
 
     def hyperparameter_specs(self, customization_type: str) -> tuple[HyperParameterSpec, ...]:
         return self.specs.get(customization_type, ())

@@ -34,15 +34,27 @@ class Catalog:
         self.arns = arns
 
     def all(self) -> list[FoundationModel]:
+        """Every model a job can start from: built-in, registered and imported."""
         with self.db.session() as session:
             rows = session.scalars(select(RegisteredModel).order_by(RegisteredModel.model_id)).all()
             registered = [_from_row(row) for row in rows]
         return [*BUILTIN_MODELS, *registered]
 
+    def foundation_models(self) -> list[FoundationModel]:
+        """What ListFoundationModels shows: imported models are listed by ListImportedModels instead."""
+        return [model for model in self.all() if model.arn is None]
+
     def get(self, identifier: str) -> FoundationModel:
+        """A model by id, foundation-model ARN or imported-model ARN."""
         model_id = identifier
         if is_arn(identifier):
-            if resource_type(identifier) != "foundation-model":
+            kind = resource_type(identifier)
+            if kind == "imported-model":
+                for model in self.all():
+                    if model.arn == identifier:
+                        return model
+                raise ResourceNotFoundException(f"The model {identifier} does not exist.")
+            if kind != "foundation-model":
                 raise ValidationException(f"{identifier} is not a foundation model ARN")
             model_id = resource_path(identifier)
         for model in self.all():
@@ -51,7 +63,7 @@ class Catalog:
         raise ResourceNotFoundException(f"The model {identifier} does not exist.")
 
     def arn(self, model: FoundationModel) -> str:
-        return self.arns.foundation_model(model.model_id)
+        return model.arn or self.arns.foundation_model(model.model_id)
 
     def register(self, model_id: str, source: str, provider: str = "custom") -> FoundationModel:
         """Add a user's HF-format causal LM from a local folder or an s3:// prefix.
@@ -114,22 +126,26 @@ class Catalog:
 
 
 def _from_row(row: RegisteredModel) -> FoundationModel:
+    """A registered model, or an imported one (with an ARN, its own copy of the weights, and
+    on-demand inference, as Bedrock serves imported models)."""
     context = row.context_length
     limits = TokenLimits(
         max_input_tokens=max(1, context * 3 // 4),
         max_output_tokens=max(1, context // 2),
         max_total_tokens=context,
     )
+    imported = row.arn is not None
     return FoundationModel(
         model_id=row.model_id,
-        name=row.model_id,
+        name=row.name or row.model_id,
         provider=row.provider,
         family=row.family,
-        source=row.source,
+        source=row.weights_path or row.source,
         limits=limits,
         parameter_count=row.parameter_count,
         customizations=CUSTOMIZATION_TYPES,
-        inference_types=("PROVISIONED",),
-        description=f"Registered from {row.source}",
+        inference_types=("ON_DEMAND", "PROVISIONED") if imported else ("PROVISIONED",),
+        description=f"Imported from {row.source}" if imported else f"Registered from {row.source}",
         specs=all_specs(),
+        arn=row.arn,
     )

@@ -6,7 +6,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import JSON, Boolean, DateTime, Dialect, Float, ForeignKey, Index, Integer, String, Text
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, synonym
 from sqlalchemy.types import TypeDecorator
 
 
@@ -124,17 +124,70 @@ class CustomModel(Base):
 
 
 class RegisteredModel(Base):
-    """A user's own Hugging Face format causal LM, listed beside the built-in family."""
+    """A user's own Hugging Face format causal LM, listed beside the built-in family.
+
+    Models imported with CreateModelImportJob are rows here too (Bedrock's *imported models*): they
+    have an ``arn`` (``imported-model/<id>``), a ``name`` and a ``weights_path`` (the copy or the GGUF
+    conversion under the data directory), and their ``model_id`` is ``imported.<id>``. Keeping both
+    kinds in one table is what makes an imported model a base for customization jobs and a model to
+    serve with no second code path.
+    """
 
     __tablename__ = "registered_models"
 
     model_id: Mapped[str] = mapped_column(String(140), primary_key=True)
     provider: Mapped[str] = mapped_column(String(64))
     source: Mapped[str] = mapped_column(String(4096))
+    """Where the model came from: a local folder or s3:// prefix (a GGUF file, for some imports)."""
     family: Mapped[str] = mapped_column(String(64))
     context_length: Mapped[int] = mapped_column(Integer)
     parameter_count: Mapped[int | None] = mapped_column(Integer, nullable=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    arn: Mapped[str | None] = mapped_column(String(1011), unique=True, nullable=True)
+    name: Mapped[str | None] = mapped_column(String(63), unique=True, nullable=True)
+    weights_path: Mapped[str | None] = mapped_column(String(4096), nullable=True)
+    job_arn: Mapped[str | None] = mapped_column(String(1011), nullable=True)
+    job_name: Mapped[str | None] = mapped_column(String(63), nullable=True)
+    instruct_supported: Mapped[bool | None] = mapped_column(Boolean, nullable=True)
+    """Whether the model has a chat template (Bedrock's ``instructSupported``)."""
+    tags: Mapped[list[Any]] = mapped_column(JSON, default=list)
+    kms_key: Mapped[str | None] = mapped_column(String(2048), nullable=True)
+
+    id = synonym("model_id")
+    """The key that :func:`tuneforge.db.listing.fetch_page` pages by."""
+
+
+class ModelImportJob(Base):
+    """A CreateModelImportJob: checks at create, then the copy (or GGUF conversion) in the background."""
+
+    __tablename__ = "model_import_jobs"
+
+    id: Mapped[str] = mapped_column(String(12), primary_key=True)
+    arn: Mapped[str] = mapped_column(String(1011), unique=True)
+    name: Mapped[str] = mapped_column(String(63), unique=True)
+    imported_model_name: Mapped[str] = mapped_column(String(63))
+    imported_model_id: Mapped[str] = mapped_column(String(12))
+    """The id the imported model gets when the job completes (its ARN is made from it)."""
+    imported_model_arn: Mapped[str | None] = mapped_column(String(1011), nullable=True)
+    """Set when the job completes and the model exists."""
+    role_arn: Mapped[str] = mapped_column(String(2048))
+    source_uri: Mapped[str] = mapped_column(String(4096))
+    source_kind: Mapped[str] = mapped_column(String(16))
+    """'folder' | 'gguf'"""
+    facts: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    """What the create-time checks found (architecture, parameters, context length, chat template)."""
+    client_request_token: Mapped[str | None] = mapped_column(String(256), unique=True)
+    request_fingerprint: Mapped[str] = mapped_column(String(64))
+    vpc_config: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    kms_key: Mapped[str | None] = mapped_column(String(2048), nullable=True)
+    job_tags: Mapped[list[Any]] = mapped_column(JSON, default=list)
+    imported_model_tags: Mapped[list[Any]] = mapped_column(JSON, default=list)
+    status: Mapped[str] = mapped_column(String(16), default="InProgress")
+    """InProgress | Completed | Failed"""
+    failure_message: Mapped[str | None] = mapped_column(Text, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    ended_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
 
 
 LIVE_PROVISIONED_STATUSES = ("Creating", "InService", "Updating")

@@ -4,8 +4,9 @@
 
 - a **provisioned-model ARN** (or, as an extension, a provisioned throughput's name): its replicas;
   ModelNotReadyException until it is ``InService``;
-- a **foundation model** id or ARN that supports on-demand inference: a shared engine started on
-  first use (the request waits for it) and stopped after ``on_demand_idle_minutes`` without use;
+- a **foundation model** id or ARN that supports on-demand inference, or an **imported model** ARN
+  (imported models are served on demand, as on Bedrock): a shared engine started on first use (the
+  request waits for it) and stopped after ``on_demand_idle_minutes`` without use;
 - a **custom model** ARN or name: refused with ValidationException, because custom models are
   served only through provisioned throughput (as on Bedrock);
 - anything else: ValidationException ("The provided model identifier is invalid."), which the
@@ -109,7 +110,8 @@ class RuntimeService:
             return self._provisioned(model_id, self.throughput.get(identifier))
         if kind == "custom-model":
             raise self._needs_provisioned_throughput(identifier)
-        if kind == "foundation-model" or (not kind and self.throughput.is_foundation_id(identifier)):
+        on_demand = kind in ("foundation-model", "imported-model")
+        if on_demand or (not kind and self.throughput.is_foundation_id(identifier)):
             try:
                 served = self.throughput.resolve_model(identifier)
             except ResourceNotFoundException:

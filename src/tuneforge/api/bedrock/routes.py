@@ -41,7 +41,7 @@ def list_foundation_models(
     c.raise_if_any()
     models = [
         m
-        for m in services.catalog.all()
+        for m in services.catalog.foundation_models()
         if (by_provider is None or m.provider.lower() == by_provider.lower())
         and (by_customization_type is None or by_customization_type in m.customizations)
         and (by_output_modality is None or by_output_modality in m.output_modalities)

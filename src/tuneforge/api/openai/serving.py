@@ -68,7 +68,10 @@ class OpenAIServing:
     def _entries(self) -> list[tuple[dict[str, Any], tuple[str, ...]]]:
         created = int(time.time())
         entries: list[tuple[dict[str, Any], tuple[str, ...]]] = [
-            ({"id": m.model_id, "object": "model", "created": created, "owned_by": m.provider}, (m.model_id,))
+            (
+                {"id": m.model_id, "object": "model", "created": created, "owned_by": m.provider},
+                (m.model_id, m.arn) if m.arn else (m.model_id,),
+            )
             for m in self.throughput.catalog.all()
             if "ON_DEMAND" in m.inference_types
         ]
