@@ -50,21 +50,24 @@ def test_data_cp_round_trips_through_s3(server: Server, tmp_path: Path) -> None:
     assert refused.returncode == 1 and "'..'" in refused.stderr
 
 
-def test_models_register_accepts_a_hf_folder_and_refuses_others(server: Server, bedrock: Any) -> None:
+def test_models_register_imports_a_hf_folder_through_the_api_and_refuses_others(server: Server, bedrock: Any) -> None:
     from tuneforge.model.builtin import ensure_builtin
 
     own = server.settings.data_dir / "my-models" / unique("m")
     shutil.copytree(ensure_builtin("forge-micro", server.settings.data_dir / "scratch"), own)
-    model_id = f"acme.{own.name}-v1"
-    cli(server, "models", "register", model_id, str(own), "--provider", "acme")
-    listed = bedrock.list_foundation_models(byProvider="acme")["modelSummaries"]
-    assert model_id in [m["modelId"] for m in listed]
+    name = f"acme-{own.name}"
+    done = cli(server, "models", "register", name, str(own))
+    imported = bedrock.get_imported_model(modelIdentifier=name)
+    assert f"imported {name} ({imported['modelArn']})" in done.stdout.replace("\n", "")
+    jobs = bedrock.list_model_import_jobs(nameContains=f"import-{name}")["modelImportJobSummaries"]
+    assert [(j["status"], j["importedModelArn"]) for j in jobs] == [("Completed", imported["modelArn"])]
     not_a_model = server.settings.data_dir / "my-models" / unique("empty")
     not_a_model.mkdir(parents=True)
-    refused = cli(server, "models", "register", "acme.empty-v1", str(not_a_model), check=False)
-    assert refused.returncode == 1 and "no config.json" in refused.stderr
-    outside = cli(server, "models", "register", "acme.etc-v1", "/etc", check=False)
+    refused = cli(server, "models", "register", "acme-empty", str(not_a_model), check=False)
+    assert refused.returncode == 1 and "ValidationException" in refused.stderr and "no config.json" in refused.stderr
+    outside = cli(server, "models", "register", "acme-etc", "/etc", check=False)
     assert outside.returncode == 1 and "outside the allowed roots" in outside.stderr
+    assert bedrock.list_imported_models(nameContains="acme-e")["modelSummaries"] == []
 
 
 def test_jobs_create_wait_get_list_and_stop(server: Server, task_data: TaskData) -> None:

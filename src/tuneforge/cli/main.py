@@ -1,13 +1,14 @@
 """``tuneforge``: serve, demo, models, data, jobs, throughput, invoke and usage.
 
 ``models`` and ``data`` work on the local installation (same settings as the server); ``jobs``,
-``throughput``, ``invoke`` and ``usage`` talk to a running server through boto3, exactly as user
-code does. Output is for people by default and JSON with ``--json``.
+``throughput``, ``invoke``, ``usage`` and ``models register`` (an import job) talk to a running
+server through boto3, exactly as user code does. Output is for people by default and JSON with ``--json``.
 """
 
 from __future__ import annotations
 
 import json
+import re
 import sys
 from pathlib import Path
 from typing import Annotated, Any
@@ -175,19 +176,50 @@ def models_show(model_id: str, as_json: JsonOpt = False) -> None:
 
 @models_app.command("register")
 def models_register(
-    model_id: str,
-    source: Annotated[str, typer.Argument(help="Local folder or s3:// prefix of a HF-format causal LM.")],
-    provider: Annotated[str, typer.Option(help="Provider name shown in the catalog.")] = "custom",
+    name: Annotated[str, typer.Argument(help="Name of the imported model (letters, digits, '-', '_').")],
+    source: Annotated[
+        str, typer.Argument(help="Local folder or s3:// prefix of a HF-format causal LM, or one .gguf file.")
+    ],
+    job_name: Annotated[str | None, typer.Option("--job-name", help="Import job name; default from NAME.")] = None,
+    wait: Annotated[bool, typer.Option("--wait/--no-wait", help="Wait for the import to finish.")] = True,
+    role_arn: Annotated[str, typer.Option("--role-arn")] = "arn:aws:iam::123456789012:role/tuneforge",
+    endpoint_url: EndpointOpt = None,
+    as_json: JsonOpt = False,
 ) -> None:
-    """Register your own Hugging Face format causal LM as a foundation model."""
-    from tuneforge.errors import ServiceError
+    """Import your own model on a running server (Bedrock's CreateModelImportJob), and wait for it.
 
-    services = _services()
-    try:
-        model = services.catalog.register(model_id, source, provider)
-    except ServiceError as exc:
-        raise _fail(exc.message) from None
-    console.print(f"registered {model.model_id} ({services.arns.foundation_model(model.model_id)})")
+    The server checks the model at once (architecture, tokenizer, dtype, weight files, size) and
+    refuses it with the reason; a GGUF file is converted to a model folder on the server. The
+    imported model is then a base for `jobs create --base-model ARN` and answers `invoke` by its ARN.
+    """
+    import time
+
+    if not source.startswith("s3://"):
+        source = str(Path(source).expanduser().resolve())
+    job = job_name or f"import-{re.sub(r'[^a-zA-Z0-9]+', '-', name).strip('-')}-{int(time.time())}"
+    client = _client(endpoint_url)
+    arn = _call(
+        client.create_model_import_job,
+        jobName=job,
+        importedModelName=name,
+        roleArn=role_arn,
+        modelDataSource={"s3DataSource": {"s3Uri": source}},
+    )["jobArn"]
+    details = _call(client.get_model_import_job, jobIdentifier=arn)
+    with console.status(f"importing {name} ({job})", spinner="dots") as status:
+        while wait and details["status"] == "InProgress":
+            time.sleep(1)
+            details = _call(client.get_model_import_job, jobIdentifier=arn)
+            status.update(f"importing {name} ({job}): {details['status']}")
+    if as_json:
+        _print_json(details)
+    if details["status"] == "Failed":
+        raise _fail(str(details.get("failureMessage")))
+    if not as_json:
+        if details["status"] == "Completed":
+            console.print(f"imported {name} ({details['importedModelArn']})")
+        else:
+            console.print(f"import job {arn} is {details['status']}")
 
 
 @models_app.command("export")
