@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from tuneforge.arns import ArnFactory, decode_identifier, is_arn, new_id
@@ -146,6 +147,17 @@ class ImportService:
             created_at=now,
             updated_at=now,
         )
+        try:
+            self._insert(job, request)
+        except IntegrityError:
+            # Two creates with one name (or token) racing past the checks: the unique index decides.
+            raise ConflictException(
+                f"A model import job named {request.job_name} (or with this clientRequestToken) already exists"
+            ) from None
+        self._start(job.id)
+        return job
+
+    def _insert(self, job: ModelImportJob, request: CreateImportJobRequest) -> None:
         with self.db.session() as session:
             if session.scalar(select(ModelImportJob.id).where(ModelImportJob.name == request.job_name)):
                 raise ConflictException(f"A model import job named {request.job_name} already exists")
@@ -162,8 +174,6 @@ class ImportService:
                     f"An imported model named {request.imported_model_name} already exists or is being imported"
                 )
             session.add(job)
-        self._start(job.id)
-        return job
 
     def _check_source(self, uri: str) -> ImportFacts:
         try:

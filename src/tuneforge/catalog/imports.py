@@ -20,10 +20,10 @@ import os
 import struct
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
-from gguf import GGMLQuantizationType, GGUFReader, dequantize
+if TYPE_CHECKING:
+    from gguf import GGUFReader
 
 SUPPORTED_ARCHITECTURES: dict[str, tuple[str, str]] = {
     "llama": ("LlamaForCausalLM", "Llama"),
@@ -277,7 +277,13 @@ def _safetensors_parameters(path: Path) -> int:
 
 def inspect_gguf(path: Path) -> ImportFacts:
     """Checks a GGUF the way the worker will read it: transformers' GGUF loader dequantizes every
-    tensor with the ``gguf`` package's ``dequantize``, so each tensor type is tried on one row here."""
+    tensor with the ``gguf`` package's ``dequantize``, so each tensor type is tried on one row here.
+
+    ``gguf`` (and numpy) are imported here, on the first GGUF, not when the API process starts.
+    """
+    import numpy as np
+    from gguf import GGMLQuantizationType, GGUFReader, dequantize
+
     size = path.stat().st_size
     if size == 0:
         raise ImportCheckError(f"{path.name} is empty (0 bytes)")
