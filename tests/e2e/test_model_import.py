@@ -364,7 +364,10 @@ def test_gguf_that_fails_to_convert_ends_failed_and_registers_nothing(server: Se
     name = root.name
     job = wait_for_import(bedrock, create_import(bedrock, name, str(path)))
     assert job["status"] == "Failed" and "importedModelArn" not in job
-    assert job["failureMessage"].startswith(f"The model at {path} could not be imported: GGUF conversion failed:")
+    assert job["failureMessage"].startswith(
+        f"The model at {path} could not be imported: GGUF conversion failed: "
+        "transformers could not build a model from tiny.gguf:"
+    )
     assert bedrock.list_imported_models(nameContains=name)["modelSummaries"] == []
 
 

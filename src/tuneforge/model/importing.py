@@ -22,8 +22,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         convert_gguf(args.gguf, args.dest)
-    except (GGUFConversionError, OSError, ValueError) as exc:
+    except GGUFConversionError as exc:
         print(f"error: {exc}", flush=True)
+        return 1
+    except Exception as exc:  # transformers' own error, whatever it is, named in the job's failureMessage
+        reason = f"{type(exc).__name__}: {exc}"
+        print(f"error: transformers could not build a model from {args.gguf.name}: {reason}", flush=True)
         return 1
     print(f"converted {args.gguf} into {args.dest}", flush=True)
     return 0
