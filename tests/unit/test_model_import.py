@@ -242,7 +242,9 @@ def test_create_refuses_a_model_over_the_memory_limit_setting(fast_tmp: Path) ->
 
 def test_folder_import_completes_and_the_model_is_a_catalog_base(services: Services, models: Path) -> None:
     folder = hf_folder(models / "tiny")
-    job = services.imports.create(request(folder, job_tags=({"key": "team", "value": "a"},)))
+    job = services.imports.create(
+        request(folder, job_tags=({"key": "team", "value": "a"},), imported_model_tags=({"key": "tier", "value": "b"},))
+    )
     assert job.arn == f"arn:aws:bedrock:us-east-1:123456789012:model-import-job/{job.id}"
     done = finished(services, job.arn)
     assert (done.status, done.failure_message) == ("Completed", None)
@@ -270,6 +272,9 @@ def test_folder_import_completes_and_the_model_is_a_catalog_base(services: Servi
     )
     assert custom_job.base_model_arn == model.arn
     assert services.tags.list_tags(job.arn) == [{"key": "team", "value": "a"}]
+    assert services.tags.list_tags(model.arn) == [{"key": "tier", "value": "b"}]
+    services.tags.tag(model.arn, [{"key": "owner", "value": "me"}])
+    assert [t["key"] for t in services.imports.get_model(model.arn).tags] == ["tier", "owner"]
 
     with pytest.raises(ConflictException, match="model customization job ft-imported has not finished"):
         services.imports.delete_model(model.arn)
