@@ -59,7 +59,7 @@ class TagService:
 
     @staticmethod
     def _tags(row: Tagged) -> list[dict[str, str]]:
-        return list(row.job_tags if isinstance(row, Job | ModelImportJob) else row.tags)
+        return list(row.job_tags if isinstance(row, Job | ModelImportJob) else row.tags or [])
 
     def _store(self, row: Tagged, tags: list[dict[str, str]]) -> None:
         if isinstance(row, Job | ModelImportJob):

@@ -330,3 +330,33 @@ def test_recover_fails_imports_a_stopped_server_left_in_progress(services: Servi
     services.imports.recover()
     failed = services.imports.get_job(job.arn)
     assert failed.status == "Failed" and "server stopped before the import finished" in str(failed.failure_message)
+
+
+def test_a_data_directory_from_before_imports_gains_the_new_columns_and_keeps_its_models(fast_tmp: Path) -> None:
+    """``create_all`` leaves existing tables alone: without the added columns, every catalog query of
+    an older data directory failed with "no such column: registered_models.arn"."""
+    import sqlite3
+
+    data_dir = fast_tmp / "old"
+    data_dir.mkdir()
+    with sqlite3.connect(data_dir / "tuneforge.db") as old:
+        old.execute(
+            "CREATE TABLE registered_models (model_id VARCHAR(140) PRIMARY KEY, provider VARCHAR(64), "
+            "source VARCHAR(4096), family VARCHAR(64), context_length INTEGER, parameter_count INTEGER, "
+            "created_at DATETIME)"
+        )
+        old.execute(
+            "INSERT INTO registered_models VALUES ('my.old-v1', 'acme', '/models/old', 'llama', 2048, NULL, "
+            "'2026-01-01 00:00:00')"
+        )
+    services = Services.create(Settings(data_dir=data_dir))
+    try:
+        old_model = services.catalog.get("my.old-v1")
+        assert (old_model.provider, old_model.arn, old_model.limits.max_total_tokens) == ("acme", None, 2048)
+        folder = hf_folder(data_dir / "m")
+        done = finished(services, services.imports.create(request(folder)).arn)
+        assert done.status == "Completed", done.failure_message
+        assert services.catalog.get(str(done.imported_model_arn)).name == "imp-1-model"
+    finally:
+        services.imports.shutdown()
+        services.close()

@@ -6,7 +6,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Engine, create_engine, event, inspect, text
 from sqlalchemy.orm import Session, sessionmaker
 
 from tuneforge.db.tables import Base
@@ -32,7 +32,35 @@ def make_engine(settings: Settings) -> Engine:
     else:
         engine = create_engine(url, pool_pre_ping=True)
     Base.metadata.create_all(engine)
+    add_missing_columns(engine)
     return engine
+
+
+def add_missing_columns(engine: Engine) -> None:
+    """Add the nullable columns a newer tuneforge declares to tables an older one created.
+
+    ``create_all`` creates missing tables but leaves existing ones alone, so a data directory made
+    before a column was added would fail every query of that table ("no such column"). New columns
+    are nullable (or this raises naming the column), so adding them keeps every existing row valid.
+    A unique constraint on an added column is not added (SQLite cannot); the services check names.
+    """
+    inspector = inspect(engine)
+    existing_tables = set(inspector.get_table_names())
+    with engine.begin() as connection:
+        for table in Base.metadata.sorted_tables:
+            if table.name not in existing_tables:
+                continue
+            present = {column["name"] for column in inspector.get_columns(table.name)}
+            for column in table.columns:
+                if column.name in present:
+                    continue
+                if not column.nullable:
+                    raise RuntimeError(
+                        f"the database's table {table.name} predates column {column.name}, which cannot be added "
+                        "to existing rows; use a new data directory"
+                    )
+                kind = column.type.compile(dialect=engine.dialect)
+                connection.execute(text(f'ALTER TABLE "{table.name}" ADD COLUMN "{column.name}" {kind}'))
 
 
 class Database:

@@ -150,7 +150,7 @@ class RegisteredModel(Base):
     job_name: Mapped[str | None] = mapped_column(String(63), nullable=True)
     instruct_supported: Mapped[bool | None] = mapped_column(Boolean, nullable=True)
     """Whether the model has a chat template (Bedrock's ``instructSupported``)."""
-    tags: Mapped[list[Any]] = mapped_column(JSON, default=list)
+    tags: Mapped[list[Any] | None] = mapped_column(JSON, default=list, nullable=True)
     kms_key: Mapped[str | None] = mapped_column(String(2048), nullable=True)
 
     id = synonym("model_id")
