@@ -270,10 +270,11 @@ MESSAGE_FRAMES: tuple[str, ...] = (
     "My parcel is lost. Regards, {name} ({city})",
 )
 EXTRACTION_QUESTION = "Who wrote this message, and from which city? Answer as name, city."
-"""Measured (SmolLM2-135M-Instruct, greedy, its ChatML template): 3 of 24 answers in exactly this form,
-the rest sentences, names with countries added, or the message repeated. Of the wordings tried it was
-the one where the base model got some but not most answers right, which is what shows a fine-tune's
-effect (stricter wordings, e.g. "Answer as: Name; City" or JSON, gave 0 of 24)."""
+"""Measured (SmolLM2-135M-Instruct, greedy, its ChatML template): 3 of 24 answers in this form (as
+:func:`extraction_matches` scores), the rest sentences, names with countries added, or the message
+repeated. Of the wordings tried it was the one where the base model got some but not most answers
+right, which is what shows a fine-tune's effect (stricter wordings, e.g. "Answer as: Name; City" or
+JSON, gave 0 of 24)."""
 
 
 def extraction_prompt(message: str) -> str:
