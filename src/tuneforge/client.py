@@ -20,7 +20,8 @@ from botocore.credentials import Credentials
 PLACEHOLDER_KEY = "tuneforge-anonymous"
 
 
-def bedrock_client(endpoint_url: str, region: str, service: str = "bedrock") -> Any:
+def bedrock_client(endpoint_url: str, region: str, service: str = "bedrock", read_timeout: float = 60) -> Any:
+    """``read_timeout``: the demo raises it for a first on-demand request, which waits for the model to load."""
     session = boto3.session.Session()
     credentials = session.get_credentials()
     extra: dict[str, str] = {}
@@ -30,7 +31,7 @@ def bedrock_client(endpoint_url: str, region: str, service: str = "bedrock") -> 
         service,
         endpoint_url=endpoint_url,
         region_name=region,
-        config=Config(retries={"max_attempts": 2, "mode": "standard"}, connect_timeout=5, read_timeout=60),
+        config=Config(retries={"max_attempts": 2, "mode": "standard"}, connect_timeout=5, read_timeout=read_timeout),
         **extra,
     )
 

