@@ -147,6 +147,12 @@ class Settings(BaseSettings):
     max_validation_records: int = Field(default=1_000, ge=1)
     max_validation_file_bytes: int = Field(default=100 << 20, ge=1)
     price_per_compute_hour: float = Field(default=1.0, ge=0, description="Used for cost estimates in the data report.")
+    training_memory_bytes: int = Field(
+        default=0,
+        ge=0,
+        description="Memory one training job may use, in bytes, for the memory plan at job creation; "
+        "0 = detect it (80% of RAM, or 90% of the GPU's memory, divided by worker_concurrency).",
+    )
 
     @classmethod
     def settings_customise_sources(
