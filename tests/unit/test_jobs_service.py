@@ -343,7 +343,7 @@ def test_stop_persists_stage_changes_to_the_database(services: Services) -> None
         assert stored is not None
         assert stored.status_details["validationDetails"]["status"] == "Stopping"
         kinds = [e.kind for e in session.scalars(select(JobEvent).where(JobEvent.job_id == job.id))]
-    assert kinds == ["status", "status"]
+    assert kinds == ["status", "log", "status"]  # queued, the memory plan, stopping
 
 
 # -- catalog -------------------------------------------------------------------------------------

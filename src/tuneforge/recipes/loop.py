@@ -276,8 +276,13 @@ def prepare_for_training(model: Any, hyperparameters: Mapping[str, HyperParamete
             f"LoRA on {model_type or 'unknown'} modules: {targets if isinstance(targets, str) else ', '.join(targets)}"
         )
     if hyperparameters.get("gradientCheckpointing") == "true":
+        kwargs = {"use_reentrant": False}
         with quiet_peft():
-            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            # transformers 5 renamed gradient_checkpointing_enable (now a deprecated alias); 4.x has only it.
+            if hasattr(model, "activation_checkpointing_enable"):
+                model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+            else:
+                model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
         reporter.log("gradient checkpointing on: layer activations are recomputed in the backward pass")
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     total = sum(p.numel() for p in model.parameters())
