@@ -256,3 +256,22 @@ def test_create_refuses_lora_target_modules_the_family_does_not_have(fast_tmp: P
         assert job.hyperparameters["loraTargetModules"] == "attention"
     finally:
         services.close()
+
+
+def test_the_preview_plans_for_the_datasets_longest_record(fast_tmp: Path) -> None:
+    """What ``tuneforge data validate`` shows: the plan at the data's real length, or the refusal."""
+    services = Services.create(Settings(data_dir=fast_tmp / "data"))
+    try:
+        model = services.catalog.get("tuneforge.forge-small-v1:0:512")
+        shown = services.jobs.planner.preview(model, typed(), 100)
+        assert shown is not None and shown["fits"]
+        assert "micro-batch 8 x 100 tokens" in shown["lines"][0]
+    finally:
+        services.close()
+
+
+def test_the_preview_says_why_a_job_would_be_refused(tiny_budget_services: Services) -> None:
+    model = tiny_budget_services.catalog.get("tuneforge.forge-small-v1:0:512")
+    shown = tiny_budget_services.jobs.planner.preview(model, typed(), 100)
+    assert shown is not None and not shown["fits"]
+    assert "does not fit in memory" in shown["message"]

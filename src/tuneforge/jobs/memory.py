@@ -55,8 +55,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from tuneforge.catalog.families import ALL_LINEAR, FAMILIES
-from tuneforge.catalog.hyperparameters import HyperParameterValue
+from tuneforge.catalog.families import ALL_LINEAR, FAMILIES, lora_target_modules
+from tuneforge.catalog.hyperparameters import HyperParameterError, HyperParameterValue
 from tuneforge.catalog.models import BUILTIN_ARCHITECTURES, BUILTIN_VOCAB_SIZE, ArchitectureConfig, FoundationModel
 from tuneforge.catalog.service import Catalog
 from tuneforge.settings import Settings
@@ -510,3 +510,25 @@ class MemoryPlanner:
     @functools.cached_property
     def budget(self) -> MemoryBudget:
         return detect_budget(self.settings.training_memory_bytes, self.settings.worker_concurrency)
+
+    def preview(
+        self, model: FoundationModel, values: Mapping[str, HyperParameterValue], sequence_length: int
+    ) -> dict[str, Any] | None:
+        """The plan for a dataset whose longest record is ``sequence_length`` tokens, for ``tuneforge
+        data validate``: what the job would run with, or why it would be refused. None when the
+        model's shape is unknown here. A DISTILLATION teacher is not counted (the preview has none)."""
+        shape = self.shape(model)
+        if shape is None:
+            return None
+        try:
+            targets = lora_target_modules(shape.model_type, str(values.get("loraTargetModules", "all")))
+            chosen = plan(shape, values, targets, sequence_length, self.budget)
+        except (HyperParameterError, MemoryRefused) as exc:
+            return {"fits": False, "message": str(exc), "budget_bytes": self.budget.bytes}
+        return {
+            "fits": True,
+            "estimate_bytes": chosen.estimate.total,
+            "budget_bytes": self.budget.bytes,
+            "lines": chosen.log_lines(),
+            "hyperparameters": chosen.hyperparameters(),
+        }
