@@ -275,3 +275,23 @@ def test_the_preview_says_why_a_job_would_be_refused(tiny_budget_services: Servi
     shown = tiny_budget_services.jobs.planner.preview(model, typed(), 100)
     assert shown is not None and not shown["fits"]
     assert "does not fit in memory" in shown["message"]
+
+
+def test_a_distillation_jobs_plan_counts_its_teacher(fast_tmp: Path) -> None:
+    services = Services.create(Settings(data_dir=fast_tmp / "data"))
+    try:
+        teacher = {"teacherModelIdentifier": "tuneforge.forge-small-v1:0:512"}
+        job = services.jobs.create(
+            replace(
+                request(logitDistillationWeight="0.5"),
+                base_model_identifier="tuneforge.forge-micro-v1:0:512",
+                customization_type="DISTILLATION",
+                customization_config={"distillationConfig": {"teacherModelConfig": teacher}},
+            )
+        )
+        plan = next(e.data["message"] for e in services.jobs.events(job.name) if e.kind == "log")
+        teacher_bytes = 4 * memory.ModelShape.from_config(SMALL).parameters
+        teacher_bytes += 8 * 512 * SMALL["vocab_size"] * memory.LOGITS_BYTES  # its logits, batch 8 x 512 tokens
+        assert f"teacher {memory.gib(teacher_bytes)}" in plan
+    finally:
+        services.close()
