@@ -162,7 +162,8 @@ _COMMON: tuple[HyperParameterSpec, ...] = (
         "gradientAccumulationSteps",
         "int",
         1,
-        "Micro-batches per optimizer step; the effective batch is batchSize records either way.",
+        "Micro-batches per optimizer step; the effective batch is batchSize records either way. "
+        "Raised at job creation when the job's memory estimate does not fit otherwise.",
         1,
         256,
     ),
