@@ -14,6 +14,7 @@ from tuneforge.catalog.imported import ImportService
 from tuneforge.catalog.service import Catalog
 from tuneforge.db.listing import PageTokens
 from tuneforge.db.session import Database
+from tuneforge.jobs.memory import MemoryPlanner
 from tuneforge.jobs.service import JobService
 from tuneforge.serving.invocation_logs import InvocationLogs
 from tuneforge.serving.throughput import ThroughputService
@@ -52,7 +53,7 @@ class Services:
             store=store,
             arns=arns,
             catalog=catalog,
-            jobs=JobService(db, catalog, store, arns),
+            jobs=JobService(db, catalog, store, arns, MemoryPlanner(settings, catalog)),
             custom_models=CustomModelService(db, settings.models_dir),
             imports=ImportService(db, store, arns, settings),
             throughput=ThroughputService(db, catalog, arns, settings),

@@ -152,6 +152,12 @@ class Settings(BaseSettings):
         ge=1,
         description="Largest float32 weight size CreateModelImportJob accepts; unset: this machine's available memory.",
     )
+    training_memory_bytes: int = Field(
+        default=0,
+        ge=0,
+        description="Memory one training job may use, in bytes, for the memory plan at job creation; "
+        "0 = detect it (80% of RAM, or 90% of the GPU's memory, divided by worker_concurrency).",
+    )
 
     @classmethod
     def settings_customise_sources(

@@ -33,6 +33,11 @@ def test_data_validate_reports_counts_estimate_and_line_numbers(server: Server, 
     assert report["report"]["ok"] and report["report"]["records"] == 3
     assert report["estimate"]["tokens_processed"] == 2 * report["report"]["total_tokens"]
     assert report["estimate"]["seconds"] > 0
+    longest = report["report"]["max_record_tokens"]
+    assert report["memory"]["fits"] and report["memory"]["estimate_bytes"] <= report["memory"]["budget_bytes"]
+    assert f"micro-batch 8 x {longest} tokens" in report["memory"]["lines"][0]
+    shown = cli(server, "data", "validate", str(good)).stdout
+    assert "memory plan: estimated peak" in shown
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"prompt": "a", "completion": "b"}\n\n{"prompt": "c", "completion": 3}\n')
     result = cli(server, "data", "validate", str(bad), check=False)

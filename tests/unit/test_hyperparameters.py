@@ -145,7 +145,7 @@ ALL_SPECS = [
     for spec in specs
 ]
 
-PYTHON_TYPE = {"int": int, "float": float, "bool": bool, "choice": str}
+PYTHON_TYPE = {"int": int, "float": float, "bool": bool, "choice": str, "names": str}
 
 
 def test_every_builtin_model_has_specs_for_every_customization_it_supports() -> None:
@@ -157,7 +157,7 @@ def test_every_builtin_model_has_specs_for_every_customization_it_supports() -> 
 @pytest.mark.parametrize("spec", ALL_SPECS)
 def test_spec_default_satisfies_its_own_type_range_and_choices(spec: HyperParameterSpec) -> None:
     assert type(spec.default) is PYTHON_TYPE[spec.kind]
-    if spec.kind == "choice":
+    if spec.kind in ("choice", "names"):
         assert spec.default in spec.choices
     if spec.kind in ("int", "float"):
         value = float(spec.default)

@@ -79,7 +79,9 @@ def test_create_stores_every_hyperparameter_as_string_with_defaults(services: Se
 def test_create_records_a_queued_status_event(services: Services) -> None:
     job = services.jobs.create(request())
     events = services.jobs.events(job.name)
-    assert [(e.kind, e.data) for e in events] == [("status", {"status": "InProgress", "message": "queued"})]
+    assert [(e.kind, e.data) for e in events][:1] == [("status", {"status": "InProgress", "message": "queued"})]
+    assert [e.kind for e in events[1:]] == ["log"]
+    assert events[1].data["message"].startswith("memory plan: estimated peak")
 
 
 def test_get_finds_job_by_name_id_arn_and_percent_encoded_arn(services: Services) -> None:
@@ -341,7 +343,7 @@ def test_stop_persists_stage_changes_to_the_database(services: Services) -> None
         assert stored is not None
         assert stored.status_details["validationDetails"]["status"] == "Stopping"
         kinds = [e.kind for e in session.scalars(select(JobEvent).where(JobEvent.job_id == job.id))]
-    assert kinds == ["status", "status"]
+    assert kinds == ["status", "log", "status"]  # queued, the memory plan, stopping
 
 
 # -- catalog -------------------------------------------------------------------------------------

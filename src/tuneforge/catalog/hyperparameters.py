@@ -9,11 +9,12 @@ show``, and the table in docs/hyperparameters.md. Bedrock's names come first (``
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass, replace
 from typing import Literal
 
 HyperParameterValue = int | float | str | bool
-Kind = Literal["int", "float", "bool", "choice"]
+Kind = Literal["int", "float", "bool", "choice", "names"]
 
 
 class HyperParameterError(ValueError):
@@ -29,6 +30,7 @@ class HyperParameterSpec:
     minimum: float | None = None
     maximum: float | None = None
     choices: tuple[str, ...] = ()
+    """For ``choice``: the allowed values. For ``names``: the keywords allowed besides a comma list of names."""
     bedrock: bool = False
 
     def parse(self, raw: str) -> HyperParameterValue:
@@ -51,6 +53,13 @@ class HyperParameterSpec:
             if lowered not in ("true", "false"):
                 raise HyperParameterError(f"Hyperparameter {self.name} must be 'true' or 'false', got '{raw}'")
             value = lowered == "true"
+        elif self.kind == "names":
+            value = text.replace(" ", "")
+            if value not in self.choices and not _NAME_LIST.fullmatch(value):
+                raise HyperParameterError(
+                    f"Hyperparameter {self.name} must be one of [{', '.join(self.choices)}] or a comma-separated "
+                    f"list of module names, got '{raw}'"
+                )
         else:
             if text not in self.choices:
                 raise HyperParameterError(
@@ -73,7 +82,12 @@ class HyperParameterSpec:
             return ", ".join(self.choices)
         if self.kind == "bool":
             return "true, false"
+        if self.kind == "names":
+            return f"{', '.join(self.choices)}, or module names (comma-separated)"
         return f"{_fmt(self.minimum)} - {_fmt(self.maximum)}"
+
+
+_NAME_LIST = re.compile(r"[A-Za-z_][A-Za-z0-9_.]*(,[A-Za-z_][A-Za-z0-9_.]*)*")
 
 
 def _fmt(value: float | None) -> str:
@@ -134,14 +148,32 @@ _COMMON: tuple[HyperParameterSpec, ...] = (
     HyperParameterSpec("loraRank", "int", 16, "Rank r of the LoRA adapters.", 1, 256),
     HyperParameterSpec("loraAlpha", "float", 32.0, "LoRA scaling numerator (scale = alpha / r).", 0.0, 1024.0),
     HyperParameterSpec("loraDropout", "float", 0.0, "Dropout on the LoRA path.", 0.0, 0.9),
+    HyperParameterSpec(
+        "loraTargetModules",
+        "names",
+        "all",
+        "Layers that get LoRA adapters: all = the attention and MLP projections of the model's family, "
+        "attention or mlp = one of the two, or a comma-separated list of the family's module names "
+        "(docs/models.md lists them per family).",
+        choices=("all", "attention", "mlp"),
+    ),
     HyperParameterSpec("weightDecay", "float", 0.0, "AdamW decoupled weight decay.", 0.0, 1.0),
     HyperParameterSpec(
         "gradientAccumulationSteps",
         "int",
         1,
-        "Micro-batches per optimizer step; the effective batch is batchSize records either way.",
+        "Micro-batches per optimizer step; the effective batch is batchSize records either way. "
+        "Raised at job creation when the job's memory estimate does not fit otherwise.",
         1,
         256,
+    ),
+    HyperParameterSpec(
+        "gradientCheckpointing",
+        "choice",
+        "auto",
+        "Recompute each layer's activations in the backward pass instead of keeping them (about a third "
+        "more compute, far less memory). auto = only when the job's memory estimate does not fit otherwise.",
+        choices=("auto", "true", "false"),
     ),
     HyperParameterSpec(
         "maxSequenceLength",

@@ -335,6 +335,10 @@ def data_validate(
                 f"at {services.settings.price_per_compute_hour}/compute-hour"
             )
             console.print(f"[dim]{estimate['assumptions']}[/dim]")
+        planned = result.get("memory")
+        if planned:
+            for line in planned.get("lines") or [f"memory: [red]{planned['message']}[/red]"]:
+                console.print(line)
     if not result["report"]["ok"]:
         raise typer.Exit(1)
 

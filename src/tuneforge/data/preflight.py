@@ -101,4 +101,8 @@ def preflight_report(
             price_per_hour=services.settings.price_per_compute_hour,
         )
         result["estimate"] = asdict(estimate)
+    if report.ok:
+        planned = services.jobs.planner.preview(model, hyper, report.max_record_tokens)
+        if planned is not None:
+            result["memory"] = planned
     return result

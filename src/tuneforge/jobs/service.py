@@ -13,7 +13,8 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from tuneforge.arns import ArnFactory, decode_identifier, is_arn, new_id, resource_type
-from tuneforge.catalog.hyperparameters import HyperParameterError, as_strings, resolve
+from tuneforge.catalog.families import lora_target_modules
+from tuneforge.catalog.hyperparameters import HyperParameterError, HyperParameterValue, as_strings, resolve
 from tuneforge.catalog.models import CONTINUED_PRE_TRAINING, DISTILLATION, FoundationModel
 from tuneforge.catalog.service import Catalog
 from tuneforge.db.listing import Cursor, Page, created_and_named, fetch_page
@@ -24,6 +25,7 @@ from tuneforge.errors import (
     ResourceNotFoundException,
     ValidationException,
 )
+from tuneforge.jobs import memory
 from tuneforge.storage import ObjectStore, StorageError
 
 TERMINAL = ("Completed", "Failed", "Stopped")
@@ -83,11 +85,14 @@ class JobFilter:
 
 
 class JobService:
-    def __init__(self, db: Database, catalog: Catalog, store: ObjectStore, arns: ArnFactory) -> None:
+    def __init__(
+        self, db: Database, catalog: Catalog, store: ObjectStore, arns: ArnFactory, planner: memory.MemoryPlanner
+    ) -> None:
         self.db = db
         self.catalog = catalog
         self.store = store
         self.arns = arns
+        self.planner = planner
 
     # -- create ------------------------------------------------------------------------------
 
@@ -122,8 +127,9 @@ class JobService:
                     f"Hyperparameter chunkOverlap ({typed['chunkOverlap']}) must be smaller than the chunk length "
                     f"({chunk} tokens: maxSequenceLength, or the model's context when it is 0)"
                 )
+        teacher = None
         if request.customization_type == DISTILLATION:
-            self.distillation_teacher(request.customization_config, base)
+            teacher = self.distillation_teacher(request.customization_config, base)
         elif request.customization_config:
             raise ValidationException(
                 f"customizationConfig is not used by customization type {request.customization_type}; "
@@ -146,6 +152,8 @@ class JobService:
                 self.store.check(uri)
             except StorageError as exc:
                 raise ValidationException(f"Invalid {member} {uri}: {exc}") from None
+
+        typed, plan_log = self.plan_memory(base, typed, teacher)
 
         job_id = new_id()
         now = utcnow()
@@ -201,7 +209,40 @@ class JobService:
                 )
             session.add(job)
             session.add(JobEvent(job_id=job_id, kind="status", data={"status": "InProgress", "message": "queued"}))
+            for line in plan_log:
+                session.add(JobEvent(job_id=job_id, kind="log", data={"message": line}))
         return job
+
+    def plan_memory(
+        self, base: FoundationModel, typed: dict[str, HyperParameterValue], teacher: Teacher | None
+    ) -> tuple[dict[str, HyperParameterValue], list[str]]:
+        """Check ``loraTargetModules`` against the model's family and fit the job to the device's memory.
+
+        Returns the hyperparameters the worker runs with (gradient checkpointing decided, the
+        micro-batch possibly lowered, see :mod:`tuneforge.jobs.memory`) and the job-log lines that
+        say what was changed and why. A model whose shape is unknown here (no config.json readable
+        by the API process) is queued as asked, and the log says so.
+        """
+        shape = self.planner.shape(base)
+        # Every built-in model is Llama-architecture; a registered one's family is its model_type.
+        model_type = shape.model_type if shape else ("llama" if base.builtin else base.family)
+        try:
+            targets = lora_target_modules(model_type, str(typed["loraTargetModules"]))
+        except HyperParameterError as exc:
+            raise ValidationException(str(exc)) from None
+        if shape is None:
+            return typed, [f"memory plan: skipped, the shape of {base.model_id} is not known before training"]
+        teacher_memory = None
+        if teacher is not None:
+            teacher_shape = self.planner.shape(teacher.foundation)
+            if teacher_shape is not None:
+                teacher_memory = memory.Teacher(teacher_shape, logits=float(typed["logitDistillationWeight"]) > 0)
+        sequence_length = int(typed["maxSequenceLength"]) or base.limits.max_total_tokens
+        try:
+            plan = memory.plan(shape, typed, targets, sequence_length, self.planner.budget, teacher_memory)
+        except memory.MemoryRefused as exc:
+            raise ValidationException(str(exc)) from None
+        return {**typed, **plan.hyperparameters()}, plan.log_lines()
 
     def resolve_base_model(self, identifier: str) -> FoundationModel:
         return self.catalog.get(decode_identifier(identifier))

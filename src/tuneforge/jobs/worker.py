@@ -27,6 +27,7 @@ from tuneforge.errors import ServiceError
 from tuneforge.jobs.service import mark_stages
 from tuneforge.jobs.supervisor import checkpoint_dir, remove_job_files
 from tuneforge.recipes.base import RecipeFailed, RecipeInputs, RecipeResult, Stage, StageStatus, TeacherInputs
+from tuneforge.recipes.memory import steady_allocator
 from tuneforge.services import Services
 from tuneforge.settings import Settings
 from tuneforge.storage import StorageError
@@ -415,6 +416,7 @@ def main(argv: list[str] | None = None) -> int:
         print("usage: python -m tuneforge.jobs.worker JOB_ID", file=sys.stderr)
         return 2
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    steady_allocator()  # before the first large allocation: the memory plan assumes it
     services = Services.create(Settings())
     runner = JobRunner(services, args[0])
 

@@ -20,6 +20,7 @@ import torch
 from peft import LoraConfig, get_peft_model
 from transformers import get_cosine_schedule_with_warmup
 
+from tuneforge.catalog.families import lora_fan_in_fan_out, lora_target_modules
 from tuneforge.catalog.hyperparameters import HyperParameterValue
 from tuneforge.model.loading import quiet_peft
 from tuneforge.recipes.base import JobReporter
@@ -245,23 +246,44 @@ def _mean(values: Sequence[float]) -> float | None:
 
 
 def prepare_for_training(model: Any, hyperparameters: Mapping[str, HyperParameterValue], reporter: JobReporter) -> Any:
-    """The model to train, on the training device: LoRA adapters on every linear projection, or the
-    model itself for full training.
+    """The model to train, on the training device: LoRA adapters on the projections
+    ``loraTargetModules`` names for the model's family (:mod:`tuneforge.catalog.families`), or the
+    model itself for full training; with gradient checkpointing when ``gradientCheckpointing`` is
+    ``true`` (the job service sets it when the memory plan needs it).
 
-    peft's "all-linear" leaves the output layer out, as is usual for LoRA. Seed torch's RNG before
-    calling: the adapters' initialisation draws from it.
+    Checkpointing is torch's non-reentrant kind (transformers' default): unlike the reentrant one it
+    needs no input that requires grad, so a frozen embedding under LoRA works without peft's
+    ``enable_input_require_grads``. Precision is unaffected: the recomputed forward runs under the
+    same bf16 autocast as the first (torch.utils.checkpoint restores the autocast state).
+
+    Seed torch's RNG before calling: the adapters' initialisation draws from it.
     """
+    model_type = str(getattr(model.config, "model_type", ""))
     if hyperparameters["trainingMethod"] != "full":
+        targets = lora_target_modules(model_type, str(hyperparameters.get("loraTargetModules", "all")))
         lora = LoraConfig(
             r=int(hyperparameters["loraRank"]),
             # peft annotates lora_alpha as int but computes alpha / r in float: fractions work.
             lora_alpha=float(hyperparameters["loraAlpha"]),  # type: ignore[arg-type]
             lora_dropout=float(hyperparameters["loraDropout"]),
-            target_modules="all-linear",
+            target_modules=targets,
+            fan_in_fan_out=lora_fan_in_fan_out(model_type),
             task_type="CAUSAL_LM",
         )
         with quiet_peft():
             model = get_peft_model(model, lora)
+        reporter.log(
+            f"LoRA on {model_type or 'unknown'} modules: {targets if isinstance(targets, str) else ', '.join(targets)}"
+        )
+    if hyperparameters.get("gradientCheckpointing") == "true":
+        kwargs = {"use_reentrant": False}
+        with quiet_peft():
+            # transformers 5 renamed gradient_checkpointing_enable (now a deprecated alias); 4.x has only it.
+            if hasattr(model, "activation_checkpointing_enable"):
+                model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+            else:
+                model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+        reporter.log("gradient checkpointing on: layer activations are recomputed in the backward pass")
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     total = sum(p.numel() for p in model.parameters())
     method = "full training" if hyperparameters["trainingMethod"] == "full" else "LoRA"
