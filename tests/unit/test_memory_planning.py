@@ -295,3 +295,27 @@ def test_a_distillation_jobs_plan_counts_its_teacher(fast_tmp: Path) -> None:
         assert f"teacher {memory.gib(teacher_bytes)}" in plan
     finally:
         services.close()
+
+
+@pytest.mark.parametrize("chunk_bytes", [1, 3, 4, 1 << 20])
+def test_longest_line_is_found_across_read_chunks(tmp_path: Path, chunk_bytes: int) -> None:
+    path = tmp_path / "train.jsonl"
+    path.write_bytes(b"abc\n" + b"x" * 11 + b"\n\nabcdef")
+    assert memory.longest_line_bytes(path, chunk_bytes) == 11
+
+
+def test_a_dataset_of_short_records_is_planned_at_its_longest_line_not_the_context(fast_tmp: Path) -> None:
+    """The same budget that forces checkpointing for 512-token records leaves a 60-byte dataset alone."""
+    shape = memory.ModelShape.from_config(SMALL)
+    hp = typed(batchSize="8")
+    at_context = memory.estimate(shape, memory.training_shape(hp, TARGETS, 512, memory.cpu_has_bf16()), gpu=False)
+    services = Services.create(Settings(data_dir=fast_tmp / "data", training_memory_bytes=at_context.total - 1))
+    try:
+        record = json.dumps({"prompt": "Is it red?", "completion": "yes"})
+        services.store.write_bytes("s3://bucket/train.jsonl", ((record + "\n") * 20).encode())
+        job = services.jobs.create(request(batchSize="8"))
+        assert job.hyperparameters["gradientCheckpointing"] == "false"
+        logs = [e.data["message"] for e in services.jobs.events(job.name) if e.kind == "log"]
+        assert f"x {len(record) + memory.SPECIAL_TOKEN_ALLOWANCE} tokens" in logs[0], logs[0]
+    finally:
+        services.close()

@@ -57,7 +57,14 @@ from typing import Any
 
 from tuneforge.catalog.families import ALL_LINEAR, FAMILIES, lora_target_modules
 from tuneforge.catalog.hyperparameters import HyperParameterError, HyperParameterValue
-from tuneforge.catalog.models import BUILTIN_ARCHITECTURES, BUILTIN_VOCAB_SIZE, ArchitectureConfig, FoundationModel
+from tuneforge.catalog.models import (
+    BUILTIN_ARCHITECTURES,
+    BUILTIN_VOCAB_SIZE,
+    PRETRAINED_ARCHITECTURES,
+    SMOLLM2_VOCAB_SIZE,
+    ArchitectureConfig,
+    FoundationModel,
+)
 from tuneforge.catalog.service import Catalog
 from tuneforge.settings import Settings
 from tuneforge.storage import StorageError
@@ -199,7 +206,7 @@ class ModelShape:
 
     @classmethod
     def from_architecture(cls, arch: ArchitectureConfig, vocab: int) -> ModelShape:
-        """The built-in forge models: Llama, untied embeddings."""
+        """The built-in models: Llama architecture; the forge family's embeddings are untied, SmolLM2's tied."""
         return cls(
             model_type="llama",
             hidden=arch.hidden_size,
@@ -209,8 +216,25 @@ class ModelShape:
             kv_heads=arch.num_key_value_heads,
             head_dim=arch.hidden_size // arch.num_attention_heads,
             vocab=vocab,
-            tied_embeddings=False,
+            tied_embeddings=arch.tie_word_embeddings,
         )
+
+
+SPECIAL_TOKEN_ALLOWANCE = 16
+"""Tokens a record may have beyond one per byte of its line: ``<bos>``/``<eos>`` and a template's system default."""
+
+
+def longest_line_bytes(path: Path, chunk_bytes: int = 1 << 20) -> int:
+    """The length in bytes of the longest line of ``path``, read in fixed-size chunks (bounded memory)."""
+    longest = current = 0
+    with path.open("rb") as handle:
+        while chunk := handle.read(chunk_bytes):
+            pieces = chunk.split(b"\n")
+            for piece in pieces[:-1]:
+                longest = max(longest, current + len(piece))
+                current = 0
+            current += len(pieces[-1])
+    return max(longest, current)
 
 
 def read_shape(folder: Path) -> ModelShape | None:
@@ -223,8 +247,12 @@ def read_shape(folder: Path) -> ModelShape | None:
 
 
 def builtin_shape(name: str) -> ModelShape | None:
-    arch = BUILTIN_ARCHITECTURES.get(name)
-    return ModelShape.from_architecture(arch, BUILTIN_VOCAB_SIZE) if arch else None
+    """A built-in model's shape from the catalog's tables: known before its folder exists."""
+    if name in BUILTIN_ARCHITECTURES:
+        return ModelShape.from_architecture(BUILTIN_ARCHITECTURES[name], BUILTIN_VOCAB_SIZE)
+    if name in PRETRAINED_ARCHITECTURES:
+        return ModelShape.from_architecture(PRETRAINED_ARCHITECTURES[name], SMOLLM2_VOCAB_SIZE)
+    return None
 
 
 @dataclass(frozen=True)

@@ -153,7 +153,9 @@ class JobService:
             except StorageError as exc:
                 raise ValidationException(f"Invalid {member} {uri}: {exc}") from None
 
-        typed, plan_log = self.plan_memory(base, typed, teacher)
+        typed, plan_log = self.plan_memory(
+            base, typed, teacher, None if request.invocation_logs else request.training_uri
+        )
 
         job_id = new_id()
         now = utcnow()
@@ -214,7 +216,11 @@ class JobService:
         return job
 
     def plan_memory(
-        self, base: FoundationModel, typed: dict[str, HyperParameterValue], teacher: Teacher | None
+        self,
+        base: FoundationModel,
+        typed: dict[str, HyperParameterValue],
+        teacher: Teacher | None,
+        training_uri: str | None = None,
     ) -> tuple[dict[str, HyperParameterValue], list[str]]:
         """Check ``loraTargetModules`` against the model's family and fit the job to the device's memory.
 
@@ -237,12 +243,31 @@ class JobService:
             teacher_shape = self.planner.shape(teacher.foundation)
             if teacher_shape is not None:
                 teacher_memory = memory.Teacher(teacher_shape, logits=float(typed["logitDistillationWeight"]) > 0)
-        sequence_length = int(typed["maxSequenceLength"]) or base.limits.max_total_tokens
+        sequence_length = int(typed["maxSequenceLength"]) or self.planned_sequence_length(base, teacher, training_uri)
         try:
             plan = memory.plan(shape, typed, targets, sequence_length, self.planner.budget, teacher_memory)
         except memory.MemoryRefused as exc:
             raise ValidationException(str(exc)) from None
         return {**typed, **plan.hyperparameters()}, plan.log_lines()
+
+    def planned_sequence_length(self, base: FoundationModel, teacher: Teacher | None, training_uri: str | None) -> int:
+        """The longest training sequence the plan assumes when ``maxSequenceLength`` is 0 (the model's context).
+
+        The training file's longest line in bytes bounds its longest record in tokens (every
+        tokenizer tuneforge loads spends at least one byte of the line per token, and the JSON
+        around the text outweighs a chat template's markers), so a dataset of short records is not
+        planned, slowed down by checkpointing, or refused, as if each filled the whole context. A
+        distillation record adds the teacher's answer. Without a readable file: the context.
+        """
+        context = base.limits.max_total_tokens
+        if training_uri is None:
+            return context
+        try:
+            longest = memory.longest_line_bytes(self.store.path(training_uri))
+        except (OSError, StorageError):
+            return context
+        answer = teacher.max_response_tokens if teacher is not None else 0
+        return max(1, min(context, longest + memory.SPECIAL_TOKEN_ALLOWANCE + answer))
 
     def resolve_base_model(self, identifier: str) -> FoundationModel:
         return self.catalog.get(decode_identifier(identifier))
