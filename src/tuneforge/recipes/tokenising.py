@@ -10,7 +10,8 @@ from typing import Any
 
 from transformers import PreTrainedTokenizerBase
 
-from tuneforge.model.prompts import conversation_segments, encode_prompt
+from tuneforge.data.formats import FORMAT_CONVERSATION, FORMAT_PROMPT_COMPLETION
+from tuneforge.model.prompts import conversation_pieces, encode_prompt, has_chat_template
 
 IGNORE_INDEX = -100
 """Label value the loss skips (PyTorch's and transformers' convention)."""
@@ -24,30 +25,33 @@ class Example:
     labels: list[int]
 
 
-def encode_record(record: Mapping[str, Any], tokenizer: PreTrainedTokenizerBase, max_length: int) -> Example:
+def encode_record(
+    record: Mapping[str, Any], tokenizer: PreTrainedTokenizerBase, max_length: int, *, close_last: bool = True
+) -> Example:
     """Tokenize one prompt/completion or conversation record, loss on answer tokens only.
+
+    Conversations are rendered by :func:`tuneforge.model.prompts.conversation_pieces`: the model's
+    chat template when it has one, else the plain template. The loss covers every assistant turn
+    with its end-of-turn marker; ``close_last=False`` leaves the last answer open (no end of turn,
+    for an answer that was cut before its end).
 
     Raises ValueError for a record longer than ``max_length``: pre-flight validation rejects those,
     and cutting one silently would train on an answer without its end.
     """
-    eos = tokenizer.eos_token_id
     if "prompt" in record:
         prompt = encode_prompt(tokenizer, str(record["prompt"]))
-        answer = [*tokenizer.encode(str(record["completion"]), add_special_tokens=False), eos]
+        answer = tokenizer.encode(str(record["completion"]), add_special_tokens=False)
+        if close_last:
+            answer.append(tokenizer.eos_token_id)
         input_ids = prompt + answer
         labels = [IGNORE_INDEX] * len(prompt) + answer
     else:
-        segments = conversation_segments(record)
-        if not segments or not segments[-1][1]:
+        if not record["messages"] or record["messages"][-1]["role"] != "assistant":
             raise ValueError("a training conversation must end with an assistant message")
-        input_ids = encode_prompt(tokenizer, "")
-        labels = [IGNORE_INDEX] * len(input_ids)
-        for text, trained in segments:
-            ids = tokenizer.encode(text, add_special_tokens=False)
-            input_ids += ids
-            labels += ids if trained else [IGNORE_INDEX] * len(ids)
-        input_ids.append(eos)
-        labels.append(eos)
+        input_ids, labels = [], []
+        for piece in conversation_pieces(tokenizer, record, close_last=close_last):
+            input_ids += piece.ids
+            labels += piece.ids if piece.trained else [IGNORE_INDEX] * len(piece.ids)
     if len(input_ids) > max_length:
         raise ValueError(
             f"record is {len(input_ids)} tokens, above the limit of {max_length} (maxSequenceLength or "
@@ -64,6 +68,24 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
     """
     with path.open(encoding="utf-8-sig") as handle:
         return [json.loads(line) for line in handle if line.strip()]
+
+
+def data_format(path: Path) -> str:
+    """:data:`FORMAT_PROMPT_COMPLETION` or :data:`FORMAT_CONVERSATION`: validation lets a file hold one of
+    them, so its first record tells."""
+    with path.open(encoding="utf-8-sig") as handle:
+        first: dict[str, Any] = next((json.loads(line) for line in handle if line.strip()), {})
+    return FORMAT_PROMPT_COMPLETION if "prompt" in first else FORMAT_CONVERSATION
+
+
+def conversation_rendering(tokenizer: PreTrainedTokenizerBase) -> str:
+    """A job log line saying how conversations are rendered for this model."""
+    if has_chat_template(tokenizer):
+        return "conversations are rendered with the model's chat template, as serving renders them"
+    return (
+        "the model has no chat template: conversations train through tuneforge's plain template "
+        "(System: / User: / Assistant:), the one serving uses for this model"
+    )
 
 
 def encode_file(path: Path, tokenizer: PreTrainedTokenizerBase, max_length: int) -> list[Example]:

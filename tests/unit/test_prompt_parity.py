@@ -1,0 +1,181 @@
+"""Train/serve prompt parity per chat template, the loss mask per template, and stopping at the end of turn.
+
+Every model folder of :mod:`tests.model_folders` (Llama 3, Mistral, Gemma, ChatML with a default
+system prompt), a built-in model (no chat template: the plain one) and SmolLM2 (ChatML, real BPE).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from tests.model_folders import STYLES, build_model_folder, build_tokenizer, smollm2_folder
+from tuneforge.data.formats import FORMAT_CONVERSATION, FORMAT_PROMPT_COMPLETION
+from tuneforge.engine.batching import ContinuousBatcher, Sequence
+from tuneforge.model.builtin import ensure_builtin
+from tuneforge.model.loading import load_model_and_tokenizer
+from tuneforge.model.prompts import conversation_pieces, end_of_turn_ids
+from tuneforge.recipes.tokenising import IGNORE_INDEX, encode_record
+from tuneforge.serving.protocol import GenerationRequest
+
+FOLDERS = (*STYLES, "forge-micro", "smollm2")
+END_OF_TURN = {**{style: str(spec["end_of_turn"]) for style, spec in STYLES.items()}, "smollm2": "<|im_end|>"}
+
+
+def user(text: str) -> dict[str, Any]:
+    return {"role": "user", "content": [{"text": text}]}
+
+
+def assistant(text: str) -> dict[str, Any]:
+    return {"role": "assistant", "content": [{"text": text}]}
+
+
+SYSTEM = [{"text": "Be brief."}]
+CONVERSATIONS = {
+    "single turn": {"messages": [user("hi there"), assistant("hello")]},
+    "system": {"system": SYSTEM, "messages": [user("hi there"), assistant("hello")]},
+    "multi-turn": {
+        "system": SYSTEM,
+        "messages": [user("hi there"), assistant("hello"), user("bye now"), assistant("goodbye")],
+    },
+}
+
+
+@pytest.fixture(scope="module")
+def folders(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("folders")
+    built = {style: build_model_folder(style, root / style) for style in STYLES}
+    return {**built, "forge-micro": ensure_builtin("forge-micro", root), "smollm2": smollm2_folder(root / "smollm2")}
+
+
+@pytest.fixture(scope="module")
+def loaded(folders: dict[str, Path]) -> dict[str, tuple[Any, Any]]:
+    torch.set_num_threads(1)
+    out = {}
+    for name, folder in folders.items():
+        model, tokenizer = load_model_and_tokenizer(folder)
+        out[name] = (model.eval(), tokenizer)
+    return out
+
+
+def engine_ids(model_and_tokenizer: tuple[Any, Any], trained_format: str | None = None, **request: Any) -> list[int]:
+    """The prompt ids the engine builds for a request (as engine/server.py does)."""
+    batcher = ContinuousBatcher(*model_and_tokenizer, trained_format=trained_format)
+    return batcher.render(GenerationRequest(max_tokens=8, **request)).ids
+
+
+@pytest.mark.parametrize("name", FOLDERS)
+@pytest.mark.parametrize("shape", list(CONVERSATIONS))
+def test_engine_prompt_ids_equal_the_training_prefix_for_conversations(
+    loaded: dict[str, tuple[Any, Any]], name: str, shape: str
+) -> None:
+    record = CONVERSATIONS[shape]
+    tokenizer = loaded[name][1]
+    example = encode_record(record, tokenizer, max_length=1024)
+    served = engine_ids(
+        loaded[name], conversation={"system": record.get("system", []), "messages": record["messages"][:-1]}
+    )
+    assert example.input_ids[: len(served)] == served
+    earlier_answers = [label for label in example.labels[: len(served)] if label != IGNORE_INDEX]
+    assert bool(earlier_answers) == (shape == "multi-turn")  # only earlier assistant turns are trained on
+    assert example.labels[len(served) - 1] == IGNORE_INDEX
+    assert example.labels[len(served)] != IGNORE_INDEX  # the answer starts right after the prompt
+    if name in STYLES:  # the pieces are the template's own rendering, tokenized
+        messages = [{"role": m["role"], "content": m["content"][0]["text"]} for m in record["messages"]]
+        system = [{"role": "system", "content": "Be brief."}] if "system" in record else []
+        try:
+            whole = tokenizer.apply_chat_template(system + messages, tokenize=True, return_dict=False)
+        except Exception:  # a template that refuses a system role: it is merged into the first user turn
+            messages[0]["content"] = "Be brief.\n\n" + messages[0]["content"]
+            whole = tokenizer.apply_chat_template(messages, tokenize=True, return_dict=False)
+        assert example.input_ids == list(whole)
+
+
+@pytest.mark.parametrize("name", FOLDERS)
+def test_engine_prompt_ids_equal_the_training_prefix_for_prompt_completion(
+    loaded: dict[str, tuple[Any, Any]], name: str
+) -> None:
+    """A model trained on prompt/completion records gets a single-turn chat request as the bare prompt."""
+    record = {"prompt": "Ticket: my invoice is wrong\nCategory:", "completion": " billing"}
+    example = encode_record(record, loaded[name][1], max_length=1024)
+    converse = engine_ids(
+        loaded[name], FORMAT_PROMPT_COMPLETION, conversation={"system": [], "messages": [user(record["prompt"])]}
+    )
+    raw = engine_ids(loaded[name], FORMAT_PROMPT_COMPLETION, prompt=record["prompt"])
+    prompt_length = example.labels.index(next(label for label in example.labels if label != IGNORE_INDEX))
+    assert converse == raw == example.input_ids[:prompt_length]
+    # The same request to a model trained on conversations goes through its conversation rendering.
+    chat = engine_ids(
+        loaded[name], FORMAT_CONVERSATION, conversation={"system": [], "messages": [user(record["prompt"])]}
+    )
+    assert chat != raw
+
+
+@pytest.mark.parametrize("name", FOLDERS)
+def test_loss_covers_assistant_turns_and_their_end_of_turn_only(loaded: dict[str, tuple[Any, Any]], name: str) -> None:
+    tokenizer = loaded[name][1]
+    example = encode_record(CONVERSATIONS["multi-turn"], tokenizer, max_length=1024)
+    trained = [token for token, label in zip(example.input_ids, example.labels, strict=True) if label != IGNORE_INDEX]
+    assert [label for label in example.labels if label != IGNORE_INDEX] == trained
+    text = tokenizer.decode(trained, skip_special_tokens=False)
+    if name == "forge-micro":
+        assert text == " hello\n goodbye<eos>"
+    else:
+        assert text == f"hello{END_OF_TURN[name]}goodbye{END_OF_TURN[name]}"
+        assert end_of_turn_ids(tokenizer) == {tokenizer.convert_tokens_to_ids(END_OF_TURN[name])}
+
+
+@pytest.mark.parametrize("name", FOLDERS)
+def test_generation_stops_at_the_end_of_turn_and_it_never_leaks(loaded: dict[str, tuple[Any, Any]], name: str) -> None:
+    """Forced by logit bias: one word, then the template's end-of-turn token (Gemma's generation config
+    does not list it: the engine finds it in the template)."""
+    model, tokenizer = loaded[name]
+    word = tokenizer.encode(" hello", add_special_tokens=False)[0]
+    end = tokenizer.convert_tokens_to_ids(END_OF_TURN.get(name, "<eos>"))
+    batcher = ContinuousBatcher(model, tokenizer)
+    conversation = {"system": [], "messages": [user("hi there")]}
+    request = GenerationRequest(
+        max_tokens=8,
+        conversation=conversation,
+        stream=True,
+        logit_bias={word: 200.0, end: 150.0},
+        frequency_penalty=100.0,  # after one ``word``, ``end`` wins
+    )
+    events: list[dict[str, Any]] = []
+    rendered = batcher.render(request)
+    batcher.submit(Sequence(request, rendered.ids, events.append, strip_leading_space=rendered.strip_leading_space))
+    while not events or events[-1]["event"] != "end":
+        batcher.step()
+    final = events[-1]
+    assert final["stop_reason"] == "end_turn" and final["output_tokens"] == 1
+    expected = tokenizer.decode([word])
+    assert final["text"] == (expected[1:] if rendered.strip_leading_space else expected)
+    assert "".join(e["text"] for e in events if e["event"] == "text") == final["text"]
+
+
+@pytest.mark.parametrize("style", ["gemma", "mistral"])
+def test_a_system_prompt_goes_into_the_first_user_turn_where_the_template_refuses_it(style: str) -> None:
+    tokenizer = build_tokenizer(style)
+    pieces = conversation_pieces(tokenizer, CONVERSATIONS["multi-turn"])
+    assert "Be brief.\n\nhi there" in pieces[0].text
+    assert "Be brief." not in "".join(piece.text for piece in pieces[1:])
+
+
+def test_a_template_that_rewrites_earlier_turns_is_refused_with_its_reason() -> None:
+    tokenizer = build_tokenizer("chatml")
+    tokenizer.chat_template = "{{ messages | length }} turns\n" + str(tokenizer.chat_template)
+    with pytest.raises(ValueError, match="not prefix-stable"):
+        encode_record(CONVERSATIONS["single turn"], tokenizer, max_length=1024)
+
+
+def test_a_truncated_answer_is_left_open(loaded: dict[str, tuple[Any, Any]]) -> None:
+    """Distillation trains a capped teacher answer without its end of turn: it did not end there."""
+    tokenizer = loaded["chatml"][1]
+    closed = encode_record(CONVERSATIONS["single turn"], tokenizer, max_length=1024)
+    cut = encode_record(CONVERSATIONS["single turn"], tokenizer, max_length=1024, close_last=False)
+    assert tokenizer.decode(cut.input_ids[len(cut.input_ids) - 1 :]) != "<|im_end|>"
+    assert closed.input_ids[: len(cut.input_ids)] == cut.input_ids
+    assert tokenizer.decode([t for t in cut.labels if t != IGNORE_INDEX], skip_special_tokens=False) == "hello"
