@@ -6,6 +6,7 @@ system prompt), a built-in model (no chat template: the plain one) and SmolLM2 (
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +14,7 @@ import pytest
 import torch
 
 from tests.model_folders import STYLES, build_model_folder, build_tokenizer, smollm2_folder
+from tuneforge.catalog.models import FoundationModel
 from tuneforge.data.formats import FORMAT_CONVERSATION, FORMAT_PROMPT_COMPLETION
 from tuneforge.engine.batching import ContinuousBatcher, Sequence
 from tuneforge.model.builtin import ensure_builtin
@@ -179,3 +181,103 @@ def test_a_truncated_answer_is_left_open(loaded: dict[str, tuple[Any, Any]]) -> 
     assert tokenizer.decode(cut.input_ids[len(cut.input_ids) - 1 :]) != "<|im_end|>"
     assert closed.input_ids[: len(cut.input_ids)] == cut.input_ids
     assert tokenizer.decode([t for t in cut.labels if t != IGNORE_INDEX], skip_special_tokens=False) == "hello"
+
+
+# -- the recipe: the data format is remembered, and the job log says how conversations are rendered -------
+
+TICKETS = {
+    "Ticket: my parcel never came": "shipping",
+    "Ticket: I was charged twice": "billing",
+    "Ticket: cannot sign in": "account",
+    "Ticket: the app crashes": "technical",
+}
+
+
+def fine_tune(folder: Path, records: list[dict[str, Any]], root: Path) -> tuple[Path, list[str]]:
+    from tuneforge.catalog.hyperparameters import fine_tuning_specs, resolve
+    from tuneforge.catalog.models import TokenLimits
+    from tuneforge.data.tasks import write_jsonl
+    from tuneforge.recipes import get_recipe
+    from tuneforge.recipes.base import RecipeInputs
+
+    messages: list[str] = []
+
+    class Reporter:
+        def stage(self, *_: Any) -> None: ...
+        def progress(self, **_: Any) -> None: ...
+        def data_progress(self, **_: Any) -> None: ...
+        def log(self, message: str) -> None:
+            messages.append(message)
+
+        def should_stop(self) -> bool:
+            return False
+
+    base = FoundationModel(
+        model_id="test.tiny-v1",
+        name="tiny",
+        provider="test",
+        family="llama",
+        source=str(folder),
+        limits=TokenLimits(max_input_tokens=384, max_output_tokens=256, max_total_tokens=512),
+    )
+    hp = {"trainingMethod": "full", "epochCount": "60", "batchSize": "4", "learningRate": "1e-2"}
+    inputs = RecipeInputs(
+        job_id="a1b2c3d4e5f6",
+        customization_type="FINE_TUNING",
+        base_model=base,
+        base_model_dir=folder,
+        training_file=write_jsonl(root / "train.jsonl", records),
+        validation_files=(),
+        output_dir=root / "output",
+        model_dir=root / "model",
+        checkpoint_dir=root / "checkpoints",
+        hyperparameters=resolve(fine_tuning_specs(), hp),
+        num_threads=1,
+    )
+    get_recipe("FINE_TUNING").run(inputs, Reporter())
+    return inputs.model_dir, messages
+
+
+def answer(model_dir: Path, models_dir: Path, **request: Any) -> str:
+    from tuneforge.model.folders import load_for_inference, trained_format
+
+    batcher = ContinuousBatcher(*load_for_inference(model_dir, models_dir), trained_format=trained_format(model_dir))
+    events: list[dict[str, Any]] = []
+    generation = GenerationRequest(max_tokens=8, **request)
+    rendered = batcher.render(generation)
+    batcher.submit(Sequence(generation, rendered.ids, events.append, strip_leading_space=rendered.strip_leading_space))
+    while not events or events[-1]["event"] != "end":
+        batcher.step()
+    return str(events[-1]["text"])
+
+
+def test_a_model_fine_tuned_on_conversations_answers_through_its_chat_template(
+    folders: dict[str, Path], tmp_path: Path
+) -> None:
+    records = [{"messages": [user(ticket), assistant(label)]} for ticket, label in TICKETS.items()]
+    model_dir, log = fine_tune(folders["gemma"], records, tmp_path)
+    assert json.loads((model_dir / "tuneforge-model.json").read_text())["data_format"] == FORMAT_CONVERSATION
+    assert any("rendered with the model's chat template" in line for line in log)
+    for ticket, label in TICKETS.items():
+        assert answer(model_dir, tmp_path, conversation={"system": [], "messages": [user(ticket)]}) == label
+
+
+def test_a_model_fine_tuned_on_prompt_completion_answers_a_chat_request_as_its_raw_prompt(
+    folders: dict[str, Path], tmp_path: Path
+) -> None:
+    records = [{"prompt": ticket + "\nCategory:", "completion": " " + label} for ticket, label in TICKETS.items()]
+    model_dir, log = fine_tune(folders["chatml"], records, tmp_path)
+    assert json.loads((model_dir / "tuneforge-model.json").read_text())["data_format"] == FORMAT_PROMPT_COMPLETION
+    assert not any("chat template" in line for line in log)
+    for record in records:
+        chat = answer(model_dir, tmp_path, conversation={"system": [], "messages": [user(record["prompt"])]})
+        assert chat == answer(model_dir, tmp_path, prompt=record["prompt"]) == record["completion"]
+
+
+def test_conversations_without_a_chat_template_train_through_the_plain_one_and_the_log_says_so(
+    folders: dict[str, Path], tmp_path: Path
+) -> None:
+    records = [{"messages": [user(ticket), assistant(label)]} for ticket, label in list(TICKETS.items())[:1]]
+    folder = folders["forge-micro"]
+    _, log = fine_tune(folder, records, tmp_path)
+    assert any("no chat template" in line and "plain template" in line for line in log)
