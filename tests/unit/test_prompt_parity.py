@@ -243,7 +243,7 @@ def answer(model_dir: Path, models_dir: Path, **request: Any) -> str:
 
     batcher = ContinuousBatcher(*load_for_inference(model_dir, models_dir), trained_format=trained_format(model_dir))
     events: list[dict[str, Any]] = []
-    generation = GenerationRequest(max_tokens=8, **request)
+    generation = GenerationRequest(max_tokens=16, **request)
     rendered = batcher.render(generation)
     batcher.submit(Sequence(generation, rendered.ids, events.append, strip_leading_space=rendered.strip_leading_space))
     while not events or events[-1]["event"] != "end":
