@@ -10,11 +10,14 @@ Read top to bottom:
    rejected, with its reason, when it repeats an earlier prompt, when it leaves no room for an
    answer within the student's sequence limit, when the teacher's answer is empty, or when prompt
    and answer together pass the limit. Written: a sample of the synthetic training data and the
-   prompt-insights report.
+   prompt-insights report. Each model sees a prompt as it is served
+   (:func:`tuneforge.model.prompts.serving_prompt`): the teacher through its chat template, or as the
+   bare prompt when it was fine-tuned on prompt/completion records; the student's training sequences
+   are rendered as a conversation fine-tune renders them (its chat template, or the plain one).
 
    **Truncated answers.** An answer that does not end within ``maxResponseLengthForInference``
    tokens is kept as capped, as Bedrock keeps it, and counted in the insights
-   (``truncatedResponses``). Its end-of-sequence token gets no loss, so the student learns the
+   (``truncatedResponses``). Its end of turn (``<eos>``, or the template's marker) is left out, so the student learns the
    answer's words without learning to stop where the cap cut them. ``rejectTruncatedTeacherAnswers``
    leaves such prompts out instead. A job fails for lack of data only when no prompt is usable.
 3. **training**: cross-entropy on the responses (sequence-level distillation), optionally mixed with
