@@ -17,9 +17,10 @@ Read top to bottom:
 
    **Truncated answers.** An answer that does not end within ``maxResponseLengthForInference``
    tokens is kept as capped, as Bedrock keeps it, and counted in the insights
-   (``truncatedResponses``). Its end of turn (``<eos>``, or the template's marker) is left out, so the student learns the
-   answer's words without learning to stop where the cap cut them. ``rejectTruncatedTeacherAnswers``
-   leaves such prompts out instead. A job fails for lack of data only when no prompt is usable.
+   (``truncatedResponses``). Its end of turn (``<eos>``, or the template's marker) is left out, so
+   the student learns the answer's words without learning to stop where the cap cut them.
+   ``rejectTruncatedTeacherAnswers`` leaves such prompts out instead. A job fails for lack of data
+   only when no prompt is usable.
 3. **training**: cross-entropy on the responses (sequence-level distillation), optionally mixed with
    logit-level distillation (:func:`distillation_loss`).
 4. **evaluate**: per validator, the student's loss on the teacher's answers to the validation prompts
