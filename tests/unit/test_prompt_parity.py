@@ -158,6 +158,18 @@ def test_generation_stops_at_the_end_of_turn_and_it_never_leaks(loaded: dict[str
     assert "".join(e["text"] for e in events if e["event"] == "text") == final["text"]
 
 
+@pytest.mark.parametrize("name", FOLDERS)
+def test_bos_comes_once_where_the_family_uses_it_and_never_twice(loaded: dict[str, tuple[Any, Any]], name: str) -> None:
+    """Templates that write ``<bos>`` get no second one; a raw prompt starts as the tokenizer starts one
+    (SmolLM2 calls ``<|im_start|>`` its bos token but never prepends it)."""
+    tokenizer = loaded[name][1]
+    bos = tokenizer.bos_token_id
+    example = encode_record(CONVERSATIONS["multi-turn"], tokenizer, max_length=1024)
+    assert bos is None or example.input_ids[:2].count(bos) <= 1
+    raw = encode_record({"prompt": "Ticket: hi\nCategory:", "completion": " x"}, tokenizer, max_length=1024)
+    assert raw.input_ids[:1] == tokenizer("Ticket: hi\nCategory:")["input_ids"][:1]
+
+
 @pytest.mark.parametrize("style", ["gemma", "mistral"])
 def test_a_system_prompt_goes_into_the_first_user_turn_where_the_template_refuses_it(style: str) -> None:
     tokenizer = build_tokenizer(style)

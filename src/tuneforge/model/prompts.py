@@ -3,8 +3,9 @@
 Training and serving both call these, so a model is served exactly as it was trained.
 
 **Prompt/completion records** train on ``<bos> prompt completion <eos>`` with the loss on
-``completion <eos>`` only, whatever the model. Serving a raw prompt (InvokeModel, OpenAI
-completions) encodes it the same way: ``<bos> prompt``.
+``completion <eos>`` only, whatever the model (``<bos>`` where the tokenizer itself starts an
+encoding with one, see :func:`bos_ids`). Serving a raw prompt (InvokeModel, OpenAI completions)
+encodes it the same way: ``<bos> prompt``.
 
 **Conversations** (``bedrock-conversation-2024`` records, Converse, OpenAI chat) are rendered with
 the model's own chat template when its tokenizer has one (``chat_template`` in
@@ -130,7 +131,7 @@ def _plain_segments(system: str, messages: list[dict[str, str]]) -> list[tuple[s
 def _plain_pieces(
     tokenizer: PreTrainedTokenizerBase, system: str, messages: list[dict[str, str]], close_last: bool
 ) -> list[Piece]:
-    pieces = [Piece("", [tokenizer.bos_token_id], False)] if tokenizer.bos_token_id is not None else []
+    pieces = [Piece("", bos_ids(tokenizer), False)]
     pieces += [Piece(text, _encode(tokenizer, text), trained) for text, trained in _plain_segments(system, messages)]
     if messages and messages[-1]["role"] == "assistant" and close_last:
         pieces.append(Piece(str(tokenizer.eos_token), [tokenizer.eos_token_id], True))
@@ -291,11 +292,23 @@ def expected_answer(record: Mapping[str, Any]) -> str:
     return _text(record["messages"][-1]["content"])
 
 
+def bos_ids(tokenizer: PreTrainedTokenizerBase) -> list[int]:
+    """``[<bos>]`` when the tokenizer's own encoding starts with it, else ``[]``.
+
+    Families differ: Llama, Mistral and Gemma tokenizers prepend ``<bos>`` (so do the built-in
+    models'), Qwen2's and SmolLM2's prepend nothing (SmolLM2 names ``<|im_start|>`` its bos token,
+    but a raw prompt never starts with it). Following the tokenizer keeps a raw prompt encoded as
+    the family's own tools encode it, so an exported model answers ``tokenizer(prompt)`` as served.
+    """
+    bos = tokenizer.bos_token_id
+    return [bos] if bos is not None and tokenizer.encode("a", add_special_tokens=True)[:1] == [bos] else []
+
+
 def encode_prompt(tokenizer: PreTrainedTokenizerBase, text: str) -> list[int]:
-    """``<bos>`` (when the tokenizer has one) + the text's tokens, as training and serving both see it.
+    """:func:`bos_ids` + the text's tokens, as training and serving both see a raw prompt.
 
     Adding ``<bos>`` here rather than through the tokenizer's post-processor keeps user models whose
     tokenizer appends ``<eos>`` to every encoding from closing the prompt.
     """
     ids: list[int] = tokenizer.encode(text, add_special_tokens=False)
-    return ([tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []) + ids
+    return bos_ids(tokenizer) + ids

@@ -11,7 +11,7 @@ from typing import Any
 from transformers import PreTrainedTokenizerBase
 
 from tuneforge.data.formats import FORMAT_CONVERSATION, FORMAT_PROMPT_COMPLETION
-from tuneforge.model.prompts import conversation_pieces, encode_prompt, has_chat_template
+from tuneforge.model.prompts import bos_ids, conversation_pieces, encode_prompt, has_chat_template
 
 IGNORE_INDEX = -100
 """Label value the loss skips (PyTorch's and transformers' convention)."""
@@ -136,7 +136,7 @@ def encode_documents(
 ) -> tuple[list[Example], int]:
     """``{"input": ...}`` records -> ``<bos> text <eos>`` cut into windows; also the document count.
 
-    ``<bos>`` is added as :func:`encode_prompt` adds it (when the tokenizer has one).
+    ``<bos>`` is added as :func:`encode_prompt` adds it (when the tokenizer itself starts encodings with one).
 
     The loss covers every token of every document (see :func:`chunk_document`).
     """
@@ -150,8 +150,7 @@ def encode_documents(
         # verbose=False: a document longer than the context is expected here (it is chunked next),
         # so transformers' "longer than the maximum sequence length" warning would only mislead.
         body: list[int] = tokenizer.encode(text, add_special_tokens=False, verbose=False)
-        bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
-        windows.extend(chunk_document([*bos, *body, tokenizer.eos_token_id], max_length, overlap))
+        windows.extend(chunk_document([*bos_ids(tokenizer), *body, tokenizer.eos_token_id], max_length, overlap))
         documents += 1
     return windows, documents
 
