@@ -59,7 +59,7 @@ def complete(
         max_new_tokens=max_new_tokens,
         min_new_tokens=min_new_tokens,
         do_sample=False,
-        eos_token_id=stops,
+        eos_token_id=stops or None,
         pad_token_id=tokenizer.pad_token_id,
         stop_strings=["\n"] if stop_at_newline else None,
     )
