@@ -293,3 +293,18 @@ def test_conversations_without_a_chat_template_train_through_the_plain_one_and_t
     folder = folders["forge-micro"]
     _, log = fine_tune(folder, records, tmp_path)
     assert any("no chat template" in line and "plain template" in line for line in log)
+
+
+def test_a_job_on_a_template_that_rewrites_earlier_turns_fails_naming_the_line_and_the_reason(
+    tmp_path: Path,
+) -> None:
+    from tuneforge.model.loading import save_tokenizer
+    from tuneforge.recipes.base import RecipeFailed
+
+    folder = build_model_folder("chatml", tmp_path / "rewriting")
+    tokenizer = build_tokenizer("chatml")
+    tokenizer.chat_template = "{{ messages | length }} turns\n" + str(tokenizer.chat_template)
+    save_tokenizer(tokenizer, folder)
+    records = [{"messages": [user(ticket), assistant(label)]} for ticket, label in TICKETS.items()]
+    with pytest.raises(RecipeFailed, match=r"train\.jsonl line 1: the model's chat template is not prefix-stable"):
+        fine_tune(folder, records, tmp_path)

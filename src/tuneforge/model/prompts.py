@@ -20,7 +20,7 @@ prompt is a prefix of the training sequence by construction, not by luck of toke
 assistant's answer, then with the next user turn and the generation prompt, and so on. Each
 rendering must extend the previous one (the template is *prefix-stable*); a template that rewrites
 earlier turns (one that drops past reasoning, say) cannot be trained turn by turn and is refused
-with a ValueError that says so. An assistant piece is what its answer added to the text: the answer
+with a :class:`ChatTemplateError` that says so. An assistant piece is what its answer added to the text: the answer
 and the template's end-of-turn marker (``<|im_end|>``, ``<|eot_id|>``, ``<end_of_turn>``, ``</s>``).
 The loss covers it up to its last non-whitespace character: the whitespace a template writes
 between turns (ChatML's and Gemma's newline after the marker) is the next turn's business and is
@@ -58,6 +58,13 @@ from tuneforge.data.formats import FORMAT_PROMPT_COMPLETION
 
 SYSTEM_SEPARATOR = "\n\n"
 """Between a system prompt and the user text, where a template or a trained format has no system role."""
+
+
+class ChatTemplateError(ValueError):
+    """The model's chat template refused a conversation, or cannot be trained on turn by turn.
+
+    A job fails with its message (the user must change the data or the template); a request gets a
+    ValidationException."""
 
 
 @dataclass(frozen=True)
@@ -147,12 +154,12 @@ def _render(
         return str(tokenizer.apply_chat_template(with_system, tokenize=False, add_generation_prompt=generation_prompt))
     except TemplateError as exc:
         if not system:
-            raise ValueError(f"the model's chat template refused the conversation: {exc}") from exc
+            raise ChatTemplateError(f"the model's chat template refused the conversation: {exc}") from exc
     merged = [{**messages[0], "content": system + SYSTEM_SEPARATOR + messages[0]["content"]}, *messages[1:]]
     try:
         return str(tokenizer.apply_chat_template(merged, tokenize=False, add_generation_prompt=generation_prompt))
     except TemplateError as exc:
-        raise ValueError(f"the model's chat template refused the conversation: {exc}") from exc
+        raise ChatTemplateError(f"the model's chat template refused the conversation: {exc}") from exc
 
 
 def _template_pieces(
@@ -163,7 +170,7 @@ def _template_pieces(
 
     def extend(text: str, turn: int) -> str:
         if not text.startswith(rendered):
-            raise ValueError(
+            raise ChatTemplateError(
                 f"the model's chat template is not prefix-stable: rendering message {turn + 1} changes the text "
                 "of the turns before it, so a conversation cannot be trained on and served turn by turn"
             )

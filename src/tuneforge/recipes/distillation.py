@@ -63,7 +63,7 @@ from tuneforge.engine.generation import Completion, complete, length_sorted_batc
 from tuneforge.jobs import layout
 from tuneforge.model.folders import load_for_inference, trained_format
 from tuneforge.model.loading import load_model_and_tokenizer
-from tuneforge.model.prompts import expected_answer, render_prompt, serving_prompt
+from tuneforge.model.prompts import ChatTemplateError, expected_answer, render_prompt, serving_prompt
 from tuneforge.recipes.base import JobReporter, RecipeFailed, RecipeInputs, RecipeResult, TeacherInputs
 from tuneforge.recipes.loop import TrainingConfig, causal_lm_loss, prepare_for_training, record_validation, train
 from tuneforge.recipes.outputs import MetricsWriter, save_trained_model
@@ -232,7 +232,11 @@ class DistillationRecipe:
 
         # Data processing: a response for every prompt, from the golden answer or the teacher.
         reporter.stage("dataProcessing", "InProgress")
-        prompts = self._process(inputs, (teacher, teacher_tokenizer, teacher_format), tokenizer, max_length, reporter)
+        try:
+            asked = (teacher, teacher_tokenizer, teacher_format)
+            prompts = self._process(inputs, asked, tokenizer, max_length, reporter)
+        except ChatTemplateError as exc:
+            raise RecipeFailed(str(exc)) from exc
         job_dir = inputs.output_dir / layout.job_folder(inputs.job_id)
         insights = prompt_insights(prompts)
         write_json(job_dir / layout.PROMPT_INSIGHTS, insights)
@@ -386,6 +390,8 @@ class DistillationRecipe:
                 continue
             try:
                 prompt.example(tokenizer, max_length)
+            except ChatTemplateError:
+                raise
             except ValueError:
                 prompt.reject("too long", f"prompt and response pass the student's limit of {max_length} tokens")
         cache.parent.mkdir(parents=True, exist_ok=True)

@@ -14,7 +14,8 @@ import torch
 from tuneforge.catalog.models import FINE_TUNING
 from tuneforge.data.formats import FORMAT_CONVERSATION
 from tuneforge.model.loading import load_model_and_tokenizer
-from tuneforge.recipes.base import JobReporter, RecipeInputs, RecipeResult
+from tuneforge.model.prompts import ChatTemplateError
+from tuneforge.recipes.base import JobReporter, RecipeFailed, RecipeInputs, RecipeResult
 from tuneforge.recipes.loop import TrainingConfig, prepare_for_training, record_validation, train
 from tuneforge.recipes.outputs import MetricsWriter, save_trained_model
 from tuneforge.recipes.tokenising import conversation_rendering, data_format, encode_file
@@ -44,8 +45,11 @@ class FineTuningRecipe:
         trained_format = data_format(inputs.training_file)
         if trained_format == FORMAT_CONVERSATION:
             reporter.log(conversation_rendering(tokenizer))
-        examples = encode_file(inputs.training_file, tokenizer, max_length)
-        validators = [encode_file(path, tokenizer, max_length) for path in inputs.validation_files]
+        try:
+            examples = encode_file(inputs.training_file, tokenizer, max_length)
+            validators = [encode_file(path, tokenizer, max_length) for path in inputs.validation_files]
+        except ChatTemplateError as exc:
+            raise RecipeFailed(str(exc)) from exc
         reporter.stage("dataProcessing", "Completed")
 
         # Train.

@@ -11,7 +11,7 @@ from typing import Any
 from transformers import PreTrainedTokenizerBase
 
 from tuneforge.data.formats import FORMAT_CONVERSATION, FORMAT_PROMPT_COMPLETION
-from tuneforge.model.prompts import bos_ids, conversation_pieces, encode_prompt, has_chat_template
+from tuneforge.model.prompts import ChatTemplateError, bos_ids, conversation_pieces, encode_prompt, has_chat_template
 
 IGNORE_INDEX = -100
 """Label value the loss skips (PyTorch's and transformers' convention)."""
@@ -94,6 +94,8 @@ def encode_file(path: Path, tokenizer: PreTrainedTokenizerBase, max_length: int)
     for line_number, record in enumerate(read_jsonl(path), start=1):
         try:
             examples.append(encode_record(record, tokenizer, max_length))
+        except ChatTemplateError as exc:
+            raise ChatTemplateError(f"{path.name} line {line_number}: {exc}") from exc
         except (ValueError, KeyError) as exc:
             raise ValueError(f"{path.name} line {line_number}: {exc}") from exc
     return examples
