@@ -1,12 +1,14 @@
 """Train/serve prompt parity per chat template, the loss mask per template, and stopping at the end of turn.
 
 Every model folder of :mod:`tests.model_folders` (Llama 3, Mistral, Gemma, ChatML with a default
-system prompt), a built-in model (no chat template: the plain one) and SmolLM2 (ChatML, real BPE).
+system prompt), a built-in model (no chat template: the plain one) and SmolLM2 (ChatML, real BPE);
+then the fine-tuning recipe on them: the data format a model remembers, and the job log.
 """
 
 from __future__ import annotations
 
 import json
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -14,12 +16,19 @@ import pytest
 import torch
 
 from tests.model_folders import STYLES, build_model_folder, build_tokenizer, smollm2_folder
-from tuneforge.catalog.models import FoundationModel
+from tuneforge.catalog.hyperparameters import fine_tuning_specs, resolve
+from tuneforge.catalog.models import FoundationModel, TokenLimits
 from tuneforge.data.formats import FORMAT_CONVERSATION, FORMAT_PROMPT_COMPLETION
+from tuneforge.data.from_logs import conversation_from_log
+from tuneforge.data.tasks import write_jsonl
 from tuneforge.engine.batching import ContinuousBatcher, Sequence
 from tuneforge.model.builtin import ensure_builtin
-from tuneforge.model.loading import load_model_and_tokenizer
-from tuneforge.model.prompts import conversation_pieces, end_of_turn_ids
+from tuneforge.model.folders import load_for_inference, trained_format
+from tuneforge.model.loading import load_model_and_tokenizer, save_tokenizer
+from tuneforge.model.prompts import conversation_pieces, end_of_turn_ids, serving_prompt
+from tuneforge.recipes import get_recipe
+from tuneforge.recipes.base import RecipeFailed, RecipeInputs
+from tuneforge.recipes.distillation import read_prompts
 from tuneforge.recipes.tokenising import IGNORE_INDEX, encode_record
 from tuneforge.serving.protocol import GenerationRequest
 
@@ -206,12 +215,6 @@ TICKETS = {
 
 
 def fine_tune(folder: Path, records: list[dict[str, Any]], root: Path) -> tuple[Path, list[str]]:
-    from tuneforge.catalog.hyperparameters import fine_tuning_specs, resolve
-    from tuneforge.catalog.models import TokenLimits
-    from tuneforge.data.tasks import write_jsonl
-    from tuneforge.recipes import get_recipe
-    from tuneforge.recipes.base import RecipeInputs
-
     messages: list[str] = []
 
     class Reporter:
@@ -251,8 +254,6 @@ def fine_tune(folder: Path, records: list[dict[str, Any]], root: Path) -> tuple[
 
 
 def answer(model_dir: Path, models_dir: Path, **request: Any) -> str:
-    from tuneforge.model.folders import load_for_inference, trained_format
-
     batcher = ContinuousBatcher(*load_for_inference(model_dir, models_dir), trained_format=trained_format(model_dir))
     events: list[dict[str, Any]] = []
     generation = GenerationRequest(max_tokens=16, **request)
@@ -298,9 +299,6 @@ def test_conversations_without_a_chat_template_train_through_the_plain_one_and_t
 def test_a_job_on_a_template_that_rewrites_earlier_turns_fails_naming_the_line_and_the_reason(
     tmp_path: Path,
 ) -> None:
-    from tuneforge.model.loading import save_tokenizer
-    from tuneforge.recipes.base import RecipeFailed
-
     folder = build_model_folder("chatml", tmp_path / "rewriting")
     tokenizer = build_tokenizer("chatml")
     tokenizer.chat_template = "{{ messages | length }} turns\n" + str(tokenizer.chat_template)
@@ -308,3 +306,21 @@ def test_a_job_on_a_template_that_rewrites_earlier_turns_fails_naming_the_line_a
     records = [{"messages": [user(ticket), assistant(label)]} for ticket, label in TICKETS.items()]
     with pytest.raises(RecipeFailed, match=r"train\.jsonl line 1: the model's chat template is not prefix-stable"):
         fine_tune(folder, records, tmp_path)
+
+
+@pytest.mark.parametrize("style", list(STYLES))
+def test_distillation_prompts_from_invocation_logs_are_rendered_as_the_logged_call_was_served(style: str) -> None:
+    """A logged Converse call becomes a distillation record whose teacher prompt and student training
+    prefix are the very ids the engine built for the call."""
+
+    tokenizer = build_tokenizer(style)
+    body = {"system": SYSTEM, "messages": [user("hi there"), assistant("hello"), user("bye now")]}
+    logged = {"input": {"inputBodyJson": body}, "tuneforge": {"completion": "goodbye"}}
+    record = conversation_from_log(logged, use_prompt_response=True)
+    assert record is not None
+    served = serving_prompt(tokenizer, conversation=body).ids
+    with tempfile.TemporaryDirectory() as folder:
+        (prompt,) = read_prompts(write_jsonl(Path(folder) / "logs.jsonl", [record]))
+    assert prompt.ids(tokenizer) == served
+    prompt.response = prompt.golden
+    assert prompt.example(tokenizer, 1024).input_ids[: len(served)] == served
