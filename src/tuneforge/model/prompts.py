@@ -20,8 +20,9 @@ prompt is a prefix of the training sequence by construction, not by luck of toke
 assistant's answer, then with the next user turn and the generation prompt, and so on. Each
 rendering must extend the previous one (the template is *prefix-stable*); a template that rewrites
 earlier turns (one that drops past reasoning, say) cannot be trained turn by turn and is refused
-with a :class:`ChatTemplateError` that says so. An assistant piece is what its answer added to the text: the answer
-and the template's end-of-turn marker (``<|im_end|>``, ``<|eot_id|>``, ``<end_of_turn>``, ``</s>``).
+with a :class:`ChatTemplateError` that says so. An assistant piece is what its answer added to the
+text: the answer and the template's end-of-turn marker (``<|im_end|>``, ``<|eot_id|>``,
+``<end_of_turn>``, ``</s>``).
 The loss covers it up to its last non-whitespace character: the whitespace a template writes
 between turns (ChatML's and Gemma's newline after the marker) is the next turn's business and is
 not trained. The template writes ``<bos>`` itself when the family uses one, so nothing is added.
@@ -218,7 +219,10 @@ def end_of_turn_ids(tokenizer: PreTrainedTokenizerBase) -> set[int]:
     probe = {
         "messages": [{"role": "user", "content": [{"text": "Hi"}]}, {"role": "assistant", "content": [{"text": "Yes"}]}]
     }
-    trained = [piece for piece in conversation_pieces(tokenizer, probe) if piece.trained]
+    try:
+        trained = [piece for piece in conversation_pieces(tokenizer, probe) if piece.trained]
+    except ChatTemplateError:  # a template this odd is refused per request, with its reason
+        return set()
     special = set(tokenizer.all_special_ids) | set(getattr(tokenizer, "added_tokens_decoder", {}))
     last = trained[-1].ids[-1:] if trained and trained[-1].ids else []
     return {token for token in last if token in special}
