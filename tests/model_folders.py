@@ -18,6 +18,7 @@ SmolLM2 (ChatML with its own default system prompt) comes from :func:`smollm2_fo
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -58,35 +59,49 @@ CHATML_TEMPLATE = (
     "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
 )
 
-STYLES: dict[str, dict[str, object]] = {
-    "llama3": {
-        "template": LLAMA3_TEMPLATE,
-        "special": ["<|begin_of_text|>", "<|end_of_text|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"],
-        "tokens": {"bos_token": "<|begin_of_text|>", "eos_token": "<|end_of_text|>"},
-        "generation_eos": ["<|end_of_text|>", "<|eot_id|>"],
-        "end_of_turn": "<|eot_id|>",
-    },
-    "mistral": {
-        "template": MISTRAL_TEMPLATE,
-        "special": ["<unk>", "<s>", "</s>"],
-        "tokens": {"bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>"},
-        "generation_eos": ["</s>"],
-        "end_of_turn": "</s>",
-    },
-    "gemma": {
-        "template": GEMMA_TEMPLATE,
-        "special": ["<pad>", "<eos>", "<bos>", "<unk>", "<start_of_turn>", "<end_of_turn>"],
-        "tokens": {"bos_token": "<bos>", "eos_token": "<eos>", "pad_token": "<pad>", "unk_token": "<unk>"},
-        "generation_eos": ["<eos>"],
-        "end_of_turn": "<end_of_turn>",
-    },
-    "chatml": {
-        "template": CHATML_TEMPLATE,
-        "special": ["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
-        "tokens": {"eos_token": "<|im_end|>", "pad_token": "<|endoftext|>"},
-        "generation_eos": ["<|im_end|>", "<|endoftext|>"],
-        "end_of_turn": "<|im_end|>",
-    },
+
+@dataclass(frozen=True)
+class Style:
+    template: str
+    special: tuple[str, ...]
+    """Added as special tokens, in this order (the first get the lowest ids)."""
+    tokens: dict[str, str]
+    """``bos_token``, ``eos_token``, ... for the tokenizer."""
+    generation_eos: tuple[str, ...]
+    """What generation_config.json lists as ``eos_token_id``."""
+    end_of_turn: str
+    """The token the template closes an assistant turn with."""
+
+
+STYLES = {
+    "llama3": Style(
+        LLAMA3_TEMPLATE,
+        ("<|begin_of_text|>", "<|end_of_text|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"),
+        {"bos_token": "<|begin_of_text|>", "eos_token": "<|end_of_text|>"},
+        ("<|end_of_text|>", "<|eot_id|>"),
+        "<|eot_id|>",
+    ),
+    "mistral": Style(
+        MISTRAL_TEMPLATE,
+        ("<unk>", "<s>", "</s>"),
+        {"bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>"},
+        ("</s>",),
+        "</s>",
+    ),
+    "gemma": Style(
+        GEMMA_TEMPLATE,
+        ("<pad>", "<eos>", "<bos>", "<unk>", "<start_of_turn>", "<end_of_turn>"),
+        {"bos_token": "<bos>", "eos_token": "<eos>", "pad_token": "<pad>", "unk_token": "<unk>"},
+        ("<eos>",),
+        "<end_of_turn>",
+    ),
+    "chatml": Style(
+        CHATML_TEMPLATE,
+        ("<|endoftext|>", "<|im_start|>", "<|im_end|>"),
+        {"eos_token": "<|im_end|>", "pad_token": "<|endoftext|>"},
+        ("<|im_end|>", "<|endoftext|>"),
+        "<|im_end|>",
+    ),
 }
 
 CORPUS = [
@@ -102,13 +117,12 @@ def build_tokenizer(style: str) -> PreTrainedTokenizerFast:
     """A byte-level BPE (GPT-2 pre-tokenization, merges learnt from :data:`CORPUS`) with the style's
     special tokens and chat template."""
     spec = STYLES[style]
-    special = list(spec["special"])  # type: ignore[call-overload]
     tokenizer = Tokenizer(models.BPE())
     tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tokenizer.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=420,
-        special_tokens=special,
+        special_tokens=list(spec.special),
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
@@ -117,17 +131,16 @@ def build_tokenizer(style: str) -> PreTrainedTokenizerFast:
         tokenizer_object=tokenizer,
         clean_up_tokenization_spaces=False,
         model_max_length=512,
-        **spec["tokens"],  # type: ignore[arg-type]
+        **spec.tokens,
     )
-    fast.chat_template = str(spec["template"])
+    fast.chat_template = spec.template
     return fast
 
 
 def build_model_folder(style: str, dest: Path) -> Path:
     """Write a tiny random model of ``style`` (a key of :data:`STYLES`) with its tokenizer to ``dest``."""
     tokenizer = build_tokenizer(style)
-    spec = STYLES[style]
-    eos = [tokenizer.convert_tokens_to_ids(token) for token in spec["generation_eos"]]  # type: ignore[attr-defined]
+    eos = [tokenizer.convert_tokens_to_ids(token) for token in STYLES[style].generation_eos]
     config = LlamaConfig(
         vocab_size=len(tokenizer),
         hidden_size=32,

@@ -33,7 +33,7 @@ from tuneforge.recipes.tokenising import IGNORE_INDEX, encode_record
 from tuneforge.serving.protocol import GenerationRequest
 
 FOLDERS = (*STYLES, "forge-micro", "smollm2")
-END_OF_TURN = {**{style: str(spec["end_of_turn"]) for style, spec in STYLES.items()}, "smollm2": "<|im_end|>"}
+END_OF_TURN = {**{name: style.end_of_turn for name, style in STYLES.items()}, "smollm2": "<|im_end|>"}
 
 
 def user(text: str) -> dict[str, Any]:
