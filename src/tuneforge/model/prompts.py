@@ -228,22 +228,18 @@ def end_of_turn_ids(tokenizer: PreTrainedTokenizerBase) -> set[int]:
     return {token for token in last if token in special}
 
 
-def render_prompt(
-    record_or_messages: Mapping[str, Any] | Sequence[Mapping[str, Any]],
-    tokenizer: PreTrainedTokenizerBase | None = None,
-) -> str:
-    """The text a model continues to answer, as :func:`prompt_ids` renders it (for display and logs).
+def render_prompt(record_or_messages: Mapping[str, Any] | Sequence[Mapping[str, Any]]) -> str:
+    """The prompt's text in the plain template: what a model without a chat template continues.
 
+    For a model with one, :func:`prompt_ids` and :func:`serving_prompt` give what it is fed; this
+    text stays a readable, model-independent rendering (distillation keys its prompts by it).
     Accepts a prompt/completion record (returns its prompt), a conversation record or a Converse
     request body (``{"system": [...], "messages": [...]}``), or a bare list of messages. A trailing
-    assistant message is treated as the expected answer and left out. Without a ``tokenizer`` the
-    plain template is used (the built-in models have no chat template).
+    assistant message is treated as the expected answer and left out.
     """
     if isinstance(record_or_messages, Mapping) and "prompt" in record_or_messages:
         return str(record_or_messages["prompt"])
     conversation = _without_answer(_as_conversation(record_or_messages))
-    if tokenizer is not None and has_chat_template(tokenizer):
-        return "".join(piece.text for piece in conversation_pieces(tokenizer, conversation))
     messages = [{"role": str(m["role"]), "content": _text(m["content"])} for m in conversation["messages"]]
     return "".join(text for text, _ in _plain_segments(_text(conversation.get("system") or []), messages))
 
