@@ -243,10 +243,10 @@ def test_top_k_one_is_greedy_even_when_sampling(model_and_tokenizer: tuple[Any, 
     assert sampled.generated == greedy.generated
 
 
-def test_a_final_assistant_message_is_continued_not_repeated() -> None:
-    from tuneforge.engine.server import render
+def test_a_final_assistant_message_is_continued_not_repeated(model_and_tokenizer: tuple[Any, Any]) -> None:
     from tuneforge.model.prompts import render_prompt
 
+    batcher = ContinuousBatcher(*model_and_tokenizer)
     conversation = {
         "system": [],
         "messages": [
@@ -254,11 +254,14 @@ def test_a_final_assistant_message_is_continued_not_repeated() -> None:
             {"role": "assistant", "content": [{"text": "The answer is"}]},
         ],
     }
-    prompt, strip = render(GenerationRequest(max_tokens=4, conversation=conversation))
-    assert prompt == render_prompt(conversation) + " The answer is" == "User: Say it\nAssistant: The answer is"
-    assert strip is False
-    plain = {"system": [], "messages": conversation["messages"][:1]}
-    assert render(GenerationRequest(max_tokens=4, conversation=plain)) == ("User: Say it\nAssistant:", True)
+    rendered = batcher.render(GenerationRequest(max_tokens=4, conversation=conversation))
+    assert rendered.text == render_prompt(conversation) + " The answer is" == "User: Say it\nAssistant: The answer is"
+    assert rendered.ids == batcher.tokenize(rendered.text, 4)
+    assert rendered.strip_leading_space is False
+    plain = batcher.render(
+        GenerationRequest(max_tokens=4, conversation={"system": [], "messages": conversation["messages"][:1]})
+    )
+    assert (plain.text, plain.strip_leading_space) == ("User: Say it\nAssistant:", True)
 
 
 def test_logit_bias_and_penalties_steer_greedy_decoding(model_and_tokenizer: tuple[Any, Any]) -> None:

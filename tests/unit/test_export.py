@@ -19,6 +19,7 @@ from transformers import AutoModelForCausalLM, PreTrainedTokenizerFast
 
 from tuneforge.catalog.hyperparameters import fine_tuning_specs, resolve
 from tuneforge.catalog.models import BUILTIN_MODELS
+from tuneforge.data.formats import FORMAT_PROMPT_COMPLETION
 from tuneforge.model.builtin import ensure_builtin
 from tuneforge.model.export import BaseModel, ExportError, export_model
 from tuneforge.model.folders import load_for_inference, read_manifest
@@ -70,7 +71,7 @@ def saved(models_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
         checkpoint_dir=root / "checkpoints",
         hyperparameters=resolve(fine_tuning_specs(), {"saveMergedModel": "true"}),
     )
-    save_trained_model(peft_model, tokenizer, inputs, full=False)
+    save_trained_model(peft_model, tokenizer, inputs, full=False, data_format=FORMAT_PROMPT_COMPLETION)
     return inputs.model_dir
 
 

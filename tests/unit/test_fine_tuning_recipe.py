@@ -194,6 +194,7 @@ def test_adapter_and_merged_model_are_saved_with_manifest(trained: TrainedJob) -
         "format": "adapter",
         "adapter_dir": "adapter",
         "merged_dir": "merged",
+        "data_format": "prompt-completion",
     }
 
 

@@ -24,6 +24,7 @@ from tuneforge.jobs.layout import output_artifacts
 from tuneforge.model.builtin import ensure_builtin
 from tuneforge.model.folders import load_for_inference
 from tuneforge.model.loading import load_tokenizer
+from tuneforge.model.prompts import encode_prompt
 from tuneforge.recipes.base import RecipeInputs, TeacherInputs
 from tuneforge.recipes.distillation import DistillationRecipe, distillation_loss, prompt_insights, teacher_answers
 from tuneforge.recipes.tokenising import IGNORE_INDEX, chunk_document, encode_documents, loss_token_count
@@ -215,9 +216,12 @@ class RecordingReporter:
 def scripted_teacher(answers: dict[str, Completion]) -> Any:
     """Stands in for :func:`complete`: the teacher's answer to each user text, or "fine" if unlisted."""
 
-    def complete(model: Any, tokenizer: Any, prompts: list[str], max_new_tokens: int, **_: Any) -> list[Completion]:
+    def complete(
+        model: Any, tokenizer: Any, prompts: list[list[int]], max_new_tokens: int, **_: Any
+    ) -> list[Completion]:
         assert max_new_tokens == 8
-        return [answers.get(p.split("User: ", 1)[1].split("\n")[0], Completion(" fine", True, 2)) for p in prompts]
+        texts = [tokenizer.decode(p, skip_special_tokens=True) for p in prompts]
+        return [answers.get(t.split("User: ", 1)[1].split("\n")[0], Completion(" fine", True, 2)) for t in texts]
 
     return complete
 
@@ -246,7 +250,7 @@ def process(
     )
     reporter = RecordingReporter()
     tokenizer = load_tokenizer(inputs.base_model_dir)
-    return DistillationRecipe()._process(inputs, None, tokenizer, 512, reporter), reporter
+    return DistillationRecipe()._process(inputs, (None, tokenizer, None), tokenizer, 512, reporter), reporter
 
 
 @pytest.fixture
@@ -313,7 +317,8 @@ def test_batched_teacher_answers_equal_one_at_a_time_greedy_answers(tmp_path: Pa
     teacher, tokenizer = load_for_inference(ensure_builtin("forge-micro", tmp_path), tmp_path)
     texts = [f"User: {'word ' * n}question {n}\nAssistant:" for n in (0, 11, 3, 25, 7, 1, 18)]
     progress: list[int] = []
-    batched = teacher_answers(teacher, tokenizer, texts, 12, batch_size=3, progress=progress.append)
+    prompts = [encode_prompt(tokenizer, text) for text in texts]
+    batched = teacher_answers(teacher, tokenizer, prompts, 12, batch_size=3, progress=progress.append)
     alone = [complete(teacher, tokenizer, [text], 12)[0] for text in texts]
     assert batched == alone
     assert progress == [3, 6, 7]

@@ -44,7 +44,7 @@ from transformers import DynamicCache, PreTrainedTokenizerBase
 from transformers.cache_utils import DynamicLayer
 
 from tuneforge.engine.constrained import Grammars, Matcher
-from tuneforge.model.prompts import encode_prompt
+from tuneforge.model.prompts import RenderedPrompt, encode_prompt, end_of_turn_ids, serving_prompt
 from tuneforge.serving.protocol import GenerationRequest, StopReason
 
 log = logging.getLogger(__name__)
@@ -61,8 +61,8 @@ class Sequence:
     prompt_ids: list[int]
     sink: Sink
     strip_leading_space: bool = False
-    """Conversation templates end with ``Assistant:`` and train answers as `` <text>``: that one
-    space belongs to the template, not to the answer."""
+    """The plain template ends with ``Assistant:`` and trains answers as `` <text>``: that one
+    space belongs to the template, not to the answer (:class:`RenderedPrompt`)."""
     generated: list[int] = field(default_factory=list)
     emitted_chars: int = 0
     accepted_at: float = field(default_factory=time.monotonic)
@@ -85,12 +85,21 @@ class Sequence:
 class ContinuousBatcher:
     """Owns the model and the running batch; :meth:`run` is the engine's generation loop."""
 
-    def __init__(self, model: Any, tokenizer: PreTrainedTokenizerBase, max_batch: int = 16) -> None:
+    def __init__(
+        self,
+        model: Any,
+        tokenizer: PreTrainedTokenizerBase,
+        max_batch: int = 16,
+        *,
+        trained_format: str | None = None,
+    ) -> None:
         self.model = model
         self.tokenizer = tokenizer
         self.max_batch = max_batch
+        self.trained_format = trained_format
+        """The data format a custom model was trained on (:func:`tuneforge.model.folders.trained_format`)."""
         self.context = int(getattr(model.config, "max_position_embeddings", 2048))
-        self.eos_ids = _eos_ids(model, tokenizer)
+        self.eos_ids = stop_token_ids(model, tokenizer)
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         self.device = next(model.parameters()).device
         """Where the model's weights are: batches and cache indices are built there."""
@@ -105,16 +114,32 @@ class ContinuousBatcher:
 
     # -- submission (any thread) ----------------------------------------------------------------
 
+    def render(self, request: GenerationRequest) -> RenderedPrompt:
+        """The request's prompt as the model was trained to see it (:func:`serving_prompt`); ValueError
+        when the chat template refuses the conversation or the prompt plus ``max_tokens`` exceed the context."""
+        with self._tokenizer_lock:
+            rendered = serving_prompt(
+                self.tokenizer,
+                prompt=request.prompt,
+                conversation=request.conversation,
+                trained_format=self.trained_format,
+            )
+        self._check_context(rendered.ids, request.max_tokens)
+        return rendered
+
     def tokenize(self, prompt: str, max_tokens: int) -> list[int]:
-        """Prompt token ids, or ValueError when prompt plus ``max_tokens`` exceed the context."""
+        """A raw prompt's token ids, or ValueError when prompt plus ``max_tokens`` exceed the context."""
         with self._tokenizer_lock:
             ids = encode_prompt(self.tokenizer, prompt)
+        self._check_context(ids, max_tokens)
+        return ids
+
+    def _check_context(self, ids: list[int], max_tokens: int) -> None:
         if len(ids) + max_tokens > self.context:
             raise ValueError(
                 f"Input is too long for requested model: {len(ids)} prompt tokens plus {max_tokens} "
                 f"max tokens exceed the model's context of {self.context} tokens"
             )
-        return ids
 
     def check_logit_bias(self, logit_bias: dict[int, float] | None) -> None:
         """ValueError for a token id outside the model's vocabulary."""
@@ -469,8 +494,11 @@ def _bytes_to_unicode() -> dict[int, str]:
     return table
 
 
-def _eos_ids(model: Any, tokenizer: PreTrainedTokenizerBase) -> set[int]:
-    ids: set[int] = set()
+def stop_token_ids(model: Any, tokenizer: PreTrainedTokenizerBase) -> set[int]:
+    """Every token that ends an answer: the model's ``eos_token_id`` (generation config and config,
+    an int or a list, as Llama 3 lists ``<|eot_id|>`` there), the tokenizer's ``<eos>``, and the
+    chat template's end-of-turn token (:func:`end_of_turn_ids`). None of them is ever returned as text."""
+    ids = end_of_turn_ids(tokenizer)
     for source in (getattr(model, "generation_config", None), model.config):
         value = getattr(source, "eos_token_id", None)
         if isinstance(value, int):

@@ -1,8 +1,10 @@
 """Load a custom or base model for inference and generate greedily: simple and correct first.
 
 Serving engines and the recipe tests share this path, so a model is evaluated exactly as it will be
-served: prompts are rendered by :func:`tuneforge.model.prompts.render_prompt` and encoded by
-:func:`tuneforge.model.prompts.encode_prompt`, the same functions training used.
+served: records become prompt ids through :func:`tuneforge.model.prompts.prompt_ids` (the model's
+chat template or the plain one, for conversations) and raw prompts through
+:func:`tuneforge.model.prompts.encode_prompt`, the same functions training used; generation stops
+at the same tokens as the engine's (:func:`tuneforge.engine.batching.stop_token_ids`).
 """
 
 from __future__ import annotations
@@ -16,7 +18,8 @@ from typing import Any
 import torch
 from transformers import GenerationConfig, PreTrainedTokenizerBase
 
-from tuneforge.model.prompts import encode_prompt, expected_answer, render_prompt
+from tuneforge.engine.batching import stop_token_ids
+from tuneforge.model.prompts import encode_prompt, expected_answer, prompt_ids
 
 
 @dataclass(frozen=True)
@@ -33,13 +36,13 @@ class Completion:
 def complete(
     model: Any,
     tokenizer: PreTrainedTokenizerBase,
-    prompts: Sequence[str],
+    prompts: Sequence[str | list[int]],
     max_new_tokens: int,
     *,
     stop_at_newline: bool = False,
     min_new_tokens: int = 0,
 ) -> list[Completion]:
-    """Greedy continuations of ``prompts``, batched with left padding.
+    """Greedy continuations of ``prompts`` (raw text, or token ids already rendered), batched with left padding.
 
     Left padding keeps every prompt's last token in the last column, where generation continues;
     the attention mask hides the padding and ``generate`` derives position ids from it, so a
@@ -49,13 +52,14 @@ def complete(
     """
     if not prompts:
         return []
-    encoded = [{"input_ids": encode_prompt(tokenizer, prompt)} for prompt in prompts]
+    encoded = [{"input_ids": encode_prompt(tokenizer, p) if isinstance(p, str) else p} for p in prompts]
     batch = tokenizer.pad(encoded, padding_side="left", return_tensors="pt")
+    stops = sorted(stop_token_ids(model, tokenizer))
     config = GenerationConfig(  # type: ignore[no-untyped-call]
         max_new_tokens=max_new_tokens,
         min_new_tokens=min_new_tokens,
         do_sample=False,
-        eos_token_id=tokenizer.eos_token_id,
+        eos_token_id=stops or None,
         pad_token_id=tokenizer.pad_token_id,
         stop_strings=["\n"] if stop_at_newline else None,
     )
@@ -65,11 +69,12 @@ def complete(
         generation_config=config,
         tokenizer=tokenizer,
     )
-    eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
+    pad = tokenizer.pad_token_id
     completions = []
     for row in output[:, batch["input_ids"].shape[1] :].tolist():
-        if eos in row:
-            ids, tokens, ended = row[: row.index(eos)], row.index(eos) + 1, True
+        end = next((at for at, token in enumerate(row) if token in stops), None)
+        if end is not None:
+            ids, tokens, ended = row[:end], end + 1, True
         else:
             ids = row
             while ids and ids[-1] == pad:  # padding after a sequence a stop string ended
@@ -100,7 +105,7 @@ def length_sorted_batches(lengths: Sequence[int], batch_size: int) -> list[list[
 def generate(
     model: Any,
     tokenizer: PreTrainedTokenizerBase,
-    prompts: list[str],
+    prompts: Sequence[str | list[int]],
     max_new_tokens: int,
     stop_at_newline: bool = False,
 ) -> list[str]:
@@ -120,7 +125,11 @@ class GenerationSpeed:
 
 
 def measure_generation_speed(
-    model: Any, tokenizer: PreTrainedTokenizerBase, prompts: Sequence[str], new_tokens: int, repeats: int = 3
+    model: Any,
+    tokenizer: PreTrainedTokenizerBase,
+    prompts: Sequence[str | list[int]],
+    new_tokens: int,
+    repeats: int = 3,
 ) -> GenerationSpeed:
     """Greedy output tokens per second on this machine, for one batch of ``prompts``.
 
@@ -165,7 +174,7 @@ def exact_match_accuracy(
         outputs = generate(
             model,
             tokenizer,
-            [render_prompt(record) for record in chunk],
+            [prompt_ids(tokenizer, record) for record in chunk],
             max_new_tokens=longest + 4,
             stop_at_newline=True,
         )

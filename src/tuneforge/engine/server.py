@@ -1,7 +1,9 @@
 """One model replica in its own process: ``python -m tuneforge.engine.server --source S --socket P --status F``.
 
 The engine loads the model once (a custom model is its base with the LoRA adapter merged in at
-load time, see :func:`tuneforge.engine.generation.load_for_inference`), runs the continuous-batching
+load time, see :func:`tuneforge.model.folders.load_for_inference`), renders each request's prompt
+as the model was trained to see it (:func:`tuneforge.model.prompts.serving_prompt`: its chat
+template, or the bare prompt for a model trained on prompt/completion records), runs the continuous-batching
 loop (:mod:`tuneforge.engine.batching`) in one thread, and answers the API process on a Unix socket
 (:mod:`tuneforge.serving.protocol`), one thread per connection.
 
@@ -28,8 +30,7 @@ import torch
 
 from tuneforge.engine.batching import ContinuousBatcher, Event, Sequence
 from tuneforge.model.builtin import ensure_builtin
-from tuneforge.model.folders import BUILTIN_SOURCE_PREFIX, load_for_inference
-from tuneforge.model.prompts import render_prompt
+from tuneforge.model.folders import BUILTIN_SOURCE_PREFIX, load_for_inference, trained_format
 from tuneforge.serving.protocol import GenerationRequest
 from tuneforge.settings import Settings
 
@@ -52,23 +53,6 @@ def model_folder(source: str, settings: Settings) -> Path:
     if not folder.is_dir():
         raise FileNotFoundError(f"model folder {source} does not exist")
     return folder
-
-
-def render(request: GenerationRequest) -> tuple[str, bool]:
-    """The prompt text, and whether the answer's leading space belongs to the template.
-
-    A conversation ending with an assistant message is a prefill: the prompt ends with that partial
-    answer, rendered as training renders an answer (`` <text>``) but without its end of turn, so the
-    model continues it and only the continuation is returned.
-    """
-    if request.conversation is None:
-        assert request.prompt is not None
-        return request.prompt, False
-    messages = request.conversation["messages"]
-    if messages[-1]["role"] != "assistant":
-        return render_prompt(request.conversation), True
-    prefill = "".join(block["text"] for block in messages[-1]["content"])
-    return render_prompt(request.conversation) + " " + prefill, False
 
 
 def warm_up(batcher: ContinuousBatcher) -> None:
@@ -98,8 +82,7 @@ class Connection:
                 return
             try:
                 request = GenerationRequest.from_json(json.loads(line))
-                prompt, strip_leading_space = render(request)
-                prompt_ids = self.batcher.tokenize(prompt, request.max_tokens)
+                rendered = self.batcher.render(request)
                 matcher = self.batcher.matcher(request.response_format)
                 self.batcher.check_logit_bias(request.logit_bias)
             except (ValueError, KeyError, TypeError) as exc:
@@ -107,10 +90,10 @@ class Connection:
                 return
             events: queue.SimpleQueue[Event] = queue.SimpleQueue()
             sequence = Sequence(
-                request, prompt_ids, events.put, strip_leading_space=strip_leading_space, matcher=matcher
+                request, rendered.ids, events.put, strip_leading_space=rendered.strip_leading_space, matcher=matcher
             )
             try:
-                self.send({"event": "start", "input_tokens": len(prompt_ids), "prompt": prompt})
+                self.send({"event": "start", "input_tokens": len(rendered.ids), "prompt": rendered.text})
                 self.batcher.submit(sequence)
                 pending: Event | None = None
                 while True:
@@ -157,8 +140,11 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(settings.engine_threads or max(1, (os.cpu_count() or 2) // 2))
     started = time.monotonic()
     try:
-        model, tokenizer = load_for_inference(model_folder(args.source, settings), settings.models_dir)
-        batcher = ContinuousBatcher(model, tokenizer, max_batch=settings.engine_max_batch)
+        folder = model_folder(args.source, settings)
+        model, tokenizer = load_for_inference(folder, settings.models_dir)
+        batcher = ContinuousBatcher(
+            model, tokenizer, max_batch=settings.engine_max_batch, trained_format=trained_format(folder)
+        )
         warm_up(batcher)
         args.socket.unlink(missing_ok=True)
         server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)

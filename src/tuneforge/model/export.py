@@ -108,11 +108,14 @@ def write_merged_readme(folder: Path, base: BaseModel) -> None:
 _PROMPTS = """\
 ## Prompts
 
-tuneforge feeds a model `<bos>` followed by the prompt's tokens (the built-in tokenizer adds `<bos>`
-itself; `tokenizer(prompt)` does the same), and renders a chat as `User: {text}\\nAssistant:`, after
-`System: {text}\\n` when there is a system prompt. Greedy decoding up to `<eos>` then gives what the
-tuneforge server answers for the same prompt at temperature 0 (`InvokeModel` continues the prompt as
-given; `Converse` renders the chat first).
+tuneforge feeds a model `<bos>` followed by the prompt's tokens when its tokenizer starts encodings
+with `<bos>` (`tokenizer(prompt)` does the same). It renders a chat with the model's chat template
+when the tokenizer has one (`tokenizer.apply_chat_template(messages, add_generation_prompt=True)`),
+else as `User: {text}\\nAssistant:`, after `System: {text}\\n` when there is a system prompt.
+Greedy decoding up to `<eos>` (or the template's end-of-turn token) then gives what the tuneforge
+server answers for the same prompt at temperature 0 (`InvokeModel` continues the prompt as given;
+`Converse` renders the chat first, and gives a model fine-tuned on prompt/completion records a
+single-turn chat as its bare prompt).
 
 ```python
 inputs = tokenizer("User: my invoice is wrong\\nAssistant:", return_tensors="pt")

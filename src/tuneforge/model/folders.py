@@ -26,7 +26,14 @@ MODEL_MANIFEST = "tuneforge-model.json"
 
 
 def save_model(
-    model: Any, tokenizer: Any, model_dir: Path, base_model: FoundationModel, *, full: bool, save_merged: bool
+    model: Any,
+    tokenizer: Any,
+    model_dir: Path,
+    base_model: FoundationModel,
+    *,
+    full: bool,
+    save_merged: bool,
+    data_format: str | None = None,
 ) -> dict[str, str]:
     """Write a trained model to ``model_dir``; return artifact name -> path relative to it.
 
@@ -34,8 +41,10 @@ def save_model(
       few MB that load on top of the base model.
     - ``merged/``: a complete HF model with the adapter folded into the weights, written when
       ``saveMergedModel`` is true, and always for full training (then it is the only copy).
-    - ``tuneforge-model.json``: which of the two exists and which base model the adapter belongs
-      to, read by :func:`load_for_inference`.
+    - ``tuneforge-model.json``: which of the two exists, which base model the adapter belongs
+      to (read by :func:`load_for_inference`), and ``data_format``, the format of the data it was
+      trained on (:mod:`tuneforge.data.formats`; read by :func:`trained_format`), so it is served as
+      it was trained (:func:`tuneforge.model.prompts.serving_prompt`).
 
     Both folders are portable (:mod:`tuneforge.model.export`): a tokenizer class transformers 4.x
     loads, the base named by its catalog id rather than a local path, and a README saying how to load
@@ -60,6 +69,7 @@ def save_model(
         "format": "full" if full else "adapter",
         "adapter_dir": adapter_dir,
         "merged_dir": merged_dir,
+        "data_format": data_format,
     }
     (model_dir / MODEL_MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
     artifacts = {"manifest": MODEL_MANIFEST}
@@ -77,6 +87,12 @@ def read_manifest(model_dir: Path) -> dict[str, Any] | None:
         return None
     manifest: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
     return manifest
+
+
+def trained_format(model_dir: Path) -> str | None:
+    """The data format a custom model was trained on; None for a plain HF folder or an older manifest."""
+    manifest = read_manifest(model_dir)
+    return None if manifest is None else manifest.get("data_format")
 
 
 BUILTIN_SOURCE_PREFIX = "builtin:"

@@ -17,6 +17,7 @@ import math
 import torch
 
 from tuneforge.catalog.models import CONTINUED_PRE_TRAINING
+from tuneforge.data.formats import FORMAT_PRETRAINING
 from tuneforge.model.loading import load_model_and_tokenizer
 from tuneforge.recipes.base import JobReporter, RecipeInputs, RecipeResult
 from tuneforge.recipes.loop import TrainingConfig, mean_token_loss, prepare_for_training, record_validation, train
@@ -73,7 +74,8 @@ class ContinuedPretrainingRecipe:
         reporter.stage("training", "Completed")
 
         # Save.
-        artifacts.update(save_trained_model(model, tokenizer, inputs, full=hp["trainingMethod"] == "full"))
+        full = hp["trainingMethod"] == "full"
+        artifacts.update(save_trained_model(model, tokenizer, inputs, full=full, data_format=FORMAT_PRETRAINING))
         return RecipeResult(
             training_loss=outcome.final_loss,
             validation_losses=validation_losses,

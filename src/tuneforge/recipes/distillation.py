@@ -10,13 +10,17 @@ Read top to bottom:
    rejected, with its reason, when it repeats an earlier prompt, when it leaves no room for an
    answer within the student's sequence limit, when the teacher's answer is empty, or when prompt
    and answer together pass the limit. Written: a sample of the synthetic training data and the
-   prompt-insights report.
+   prompt-insights report. Each model sees a prompt as it is served
+   (:func:`tuneforge.model.prompts.serving_prompt`): the teacher through its chat template, or as the
+   bare prompt when it was fine-tuned on prompt/completion records; the student's training sequences
+   are rendered as a conversation fine-tune renders them (its chat template, or the plain one).
 
    **Truncated answers.** An answer that does not end within ``maxResponseLengthForInference``
    tokens is kept as capped, as Bedrock keeps it, and counted in the insights
-   (``truncatedResponses``). Its end-of-sequence token gets no loss, so the student learns the
-   answer's words without learning to stop where the cap cut them. ``rejectTruncatedTeacherAnswers``
-   leaves such prompts out instead. A job fails for lack of data only when no prompt is usable.
+   (``truncatedResponses``). Its end of turn (``<eos>``, or the template's marker) is left out, so
+   the student learns the answer's words without learning to stop where the cap cut them.
+   ``rejectTruncatedTeacherAnswers`` leaves such prompts out instead. A job fails for lack of data
+   only when no prompt is usable.
 3. **training**: cross-entropy on the responses (sequence-level distillation), optionally mixed with
    logit-level distillation (:func:`distillation_loss`).
 4. **evaluate**: per validator, the student's loss on the teacher's answers to the validation prompts
@@ -53,17 +57,18 @@ import torch
 import torch.nn.functional as F
 
 from tuneforge.catalog.models import DISTILLATION
+from tuneforge.data.formats import FORMAT_CONVERSATION
 from tuneforge.data.tasks import write_jsonl
 from tuneforge.engine.generation import Completion, complete, length_sorted_batches, measure_generation_speed
 from tuneforge.jobs import layout
-from tuneforge.model.folders import load_for_inference
+from tuneforge.model.folders import load_for_inference, trained_format
 from tuneforge.model.loading import load_model_and_tokenizer
-from tuneforge.model.prompts import encode_prompt, expected_answer, render_prompt
+from tuneforge.model.prompts import ChatTemplateError, expected_answer, render_prompt, serving_prompt
 from tuneforge.recipes.base import JobReporter, RecipeFailed, RecipeInputs, RecipeResult, TeacherInputs
 from tuneforge.recipes.loop import TrainingConfig, causal_lm_loss, prepare_for_training, record_validation, train
 from tuneforge.recipes.outputs import MetricsWriter, save_trained_model
 from tuneforge.recipes.performance import training_device
-from tuneforge.recipes.tokenising import IGNORE_INDEX, Example, encode_record, read_jsonl
+from tuneforge.recipes.tokenising import IGNORE_INDEX, Example, conversation_rendering, encode_record, read_jsonl
 
 DATA_CACHE = "distillation_data.json"
 """Beside the checkpoints: the processed prompts, so a resumed job skips the teacher."""
@@ -96,7 +101,13 @@ class DistillationPrompt:
 
     @property
     def text(self) -> str:
+        """The prompt in the plain template: a readable key for duplicates and reports, the same for
+        every model (what each model is fed comes from :meth:`ids`)."""
         return render_prompt(self.record)
+
+    def ids(self, tokenizer: Any, trained_format: str | None = None) -> list[int]:
+        """The prompt as a model with this tokenizer is served it (its chat template, or the plain one)."""
+        return serving_prompt(tokenizer, conversation=self.record, trained_format=trained_format).ids
 
     @property
     def status(self) -> Status:
@@ -114,11 +125,9 @@ class DistillationPrompt:
         return {**self.record, "messages": [*self.record["messages"], answer]}
 
     def example(self, tokenizer: Any, max_length: int) -> Example:
-        """The training sequence; a truncated response leaves out its ``<eos>`` (it did not end there)."""
-        example = encode_record(self.conversation(), tokenizer, max_length)
-        if self.truncated:
-            return Example(input_ids=example.input_ids[:-1], labels=example.labels[:-1])
-        return example
+        """The training sequence, rendered as fine-tuning renders a conversation; a truncated response
+        leaves out its end of turn (it did not end there)."""
+        return encode_record(self.conversation(), tokenizer, max_length, close_last=not self.truncated)
 
 
 def read_prompts(path: Path, validator: int | None = None) -> list[DistillationPrompt]:
@@ -213,7 +222,9 @@ class DistillationRecipe:
         # Teacher and student share a tokenizer (checked when the job was created); each model
         # still uses its own copy, as it would when served.
         teacher, teacher_tokenizer = load_for_inference(inputs.teacher.model_dir, inputs.teacher.models_dir)
+        teacher_format = trained_format(inputs.teacher.model_dir)
         student, tokenizer = load_model_and_tokenizer(inputs.base_model_dir)
+        reporter.log(conversation_rendering(tokenizer))
         max_length = int(hp["maxSequenceLength"]) or int(student.config.max_position_embeddings)
         torch.manual_seed(config.seed)
         student = prepare_for_training(student, hp, reporter)
@@ -221,7 +232,11 @@ class DistillationRecipe:
 
         # Data processing: a response for every prompt, from the golden answer or the teacher.
         reporter.stage("dataProcessing", "InProgress")
-        prompts = self._process(inputs, teacher, teacher_tokenizer, max_length, reporter)
+        try:
+            asked = (teacher, teacher_tokenizer, teacher_format)
+            prompts = self._process(inputs, asked, tokenizer, max_length, reporter)
+        except ChatTemplateError as exc:
+            raise RecipeFailed(str(exc)) from exc
         job_dir = inputs.output_dir / layout.job_folder(inputs.job_id)
         insights = prompt_insights(prompts)
         write_json(job_dir / layout.PROMPT_INSIGHTS, insights)
@@ -291,10 +306,10 @@ class DistillationRecipe:
         held_out = [p for p in prompts if p.status == "heldOut"]
         report = distillation_report(
             inputs.teacher,
-            (teacher, teacher_tokenizer),
+            (teacher, teacher_tokenizer, teacher_format),
             (served, tokenizer),
             held_out,
-            speed_prompts=[p.text for p in held_out or trained],
+            speed_prompts=[p.ids(tokenizer) for p in held_out or trained],
             batch_size=int(hp["teacherBatchSize"]),
             student_model_id=inputs.base_model.model_id,
             price_per_compute_hour=inputs.price_per_compute_hour,
@@ -310,7 +325,7 @@ class DistillationRecipe:
         reporter.stage("training", "Completed")
 
         # Save.
-        artifacts.update(save_trained_model(student, tokenizer, inputs, full=full))
+        artifacts.update(save_trained_model(student, tokenizer, inputs, full=full, data_format=FORMAT_CONVERSATION))
         return RecipeResult(
             training_loss=outcome.final_loss,
             validation_losses=validation_losses,
@@ -318,9 +333,17 @@ class DistillationRecipe:
         )
 
     def _process(
-        self, inputs: RecipeInputs, teacher: Any, tokenizer: Any, max_length: int, reporter: JobReporter
+        self,
+        inputs: RecipeInputs,
+        teacher: tuple[Any, Any, str | None],
+        tokenizer: Any,
+        max_length: int,
+        reporter: JobReporter,
     ) -> list[DistillationPrompt]:
-        """Every prompt with a response or a rejection reason; from the cache when resuming."""
+        """Every prompt with a response or a rejection reason; from the cache when resuming.
+
+        ``teacher`` is the model, its tokenizer and the data format it was trained on: it is asked
+        as it is served. ``tokenizer`` is the student's: lengths and training sequences are its."""
         assert inputs.teacher is not None
         cache = inputs.checkpoint_dir / DATA_CACHE
         if cache.exists():
@@ -345,7 +368,7 @@ class DistillationRecipe:
             for prompt in random.Random(int(hp["seed"])).sample(candidates, count):
                 prompt.held_out = True
         for prompt in prompts:
-            length = len(encode_prompt(tokenizer, prompt.text))
+            length = len(prompt.ids(tokenizer))
             if length + 1 >= max_length:
                 prompt.reject("too long", f"the prompt is {length} tokens: no room for an answer within {max_length}")
 
@@ -356,7 +379,6 @@ class DistillationRecipe:
         self._ask_teacher(
             ask,
             teacher,
-            tokenizer,
             inputs.teacher,
             int(hp["teacherBatchSize"]),
             reporter,
@@ -368,6 +390,8 @@ class DistillationRecipe:
                 continue
             try:
                 prompt.example(tokenizer, max_length)
+            except ChatTemplateError:
+                raise
             except ValueError:
                 prompt.reject("too long", f"prompt and response pass the student's limit of {max_length} tokens")
         cache.parent.mkdir(parents=True, exist_ok=True)
@@ -377,8 +401,7 @@ class DistillationRecipe:
     def _ask_teacher(
         self,
         prompts: Sequence[DistillationPrompt],
-        teacher: Any,
-        tokenizer: Any,
+        teacher: tuple[Any, Any, str | None],
         config: TeacherInputs,
         batch_size: int,
         reporter: JobReporter,
@@ -392,10 +415,11 @@ class DistillationRecipe:
         limit = config.max_response_tokens
         reporter.log(f"asking the teacher {config.arn} for {len(prompts):,} responses of up to {limit} tokens")
         reporter.data_progress(done=0, total=len(prompts), unit="prompts")
+        model, tokenizer, teacher_format = teacher
         answers = teacher_answers(
-            teacher,
+            model,
             tokenizer,
-            [p.text for p in prompts],
+            [p.ids(tokenizer, teacher_format) for p in prompts],
             limit,
             batch_size,
             progress=lambda done: reporter.data_progress(done=done, total=len(prompts), unit="prompts"),
@@ -416,24 +440,24 @@ class DistillationRecipe:
 def teacher_answers(
     teacher: Any,
     tokenizer: Any,
-    texts: Sequence[str],
+    prompts: Sequence[list[int]],
     limit: int,
     batch_size: int,
     progress: Callable[[int], None] | None = None,
 ) -> list[Completion]:
-    """The teacher's greedy answers to ``texts``, in their order, generated ``batch_size`` at a time.
+    """The teacher's greedy answers to ``prompts`` (token ids), in their order, generated ``batch_size`` at a time.
 
     Prompts are batched by length (:func:`length_sorted_batches`), so a batch pads little; a greedy
     answer does not depend on the batch it was generated in. ``progress`` gets the count of prompts
     answered so far after each batch.
     """
-    lengths = [len(encode_prompt(tokenizer, text)) for text in texts]
+    lengths = [len(ids) for ids in prompts]
     answers: dict[int, Completion] = {}
     for batch in length_sorted_batches(lengths, batch_size):
-        answers.update(zip(batch, complete(teacher, tokenizer, [texts[i] for i in batch], limit), strict=True))
+        answers.update(zip(batch, complete(teacher, tokenizer, [prompts[i] for i in batch], limit), strict=True))
         if progress is not None:
             progress(len(answers))
-    return [answers[index] for index in range(len(texts))]
+    return [answers[index] for index in range(len(prompts))]
 
 
 def prompt_insights(prompts: Sequence[DistillationPrompt]) -> dict[str, Any]:
@@ -467,11 +491,11 @@ def prompt_insights(prompts: Sequence[DistillationPrompt]) -> dict[str, Any]:
 
 def distillation_report(
     teacher_inputs: TeacherInputs,
-    teacher: tuple[Any, Any],
+    teacher: tuple[Any, Any, str | None],
     student: tuple[Any, Any],
     held_out: Sequence[DistillationPrompt],
     *,
-    speed_prompts: Sequence[str],
+    speed_prompts: Sequence[list[int]],
     batch_size: int,
     student_model_id: str,
     price_per_compute_hour: float,
@@ -489,7 +513,7 @@ def distillation_report(
     answers = []
     for start in range(0, len(held_out), batch_size):
         batch = held_out[start : start + batch_size]
-        answers.extend(complete(*student, [p.text for p in batch], limit))
+        answers.extend(complete(*student, [p.ids(student[1]) for p in batch], limit))
     pairs = [(p, a.text.strip()) for p, a in zip(held_out, answers, strict=True)]
     agreement = sum(p.response == answer for p, answer in pairs) / len(pairs) if pairs else None
     golden = [(p, answer) for p, answer in pairs if p.golden is not None]
@@ -507,7 +531,7 @@ def distillation_report(
     timed = list(speed_prompts[:batch_size])
     sides: dict[str, dict[str, Any]] = {}
     for name, (model, tokenizer), identity in (
-        ("teacher", teacher, {"modelArn": teacher_inputs.arn}),
+        ("teacher", teacher[:2], {"modelArn": teacher_inputs.arn}),
         ("student", student, {"baseModelId": student_model_id}),
     ):
         tokens_per_second = measure_generation_speed(model, tokenizer, timed, limit).tokens_per_second

@@ -12,11 +12,13 @@ from __future__ import annotations
 import torch
 
 from tuneforge.catalog.models import FINE_TUNING
+from tuneforge.data.formats import FORMAT_CONVERSATION
 from tuneforge.model.loading import load_model_and_tokenizer
-from tuneforge.recipes.base import JobReporter, RecipeInputs, RecipeResult
+from tuneforge.model.prompts import ChatTemplateError
+from tuneforge.recipes.base import JobReporter, RecipeFailed, RecipeInputs, RecipeResult
 from tuneforge.recipes.loop import TrainingConfig, prepare_for_training, record_validation, train
 from tuneforge.recipes.outputs import MetricsWriter, save_trained_model
-from tuneforge.recipes.tokenising import encode_file
+from tuneforge.recipes.tokenising import conversation_rendering, data_format, encode_file
 
 
 class FineTuningRecipe:
@@ -34,12 +36,20 @@ class FineTuningRecipe:
         torch.manual_seed(config.seed)
         model = prepare_for_training(model, hp, reporter)
 
-        # Data: records -> token ids with the loss on answers only. Over-long records fail here
-        # loudly; pre-flight validation should already have rejected them.
+        # Data: records -> token ids with the loss on answers only, conversations through the model's
+        # chat template (or the plain one, which the log says). Over-long records fail here loudly;
+        # pre-flight validation should already have rejected them. The data format is saved with
+        # the model, which is served as it was trained.
         reporter.stage("dataProcessing", "InProgress")
         max_length = int(hp["maxSequenceLength"]) or int(model.config.max_position_embeddings)
-        examples = encode_file(inputs.training_file, tokenizer, max_length)
-        validators = [encode_file(path, tokenizer, max_length) for path in inputs.validation_files]
+        trained_format = data_format(inputs.training_file)
+        if trained_format == FORMAT_CONVERSATION:
+            reporter.log(conversation_rendering(tokenizer))
+        try:
+            examples = encode_file(inputs.training_file, tokenizer, max_length)
+            validators = [encode_file(path, tokenizer, max_length) for path in inputs.validation_files]
+        except ChatTemplateError as exc:
+            raise RecipeFailed(str(exc)) from exc
         reporter.stage("dataProcessing", "Completed")
 
         # Train.
@@ -69,7 +79,7 @@ class FineTuningRecipe:
         reporter.stage("training", "Completed")
 
         # Save.
-        artifacts.update(save_trained_model(model, tokenizer, inputs, full=full))
+        artifacts.update(save_trained_model(model, tokenizer, inputs, full=full, data_format=trained_format))
         return RecipeResult(
             training_loss=outcome.final_loss,
             validation_losses=validation_losses,

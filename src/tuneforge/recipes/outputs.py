@@ -90,8 +90,11 @@ def _perplexity(loss: float) -> float:
     return math.exp(min(loss, 50.0))
 
 
-def save_trained_model(model: Any, tokenizer: Any, inputs: RecipeInputs, *, full: bool) -> dict[str, str]:
-    """:func:`tuneforge.model.folders.save_model` for a recipe's model, where its inputs say."""
+def save_trained_model(
+    model: Any, tokenizer: Any, inputs: RecipeInputs, *, full: bool, data_format: str
+) -> dict[str, str]:
+    """:func:`tuneforge.model.folders.save_model` for a recipe's model, where its inputs say, with the
+    format of the data it was trained on."""
     return save_model(
         model,
         tokenizer,
@@ -99,4 +102,5 @@ def save_trained_model(model: Any, tokenizer: Any, inputs: RecipeInputs, *, full
         inputs.base_model,
         full=full,
         save_merged=bool(inputs.hyperparameters["saveMergedModel"]),
+        data_format=data_format,
     )

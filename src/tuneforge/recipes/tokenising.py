@@ -10,7 +10,8 @@ from typing import Any
 
 from transformers import PreTrainedTokenizerBase
 
-from tuneforge.model.prompts import conversation_segments, encode_prompt
+from tuneforge.data.formats import FORMAT_CONVERSATION, FORMAT_PROMPT_COMPLETION
+from tuneforge.model.prompts import ChatTemplateError, bos_ids, conversation_pieces, encode_prompt, has_chat_template
 
 IGNORE_INDEX = -100
 """Label value the loss skips (PyTorch's and transformers' convention)."""
@@ -24,30 +25,33 @@ class Example:
     labels: list[int]
 
 
-def encode_record(record: Mapping[str, Any], tokenizer: PreTrainedTokenizerBase, max_length: int) -> Example:
+def encode_record(
+    record: Mapping[str, Any], tokenizer: PreTrainedTokenizerBase, max_length: int, *, close_last: bool = True
+) -> Example:
     """Tokenize one prompt/completion or conversation record, loss on answer tokens only.
+
+    Conversations are rendered by :func:`tuneforge.model.prompts.conversation_pieces`: the model's
+    chat template when it has one, else the plain template. The loss covers every assistant turn
+    with its end-of-turn marker; ``close_last=False`` leaves the last answer open (no end of turn,
+    for an answer that was cut before its end).
 
     Raises ValueError for a record longer than ``max_length``: pre-flight validation rejects those,
     and cutting one silently would train on an answer without its end.
     """
-    eos = tokenizer.eos_token_id
     if "prompt" in record:
         prompt = encode_prompt(tokenizer, str(record["prompt"]))
-        answer = [*tokenizer.encode(str(record["completion"]), add_special_tokens=False), eos]
+        answer = tokenizer.encode(str(record["completion"]), add_special_tokens=False)
+        if close_last:
+            answer.append(tokenizer.eos_token_id)
         input_ids = prompt + answer
         labels = [IGNORE_INDEX] * len(prompt) + answer
     else:
-        segments = conversation_segments(record)
-        if not segments or not segments[-1][1]:
+        if not record["messages"] or record["messages"][-1]["role"] != "assistant":
             raise ValueError("a training conversation must end with an assistant message")
-        input_ids = encode_prompt(tokenizer, "")
-        labels = [IGNORE_INDEX] * len(input_ids)
-        for text, trained in segments:
-            ids = tokenizer.encode(text, add_special_tokens=False)
-            input_ids += ids
-            labels += ids if trained else [IGNORE_INDEX] * len(ids)
-        input_ids.append(eos)
-        labels.append(eos)
+        input_ids, labels = [], []
+        for piece in conversation_pieces(tokenizer, record, close_last=close_last):
+            input_ids += piece.ids
+            labels += piece.ids if piece.trained else [IGNORE_INDEX] * len(piece.ids)
     if len(input_ids) > max_length:
         raise ValueError(
             f"record is {len(input_ids)} tokens, above the limit of {max_length} (maxSequenceLength or "
@@ -66,12 +70,32 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
         return [json.loads(line) for line in handle if line.strip()]
 
 
+def data_format(path: Path) -> str:
+    """:data:`FORMAT_PROMPT_COMPLETION` or :data:`FORMAT_CONVERSATION`: validation lets a file hold one of
+    them, so its first record tells."""
+    with path.open(encoding="utf-8-sig") as handle:
+        first: dict[str, Any] = next((json.loads(line) for line in handle if line.strip()), {})
+    return FORMAT_PROMPT_COMPLETION if "prompt" in first else FORMAT_CONVERSATION
+
+
+def conversation_rendering(tokenizer: PreTrainedTokenizerBase) -> str:
+    """A job log line saying how conversations are rendered for this model."""
+    if has_chat_template(tokenizer):
+        return "conversations are rendered with the model's chat template, as serving renders them"
+    return (
+        "the model has no chat template: conversations train through tuneforge's plain template "
+        "(System: / User: / Assistant:), the one serving uses for this model"
+    )
+
+
 def encode_file(path: Path, tokenizer: PreTrainedTokenizerBase, max_length: int) -> list[Example]:
     """Encode every record of a JSONL file; errors name the file and line."""
     examples = []
     for line_number, record in enumerate(read_jsonl(path), start=1):
         try:
             examples.append(encode_record(record, tokenizer, max_length))
+        except ChatTemplateError as exc:
+            raise ChatTemplateError(f"{path.name} line {line_number}: {exc}") from exc
         except (ValueError, KeyError) as exc:
             raise ValueError(f"{path.name} line {line_number}: {exc}") from exc
     return examples
@@ -114,7 +138,7 @@ def encode_documents(
 ) -> tuple[list[Example], int]:
     """``{"input": ...}`` records -> ``<bos> text <eos>`` cut into windows; also the document count.
 
-    ``<bos>`` is added as :func:`encode_prompt` adds it (when the tokenizer has one).
+    ``<bos>`` is added as :func:`encode_prompt` adds it (when the tokenizer itself starts encodings with one).
 
     The loss covers every token of every document (see :func:`chunk_document`).
     """
@@ -128,8 +152,7 @@ def encode_documents(
         # verbose=False: a document longer than the context is expected here (it is chunked next),
         # so transformers' "longer than the maximum sequence length" warning would only mislead.
         body: list[int] = tokenizer.encode(text, add_special_tokens=False, verbose=False)
-        bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
-        windows.extend(chunk_document([*bos, *body, tokenizer.eos_token_id], max_length, overlap))
+        windows.extend(chunk_document([*bos_ids(tokenizer), *body, tokenizer.eos_token_id], max_length, overlap))
         documents += 1
     return windows, documents
 

@@ -1,8 +1,8 @@
 """Checks a conversation must pass before it is rendered for a model: the same for Converse and OpenAI chat.
 
-The model sees a conversation through the plain-text template training used
-(:func:`tuneforge.model.prompts.render_prompt`, applied in the engine):
-``System: ...``, then ``User: ...\\nAssistant:`` turns. So a conversation must start with a user
+The model sees a conversation as training rendered it (:func:`tuneforge.model.prompts.serving_prompt`,
+applied in the engine): through its chat template, or tuneforge's plain ``System: ...``,
+``User: ...\\nAssistant:`` template for a model without one. So a conversation must start with a user
 message, alternate, and hold text only. It ends with a user message (the assistant's turn is what
 gets generated) or with an assistant message, which the model continues (prefill: the answer
 starts with that text, and only the continuation is returned). Text blocks may not be blank, as on
