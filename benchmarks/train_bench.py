@@ -116,6 +116,8 @@ class Clock:
         self.losses: list[float] = []
         self.targets: list[int] = []
         """Target tokens of each step, where the variant reports them: weights for :meth:`epoch_loss`."""
+        self.processed: list[int] = []
+        """Tokens each step computed on, padding included, where the variant reports them."""
 
     def step(self, step: int, tokens_seen: int, loss: float) -> None:
         self.marks.append((step, time.perf_counter(), tokens_seen))
@@ -125,7 +127,11 @@ class Clock:
         measured = [m for m in self.marks if m[0] >= self.warmup]
         (s0, t0, n0), (s1, t1, n1) = measured[0], measured[-1]
         tail = self.losses[-5:]
+        processed = {}
+        if len(self.processed) == len(self.marks):
+            processed = {"processed_tokens_per_s": sum(self.processed[self.warmup :]) / (t1 - t0)}
         return {
+            **processed,
             "tokens_per_s": (n1 - n0) / (t1 - t0),
             "steps_timed": s1 - s0,
             "loss": sum(tail) / len(tail),
@@ -272,6 +278,7 @@ def child_tuneforge_loop(args: argparse.Namespace, method: str, grouping: bool, 
 
     def counting_loss(model: Any, inputs: dict[str, Any], batch_targets: int) -> Any:
         clock.targets.append(batch_targets)  # one micro-batch a step: no gradient accumulation here
+        clock.processed.append(inputs["input_ids"].numel())
         return causal_lm_loss(model, inputs, batch_targets)
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -339,6 +346,7 @@ def child_plain(args: argparse.Namespace) -> dict[str, Any]:
         optimizer.zero_grad(set_to_none=True)
         tokens += int(inputs["attention_mask"].sum())
         clock.targets.append(target_count(inputs["labels"]))
+        clock.processed.append(inputs["input_ids"].numel())
         clock.step(step, tokens, float(loss.detach()))
     return {**clock.result(), "trainable_parameters": trainable_parameters(model)}
 
@@ -353,6 +361,7 @@ def child_hf_trainer(args: argparse.Namespace, trl: bool, bf16: bool = False) ->
 
     def count(inputs: dict[str, Any]) -> None:
         counted["tokens"] += int(inputs["attention_mask"].sum())
+        clock.processed.append(inputs["input_ids"].numel())
         if "labels" in inputs:
             clock.targets.append(int((inputs["labels"][:, 1:] != -100).sum()))
 
@@ -541,6 +550,11 @@ def main() -> None:
             "mfu": tps["median"] * flops_per_token / peak,
             "loss": stats([r["loss"] for r in runs]),
             "epoch_loss": stats([r["epoch_loss"] for r in runs]),
+            **(
+                {"processed_tokens_per_s": stats([r["processed_tokens_per_s"] for r in runs])}
+                if all("processed_tokens_per_s" in r for r in runs)
+                else {}
+            ),
             "peak_rss_mb": stats([r["peak_rss_mb"] for r in runs]),
         }
 
@@ -588,6 +602,9 @@ def main() -> None:
     if matching is not None:
         span = "the epoch" if smollm2 else "the last steps"
         print(f"mean loss of {span}, tuneforge vs {baseline}: {matching:.1%} apart")
+    processed = {v: r["processed_tokens_per_s"]["median"] for v, r in rows.items() if "processed_tokens_per_s" in r}
+    if processed:
+        print("tokens/s computed on, padding included: " + ", ".join(f"{v} {n:,.0f}" for v, n in processed.items()))
     if trainable:
         print("trainable parameters: " + ", ".join(f"{v} {n:,}" for v, n in trainable.items()))
 
