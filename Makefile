@@ -32,7 +32,7 @@ $(BENCH_STAMP): $(STAMP) benchmarks/requirements.txt
 	touch $(BENCH_STAMP)
 
 # Same-run comparisons against baselines (see docs/performance.md); a few minutes on 2 CPU cores, plus
-# about half an hour for the SmolLM2 rows (a real 135M model: its training benchmark dominates).
+# about 10 more for the SmolLM2 rows on a quiet machine (a real 135M model: its training benchmark dominates).
 bench: $(BENCH_STAMP)
 	$(BIN)/python benchmarks/train_bench.py
 	$(BIN)/python benchmarks/train_bench.py --model smollm2
