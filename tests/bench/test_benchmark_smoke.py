@@ -80,3 +80,17 @@ def test_serving_benchmark_smoke() -> None:
     results = data["results"]
     assert results["concurrency8_over_1"]["median"] >= 2.0
     assert results["http_overhead_c1_over_hf_b1"]["median"] > 0
+
+
+@pytest.mark.timeout(2 * RUN_HANG_GUARD_S + 600)
+def test_smollm2_decoding_benchmark_smoke() -> None:
+    """The engine on a real pretrained model (SmolLM2-135M, converted once into the benchmarks' model
+    cache) decodes exactly what HF ``generate`` decodes, and batches 8 requests. SmolLM2's training
+    benchmark is not run here: even its quick mode takes minutes on 2 cores."""
+    data = run_benchmark("serving_batching.py", "--model", "smollm2", "--quick")
+    assert data["benchmark"] == "serving_batching"
+    assert data["ok"] is True
+    results = data["results"]
+    assert results["greedy_tokens_shared_c1"] >= 16
+    assert results["concurrency8_over_1"]["median"] >= 2.0
+    assert results["engine_c1_over_hf_b1"]["median"] >= 0.8

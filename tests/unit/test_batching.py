@@ -164,6 +164,24 @@ def test_logprobs_are_the_models_own_and_follow_the_greedy_choice(model_and_toke
     assert streamed == entries
 
 
+def test_prefill_runs_the_output_layer_on_the_last_prompt_position_only(
+    model_and_tokenizer: tuple[Any, Any],
+) -> None:
+    model, tokenizer = model_and_tokenizer
+    batcher = ContinuousBatcher(model, tokenizer)
+    positions: list[int] = []
+    hook = model.get_output_embeddings().register_forward_hook(
+        lambda _module, inputs, _output: positions.append(inputs[0].shape[1])
+    )
+    try:
+        sequence, _ = submit(batcher, PROMPTS[1], max_tokens=2)
+        batcher.step()  # prefill and the first decoding step
+    finally:
+        hook.remove()
+    assert len(sequence.prompt_ids) > 1
+    assert positions == [1, 1]
+
+
 def test_prompt_logprobs_cover_every_prompt_token_after_bos(model_and_tokenizer: tuple[Any, Any]) -> None:
     model, tokenizer = model_and_tokenizer
     batcher = ContinuousBatcher(model, tokenizer)

@@ -208,7 +208,18 @@ class ContinuousBatcher:
             mask[row, width - n :] = 1
         positions = (mask.cumsum(1) - 1).clamp(min=0)
         cache = DynamicCache(config=self.model.config)
-        out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, cache=cache, use_cache=True)
+        # Only the last position's logits pick the first token; the output layer over every prompt
+        # position (a 49k-word vocabulary costs a quarter of SmolLM2's prefill) is paid only when a
+        # request asks for the prompt's logprobs. 0 keeps all positions.
+        keep = 0 if any(s.request.prompt_logprobs for s in group) else 1
+        out = self.model(
+            input_ids=ids,
+            attention_mask=mask,
+            position_ids=positions,
+            cache=cache,
+            use_cache=True,
+            logits_to_keep=keep,
+        )
         first = self._sample(out.logits[:, -1, :], group)
         for row, sequence in enumerate(group):
             if sequence.request.prompt_logprobs:
