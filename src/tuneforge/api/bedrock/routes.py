@@ -6,6 +6,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import JSONResponse
+from starlette.concurrency import run_in_threadpool
 
 from tuneforge.api.bedrock import schemas
 from tuneforge.api.bedrock.shapes import parse_body
@@ -62,7 +63,8 @@ def get_foundation_model(model_identifier: str, services: ServicesDep) -> dict[s
 @router.post("/model-customization-jobs", status_code=201)
 async def create_model_customization_job(request: Request, services: ServicesDep) -> JSONResponse:
     parsed = schemas.parse_create_job(parse_body(await request.body(), "CreateModelCustomizationJob"))
-    job = services.jobs.create(parsed)
+    # Off the event loop: the memory plan reads the training file to find its longest record.
+    job = await run_in_threadpool(services.jobs.create, parsed)
     return JSONResponse({"jobArn": job.arn}, status_code=201)
 
 
