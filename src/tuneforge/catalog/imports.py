@@ -143,7 +143,10 @@ def check_confined(root: Path) -> None:
             entry = Path(directory) / name
             relative = entry.relative_to(root)
             if entry.is_symlink():
-                raise ImportCheckError(f"{relative} is a symbolic link; the folder must hold its files themselves")
+                raise ImportCheckError(
+                    f"{relative} is a symbolic link; the folder must hold its files themselves "
+                    "(a Hugging Face cache snapshot is links: copy it with `cp -rL` first)"
+                )
             if not entry.resolve().is_relative_to(top):
                 raise ImportCheckError(f"{relative} resolves outside the model folder")
 
