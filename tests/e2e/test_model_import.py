@@ -309,7 +309,21 @@ def _too_large(folder: Path) -> Path:
     return folder
 
 
+def _linked_tokenizer(folder: Path) -> Path:
+    """A link to a file outside the allowed roots, which the copy would otherwise have followed."""
+    (folder / "tokenizer.json").unlink()
+    (folder / "tokenizer.json").symlink_to("/etc/hostname")
+    return folder
+
+
+def _index_outside(folder: Path) -> Path:
+    (folder / "model.safetensors.index.json").write_text(json.dumps({"weight_map": {"w": "/etc/hostname"}}))
+    return folder
+
+
 BAD_INPUTS: dict[str, tuple[Callable[[Path], Path], str]] = {
+    "symlink": (_linked_tokenizer, "tokenizer.json is a symbolic link"),
+    "index-outside": (_index_outside, "names '/etc/hostname', which is not a file name inside the model folder"),
     "gguf-q8k": (lambda folder: _q8k_gguf(folder.parent), "tensor 'token_embd.weight' has quantization type Q8_K"),
     "no-tokenizer": (_without_tokenizer, "no tokenizer files"),
     "falcon": (_falcon, "architectures [FalconForCausalLM] (model_type falcon) is not a supported architecture"),

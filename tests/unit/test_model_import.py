@@ -160,6 +160,80 @@ def test_sharded_index_naming_a_missing_shard_is_refused(tmp_path: Path) -> None
         inspect_source(folder)
 
 
+@pytest.mark.parametrize("name", ["ABSOLUTE", "../outside.safetensors", "sub/../../outside.safetensors"])
+def test_index_naming_a_file_outside_the_folder_is_refused_without_reading_it(tmp_path: Path, name: str) -> None:
+    folder = hf_folder(tmp_path / "m")
+    outside = tmp_path / "outside.safetensors"
+    outside.write_bytes(b"SECRETSS" + bytes(8))
+    name = str(outside) if name == "ABSOLUTE" else name
+    (folder / "model.safetensors.index.json").write_text(json.dumps({"weight_map": {"a": name}}))
+    with pytest.raises(ImportCheckError) as raised:
+        inspect_source(folder)
+    assert f"names {name!r}, which is not a file name inside the model folder" in str(raised.value)
+    assert str(struct.unpack("<Q", b"SECRETSS")[0]) not in str(raised.value)
+
+
+def test_safetensors_length_field_past_the_end_does_not_print_the_files_bytes(tmp_path: Path) -> None:
+    folder = hf_folder(tmp_path / "m")
+    (folder / "model.safetensors").write_bytes(b"SECRETSS" + bytes(8))
+    with pytest.raises(ImportCheckError) as raised:
+        inspect_source(folder)
+    assert "model.safetensors is truncated or not a safetensors file" in str(raised.value)
+    assert str(struct.unpack("<Q", b"SECRETSS")[0]) not in str(raised.value)
+
+
+@pytest.mark.parametrize("link", ["tokenizer.json", "sub", "model.safetensors"])
+def test_folder_holding_a_symbolic_link_is_refused_naming_it(tmp_path: Path, link: str) -> None:
+    folder = hf_folder(tmp_path / "m")
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    (outside / "tokenizer.json").write_text("{}")
+    write_safetensors(outside / "model.safetensors", TENSORS)
+    (folder / link).unlink(missing_ok=True)
+    (folder / link).symlink_to(outside / link if link != "sub" else outside)
+    with pytest.raises(ImportCheckError, match=rf"{link} is a symbolic link"):
+        inspect_source(folder)
+
+
+def test_a_symlinked_gguf_in_a_folder_is_refused(tmp_path: Path) -> None:
+    real = tiny_gguf(tmp_path / "real.gguf", GGMLQuantizationType.Q8_0)
+    (tmp_path / "m").mkdir()
+    (tmp_path / "m" / "model.gguf").symlink_to(real)
+    with pytest.raises(ImportCheckError, match=r"model\.gguf is a symbolic link"):
+        inspect_source(tmp_path / "m")
+
+
+@pytest.mark.parametrize(
+    "entry",
+    [
+        # A negative dimension and a negative end agree with each other (-4 values x 4 bytes = -16 bytes)
+        # and would subtract parameters from the count; offsets out of order likewise.
+        {"dtype": "F32", "shape": [-1000000, 4], "data_offsets": [0, -16000000]},
+        {"dtype": "F32", "shape": [-4], "data_offsets": [16, 0]},
+        {"dtype": "F32", "shape": [2.5, 2], "data_offsets": [0, 20]},
+        {"dtype": "F32", "shape": [4], "data_offsets": ["0", "16"]},
+    ],
+)
+def test_safetensors_header_with_negative_or_out_of_order_values_is_refused(
+    tmp_path: Path, entry: dict[str, Any]
+) -> None:
+    folder = hf_folder(tmp_path / "m")
+    header = {"model.embed_tokens.weight": {"dtype": "F32", "shape": [16, 8], "data_offsets": [0, 512]}, "x": entry}
+    raw = json.dumps(header).encode()
+    (folder / "model.safetensors").write_bytes(struct.pack("<Q", len(raw)) + raw + bytes(512))
+    with pytest.raises(ImportCheckError, match=r"tensor 'x' has a malformed header entry"):
+        inspect_source(folder)
+
+
+def test_safetensors_dtype_of_unknown_width_is_refused(tmp_path: Path) -> None:
+    folder = hf_folder(tmp_path / "m")
+    header = {"x": {"dtype": "Q4", "shape": [1 << 40], "data_offsets": [0, 4]}}
+    raw = json.dumps(header).encode()
+    (folder / "model.safetensors").write_bytes(struct.pack("<Q", len(raw)) + raw + bytes(4))
+    with pytest.raises(ImportCheckError, match=r"tensor 'x' has dtype Q4, whose byte width the import does not know"):
+        inspect_source(folder)
+
+
 def test_too_large_for_the_memory_limit_is_refused_with_numbers(tmp_path: Path) -> None:
     with pytest.raises(ImportCheckError) as raised:
         inspect_source(hf_folder(tmp_path / "m"), memory_limit_bytes=1000)
@@ -184,6 +258,42 @@ def test_gguf_facts_and_a_folder_holding_one_gguf_is_that_file(tmp_path: Path) -
     facts = inspect_source(tmp_path / "only")
     assert (facts.kind, facts.architecture, facts.parameter_count, facts.context_length) == ("gguf", "llama", 256, 128)
     assert (facts.dtype, facts.instruct_supported) == ("Q8_0", False)
+
+
+def raw_gguf(path: Path, key: str, value: bytes) -> Path:
+    """A GGUF v3 file with no tensors and one metadata entry whose type-and-value bytes are ``value``."""
+    name = key.encode()
+    path.write_bytes(b"GGUF" + struct.pack("<IQQ", 3, 0, 1) + struct.pack("<Q", len(name)) + name + value)
+    return path
+
+
+ARRAY, UINT8, UINT32 = 9, 0, 4
+
+
+def test_gguf_with_deeply_nested_arrays_is_refused_not_crashed(tmp_path: Path) -> None:
+    """The reader recurses once per nesting level: 5,000 levels are a RecursionError, refused by name."""
+    depth = 5000
+    value = struct.pack("<I", ARRAY) + struct.pack("<IQ", ARRAY, 1) * depth + struct.pack("<IQI", UINT32, 1, 7)
+    path = raw_gguf(tmp_path / "nested.gguf", "general.nested", value)
+    with pytest.raises(
+        ImportCheckError, match=r"nested\.gguf .* is not a readable GGUF file: its arrays nest too deeply"
+    ):
+        inspect_source(path)
+
+
+def test_gguf_whose_array_needs_more_memory_than_the_inspection_allows_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The reader makes one numpy view per array element; under the inspector's memory limit a
+    large array ends in a refusal, in the inspector's process, not the caller's."""
+    from tuneforge.catalog import imports
+
+    monkeypatch.setattr(imports, "GGUF_INSPECT_MEMORY_BYTES", 384 << 20)
+    count = 2_000_000
+    value = struct.pack("<I", ARRAY) + struct.pack("<IQ", UINT8, count) + bytes(count)
+    path = raw_gguf(tmp_path / "wide.gguf", "general.wide", value)
+    with pytest.raises(ImportCheckError, match=r"wide\.gguf .*(memory limit|inspection's limits)"):
+        inspect_source(path)
 
 
 def test_empty_gguf_and_non_gguf_file_are_refused(tmp_path: Path) -> None:
@@ -330,6 +440,85 @@ def test_recover_fails_imports_a_stopped_server_left_in_progress(services: Servi
     services.imports.recover()
     failed = services.imports.get_job(job.arn)
     assert failed.status == "Failed" and "server stopped before the import finished" in str(failed.failure_message)
+
+
+def test_create_refuses_a_folder_with_a_link_to_outside_and_registers_nothing(services: Services, models: Path) -> None:
+    folder = hf_folder(models / "linked")
+    (folder / "tokenizer.json").unlink()
+    (folder / "tokenizer.json").symlink_to("/etc/hostname")
+    with pytest.raises(ValidationException, match=r"cannot be imported: tokenizer\.json is a symbolic link"):
+        services.imports.create(request(folder))
+    assert_nothing_registered(services)
+
+
+def test_a_link_added_after_create_fails_the_job_and_nothing_outside_is_copied(
+    services: Services, models: Path
+) -> None:
+    """The job checks the source again before copying; the one-import-at-a-time lock holds the job
+    back while the link is added."""
+    folder = hf_folder(models / "tiny")
+    with services.imports._one_at_a_time:
+        job = services.imports.create(request(folder))
+        (folder / "extra.txt").symlink_to("/etc/hostname")
+    done = finished(services, job.arn)
+    assert done.status == "Failed" and "extra.txt is a symbolic link" in str(done.failure_message)
+    assert list((services.settings.models_dir / "imported").iterdir()) == []
+    assert services.imports.list_models(ImportedModelFilter(), None, 10).items == []
+
+
+def test_a_shutdown_after_the_rename_removes_the_imported_folder(
+    services: Services, models: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The server stopping between the copy's rename into ``imported/<id>`` and the registering commit
+    (simulated: the commit fails while the service is stopping) leaves no folder behind."""
+
+    def stop_then_fail(*args: Any) -> None:
+        services.imports._stopping.set()
+        raise RuntimeError("the database went away with the server")
+
+    monkeypatch.setattr(services.imports, "_complete", stop_then_fail)
+    job = services.imports.create(request(hf_folder(models / "tiny")))
+    services.imports.wait_idle(timeout=60)
+    assert not (services.settings.models_dir / "imported" / job.imported_model_id).exists()
+    services.imports.recover()
+    assert services.imports.get_job(job.arn).status == "Failed"
+
+
+def test_recover_removes_the_imported_folder_of_a_job_it_fails(services: Services, models: Path) -> None:
+    """A server killed between the rename and the commit leaves ``imported/<id>`` and an InProgress
+    job: recover fails the job and removes the folder, which nothing registered."""
+    services.imports._stopping.set()  # the job is accepted but never runs, as on a server that died
+    job = services.imports.create(request(hf_folder(models / "tiny")))
+    services.imports.wait_idle(timeout=60)
+    orphan = services.settings.models_dir.resolve() / "imported" / job.imported_model_id
+    orphan.mkdir(parents=True)
+    (orphan / "model.safetensors").write_bytes(b"x")
+    services.imports.recover()
+    assert not orphan.exists()
+    assert services.imports.get_job(job.arn).status == "Failed"
+
+
+@pytest.mark.parametrize(
+    ("key", "echoed"),
+    [
+        ("arn:aws:kms:us-east-1:123456789012:key/1234abcd-12ab-34cd-56ef-1234567890ab", True),
+        ("1234abcd-12ab-34cd-56ef-1234567890ab", False),
+        ("alias/my-key", False),
+    ],
+)
+def test_kms_key_members_of_responses_hold_only_a_key_arn(
+    services: Services, models: Path, key: str, echoed: bool
+) -> None:
+    """botocore's KmsKeyArn (the responses) takes only a key ARN; the request's KmsKeyId also takes
+    a key id or an alias, which tuneforge cannot resolve to an ARN without KMS, so those are omitted."""
+    from tuneforge.api.bedrock import import_schemas
+
+    job = services.imports.create(request(hf_folder(models / "tiny"), kms_key=key))
+    done = finished(services, job.arn)
+    model = services.imports.get_model(done.imported_model_arn)
+    expected = key if echoed else None
+    assert import_schemas.import_job_details(done).get("importedModelKmsKeyArn") == expected
+    assert import_schemas.imported_model_details(model).get("modelKmsKeyArn") == expected
 
 
 def test_a_data_directory_from_before_imports_gains_the_new_columns_and_keeps_its_models(fast_tmp: Path) -> None:

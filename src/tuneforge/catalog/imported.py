@@ -36,7 +36,14 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from tuneforge.arns import ArnFactory, decode_identifier, is_arn, new_id
-from tuneforge.catalog.imports import ImportCheckError, ImportFacts, inspect_folder, inspect_source, resolve_source
+from tuneforge.catalog.imports import (
+    ImportCheckError,
+    ImportFacts,
+    check_confined,
+    inspect_folder,
+    inspect_source,
+    resolve_source,
+)
 from tuneforge.catalog.models import DISTILLATION
 from tuneforge.db.listing import Cursor, Page, created_and_named, fetch_page
 from tuneforge.db.session import Database
@@ -211,7 +218,10 @@ class ImportService:
                 if job.source_kind == "gguf":
                     self._convert(job, source, staging / "model")
                 else:
-                    shutil.copytree(source, staging / "model", ignore=shutil.ignore_patterns(".*"))
+                    # Checked again (the source may have changed since create), and links are copied as
+                    # links, never followed: the copy's own check below refuses any that appeared since.
+                    check_confined(source)
+                    shutil.copytree(source, staging / "model", symlinks=True, ignore=shutil.ignore_patterns(".*"))
                 # The copy (or the conversion) is checked again: a source changed since create, or a
                 # conversion that wrote something unexpected, fails here and not in a worker later.
                 facts = inspect_folder(staging / "model")
@@ -219,6 +229,8 @@ class ImportService:
                 self._complete(job, target, facts)
             except Exception as exc:  # any failure ends the job Failed, with its reason
                 if self._stopping.is_set():
+                    # Stopped between the rename and the commit: nothing is registered, so the folder goes.
+                    shutil.rmtree(target, ignore_errors=True)
                     return
                 message = str(exc) if isinstance(exc, ImportCheckError | _ConversionFailed) else repr(exc)
                 self._fail(job.id, f"The model at {job.source_uri} could not be imported: {message}")
@@ -294,11 +306,18 @@ class ImportService:
                 row.updated_at = row.ended_at = now
 
     def recover(self) -> None:
-        """Fail the imports a stopped server left ``InProgress`` and remove their staging folders."""
+        """Fail the imports a stopped server left ``InProgress`` and remove their staging folders and any
+        ``imported/<id>`` folder they had renamed into place but not registered.
+
+        It assumes one server per data directory: every ``InProgress`` job is taken as this server's own.
+        """
         with self.db.session() as session:
-            stale = session.scalars(select(ModelImportJob.id).where(ModelImportJob.status == "InProgress")).all()
-        for job_id in stale:
+            stale = session.execute(
+                select(ModelImportJob.id, ModelImportJob.imported_model_id).where(ModelImportJob.status == "InProgress")
+            ).all()
+        for job_id, model_id in stale:
             self._fail(job_id, INTERRUPTED)
+            shutil.rmtree(self.imports_dir / model_id, ignore_errors=True)
         if self.imports_dir.is_dir():
             for leftover in self.imports_dir.glob(".*"):
                 shutil.rmtree(leftover, ignore_errors=True)

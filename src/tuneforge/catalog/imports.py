@@ -6,7 +6,9 @@ the tokenizer files, the dtype, safetensors files that are empty or cut short, a
 not parse or holds a tensor type the loader cannot dequantize, and a model whose float32 weights do
 not fit this machine's memory. Everything here reads headers only: a safetensors file is an 8-byte
 length, a JSON header and the tensor data the header points into, so a truncated file shows as
-offsets past its end; a GGUF header is read with the ``gguf`` package (numpy only).
+offsets past its end; a GGUF header is read with the ``gguf`` package (numpy only), in a child process
+under memory and CPU limits (:mod:`tuneforge.catalog.gguf_inspect`). A folder must hold its files
+itself: symbolic links, and index entries naming files outside it, are refused.
 
 What is found (architecture, parameter count, context length, whether a chat template exists) is
 returned as :class:`ImportFacts` and kept with the job.
@@ -18,6 +20,8 @@ import json
 import math
 import os
 import struct
+import subprocess
+import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -49,8 +53,13 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json")
 MAX_SAFETENSORS_HEADER = 100 << 20
 """safetensors' own limit on the JSON header; a larger length field means a corrupt file."""
 SAFETENSORS_DTYPE_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1}
-SAFETENSORS_DTYPE_BYTES |= {"U8": 1, "BOOL": 1, "F8_E4M3": 1, "F8_E5M2": 1}
+SAFETENSORS_DTYPE_BYTES |= {"U8": 1, "U16": 2, "U32": 4, "U64": 8, "BOOL": 1, "C64": 8}
+SAFETENSORS_DTYPE_BYTES |= {"F8_E4M3": 1, "F8_E5M2": 1, "F8_E8M0": 1}
 GIB = 1 << 30
+GGUF_INSPECT_MEMORY_BYTES = 2 * GIB
+"""Address space the GGUF inspector may use beyond the file itself (which it maps whole)."""
+GGUF_INSPECT_CPU_SECONDS = 60
+GGUF_INSPECT_TIMEOUT_SECONDS = 120
 
 
 class ImportCheckError(ValueError):
@@ -97,7 +106,7 @@ def inspect_source(path: Path, memory_limit_bytes: int | None = None) -> ImportF
                 f"{path.name} is a file but not a GGUF file (.gguf); "
                 "import a Hugging Face model folder or one .gguf file"
             )
-        facts = inspect_gguf(path)
+        facts = inspect_gguf_isolated(path)
     elif path.is_dir():
         facts = inspect_folder(path)
     else:
@@ -107,12 +116,39 @@ def inspect_source(path: Path, memory_limit_bytes: int | None = None) -> ImportF
 
 
 def resolve_source(path: Path) -> Path:
-    """``path`` itself, or the one ``.gguf`` file in a folder that has no ``config.json``."""
+    """``path`` itself, or the one ``.gguf`` file in a folder that has no ``config.json``.
+
+    A chosen ``.gguf`` that is a symbolic link is refused: the object store confines the URI's own
+    path to its roots, and a link inside it would lead the import to a file outside them.
+    """
     if path.is_dir() and not (path / "config.json").exists():
         ggufs = sorted(path.glob("*.gguf"))
         if len(ggufs) == 1:
+            if ggufs[0].is_symlink():
+                raise ImportCheckError(f"{ggufs[0].name} is a symbolic link; import the file itself")
             return ggufs[0]
     return path
+
+
+def check_confined(root: Path) -> None:
+    """Refuse a folder holding a symbolic link, or anything whose resolved path leaves the folder.
+
+    The object store checks only the source URI's own path; what is inside the folder is read
+    (tokenizer files, weights) and copied into the data directory, so a link to ``/etc/...`` in it
+    would read or copy a file from outside the confined roots.
+    """
+    top = root.resolve()
+    for directory, subdirs, files in os.walk(root, followlinks=False):
+        for name in sorted(subdirs + files):
+            entry = Path(directory) / name
+            relative = entry.relative_to(root)
+            if entry.is_symlink():
+                raise ImportCheckError(
+                    f"{relative} is a symbolic link; the folder must hold its files themselves "
+                    "(a Hugging Face cache snapshot is links: copy it with `cp -rL` first)"
+                )
+            if not entry.resolve().is_relative_to(top):
+                raise ImportCheckError(f"{relative} resolves outside the model folder")
 
 
 def check_memory(facts: ImportFacts, limit_bytes: int) -> None:
@@ -131,6 +167,7 @@ def check_memory(facts: ImportFacts, limit_bytes: int) -> None:
 
 
 def inspect_folder(folder: Path) -> ImportFacts:
+    check_confined(folder)
     config = _read_config(folder)
     model_type = str(config.get("model_type", ""))
     architectures = [str(a) for a in config.get("architectures") or []]
@@ -210,7 +247,14 @@ def _weight_files(folder: Path) -> list[Path]:
             weight_map = json.loads(index.read_text()).get("weight_map", {})
         except (OSError, ValueError, AttributeError) as exc:
             raise ImportCheckError(f"model.safetensors.index.json does not parse: {exc}") from None
-        names = sorted(set(weight_map.values()))
+        if not isinstance(weight_map, dict):
+            raise ImportCheckError("model.safetensors.index.json weight_map is not a JSON object")
+        names = sorted({str(name) for name in weight_map.values()})
+        for name in names:
+            if not _plain_name_inside(folder, name):
+                raise ImportCheckError(
+                    f"model.safetensors.index.json names {name!r}, which is not a file name inside the model folder"
+                )
         missing = [name for name in names if not (folder / name).is_file()]
         if missing:
             raise ImportCheckError(f"model.safetensors.index.json names missing files: {', '.join(missing)}")
@@ -219,6 +263,14 @@ def _weight_files(folder: Path) -> list[Path]:
     if not files:
         raise ImportCheckError("no weights: the folder needs *.safetensors files (pytorch_model.bin is not imported)")
     return files
+
+
+def _plain_name_inside(folder: Path, name: str) -> bool:
+    """A relative name without ``..`` whose resolved path stays inside ``folder``."""
+    relative = Path(name)
+    if not name or relative.is_absolute() or ".." in relative.parts:
+        return False
+    return (folder / relative).resolve().is_relative_to(folder.resolve())
 
 
 def _safetensors_parameters(path: Path) -> int:
@@ -238,8 +290,8 @@ def _safetensors_parameters(path: Path) -> int:
         (header_length,) = struct.unpack("<Q", prefix)
         if header_length > MAX_SAFETENSORS_HEADER or 8 + header_length > size:
             raise ImportCheckError(
-                f"{path.name} is truncated or not a safetensors file: its header claims {header_length} bytes, "
-                f"the file has {size}"
+                f"{path.name} is truncated or not a safetensors file: its header length field points past "
+                f"the end of the file ({size} bytes)"
             )
         try:
             header = json.loads(handle.read(header_length))
@@ -254,12 +306,22 @@ def _safetensors_parameters(path: Path) -> int:
         if name == "__metadata__":
             continue
         try:
-            begin, end = (int(x) for x in entry["data_offsets"])
-            count = math.prod(int(d) for d in entry["shape"])
-            width = SAFETENSORS_DTYPE_BYTES.get(str(entry["dtype"]))
+            begin, end = (_whole(x) for x in entry["data_offsets"])
+            dims = [_whole(d) for d in entry["shape"]]
+            dtype = str(entry["dtype"])
         except (KeyError, TypeError, ValueError):
             raise ImportCheckError(f"{path.name}: tensor {name!r} has a malformed header entry") from None
-        if width is not None and end - begin != count * width:
+        if begin > end:
+            raise ImportCheckError(
+                f"{path.name}: tensor {name!r} has a malformed header entry (data ends before it begins)"
+            )
+        width = SAFETENSORS_DTYPE_BYTES.get(dtype)
+        if width is None:
+            raise ImportCheckError(
+                f"{path.name}: tensor {name!r} has dtype {dtype}, whose byte width the import does not know"
+            )
+        count = math.prod(dims)
+        if end - begin != count * width:
             raise ImportCheckError(
                 f"{path.name}: tensor {name!r} spans {end - begin} bytes but its shape and dtype need {count * width}"
             )
@@ -272,7 +334,52 @@ def _safetensors_parameters(path: Path) -> int:
     return parameters
 
 
+def _whole(value: object) -> int:
+    """A header number: a JSON integer, not negative. Anything else (a negative offset or dimension, a
+    float, a string) is malformed; accepting it could shrink the parameter count below the truth and
+    let a large model past :func:`check_memory`."""
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise ValueError(value)
+    return value
+
+
 # -- GGUF files -------------------------------------------------------------------------------------
+
+
+def inspect_gguf_isolated(path: Path) -> ImportFacts:
+    """:func:`inspect_gguf` run by :mod:`tuneforge.catalog.gguf_inspect` in a child process with memory
+    and CPU limits, so that a crafted header cannot exhaust, crash or stall the API process."""
+    size = path.stat().st_size
+    if size == 0:
+        raise ImportCheckError(f"{path.name} is empty (0 bytes)")
+    memory = size + GGUF_INSPECT_MEMORY_BYTES
+    command = [sys.executable, "-m", "tuneforge.catalog.gguf_inspect", str(path), str(memory)]
+    command.append(str(GGUF_INSPECT_CPU_SECONDS))
+    limits = f"{memory / GIB:.1f} GiB of memory, {GGUF_INSPECT_CPU_SECONDS} s of CPU"
+    env = dict(os.environ, OPENBLAS_NUM_THREADS="1", OMP_NUM_THREADS="1")
+    try:
+        done = subprocess.run(
+            command, capture_output=True, stdin=subprocess.DEVNULL, env=env, timeout=GGUF_INSPECT_TIMEOUT_SECONDS
+        )
+    except subprocess.TimeoutExpired:
+        raise ImportCheckError(
+            f"{path.name} ({size} bytes): reading its GGUF header took over {GGUF_INSPECT_TIMEOUT_SECONDS} s; "
+            "it may be corrupt"
+        ) from None
+    lines = done.stdout.decode("utf-8", "replace").strip().splitlines()
+    try:
+        result = json.loads(lines[-1]) if lines else None
+    except ValueError:
+        result = None
+    if isinstance(result, dict) and isinstance(result.get("facts"), dict):
+        return ImportFacts(**result["facts"])
+    if isinstance(result, dict) and "error" in result:
+        raise ImportCheckError(str(result["error"]))
+    ended = f"was killed by signal {-done.returncode}" if done.returncode < 0 else f"exited {done.returncode}"
+    raise ImportCheckError(
+        f"{path.name} ({size} bytes) is not a GGUF file that can be read within the inspection's limits "
+        f"({limits}): the inspecting process {ended}; it may be corrupt or crafted"
+    )
 
 
 def inspect_gguf(path: Path) -> ImportFacts:
@@ -292,6 +399,15 @@ def inspect_gguf(path: Path) -> ImportFacts:
     except (ValueError, IndexError, KeyError, OSError, struct.error) as exc:
         raise ImportCheckError(
             f"{path.name} ({size} bytes) is not a readable GGUF file; it may be truncated or corrupt: {exc}"
+        ) from None
+    except RecursionError:
+        raise ImportCheckError(
+            f"{path.name} ({size} bytes) is not a readable GGUF file: its arrays nest too deeply"
+        ) from None
+    except MemoryError:
+        raise ImportCheckError(
+            f"{path.name} ({size} bytes) is not a readable GGUF file within the inspection's memory limit: "
+            "its metadata arrays are too large"
         ) from None
     arch = _gguf_string(reader, "general.architecture")
     model_type = GGUF_ARCHITECTURES.get(arch or "")

@@ -6,6 +6,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import JSONResponse
+from starlette.concurrency import run_in_threadpool
 
 from tuneforge.api.bedrock import import_schemas, schemas
 from tuneforge.api.bedrock.shapes import parse_body
@@ -20,7 +21,8 @@ ServicesDep = Annotated[Services, Depends(get_services)]
 @router.post("/model-import-jobs", status_code=201)
 async def create_model_import_job(request: Request, services: ServicesDep) -> JSONResponse:
     parsed = import_schemas.parse_create_import_job(parse_body(await request.body(), "CreateModelImportJob"))
-    job = services.imports.create(parsed)
+    # create() reads the source's files (and waits for the GGUF inspector): off the event loop.
+    job = await run_in_threadpool(services.imports.create, parsed)
     return JSONResponse({"jobArn": job.arn}, status_code=201)
 
 

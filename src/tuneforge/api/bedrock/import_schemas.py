@@ -8,6 +8,7 @@ inside its allowed roots (botocore does not check patterns on the client, so bot
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from tuneforge.api.bedrock.schemas import (
@@ -27,6 +28,9 @@ from tuneforge.db.tables import ModelImportJob, RegisteredModel
 from tuneforge.errors import TooManyTagsException
 
 IMPORT_JOB_STATUSES = ("InProgress", "Completed", "Failed")
+KMS_KEY_ARN_PATTERN = re.compile(r"arn:aws(-[^:]+)?:kms:[a-zA-Z0-9-]*:[0-9]{12}:key/[a-zA-Z0-9-]{36}")
+"""botocore's ``KmsKeyArn``: the responses' key members hold a key ARN, while the request's
+``importedModelKmsKeyId`` may also be a bare key id or an alias."""
 
 
 def parse_create_import_job(body: dict[str, Any]) -> CreateImportJobRequest:
@@ -86,7 +90,7 @@ def import_job_details(job: ModelImportJob) -> dict[str, Any]:
             "lastModifiedTime": iso(job.updated_at),
             "endTime": iso(job.ended_at),
             "vpcConfig": job.vpc_config,
-            "importedModelKmsKeyArn": job.kms_key,
+            "importedModelKmsKeyArn": _kms_key_arn(job.kms_key),
         }
     )
 
@@ -116,7 +120,7 @@ def imported_model_details(model: RegisteredModel) -> dict[str, Any]:
             "modelDataSource": _source(model.source),
             "creationTime": iso(model.created_at),
             "modelArchitecture": model.family,
-            "modelKmsKeyArn": model.kms_key,
+            "modelKmsKeyArn": _kms_key_arn(model.kms_key),
             "instructSupported": model.instruct_supported,
             "customModelUnits": {"customModelUnitsPerModelCopy": 1, "customModelUnitsVersion": "v1.0"},
         }
@@ -133,3 +137,9 @@ def imported_model_summary(model: RegisteredModel) -> dict[str, Any]:
             "modelArchitecture": model.family,
         }
     )
+
+
+def _kms_key_arn(key: str | None) -> str | None:
+    """The key as a ``KmsKeyArn``, or None (omitted): Bedrock resolves an id or alias to the key's ARN
+    through KMS, which tuneforge does not have, so only a key given as its ARN is echoed."""
+    return key if key is not None and KMS_KEY_ARN_PATTERN.fullmatch(key) else None
