@@ -39,15 +39,24 @@ documentation advises.
 The loss covers each assistant text with its terminator: ``<eos>`` after the last turn, a newline
 after earlier turns, because that is how an earlier turn appears in the prompt at inference time.
 
+**Text is text.** Message and system text is tokenized as plain text: a special token's spelling in
+it (``<|im_end|>``, ``<|eot_id|>``, ``[INST]``) stays text, so a user cannot forge a turn. Only the
+template's own markup (role headers, end-of-turn markers, ``<bos>``) becomes control tokens; see
+:func:`_render_segments` and :func:`_encode_segments`. A raw prompt (InvokeModel ``prompt``, OpenAI
+completions) and a prompt/completion record are the caller's whole input, hand-templated
+perhaps, so their special tokens are recognised, in training and serving alike.
+
 **Trained format.** A custom model trained on prompt/completion records never saw a template: a
 single-turn conversation sent to it (Converse, OpenAI chat) is served as the bare prompt, the
 user's text, exactly as training saw its prompts (a system prompt comes first, separated by a blank
-line). Conversations of several turns have no prompt/completion equivalent and keep the model's
-conversation rendering.
+line), but still as message text: its special-token spellings stay text, which differs from
+the raw prompt only for text that spells one. Conversations of several turns have no
+prompt/completion equivalent and keep the model's conversation rendering.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -103,9 +112,77 @@ def _as_conversation(record_or_messages: Mapping[str, Any] | Sequence[Mapping[st
     return {"messages": list(record_or_messages)}
 
 
-def _encode(tokenizer: PreTrainedTokenizerBase, text: str) -> list[int]:
-    ids: list[int] = tokenizer.encode(text, add_special_tokens=False) if text else []
+def _encode_text(tokenizer: PreTrainedTokenizerBase, text: str) -> list[int]:
+    """``text`` as plain text: a special token's spelling in it (``<|im_end|>``) stays text.
+
+    ``add_special_tokens=False`` only stops the automatic ``<bos>``/``<eos>``; without
+    ``split_special_tokens`` the tokenizer would still turn such a spelling into the control token.
+    """
+    ids: list[int] = tokenizer.encode(text, add_special_tokens=False, split_special_tokens=True) if text else []
     return ids
+
+
+Segment = tuple[str, bool]
+"""A run of rendered text and whether it is message content (else the template's own markup)."""
+
+
+def _special_tokens(tokenizer: PreTrainedTokenizerBase) -> tuple[re.Pattern[str] | None, dict[str, int]]:
+    """A pattern that finds the tokenizer's special tokens (longest first, as the tokenizer matches
+    them), honouring their ``lstrip``/``rstrip`` (the whitespace they absorb), and their ids."""
+    tokens = {
+        str(token.content): (id_, token) for id_, token in tokenizer.added_tokens_decoder.items() if token.special
+    }
+    if not tokens:
+        return None, {}
+    alternatives: list[str] = []
+    for content, (_, token) in sorted(tokens.items(), key=lambda item: -len(item[0])):
+        before = r"\s*" if getattr(token, "lstrip", False) else ""
+        after = r"\s*" if getattr(token, "rstrip", False) else ""
+        alternatives.append(f"{before}(?P<t{len(alternatives)}>{re.escape(content)}){after}")
+    return re.compile("|".join(alternatives)), {content: id_ for content, (id_, _) in tokens.items()}
+
+
+def _encode_segments(tokenizer: PreTrainedTokenizerBase, segments: Sequence[Segment]) -> list[int]:
+    """Markup with its special tokens recognised, content as plain text.
+
+    This is what the tokenizer does to the whole text (split it at special tokens, encode the text
+    between them) except that it looks for special tokens in the markup only: text runs that span
+    markup and content are encoded as one, so ordinary content gets exactly the ids a plain
+    ``encode`` of the rendering gives, and content that spells a control token cannot forge one.
+    """
+    pattern, ids_of = _special_tokens(tokenizer)
+    ids: list[int] = []
+    run = ""
+    for text, content in segments:
+        if content or pattern is None:
+            run += text
+            continue
+        at = 0
+        for match in pattern.finditer(text):
+            run += text[at : match.start()]
+            ids += _encode_text(tokenizer, run)
+            run = ""
+            ids.append(ids_of[next(value for value in match.groupdict().values() if value is not None)])
+            at = match.end()
+        run += text[at:]
+    return ids + _encode_text(tokenizer, run)
+
+
+def _piece(tokenizer: PreTrainedTokenizerBase, segments: Sequence[Segment], trained: bool) -> Piece:
+    return Piece("".join(text for text, _ in segments), _encode_segments(tokenizer, segments), trained)
+
+
+def _slice(segments: Sequence[Segment], start: int, end: int | None = None) -> list[Segment]:
+    """The segments' text from ``start`` to ``end`` (character offsets), cut at those offsets."""
+    out: list[Segment] = []
+    at = 0
+    for text, content in segments:
+        low = max(start - at, 0)
+        high = len(text) if end is None else min(end - at, len(text))
+        if low < high or (not text and start <= at and (end is None or at <= end)):
+            out.append((text[low:high], content))
+        at += len(text)
+    return out
 
 
 def conversation_pieces(
@@ -140,7 +217,10 @@ def _plain_pieces(
     tokenizer: PreTrainedTokenizerBase, system: str, messages: list[dict[str, str]], close_last: bool
 ) -> list[Piece]:
     pieces = [Piece("", bos_ids(tokenizer), False)]
-    pieces += [Piece(text, _encode(tokenizer, text), trained) for text, trained in _plain_segments(system, messages)]
+    # No markup of the plain template is a special token: all of it is encoded as plain text.
+    pieces += [
+        Piece(text, _encode_text(tokenizer, text), trained) for text, trained in _plain_segments(system, messages)
+    ]
     if messages and messages[-1]["role"] == "assistant" and close_last:
         pieces.append(Piece(str(tokenizer.eos_token), [tokenizer.eos_token_id], True))
     return pieces
@@ -163,49 +243,88 @@ def _render(
         raise ChatTemplateError(f"the model's chat template refused the conversation: {exc}") from exc
 
 
+_PLACEHOLDER = "\ue000tuneforge-text-{}\ue001"
+"""Stands in for a text in a second rendering (private-use characters: no real text has them)."""
+_PLACEHOLDER_PATTERN = "\ue000tuneforge-text-(\\d+)\ue001"
+
+
+def _render_segments(
+    tokenizer: PreTrainedTokenizerBase, system: str, messages: list[dict[str, str]], generation_prompt: bool
+) -> list[Segment]:
+    """:func:`_render`, told apart into markup and content.
+
+    The template is rendered a second time with a placeholder in place of each text (the system
+    prompt's, each message's); the rendering splits into markup at the placeholders. Each text is
+    then found in the real rendering between its markup, as written or trimmed (templates trim).
+    A template whose markup depends on the text, or that rewrites the text otherwise, cannot be
+    told apart from it and is refused with a :class:`ChatTemplateError`.
+    """
+    real = _render(tokenizer, system, messages, generation_prompt)
+    texts = [system, *(message["content"] for message in messages)]
+    marked = [{**message, "content": _PLACEHOLDER.format(index + 1)} for index, message in enumerate(messages)]
+    parts = re.split(
+        _PLACEHOLDER_PATTERN, _render(tokenizer, _PLACEHOLDER.format(0) if system else "", marked, generation_prompt)
+    )
+    segments: list[Segment] = []
+    at = 0
+    for index, part in enumerate(parts):
+        written = part
+        if index % 2:  # a text: as written or trimmed, whichever the next markup follows
+            text = texts[int(part)]
+            candidates = dict.fromkeys((text, text.strip(), text.rstrip(), text.lstrip()))
+            after = parts[index + 1]
+            found = (c for c in candidates if real.startswith(c, at) and real.startswith(after, at + len(c)))
+            written = next(found, _PLACEHOLDER)
+        if not real.startswith(written, at) or (index == len(parts) - 1 and at + len(written) != len(real)):
+            raise ChatTemplateError(
+                "the model's chat template changes the message text beyond trimming it (or its markup depends "
+                "on the text), so the text cannot be tokenized apart from the template's markup"
+            )
+        segments.append((written, bool(index % 2)))
+        at += len(written)
+    return segments
+
+
 def _template_pieces(
     tokenizer: PreTrainedTokenizerBase, system: str, messages: list[dict[str, str]], close_last: bool
 ) -> list[Piece]:
     pieces: list[Piece] = []
     rendered = ""
 
-    def extend(text: str, turn: int) -> str:
-        if not text.startswith(rendered):
+    def extend(segments: list[Segment], turn: int) -> list[Segment]:
+        if not "".join(text for text, _ in segments).startswith(rendered):
             raise ChatTemplateError(
                 f"the model's chat template is not prefix-stable: rendering message {turn + 1} changes the text "
                 "of the turns before it, so a conversation cannot be trained on and served turn by turn"
             )
-        return text[len(rendered) :]
+        return _slice(segments, len(rendered))
 
     for index, message in enumerate(messages):
         if message["role"] != "assistant":
             continue
-        prompt = extend(_render(tokenizer, system, messages[:index], True), index)
-        pieces.append(Piece(prompt, _encode(tokenizer, prompt), False))
-        rendered += prompt
-        answer = extend(_render(tokenizer, system, messages[: index + 1], False), index)
+        prompt = _piece(tokenizer, extend(_render_segments(tokenizer, system, messages[:index], True), index), False)
+        pieces.append(prompt)
+        rendered += prompt.text
+        segments = extend(_render_segments(tokenizer, system, messages[: index + 1], False), index)
         if index == len(messages) - 1 and not close_last:
-            answer = _open_answer(answer, message["content"])
-            pieces.append(Piece(answer, _encode(tokenizer, answer), True))
+            pieces.append(_piece(tokenizer, _open_answer(segments, message["content"]), True))
             return pieces
+        answer = "".join(text for text, _ in segments)
         trained = answer.rstrip()
-        pieces.append(Piece(trained, _encode(tokenizer, trained), True))
+        pieces.append(_piece(tokenizer, _slice(segments, 0, len(trained)), True))
         if len(trained) < len(answer):
-            pieces.append(Piece(answer[len(trained) :], _encode(tokenizer, answer[len(trained) :]), False))
+            pieces.append(_piece(tokenizer, _slice(segments, len(trained)), False))
         rendered += answer
     if messages and messages[-1]["role"] != "assistant":
-        prompt = extend(_render(tokenizer, system, messages, True), len(messages) - 1)
-        pieces.append(Piece(prompt, _encode(tokenizer, prompt), False))
+        segments = extend(_render_segments(tokenizer, system, messages, True), len(messages) - 1)
+        pieces.append(_piece(tokenizer, segments, False))
     return pieces
 
 
-def _open_answer(answer: str, content: str) -> str:
+def _open_answer(segments: list[Segment], content: str) -> list[Segment]:
     """The rendered answer cut right after its text: no end-of-turn marker, so the model continues it."""
-    for text in (content, content.strip()):
-        at = answer.rfind(text) if text else -1
-        if at >= 0:
-            return answer[: at + len(text)]
-    return content
+    last = max((index for index, (_, is_content) in enumerate(segments) if is_content), default=None)
+    return segments[: last + 1] if last is not None else [(content, True)]
 
 
 def end_of_turn_ids(tokenizer: PreTrainedTokenizerBase) -> set[int]:
@@ -285,7 +404,8 @@ def serving_prompt(
         text = (system + SYSTEM_SEPARATOR if system else "") + _text(messages[0]["content"])
         if prefill:
             text += _text(messages[-1]["content"])
-        return RenderedPrompt(text, encode_prompt(tokenizer, text), False)
+        # Message text, not a caller-owned raw prompt: its special-token spellings stay text.
+        return RenderedPrompt(text, bos_ids(tokenizer) + _encode_text(tokenizer, text), False)
     pieces = conversation_pieces(tokenizer, conversation, close_last=False)
     ids = [token for piece in pieces for token in piece.ids]
     text = "".join(piece.text for piece in pieces)
