@@ -105,7 +105,8 @@ class Server:
 
 
 def make_server(root: Path, **overrides: Any) -> Server:
-    settings = Settings(data_dir=root, port=free_port(), worker_concurrency=2, worker_threads=1, **overrides)
+    defaults: dict[str, Any] = {"port": free_port(), "worker_concurrency": 2, "worker_threads": 1}
+    settings = Settings(data_dir=root, **{**defaults, **overrides})
     return Server(settings)
 
 

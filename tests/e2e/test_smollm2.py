@@ -10,7 +10,7 @@ the wheel's GGUF on first use, once per session.
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -19,7 +19,7 @@ import boto3
 import pytest
 from botocore.config import Config
 
-from tests.e2e.conftest import HANG_GUARD_S, ROLE, Server, unique, wait_for_status, wait_until
+from tests.e2e.conftest import HANG_GUARD_S, ROLE, Server, make_server, unique, wait_for_status, wait_until
 from tuneforge.data.tasks import extraction_matches, make_extraction_task, to_prompt_only, write_jsonl
 from tuneforge.jobs import layout
 from tuneforge.storage import ObjectStore
@@ -27,6 +27,21 @@ from tuneforge.storage import ObjectStore
 SMOLLM2 = "huggingface.smollm2-135m-instruct-v1:0:8k"
 STUDENT = "tuneforge.smollm2-64m-student-v1:0:8k"
 TERMINAL = ("Completed", "Failed", "Stopped")
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """This module's own server: its jobs run one after another, so one worker gets both cores
+    (the shared server trains two jobs at a time on one thread each)."""
+    srv = make_server(tmp_path_factory.mktemp("smollm2-server"), worker_concurrency=1, worker_threads=2)
+    srv.start()
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture(scope="module")
+def bedrock(server: Server) -> Any:
+    return server.bedrock()
 
 
 @pytest.fixture(scope="module")
