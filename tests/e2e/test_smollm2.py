@@ -157,13 +157,6 @@ def test_fine_tuning_with_default_hyperparameters_improves_held_out_exact_match(
     assert after >= before + total // 4, (before, after)
 
 
-@pytest.mark.xfail(
-    run=False,
-    reason="known regression, issue 10 left open: since conversations render through SmolLM2's ChatML "
-    "template, distilling into the 10-layer student with the DISTILLATION defaults (full training, "
-    "learningRate 3e-3, 5 epochs, 64 prompts) ends at a training loss of 0.68 from 14.9 and 0/20 held-out "
-    "answers (85% with the plain template before)",
-)
 def test_fine_tuned_smollm2_distils_into_its_student(
     bedrock: Any, runtime: Any, server: Server, extraction: Extraction, fine_tuned: dict[str, Any]
 ) -> None:

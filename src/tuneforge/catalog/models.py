@@ -112,12 +112,15 @@ BUILTIN_ARCHITECTURES: dict[str, ArchitectureConfig] = {
 }
 
 
-def all_specs() -> dict[str, tuple[HyperParameterSpec, ...]]:
-    """The hyperparameter specs of every customization type; every recipe runs on any HF causal LM."""
+def all_specs(pretrained: bool = False) -> dict[str, tuple[HyperParameterSpec, ...]]:
+    """The hyperparameter specs of every customization type; every recipe runs on any HF causal LM.
+
+    ``pretrained``: the model comes with trained weights (not a random-initialised built-in), which
+    changes a default or two (see :func:`distillation_specs`)."""
     return {
         FINE_TUNING: fine_tuning_specs(),
         CONTINUED_PRE_TRAINING: continued_pretraining_specs(),
-        DISTILLATION: distillation_specs(),
+        DISTILLATION: distillation_specs(pretrained),
     }
 
 
@@ -186,7 +189,7 @@ def _smollm2(
         customizations=customizations,
         description=description,
         builtin=True,
-        specs={ctype: specs for ctype, specs in all_specs().items() if ctype in customizations},
+        specs={ctype: specs for ctype, specs in all_specs(pretrained=True).items() if ctype in customizations},
         tokenizer=SMOLLM2_TOKENIZER,
     )
 

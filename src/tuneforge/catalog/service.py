@@ -146,6 +146,6 @@ def _from_row(row: RegisteredModel) -> FoundationModel:
         customizations=CUSTOMIZATION_TYPES,
         inference_types=("ON_DEMAND", "PROVISIONED") if imported else ("PROVISIONED",),
         description=f"Imported from {row.source}" if imported else f"Registered from {row.source}",
-        specs=all_specs(),
+        specs=all_specs(pretrained=True),
         arn=row.arn,
     )
