@@ -64,6 +64,9 @@ class GenerationRequest:
     response_format: dict[str, Any] | None = None
     """``{"type": "json_object"}`` or ``{"type": "json_schema", "schema": {...}}``: the output is
     constrained to parse as JSON (matching the schema), see :mod:`tuneforge.engine.constrained`."""
+    adapter: str | None = None
+    """A multi-adapter engine only: the local folder of the custom model (a LoRA adapter of the
+    engine's base model, with its manifest) this request is answered by; None: the base model."""
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
@@ -92,4 +95,5 @@ class GenerationRequest:
             logit_bias=None
             if data.get("logit_bias") is None
             else {int(k): float(v) for k, v in data["logit_bias"].items()},
+            adapter=None if data.get("adapter") is None else str(data["adapter"]),
         )
