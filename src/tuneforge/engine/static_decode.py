@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable, Collection, Sequence
 from typing import Any
 
@@ -145,6 +146,7 @@ class LoneSequenceStep:
         if len(self._layers) != len(self.cache.layers):
             self.failure = "the model has sliding-window or linear-attention layers"
             return
+        started = time.monotonic()
         try:
             device = next(self.model.parameters()).device
             token = torch.zeros((1, 1), dtype=torch.long, device=device)
@@ -156,6 +158,11 @@ class LoneSequenceStep:
             self.failure = f"{type(exc).__name__}: {exc}"
             log.warning("compiling the lone-sequence decoding step failed, decoding stays eager: %s", self.failure)
             return
+        log.info(
+            "lone-sequence decoding step ready (static cache of %d tokens) in %.1f s",
+            self.max_length,
+            time.monotonic() - started,
+        )
         self.ready.set()
 
     def fits(self, tokens: int) -> bool:
