@@ -6,11 +6,9 @@ is wrapped in a :class:`MultiLoraLayer`, which computes, for one forward over a 
 
     y = W x  +  scale_i * B_i (A_i x)      for the rows whose request uses adapter i
 
-(S-LoRA / Punica style). The rows of a batch are grouped by adapter once per forward
-(:meth:`LoraRouter.route`); each layer then does one small pair of matmuls per adapter present,
-on that adapter's rows only, and adds the result in place. Rows without an adapter (the base
-model) cost nothing extra; a batch where every row shares one adapter skips the row gather.
-Ranks and scales may differ per adapter.
+(S-LoRA / Punica style): :class:`LoraRouter` lays out the batch's adapters once per batch
+composition, and each layer adds every row's update with two batched matmuls. Ranks and scales may
+differ per adapter.
 
 Why not peft's mixed-adapter batches (``adapter_names=`` in ``forward``)? Measured on forge-small
 (see docs/performance.md), peft registers and removes a pre-forward hook on every LoRA layer at
@@ -68,32 +66,47 @@ class LoraWeights:
     nbytes: int
 
 
-@dataclass(frozen=True)
-class Route:
-    """One adapter's share of a batch: its rows (None: every row) and its weights."""
-
-    rows: torch.Tensor | None
-    weights: LoraWeights
-
-
 class LoraRouter:
-    """Which rows of the next forward use which adapter; set by the batching thread before each forward."""
+    """Which rows of the next forward use which adapter; set by the batching thread before each forward.
+
+    Two layouts, chosen per batch composition and kept until it changes (decoding steps between two
+    admissions or retirements reuse them):
+
+    - **uniform**: every row uses the same adapter: each layer adds ``scale * B (A x)`` to the whole batch;
+    - **stacked** (mixed adapters, or adapters and base rows): per target module, every row's ``A``
+      and ``B`` stacked into ``(rows, in, R)`` and ``(rows, R, out)`` tensors, zero-padded to the
+      largest rank ``R`` among them, the scale folded into ``B``, zeros for base rows. Each layer
+      then adds ``bmm(bmm(x, A), B)``: two batched matmuls however many adapters the batch mixes
+      (Punica's BGMV, in plain torch), where a loop over adapters costs four small kernels each.
+    """
 
     def __init__(self) -> None:
-        self.routes: list[Route] = []
+        self.uniform: LoraWeights | None = None
+        self.stacked: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+        self._rows: list[LoraWeights | None] = []
 
     def route(self, adapters: list[LoraWeights | None], device: torch.device) -> None:
-        groups: dict[int, tuple[LoraWeights, list[int]]] = {}
-        for row, adapter in enumerate(adapters):
-            if adapter is not None:
-                groups.setdefault(id(adapter), (adapter, []))[1].append(row)
-        self.routes = [
-            Route(
-                None if len(rows) == len(adapters) else torch.tensor(rows, dtype=torch.long, device=device),
-                adapter,
-            )
-            for adapter, rows in groups.values()
-        ]
+        if len(adapters) == len(self._rows) and all(a is b for a, b in zip(adapters, self._rows, strict=True)):
+            return
+        self._rows = list(adapters)
+        distinct = list({id(a): a for a in adapters if a is not None}.values())
+        self.uniform, self.stacked = None, {}
+        if len(distinct) == 1 and all(a is not None for a in adapters):
+            self.uniform = distinct[0]
+            return
+        for name in sorted({module for adapter in distinct for module in adapter.modules}):
+            present = [adapter.modules[name] for adapter in distinct if name in adapter.modules]
+            rank = max(a.shape[0] for a, _, _ in present)
+            a0, b0, _ = present[0]
+            stacked_a = torch.zeros((len(adapters), a0.shape[1], rank), dtype=a0.dtype, device=device)
+            stacked_b = torch.zeros((len(adapters), rank, b0.shape[0]), dtype=b0.dtype, device=device)
+            for row, adapter in enumerate(adapters):
+                lora = None if adapter is None else adapter.modules.get(name)
+                if lora is not None:
+                    a, b, scale = lora
+                    stacked_a[row, :, : a.shape[0]] = a.T
+                    stacked_b[row, : a.shape[0], :] = b.T * scale
+            self.stacked[name] = (stacked_a, stacked_b)
 
 
 class MultiLoraLayer(torch.nn.Module):
@@ -107,16 +120,16 @@ class MultiLoraLayer(torch.nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y: torch.Tensor = self.base(x)
-        for route in self.router.routes:
-            lora = route.weights.modules.get(self.name)
-            if lora is None:
-                continue
-            a, b, scale = lora
-            if route.rows is None:
+        uniform = self.router.uniform
+        if uniform is not None:
+            lora = uniform.modules.get(self.name)
+            if lora is not None:
+                a, b, scale = lora
                 y = y + scale * ((x @ a.T) @ b.T)
-            else:
-                delta = (x.index_select(0, route.rows) @ a.T) @ b.T
-                y = y.index_add(0, route.rows, delta, alpha=scale)
+            return y
+        stacked = self.router.stacked.get(self.name)
+        if stacked is not None:
+            y = y + torch.bmm(torch.bmm(x, stacked[0]), stacked[1])
         return y
 
 

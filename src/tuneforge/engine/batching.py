@@ -167,7 +167,8 @@ class ContinuousBatcher:
 
     @property
     def running(self) -> int:
-        return len(self._active)
+        """Rows still generating (finished rows leave the batch at the end of the step that finished them)."""
+        return sum(not s.cancelled.is_set() for s in list(self._active))
 
     # -- the loop (one thread) ------------------------------------------------------------------
 

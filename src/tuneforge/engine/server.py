@@ -150,9 +150,14 @@ class Connection:
                             merged["logprobs"] = [*event["logprobs"], *pending["logprobs"]]
                         event = merged
                         pending = None
-                    self.send(event)
                     if event["event"] in ("end", "error"):
+                        # Released before the last event goes out: a client that asks for stats
+                        # once it has its answer sees the adapter free.
+                        self.release(adapter)
+                        adapter = None
+                        self.send(event)
                         return
+                    self.send(event)
             except OSError:
                 sequence.cancelled.set()  # the client went away: free its row in the batch
             finally:
