@@ -17,10 +17,24 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
 
 from tests.unit.adapter_folders import AdapterFactory
 from tuneforge.serving.engine_client import engine_stats, stream_events
 from tuneforge.serving.protocol import GenerationRequest
+
+BUDGET_ADAPTERS = 5
+"""The engine's cache budget, in rank-4 adapters: the three of the first test (ranks 2-4) fit in it."""
+
+
+def adapter_bytes(factory: AdapterFactory, folder: Path) -> int:
+    from tuneforge.engine.adapters import load_adapter, wrap_for_adapters
+    from tuneforge.model.loading import load_model_and_tokenizer
+
+    model, _ = load_model_and_tokenizer(factory.base_dir)
+    _, shapes = wrap_for_adapters(model)
+    options = {"base_source": "builtin:forge-micro", "dtype": torch.float32, "device": torch.device("cpu")}
+    return load_adapter(folder, shapes=shapes, **options).nbytes
 
 
 @pytest.fixture(scope="module")
@@ -28,6 +42,8 @@ def engine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]
     root = tmp_path_factory.mktemp("engine")
     factory = AdapterFactory("forge-micro", root / "data" / "models")
     folders = [factory.make(root / f"adapter-{i}", seed=i, rank=2 + i) for i in range(3)]
+    many = [factory.make(root / f"many-{i}", seed=100 + i, rank=4) for i in range(50)]
+    size = adapter_bytes(factory, many[0])
     corrupt = factory.make(root / "corrupt", seed=9)
     weights = corrupt / "adapter" / "adapter_model.safetensors"
     weights.write_bytes(weights.read_bytes()[:64])
@@ -36,7 +52,7 @@ def engine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]
         **os.environ,
         "TUNEFORGE_DATA_DIR": str(root / "data"),
         "TUNEFORGE_ENGINE_THREADS": "1",
-        "TUNEFORGE_ADAPTER_CACHE_BYTES": str(1 << 30),
+        "TUNEFORGE_ADAPTER_CACHE_BYTES": str(BUDGET_ADAPTERS * size),
     }
     command = [sys.executable, "-m", "tuneforge.engine.server", "--source", "builtin:forge-micro", "--multi-adapter"]
     process = subprocess.Popen(
@@ -48,7 +64,7 @@ def engine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]
         time.sleep(0.1)
     assert json.loads(status.read_text())["state"] == "ready"
     try:
-        yield {"socket": root / "e.sock", "folders": folders, "corrupt": corrupt}
+        yield {"socket": root / "e.sock", "folders": folders, "corrupt": corrupt, "many": many, "size": size}
     finally:
         process.kill()
         process.wait()
@@ -99,3 +115,30 @@ def test_an_adapter_sent_to_a_single_model_engine_is_a_validation_error(tmp_path
     thread.join(timeout=30)
     assert event["event"] == "error" and event["code"] == "ValidationException"
     assert "cannot answer with adapter" in event["message"]
+
+
+def test_fifty_adapters_through_the_engine_only_the_active_ones_stay_loaded(engine: dict[str, Any]) -> None:
+    path, many, size = engine["socket"], engine["many"], engine["size"]
+    budget = BUDGET_ADAPTERS * size
+
+    async def one_by_one() -> list[dict[str, Any]]:
+        seen = []
+        for folder in many:
+            assert (await answer(path, folder))["event"] == "end"
+            seen.append((await engine_stats(path))["adapter_cache"])
+        return seen
+
+    async def eight_at_once() -> tuple[list[dict[str, Any]], dict[str, Any]]:
+        ends = await asyncio.gather(*(answer(path, folder) for folder in many[:8]))
+        return ends, await engine_stats(path)
+
+    seen = asyncio.run(one_by_one())
+    assert all(cache["held_bytes"] <= budget for cache in seen)
+    assert [a["adapter"] for a in seen[-1]["adapters"]] == list(map(str, many[-BUDGET_ADAPTERS:]))
+
+    ends, stats = asyncio.run(eight_at_once())  # more adapters in flight than the budget holds
+    assert [e["event"] for e in ends] == ["end"] * 8
+    cache = stats["adapter_cache"]
+    assert cache["held_bytes"] <= budget, "adapters over the budget go once no request holds them"
+    assert all(a["in_use"] == 0 for a in cache["adapters"])
+    assert {a["adapter"] for a in cache["adapters"]} <= set(map(str, many[:8]))

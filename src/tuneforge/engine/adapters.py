@@ -281,7 +281,12 @@ class AdapterCache:
                 entry.users += 1
                 self._entries.move_to_end(folder)
                 return entry.weights
-        weights: LoraWeights = self.loader(Path(folder))
+        try:
+            weights: LoraWeights = self.loader(Path(folder))
+        except AdapterLoadError:
+            raise
+        except Exception as exc:  # out of memory, a tensor torch cannot convert: still this adapter's failure
+            raise AdapterLoadError(folder, f"{type(exc).__name__}: {exc}") from exc
         if weights.nbytes > self.budget_bytes:
             raise AdapterLoadError(
                 folder, f"it needs {weights.nbytes} bytes, more than the adapter cache's budget of {self.budget_bytes}"
