@@ -66,8 +66,9 @@ STOP_GRACE_S = 10.0
 MAX_SOCKET_PATH = 100
 """Unix socket paths are limited to 108 bytes on Linux."""
 COLD_START_BUCKETS = (0.5, 1, 2, 3, 5, 7.5, 10, 15, 20, 30, 45, 60, 90, 120, 300)
-"""Seconds from spawning an engine to its model being loaded and warmed up: about a second for the
-built-in models on an idle CPU, tens of seconds for a real model fetched from a slow disk."""
+"""Seconds from spawning an engine to its model being loaded and warmed up: 4-6 s for forge-small
+on a shared 2-core CPU (benchmarks/adapters_bench.py; mostly starting Python and importing torch),
+more for larger models."""
 
 
 class ColdStarts:
@@ -145,8 +146,6 @@ class EngineManager:
         self._thread: threading.Thread | None = None
         self._socket_dir = self._choose_socket_dir()
         self.cold_starts = ColdStarts()
-        self.spawned = 0
-        """Engines started since this manager was created (for tests and logs)."""
 
     def _choose_socket_dir(self) -> Path:
         folder = self.settings.engines_dir
@@ -317,7 +316,6 @@ class EngineManager:
         replica = Replica(rid, group, model_arn, socket_path, status_path, process)
         with self._lock:
             self._replicas[rid] = replica
-            self.spawned += 1
         log.info("%s: started engine %s (pid %d) for %s", group, rid, process.pid, model_arn)
         return replica
 
