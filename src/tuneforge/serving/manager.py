@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import shutil
 import subprocess
 import sys
@@ -90,17 +91,11 @@ class ColdStarts:
             counts[-1] += 1
             self._sums[group] = self._sums.get(group, 0.0) + seconds
 
-    def snapshot(self) -> dict[str, tuple[list[tuple[str, int]], float]]:
-        """group -> ([(upper bound, cumulative count)..., ("+Inf", total)], sum of seconds)."""
+    def snapshot(self) -> dict[str, tuple[list[tuple[float, int]], float]]:
+        """group -> ([(upper bound, cumulative count)..., (inf, total)], sum of seconds)."""
         with self._lock:
             return {
-                group: (
-                    [
-                        *((f"{bound:g}", count) for bound, count in zip(self.buckets, counts, strict=False)),
-                        ("+Inf", counts[-1]),
-                    ],
-                    self._sums[group],
-                )
+                group: ([*zip((*self.buckets, math.inf), counts, strict=True)], self._sums[group])
                 for group, counts in self._counts.items()
             }
 

@@ -19,6 +19,7 @@ never collide.
 from __future__ import annotations
 
 import asyncio
+import math
 import threading
 import time
 from collections import deque
@@ -254,7 +255,9 @@ class DeploymentCollector(Collector):
             labels=["model"],
         )
         for group, (buckets, total) in sorted(self.manager.cold_starts.snapshot().items()):
-            cold_starts.add_metric([self._model(group)], buckets, total)
+            cold_starts.add_metric(
+                [self._model(group)], [(_bucket_label(bound), count) for bound, count in buckets], total
+            )
         yield units
         yield info
         yield replicas
@@ -264,3 +267,8 @@ class DeploymentCollector(Collector):
         """An engine group's ``model`` label: the provisioned model's ARN, or the on-demand model's id."""
         kind, _, identifier = group.partition(":")
         return self.arns.provisioned_model(identifier) if kind == "pt" else identifier
+
+
+def _bucket_label(bound: float) -> str:
+    """A histogram bucket's ``le`` as prometheus_client writes its own: ``1.0``, ``7.5``, ``+Inf``."""
+    return "+Inf" if math.isinf(bound) else repr(float(bound))
