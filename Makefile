@@ -48,6 +48,7 @@ bench-smoke: $(STAMP)
 	$(BIN)/python benchmarks/distill_bench.py --quick --check
 	$(BIN)/python benchmarks/serving_batching.py --quick --check
 	$(BIN)/python benchmarks/serving_batching.py --model smollm2 --quick --check
+	$(BIN)/python benchmarks/adapters_bench.py --quick --check
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks
