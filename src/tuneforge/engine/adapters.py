@@ -33,6 +33,7 @@ import json
 import math
 import threading
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -272,8 +273,8 @@ class AdapterCache:
     """
 
     budget_bytes: int
-    loader: Any
-    """``folder -> LoraWeights``: :func:`load_adapter` with the engine's base bound."""
+    loader: Callable[[Path], LoraWeights]
+    """:func:`load_adapter` with the engine's base bound."""
     _entries: OrderedDict[str, _Entry] = field(default_factory=OrderedDict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
     loads: int = 0
@@ -287,7 +288,7 @@ class AdapterCache:
                 self._entries.move_to_end(folder)
                 return entry.weights
         try:
-            weights: LoraWeights = self.loader(Path(folder))
+            weights = self.loader(Path(folder))
         except AdapterLoadError:
             raise
         except Exception as exc:  # out of memory, a tensor torch cannot convert: still this adapter's failure
