@@ -149,7 +149,14 @@ class Settings(BaseSettings):
         gt=0,
         le=525_600,
         allow_inf_nan=False,
-        description="An on-demand foundation-model engine without requests this long is stopped.",
+        description="An on-demand engine (a foundation or imported model, with the adapters of its custom models) "
+        "without requests this long exits: on-demand serving scales to zero, and the next request starts it again.",
+    )
+    adapter_cache_bytes: int = Field(
+        default=1 << 30,
+        ge=1,
+        description="Bytes of LoRA adapter weights one multi-adapter engine keeps loaded; past it the least recently "
+        "used adapters that no request is using are evicted (and reloaded from disk when asked for again).",
     )
     max_training_records: int = Field(default=20_000, ge=1)
     max_training_file_bytes: int = Field(default=1 << 30, ge=1)

@@ -94,3 +94,14 @@ def test_smollm2_decoding_benchmark_smoke() -> None:
     assert results["greedy_tokens_shared_c1"] >= 16
     assert results["concurrency8_over_1"]["median"] >= 2.0
     assert results["engine_c1_over_hf_b1"]["median"] >= 0.8
+
+
+@pytest.mark.timeout(2 * RUN_HANG_GUARD_S + 600)
+def test_multi_adapter_benchmark_smoke() -> None:
+    data = run_benchmark("adapters_bench.py", "--quick")
+    assert data["benchmark"] == "adapters"
+    assert data["check_failures"] == []
+    results = data["results"]
+    assert results["memory_merged_over_multi"] >= 3
+    assert results["throughput_multi_over_merged"]["median"] >= 0.5
+    assert len(results["cold_start_s"]["samples"]) == 2 and results["cold_start_s"]["p50"] > 0

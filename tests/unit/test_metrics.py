@@ -312,3 +312,22 @@ def test_metrics_need_credentials_where_everything_else_does(locked: TestClient)
         assert "tuneforge_" not in refused.text
     scrape(locked.get("/metrics", headers={"authorization": "Bearer sk-good"}))
     scrape(locked.get("/metrics", headers=sigv4_headers("AK", "SK")))
+
+
+def test_engine_cold_starts_are_a_cumulative_histogram_per_model(open_client: TestClient) -> None:
+    engines = open_client.app.state.engines  # type: ignore[attr-defined]
+    engines.cold_starts.observe("od:" + SMALL, 0.8)
+    engines.cold_starts.observe("od:" + SMALL, 4.2)
+    engines.cold_starts.observe("pt:abcdefghij12", 12.0)
+    family = scrape(open_client.get("/metrics"))["tuneforge_engine_cold_start_seconds"]
+    samples = {(s.name, s.labels["model"], s.labels.get("le")): s.value for s in family.samples}
+    name = "tuneforge_engine_cold_start_seconds"
+    assert samples[(f"{name}_bucket", SMALL, "0.5")] == 0
+    assert samples[(f"{name}_bucket", SMALL, "1.0")] == 1
+    assert samples[(f"{name}_bucket", SMALL, "5.0")] == 2
+    assert samples[(f"{name}_bucket", SMALL, "+Inf")] == 2
+    assert samples[(f"{name}_count", SMALL, None)] == 2
+    assert samples[(f"{name}_sum", SMALL, None)] == pytest.approx(5.0)
+    deployment = "arn:aws:bedrock:us-east-1:123456789012:provisioned-model/abcdefghij12"
+    assert samples[(f"{name}_bucket", deployment, "10.0")] == 0
+    assert samples[(f"{name}_count", deployment, None)] == 1

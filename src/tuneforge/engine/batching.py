@@ -43,6 +43,7 @@ import torch
 from transformers import DynamicCache, PreTrainedTokenizerBase
 from transformers.cache_utils import DynamicLayer
 
+from tuneforge.engine.adapters import LoraRouter, LoraWeights
 from tuneforge.engine.constrained import Grammars, Matcher
 from tuneforge.engine.static_decode import LoneSequenceStep
 from tuneforge.model.prompts import RenderedPrompt, encode_prompt, end_of_turn_ids, serving_prompt
@@ -77,6 +78,8 @@ class Sequence:
     """One entry per generated token (EOS aside), when the request asked for logprobs."""
     logprobs_sent: int = 0
     prompt_logprobs: list[dict[str, Any]] = field(default_factory=list)
+    adapter: LoraWeights | None = None
+    """The LoRA adapter this row decodes with on a multi-adapter engine (None: the base model)."""
 
     def __post_init__(self) -> None:
         if self.request.seed is not None:
@@ -93,8 +96,11 @@ class ContinuousBatcher:
         max_batch: int = 16,
         *,
         trained_format: str | None = None,
+        router: LoraRouter | None = None,
     ) -> None:
         self.model = model
+        self.router = router
+        """A multi-adapter engine's (:mod:`tuneforge.engine.adapters`): told each forward's rows' adapters."""
         self.tokenizer = tokenizer
         self.max_batch = max_batch
         self.trained_format = trained_format
@@ -119,15 +125,16 @@ class ContinuousBatcher:
 
     # -- submission (any thread) ----------------------------------------------------------------
 
-    def render(self, request: GenerationRequest) -> RenderedPrompt:
-        """The request's prompt as the model was trained to see it (:func:`serving_prompt`); ValueError
-        when the chat template refuses the conversation or the prompt plus ``max_tokens`` exceed the context."""
+    def render(self, request: GenerationRequest, adapter: LoraWeights | None = None) -> RenderedPrompt:
+        """The request's prompt as the model (or the ``adapter`` answering it) was trained to see it
+        (:func:`serving_prompt`); ValueError when the chat template refuses the conversation or the
+        prompt plus ``max_tokens`` exceed the context."""
         with self._tokenizer_lock:
             rendered = serving_prompt(
                 self.tokenizer,
                 prompt=request.prompt,
                 conversation=request.conversation,
-                trained_format=self.trained_format,
+                trained_format=self.trained_format if adapter is None else adapter.trained_format,
             )
         self._check_context(rendered.ids, request.max_tokens)
         return rendered
@@ -165,7 +172,8 @@ class ContinuousBatcher:
 
     @property
     def running(self) -> int:
-        return len(self._active)
+        """Rows still generating (finished rows leave the batch at the end of the step that finished them)."""
+        return sum(not s.cancelled.is_set() for s in list(self._active))
 
     # -- the loop (one thread) ------------------------------------------------------------------
 
@@ -217,6 +225,7 @@ class ContinuousBatcher:
         # position (a 49k-word vocabulary costs a quarter of SmolLM2's prefill) is paid only when a
         # request asks for the prompt's logprobs. 0 keeps all positions.
         keep = 0 if any(s.request.prompt_logprobs for s in group) else 1
+        self._route(group)
         out = self.model(
             input_ids=ids,
             attention_mask=mask,
@@ -252,6 +261,7 @@ class ContinuousBatcher:
             assert self._cache is not None
             positions = self._mask.sum(1, keepdim=True)
             self._mask = torch.cat([self._mask, self._mask.new_ones((self._mask.shape[0], 1))], dim=1)
+            self._route(self._active)
             out = self.model(
                 input_ids=self._last[:, None],
                 attention_mask=self._mask,
@@ -267,9 +277,12 @@ class ContinuousBatcher:
 
     def _hand_to_lone(self) -> bool:
         """Move a lone sequence's cache into the compiled step, when it is ready and the sequence fits
-        it: the base model (no adapter), no padding, prompt plus ``max_tokens`` within its length."""
+        it: a single-model engine (a multi-adapter one routes rows through its adapters, which the
+        compiled graph does not), no padding, prompt plus ``max_tokens`` within its length."""
         lone = self.lone
         if lone is None or not lone.ready.is_set() or len(self._active) != 1 or self._cache is None:
+            return False
+        if self.router is not None:
             return False
         assert self._mask is not None
         sequence = self._active[0]
@@ -280,6 +293,10 @@ class ContinuousBatcher:
         lone.load(_kv(self._cache))
         self._cache, self._lone_active = None, True
         return True
+
+    def _route(self, rows: list[Sequence]) -> None:
+        if self.router is not None:
+            self.router.route([s.adapter for s in rows], self.device)
 
     def _retire(self) -> None:
         keep = [i for i, s in enumerate(self._active) if not s.cancelled.is_set()]

@@ -1,5 +1,10 @@
 """One model replica in its own process: ``python -m tuneforge.engine.server --source S --socket P --status F``.
 
+With ``--multi-adapter`` the engine loads the base model ``S`` once, unmerged, and answers each
+request with the LoRA adapter its ``adapter`` names (a custom model folder of that base), loaded on
+first use into an LRU cache of ``adapter_cache_bytes`` (:mod:`tuneforge.engine.adapters`); requests
+for different adapters share one continuous batch. Without it, a request naming an adapter is refused.
+
 The engine loads the model once (a custom model is its base with the LoRA adapter merged in at
 load time, see :func:`tuneforge.model.folders.load_for_inference`), renders each request's prompt
 as the model was trained to see it (:func:`tuneforge.model.prompts.serving_prompt`: its chat
@@ -15,6 +20,7 @@ by itself when the process that started it is gone, so a killed server never lea
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import logging
 import os
@@ -23,11 +29,13 @@ import socket
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from tuneforge.engine.adapters import AdapterCache, AdapterLoadError, LoraWeights, load_adapter, wrap_for_adapters
 from tuneforge.engine.batching import ContinuousBatcher, Event, Sequence
 from tuneforge.engine.static_decode import LoneSequenceStep
 from tuneforge.model.builtin import ensure_builtin
@@ -56,6 +64,21 @@ def model_folder(source: str, settings: Settings) -> Path:
     return folder
 
 
+def adapter_loader(
+    model: Any, source: str, model_id: str | None, shapes: dict[str, tuple[int, int]]
+) -> Callable[[Path], LoraWeights]:
+    """:func:`load_adapter` for this engine's base, in the model's dtype and on its device."""
+    parameter = next(model.parameters())
+    return functools.partial(
+        load_adapter,
+        base_source=source,
+        base_model_id=model_id,
+        shapes=shapes,
+        dtype=parameter.dtype,
+        device=parameter.device,
+    )
+
+
 def warm_up(batcher: ContinuousBatcher) -> None:
     """One short generation, so the first real request does not pay for lazy initialisation."""
     request = GenerationRequest(prompt="warm up", max_tokens=2)
@@ -69,9 +92,10 @@ def warm_up(batcher: ContinuousBatcher) -> None:
 class Connection:
     """One client request on one socket: read the request, relay the engine's events back."""
 
-    def __init__(self, sock: socket.socket, batcher: ContinuousBatcher) -> None:
+    def __init__(self, sock: socket.socket, batcher: ContinuousBatcher, adapters: AdapterCache | None = None) -> None:
         self.sock = sock
         self.batcher = batcher
+        self.adapters = adapters
 
     def send(self, event: Event) -> None:
         self.sock.sendall(json.dumps(event, separators=(",", ":")).encode("utf-8") + b"\n")
@@ -81,17 +105,32 @@ class Connection:
             line = reader.readline()
             if not line:
                 return
+            adapter: LoraWeights | None = None
             try:
-                request = GenerationRequest.from_json(json.loads(line))
-                rendered = self.batcher.render(request)
+                data = json.loads(line)
+                if data.get("event") == "stats":
+                    self.send(self.stats())
+                    return
+                request = GenerationRequest.from_json(data)
+                adapter = self.adapter(request)
+                rendered = self.batcher.render(request, adapter)
                 matcher = self.batcher.matcher(request.response_format)
                 self.batcher.check_logit_bias(request.logit_bias)
+            except AdapterLoadError as exc:
+                self.send({"event": "error", "code": "AdapterLoadError", "adapter": exc.folder, "message": str(exc)})
+                return
             except (ValueError, KeyError, TypeError) as exc:
+                self.release(adapter)
                 self.send({"event": "error", "code": "ValidationException", "message": str(exc)})
                 return
             events: queue.SimpleQueue[Event] = queue.SimpleQueue()
             sequence = Sequence(
-                request, rendered.ids, events.put, strip_leading_space=rendered.strip_leading_space, matcher=matcher
+                request,
+                rendered.ids,
+                events.put,
+                strip_leading_space=rendered.strip_leading_space,
+                matcher=matcher,
+                adapter=adapter,
             )
             try:
                 self.send({"event": "start", "input_tokens": len(rendered.ids), "prompt": rendered.text})
@@ -112,11 +151,39 @@ class Connection:
                             merged["logprobs"] = [*event["logprobs"], *pending["logprobs"]]
                         event = merged
                         pending = None
-                    self.send(event)
                     if event["event"] in ("end", "error"):
+                        # Released before the last event goes out: a client that asks for stats
+                        # once it has its answer sees the adapter free.
+                        self.release(adapter)
+                        adapter = None
+                        self.send(event)
                         return
+                    self.send(event)
             except OSError:
                 sequence.cancelled.set()  # the client went away: free its row in the batch
+            finally:
+                self.release(adapter)
+
+    def adapter(self, request: GenerationRequest) -> LoraWeights | None:
+        """The request's adapter from the cache (held until :meth:`release`); ValueError on an engine
+        that serves one model, AdapterLoadError for a folder that cannot be served."""
+        if request.adapter is None:
+            return None
+        if self.adapters is None:
+            raise ValueError(f"this engine serves one model and cannot answer with adapter {request.adapter}")
+        return self.adapters.acquire(request.adapter)
+
+    def release(self, adapter: LoraWeights | None) -> None:
+        if adapter is not None and self.adapters is not None:
+            self.adapters.release(adapter)
+
+    def stats(self) -> Event:
+        return {
+            "event": "stats",
+            "running": self.batcher.running,
+            "multi_adapter": self.adapters is not None,
+            "adapter_cache": None if self.adapters is None else self.adapters.stats(),
+        }
 
 
 def watch_parent(parent: int) -> None:
@@ -132,6 +199,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--source", required=True, help="builtin:<name> or a model folder")
     parser.add_argument("--socket", required=True, type=Path)
     parser.add_argument("--status", required=True, type=Path)
+    parser.add_argument(
+        "--multi-adapter",
+        action="store_true",
+        help="serve the base model unmerged, with each request's LoRA adapter (GenerationRequest.adapter)",
+    )
+    parser.add_argument("--model-id", help="the base's catalog id: a multi-adapter engine serves adapters of it")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s engine %(levelname)s %(message)s")
     parent = os.getppid()
@@ -143,11 +216,18 @@ def main(argv: list[str] | None = None) -> int:
     try:
         folder = model_folder(args.source, settings)
         model, tokenizer = load_for_inference(folder, settings.models_dir)
+        adapters = None
+        router = None
+        if args.multi_adapter:
+            router, shapes = wrap_for_adapters(model)
+            adapters = AdapterCache(
+                settings.adapter_cache_bytes, adapter_loader(model, args.source, args.model_id, shapes)
+            )
         batcher = ContinuousBatcher(
-            model, tokenizer, max_batch=settings.engine_max_batch, trained_format=trained_format(folder)
+            model, tokenizer, max_batch=settings.engine_max_batch, trained_format=trained_format(folder), router=router
         )
         warm_up(batcher)
-        if settings.engine_compiled_decode_tokens:
+        if settings.engine_compiled_decode_tokens and router is None:  # see ContinuousBatcher._hand_to_lone
             batcher.lone = LoneSequenceStep(model, min(settings.engine_compiled_decode_tokens, batcher.context))
         args.socket.unlink(missing_ok=True)
         server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -168,7 +248,7 @@ def main(argv: list[str] | None = None) -> int:
     with server:
         while True:
             client, _ = server.accept()
-            threading.Thread(target=Connection(client, batcher).serve, daemon=True).start()
+            threading.Thread(target=Connection(client, batcher, adapters).serve, daemon=True).start()
 
 
 if __name__ == "__main__":

@@ -42,3 +42,23 @@ async def stream_events(socket_path: Path, request: GenerationRequest) -> AsyncG
         raise EngineUnavailable(f"lost the engine: {exc}") from None
     finally:
         writer.close()
+
+
+async def engine_stats(socket_path: Path) -> dict[str, Any]:
+    """The engine's ``stats`` answer (:mod:`tuneforge.serving.protocol`): its running rows and adapter cache."""
+    try:
+        reader, writer = await asyncio.open_unix_connection(str(socket_path), limit=LINE_LIMIT)
+    except OSError as exc:
+        raise EngineUnavailable(f"cannot reach the engine: {exc}") from None
+    try:
+        writer.write(b'{"event": "stats"}\n')
+        await writer.drain()
+        line = await reader.readline()
+        if not line:
+            raise EngineUnavailable("the engine closed the connection without its stats")
+        stats: dict[str, Any] = json.loads(line)
+        return stats
+    except (ConnectionError, OSError) as exc:
+        raise EngineUnavailable(f"lost the engine: {exc}") from None
+    finally:
+        writer.close()

@@ -15,8 +15,18 @@ session. Every tick (0.25 s) it:
      that fails -> the update is abandoned, the old model keeps serving, ``failureMessage`` says why;
    - an ``InService`` replica that dies is replaced (after ``MAX_RESTARTS`` in a row, ``Failed``);
 3. **reaps idle deployments**: one ``InService`` without requests for its idle timeout is deleted,
-   with the reason recorded (committed deployments are exempt); idle on-demand engines are stopped;
+   with the reason recorded (committed deployments are exempt); an on-demand engine without
+   requests for ``on_demand_idle_minutes`` is stopped (scale to zero);
 4. **flushes** token counts into the usage ledger and buffered invocation logs to storage.
+
+**On-demand engines** (group ``od:<model id>``) serve a foundation or imported model and, as a
+multi-adapter engine (``--multi-adapter``, :mod:`tuneforge.engine.adapters`), every custom model
+(LoRA adapter) of it, unmerged, one process per base. The first request starts the engine and waits
+for it (:meth:`EngineManager.start_on_demand`, under the manager's lock: concurrent first requests
+start exactly one); the time from spawn to ready is recorded per group (:class:`ColdStarts`, the
+``tuneforge_engine_cold_start_seconds`` histogram). An on-demand engine that dies after it was ready
+(killed, crashed) is forgotten, not failed: the requests it held fail with a retryable error and the
+next request starts a fresh one.
 
 **Restart policy.** State lives in the database, replicas do not: after a server restart the first
 tick starts fresh replicas for every live deployment (``Creating`` ones continue to ``InService``,
@@ -28,6 +38,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import shutil
 import subprocess
 import sys
@@ -55,6 +66,38 @@ RETIRE_GRACE_S = 120.0
 STOP_GRACE_S = 10.0
 MAX_SOCKET_PATH = 100
 """Unix socket paths are limited to 108 bytes on Linux."""
+COLD_START_BUCKETS = (0.5, 1, 2, 3, 5, 7.5, 10, 15, 20, 30, 45, 60, 90, 120, 300)
+"""Seconds from spawning an engine to its model being loaded and warmed up: 4-6 s for forge-small
+on a shared 2-core CPU (benchmarks/adapters_bench.py; mostly starting Python and importing torch),
+more for larger models."""
+
+
+class ColdStarts:
+    """Per group, a cumulative histogram of engine start times (spawn to ready): bounded memory, read
+    at scrape time by :class:`tuneforge.serving.metrics.DeploymentCollector`."""
+
+    def __init__(self, buckets: tuple[float, ...] = COLD_START_BUCKETS) -> None:
+        self.buckets = buckets
+        self._lock = threading.Lock()
+        self._counts: dict[str, list[int]] = {}
+        self._sums: dict[str, float] = {}
+
+    def observe(self, group: str, seconds: float) -> None:
+        with self._lock:
+            counts = self._counts.setdefault(group, [0] * (len(self.buckets) + 1))
+            for index, bound in enumerate(self.buckets):
+                if seconds <= bound:
+                    counts[index] += 1
+            counts[-1] += 1
+            self._sums[group] = self._sums.get(group, 0.0) + seconds
+
+    def snapshot(self) -> dict[str, tuple[list[tuple[float, int]], float]]:
+        """group -> ([(upper bound, cumulative count)..., (inf, total)], sum of seconds)."""
+        with self._lock:
+            return {
+                group: ([*zip((*self.buckets, math.inf), counts, strict=True)], self._sums[group])
+                for group, counts in self._counts.items()
+            }
 
 
 @dataclass(eq=False)
@@ -97,6 +140,7 @@ class EngineManager:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._socket_dir = self._choose_socket_dir()
+        self.cold_starts = ColdStarts()
 
     def _choose_socket_dir(self) -> Path:
         folder = self.settings.engines_dir
@@ -172,11 +216,17 @@ class EngineManager:
     # -- requests (event-loop thread) -----------------------------------------------------------
 
     def acquire(self, group: str) -> Replica | None:
-        """The ready replica of the group's current model with the fewest requests in flight."""
+        """The ready replica of the group's current model with the fewest requests in flight.
+
+        A replica whose process has exited since the last tick is skipped: a request right after an
+        engine was killed waits for its replacement instead of failing on the dead socket.
+        """
         with self._lock:
             arn = self._serving_arn.get(group)
             ready = [
-                r for r in self._replicas.values() if r.group == group and r.state == "ready" and r.model_arn == arn
+                r
+                for r in self._replicas.values()
+                if r.group == group and r.state == "ready" and r.model_arn == arn and r.process.poll() is None
             ]
             if not ready:
                 return None
@@ -198,6 +248,9 @@ class EngineManager:
         group = on_demand_group(served.foundation.model_id)
         with self._lock:
             self._serving_arn[group] = served.arn
+            for replica in [r for r in self._replicas.values() if r.group == group]:
+                if replica.state == "ready" and replica.process.poll() is not None:
+                    self._forget(replica)  # died since the last tick: start its replacement now
             mine = [r for r in self._replicas.values() if r.group == group]
             failed = [r for r in mine if r.state == "failed"]
             for replica in failed:
@@ -205,7 +258,7 @@ class EngineManager:
             if failed:
                 return failed[0].failure
             if not any(r.state in ("starting", "ready") for r in mine):
-                self._spawn(group, served.arn, served.source)
+                self._spawn(group, served.arn, served.source, multi_adapter_of=served.foundation.model_id)
         return None
 
     def replica_states(self, group: str) -> dict[str, int]:
@@ -227,8 +280,10 @@ class EngineManager:
 
     # -- processes ------------------------------------------------------------------------------
 
-    def _spawn(self, group: str, model_arn: str, source: str) -> Replica:
+    def _spawn(self, group: str, model_arn: str, source: str, *, multi_adapter_of: str | None = None) -> Replica:
+        """Start an engine; ``multi_adapter_of`` (the base's model id) makes it a multi-adapter engine."""
         rid = new_id()
+        adapters = ["--multi-adapter", "--model-id", multi_adapter_of] if multi_adapter_of is not None else []
         socket_path = self._socket_dir / f"{rid}.sock"
         status_path = self.settings.engines_dir / f"{rid}.json"
         log_path = self.settings.logs_dir / f"engine-{rid}.log"
@@ -245,6 +300,7 @@ class EngineManager:
                     str(socket_path),
                     "--status",
                     str(status_path),
+                    *adapters,
                 ],
                 env=child_environment(self.settings),
                 stdout=log_file,
@@ -279,13 +335,22 @@ class EngineManager:
                         status = None
                 if status and status.get("state") == "ready":
                     replica.state, replica.last_used = "ready", now
-                    log.info("%s: engine %s ready", replica.group, replica.id)
+                    self.cold_starts.observe(replica.group, now - replica.started)
+                    log.info("%s: engine %s ready after %.1f s", replica.group, replica.id, now - replica.started)
                 elif status and status.get("state") == "failed":
                     self._failed(replica, str(status.get("message", "the engine failed to load the model")))
                 elif code is not None:
                     self._failed(replica, f"the engine process exited with code {code} while loading the model")
                 elif now - replica.started > self.settings.engine_start_timeout_s:
                     self._failed(replica, f"the model did not load within {self.settings.engine_start_timeout_s:g} s")
+            elif replica.state == "ready" and code is not None and replica.group.startswith("od:"):
+                log.warning(
+                    "%s: engine %s exited with code %d; the next request starts another",
+                    replica.group,
+                    replica.id,
+                    code,
+                )
+                self._forget(replica)
             elif replica.state == "ready" and code is not None:
                 self._failed(replica, f"the engine process exited unexpectedly with code {code}")
 

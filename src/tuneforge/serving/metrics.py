@@ -19,6 +19,7 @@ never collide.
 from __future__ import annotations
 
 import asyncio
+import math
 import threading
 import time
 from collections import deque
@@ -27,7 +28,7 @@ from types import TracebackType
 from typing import Any, Literal
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from tuneforge.arns import ArnFactory
@@ -245,10 +246,29 @@ class DeploymentCollector(Collector):
             labels=["model", "state"],
         )
         for group, states in sorted(self.manager.replica_counts().items()):
-            kind, _, identifier = group.partition(":")
-            model = self.arns.provisioned_model(identifier) if kind == "pt" else identifier
             for state, count in sorted(states.items()):
-                replicas.add_metric([model, state], count)
+                replicas.add_metric([self._model(group), state], count)
+        cold_starts = HistogramMetricFamily(
+            "tuneforge_engine_cold_start_seconds",
+            "From starting an engine process to its model being loaded and warmed up (what the first request "
+            "after a scale to zero waits), by model as in the serving metrics.",
+            labels=["model"],
+        )
+        for group, (buckets, total) in sorted(self.manager.cold_starts.snapshot().items()):
+            cold_starts.add_metric(
+                [self._model(group)], [(_bucket_label(bound), count) for bound, count in buckets], total
+            )
         yield units
         yield info
         yield replicas
+        yield cold_starts
+
+    def _model(self, group: str) -> str:
+        """An engine group's ``model`` label: the provisioned model's ARN, or the on-demand model's id."""
+        kind, _, identifier = group.partition(":")
+        return self.arns.provisioned_model(identifier) if kind == "pt" else identifier
+
+
+def _bucket_label(bound: float) -> str:
+    """A histogram bucket's ``le`` as prometheus_client writes its own: ``1.0``, ``7.5``, ``+Inf``."""
+    return "+Inf" if math.isinf(bound) else repr(float(bound))

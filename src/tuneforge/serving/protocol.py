@@ -15,7 +15,21 @@ line; the engine answers with lines, each one event:
 A logprobs entry is ``{"token": str, "bytes": [int], "logprob": float, "top_logprobs": [{"token",
 "bytes", "logprob"}]}`` (OpenAI's chat shape); a prompt entry's ``logprob`` is None for the first
 token, which nothing precedes.
-- ``{"event": "error", "code": "ValidationException", "message": "..."}`` instead of ``start``.
+- ``{"event": "error", "code": "ValidationException", "message": "..."}`` instead of ``start``: a
+  request the model cannot take (too long for its context, a grammar it cannot follow, an
+  ``adapter`` sent to an engine that serves one model);
+- ``{"event": "error", "code": "AdapterLoadError", "adapter": "<folder>", "message": "Adapter <folder>
+  could not be loaded: <reason>"}`` instead of ``start``, from a multi-adapter engine: the request's
+  adapter is missing, corrupt, of another base model or of a LoRA variant the engine does not
+  implement. The engine goes on serving every other adapter; the control plane marks that custom
+  model's deployment failed with the message;
+- ``{"event": "error", "code": "ModelErrorException", "message": "..."}`` after ``start``: the
+  generation step failed for the whole running batch.
+
+A connection may instead ask for the engine's state: the client writes ``{"event": "stats"}`` and
+the engine answers one line, ``{"event": "stats", "running": N, "multi_adapter": bool,
+"adapter_cache": {"budget_bytes", "held_bytes", "loads", "evictions", "adapters": [{"adapter",
+"bytes", "in_use"}]} | null}`` (adapters least recently used first), and closes it.
 
 Closing the connection cancels the generation. A Unix socket (mode 0600 in the data directory)
 keeps engines unreachable from the network and from other users; the API process is their only

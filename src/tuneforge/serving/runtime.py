@@ -213,7 +213,8 @@ class RuntimeService:
                         )
                     yield event
             except EngineUnavailable as exc:
-                raise ModelErrorException(f"The model failed to answer: {exc}") from None
+                # The engine died (it is restarted on the next request): retryable, unlike a model error.
+                raise ModelNotReadyException(f"The model's engine stopped before answering ({exc}); retry.") from None
             finally:
                 self.manager.release(replica)
 
