@@ -131,6 +131,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--source", required=True, help="builtin:<name> or a model folder")
     parser.add_argument("--socket", required=True, type=Path)
     parser.add_argument("--status", required=True, type=Path)
+    parser.add_argument(
+        "--multi-adapter",
+        action="store_true",
+        help="the on-demand engine of a base model, which also answers requests naming an adapter",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s engine %(levelname)s %(message)s")
     parent = os.getppid()

@@ -189,13 +189,16 @@ class EngineManager:
             replica.in_flight -= 1
             replica.last_used = self._last_request[replica.group] = time.monotonic()
 
-    def start_on_demand(self, served: ServedModel) -> str | None:
+    def start_on_demand(self, served: ServedModel, group: str | None = None) -> str | None:
         """Make sure the shared engine of a foundation model is starting or ready.
 
+        ``group`` is ``od:<foundation model id>`` by default: a multi-adapter engine of the base model
+        that also answers every LoRA custom model deployed on it; a custom model trained in full gets
+        ``od:<custom model arn>``, a plain engine of its own weights.
         Returns the failure message of the last attempt, if it failed (and forgets it, so the
         next request tries again).
         """
-        group = on_demand_group(served.foundation.model_id)
+        group = group or on_demand_group(served.foundation.model_id)
         with self._lock:
             self._serving_arn[group] = served.arn
             mine = [r for r in self._replicas.values() if r.group == group]
@@ -205,7 +208,8 @@ class EngineManager:
             if failed:
                 return failed[0].failure
             if not any(r.state in ("starting", "ready") for r in mine):
-                self._spawn(group, served.arn, served.source)
+                multi_adapter = group == on_demand_group(served.foundation.model_id)
+                self._spawn(group, served.arn, served.source, multi_adapter=multi_adapter)
         return None
 
     def replica_states(self, group: str) -> dict[str, int]:
@@ -227,7 +231,7 @@ class EngineManager:
 
     # -- processes ------------------------------------------------------------------------------
 
-    def _spawn(self, group: str, model_arn: str, source: str) -> Replica:
+    def _spawn(self, group: str, model_arn: str, source: str, *, multi_adapter: bool = False) -> Replica:
         rid = new_id()
         socket_path = self._socket_dir / f"{rid}.sock"
         status_path = self.settings.engines_dir / f"{rid}.json"
@@ -245,6 +249,7 @@ class EngineManager:
                     str(socket_path),
                     "--status",
                     str(status_path),
+                    *(["--multi-adapter"] if multi_adapter else []),
                 ],
                 env=child_environment(self.settings),
                 stdout=log_file,
