@@ -110,9 +110,7 @@ class RuntimeService:
         deployments: DeploymentService | None = None,
     ) -> None:
         self.throughput = throughput
-        self.deployments = deployments or DeploymentService(
-            throughput.db, throughput.catalog, throughput.arns, throughput.settings, meter
-        )
+        self.deployments = deployments
         self.manager = manager
         self.meter = meter
         self.start_timeout_s = start_timeout_s
@@ -128,8 +126,8 @@ class RuntimeService:
         if kind == "custom-model":
             raise self._needs_provisioned_throughput(identifier)
         if kind == "custom-model-deployment":
-            deployment = self.deployments.find(identifier)
-            if deployment is None:
+            deployment = self.deployments.find(identifier) if self.deployments is not None else None
+            if self.deployments is None or deployment is None:
                 raise UnknownModel(model_id)
             return self._deployment(model_id, self.deployments.route(deployment))
         on_demand = kind in ("foundation-model", "imported-model")
@@ -148,8 +146,8 @@ class RuntimeService:
             custom = session.scalar(select(CustomModel.arn).where(CustomModel.name == identifier))
         if row is not None:
             return self._provisioned(model_id, row)
-        deployment = self.deployments.find(identifier)
-        if deployment is not None:
+        deployment = self.deployments.find(identifier) if self.deployments is not None else None
+        if self.deployments is not None and deployment is not None:
             return self._deployment(model_id, self.deployments.route(deployment))
         if custom is not None:
             raise self._needs_provisioned_throughput(custom)
@@ -248,7 +246,7 @@ class RuntimeService:
                     kind = event["event"]
                     if kind == "error":
                         raise self._engine_error(target, event)
-                    if deployment is not None and self.deployments.is_deleted(deployment.deployment_id):
+                    if deployment is not None and self._deleted(deployment):
                         raise ModelErrorException(
                             f"The custom model deployment {deployment.name} was deleted while this response was "
                             "being generated."
@@ -260,8 +258,8 @@ class RuntimeService:
                             target.model_arn if deployment is not None else replica.model_arn,
                             int(event["input_tokens"]),
                             int(event["output_tokens"]),
-                            deployment_id=None if deployment is None else deployment.deployment_id,
-                            price=target.price,
+                            None if deployment is None else deployment.deployment_id,
+                            target.price,
                         )
                     yield event
             except EngineUnavailable as exc:
@@ -269,10 +267,13 @@ class RuntimeService:
             finally:
                 self.manager.release(replica)
 
+    def _deleted(self, deployment: DeploymentRoute) -> bool:
+        return self.deployments is not None and self.deployments.is_deleted(deployment.deployment_id)
+
     def _engine_error(self, target: Target, event: dict[str, Any]) -> ServiceError:
         code = event.get("code")
         message = str(event.get("message", "the model failed"))
-        if code == ADAPTER_LOAD_FAILED and target.deployment is not None:
+        if code == ADAPTER_LOAD_FAILED and target.deployment is not None and self.deployments is not None:
             self.deployments.mark_failed(target.deployment.deployment_id, message)
         return ValidationException(message) if code == "ValidationException" else ModelErrorException(message)
 

@@ -139,7 +139,6 @@ class UsageMeter:
         model_arn: str,
         input_tokens: int,
         output_tokens: int,
-        *,
         deployment_id: str | None = None,
         price: TokenPrice | None = None,
     ) -> None:
