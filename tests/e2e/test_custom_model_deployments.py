@@ -151,6 +151,13 @@ def test_full_model_deployment_answers_with_its_model_by_arn_and_by_name(
     for question in QUESTIONS:
         assert ask(runtime, arn, question) == "delta"
     assert ask(runtime, name) == "delta"
+    stream = runtime.invoke_model_with_response_stream(modelId=arn, body=json.dumps({"prompt": "Hi", "max_gen_len": 4}))
+    chunks = [json.loads(event["chunk"]["bytes"]) for event in stream["body"]]
+    assert chunks[-1]["amazon-bedrock-invocationMetrics"]["outputTokenCount"] > 0
+    invoked = json.loads(
+        runtime.invoke_model(modelId=name, body=json.dumps({"prompt": "Hi", "max_gen_len": 4}))["body"].read()
+    )
+    assert invoked["generation_token_count"] > 0
     with pytest.raises(ClientError) as direct:
         ask(runtime, full_model)
     assert code(direct) == "ValidationException" and "CreateCustomModelDeployment" in str(direct.value)
@@ -227,11 +234,23 @@ def test_cli_creates_lists_shows_updates_and_deletes_a_deployment(
 # -- LoRA models: one engine of their base serves them all (needs the multi-adapter engine) -------------
 
 
-def test_three_lora_deployments_share_one_engine_that_exits_after_delete(
+def test_deleted_deployments_engine_exits_after_its_idle_time(
     server: Server, bedrock: Any, runtime: Any, full_deployment: tuple[str, str]
 ) -> None:
-    bedrock.delete_custom_model_deployment(customModelDeploymentIdentifier=full_deployment[1])
+    name, arn = full_deployment
+    assert ask(runtime, arn) == "delta"
+    assert len(engine_processes(server)) == 1
+    bedrock.delete_custom_model_deployment(customModelDeploymentIdentifier=arn)
+    with pytest.raises(ClientError) as gone:
+        ask(runtime, name)
+    assert code(gone) == "ValidationException"
     wait_until(lambda: engine_processes(server), lambda pids: pids == [], "the full model's engine to stop")
+
+
+def test_three_lora_deployments_share_one_engine_that_exits_after_delete(
+    server: Server, bedrock: Any, runtime: Any
+) -> None:
+    wait_until(lambda: engine_processes(server), lambda pids: pids == [], "earlier tests' engines to stop")
     models = fine_tune(server, bedrock, {"lora-a": "alpha", "lora-b": "bravo", "lora-c": "charlie"})
     deployments = {
         answer: bedrock.create_custom_model_deployment(modelDeploymentName=unique(answer), modelArn=arn)[

@@ -408,3 +408,11 @@ def test_an_adapter_the_engine_cannot_load_fails_the_deployment_with_the_reason(
         asyncio.run(collect(service.generate(target, GenerationRequest(max_tokens=8, prompt="hi"))))
     got = get(app_client, arn).json()
     assert got["status"] == "Failed" and got["failureMessage"] == "adapter_model.safetensors: bad header"
+
+
+def test_client_request_token_makes_create_idempotent(app_client: TestClient) -> None:
+    model = add_custom_model(app_client, "cm-token")
+    first = create(app_client, "dep-token", model, clientRequestToken="tok-1").json()
+    assert create(app_client, "dep-token", model, clientRequestToken="tok-1").json() == first
+    reused = create(app_client, "dep-token-2", model, clientRequestToken="tok-1")
+    assert error_code(reused) == "ConflictException" and "tok-1" in reused.json()["message"]

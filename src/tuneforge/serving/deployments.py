@@ -215,7 +215,7 @@ class DeploymentService:
                 )
             if existing is not None:
                 if existing.request_fingerprint != fingerprint:
-                    raise ValidationException(
+                    raise ConflictException(
                         f"The clientRequestToken {request.client_request_token} was already used for a different "
                         "CreateCustomModelDeployment request"
                     )
