@@ -126,10 +126,10 @@ class RuntimeService:
         if kind == "custom-model":
             raise self._needs_provisioned_throughput(identifier)
         if kind == "custom-model-deployment":
-            deployment = self.deployments.find(identifier) if self.deployments is not None else None
-            if self.deployments is None or deployment is None:
+            route = self._deployment_route(identifier)
+            if route is None:
                 raise UnknownModel(model_id)
-            return self._deployment(model_id, self.deployments.route(deployment))
+            return self._deployment(model_id, route)
         on_demand = kind in ("foundation-model", "imported-model")
         if on_demand or (not kind and self.throughput.is_foundation_id(identifier)):
             try:
@@ -146,9 +146,9 @@ class RuntimeService:
             custom = session.scalar(select(CustomModel.arn).where(CustomModel.name == identifier))
         if row is not None:
             return self._provisioned(model_id, row)
-        deployment = self.deployments.find(identifier) if self.deployments is not None else None
-        if self.deployments is not None and deployment is not None:
-            return self._deployment(model_id, self.deployments.route(deployment))
+        route = self._deployment_route(identifier)
+        if route is not None:
+            return self._deployment(model_id, route)
         if custom is not None:
             raise self._needs_provisioned_throughput(custom)
         raise UnknownModel(model_id)
@@ -189,6 +189,13 @@ class RuntimeService:
             on_demand=served,
             price=self.throughput.settings.token_price(served.foundation.model_id),
         )
+
+    def _deployment_route(self, identifier: str) -> DeploymentRoute | None:
+        """The live custom model deployment of this ARN or name, routed (budget and status checked)."""
+        deployment = self.deployments.find(identifier) if self.deployments is not None else None
+        if self.deployments is None or deployment is None:
+            return None
+        return self.deployments.route(deployment)
 
     @staticmethod
     def _deployment(model_id: str, route: DeploymentRoute) -> Target:
