@@ -24,8 +24,8 @@ from tuneforge.arns import new_id
 from tuneforge.db.tables import CustomModel, RegisteredModel, UsageSegment
 from tuneforge.errors import ModelErrorException
 from tuneforge.serving import runtime as runtime_module
-from tuneforge.serving.deployments import ADAPTER_LOAD_FAILED, BUDGET_TAG
-from tuneforge.serving.protocol import GenerationRequest
+from tuneforge.serving.deployments import BUDGET_TAG
+from tuneforge.serving.protocol import ADAPTER_LOAD_FAILED, GenerationRequest
 from tuneforge.serving.runtime import RuntimeService, collect
 from tuneforge.serving.usage import usage_report
 from tuneforge.settings import Settings, TokenPrice

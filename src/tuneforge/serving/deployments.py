@@ -16,7 +16,8 @@ Either engine starts on the first request and stops after ``on_demand_idle_minut
 checks do (manifest, adapter or merged weights present, safetensors headers complete; no weights are
 loaded), and moves it to ``Active``, or to ``Failed`` with the reason. Loading happens on the first
 request (scale to zero), so ``Active`` means "servable", not "loaded"; an engine that then cannot load
-the adapter (error code ``AdapterLoadFailed``) moves it to ``Failed`` too.
+the adapter (error code :data:`~tuneforge.serving.protocol.ADAPTER_LOAD_FAILED`) moves it to
+``Failed`` too.
 
 **Budget.** The tag ``tuneforge:monthly-budget-usd`` (a tag because boto3 refuses members its model
 does not define) sets a monthly budget: once this month's tokens (UTC) cost that much, requests are
@@ -59,8 +60,6 @@ STATUSES = ("Creating", "Active", "Failed")
 BUDGET_TAG = "tuneforge:monthly-budget-usd"
 MODEL_MANIFEST = "tuneforge-model.json"
 """Written by :func:`tuneforge.model.folders.save_model` (torch side); read here as plain JSON."""
-ADAPTER_LOAD_FAILED = "AdapterLoadFailed"
-"""The engine's error code for an adapter it cannot load: the deployment becomes ``Failed``."""
 
 
 @dataclass(frozen=True)
@@ -228,7 +227,7 @@ class DeploymentService:
         did = new_id()
         row = CustomModelDeployment(
             id=did,
-            arn=f"arn:aws:bedrock:{self.arns.region}:{self.arns.account_id}:custom-model-deployment/{did}",
+            arn=self.arns.custom_model_deployment(did),
             name=request.name,
             description=request.description,
             model_arn=custom.arn,
@@ -271,22 +270,24 @@ class DeploymentService:
 
     def find(self, identifier: str) -> CustomModelDeployment | None:
         """The live deployment of this ARN or name, or None."""
-        identifier = decode_identifier(identifier)
-        column = CustomModelDeployment.arn if is_arn(identifier) else CustomModelDeployment.name
         with self.db.session() as session:
-            return session.scalar(
-                select(CustomModelDeployment).where(column == identifier, CustomModelDeployment.deleted_at.is_(None))
-            )
+            return self._live(session, identifier)
 
     def _find(self, session: Session, identifier: str) -> CustomModelDeployment:
+        row = self._live(session, identifier)
+        if row is None:
+            raise ResourceNotFoundException(
+                f"The custom model deployment {decode_identifier(identifier)} does not exist."
+            )
+        return row
+
+    @staticmethod
+    def _live(session: Session, identifier: str) -> CustomModelDeployment | None:
         identifier = decode_identifier(identifier)
         column = CustomModelDeployment.arn if is_arn(identifier) else CustomModelDeployment.name
-        row = session.scalar(
+        return session.scalar(
             select(CustomModelDeployment).where(column == identifier, CustomModelDeployment.deleted_at.is_(None))
         )
-        if row is None:
-            raise ResourceNotFoundException(f"The custom model deployment {identifier} does not exist.")
-        return row
 
     def list_deployments(
         self, filters: DeploymentFilter, after: Cursor | None, limit: int

@@ -41,11 +41,11 @@ from tuneforge.errors import (
     constraint_errors,
     range_violation,
 )
-from tuneforge.serving.deployments import ADAPTER_LOAD_FAILED, DeploymentRoute, DeploymentService
+from tuneforge.serving.deployments import DeploymentRoute, DeploymentService
 from tuneforge.serving.engine_client import EngineUnavailable, stream_events
 from tuneforge.serving.manager import EngineManager, Replica, on_demand_group, pt_group
 from tuneforge.serving.metrics import Api, ServingMetrics
-from tuneforge.serving.protocol import GenerationRequest
+from tuneforge.serving.protocol import ADAPTER_LOAD_FAILED, GenerationRequest
 from tuneforge.serving.throughput import DELETED, ServedModel, ThroughputService
 from tuneforge.serving.usage import UsageMeter
 from tuneforge.settings import TokenPrice
