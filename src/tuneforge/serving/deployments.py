@@ -12,10 +12,11 @@ token when somebody does:
 
 Either engine starts on the first request and stops after ``on_demand_idle_minutes`` without one.
 
-**Statuses.** Create stores the deployment ``Creating``, checks the model's files the way the import
-checks do (manifest, adapter or merged weights present, safetensors headers complete; no weights are
-loaded), and moves it to ``Active``, or to ``Failed`` with the reason. Loading happens on the first
-request (scale to zero), so ``Active`` means "servable", not "loaded"; an engine that then cannot load
+**Statuses.** Create checks the model's files the way the import checks do (manifest, adapter or
+merged weights present, safetensors headers complete; no weights are loaded), within the call, and
+stores the deployment ``Active``, or ``Failed`` with the reason: a crash can never leave one
+``Creating``, so that status is never seen. Loading happens on the first request (scale to zero), so
+``Active`` means "servable", not "loaded"; an engine that then cannot load
 the adapter (error code :data:`~tuneforge.serving.protocol.ADAPTER_LOAD_FAILED`) moves it to
 ``Failed`` too.
 
@@ -223,6 +224,7 @@ class DeploymentService:
         with self.db.session() as session:
             custom = self._custom_model(session, request.model_arn)
         base = self._servable_base(custom)
+        problem = check_model_files(Path(custom.weights_path))
         now = utcnow()
         did = new_id()
         row = CustomModelDeployment(
@@ -234,7 +236,8 @@ class DeploymentService:
             base_model_id=base.model_id,
             client_request_token=request.client_request_token,
             request_fingerprint=fingerprint,
-            status="Creating",
+            status="Failed" if problem else "Active",
+            failure_message=problem,
             tags=list(request.tags),
             monthly_budget=budget,
             created_at=now,
@@ -243,14 +246,7 @@ class DeploymentService:
         with self._create_lock, self.db.session() as session:
             self._check_name_free(session, request.name)
             session.add(row)
-        problem = check_model_files(Path(custom.weights_path))
-        with self.db.session() as session:
-            stored = session.get(CustomModelDeployment, did)
-            assert stored is not None
-            stored.status = "Failed" if problem else "Active"
-            stored.failure_message = problem
-            stored.updated_at = utcnow()
-            return stored
+        return row
 
     @staticmethod
     def _check_name_free(session: Session, name: str) -> None:
