@@ -11,6 +11,7 @@ import asyncio
 import json
 import struct
 from collections.abc import AsyncGenerator, Iterator
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -416,3 +417,29 @@ def test_client_request_token_makes_create_idempotent(app_client: TestClient) ->
     assert create(app_client, "dep-token", model, clientRequestToken="tok-1").json() == first
     reused = create(app_client, "dep-token-2", model, clientRequestToken="tok-1")
     assert error_code(reused) == "ConflictException" and "tok-1" in reused.json()["message"]
+
+
+def test_a_new_month_opens_a_new_segment_so_the_budget_counts_this_month_only(app_client: TestClient) -> None:
+    model = add_custom_model(app_client, "cm-month")
+    arn = create(app_client, "dep-month", model, tags=[{"key": BUDGET_TAG, "value": "1"}]).json()[
+        "customModelDeploymentArn"
+    ]
+    svc = services(app_client)
+    deployment_id = arn.rsplit("/", 1)[1]
+    price = TokenPrice(input=1.0, output=2.0)
+    svc.meter.record(None, model, 5000, 0, deployment_id, price)
+    svc.meter.flush()
+    assert error_code(converse(app_client, arn)) == "ThrottlingException"
+    with svc.db.session() as session:
+        [segment] = session.query(UsageSegment).filter_by(deployment_id=deployment_id).all()
+        segment.started_at = segment.started_at - timedelta(days=40)
+    assert runtime(app_client).resolve(arn).deployment is not None
+    svc.meter.record(None, model, 100, 0, deployment_id, price)
+    svc.meter.flush()
+    with svc.db.session() as session:
+        assert [s.input_tokens for s in session.query(UsageSegment).filter_by(deployment_id=deployment_id)] == [
+            5000,
+            100,
+        ]
+    extension = get(app_client, arn).json()["tuneforge"]
+    assert extension["monthToDateCost"] == pytest.approx(0.1) and extension["cost"] == pytest.approx(5.1)
