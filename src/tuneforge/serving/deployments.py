@@ -389,16 +389,16 @@ class DeploymentService:
             )
         if row.status != "Active":
             raise ValidationException(f"The custom model deployment {row.name} is {row.status}, not Active.")
+        if row.monthly_budget is not None:
+            spent = self.meter.month_to_date_cost(row.id)
+            if spent >= row.monthly_budget:
+                raise ThrottlingException(
+                    f"The custom model deployment {row.name} reached its monthly budget of "
+                    f"{row.monthly_budget:g} USD (tag {BUDGET_TAG}; {spent:.6f} USD spent this month). "
+                    "Raise the budget with TagResource, or wait for next month."
+                )
         with self.db.session() as session:
             custom = self._custom_model(session, row.model_arn)
-            if row.monthly_budget is not None:
-                spent = month_to_date_cost(session, row.id) + self.meter.pending_cost(row.id)
-                if spent >= row.monthly_budget:
-                    raise ThrottlingException(
-                        f"The custom model deployment {row.name} reached its monthly budget of "
-                        f"{row.monthly_budget:g} USD (tag {BUDGET_TAG}; {spent:.6f} USD spent this month). "
-                        "Raise the budget with TagResource, or wait for next month."
-                    )
         return self.route_for_model(row, custom)
 
 
