@@ -39,7 +39,7 @@ from pathlib import Path
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from tuneforge.arns import ArnFactory, decode_identifier, is_arn, new_id, resource_type
+from tuneforge.arns import ArnFactory, decode_identifier, is_arn, new_id
 from tuneforge.catalog.imports import ImportCheckError, _safetensors_parameters
 from tuneforge.catalog.models import FoundationModel
 from tuneforge.catalog.service import Catalog
@@ -401,7 +401,3 @@ class DeploymentService:
             custom = self._custom_model(session, row.model_arn)
         return self.route_for_model(row, custom)
 
-
-def deployment_kind(identifier: str) -> bool:
-    """Whether ``identifier`` is a custom model deployment ARN."""
-    return is_arn(identifier) and resource_type(identifier) == "custom-model-deployment"
