@@ -400,4 +400,3 @@ class DeploymentService:
         with self.db.session() as session:
             custom = self._custom_model(session, row.model_arn)
         return self.route_for_model(row, custom)
-
