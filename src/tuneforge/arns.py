@@ -31,6 +31,9 @@ class ArnFactory:
     def provisioned_model(self, resource_id: str) -> str:
         return f"arn:aws:bedrock:{self.region}:{self.account_id}:provisioned-model/{resource_id}"
 
+    def custom_model_deployment(self, resource_id: str) -> str:
+        return f"arn:aws:bedrock:{self.region}:{self.account_id}:custom-model-deployment/{resource_id}"
+
     def imported_model(self, resource_id: str) -> str:
         return f"arn:aws:bedrock:{self.region}:{self.account_id}:imported-model/{resource_id}"
 

@@ -16,6 +16,7 @@ from tuneforge.db.listing import PageTokens
 from tuneforge.db.session import Database
 from tuneforge.jobs.memory import MemoryPlanner
 from tuneforge.jobs.service import JobService
+from tuneforge.serving.deployments import DeploymentService
 from tuneforge.serving.invocation_logs import InvocationLogs
 from tuneforge.serving.throughput import ThroughputService
 from tuneforge.serving.usage import UsageMeter
@@ -35,6 +36,7 @@ class Services:
     custom_models: CustomModelService
     imports: ImportService
     throughput: ThroughputService
+    deployments: DeploymentService
     meter: UsageMeter
     invocation_logs: InvocationLogs
     page_tokens: PageTokens
@@ -47,6 +49,7 @@ class Services:
         store = ObjectStore.from_settings(settings)
         arns = ArnFactory(settings.region, settings.account_id)
         catalog = Catalog(db, store, arns)
+        meter = UsageMeter(db)
         return cls(
             settings=settings,
             db=db,
@@ -57,7 +60,8 @@ class Services:
             custom_models=CustomModelService(db, settings.models_dir),
             imports=ImportService(db, store, arns, settings),
             throughput=ThroughputService(db, catalog, arns, settings),
-            meter=UsageMeter(db),
+            deployments=DeploymentService(db, catalog, arns, settings, meter),
+            meter=meter,
             invocation_logs=InvocationLogs(db, store, settings.account_id, settings.region),
             page_tokens=PageTokens.from_key_file(settings.data_dir / "pagination.key"),
             tags=TagService(db, settings),

@@ -18,7 +18,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-from pydantic import Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -45,6 +45,15 @@ class _ConfigFileSource(PydanticBaseSettingsSource):
         text = path.read_text(encoding="utf-8")
         data: dict[str, Any] = json.loads(text) if path.suffix == ".json" else tomllib.loads(text)
         return data
+
+
+class TokenPrice(BaseModel):
+    """On-demand prices of one base model, per 1,000 tokens (frozen: the meter keys counts by it)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    input: float = Field(ge=0, allow_inf_nan=False)
+    output: float = Field(ge=0, allow_inf_nan=False)
 
 
 class Settings(BaseSettings):
@@ -113,6 +122,24 @@ class Settings(BaseSettings):
         allow_inf_nan=False,
         description="Delete a provisioned throughput after this many minutes without requests; 0 turns it off. "
         "A deployment's tuneforge:idle-timeout-minutes tag overrides it.",
+    )
+    price_per_1k_input_tokens: float = Field(
+        default=0.0005,
+        ge=0,
+        allow_inf_nan=False,
+        description="On-demand price per 1,000 input tokens (foundation models and custom model deployments) of "
+        "base models that token_prices does not name.",
+    )
+    price_per_1k_output_tokens: float = Field(
+        default=0.0015,
+        ge=0,
+        allow_inf_nan=False,
+        description="On-demand price per 1,000 output tokens of base models that token_prices does not name.",
+    )
+    token_prices: dict[str, TokenPrice] = Field(
+        default_factory=dict,
+        description='On-demand prices per base model id, e.g. {"tuneforge.forge-small-v1:0:512": '
+        '{"input": 0.001, "output": 0.002}} (per 1,000 tokens); a custom model is billed at its base\'s price.',
     )
     max_model_units: int = Field(
         default=8, ge=1, description="Model units (engine processes) all provisioned throughputs may hold at once."
@@ -235,6 +262,12 @@ class Settings(BaseSettings):
         if ":" in host:
             host = f"[{host}]"
         return f"http://{host}:{self.port}"
+
+    def token_price(self, base_model_id: str) -> TokenPrice:
+        """What 1,000 input and output tokens of ``base_model_id`` (or a model customized from it) cost."""
+        return self.token_prices.get(base_model_id) or TokenPrice(
+            input=self.price_per_1k_input_tokens, output=self.price_per_1k_output_tokens
+        )
 
     def ensure_dirs(self) -> None:
         for path in (self.data_dir, self.objects_dir, self.models_dir, self.logs_dir):

@@ -4,7 +4,8 @@ Tags live with their resource (``jobs.job_tags``, ``custom_models.tags``, ``prov
 ``model_import_jobs.job_tags``, and an imported model's ``registered_models.tags``) as Bedrock's
 ``[{"key", "value"}]`` list. A provisioned throughput's
 ``tuneforge:idle-timeout-minutes`` tag is also its idle timeout, so tagging it changes the timeout
-(checked like at create), and untagging it falls back to the server's setting.
+(checked like at create), and untagging it falls back to the server's setting. A custom model
+deployment's ``tuneforge:monthly-budget-usd`` tag is its monthly budget in the same way.
 
 An ARN of a resource type tuneforge does not keep is ResourceNotFoundException.
 """
@@ -19,14 +20,22 @@ from sqlalchemy.orm import Session
 
 from tuneforge.arns import decode_identifier, resource_path, resource_type
 from tuneforge.db.session import Database
-from tuneforge.db.tables import CustomModel, Job, ModelImportJob, ProvisionedModel, RegisteredModel
+from tuneforge.db.tables import (
+    CustomModel,
+    CustomModelDeployment,
+    Job,
+    ModelImportJob,
+    ProvisionedModel,
+    RegisteredModel,
+)
 from tuneforge.errors import ResourceNotFoundException, TooManyTagsException
+from tuneforge.serving.deployments import monthly_budget
 from tuneforge.serving.throughput import DELETED, idle_timeout_seconds
 from tuneforge.settings import Settings
 
 MAX_TAGS = 200
 
-Tagged = Job | CustomModel | ProvisionedModel | ModelImportJob | RegisteredModel
+Tagged = Job | CustomModel | ProvisionedModel | ModelImportJob | RegisteredModel | CustomModelDeployment
 
 
 class TagService:
@@ -68,6 +77,8 @@ class TagService:
         if isinstance(row, ProvisionedModel) and row.commitment_duration is None:
             # Raises ValidationException, naming the tag and its range, before anything is stored.
             row.idle_timeout_s = idle_timeout_seconds(tuple(tags), self.settings.idle_timeout_minutes)
+        if isinstance(row, CustomModelDeployment):
+            row.monthly_budget = monthly_budget(tags)
         row.tags = tags
 
     @staticmethod
@@ -85,9 +96,15 @@ class TagService:
             )
         elif kind == "model-import-job":
             row = session.scalar(select(ModelImportJob).where(ModelImportJob.arn == arn))
+        elif kind == "custom-model-deployment":
+            row = session.scalar(
+                select(CustomModelDeployment).where(
+                    CustomModelDeployment.arn == arn, CustomModelDeployment.deleted_at.is_(None)
+                )
+            )
         elif kind == "imported-model":
             row = session.scalar(select(RegisteredModel).where(RegisteredModel.arn == arn))
         if row is None:
             raise ResourceNotFoundException(f"The resource {arn} does not exist.")
-        assert isinstance(row, Job | CustomModel | ProvisionedModel | ModelImportJob | RegisteredModel)
+        assert isinstance(row, Tagged)
         return row

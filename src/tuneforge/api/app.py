@@ -23,6 +23,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from tuneforge import __version__
+from tuneforge.api.bedrock.deployment_routes import router as deployment_router
 from tuneforge.api.bedrock.import_routes import router as import_router
 from tuneforge.api.bedrock.routes import router as bedrock_router
 from tuneforge.api.bedrock.serving_routes import router as serving_router
@@ -63,7 +64,12 @@ def create_app(
     engines = EngineManager(settings, services.throughput, services.meter, services.invocation_logs)
     registry, serving_metrics = create_registry(services, engines)
     runtime = RuntimeService(
-        services.throughput, engines, services.meter, settings.engine_start_timeout_s, serving_metrics
+        services.throughput,
+        engines,
+        services.meter,
+        settings.engine_start_timeout_s,
+        serving_metrics,
+        deployments=services.deployments,
     )
     inference = Inference(runtime, services.invocation_logs)
     start_engines = run_supervisor if run_engines is None else run_engines
@@ -90,7 +96,7 @@ def create_app(
     app.state.engines = engines
     app.state.metrics_registry = registry
     app.state.bedrock_runtime = BedrockRuntime(inference)
-    app.state.openai = OpenAIServing(inference, services.throughput)
+    app.state.openai = OpenAIServing(inference, services.throughput, services.deployments)
 
     app.add_middleware(Edge, settings=settings)
 
@@ -125,6 +131,7 @@ def create_app(
     app.include_router(bedrock_router)
     app.include_router(import_router)
     app.include_router(serving_router)
+    app.include_router(deployment_router)
     app.include_router(runtime_router)
     app.include_router(openai_router)
     app.include_router(metrics_router)

@@ -14,7 +14,7 @@ from tuneforge.arns import decode_identifier, is_arn
 from tuneforge.catalog.models import DISTILLATION
 from tuneforge.db.listing import Cursor, Page, created_and_named, fetch_page
 from tuneforge.db.session import Database
-from tuneforge.db.tables import LIVE_PROVISIONED_STATUSES, CustomModel, Job, ProvisionedModel
+from tuneforge.db.tables import LIVE_PROVISIONED_STATUSES, CustomModel, CustomModelDeployment, Job, ProvisionedModel
 from tuneforge.errors import ConflictException, ResourceNotFoundException
 
 
@@ -81,7 +81,8 @@ class CustomModelService:
     def delete(self, identifier: str) -> None:
         """Remove the record and the weights. The database row goes first, so a crash half-way
         leaves at worst an orphaned folder, never a model whose weights are gone. A model that a
-        live provisioned throughput serves (or is switching to), or that a DISTILLATION job not yet
+        live provisioned throughput serves (or is switching to), that a custom model deployment serves,
+        or that a DISTILLATION job not yet
         finished (queued, running or stopping) uses as its teacher, is refused with ConflictException."""
         with self.db.session() as session:
             model = self._find(session, identifier)
@@ -95,6 +96,16 @@ class CustomModelService:
                 raise ConflictException(
                     f"The custom model {model.name} is in use by provisioned model throughput {serving}. "
                     "Delete the provisioned throughput (or update it to another model) first."
+                )
+            deployment = session.scalar(
+                select(CustomModelDeployment.name).where(
+                    CustomModelDeployment.model_arn == model.arn, CustomModelDeployment.deleted_at.is_(None)
+                )
+            )
+            if deployment is not None:
+                raise ConflictException(
+                    f"The custom model {model.name} is in use by custom model deployment {deployment}. "
+                    "Delete the deployment (or update it to another model) first."
                 )
             teaching = self._teaching(session, model.arn)
             if teaching is not None:

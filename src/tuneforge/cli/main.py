@@ -1,7 +1,7 @@
-"""``tuneforge``: serve, demo, models, data, jobs, throughput, invoke and usage.
+"""``tuneforge``: serve, demo, models, data, jobs, deployments, throughput, invoke and usage.
 
 ``models`` and ``data`` work on the local installation (same settings as the server); ``jobs``,
-``throughput``, ``invoke``, ``usage`` and ``models register`` (an import job) talk to a running
+``deployments``, ``throughput``, ``invoke``, ``usage`` and ``models register`` (an import job) talk to a running
 server through boto3, exactly as user code does. Output is for people by default and JSON with ``--json``.
 """
 
@@ -27,7 +27,11 @@ throughput_app = typer.Typer(no_args_is_help=True, help="Provisioned throughput:
 app.add_typer(models_app, name="models")
 app.add_typer(data_app, name="data")
 app.add_typer(jobs_app, name="jobs")
+deployments_app = typer.Typer(
+    no_args_is_help=True, help="Custom model deployments: serve a custom model on demand, billed per token."
+)
 app.add_typer(throughput_app, name="throughput")
+app.add_typer(deployments_app, name="deployments")
 
 console = Console()
 err = Console(stderr=True)
@@ -664,12 +668,133 @@ def throughput_delete(provisioned_model: str, endpoint_url: EndpointOpt = None) 
     console.print(f"deleted {provisioned_model}")
 
 
+# -- custom model deployments ----------------------------------------------------------------------
+
+
+@deployments_app.command("create")
+def deployments_create(
+    name: str,
+    model: Annotated[str, typer.Option("--model", help="Custom model ARN.")],
+    description: Annotated[str | None, typer.Option("--description")] = None,
+    budget: Annotated[
+        float | None, typer.Option("--monthly-budget", min=0, help="US dollars a month; refused past it.")
+    ] = None,
+    endpoint_url: EndpointOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Deploy a custom model on demand: no engine until the first request, billed per token."""
+    from tuneforge.serving.deployments import BUDGET_TAG
+
+    client = _client(endpoint_url)
+    kwargs: dict[str, Any] = {"modelDeploymentName": name, "modelArn": model}
+    if description:
+        kwargs["description"] = description
+    if budget is not None:
+        kwargs["tags"] = [{"key": BUDGET_TAG, "value": f"{budget:g}"}]
+    arn = _call(client.create_custom_model_deployment, **kwargs)["customModelDeploymentArn"]
+    final = _call(client.get_custom_model_deployment, customModelDeploymentIdentifier=arn)
+    if as_json:
+        _print_json(final)
+        return
+    console.print(arn)
+    console.print(f"{final['status']} {final.get('failureMessage', '')}".strip())
+    if final["status"] == "Failed":
+        raise typer.Exit(1)
+
+
+@deployments_app.command("list")
+def deployments_list(
+    status: Annotated[str | None, typer.Option("--status", help="Creating, Active or Failed.")] = None,
+    name_contains: Annotated[str | None, typer.Option("--name-contains")] = None,
+    endpoint_url: EndpointOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """List custom model deployments, newest first."""
+    client = _client(endpoint_url)
+    kwargs: dict[str, Any] = {}
+    if status:
+        kwargs["statusEquals"] = status
+    if name_contains:
+        kwargs["nameContains"] = name_contains
+    items: list[dict[str, Any]] = []
+    try:
+        for page in client.get_paginator("list_custom_model_deployments").paginate(**kwargs):
+            items += page.get("modelDeploymentSummaries", [])
+    except Exception as exc:
+        raise _fail(str(exc)) from None
+    if as_json:
+        _print_json(items)
+        return
+    table = Table("name", "status", "model", "created", "failure")
+    for item in items:
+        table.add_row(
+            item["customModelDeploymentName"],
+            item["status"],
+            item["modelArn"].rsplit("/", 1)[-1],
+            str(item["createdAt"])[:19],
+            item.get("failureMessage", ""),
+        )
+    console.print(table)
+
+
+@deployments_app.command("get")
+def deployments_get(deployment: str, endpoint_url: EndpointOpt = None, as_json: JsonOpt = False) -> None:
+    """Show one deployment: its model, how it is served, its tokens, cost and budget."""
+    client = _client(endpoint_url)
+    bodies = _raw_bodies(client, "GetCustomModelDeployment")
+    _call(client.get_custom_model_deployment, customModelDeploymentIdentifier=deployment)
+    body = bodies[-1]
+    if as_json:
+        _print_json(body)
+        return
+    meter = body.get("tuneforge", {})
+    console.print(f"[bold]{body['modelDeploymentName']}[/bold] {body['status']}  {body['customModelDeploymentArn']}")
+    console.print(f"  model    {body['modelArn']}")
+    console.print(f"  serving  {meter.get('serving')} on engine group {meter.get('engineGroup')}")
+    if update := body.get("updateDetails"):
+        console.print(f"  update   {update['updateStatus']} to {update['modelArn']}")
+    budget = meter.get("monthlyBudgetUsd")
+    console.print(
+        f"  meter    {meter.get('invocations', 0)} invocations, {meter.get('inputTokens', 0)} input / "
+        f"{meter.get('outputTokens', 0)} output tokens, cost {meter.get('cost', 0):.6f}; this month "
+        f"{meter.get('monthToDateCost', 0):.6f}" + (f" of a {budget:g} USD budget" if budget is not None else "")
+    )
+    if body.get("failureMessage"):
+        console.print(f"[red]{body['failureMessage']}[/red]")
+
+
+@deployments_app.command("update")
+def deployments_update(
+    deployment: str,
+    model: Annotated[str, typer.Option("--model", help="Custom model ARN of the same base to serve instead.")],
+    endpoint_url: EndpointOpt = None,
+) -> None:
+    """Swap the custom model a deployment serves."""
+    client = _client(endpoint_url)
+    _call(client.update_custom_model_deployment, customModelDeploymentIdentifier=deployment, modelArn=model)
+    final = _call(client.get_custom_model_deployment, customModelDeploymentIdentifier=deployment)
+    update = final.get("updateDetails", {})
+    console.print(f"{update.get('updateStatus')}: serving {final['modelArn']} {final.get('failureMessage', '')}")
+    if update.get("updateStatus") == "UpdateFailed":
+        raise typer.Exit(1)
+
+
+@deployments_app.command("delete")
+def deployments_delete(deployment: str, endpoint_url: EndpointOpt = None) -> None:
+    """Delete a deployment (its engine stops after the on-demand idle time if nothing else uses it)."""
+    _call(_client(endpoint_url).delete_custom_model_deployment, customModelDeploymentIdentifier=deployment)
+    console.print(f"deleted {deployment}")
+
+
 # -- invoke and usage --------------------------------------------------------------------------------
 
 
 @app.command()
 def invoke(
-    model: Annotated[str, typer.Argument(help="Provisioned throughput name/ARN, or a foundation model id.")],
+    model: Annotated[
+        str,
+        typer.Argument(help="Custom model deployment or provisioned throughput name/ARN, or a foundation model id."),
+    ],
     prompt: str,
     system: Annotated[str | None, typer.Option("--system", help="System prompt (chat only).")] = None,
     max_tokens: Annotated[int | None, typer.Option("--max-tokens", min=1)] = None,
@@ -726,7 +851,8 @@ def invoke(
 
 @app.command()
 def usage(endpoint_url: EndpointOpt = None, as_json: JsonOpt = False) -> None:
-    """Model-unit-hours, tokens and cost per deployment (deleted ones included) and per model."""
+    """Provisioned model-unit-hours, on-demand tokens and their cost per deployment (deleted ones
+    included) and per model."""
     from tuneforge.client import ExtensionError, extension_get
 
     settings = _settings()
@@ -764,10 +890,27 @@ def usage(endpoint_url: EndpointOpt = None, as_json: JsonOpt = False) -> None:
             str(m["inputTokens"]),
             str(m["outputTokens"]),
         )
+    on_demand = Table(
+        "on-demand deployment", "status", "calls", "in tokens", "out tokens", "cost", "this month", "budget"
+    )
+    for d in report.get("customModelDeployments", []):
+        budget = d["monthlyBudgetUsd"]
+        on_demand.add_row(
+            d["modelDeploymentName"],
+            d["status"],
+            str(d["invocations"]),
+            str(d["inputTokens"]),
+            str(d["outputTokens"]),
+            f"{d['cost']:.6f}",
+            f"{d['monthToDateCost']:.6f}",
+            "" if budget is None else f"{budget:g}",
+        )
+    console.print(on_demand)
     console.print(models)
     total = report["total"]
     console.print(
-        f"total: {total['modelUnitHours']:.4f} MU-hours, cost {total['cost']:.4f}; {total['invocations']} calls, "
+        f"total: {total['modelUnitHours']:.4f} MU-hours (cost {total.get('provisionedCost', 0):.4f}) + on-demand "
+        f"tokens (cost {total.get('onDemandCost', 0):.6f}) = {total['cost']:.4f}; {total['invocations']} calls, "
         f"{total['inputTokens']} input / {total['outputTokens']} output tokens"
     )
 

@@ -235,13 +235,49 @@ class ProvisionedModel(Base):
     deletion_reason: Mapped[str | None] = mapped_column(Text, nullable=True)
 
 
+class CustomModelDeployment(Base):
+    """An on-demand deployment of a custom model (CreateCustomModelDeployment), billed per token.
+
+    It holds no replica of its own: requests go to the shared on-demand engine of the custom model's
+    base (``group`` ``od:<base model id>``, the model's folder as the request's adapter) or, for a
+    model trained in full, to an on-demand engine of that model (``od:<custom model arn>``); both
+    stop when idle. Rows are kept after DeleteCustomModelDeployment (``deleted_at``) so the usage
+    report still names what was billed; Get and List no longer show them.
+    """
+
+    __tablename__ = "custom_model_deployments"
+
+    id: Mapped[str] = mapped_column(String(12), primary_key=True)
+    arn: Mapped[str] = mapped_column(String(1011), unique=True)
+    name: Mapped[str] = mapped_column(String(63), index=True)
+    """Unique among deployments not deleted (checked by the service, not the schema)."""
+    description: Mapped[str | None] = mapped_column(Text, nullable=True)
+    model_arn: Mapped[str] = mapped_column(String(1011))
+    base_model_id: Mapped[str] = mapped_column(String(256))
+    client_request_token: Mapped[str | None] = mapped_column(String(256), unique=True)
+    request_fingerprint: Mapped[str] = mapped_column(String(64))
+    status: Mapped[str] = mapped_column(String(16), default="Active")
+    """Creating | Active | Failed"""
+    failure_message: Mapped[str | None] = mapped_column(Text, nullable=True)
+    update_model_arn: Mapped[str | None] = mapped_column(String(1011), nullable=True)
+    update_status: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    """Updating | UpdateCompleted | UpdateFailed (Bedrock's ``updateDetails``)."""
+    tags: Mapped[list[Any]] = mapped_column(JSON, default=list)
+    monthly_budget: Mapped[float | None] = mapped_column(Float, nullable=True)
+    """From the ``tuneforge:monthly-budget-usd`` tag; None: no budget."""
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    deleted_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+
+
 class UsageSegment(Base):
     """What one model served on one deployment over one stretch of time: the meter's ledger.
 
     A provisioned throughput opens a segment when it is created and when an update switches models,
     and closes it when it switches, fails or is deleted; model-unit-hours are
-    ``model_units x (ended_at or now - started_at)``. On-demand foundation-model use has segments
-    without a deployment: tokens, no hours.
+    ``model_units x (ended_at or now - started_at)``. On-demand use (foundation models and custom
+    model deployments) has segments without a provisioned throughput: tokens at a price per 1,000,
+    no hours.
     """
 
     __tablename__ = "usage_segments"
@@ -256,6 +292,12 @@ class UsageSegment(Base):
     invocations: Mapped[int] = mapped_column(Integer, default=0)
     input_tokens: Mapped[int] = mapped_column(Integer, default=0)
     output_tokens: Mapped[int] = mapped_column(Integer, default=0)
+    deployment_id: Mapped[str | None] = mapped_column(String(12), nullable=True, index=True)
+    """The custom model deployment that served these tokens (on-demand use of a custom model)."""
+    price_per_1k_input_tokens: Mapped[float | None] = mapped_column(Float, nullable=True)
+    price_per_1k_output_tokens: Mapped[float | None] = mapped_column(Float, nullable=True)
+    """On-demand segments only (provisioned ones bill hours): the price their tokens were metered at.
+    A price change or a new calendar month opens a new segment, so both stay exact per segment."""
 
 
 class InvocationLoggingConfig(Base):

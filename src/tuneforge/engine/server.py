@@ -40,7 +40,7 @@ from tuneforge.engine.batching import ContinuousBatcher, Event, Sequence
 from tuneforge.engine.static_decode import LoneSequenceStep
 from tuneforge.model.builtin import ensure_builtin
 from tuneforge.model.folders import BUILTIN_SOURCE_PREFIX, load_for_inference, trained_format
-from tuneforge.serving.protocol import GenerationRequest
+from tuneforge.serving.protocol import ADAPTER_LOAD_FAILED, GenerationRequest
 from tuneforge.settings import Settings
 
 log = logging.getLogger("tuneforge.engine")
@@ -117,7 +117,7 @@ class Connection:
                 matcher = self.batcher.matcher(request.response_format)
                 self.batcher.check_logit_bias(request.logit_bias)
             except AdapterLoadError as exc:
-                self.send({"event": "error", "code": "AdapterLoadError", "adapter": exc.folder, "message": str(exc)})
+                self.send({"event": "error", "code": ADAPTER_LOAD_FAILED, "adapter": exc.folder, "message": str(exc)})
                 return
             except (ValueError, KeyError, TypeError) as exc:
                 self.release(adapter)

@@ -239,13 +239,16 @@ class EngineManager:
             replica.in_flight -= 1
             replica.last_used = self._last_request[replica.group] = time.monotonic()
 
-    def start_on_demand(self, served: ServedModel) -> str | None:
+    def start_on_demand(self, served: ServedModel, group: str | None = None) -> str | None:
         """Make sure the shared engine of a foundation model is starting or ready.
 
+        ``group`` is ``od:<foundation model id>`` by default: a multi-adapter engine of the base model
+        that also answers every LoRA custom model deployed on it; a custom model trained in full gets
+        ``od:<custom model arn>``, a plain engine of its own weights.
         Returns the failure message of the last attempt, if it failed (and forgets it, so the
         next request tries again).
         """
-        group = on_demand_group(served.foundation.model_id)
+        group = group or on_demand_group(served.foundation.model_id)
         with self._lock:
             self._serving_arn[group] = served.arn
             for replica in [r for r in self._replicas.values() if r.group == group]:
@@ -258,7 +261,9 @@ class EngineManager:
             if failed:
                 return failed[0].failure
             if not any(r.state in ("starting", "ready") for r in mine):
-                self._spawn(group, served.arn, served.source, multi_adapter_of=served.foundation.model_id)
+                multi_adapter = group == on_demand_group(served.foundation.model_id)
+                base = served.foundation.model_id if multi_adapter else None
+                self._spawn(group, served.arn, served.source, multi_adapter_of=base)
         return None
 
     def replica_states(self, group: str) -> dict[str, int]:

@@ -46,6 +46,10 @@ from typing import Any, Literal
 StopReason = Literal["end_turn", "max_tokens", "stop_sequence"]
 """Converse's names; the native and OpenAI surfaces map them onto their own."""
 
+ADAPTER_LOAD_FAILED = "AdapterLoadError"
+"""The ``code`` of the error event a multi-adapter engine answers when it cannot load the request's
+``adapter``: the API marks that custom model deployment ``Failed`` with the event's message."""
+
 
 @dataclass(frozen=True)
 class GenerationRequest:

@@ -7,8 +7,12 @@
 - a **foundation model** id or ARN that supports on-demand inference, or an **imported model** ARN
   (imported models are served on demand, as on Bedrock): a shared engine started on first use (the
   request waits for it) and stopped after ``on_demand_idle_minutes`` without use;
+- a **custom model deployment** ARN or name (CreateCustomModelDeployment): the on-demand engine of
+  the custom model's base with the model's folder as the request's adapter, or, for a model trained
+  in full, an on-demand engine of its own (see :mod:`tuneforge.serving.deployments`); billed per
+  token, refused with ThrottlingException past its monthly budget;
 - a **custom model** ARN or name: refused with ValidationException, because custom models are
-  served only through provisioned throughput (as on Bedrock);
+  served only through a custom model deployment or provisioned throughput (as on Bedrock);
 - anything else: ValidationException ("The provided model identifier is invalid."), which the
   OpenAI surface answers as 404 ``model_not_found`` (:class:`UnknownModel`).
 """
@@ -16,6 +20,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 from collections.abc import AsyncGenerator
 from dataclasses import dataclass
@@ -36,12 +41,14 @@ from tuneforge.errors import (
     constraint_errors,
     range_violation,
 )
+from tuneforge.serving.deployments import DeploymentRoute, DeploymentService
 from tuneforge.serving.engine_client import EngineUnavailable, stream_events
 from tuneforge.serving.manager import EngineManager, Replica, on_demand_group, pt_group
 from tuneforge.serving.metrics import Api, ServingMetrics
-from tuneforge.serving.protocol import GenerationRequest
+from tuneforge.serving.protocol import ADAPTER_LOAD_FAILED, GenerationRequest
 from tuneforge.serving.throughput import DELETED, ServedModel, ThroughputService
 from tuneforge.serving.usage import UsageMeter
+from tuneforge.settings import TokenPrice
 
 INVALID_MODEL = "The provided model identifier is invalid."
 
@@ -76,6 +83,10 @@ class Target:
     on_demand: ServedModel | None = None
     tool_use: bool = False
     """The model's chat template supports tools (see ``FoundationModel.tool_use``)."""
+    deployment: DeploymentRoute | None = None
+    """Set for a custom model deployment: its id, adapter and price."""
+    price: TokenPrice | None = None
+    """The on-demand price per 1,000 tokens; None for provisioned throughput (billed by the hour)."""
 
     @property
     def metrics_label(self) -> str:
@@ -83,6 +94,8 @@ class Target:
         name or ARN the caller used."""
         if self.provisioned_model_arn is not None:
             return self.provisioned_model_arn
+        if self.deployment is not None:
+            return self.deployment.deployment_arn
         return self.on_demand.foundation.model_id if self.on_demand is not None else self.model_arn
 
 
@@ -94,8 +107,10 @@ class RuntimeService:
         meter: UsageMeter,
         start_timeout_s: float,
         metrics: ServingMetrics | None = None,
+        deployments: DeploymentService | None = None,
     ) -> None:
         self.throughput = throughput
+        self.deployments = deployments
         self.manager = manager
         self.meter = meter
         self.start_timeout_s = start_timeout_s
@@ -110,6 +125,11 @@ class RuntimeService:
             return self._provisioned(model_id, self.throughput.get(identifier))
         if kind == "custom-model":
             raise self._needs_provisioned_throughput(identifier)
+        if kind == "custom-model-deployment":
+            route = self._deployment_route(identifier)
+            if route is None:
+                raise UnknownModel(model_id)
+            return self._deployment(model_id, route)
         on_demand = kind in ("foundation-model", "imported-model")
         if on_demand or (not kind and self.throughput.is_foundation_id(identifier)):
             try:
@@ -126,6 +146,9 @@ class RuntimeService:
             custom = session.scalar(select(CustomModel.arn).where(CustomModel.name == identifier))
         if row is not None:
             return self._provisioned(model_id, row)
+        route = self._deployment_route(identifier)
+        if route is not None:
+            return self._deployment(model_id, route)
         if custom is not None:
             raise self._needs_provisioned_throughput(custom)
         raise UnknownModel(model_id)
@@ -164,14 +187,36 @@ class RuntimeService:
             limits=served.foundation.limits,
             tool_use=served.foundation.tool_use,
             on_demand=served,
+            price=self.throughput.settings.token_price(served.foundation.model_id),
+        )
+
+    def _deployment_route(self, identifier: str) -> DeploymentRoute | None:
+        """The live custom model deployment of this ARN or name, routed (budget and status checked)."""
+        deployment = self.deployments.find(identifier) if self.deployments is not None else None
+        if self.deployments is None or deployment is None:
+            return None
+        return self.deployments.route(deployment)
+
+    @staticmethod
+    def _deployment(model_id: str, route: DeploymentRoute) -> Target:
+        return Target(
+            model_id=model_id,
+            group=route.group,
+            model_arn=route.model_arn,
+            limits=route.served.foundation.limits,
+            tool_use=route.served.foundation.tool_use,
+            on_demand=route.served,
+            deployment=route,
+            price=route.price,
         )
 
     @staticmethod
     def _needs_provisioned_throughput(arn: str) -> ValidationException:
         return ValidationException(
             f"Invocation of model ID {arn} with on-demand throughput isn't supported. Custom models are served "
-            "only through Provisioned Throughput: purchase it with CreateProvisionedModelThroughput and invoke "
-            "the provisionedModelArn it returns."
+            "through a custom model deployment (CreateCustomModelDeployment, billed per token; invoke the "
+            "customModelDeploymentArn it returns) or through Provisioned Throughput "
+            "(CreateProvisionedModelThroughput; invoke the provisionedModelArn)."
         )
 
     def check_max_tokens(self, target: Target, max_tokens: int, member: str) -> None:
@@ -193,23 +238,35 @@ class RuntimeService:
         closes the iterator, so a retiring replica stops only after its last response is sent.
         Both API surfaces come through here, so this is where serving metrics are taken, once: from
         the moment the request arrives (waiting for a replica counts) to its end, failure or cancellation.
+
+        A custom model deployment's request carries the model's folder as its ``adapter``; if the
+        deployment is deleted while the response streams, the stream ends with ModelErrorException
+        (a ``modelStreamErrorException`` event, or an OpenAI error chunk) at the next event.
         """
+        deployment = target.deployment
+        if deployment is not None:
+            request = dataclasses.replace(request, adapter=deployment.adapter)
         with self.metrics.track(target.metrics_label, api) as tracker:
             replica = await self._acquire(target)
             try:
                 async for event in stream_events(replica.socket_path, request):
                     kind = event["event"]
                     if kind == "error":
-                        code = event.get("code")
-                        error = ValidationException if code == "ValidationException" else ModelErrorException
-                        raise error(str(event.get("message", "the model failed")))
+                        raise self._engine_error(target, event)
+                    if deployment is not None and self._deleted(deployment):
+                        raise ModelErrorException(
+                            f"The custom model deployment {deployment.name} was deleted while this response was "
+                            "being generated."
+                        )
                     tracker.observe(event)
                     if kind == "end":
                         self.meter.record(
                             target.provisioned_model_id,
-                            replica.model_arn,
+                            target.model_arn if deployment is not None else replica.model_arn,
                             int(event["input_tokens"]),
                             int(event["output_tokens"]),
+                            None if deployment is None else deployment.deployment_id,
+                            target.price,
                         )
                     yield event
             except EngineUnavailable as exc:
@@ -217,6 +274,16 @@ class RuntimeService:
                 raise ModelNotReadyException(f"The model's engine stopped before answering ({exc}); retry.") from None
             finally:
                 self.manager.release(replica)
+
+    def _deleted(self, deployment: DeploymentRoute) -> bool:
+        return self.deployments is not None and self.deployments.is_deleted(deployment.deployment_id)
+
+    def _engine_error(self, target: Target, event: dict[str, Any]) -> ServiceError:
+        code = event.get("code")
+        message = str(event.get("message", "the model failed"))
+        if code == ADAPTER_LOAD_FAILED and target.deployment is not None and self.deployments is not None:
+            self.deployments.mark_failed(target.deployment.deployment_id, message)
+        return ValidationException(message) if code == "ValidationException" else ModelErrorException(message)
 
     async def _acquire(self, target: Target) -> Replica:
         replica = self.manager.acquire(target.group)
@@ -228,7 +295,7 @@ class RuntimeService:
             )
         deadline = time.monotonic() + self.start_timeout_s
         while True:
-            failure = self.manager.start_on_demand(target.on_demand)
+            failure = self.manager.start_on_demand(target.on_demand, target.group)
             if failure is not None:
                 raise ModelErrorException(f"The model {target.on_demand.foundation.model_id} failed to load: {failure}")
             replica = self.manager.acquire(target.group)

@@ -2,10 +2,16 @@
 
 A provisioned throughput costs ``model units x hours x price per model-unit-hour`` from creation
 until it is deleted or fails, whether or not anyone calls it (as on Bedrock): that is the number a
-forgotten deployment runs up, and the one the idle timeout exists to stop. The ledger is
-:class:`~tuneforge.db.tables.UsageSegment` rows; tokens are counted in memory on the request path
-(:class:`UsageMeter`) and written to the open segment by the engine manager every tick, so a request
-never waits on a database write.
+forgotten deployment runs up, and the one the idle timeout exists to stop. On-demand use (foundation
+models, and custom models through a custom model deployment) costs its tokens instead: input and
+output tokens at the base model's price per 1,000 (``Settings.token_price``), nothing while idle.
+
+The ledger is :class:`~tuneforge.db.tables.UsageSegment` rows; tokens are counted in memory on the
+request path (:class:`UsageMeter`) and written to the open segment by the engine manager every tick,
+so a request never waits on a database write. An on-demand segment carries the prices its tokens
+were metered at and belongs to one calendar month (UTC): a price change or a new month opens a new
+one, so a bill never changes after the fact and a deployment's month-to-date cost (its budget's
+measure) is a sum of whole segments.
 """
 
 from __future__ import annotations
@@ -21,13 +27,40 @@ from sqlalchemy.orm import Session
 
 from tuneforge.catalog.service import Catalog
 from tuneforge.db.session import Database
-from tuneforge.db.tables import CustomModel, ProvisionedModel, UsageSegment, utcnow
+from tuneforge.db.tables import CustomModel, CustomModelDeployment, ProvisionedModel, UsageSegment, utcnow
+from tuneforge.settings import TokenPrice
 
 
 def segment_hours(segment: UsageSegment, now: datetime) -> float:
     """Model-unit-hours of one segment up to ``now`` (or its end)."""
     end = segment.ended_at or now
     return max(0.0, (end - segment.started_at).total_seconds()) / 3600.0 * segment.model_units
+
+
+def token_cost(segment: UsageSegment) -> float:
+    """What the segment's tokens cost on demand (0 for provisioned segments, which bill hours)."""
+    return (segment.input_tokens or 0) / 1000 * (segment.price_per_1k_input_tokens or 0.0) + (
+        segment.output_tokens or 0
+    ) / 1000 * (segment.price_per_1k_output_tokens or 0.0)
+
+
+def segment_cost(segment: UsageSegment, now: datetime) -> float:
+    return segment_hours(segment, now) * segment.price_per_model_unit_hour + token_cost(segment)
+
+
+def month_start(at: datetime) -> datetime:
+    return at.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+
+
+def month_to_date_cost(session: Session, deployment_id: str, now: datetime | None = None) -> float:
+    """What a custom model deployment's tokens cost since the first of this month (UTC), as flushed."""
+    since = month_start(now or utcnow())
+    return sum(
+        token_cost(segment)
+        for segment in session.scalars(
+            select(UsageSegment).where(UsageSegment.deployment_id == deployment_id, UsageSegment.started_at >= since)
+        )
+    )
 
 
 def open_segment(session: Session, row: ProvisionedModel, model_arn: str, at: datetime) -> None:
@@ -72,9 +105,8 @@ def meters(session: Session, provisioned_model_ids: list[str], now: datetime | N
     ):
         assert segment.provisioned_model_id is not None
         meter = out[segment.provisioned_model_id]
-        hours = segment_hours(segment, now)
-        meter.model_unit_hours += hours
-        meter.cost += hours * segment.price_per_model_unit_hour
+        meter.model_unit_hours += segment_hours(segment, now)
+        meter.cost += segment_cost(segment, now)
         meter.invocations += segment.invocations
         meter.input_tokens += segment.input_tokens
         meter.output_tokens += segment.output_tokens
@@ -89,42 +121,92 @@ class _Counts:
     last_at: datetime | None = None
 
 
+_Key = tuple[str | None, str | None, str, TokenPrice | None]
+"""(provisioned model id, custom model deployment id, model ARN, on-demand price)"""
+
+
 @dataclass
 class UsageMeter:
     """Thread-safe in-memory token counts, flushed into the ledger by :meth:`flush`."""
 
     db: Database
-    _pending: dict[tuple[str | None, str], _Counts] = field(default_factory=lambda: defaultdict(_Counts))
+    _pending: dict[_Key, _Counts] = field(default_factory=lambda: defaultdict(_Counts))
     _lock: threading.Lock = field(default_factory=threading.Lock)
+    _flush_lock: threading.Lock = field(default_factory=threading.Lock)
+    """Held from taking the pending counts to committing them, so :meth:`month_to_date_cost` never
+    reads counts that have left memory but not yet reached the ledger."""
 
-    def record(self, provisioned_model_id: str | None, model_arn: str, input_tokens: int, output_tokens: int) -> None:
+    def record(
+        self,
+        provisioned_model_id: str | None,
+        model_arn: str,
+        input_tokens: int,
+        output_tokens: int,
+        deployment_id: str | None = None,
+        price: TokenPrice | None = None,
+    ) -> None:
+        """Count one invocation; ``price`` is the on-demand price (None for provisioned throughput)."""
         with self._lock:
-            counts = self._pending[(provisioned_model_id, model_arn)]
+            counts = self._pending[(provisioned_model_id, deployment_id, model_arn, price)]
             counts.invocations += 1
             counts.input_tokens += input_tokens
             counts.output_tokens += output_tokens
             counts.last_at = utcnow()
 
+    def month_to_date_cost(self, deployment_id: str) -> float:
+        """What a custom model deployment's tokens cost this month: the ledger plus what is not flushed.
+
+        A budget check that ran between a flush taking the counts and committing them saw neither and
+        let a request past a spent budget (the e2e budget test caught it once in a few runs).
+        """
+        with self._flush_lock:
+            with self.db.session() as session:
+                flushed = month_to_date_cost(session, deployment_id)
+            return flushed + self._pending_cost(deployment_id)
+
+    def _pending_cost(self, deployment_id: str) -> float:
+        with self._lock:
+            return sum(
+                counts.input_tokens / 1000 * price.input + counts.output_tokens / 1000 * price.output
+                for (_, deployment, _, price), counts in self._pending.items()
+                if deployment == deployment_id and price is not None
+            )
+
     def flush(self) -> None:
+        with self._flush_lock:
+            self._flush()
+
+    def _flush(self) -> None:
         with self._lock:
             pending, self._pending = self._pending, defaultdict(_Counts)
         if not pending:
             return
+        now = utcnow()
         with self.db.session() as session:
-            for (provisioned_model_id, model_arn), counts in pending.items():
+            for (provisioned_model_id, deployment_id, model_arn, price), counts in pending.items():
                 segment = session.scalar(
                     select(UsageSegment)
                     .where(
                         UsageSegment.provisioned_model_id.is_(None)
                         if provisioned_model_id is None
                         else UsageSegment.provisioned_model_id == provisioned_model_id,
+                        UsageSegment.deployment_id.is_(None)
+                        if deployment_id is None
+                        else UsageSegment.deployment_id == deployment_id,
                         UsageSegment.model_arn == model_arn,
                     )
                     .order_by(UsageSegment.id.desc())
                     .limit(1)
                 )
-                if segment is None:
-                    segment = UsageSegment(provisioned_model_id=provisioned_model_id, model_arn=model_arn)
+                if segment is None or (price is not None and not _same_bill(segment, price, now)):
+                    segment = UsageSegment(
+                        provisioned_model_id=provisioned_model_id,
+                        deployment_id=deployment_id,
+                        model_arn=model_arn,
+                        started_at=now,
+                        price_per_1k_input_tokens=None if price is None else price.input,
+                        price_per_1k_output_tokens=None if price is None else price.output,
+                    )
                     session.add(segment)
                 segment.invocations = (segment.invocations or 0) + counts.invocations
                 segment.input_tokens = (segment.input_tokens or 0) + counts.input_tokens
@@ -135,20 +217,39 @@ class UsageMeter:
                         row.last_invocation_at = max(row.last_invocation_at or counts.last_at, counts.last_at)
 
 
+def _same_bill(segment: UsageSegment, price: TokenPrice, now: datetime) -> bool:
+    """Whether tokens metered now at ``price`` belong on this on-demand segment."""
+    return (
+        segment.price_per_1k_input_tokens == price.input
+        and segment.price_per_1k_output_tokens == price.output
+        and segment.started_at >= month_start(now)
+    )
+
+
 def usage_report(db: Database, catalog: Catalog, now: datetime | None = None) -> dict[str, Any]:
-    """Hours, tokens and cost per deployment (deleted ones included) and per model (by name where it
-    still exists: custom model names, foundation model ids)."""
+    """Hours, tokens and cost per provisioned throughput and per custom model deployment (deleted ones
+    included), and per model (by name where it still exists: custom model names, foundation model ids).
+
+    ``total`` splits the cost into ``provisionedCost`` (model-unit-hours) and ``onDemandCost`` (tokens).
+    """
     now = now or utcnow()
     with db.session() as session:
         rows = {row.id: row for row in session.scalars(select(ProvisionedModel).order_by(ProvisionedModel.created_at))}
+        on_demand = {
+            row.id: row
+            for row in session.scalars(select(CustomModelDeployment).order_by(CustomModelDeployment.created_at))
+        }
         segments = list(session.scalars(select(UsageSegment).order_by(UsageSegment.id)))
         model_names = {arn: name for arn, name in session.execute(select(CustomModel.arn, CustomModel.name))}
     model_names.update({catalog.arn(m): m.model_id for m in catalog.all()})
     deployments: dict[str, dict[str, Any]] = {}
+    custom_deployments: dict[str, dict[str, Any]] = {row.id: _deployment_entry(row) for row in on_demand.values()}
     models: dict[str, dict[str, Any]] = {}
+    totals = {**_zero(), "provisionedCost": 0.0, "onDemandCost": 0.0}
     for segment in segments:
         hours = segment_hours(segment, now)
-        cost = hours * segment.price_per_model_unit_hour
+        cost = segment_cost(segment, now)
+        totals["provisionedCost" if segment.provisioned_model_id else "onDemandCost"] += cost
         model = models.setdefault(
             segment.model_arn,
             {
@@ -158,6 +259,11 @@ def usage_report(db: Database, catalog: Catalog, now: datetime | None = None) ->
             },
         )
         _add(model, hours, cost, segment)
+        if segment.deployment_id in custom_deployments:
+            entry = custom_deployments[segment.deployment_id]
+            _add(entry, hours, cost, segment)
+            if segment.started_at >= month_start(now):
+                entry["monthToDateCost"] += cost
         if segment.provisioned_model_id is None:
             continue
         row = rows.get(segment.provisioned_model_id)
@@ -178,11 +284,29 @@ def usage_report(db: Database, catalog: Catalog, now: datetime | None = None) ->
             },
         )
         _add(deployment, hours, cost, segment)
-    totals = _zero()
     for model in models.values():
-        for key in totals:
+        for key in _zero():
             totals[key] += model[key]
-    return {"deployments": list(deployments.values()), "models": list(models.values()), "total": totals}
+    return {
+        "deployments": list(deployments.values()),
+        "customModelDeployments": list(custom_deployments.values()),
+        "models": list(models.values()),
+        "total": totals,
+    }
+
+
+def _deployment_entry(row: CustomModelDeployment) -> dict[str, Any]:
+    return {
+        "modelDeploymentName": row.name,
+        "customModelDeploymentArn": row.arn,
+        "modelArn": row.model_arn,
+        "status": "Deleted" if row.deleted_at is not None else row.status,
+        "monthlyBudgetUsd": row.monthly_budget,
+        "monthToDateCost": 0.0,
+        "creationTime": _iso(row.created_at),
+        "deletionTime": _iso(row.deleted_at),
+        **_zero(),
+    }
 
 
 def _zero() -> dict[str, Any]:

@@ -38,6 +38,7 @@ from tuneforge.api.runtime.protocol import Sampling
 from tuneforge.api.runtime.serving import Caller, Generation, Inference
 from tuneforge.errors import ServiceError
 from tuneforge.serving.conversation import Conversation
+from tuneforge.serving.deployments import DeploymentService
 from tuneforge.serving.runtime import UnknownModel, collect
 from tuneforge.serving.throughput import ThroughputService
 
@@ -50,16 +51,19 @@ DONE = b"data: [DONE]\n\n"
 
 
 class OpenAIServing:
-    def __init__(self, inference: Inference, throughput: ThroughputService) -> None:
+    def __init__(
+        self, inference: Inference, throughput: ThroughputService, deployments: DeploymentService | None = None
+    ) -> None:
         self.inference = inference
         self.throughput = throughput
+        self.deployments = deployments
 
     def models(self) -> dict[str, Any]:
-        """On-demand foundation models by id, and live provisioned throughputs by name."""
+        """On-demand foundation models by id, live provisioned throughputs and custom model deployments by name."""
         return {"object": "list", "data": [entry for entry, _ in self._entries()]}
 
     def model(self, model_id: str) -> dict[str, Any]:
-        """One model of :meth:`models`, by its id (a provisioned throughput also by its ARN)."""
+        """One model of :meth:`models`, by its id (a deployment also by its ARN)."""
         for entry, aliases in self._entries():
             if model_id in aliases:
                 return entry
@@ -86,6 +90,18 @@ class OpenAIServing:
                 (row.name, row.arn),
             )
             for row in self.throughput.live()
+        ]
+        entries += [
+            (
+                {
+                    "id": row.name,
+                    "object": "model",
+                    "created": int(row.created_at.timestamp()),
+                    "owned_by": "tuneforge",
+                },
+                (row.name, row.arn),
+            )
+            for row in (self.deployments.live() if self.deployments is not None else [])
         ]
         return entries
 
