@@ -14,6 +14,7 @@ from tuneforge.catalog.imported import ImportService
 from tuneforge.catalog.service import Catalog
 from tuneforge.db.listing import PageTokens
 from tuneforge.db.session import Database
+from tuneforge.jobs.invocations import InvocationJobService
 from tuneforge.jobs.memory import MemoryPlanner
 from tuneforge.jobs.service import JobService
 from tuneforge.serving.invocation_logs import InvocationLogs
@@ -39,6 +40,7 @@ class Services:
     invocation_logs: InvocationLogs
     page_tokens: PageTokens
     tags: TagService
+    invocation_jobs: InvocationJobService
 
     @classmethod
     def create(cls, settings: Settings) -> Services:
@@ -47,6 +49,7 @@ class Services:
         store = ObjectStore.from_settings(settings)
         arns = ArnFactory(settings.region, settings.account_id)
         catalog = Catalog(db, store, arns)
+        throughput = ThroughputService(db, catalog, arns, settings)
         return cls(
             settings=settings,
             db=db,
@@ -56,11 +59,12 @@ class Services:
             jobs=JobService(db, catalog, store, arns, MemoryPlanner(settings, catalog)),
             custom_models=CustomModelService(db, settings.models_dir),
             imports=ImportService(db, store, arns, settings),
-            throughput=ThroughputService(db, catalog, arns, settings),
+            throughput=throughput,
             meter=UsageMeter(db),
             invocation_logs=InvocationLogs(db, store, settings.account_id, settings.region),
             page_tokens=PageTokens.from_key_file(settings.data_dir / "pagination.key"),
             tags=TagService(db, settings),
+            invocation_jobs=InvocationJobService(db, store, arns, throughput),
         )
 
     def close(self) -> None:

@@ -24,6 +24,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from tuneforge import __version__
 from tuneforge.api.bedrock.import_routes import router as import_router
+from tuneforge.api.bedrock.invocation_routes import router as invocation_router
 from tuneforge.api.bedrock.routes import router as bedrock_router
 from tuneforge.api.bedrock.serving_routes import router as serving_router
 from tuneforge.api.edge import OPENAI, Edge, aws_error, surface_of
@@ -124,6 +125,7 @@ def create_app(
 
     app.include_router(bedrock_router)
     app.include_router(import_router)
+    app.include_router(invocation_router)
     app.include_router(serving_router)
     app.include_router(runtime_router)
     app.include_router(openai_router)
