@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from botocore.exceptions import ClientError
 
-from tests.e2e.conftest import BASE_MODEL, ROLE, Server, unique, wait_until
+from tests.e2e.conftest import BASE_MODEL, ROLE, STUDENT_MODEL, Server, unique, wait_for_status, wait_until
 from tuneforge.storage import ObjectStore
 
 pytestmark = pytest.mark.e2e
@@ -211,3 +211,61 @@ def test_list_pages_filters_and_sorts_and_bad_requests_are_refused(server: Serve
         inputDataConfig={"s3InputDataConfig": {"s3Uri": f"{prefix}/in.jsonl"}},
         outputDataConfig={"s3OutputDataConfig": {"s3Uri": f"{prefix}/out"}},
     ) in ("ResourceNotFoundException", "ValidationException")
+
+
+def test_a_fine_tuned_lora_model_answers_a_batch_job_as_its_provisioned_throughput_does(server: Server) -> None:
+    bedrock, runtime = server.bedrock(), server.bedrock_runtime()
+    name = unique("batchlora")
+    tickets = {"my parcel never came": "shipping", "I was charged twice": "billing", "cannot sign in": "account"}
+    training = [
+        {
+            "messages": [
+                {"role": "user", "content": [{"text": ticket}]},
+                {"role": "assistant", "content": [{"text": label}]},
+            ]
+        }
+        for ticket, label in tickets.items()
+    ]
+    store(server).write_bytes(f"s3://tests/batch/{name}/train.jsonl", jsonl(training))
+    job = bedrock.create_model_customization_job(
+        jobName=name,
+        customModelName=name,
+        roleArn=ROLE,
+        baseModelIdentifier=STUDENT_MODEL,
+        trainingDataConfig={"s3Uri": f"s3://tests/batch/{name}/train.jsonl"},
+        outputDataConfig={"s3Uri": f"s3://tests/batch/{name}/training/"},
+        hyperParameters={"trainingMethod": "lora", "epochCount": "40", "batchSize": "3", "learningRate": "1e-2"},
+    )["jobArn"]
+    trained = wait_for_status(bedrock, job, ("Completed", "Failed", "Stopped"))
+    assert trained["status"] == "Completed", trained.get("failureMessage")
+    custom = trained["outputModelArn"]
+
+    bodies = [
+        {"messages": [{"role": "user", "content": [{"text": t}]}], "inferenceConfig": {"maxTokens": 8}} for t in tickets
+    ]
+    store(server).write_bytes(
+        f"{prefix(name)}/in.jsonl", jsonl([{"recordId": str(i), "modelInput": b} for i, b in enumerate(bodies)])
+    )
+    arn = create(
+        bedrock, name, f"{prefix(name)}/in.jsonl", f"{prefix(name)}/out", modelId=custom, modelInvocationType="Converse"
+    )
+    deployment = bedrock.create_provisioned_model_throughput(provisionedModelName=name, modelId=custom, modelUnits=1)[
+        "provisionedModelArn"
+    ]
+    done = wait_for(bedrock, arn)
+    assert done["status"] == "Completed", done
+    wait_until(
+        lambda: bedrock.get_provisioned_model_throughput(provisionedModelId=deployment)["status"],
+        lambda status: status in ("InService", "Failed"),
+        "the custom model's deployment",
+    )
+    out = output_records(server, f"{prefix(name)}/out/{arn.rsplit('/', 1)[-1]}/in.jsonl.out")
+    try:
+        for record, body in zip(out, bodies, strict=True):
+            assert record["modelOutput"]["output"] == runtime.converse(modelId=deployment, **body)["output"]
+    finally:
+        bedrock.delete_provisioned_model_throughput(provisionedModelId=deployment)
+
+
+def prefix(name: str) -> str:
+    return f"s3://tests/batch/{name}"

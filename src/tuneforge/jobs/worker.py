@@ -451,6 +451,7 @@ class BatchJobRunner:
             job.worker_host = socket.gethostname()
             job.heartbeat_at = utcnow()
             snapshot = {c.key: getattr(job, c.key) for c in ModelInvocationJob.__table__.columns}
+        log.info("batch job %s: started", self.job_id)
         try:
             status, message = self._execute(snapshot)
         except JobFailed as exc:
@@ -498,6 +499,7 @@ class BatchJobRunner:
         self._write(f"{output_root}/.write_access_check_file.tmp", b"")
 
         torch.set_num_threads(self._threads())
+        started = time.monotonic()
         folder = model_folder(served.source, self.settings)
         model, tokenizer = load_for_inference(folder, self.settings.models_dir)
         batcher = offline_batcher(model, tokenizer, self.settings.batch_max_rows, trained_format(folder))
@@ -508,10 +510,25 @@ class BatchJobRunner:
         shape = ModelShape.from_config(model.config.to_dict())
         budget = detect_budget(self.settings.training_memory_bytes, self.settings.worker_concurrency)
         batcher.max_batch, why = inference_rows(shape, longest, budget, self.settings.batch_max_rows)
-        log.info("batch job %s: %d records, %s", self.job_id, len(flat), why)
+        log.info(
+            "batch job %s: %d records, model loaded in %.1f s, %s",
+            self.job_id,
+            len(flat),
+            time.monotonic() - started,
+            why,
+        )
         self._progress(run.counts, force=True)
+        started = time.monotonic()
         finished = run.answer(ready, self.should_stop, self._progress)
+        seconds = time.monotonic() - started
         self._progress(run.counts, force=True)
+        log.info(
+            "batch job %s: answered %d records in %.1f s, %.0f output tokens/s",
+            self.job_id,
+            run.counts.success,
+            seconds,
+            run.counts.output_tokens / max(seconds, 1e-9),
+        )
 
         for (name, _), file_records in zip(files, records, strict=True):
             self._write(f"{output_root}/{output_name(name)}", output_lines(file_records))
