@@ -94,7 +94,9 @@ def main() -> None:
     parser.add_argument("--prompts", type=int, default=200)
     parser.add_argument("--tokens", type=int, default=32, help="maxTokens per request")
     parser.add_argument("--repeats", type=int, default=1)
-    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="torch threads, both sides")
+    parser.add_argument(
+        "--threads", type=int, default=max(1, (os.cpu_count() or 2) // 2), help="torch threads, both sides"
+    )
     parser.add_argument("--quick", action="store_true", help="CI smoke: 40 prompts, 16 tokens, floor 2x")
     parser.add_argument("--check", action="store_true", help="exit 1 when the ratio misses its floor")
     args = parser.parse_args()

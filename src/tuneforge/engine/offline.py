@@ -16,6 +16,7 @@ memory at once.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Sequence as Seq
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,6 +24,7 @@ from transformers import PreTrainedTokenizerBase
 
 from tuneforge.engine.batching import ContinuousBatcher, Event, Sequence
 from tuneforge.engine.generation import Completion, length_sorted_batches
+from tuneforge.model.prompts import encode_prompt
 from tuneforge.serving.protocol import GenerationRequest
 
 
@@ -88,24 +90,26 @@ def _collector(key: Any, finished: list[tuple[Any, Event]]) -> Callable[[Event],
 
 def greedy_answers(
     batcher: ContinuousBatcher,
-    prompts: list[list[int]],
+    prompts: Seq[str | list[int]],
     max_tokens: int,
     progress: Callable[[int], None] | None = None,
     progress_every: int = 1,
 ) -> list[Completion]:
-    """Greedy answers to ``prompts`` (token ids), in their order, as :func:`generate_offline` makes them.
+    """Greedy answers to ``prompts`` (raw text, or token ids already rendered), in their order, as
+    :func:`generate_offline` makes them.
 
     Prompts go in longest first (:func:`length_sorted_batches`), so prompts prefilled together are of
     similar length and pad little. ``progress`` gets the number answered so far every
     ``progress_every`` answers and after the last. ``tokens`` counts the closing end-of-sequence
     token, as :func:`tuneforge.engine.generation.complete` counts it.
     """
-    order = [i for batch in length_sorted_batches([len(p) for p in prompts], len(prompts) or 1) for i in batch]
+    ids = [encode_prompt(batcher.tokenizer, p) if isinstance(p, str) else p for p in prompts]
+    order = [i for batch in length_sorted_batches([len(p) for p in ids], len(ids) or 1) for i in batch]
     answers: dict[int, Completion] = {}
 
     def requests() -> Iterator[tuple[int, OfflineRequest]]:
         for index in order:
-            yield index, OfflineRequest(GenerationRequest(max_tokens=max_tokens, prompt=""), prompts[index])
+            yield index, OfflineRequest(GenerationRequest(max_tokens=max_tokens, prompt=""), ids[index])
 
     def on_end(index: int, event: Event) -> None:
         if event["event"] != "end":

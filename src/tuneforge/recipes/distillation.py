@@ -441,12 +441,12 @@ class DistillationRecipe:
 def teacher_answers(
     teacher: Any,
     tokenizer: Any,
-    prompts: Sequence[list[int]],
+    prompts: Sequence[str | list[int]],
     limit: int,
     batch_size: int,
     progress: Callable[[int], None] | None = None,
 ) -> list[Completion]:
-    """The teacher's greedy answers to ``prompts`` (token ids), in their order, ``batch_size`` rows at a time.
+    """The teacher's greedy answers to ``prompts`` (token ids or raw text), in order, ``batch_size`` rows at a time.
 
     The batched path of batch inference jobs (:func:`tuneforge.engine.offline.greedy_answers`): a
     continuous batch of ``batch_size`` rows, refilled as answers end, with the engines' stop rules,
@@ -455,7 +455,7 @@ def teacher_answers(
     ``batch_size`` answers and after the last.
     """
     batcher = offline_batcher(teacher, tokenizer, max_batch=batch_size)
-    return greedy_answers(batcher, list(prompts), limit, progress=progress, progress_every=batch_size)
+    return greedy_answers(batcher, prompts, limit, progress=progress, progress_every=batch_size)
 
 
 def prompt_insights(prompts: Sequence[DistillationPrompt]) -> dict[str, Any]:
