@@ -8,7 +8,8 @@ each prompt to Converse through boto3, one request at a time, after one warm-up 
 model's engine: what a user's loop over a file does. tuneforge submits the same prompts as one
 CreateModelInvocationJob (``modelInvocationType: Converse``, the same bodies) and waits for it to
 end; its time runs from the create call to the status Completed, so the worker's start and model
-load are included. Both sides answer greedily, so they write the same tokens: the output records
+load are included. Both sides use ``--threads`` torch threads (default half the cores, the engines'
+default: on a shared 2-core machine a 2-thread decoder loses its OpenMP threads to others' slices). Both sides answer greedily, so they write the same tokens: the output records
 must equal the Converse answers (else the run is broken). Reported: output tokens/s of each (output
 tokens from the answers' ``usage``, over wall time) and their ratio; target >= 3x (``--check`` exits
 1 below it on a quiet machine, 3 when other processes held the CPU: ``common.CpuContention``). With

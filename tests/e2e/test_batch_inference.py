@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from botocore.exceptions import ClientError
 
-from tests.e2e.conftest import BASE_MODEL, ROLE, STUDENT_MODEL, Server, unique, wait_for_status, wait_until
+from tests.e2e.conftest import BASE_MODEL, ROLE, STUDENT_MODEL, Server, cli, unique, wait_for_status, wait_until
 from tuneforge.storage import ObjectStore
 
 pytestmark = pytest.mark.e2e
@@ -174,6 +174,10 @@ def test_list_pages_filters_and_sorts_and_bad_requests_are_refused(server: Serve
     assert bedrock.list_model_invocation_jobs(nameContains=tag, statusEquals="Failed")["invocationJobSummaries"] == []
     summary = completed["invocationJobSummaries"][0]
     assert summary["modelId"] == BASE_MODEL and summary["roleArn"] == ROLE and "submitTime" in summary
+    listed = json.loads(cli(server, "batch", "list", "--name-contains", tag, "--status", "Completed", "--json").stdout)
+    assert sorted(job["jobArn"] for job in listed) == sorted(arns)
+    shown = cli(server, "batch", "get", arns[0]).stdout
+    assert "Completed" in shown and "records 1/1 processed, 1 answered, 0 failed" in shown
 
     def code(call: Any, **kwargs: Any) -> str:
         with pytest.raises(ClientError) as error:
