@@ -6,15 +6,18 @@ from __future__ import annotations
 import json
 import socket
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
 
+from tuneforge.api.bedrock.invocation_schemas import parse_create_invocation_job
 from tuneforge.db.tables import ModelInvocationJob, utcnow
 from tuneforge.engine.batching import ContinuousBatcher
 from tuneforge.engine.offline import OfflineRequest, generate_offline
+from tuneforge.errors import ConflictException, ValidationException
 from tuneforge.jobs.invocations import CreateInvocationJobRequest
 from tuneforge.jobs.memory import MemoryBudget, builtin_shape, inference_rows
 from tuneforge.jobs.supervisor import Supervisor
@@ -201,3 +204,46 @@ def test_a_batch_job_whose_worker_died_is_failed_or_stopped_not_left_running(
     job = services.invocation_jobs.get(job_id)
     assert (job.status, job.phase) == (ends, "done")
     assert job.message is not None and "the worker process ended unexpectedly" in job.message
+
+
+def test_the_client_request_token_returns_the_same_job_and_refuses_another_request(services: Services) -> None:
+    ask = CreateInvocationJobRequest(
+        job_name="idempotent",
+        role_arn=ROLE,
+        model_id=BASE_MODEL,
+        input_uri="s3://tests/in.jsonl",
+        output_uri="s3://tests/out",
+        client_request_token="token-1",
+    )
+    first = services.invocation_jobs.create(ask)
+    assert services.invocation_jobs.create(ask).id == first.id
+    with pytest.raises(ConflictException, match="clientRequestToken token-1 was already used"):
+        services.invocation_jobs.create(replace(ask, output_uri="s3://tests/elsewhere"))
+
+
+def test_a_provisioned_model_cannot_run_a_batch_job(services: Services) -> None:
+    arn = "arn:aws:bedrock:us-east-1:123456789012:provisioned-model/abcdefabcdef"
+    with pytest.raises(ValidationException, match="cannot run a batch inference job"):
+        services.invocation_jobs.create(
+            CreateInvocationJobRequest(
+                job_name="pt", role_arn=ROLE, model_id=arn, input_uri="s3://t/in.jsonl", output_uri="s3://t/out"
+            )
+        )
+
+
+def test_create_requests_are_checked_with_aws_messages() -> None:
+    with pytest.raises(ValidationException) as refused:
+        parse_create_invocation_job(
+            {
+                "jobName": "-bad",
+                "roleArn": ROLE,
+                "modelId": BASE_MODEL,
+                "inputDataConfig": {},
+                "outputDataConfig": {"s3OutputDataConfig": {"s3Uri": "s3://t/out"}},
+                "timeoutDurationInHours": 200,
+            }
+        )
+    message = refused.value.message
+    assert "at 'jobName' failed to satisfy constraint" in message
+    assert "Value null at 'inputDataConfig.s3InputDataConfig'" in message
+    assert "Value '200' at 'timeoutDurationInHours'" in message
