@@ -247,3 +247,18 @@ def test_create_requests_are_checked_with_aws_messages() -> None:
     assert "at 'jobName' failed to satisfy constraint" in message
     assert "Value null at 'inputDataConfig.s3InputDataConfig'" in message
     assert "Value '200' at 'timeoutDurationInHours'" in message
+
+
+def test_a_batch_job_stopped_between_its_claim_and_its_worker_start_ends_stopped(services: Services) -> None:
+    from tuneforge.jobs.worker import BatchJobRunner
+
+    job_id = batch_job(services, "claimed-then-stopped")
+    with services.db.session() as session:
+        row = session.get(ModelInvocationJob, job_id)
+        assert row is not None
+        row.phase, row.status = "running", "InProgress"
+    services.invocation_jobs.stop(job_id)
+    assert services.invocation_jobs.get(job_id).status == "Stopping"
+    BatchJobRunner(services, job_id).run()
+    job = services.invocation_jobs.get(job_id)
+    assert (job.status, job.phase, job.message) == ("Stopped", "done", "Stopped before any record was answered")

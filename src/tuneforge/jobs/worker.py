@@ -445,7 +445,10 @@ class BatchJobRunner:
     def run(self) -> None:
         with self.services.db.session() as session:
             job = session.get(ModelInvocationJob, self.job_id)
-            if job is None or job.status != "InProgress":
+            if job is None or job.status not in ("InProgress", "Stopping"):
+                return
+            if job.status == "Stopping":  # stopped between the claim and this worker's start
+                mark_ended(job, "Stopped", "Stopped before any record was answered")
                 return
             job.worker_pid = os.getpid()
             job.worker_host = socket.gethostname()
