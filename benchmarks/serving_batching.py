@@ -59,6 +59,7 @@ from smollm2 import prompt_ids, smollm2_dir
 from tuneforge.catalog.models import BUILTIN_CONTEXT
 from tuneforge.demo import free_port, start_server
 from tuneforge.engine.batching import ContinuousBatcher, Sequence
+from tuneforge.engine.static_decode import LoneSequenceStep
 from tuneforge.model.builtin import ensure_builtin
 from tuneforge.model.folders import load_for_inference
 from tuneforge.model.prompts import encode_prompt
@@ -181,6 +182,10 @@ class InProcessEngine:
         self.prompts = prompts
         self.batcher = ContinuousBatcher(model, tokenizer, max_batch=16)
         self.batcher.eos_ids = set()
+        compiled = Settings().engine_compiled_decode_tokens
+        if compiled:  # as an engine process has it once its background compile is done
+            self.batcher.lone = LoneSequenceStep(model, min(compiled, self.batcher.context))
+            self.batcher.lone.prepare()
         self.stop_event = threading.Event()
         self.thread = threading.Thread(target=self.batcher.run, args=(self.stop_event,), daemon=True)
         self.thread.start()

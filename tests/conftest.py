@@ -9,6 +9,9 @@ from pytest_timeout import get_env_settings
 # Tests must never reach a model hub; everything they load is created offline.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+# Engines that tests start decode eagerly: compiling each one's lone-sequence step costs tens of
+# seconds of CPU, and tests start dozens. tests/unit/test_batching.py checks the compiled step itself.
+os.environ.setdefault("TUNEFORGE_ENGINE_COMPILED_DECODE_TOKENS", "0")
 
 FIXTURE_TIMEOUT_S = 3600.0
 """Hang guard for one test's setup or teardown: the fixtures it starts (a server, a module's training

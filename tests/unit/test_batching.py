@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from tuneforge.engine.batching import ContinuousBatcher, Sequence, _safe_length
+from tuneforge.engine.static_decode import LoneSequenceStep
 from tuneforge.model.builtin import ensure_builtin
 from tuneforge.model.folders import load_for_inference
 from tuneforge.serving.protocol import GenerationRequest
@@ -298,3 +299,61 @@ def test_logit_bias_and_penalties_steer_greedy_decoding(model_and_tokenizer: tup
     assert plain.generated == solo_greedy(model, tokenizer, PROMPTS[0], 12), "neighbours' settings stay in their rows"
     with pytest.raises(ValueError, match="outside the model's vocabulary"):
         batcher.check_logit_bias({10_000: 1.0})
+
+
+def lone_step(model: Any, max_length: int, compile_mode: str | None = None) -> LoneSequenceStep:
+    lone = LoneSequenceStep(model, max_length, compile_mode=compile_mode)
+    lone.prepare()
+    assert lone.ready.is_set(), lone.failure
+    return lone
+
+
+def test_a_lone_sequence_decodes_in_the_static_step_and_hands_its_cache_back_when_others_join(
+    model_and_tokenizer: tuple[Any, Any],
+) -> None:
+    model, tokenizer = model_and_tokenizer
+    batcher = ContinuousBatcher(model, tokenizer, max_batch=8)
+    batcher.eos_ids = set()
+    batcher.lone = lone_step(model, 128)
+    first, _ = submit(batcher, PROMPTS[0], max_tokens=20)
+    batcher.step()
+    batcher.step()
+    assert batcher._lone_active, "a lone sequence should decode in the static step"
+    others = [submit(batcher, p, max_tokens=6)[0] for p in PROMPTS[1:]]
+    batcher.step()
+    assert not batcher._lone_active and batcher.running == 3, "joining requests take the cache back"
+    lone_again = False
+    while batcher.running:
+        batcher.step()
+        lone_again |= batcher._lone_active
+    assert lone_again, "the first request, alone again after the others ended, should return to the static step"
+    for sequence in [first, *others]:
+        assert sequence.generated == solo_greedy(model, tokenizer, sequence.request.prompt, sequence.request.max_tokens)
+
+
+def test_a_request_longer_than_the_static_cache_decodes_in_the_dynamic_one(
+    model_and_tokenizer: tuple[Any, Any],
+) -> None:
+    model, tokenizer = model_and_tokenizer
+    batcher = ContinuousBatcher(model, tokenizer, max_batch=8)
+    batcher.eos_ids = set()
+    batcher.lone = lone_step(model, 16)
+    sequence, _ = submit(batcher, PROMPTS[0], max_tokens=12)  # about 30 prompt tokens + 12 > 16
+    while not sequence.cancelled.is_set():
+        batcher.step()
+        assert not batcher._lone_active
+    assert sequence.generated == solo_greedy(model, tokenizer, PROMPTS[0], 12)
+
+
+def test_the_compiled_lone_step_decodes_generates_greedy_tokens(model_and_tokenizer: tuple[Any, Any]) -> None:
+    model, tokenizer = model_and_tokenizer
+    batcher = ContinuousBatcher(model, tokenizer, max_batch=8)
+    batcher.eos_ids = set()
+    batcher.lone = lone_step(model, 64, compile_mode="default")
+    sequence, _ = submit(batcher, PROMPTS[0], max_tokens=12)
+    used = False
+    while not sequence.cancelled.is_set():
+        batcher.step()
+        used |= batcher._lone_active
+    assert used
+    assert sequence.generated == solo_greedy(model, tokenizer, PROMPTS[0], 12)

@@ -44,6 +44,7 @@ from transformers import DynamicCache, PreTrainedTokenizerBase
 from transformers.cache_utils import DynamicLayer
 
 from tuneforge.engine.constrained import Grammars, Matcher
+from tuneforge.engine.static_decode import LoneSequenceStep
 from tuneforge.model.prompts import RenderedPrompt, encode_prompt, end_of_turn_ids, serving_prompt
 from tuneforge.serving.protocol import GenerationRequest, StopReason
 
@@ -111,6 +112,10 @@ class ContinuousBatcher:
         self._cache: DynamicCache | None = None
         self._mask: torch.Tensor | None = None
         self._last: torch.Tensor | None = None
+        self.lone: LoneSequenceStep | None = None
+        """The compiled step a lone sequence decodes with once it is ready (see :meth:`_hand_to_lone`)."""
+        self._lone_active = False
+        """Whether the running sequence's cache lives in :attr:`lone` (then ``_cache`` is None)."""
 
     # -- submission (any thread) ----------------------------------------------------------------
 
@@ -225,6 +230,9 @@ class ContinuousBatcher:
             if sequence.request.prompt_logprobs:
                 n = len(sequence.prompt_ids)
                 self._prompt_logprobs(sequence, out.logits[row, width - n : width - 1])
+        if self._lone_active:  # someone joins the lone sequence: its cache goes back to the dynamic one
+            assert self.lone is not None
+            self._cache, self._lone_active = self._rebuild(self.lone.export()), False
         if self._cache is None or self._mask is None or self._last is None:
             self._cache, self._mask, self._last = out.cache, mask, first
         else:
@@ -235,20 +243,43 @@ class ContinuousBatcher:
             self._accept(sequence, token)
 
     def _decode(self) -> None:
-        assert self._cache is not None and self._mask is not None and self._last is not None
-        positions = self._mask.sum(1, keepdim=True)
-        self._mask = torch.cat([self._mask, self._mask.new_ones((self._mask.shape[0], 1))], dim=1)
-        out = self.model(
-            input_ids=self._last[:, None],
-            attention_mask=self._mask,
-            position_ids=positions,
-            cache=self._cache,
-            use_cache=True,
-        )
-        self._cache = out.cache
-        self._last = self._sample(out.logits[:, -1, :], self._active)
+        assert self._mask is not None and self._last is not None
+        if self._lone_active or self._hand_to_lone():
+            assert self.lone is not None
+            logits = self.lone.step(self._last[:, None])
+            self._mask = torch.cat([self._mask, self._mask.new_ones((1, 1))], dim=1)
+        else:
+            assert self._cache is not None
+            positions = self._mask.sum(1, keepdim=True)
+            self._mask = torch.cat([self._mask, self._mask.new_ones((self._mask.shape[0], 1))], dim=1)
+            out = self.model(
+                input_ids=self._last[:, None],
+                attention_mask=self._mask,
+                position_ids=positions,
+                cache=self._cache,
+                use_cache=True,
+            )
+            self._cache = out.cache
+            logits = out.logits[:, -1, :]
+        self._last = self._sample(logits, self._active)
         for sequence, token in zip(self._active, self._last.tolist(), strict=True):
             self._accept(sequence, token)
+
+    def _hand_to_lone(self) -> bool:
+        """Move a lone sequence's cache into the compiled step, when it is ready and the sequence fits
+        it: the base model (no adapter), no padding, prompt plus ``max_tokens`` within its length."""
+        lone = self.lone
+        if lone is None or not lone.ready.is_set() or len(self._active) != 1 or self._cache is None:
+            return False
+        assert self._mask is not None
+        sequence = self._active[0]
+        if sequence.request.adapter is not None or not bool(self._mask.all()):
+            return False
+        if not lone.fits(len(sequence.prompt_ids) + sequence.request.max_tokens):
+            return False
+        lone.load(_kv(self._cache))
+        self._cache, self._lone_active = None, True
+        return True
 
     def _retire(self) -> None:
         keep = [i for i, s in enumerate(self._active) if not s.cancelled.is_set()]
@@ -257,6 +288,7 @@ class ContinuousBatcher:
         self._active = [self._active[i] for i in keep]
         if not keep:
             self._cache = self._mask = self._last = None
+            self._lone_active = False
             return
         assert self._cache is not None and self._mask is not None and self._last is not None
         rows = torch.tensor(keep, dtype=torch.long, device=self.device)

@@ -29,6 +29,7 @@ from typing import Any
 import torch
 
 from tuneforge.engine.batching import ContinuousBatcher, Event, Sequence
+from tuneforge.engine.static_decode import LoneSequenceStep
 from tuneforge.model.builtin import ensure_builtin
 from tuneforge.model.folders import BUILTIN_SOURCE_PREFIX, load_for_inference, trained_format
 from tuneforge.serving.protocol import GenerationRequest
@@ -146,6 +147,8 @@ def main(argv: list[str] | None = None) -> int:
             model, tokenizer, max_batch=settings.engine_max_batch, trained_format=trained_format(folder)
         )
         warm_up(batcher)
+        if settings.engine_compiled_decode_tokens:
+            batcher.lone = LoneSequenceStep(model, min(settings.engine_compiled_decode_tokens, batcher.context))
         args.socket.unlink(missing_ok=True)
         server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         server.bind(str(args.socket))
@@ -158,6 +161,8 @@ def main(argv: list[str] | None = None) -> int:
 
     stop = threading.Event()
     threading.Thread(target=batcher.run, args=(stop,), name="batcher", daemon=True).start()
+    if batcher.lone is not None:  # compiles while the engine already serves, eagerly
+        threading.Thread(target=batcher.lone.prepare, name="compile", daemon=True).start()
     write_status(args.status, "ready", load_seconds=round(time.monotonic() - started, 3))
     log.info("serving %s on %s (loaded in %.1f s)", args.source, args.socket, time.monotonic() - started)
     with server:
