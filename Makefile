@@ -41,6 +41,7 @@ bench: $(BENCH_STAMP)
 	$(BIN)/python benchmarks/distill_bench.py --kd
 	$(BIN)/python benchmarks/control_plane_bench.py
 	$(BIN)/python benchmarks/adapters_bench.py --repeats 3
+	$(BIN)/python benchmarks/batch_inference.py
 
 # What CI runs (tests/bench): quick modes, failing only on a broken run or an in-run ratio under its floor.
 bench-smoke: $(STAMP)

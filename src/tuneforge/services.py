@@ -14,6 +14,7 @@ from tuneforge.catalog.imported import ImportService
 from tuneforge.catalog.service import Catalog
 from tuneforge.db.listing import PageTokens
 from tuneforge.db.session import Database
+from tuneforge.jobs.invocations import InvocationJobService
 from tuneforge.jobs.memory import MemoryPlanner
 from tuneforge.jobs.service import JobService
 from tuneforge.serving.deployments import DeploymentService
@@ -41,6 +42,7 @@ class Services:
     invocation_logs: InvocationLogs
     page_tokens: PageTokens
     tags: TagService
+    invocation_jobs: InvocationJobService
 
     @classmethod
     def create(cls, settings: Settings) -> Services:
@@ -50,6 +52,7 @@ class Services:
         arns = ArnFactory(settings.region, settings.account_id)
         catalog = Catalog(db, store, arns)
         meter = UsageMeter(db)
+        throughput = ThroughputService(db, catalog, arns, settings)
         return cls(
             settings=settings,
             db=db,
@@ -59,12 +62,13 @@ class Services:
             jobs=JobService(db, catalog, store, arns, MemoryPlanner(settings, catalog)),
             custom_models=CustomModelService(db, settings.models_dir),
             imports=ImportService(db, store, arns, settings),
-            throughput=ThroughputService(db, catalog, arns, settings),
+            throughput=throughput,
             deployments=DeploymentService(db, catalog, arns, settings, meter),
             meter=meter,
             invocation_logs=InvocationLogs(db, store, settings.account_id, settings.region),
             page_tokens=PageTokens.from_key_file(settings.data_dir / "pagination.key"),
             tags=TagService(db, settings),
+            invocation_jobs=InvocationJobService(db, store, arns, throughput),
         )
 
     def close(self) -> None:

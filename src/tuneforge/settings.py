@@ -153,6 +153,13 @@ class Settings(BaseSettings):
     engine_max_batch: int = Field(
         default=16, ge=1, le=512, description="Sequences one engine decodes together (continuous batching)."
     )
+    batch_max_rows: int = Field(
+        default=64,
+        ge=1,
+        le=4096,
+        description="Most rows a batch inference job decodes together; fewer when the memory budget holds fewer "
+        "(see jobs/memory.inference_rows).",
+    )
     engine_compiled_decode_tokens: int = Field(
         default=512,
         ge=0,

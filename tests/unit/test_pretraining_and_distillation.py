@@ -9,6 +9,7 @@ tests/e2e/test_customization_approaches.py against a real server.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -214,16 +215,26 @@ class RecordingReporter:
 
 
 def scripted_teacher(answers: dict[str, Completion]) -> Any:
-    """Stands in for :func:`complete`: the teacher's answer to each user text, or "fine" if unlisted."""
+    """Stands in for :func:`teacher_answers`: the teacher's answer to each user text, or "fine" if
+    unlisted, with progress after every ``batch_size`` answers as the real one reports it."""
 
-    def complete(
-        model: Any, tokenizer: Any, prompts: list[list[int]], max_new_tokens: int, **_: Any
+    def teacher_answers(
+        model: Any,
+        tokenizer: Any,
+        prompts: list[list[int]],
+        limit: int,
+        batch_size: int,
+        progress: Callable[[int], None] | None = None,
     ) -> list[Completion]:
-        assert max_new_tokens == 8
+        assert limit == 8
         texts = [tokenizer.decode(p, skip_special_tokens=True) for p in prompts]
-        return [answers.get(t.split("User: ", 1)[1].split("\n")[0], Completion(" fine", True, 2)) for t in texts]
+        out = [answers.get(t.split("User: ", 1)[1].split("\n")[0], Completion(" fine", True, 2)) for t in texts]
+        for done in range(batch_size, len(out) + batch_size, batch_size):
+            if progress is not None:
+                progress(min(done, len(out)))
+        return out
 
-    return complete
+    return teacher_answers
 
 
 def process(
@@ -256,7 +267,7 @@ def process(
 @pytest.fixture
 def processed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[list[Any], RecordingReporter]:
     answers = {"cut short": Completion(" and then", False, 8), "say nothing": Completion("  ", True, 1)}
-    monkeypatch.setattr("tuneforge.recipes.distillation.complete", scripted_teacher(answers))
+    monkeypatch.setattr("tuneforge.recipes.distillation.teacher_answers", scripted_teacher(answers))
     training = [
         conversation("hello"),
         conversation("with golden", "gold"),
@@ -354,7 +365,7 @@ def test_a_truncated_answer_is_trained_on_without_its_end_of_sequence(
 
 def test_truncated_answers_are_rejected_only_when_asked(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     answers = {"cut short": Completion(" and then", False, 8)}
-    monkeypatch.setattr("tuneforge.recipes.distillation.complete", scripted_teacher(answers))
+    monkeypatch.setattr("tuneforge.recipes.distillation.teacher_answers", scripted_teacher(answers))
     prompts, _ = process(
         tmp_path, [conversation("hello"), conversation("cut short")], rejectTruncatedTeacherAnswers="true"
     )
@@ -367,7 +378,7 @@ def test_truncated_answers_are_rejected_only_when_asked(tmp_path: Path, monkeypa
 def test_without_a_validation_set_a_seeded_share_of_distinct_prompts_is_held_out(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr("tuneforge.recipes.distillation.complete", scripted_teacher({}))
+    monkeypatch.setattr("tuneforge.recipes.distillation.teacher_answers", scripted_teacher({}))
     training = [conversation(f"question {i}", "golden") for i in range(10)] + [conversation("question 0", "golden")]
     prompts, _ = process(tmp_path, training, holdoutPercent="30", seed="5")
     held_out = [p for p in prompts if p.status == "heldOut"]
@@ -383,9 +394,9 @@ def test_without_a_validation_set_a_seeded_share_of_distinct_prompts_is_held_out
 def test_a_resumed_job_reuses_the_responses_instead_of_asking_the_teacher_again(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr("tuneforge.recipes.distillation.complete", scripted_teacher({}))
+    monkeypatch.setattr("tuneforge.recipes.distillation.teacher_answers", scripted_teacher({}))
     first, _ = process(tmp_path, [conversation("hello")])
-    monkeypatch.setattr("tuneforge.recipes.distillation.complete", None)  # the teacher must not be called
+    monkeypatch.setattr("tuneforge.recipes.distillation.teacher_answers", None)  # the teacher must not be called
     again, reporter = process(tmp_path, [conversation("hello")])
     assert again == first and reporter.data == []
     assert "reusing the responses" in reporter.messages[0]
@@ -414,8 +425,10 @@ def test_a_job_left_with_nothing_to_train_on_fails_saying_why(tmp_path: Path, mo
     from tuneforge.recipes.base import RecipeFailed
 
     monkeypatch.setattr(
-        "tuneforge.recipes.distillation.complete",
-        lambda model, tokenizer, prompts, max_new_tokens, **_: [Completion(" and so", False, 8) for _ in prompts],
+        "tuneforge.recipes.distillation.teacher_answers",
+        lambda model, tokenizer, prompts, limit, batch_size, progress=None: [
+            Completion(" and so", False, 8) for _ in prompts
+        ],
     )
     micro = next(m for m in BUILTIN_MODELS if m.source == "builtin:forge-micro")
     models_dir = tmp_path / "models"

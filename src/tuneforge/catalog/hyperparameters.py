@@ -284,7 +284,8 @@ _DISTILLATION_EXTRAS: tuple[HyperParameterSpec, ...] = (
         "teacherBatchSize",
         "int",
         32,
-        "Prompts the teacher answers at once while generating the training data.",
+        "Rows of the teacher's continuous batch while it generates the training data (a row takes the next "
+        "prompt as its answer ends).",
         1,
         1024,
     ),

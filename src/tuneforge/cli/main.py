@@ -1,8 +1,9 @@
-"""``tuneforge``: serve, demo, models, data, jobs, deployments, throughput, invoke and usage.
+"""``tuneforge``: serve, demo, models, data, jobs, batch, deployments, throughput, invoke and usage.
 
 ``models`` and ``data`` work on the local installation (same settings as the server); ``jobs``,
-``deployments``, ``throughput``, ``invoke``, ``usage`` and ``models register`` (an import job) talk to a running
-server through boto3, exactly as user code does. Output is for people by default and JSON with ``--json``.
+``batch``, ``deployments``, ``throughput``, ``invoke``, ``usage`` and ``models register`` (an import job)
+talk to a running server through boto3, exactly as user code does. Output is for people by default
+and JSON with ``--json``.
 """
 
 from __future__ import annotations
@@ -32,6 +33,8 @@ deployments_app = typer.Typer(
 )
 app.add_typer(throughput_app, name="throughput")
 app.add_typer(deployments_app, name="deployments")
+batch_app = typer.Typer(no_args_is_help=True, help="Batch inference jobs on a running server.")
+app.add_typer(batch_app, name="batch")
 
 console = Console()
 err = Console(stderr=True)
@@ -504,6 +507,93 @@ def jobs_wait(
         console.print(f"[red]{final['status']}[/red] {final.get('failureMessage', '')}")
     if final["status"] != "Completed":
         raise typer.Exit(1)
+
+
+# -- batch inference -------------------------------------------------------------------------------
+
+
+@batch_app.command("create")
+def batch_create(
+    name: Annotated[str, typer.Option("--name", help="Job name.")],
+    model: Annotated[str, typer.Option("--model", help="Foundation, imported or custom model id or ARN.")],
+    input_uri: Annotated[str, typer.Option("--input", help="s3:// URI of a JSONL file or a prefix of them.")],
+    output: Annotated[str, typer.Option("--output", help="s3:// URI for the output records.")],
+    converse: Annotated[bool, typer.Option("--converse", help="Records hold Converse bodies.")] = False,
+    role_arn: Annotated[str, typer.Option("--role-arn")] = "arn:aws:iam::123456789012:role/tuneforge",
+    endpoint_url: EndpointOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Create a batch inference job: every record of the input answered by the model."""
+    response = _call(
+        _client(endpoint_url).create_model_invocation_job,
+        jobName=name,
+        roleArn=role_arn,
+        modelId=model,
+        modelInvocationType="Converse" if converse else "InvokeModel",
+        inputDataConfig={"s3InputDataConfig": {"s3Uri": input_uri}},
+        outputDataConfig={"s3OutputDataConfig": {"s3Uri": output}},
+    )
+    if as_json:
+        _print_json(response)
+    else:
+        console.print(response["jobArn"])
+
+
+@batch_app.command("list")
+def batch_list(
+    status: Annotated[str | None, typer.Option("--status")] = None,
+    name_contains: Annotated[str | None, typer.Option("--name-contains")] = None,
+    endpoint_url: EndpointOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """List batch inference jobs, newest first."""
+    kwargs: dict[str, Any] = {}
+    if status:
+        kwargs["statusEquals"] = status
+    if name_contains:
+        kwargs["nameContains"] = name_contains
+    jobs: list[dict[str, Any]] = []
+    for page in _client(endpoint_url).get_paginator("list_model_invocation_jobs").paginate(**kwargs):
+        jobs.extend(page["invocationJobSummaries"])
+    if as_json:
+        _print_json(jobs)
+        return
+    table = Table("name", "status", "records done", "errors", "submitted", "model")
+    for job in jobs:
+        done = f"{job.get('processedRecordCount', 0)}/{job.get('totalRecordCount', '?')}"
+        table.add_row(
+            job["jobName"],
+            job["status"],
+            done,
+            str(job.get("errorRecordCount", 0)),
+            str(job["submitTime"])[:19],
+            job["modelId"],
+        )
+    console.print(table)
+
+
+@batch_app.command("get")
+def batch_get(job: str, endpoint_url: EndpointOpt = None, as_json: JsonOpt = False) -> None:
+    """Show one batch inference job (by id or ARN)."""
+    response = _call(_client(endpoint_url).get_model_invocation_job, jobIdentifier=job)
+    if as_json:
+        _print_json(response)
+        return
+    console.print(f"[bold]{response['jobName']}[/bold] {response['status']}  {response['jobArn']}")
+    console.print(
+        f"  records {response.get('processedRecordCount', 0)}/{response.get('totalRecordCount', '?')} processed, "
+        f"{response.get('successRecordCount', 0)} answered, {response.get('errorRecordCount', 0)} failed"
+    )
+    console.print(f"  output {response['outputDataConfig']['s3OutputDataConfig']['s3Uri']}")
+    if response.get("message"):
+        console.print(f"  {response['message']}")
+
+
+@batch_app.command("stop")
+def batch_stop(job: str, endpoint_url: EndpointOpt = None) -> None:
+    """Stop a batch inference job; the records answered so far are written."""
+    _call(_client(endpoint_url).stop_model_invocation_job, jobIdentifier=job)
+    console.print(f"stopping {job}")
 
 
 # -- throughput ------------------------------------------------------------------------------------

@@ -308,3 +308,56 @@ class InvocationLoggingConfig(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     config: Mapped[dict[str, Any]] = mapped_column(JSON)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+
+class ModelInvocationJob(Base):
+    """A batch inference job (CreateModelInvocationJob): JSONL records in, one answer per record out.
+
+    Queued beside customization jobs: the supervisor claims it from phase ``queued`` and runs it in
+    a worker process, with the same columns for the claim, the heartbeat and stop requests as
+    :class:`Job` has. Status: ``Submitted`` while queued, then ``InProgress`` -> ``Completed`` |
+    ``PartiallyCompleted`` (some records failed) | ``Failed`` | ``Stopping`` -> ``Stopped``.
+    """
+
+    __tablename__ = "model_invocation_jobs"
+
+    id: Mapped[str] = mapped_column(String(12), primary_key=True)
+    arn: Mapped[str] = mapped_column(String(1011), unique=True)
+    name: Mapped[str] = mapped_column(String(63), unique=True)
+    client_request_token: Mapped[str | None] = mapped_column(String(256), unique=True)
+    request_fingerprint: Mapped[str] = mapped_column(String(64))
+    role_arn: Mapped[str] = mapped_column(String(2048))
+    model_id: Mapped[str] = mapped_column(String(2048))
+    """The ``modelId`` as the request gave it (Get and List echo it)."""
+    model_arn: Mapped[str] = mapped_column(String(1011))
+    """What answers: the foundation, imported or custom model it resolved to at create time."""
+    invocation_type: Mapped[str] = mapped_column(String(16), default="InvokeModel")
+    """``InvokeModel`` (records hold native bodies) or ``Converse`` (records hold Converse bodies)."""
+    input_data: Mapped[dict[str, Any]] = mapped_column(JSON)
+    output_data: Mapped[dict[str, Any]] = mapped_column(JSON)
+    vpc_config: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    timeout_hours: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    tags: Mapped[list[Any]] = mapped_column(JSON, default=list)
+
+    status: Mapped[str] = mapped_column(String(20), default="Submitted")
+    message: Mapped[str | None] = mapped_column(Text, nullable=True)
+    total_records: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    processed_records: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    success_records: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    error_records: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    input_tokens: Mapped[int] = mapped_column(Integer, default=0)
+    output_tokens: Mapped[int] = mapped_column(Integer, default=0)
+
+    phase: Mapped[str] = mapped_column(String(16), default="queued")
+    """queued -> running -> done, as for :class:`Job`."""
+    stop_requested: Mapped[bool] = mapped_column(Boolean, default=False)
+    worker_pid: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    worker_host: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    heartbeat_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    ended_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+
+    __table_args__ = (Index("ix_model_invocation_jobs_phase_created", "phase", "created_at"),)

@@ -518,6 +518,31 @@ def _changes(
     return tuple(changes)
 
 
+def inference_rows(model: ModelShape, sequence_length: int, budget: MemoryBudget, cap: int) -> tuple[int, str]:
+    """Rows of a batch inference job's continuous batch that fit ``budget``, at most ``cap``; and why.
+
+    Serving holds the weights once (fp32 here, 4 bytes a parameter: what the engines load on a CPU,
+    and an upper bound on a GPU) and, per row, its KV cache over ``sequence_length`` tokens (keys
+    and values of every layer) plus the prefill's transient attention scores (heads x length^2),
+    hidden and MLP activations, and one row of logits. Decoding a token costs about the same for
+    one row as for ``cap`` (reading the weights dominates), so the largest batch that fits is the
+    fastest; past ``cap`` (``TUNEFORGE_BATCH_MAX_ROWS``) the per-step bookkeeping of a longer
+    batch outweighs what it saves on these CPUs.
+    """
+    weights = 4 * model.parameters
+    length = max(1, sequence_length)
+    kv = 2 * model.layers * model.kv_width * length * 4
+    prefill = 4 * (model.heads * length * length + (4 * model.hidden + 2 * model.intermediate) * length)
+    per_row = kv + prefill + 4 * model.vocab
+    free = budget.bytes - weights
+    rows = max(1, min(cap, free // per_row)) if free > 0 else 1
+    why = (
+        f"batch of {rows} rows: weights {gib(weights)}, {gib(per_row)} per row of up to {length} tokens, "
+        f"budget {gib(budget.bytes)} ({budget.device}), cap {cap}"
+    )
+    return int(rows), why
+
+
 class MemoryPlanner:
     """The job service's view of memory: model shapes from the catalog, the device's budget once."""
 

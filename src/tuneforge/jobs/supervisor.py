@@ -18,6 +18,11 @@ not mistaken for it) and whose heartbeat is fresh: it counts against ``worker_co
 stop enforcement, and is recovered like a worker this supervisor started when it dies. One that is
 alive but silent past the heartbeat timeout is hung: it is killed before its job is recovered, so
 two workers never train one job.
+
+Batch inference jobs (:class:`~tuneforge.db.tables.ModelInvocationJob`) share this queue, the
+concurrency limit and the worker command: the oldest queued job of either kind is claimed first. A
+batch job whose worker dies is not resumed (its answers are cheap to make again): it ends ``Failed``,
+or ``Stopped`` when it was stopping.
 """
 
 from __future__ import annotations
@@ -39,7 +44,8 @@ from typing import Any, cast
 
 from sqlalchemy import CursorResult, select, update
 
-from tuneforge.db.tables import Job, JobEvent, utcnow
+from tuneforge.db.tables import Job, JobEvent, ModelInvocationJob, utcnow
+from tuneforge.jobs.invocations import mark_ended
 from tuneforge.jobs.service import mark_stages
 from tuneforge.services import Services
 from tuneforge.settings import child_environment
@@ -184,9 +190,15 @@ class Supervisor:
         adopt: list[tuple[str, int]] = []
         orphans: list[tuple[str, int | None]] = []
         with self.services.db.session() as session:
-            rows = session.scalars(
-                select(Job).where(Job.phase == "running", Job.status.in_(("InProgress", "Stopping")))
-            ).all()
+            live = ("InProgress", "Stopping")
+            rows: list[Job | ModelInvocationJob] = [
+                *session.scalars(select(Job).where(Job.phase == "running", Job.status.in_(live))),
+                *session.scalars(
+                    select(ModelInvocationJob).where(
+                        ModelInvocationJob.phase == "running", ModelInvocationJob.status.in_(live)
+                    )
+                ),
+            ]
             for job in rows:
                 if job.id in self._running:
                     continue
@@ -211,11 +223,16 @@ class Supervisor:
         self._running[job_id] = _Running(job_id, AdoptedWorker(pid, job_id))
         message = f"the server restarted; its worker (pid {pid}) is still running and was adopted"
         with self.services.db.session() as session:
-            session.add(JobEvent(job_id=job_id, kind="log", data={"message": message}))
+            if session.get(Job, job_id) is not None:  # batch inference jobs keep no events
+                session.add(JobEvent(job_id=job_id, kind="log", data={"message": message}))
         log.warning("job %s: %s", job_id, message)
 
     def _handle_lost_worker(self, job_id: str, what: str) -> None:
         with self.services.db.session() as session:
+            batch = session.get(ModelInvocationJob, job_id)
+            if batch is not None:
+                self._end_lost_batch_job(batch, what)
+                return
             job = session.get(Job, job_id)
             if job is None or job.status not in ("InProgress", "Stopping"):
                 return
@@ -246,32 +263,64 @@ class Supervisor:
                 remove_job_files(self.services, job_id)
         log.warning("job %s: %s", job_id, message)
 
+    def _end_lost_batch_job(self, batch: ModelInvocationJob, what: str) -> None:
+        """A batch job whose worker died: Stopped if it was stopping, else Failed; never resumed."""
+        if batch.status not in ("InProgress", "Stopping"):
+            return
+        if batch.status == "Stopping":
+            mark_ended(batch, "Stopped", f"{what}; the job was stopping and is now Stopped")
+        else:
+            mark_ended(
+                batch,
+                "Failed",
+                f"Job interrupted: {what} before the job finished. Create the job again to retry.",
+            )
+        remove_job_files(self.services, batch.id)
+        log.warning("batch job %s: %s", batch.id, batch.message)
+
     # -- workers -----------------------------------------------------------------------------
 
     def _claim(self) -> None:
+        """The oldest queued job of either kind, customization or batch inference, first."""
         limit = self.services.settings.worker_concurrency
         while len(self._running) < limit:
             with self.services.db.session() as session:
-                job_id = session.scalar(
-                    select(Job.id)
+                customization = session.execute(
+                    select(Job.id, Job.created_at)
                     .where(Job.phase == "queued", Job.status == "InProgress")
                     .order_by(Job.created_at)
                     .limit(1)
-                )
-                if job_id is None:
+                ).first()
+                batch = session.execute(
+                    select(ModelInvocationJob.id, ModelInvocationJob.created_at)
+                    .where(ModelInvocationJob.phase == "queued", ModelInvocationJob.status == "Submitted")
+                    .order_by(ModelInvocationJob.created_at)
+                    .limit(1)
+                ).first()
+                if customization is None and batch is None:
                     return
-                result = session.execute(
-                    update(Job)
-                    .where(Job.id == job_id, Job.phase == "queued")
-                    .values(
-                        phase="running",
-                        worker_host=self.host,
-                        worker_pid=None,
-                        heartbeat_at=None,
-                        attempts=Job.attempts + 1,
-                        updated_at=utcnow(),
-                    )
+                claim = dict(
+                    phase="running",
+                    worker_host=self.host,
+                    worker_pid=None,
+                    heartbeat_at=None,
+                    updated_at=utcnow(),
                 )
+                if batch is not None and (customization is None or batch.created_at < customization.created_at):
+                    job_id = batch.id
+                    result = session.execute(
+                        update(ModelInvocationJob)
+                        .where(ModelInvocationJob.id == job_id, ModelInvocationJob.phase == "queued")
+                        .values(**claim, status="InProgress", attempts=ModelInvocationJob.attempts + 1)
+                    )
+                else:
+                    assert customization is not None
+                    job_id = customization.id
+                    result = session.execute(
+                        update(Job)
+                        .where(Job.id == job_id, Job.phase == "queued")
+                        .values(**claim, attempts=Job.attempts + 1)
+                    )
                 claimed = cast(CursorResult[Any], result).rowcount
             if claimed:
                 self._spawn(job_id)
@@ -289,7 +338,8 @@ class Supervisor:
                 start_new_session=True,
             )
         with self.services.db.session() as session:
-            session.execute(update(Job).where(Job.id == job_id).values(worker_pid=process.pid))
+            for table in (Job, ModelInvocationJob):
+                session.execute(update(table).where(table.id == job_id).values(worker_pid=process.pid))
         self._running[job_id] = _Running(job_id, process)
         log.info("job %s: started worker pid %d", job_id, process.pid)
 
@@ -300,7 +350,7 @@ class Supervisor:
                 continue
             del self._running[job_id]
             with self.services.db.session() as session:
-                job = session.get(Job, job_id)
+                job = session.get(Job, job_id) or session.get(ModelInvocationJob, job_id)
                 unfinished = job is not None and job.status in ("InProgress", "Stopping") and job.phase == "running"
             if unfinished:
                 self._handle_lost_worker(job_id, what)
@@ -310,6 +360,9 @@ class Supervisor:
         now = time.monotonic()
         with self.services.db.session() as session:
             stopping = set(session.scalars(select(Job.id).where(Job.status == "Stopping")).all())
+            stopping.update(
+                session.scalars(select(ModelInvocationJob.id).where(ModelInvocationJob.status == "Stopping")).all()
+            )
         for job_id, running in self._running.items():
             if job_id not in stopping:
                 continue

@@ -59,7 +59,8 @@ import torch.nn.functional as F
 from tuneforge.catalog.models import DISTILLATION
 from tuneforge.data.formats import FORMAT_CONVERSATION
 from tuneforge.data.tasks import write_jsonl
-from tuneforge.engine.generation import Completion, complete, length_sorted_batches, measure_generation_speed
+from tuneforge.engine.generation import Completion, measure_generation_speed
+from tuneforge.engine.offline import greedy_answers, offline_batcher
 from tuneforge.jobs import layout
 from tuneforge.model.folders import load_for_inference, trained_format
 from tuneforge.model.loading import load_model_and_tokenizer
@@ -440,24 +441,21 @@ class DistillationRecipe:
 def teacher_answers(
     teacher: Any,
     tokenizer: Any,
-    prompts: Sequence[list[int]],
+    prompts: Sequence[str | list[int]],
     limit: int,
     batch_size: int,
     progress: Callable[[int], None] | None = None,
 ) -> list[Completion]:
-    """The teacher's greedy answers to ``prompts`` (token ids), in their order, generated ``batch_size`` at a time.
+    """The teacher's greedy answers to ``prompts`` (token ids or raw text), in order, ``batch_size`` rows at a time.
 
-    Prompts are batched by length (:func:`length_sorted_batches`), so a batch pads little; a greedy
-    answer does not depend on the batch it was generated in. ``progress`` gets the count of prompts
-    answered so far after each batch.
+    The batched path of batch inference jobs (:func:`tuneforge.engine.offline.greedy_answers`): a
+    continuous batch of ``batch_size`` rows, refilled as answers end, with the engines' stop rules,
+    so the teacher answers a prompt exactly as it would answer it served. A greedy answer does not
+    depend on the rows beside it. ``progress`` gets the count of prompts answered so far after every
+    ``batch_size`` answers and after the last.
     """
-    lengths = [len(ids) for ids in prompts]
-    answers: dict[int, Completion] = {}
-    for batch in length_sorted_batches(lengths, batch_size):
-        answers.update(zip(batch, complete(teacher, tokenizer, [prompts[i] for i in batch], limit), strict=True))
-        if progress is not None:
-            progress(len(answers))
-    return [answers[index] for index in range(len(prompts))]
+    batcher = offline_batcher(teacher, tokenizer, max_batch=batch_size)
+    return greedy_answers(batcher, prompts, limit, progress=progress, progress_every=batch_size)
 
 
 def prompt_insights(prompts: Sequence[DistillationPrompt]) -> dict[str, Any]:
@@ -510,10 +508,11 @@ def distillation_report(
     at that speed, priced at ``price_per_compute_hour``.
     """
     limit = teacher_inputs.max_response_tokens
-    answers = []
-    for start in range(0, len(held_out), batch_size):
-        batch = held_out[start : start + batch_size]
-        answers.extend(complete(*student, [p.ids(student[1]) for p in batch], limit))
+    # The student answers on the teacher's path (continuous batching, the engines' stop rules), so
+    # agreement compares two models and not two decoders.
+    answers = greedy_answers(
+        offline_batcher(*student, max_batch=batch_size), [p.ids(student[1]) for p in held_out], limit
+    )
     pairs = [(p, a.text.strip()) for p, a in zip(held_out, answers, strict=True)]
     agreement = sum(p.response == answer for p, answer in pairs) / len(pairs) if pairs else None
     golden = [(p, answer) for p, answer in pairs if p.golden is not None]

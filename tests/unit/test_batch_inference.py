@@ -1,0 +1,264 @@
+"""Batch inference jobs: record parsing and per-record errors, the manifest, the offline batched path,
+the batch size rule, and the queue's handling of batch jobs whose worker died or that are stopped."""
+
+from __future__ import annotations
+
+import json
+import socket
+from collections.abc import Iterator
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from tuneforge.api.bedrock.invocation_schemas import parse_create_invocation_job
+from tuneforge.db.tables import ModelInvocationJob, utcnow
+from tuneforge.engine.batching import ContinuousBatcher
+from tuneforge.engine.offline import OfflineRequest, generate_offline
+from tuneforge.errors import ConflictException, ValidationException
+from tuneforge.jobs.invocations import CreateInvocationJobRequest
+from tuneforge.jobs.memory import MemoryBudget, builtin_shape, inference_rows
+from tuneforge.jobs.supervisor import Supervisor
+from tuneforge.model.builtin import ensure_builtin
+from tuneforge.model.folders import load_for_inference
+from tuneforge.recipes.batch_inference import Counts, output_lines, parse_record, read_records
+from tuneforge.services import Services
+from tuneforge.serving.protocol import GenerationRequest
+from tuneforge.settings import Settings
+
+ROLE = "arn:aws:iam::123456789012:role/tests"
+BASE_MODEL = "tuneforge.forge-small-v1:0:512"
+
+
+def test_a_native_body_becomes_the_request_invoke_model_would_send() -> None:
+    record = parse_record(
+        0, 1, '{"recordId": "a1", "modelInput": {"prompt": "hi", "max_gen_len": 7}}', "InvokeModel", 64
+    )
+    assert record.result is None and record.record_id == "a1"
+    assert record.request == GenerationRequest(max_tokens=7, prompt="hi")
+    defaulted = parse_record(0, 9, '{"modelInput": {"prompt": "hi"}}', "InvokeModel", 64)
+    assert defaulted.request is not None and defaulted.request.max_tokens == 64
+    assert defaulted.record_id == "00000000009"
+
+
+def test_a_converse_body_becomes_a_conversation_request() -> None:
+    body = json.dumps(
+        {
+            "modelInput": {
+                "messages": [{"role": "user", "content": [{"text": "hi"}]}],
+                "inferenceConfig": {"maxTokens": 3},
+            }
+        }
+    )
+    record = parse_record(0, 1, body, "Converse", 64)
+    assert record.request is not None and record.request.conversation is not None
+    assert record.request.conversation["messages"][0]["content"] == [{"text": "hi"}]
+    assert record.request.max_tokens == 3
+
+
+@pytest.mark.parametrize(
+    ("line", "message"),
+    [
+        ('{"recordId": "x", "modelInput": ', "line 3: not valid JSON"),
+        ("[1, 2]", "line 3: a record must be a JSON object with recordId and modelInput"),
+        ('{"recordId": "x"}', 'line 3: missing key "modelInput" (the InvokeModel request body)'),
+        ('{"recordId": 5, "modelInput": {"prompt": "p"}}', 'line 3: "recordId" must be a non-empty string'),
+        ('{"modelInput": "p"}', 'line 3: "modelInput" must be a JSON object'),
+        ('{"modelInput": {"prompt": "p", "max_gen_len": 65}}', "line 3: modelInput: Value '65' at 'max_gen_len'"),
+        ('{"modelInput": {"prompt": "p", "extra": 1}}', "line 3: modelInput: Malformed input request: extraneous key"),
+        (
+            '{"modelInput": {"max_gen_len": 3}}',
+            "line 3: modelInput: 1 validation error detected: Value null at 'prompt'",
+        ),
+    ],
+)
+def test_a_bad_record_is_answered_by_an_error_naming_its_line(line: str, message: str) -> None:
+    record = parse_record(0, 3, line, "InvokeModel", 64)
+    assert record.request is None and record.result is not None
+    error = record.result["error"]
+    assert error["errorCode"] == 400 and error["errorMessage"].startswith(message), error
+
+
+def test_blank_lines_are_not_records_and_outputs_keep_input_order() -> None:
+    files = [("in.jsonl", b'\xef\xbb\xbf{"modelInput": {"prompt": "a"}}\n\n   \n{"bad\n')]
+    (records,) = read_records(files, "InvokeModel", 8)
+    assert [r.line for r in records] == [1, 4]
+    records[0].result = {"modelOutput": {"generation": "x"}}
+    assert output_lines(records).decode().splitlines() == [
+        '{"recordId": "00000000001", "modelInput": {"prompt": "a"}, "modelOutput": {"generation": "x"}}',
+        '{"recordId": "00000000004", "error": {"errorCode": 400, "errorMessage": "line 4: not valid JSON '
+        '(Unterminated string starting at: line 1 column 2 (char 1))"}}',
+    ]
+
+
+def test_the_manifest_counts_processed_as_successes_plus_errors() -> None:
+    counts = Counts(total=5, success=3, error=1, input_tokens=30, output_tokens=12)
+    assert counts.manifest() == {
+        "totalRecordCount": 5,
+        "processedRecordCount": 4,
+        "successRecordCount": 3,
+        "errorRecordCount": 1,
+        "inputTokenCount": 30,
+        "outputTokenCount": 12,
+    }
+
+
+@pytest.fixture(scope="module")
+def batcher(tmp_path_factory: pytest.TempPathFactory) -> ContinuousBatcher:
+    torch.set_num_threads(1)
+    models = tmp_path_factory.mktemp("models")
+    model, tokenizer = load_for_inference(ensure_builtin("forge-micro", models), models)
+    return ContinuousBatcher(model, tokenizer, max_batch=2)
+
+
+def requests(batcher: ContinuousBatcher, count: int, max_tokens: int) -> list[tuple[int, OfflineRequest]]:
+    out = []
+    for i in range(count):
+        request = GenerationRequest(max_tokens=max_tokens, prompt=f"User: question {i}\nAssistant:")
+        out.append((i, OfflineRequest(request, batcher.render(request).ids)))
+    return out
+
+
+def test_offline_generation_keeps_the_batch_full_and_answers_each_request_as_alone(batcher: ContinuousBatcher) -> None:
+    ends: dict[int, dict[str, Any]] = {}
+    peak = 0
+
+    def fed() -> Iterator[tuple[int, OfflineRequest]]:
+        nonlocal peak
+        for item in requests(batcher, 5, 6):
+            peak = max(peak, batcher.running)
+            yield item
+
+    assert generate_offline(batcher, fed(), lambda key, event: ends.__setitem__(key, event))
+    assert sorted(ends) == [0, 1, 2, 3, 4] and peak <= batcher.max_batch
+    alone: dict[int, dict[str, Any]] = {}
+    for item in requests(batcher, 5, 6):
+        generate_offline(batcher, [item], lambda k, e: alone.__setitem__(k, e))
+    assert {k: (e["text"], e["output_tokens"]) for k, e in alone.items()} == {
+        k: (e["text"], e["output_tokens"]) for k, e in ends.items()
+    }
+
+
+def test_offline_generation_stops_when_asked_without_answering_the_rest(batcher: ContinuousBatcher) -> None:
+    ends: list[int] = []
+    steps = iter(range(100))
+    finished = generate_offline(
+        batcher, requests(batcher, 4, 50), lambda key, _: ends.append(key), lambda: next(steps) >= 2
+    )
+    assert not finished and len(ends) < 4
+
+
+def test_the_batch_is_the_largest_that_fits_the_budget_up_to_the_cap() -> None:
+    shape = builtin_shape("forge-small")
+    assert shape is not None
+    roomy = MemoryBudget(64 << 30, "test", gpu=False, bf16=False)
+    assert inference_rows(shape, 512, roomy, cap=64)[0] == 64
+    weights = 4 * shape.parameters
+    tight = MemoryBudget(weights + (10 << 20), "test", gpu=False, bf16=False)
+    rows, why = inference_rows(shape, 512, tight, cap=64)
+    assert 1 <= rows < 64 and f"batch of {rows} rows" in why
+    assert inference_rows(shape, 512, MemoryBudget(1, "test", gpu=False, bf16=False), cap=64)[0] == 1
+
+
+@pytest.fixture
+def services(fast_tmp: Path) -> Iterator[Services]:
+    created = Services.create(Settings(data_dir=fast_tmp / "data", heartbeat_timeout_s=30))
+    yield created
+    created.close()
+
+
+def batch_job(services: Services, name: str) -> str:
+    job = services.invocation_jobs.create(
+        CreateInvocationJobRequest(
+            job_name=name,
+            role_arn=ROLE,
+            model_id=BASE_MODEL,
+            input_uri="s3://tests/in.jsonl",
+            output_uri="s3://tests/out",
+        )
+    )
+    return job.id
+
+
+def test_stopping_a_queued_batch_job_stops_it_at_once(services: Services) -> None:
+    job_id = batch_job(services, "queued")
+    assert services.invocation_jobs.get(job_id).status == "Submitted"
+    services.invocation_jobs.stop(job_id)
+    job = services.invocation_jobs.get(job_id)
+    assert (job.status, job.phase) == ("Stopped", "done") and job.ended_at is not None
+
+
+@pytest.mark.parametrize(("status", "ends"), [("InProgress", "Failed"), ("Stopping", "Stopped")])
+def test_a_batch_job_whose_worker_died_is_failed_or_stopped_not_left_running(
+    services: Services, status: str, ends: str
+) -> None:
+    job_id = batch_job(services, f"lost-{status.lower()}")
+    with services.db.session() as session:
+        row = session.get(ModelInvocationJob, job_id)
+        assert row is not None
+        row.phase, row.status, row.worker_host, row.worker_pid = "running", status, socket.gethostname(), 2**22 + 1
+        row.heartbeat_at = utcnow()
+    Supervisor(services).recover()
+    job = services.invocation_jobs.get(job_id)
+    assert (job.status, job.phase) == (ends, "done")
+    assert job.message is not None and "the worker process ended unexpectedly" in job.message
+
+
+def test_the_client_request_token_returns_the_same_job_and_refuses_another_request(services: Services) -> None:
+    ask = CreateInvocationJobRequest(
+        job_name="idempotent",
+        role_arn=ROLE,
+        model_id=BASE_MODEL,
+        input_uri="s3://tests/in.jsonl",
+        output_uri="s3://tests/out",
+        client_request_token="token-1",
+    )
+    first = services.invocation_jobs.create(ask)
+    assert services.invocation_jobs.create(ask).id == first.id
+    with pytest.raises(ConflictException, match="clientRequestToken token-1 was already used"):
+        services.invocation_jobs.create(replace(ask, output_uri="s3://tests/elsewhere"))
+
+
+def test_a_provisioned_model_cannot_run_a_batch_job(services: Services) -> None:
+    arn = "arn:aws:bedrock:us-east-1:123456789012:provisioned-model/abcdefabcdef"
+    with pytest.raises(ValidationException, match="cannot run a batch inference job"):
+        services.invocation_jobs.create(
+            CreateInvocationJobRequest(
+                job_name="pt", role_arn=ROLE, model_id=arn, input_uri="s3://t/in.jsonl", output_uri="s3://t/out"
+            )
+        )
+
+
+def test_create_requests_are_checked_with_aws_messages() -> None:
+    with pytest.raises(ValidationException) as refused:
+        parse_create_invocation_job(
+            {
+                "jobName": "-bad",
+                "roleArn": ROLE,
+                "modelId": BASE_MODEL,
+                "inputDataConfig": {},
+                "outputDataConfig": {"s3OutputDataConfig": {"s3Uri": "s3://t/out"}},
+                "timeoutDurationInHours": 200,
+            }
+        )
+    message = refused.value.message
+    assert "at 'jobName' failed to satisfy constraint" in message
+    assert "Value null at 'inputDataConfig.s3InputDataConfig'" in message
+    assert "Value '200' at 'timeoutDurationInHours'" in message
+
+
+def test_a_batch_job_stopped_between_its_claim_and_its_worker_start_ends_stopped(services: Services) -> None:
+    from tuneforge.jobs.worker import BatchJobRunner
+
+    job_id = batch_job(services, "claimed-then-stopped")
+    with services.db.session() as session:
+        row = session.get(ModelInvocationJob, job_id)
+        assert row is not None
+        row.phase, row.status = "running", "InProgress"
+    services.invocation_jobs.stop(job_id)
+    assert services.invocation_jobs.get(job_id).status == "Stopping"
+    BatchJobRunner(services, job_id).run()
+    job = services.invocation_jobs.get(job_id)
+    assert (job.status, job.phase, job.message) == ("Stopped", "done", "Stopped before any record was answered")
