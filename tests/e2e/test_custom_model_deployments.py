@@ -9,6 +9,8 @@ idle time is a few seconds here, so engines exit soon after their last request.
 from __future__ import annotations
 
 import json
+import os
+import signal
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -231,6 +233,37 @@ def test_cli_creates_lists_shows_updates_and_deletes_a_deployment(
     assert bedrock.list_custom_model_deployments(nameContains=name)["modelDeploymentSummaries"] == []
 
 
+def test_deleting_a_deployment_while_a_stream_reads_it_ends_the_stream_with_an_error(
+    server: Server, bedrock: Any, full_model: str
+) -> None:
+    """A real engine, frozen (SIGSTOP) right after the first chunk so the stream is certainly still open
+    when the deployment is deleted; once it runs again, its next event ends the stream with an error."""
+    name = unique("midstream")
+    bedrock.create_custom_model_deployment(modelDeploymentName=name, modelArn=full_model)
+    sdk = openai.OpenAI(base_url=f"{server.url}/v1", api_key="unused", max_retries=0)
+    question = [{"role": "user", "content": QUESTIONS[0]}]
+    sdk.chat.completions.create(model=name, messages=question, max_tokens=2)  # the engine is up
+    engines = engine_processes(server)
+    assert engines
+    # The built-in byte tokenizer's special tokens (ids 256-259, <eos> among them) are biased away, so
+    # the answer runs to max_tokens instead of ending after its word.
+    no_end = {str(token): -100 for token in range(256, 260)}
+    stream = sdk.chat.completions.create(model=name, messages=question, max_tokens=200, stream=True, logit_bias=no_end)
+    chunks = iter(stream)
+    next(chunks)
+    for pid in engines:
+        os.kill(pid, signal.SIGSTOP)
+    try:
+        bedrock.delete_custom_model_deployment(customModelDeploymentIdentifier=name)
+    finally:
+        for pid in engines:
+            os.kill(pid, signal.SIGCONT)
+    with pytest.raises(openai.APIError, match="deleted"):
+        for _ in chunks:
+            pass
+    assert bedrock.list_custom_model_deployments(nameContains=name)["modelDeploymentSummaries"] == []
+
+
 # -- LoRA models: one engine of their base serves them all (needs the multi-adapter engine) -------------
 
 
@@ -251,7 +284,8 @@ def test_three_lora_deployments_share_one_engine_that_exits_after_delete(
     server: Server, bedrock: Any, runtime: Any
 ) -> None:
     wait_until(lambda: engine_processes(server), lambda pids: pids == [], "earlier tests' engines to stop")
-    models = fine_tune(server, bedrock, {"lora-a": "alpha", "lora-b": "bravo", "lora-c": "charlie"})
+    models = fine_tune(server, bedrock, {"lora-a": "alpha", "lora-b": "bravo", "lora-c": "charlie", "lora-x": "xray"})
+    unloadable = models.pop("xray")
     deployments = {
         answer: bedrock.create_custom_model_deployment(modelDeploymentName=unique(answer), modelArn=arn)[
             "customModelDeploymentArn"
@@ -263,6 +297,22 @@ def test_three_lora_deployments_share_one_engine_that_exits_after_delete(
             # The word, though a LoRA on a random-initialised base may not have learnt to stop after it.
             assert ask(runtime, arn, question).startswith(answer)
     assert len(engine_processes(server)) == 1
+    # An adapter whose files check out at create but which the engine cannot serve (a DoRA config):
+    # that deployment fails with the engine's reason, and the engine goes on serving the others.
+    job_id = bedrock.get_custom_model(modelIdentifier=unloadable)["jobArn"].rsplit("/", 1)[-1]
+    config_path = server.settings.models_dir / "custom" / job_id / "adapter" / "adapter_config.json"
+    config_path.write_text(json.dumps({**json.loads(config_path.read_text()), "use_dora": True}))
+    broken = bedrock.create_custom_model_deployment(modelDeploymentName=unique("xray"), modelArn=unloadable)[
+        "customModelDeploymentArn"
+    ]
+    with pytest.raises(ClientError) as failed:
+        ask(runtime, broken)
+    assert code(failed) == "ModelErrorException" and "use_dora" in str(failed.value)
+    got = bedrock.get_custom_model_deployment(customModelDeploymentIdentifier=broken)
+    assert got["status"] == "Failed" and "use_dora" in got["failureMessage"]
+    assert ask(runtime, deployments["alpha"]).startswith("alpha")
+    assert len(engine_processes(server)) == 1
+    bedrock.delete_custom_model_deployment(customModelDeploymentIdentifier=broken)
     for arn in deployments.values():
         bedrock.delete_custom_model_deployment(customModelDeploymentIdentifier=arn)
         with pytest.raises(ClientError) as gone:

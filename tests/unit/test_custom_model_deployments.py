@@ -7,10 +7,9 @@ manifest and a hand-written safetensors file, which is all the control plane rea
 
 from __future__ import annotations
 
-import asyncio
 import json
 import struct
-from collections.abc import AsyncGenerator, Iterator
+from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -23,11 +22,8 @@ from tests.unit.test_api_process import error_code
 from tuneforge.api.app import create_app
 from tuneforge.arns import new_id
 from tuneforge.db.tables import CustomModel, RegisteredModel, UsageSegment
-from tuneforge.errors import ModelErrorException
-from tuneforge.serving import runtime as runtime_module
 from tuneforge.serving.deployments import BUDGET_TAG
-from tuneforge.serving.protocol import ADAPTER_LOAD_FAILED, GenerationRequest
-from tuneforge.serving.runtime import RuntimeService, collect
+from tuneforge.serving.runtime import RuntimeService
 from tuneforge.serving.usage import usage_report
 from tuneforge.settings import Settings, TokenPrice
 
@@ -337,78 +333,8 @@ def test_a_deployed_custom_model_cannot_be_deleted(app_client: TestClient) -> No
     assert app_client.delete(f"/custom-models/{quote(model, safe='')}").status_code == 200
 
 
-# -- the request path: deletion mid-stream, adapters the engine cannot load ------------------------------
-
-START = {"event": "start", "input_tokens": 4, "prompt": "hi"}
-TEXT = {"event": "text", "text": "a", "output_tokens": 1}
-END = {
-    "event": "end",
-    "text": "aa",
-    "stop_reason": "end_turn",
-    "input_tokens": 4,
-    "output_tokens": 2,
-    "first_token_s": 0.0,
-}
-
-
-class ReadyReplica:
-    """What the engine manager hands out once the base's engine is ready (its socket is never opened:
-    the engine's events come from :func:`engine_events`)."""
-
-    def __init__(self, group: str) -> None:
-        self.group = group
-        self.model_arn = ""
-        self.socket_path = Path("/nonexistent.sock")
-
-
-def engine_events(*events: dict[str, Any], seen: list[GenerationRequest]) -> Any:
-    async def stream(_path: Path, request: GenerationRequest) -> AsyncGenerator[dict[str, Any], None]:
-        seen.append(request)
-        for event in events:
-            yield event
-
-    return stream
-
-
-def test_deleting_a_deployment_ends_its_open_streams_with_a_model_error(
-    app_client: TestClient, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    service = runtime(app_client)
-    arn = create(app_client, "dep-stream", add_custom_model(app_client, "cm-stream")).json()["customModelDeploymentArn"]
-    target = service.resolve(arn)
-    seen: list[GenerationRequest] = []
-    monkeypatch.setattr(runtime_module, "stream_events", engine_events(START, TEXT, TEXT, END, seen=seen))
-    monkeypatch.setattr(service.manager, "acquire", ReadyReplica)
-    monkeypatch.setattr(service.manager, "release", lambda _replica: None)
-
-    async def read_then_delete() -> list[str]:
-        kinds = []
-        events = service.generate(target, GenerationRequest(max_tokens=8, prompt="hi", stream=True))
-        kinds.append((await anext(events))["event"])
-        kinds.append((await anext(events))["event"])
-        app_client.delete(f"{DEPLOYMENTS}/dep-stream")
-        with pytest.raises(ModelErrorException, match="dep-stream was deleted"):
-            await anext(events)
-        return kinds
-
-    assert asyncio.run(read_then_delete()) == ["start", "text"]
-    assert target.deployment is not None and seen[0].adapter == target.deployment.adapter
-
-
-def test_an_adapter_the_engine_cannot_load_fails_the_deployment_with_the_reason(
-    app_client: TestClient, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    service = runtime(app_client)
-    arn = create(app_client, "dep-bad", add_custom_model(app_client, "cm-bad")).json()["customModelDeploymentArn"]
-    target = service.resolve(arn)
-    failure = {"event": "error", "code": ADAPTER_LOAD_FAILED, "message": "adapter_model.safetensors: bad header"}
-    monkeypatch.setattr(runtime_module, "stream_events", engine_events(failure, seen=[]))
-    monkeypatch.setattr(service.manager, "acquire", ReadyReplica)
-    monkeypatch.setattr(service.manager, "release", lambda _replica: None)
-    with pytest.raises(ModelErrorException, match="bad header"):
-        asyncio.run(collect(service.generate(target, GenerationRequest(max_tokens=8, prompt="hi"))))
-    got = get(app_client, arn).json()
-    assert got["status"] == "Failed" and got["failureMessage"] == "adapter_model.safetensors: bad header"
+# Deletion mid-stream and an adapter the engine cannot load are tested end to end, with a real engine:
+# tests/e2e/test_custom_model_deployments.py.
 
 
 def test_client_request_token_makes_create_idempotent(app_client: TestClient) -> None:
