@@ -103,6 +103,24 @@ def test_batch_job_answers_as_invoke_model_and_reports_bad_records_one_by_one(se
         "outputTokenCount": sum(a["modelOutput"]["generation_token_count"] for a in answers.values()),
     }
 
+    # Billed once ended, at batch_price_fraction of the base model's on-demand price, beside on-demand use.
+    on_demand, fraction = server.settings.token_price(BASE_MODEL), server.settings.batch_price_fraction
+    assert fraction == 0.5
+    cost = (manifest["inputTokenCount"] * on_demand.input + manifest["outputTokenCount"] * on_demand.output) / 2000
+    report = json.loads(cli(server, "usage", "--json").stdout)
+    (billed,) = [b for b in report["batchJobs"] if b["jobArn"] == arn]
+    assert (billed["records"], billed["inputTokens"], billed["outputTokens"]) == (
+        10,
+        manifest["inputTokenCount"],
+        manifest["outputTokenCount"],
+    )
+    assert (billed["pricePer1kInputTokens"], billed["pricePer1kOutputTokens"]) == (
+        on_demand.input / 2,
+        on_demand.output / 2,
+    )
+    assert billed["cost"] == pytest.approx(cost) and report["total"]["batchCost"] >= billed["cost"] > 0
+    assert billed["jobName"] in cli(server, "usage").stdout
+
 
 def test_converse_batch_over_a_prefix_answers_as_converse(server: Server) -> None:
     bedrock, runtime = server.bedrock(), server.bedrock_runtime()

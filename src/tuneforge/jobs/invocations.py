@@ -16,7 +16,7 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import select
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, object_session
 
 from tuneforge.arns import ArnFactory, decode_identifier, is_arn, new_id, resource_type
 from tuneforge.db.listing import Cursor, Page, created_and_named, fetch_page
@@ -24,6 +24,7 @@ from tuneforge.db.session import Database
 from tuneforge.db.tables import ModelInvocationJob, utcnow
 from tuneforge.errors import ConflictException, ResourceNotFoundException, ValidationException
 from tuneforge.serving.throughput import ServedModel, ThroughputService
+from tuneforge.serving.usage import record_batch_job
 from tuneforge.storage import ObjectStore, StorageError
 
 STATUSES = (
@@ -112,6 +113,7 @@ class InvocationJobService:
         output_config: dict[str, Any] = {"s3Uri": request.output_uri}
         if request.output_kms_key:
             output_config["s3EncryptionKeyId"] = request.output_kms_key
+        price = self.throughput.settings.batch_token_price(served.foundation.model_id)
         job_id = new_id()
         now = utcnow()
         job = ModelInvocationJob(
@@ -129,6 +131,8 @@ class InvocationJobService:
             vpc_config=request.vpc_config,
             timeout_hours=request.timeout_hours,
             tags=list(request.tags),
+            price_per_1k_input_tokens=price.input,
+            price_per_1k_output_tokens=price.output,
             status="Submitted",
             phase="queued",
             created_at=now,
@@ -208,8 +212,12 @@ class InvocationJobService:
 
 
 def mark_ended(job: ModelInvocationJob, status: str, message: str | None) -> None:
-    """The one place a batch job's final status is written (worker, service and supervisor call it)."""
+    """The one place a batch job's final status is written (worker, service and supervisor call it),
+    so it is also where the job's tokens enter the usage ledger, in the same transaction."""
     now = utcnow()
     job.status, job.phase, job.message = status, "done", message
     job.ended_at = job.updated_at = now
     job.worker_pid = None
+    session = object_session(job)
+    assert session is not None, "mark_ended needs the job's row as loaded in a session"
+    record_batch_job(session, job, now)

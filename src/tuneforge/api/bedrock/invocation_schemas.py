@@ -23,6 +23,7 @@ from tuneforge.api.bedrock.schemas import (
 from tuneforge.db.tables import ModelInvocationJob
 from tuneforge.errors import TooManyTagsException
 from tuneforge.jobs.invocations import INVOCATION_TYPES, CreateInvocationJobRequest
+from tuneforge.serving.usage import batch_job_cost
 
 INVOCATION_JOB_NAME_PATTERN = r"[a-zA-Z0-9]{1,63}(-*[a-zA-Z0-9\+\-\.]){0,63}"
 INVOCATION_TOKEN_PATTERN = r"[a-zA-Z0-9]{1,256}(-*[a-zA-Z0-9]){0,256}"
@@ -84,7 +85,11 @@ def parse_create_invocation_job(body: dict[str, Any]) -> CreateInvocationJobRequ
 
 
 def invocation_job(job: ModelInvocationJob) -> dict[str, Any]:
-    """GetModelInvocationJob's response; List's summaries have the same members."""
+    """GetModelInvocationJob's response; List's summaries have the same members.
+
+    The ``tuneforge`` block (which boto3 ignores) holds the job's tokens so far and what they cost
+    at the batch price it was created with: what ``/usage`` bills once the job ends.
+    """
     expires = None
     if job.timeout_hours is not None:
         expires = iso(job.created_at + timedelta(hours=job.timeout_hours))
@@ -110,5 +115,12 @@ def invocation_job(job: ModelInvocationJob) -> dict[str, Any]:
             "processedRecordCount": job.processed_records,
             "successRecordCount": job.success_records,
             "errorRecordCount": job.error_records,
+            "tuneforge": {
+                "inputTokenCount": job.input_tokens or 0,
+                "outputTokenCount": job.output_tokens or 0,
+                "pricePer1kInputTokens": job.price_per_1k_input_tokens,
+                "pricePer1kOutputTokens": job.price_per_1k_output_tokens,
+                "cost": batch_job_cost(job),
+            },
         }
     )
