@@ -153,7 +153,7 @@ def test_stop_ends_a_running_batch_job_stopped_with_what_it_answered(server: Ser
     prefix = f"s3://tests/batch/{unique('stop')}"
     records = [{"modelInput": {"prompt": f"story {i}:", "max_gen_len": 256}} for i in range(3000)]
     store(server).write_bytes(f"{prefix}/in.jsonl", jsonl(records))
-    arn = create(bedrock, unique("stop"), f"{prefix}/in.jsonl", f"{prefix}/out")
+    arn = create(bedrock, unique("stop"), f"{prefix}/in.jsonl", f"{prefix}/out", tags=[{"key": "team", "value": "a"}])
     wait_until(
         lambda: bedrock.get_model_invocation_job(jobIdentifier=arn),
         lambda got: got["status"] == "InProgress" and got.get("totalRecordCount") == 3000,
@@ -170,6 +170,20 @@ def test_stop_ends_a_running_batch_job_stopped_with_what_it_answered(server: Ser
     with pytest.raises(ClientError) as refused:
         bedrock.stop_model_invocation_job(jobIdentifier=arn)
     assert refused.value.response["Error"]["Code"] == "ConflictException"
+
+    # The tags given at create are the job's, and can be changed after it ended.
+    assert bedrock.list_tags_for_resource(resourceARN=arn)["tags"] == [{"key": "team", "value": "a"}]
+    bedrock.tag_resource(resourceARN=arn, tags=[{"key": "team", "value": "b"}, {"key": "cost-center", "value": "7"}])
+    bedrock.untag_resource(resourceARN=arn, tagKeys=["cost-center"])
+    assert bedrock.list_tags_for_resource(resourceARN=arn)["tags"] == [{"key": "team", "value": "b"}]
+    with pytest.raises(ClientError) as missing:
+        bedrock.list_tags_for_resource(resourceARN=f"{arn.rsplit('/', 1)[0]}/zzzzzzzzzzzz")
+    assert missing.value.response["Error"]["Code"] == "ResourceNotFoundException"
+
+    # A stopped job bills the tokens of the records it answered (none, if it stopped before the first).
+    report = json.loads(cli(server, "usage", "--json").stdout)
+    billed = [(b["status"], b["inputTokens"]) for b in report["batchJobs"] if b["jobArn"] == arn]
+    assert billed == ([("Stopped", manifest["inputTokenCount"])] if manifest["inputTokenCount"] else [])
 
 
 def test_list_pages_filters_and_sorts_and_bad_requests_are_refused(server: Server) -> None:
