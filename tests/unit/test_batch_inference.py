@@ -7,6 +7,7 @@ import json
 import socket
 from collections.abc import Iterator
 from dataclasses import replace
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -324,3 +325,53 @@ def test_a_batch_job_that_answered_nothing_bills_nothing(services: Services) -> 
     services.invocation_jobs.stop(job_id)
     report = usage_report(services.db, services.catalog)
     assert report["batchJobs"] == [] and report["total"]["batchCost"] == 0.0
+
+
+def expiring_job(services: Services, name: str, records: list[bytes]) -> str:
+    services.store.write_bytes(f"s3://tests/{name}/in.jsonl", b"\n".join(records) + b"\n")
+    job = services.invocation_jobs.create(
+        CreateInvocationJobRequest(
+            job_name=name,
+            role_arn=ROLE,
+            model_id="tuneforge.forge-micro-v1:0:512",
+            input_uri=f"s3://tests/{name}/in.jsonl",
+            output_uri=f"s3://tests/{name}/out",
+            timeout_hours=24,
+        )
+    )
+    with services.db.session() as session:
+        row = session.get(ModelInvocationJob, job.id)
+        assert row is not None
+        row.phase, row.status = "running", "InProgress"
+    return job.id
+
+
+def test_a_batch_job_whose_timeout_ran_out_while_queued_ends_expired(services: Services) -> None:
+    from tuneforge.jobs.worker import EXPIRED_BEFORE_START, BatchJobRunner
+
+    job_id = expiring_job(services, "expired-queued", [b'{"modelInput": {"prompt": "hi", "max_gen_len": 2}}'])
+    submitted = services.invocation_jobs.get(job_id).created_at
+    BatchJobRunner(services, job_id, clock=lambda: submitted + timedelta(hours=24)).run()
+    job = services.invocation_jobs.get(job_id)
+    assert (job.status, job.phase, job.message) == ("Expired", "done", EXPIRED_BEFORE_START)
+
+
+def test_a_running_batch_job_past_its_timeout_ends_expired_with_what_it_answered_written(services: Services) -> None:
+    from tuneforge.jobs.worker import BatchJobRunner
+
+    job_id = expiring_job(
+        services,
+        "expired-running",
+        [b"not json", b'{"modelInput": {"prompt": "hi", "max_gen_len": 200}}'],
+    )
+    submitted = services.invocation_jobs.get(job_id).created_at
+    times = iter([submitted])  # the start check sees the job in time; every later look, 24 hours on
+    BatchJobRunner(services, job_id, clock=lambda: next(times, submitted + timedelta(hours=24))).run()
+    job = services.invocation_jobs.get(job_id)
+    assert (job.status, job.phase) == ("Expired", "done")
+    assert job.message is not None and "timeoutDurationInHours (24) ran out after 1 of 2 records" in job.message
+    out = f"s3://tests/expired-running/out/{job_id}"
+    manifest = json.loads(services.store.read_bytes(f"{out}/manifest.json.out"))
+    assert (manifest["totalRecordCount"], manifest["processedRecordCount"], manifest["errorRecordCount"]) == (2, 1, 1)
+    written = [json.loads(line) for line in services.store.read_bytes(f"{out}/in.jsonl.out").splitlines()]
+    assert written[0]["error"]["errorMessage"].startswith("line 1: not valid JSON")

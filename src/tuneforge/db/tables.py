@@ -319,7 +319,8 @@ class ModelInvocationJob(Base):
     Queued beside customization jobs: the supervisor claims it from phase ``queued`` and runs it in
     a worker process, with the same columns for the claim, the heartbeat and stop requests as
     :class:`Job` has. Status: ``Submitted`` while queued, then ``InProgress`` -> ``Completed`` |
-    ``PartiallyCompleted`` (some records failed) | ``Failed`` | ``Stopping`` -> ``Stopped``.
+    ``PartiallyCompleted`` (some records failed) | ``Failed`` | ``Stopping`` -> ``Stopped`` |
+    ``Expired`` (past its ``timeout_hours``).
     """
 
     __tablename__ = "model_invocation_jobs"

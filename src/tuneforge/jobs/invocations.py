@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import select
@@ -40,7 +41,7 @@ STATUSES = (
     "Scheduled",
 )
 """botocore's ``ModelInvocationJobStatus``, all accepted by ``statusEquals``; tuneforge uses
-Submitted, InProgress, Completed, PartiallyCompleted, Failed, Stopping and Stopped."""
+Submitted, InProgress, Completed, PartiallyCompleted, Failed, Stopping, Stopped and Expired."""
 TERMINAL = ("Completed", "PartiallyCompleted", "Failed", "Stopped", "Expired")
 INVOCATION_TYPES = ("InvokeModel", "Converse")
 
@@ -209,6 +210,19 @@ class InvocationJobService:
             else:
                 job.status = "Stopping"
                 job.updated_at = utcnow()
+
+
+def expiration_time(job: ModelInvocationJob) -> datetime | None:
+    """When a job with ``timeoutDurationInHours`` expires: that long after it was submitted, as
+    Bedrock's ``jobExpirationTime`` says (time spent queued counts)."""
+    if job.timeout_hours is None:
+        return None
+    return job.created_at + timedelta(hours=job.timeout_hours)
+
+
+def has_expired(job: ModelInvocationJob, now: Callable[[], datetime] = utcnow) -> bool:
+    expires = expiration_time(job)
+    return expires is not None and now() >= expires
 
 
 def mark_ended(job: ModelInvocationJob, status: str, message: str | None) -> None:

@@ -8,7 +8,6 @@ path inside the allowed roots works too (the service confines both).
 
 from __future__ import annotations
 
-from datetime import timedelta
 from typing import Any
 
 from tuneforge.api.bedrock.schemas import (
@@ -22,7 +21,7 @@ from tuneforge.api.bedrock.schemas import (
 )
 from tuneforge.db.tables import ModelInvocationJob
 from tuneforge.errors import TooManyTagsException
-from tuneforge.jobs.invocations import INVOCATION_TYPES, CreateInvocationJobRequest
+from tuneforge.jobs.invocations import INVOCATION_TYPES, CreateInvocationJobRequest, expiration_time
 from tuneforge.serving.usage import batch_job_cost
 
 INVOCATION_JOB_NAME_PATTERN = r"[a-zA-Z0-9]{1,63}(-*[a-zA-Z0-9\+\-\.]){0,63}"
@@ -90,9 +89,6 @@ def invocation_job(job: ModelInvocationJob) -> dict[str, Any]:
     The ``tuneforge`` block (which boto3 ignores) holds the job's tokens so far and what they cost
     at the batch price it was created with: what ``/usage`` bills once the job ends.
     """
-    expires = None
-    if job.timeout_hours is not None:
-        expires = iso(job.created_at + timedelta(hours=job.timeout_hours))
     return _compact(
         {
             "jobArn": job.arn,
@@ -109,7 +105,7 @@ def invocation_job(job: ModelInvocationJob) -> dict[str, Any]:
             "outputDataConfig": job.output_data,
             "vpcConfig": job.vpc_config,
             "timeoutDurationInHours": job.timeout_hours,
-            "jobExpirationTime": expires,
+            "jobExpirationTime": iso(expiration_time(job)),
             "modelInvocationType": job.invocation_type,
             "totalRecordCount": job.total_records,
             "processedRecordCount": job.processed_records,
