@@ -19,7 +19,7 @@ from tuneforge.db.tables import ModelInvocationJob, utcnow
 from tuneforge.engine.batching import ContinuousBatcher
 from tuneforge.engine.offline import OfflineRequest, generate_offline
 from tuneforge.errors import ConflictException, ValidationException
-from tuneforge.jobs.invocations import CreateInvocationJobRequest
+from tuneforge.jobs.invocations import CreateInvocationJobRequest, mark_ended
 from tuneforge.jobs.memory import MemoryBudget, builtin_shape, inference_rows
 from tuneforge.jobs.supervisor import Supervisor
 from tuneforge.model.builtin import ensure_builtin
@@ -375,3 +375,22 @@ def test_a_running_batch_job_past_its_timeout_ends_expired_with_what_it_answered
     assert (manifest["totalRecordCount"], manifest["processedRecordCount"], manifest["errorRecordCount"]) == (2, 1, 1)
     written = [json.loads(line) for line in services.store.read_bytes(f"{out}/in.jsonl.out").splitlines()]
     assert written[0]["error"]["errorMessage"].startswith("line 1: not valid JSON")
+
+
+def test_on_demand_tokens_never_land_on_a_batch_jobs_segment_even_at_the_same_price(fast_tmp: Path) -> None:
+    services = Services.create(Settings(data_dir=fast_tmp / "data", batch_price_fraction=1.0))
+    try:
+        job_id = batch_job(services, "same-price")
+        with services.db.session() as session:
+            row = session.get(ModelInvocationJob, job_id)
+            assert row is not None
+            row.input_tokens, row.output_tokens = 100, 10
+            mark_ended(row, "Stopped", None)
+        job = services.invocation_jobs.get(job_id)
+        services.meter.record(None, job.model_arn, 7, 3, price=services.settings.token_price(BASE_MODEL))
+        services.meter.flush()
+        report = usage_report(services.db, services.catalog)
+        assert [(b["inputTokens"], b["outputTokens"]) for b in report["batchJobs"]] == [(100, 10)]
+        assert report["total"]["onDemandCost"] > 0
+    finally:
+        services.close()
