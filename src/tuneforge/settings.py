@@ -141,6 +141,14 @@ class Settings(BaseSettings):
         description='On-demand prices per base model id, e.g. {"tuneforge.forge-small-v1:0:512": '
         '{"input": 0.001, "output": 0.002}} (per 1,000 tokens); a custom model is billed at its base\'s price.',
     )
+    batch_price_fraction: float = Field(
+        default=0.5,
+        ge=0,
+        le=1,
+        allow_inf_nan=False,
+        description="What a batch inference job's tokens cost, as a fraction of the base model's on-demand token "
+        "prices (a batch job trades latency for throughput, so it is billed less, as on Bedrock).",
+    )
     max_model_units: int = Field(
         default=8, ge=1, description="Model units (engine processes) all provisioned throughputs may hold at once."
     )
@@ -274,6 +282,13 @@ class Settings(BaseSettings):
         """What 1,000 input and output tokens of ``base_model_id`` (or a model customized from it) cost."""
         return self.token_prices.get(base_model_id) or TokenPrice(
             input=self.price_per_1k_input_tokens, output=self.price_per_1k_output_tokens
+        )
+
+    def batch_token_price(self, base_model_id: str) -> TokenPrice:
+        """What a batch inference job pays per 1,000 tokens: the on-demand price times batch_price_fraction."""
+        on_demand = self.token_price(base_model_id)
+        return TokenPrice(
+            input=on_demand.input * self.batch_price_fraction, output=on_demand.output * self.batch_price_fraction
         )
 
     def ensure_dirs(self) -> None:

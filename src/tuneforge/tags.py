@@ -1,7 +1,8 @@
 """TagResource, UntagResource and ListTagsForResource: the tags a resource was created with, and after.
 
 Tags live with their resource (``jobs.job_tags``, ``custom_models.tags``, ``provisioned_models.tags``,
-``model_import_jobs.job_tags``, and an imported model's ``registered_models.tags``) as Bedrock's
+``model_import_jobs.job_tags``, ``model_invocation_jobs.tags``, ``custom_model_deployments.tags``
+and an imported model's ``registered_models.tags``) as Bedrock's
 ``[{"key", "value"}]`` list. A provisioned throughput's
 ``tuneforge:idle-timeout-minutes`` tag is also its idle timeout, so tagging it changes the timeout
 (checked like at create), and untagging it falls back to the server's setting. A custom model
@@ -25,6 +26,7 @@ from tuneforge.db.tables import (
     CustomModelDeployment,
     Job,
     ModelImportJob,
+    ModelInvocationJob,
     ProvisionedModel,
     RegisteredModel,
 )
@@ -35,7 +37,9 @@ from tuneforge.settings import Settings
 
 MAX_TAGS = 200
 
-Tagged = Job | CustomModel | ProvisionedModel | ModelImportJob | RegisteredModel | CustomModelDeployment
+Tagged = (
+    Job | CustomModel | ProvisionedModel | ModelImportJob | RegisteredModel | CustomModelDeployment | ModelInvocationJob
+)
 
 
 class TagService:
@@ -102,6 +106,8 @@ class TagService:
                     CustomModelDeployment.arn == arn, CustomModelDeployment.deleted_at.is_(None)
                 )
             )
+        elif kind == "model-invocation-job":
+            row = session.scalar(select(ModelInvocationJob).where(ModelInvocationJob.arn == arn))
         elif kind == "imported-model":
             row = session.scalar(select(RegisteredModel).where(RegisteredModel.arn == arn))
         if row is None:

@@ -103,6 +103,24 @@ def test_batch_job_answers_as_invoke_model_and_reports_bad_records_one_by_one(se
         "outputTokenCount": sum(a["modelOutput"]["generation_token_count"] for a in answers.values()),
     }
 
+    # Billed once ended, at batch_price_fraction of the base model's on-demand price, beside on-demand use.
+    on_demand, fraction = server.settings.token_price(BASE_MODEL), server.settings.batch_price_fraction
+    assert fraction == 0.5
+    cost = (manifest["inputTokenCount"] * on_demand.input + manifest["outputTokenCount"] * on_demand.output) / 2000
+    report = json.loads(cli(server, "usage", "--json").stdout)
+    (billed,) = [b for b in report["batchJobs"] if b["jobArn"] == arn]
+    assert (billed["records"], billed["inputTokens"], billed["outputTokens"]) == (
+        10,
+        manifest["inputTokenCount"],
+        manifest["outputTokenCount"],
+    )
+    assert (billed["pricePer1kInputTokens"], billed["pricePer1kOutputTokens"]) == (
+        on_demand.input / 2,
+        on_demand.output / 2,
+    )
+    assert billed["cost"] == pytest.approx(cost) and report["total"]["batchCost"] >= billed["cost"] > 0
+    assert billed["jobName"] in cli(server, "usage").stdout
+
 
 def test_converse_batch_over_a_prefix_answers_as_converse(server: Server) -> None:
     bedrock, runtime = server.bedrock(), server.bedrock_runtime()
@@ -135,7 +153,7 @@ def test_stop_ends_a_running_batch_job_stopped_with_what_it_answered(server: Ser
     prefix = f"s3://tests/batch/{unique('stop')}"
     records = [{"modelInput": {"prompt": f"story {i}:", "max_gen_len": 256}} for i in range(3000)]
     store(server).write_bytes(f"{prefix}/in.jsonl", jsonl(records))
-    arn = create(bedrock, unique("stop"), f"{prefix}/in.jsonl", f"{prefix}/out")
+    arn = create(bedrock, unique("stop"), f"{prefix}/in.jsonl", f"{prefix}/out", tags=[{"key": "team", "value": "a"}])
     wait_until(
         lambda: bedrock.get_model_invocation_job(jobIdentifier=arn),
         lambda got: got["status"] == "InProgress" and got.get("totalRecordCount") == 3000,
@@ -152,6 +170,20 @@ def test_stop_ends_a_running_batch_job_stopped_with_what_it_answered(server: Ser
     with pytest.raises(ClientError) as refused:
         bedrock.stop_model_invocation_job(jobIdentifier=arn)
     assert refused.value.response["Error"]["Code"] == "ConflictException"
+
+    # The tags given at create are the job's, and can be changed after it ended.
+    assert bedrock.list_tags_for_resource(resourceARN=arn)["tags"] == [{"key": "team", "value": "a"}]
+    bedrock.tag_resource(resourceARN=arn, tags=[{"key": "team", "value": "b"}, {"key": "cost-center", "value": "7"}])
+    bedrock.untag_resource(resourceARN=arn, tagKeys=["cost-center"])
+    assert bedrock.list_tags_for_resource(resourceARN=arn)["tags"] == [{"key": "team", "value": "b"}]
+    with pytest.raises(ClientError) as missing:
+        bedrock.list_tags_for_resource(resourceARN=f"{arn.rsplit('/', 1)[0]}/zzzzzzzzzzzz")
+    assert missing.value.response["Error"]["Code"] == "ResourceNotFoundException"
+
+    # A stopped job bills the tokens of the records it answered (none, if it stopped before the first).
+    report = json.loads(cli(server, "usage", "--json").stdout)
+    billed = [(b["status"], b["inputTokens"]) for b in report["batchJobs"] if b["jobArn"] == arn]
+    assert billed == ([("Stopped", manifest["inputTokenCount"])] if manifest["inputTokenCount"] else [])
 
 
 def test_list_pages_filters_and_sorts_and_bad_requests_are_refused(server: Server) -> None:

@@ -7,18 +7,19 @@ import json
 import socket
 from collections.abc import Iterator
 from dataclasses import replace
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
 
-from tuneforge.api.bedrock.invocation_schemas import parse_create_invocation_job
+from tuneforge.api.bedrock.invocation_schemas import invocation_job, parse_create_invocation_job
 from tuneforge.db.tables import ModelInvocationJob, utcnow
 from tuneforge.engine.batching import ContinuousBatcher
 from tuneforge.engine.offline import OfflineRequest, generate_offline
 from tuneforge.errors import ConflictException, ValidationException
-from tuneforge.jobs.invocations import CreateInvocationJobRequest
+from tuneforge.jobs.invocations import CreateInvocationJobRequest, mark_ended
 from tuneforge.jobs.memory import MemoryBudget, builtin_shape, inference_rows
 from tuneforge.jobs.supervisor import Supervisor
 from tuneforge.model.builtin import ensure_builtin
@@ -26,7 +27,8 @@ from tuneforge.model.folders import load_for_inference
 from tuneforge.recipes.batch_inference import Counts, output_lines, parse_record, read_records
 from tuneforge.services import Services
 from tuneforge.serving.protocol import GenerationRequest
-from tuneforge.settings import Settings
+from tuneforge.serving.usage import record_batch_job, usage_report
+from tuneforge.settings import Settings, TokenPrice
 
 ROLE = "arn:aws:iam::123456789012:role/tests"
 BASE_MODEL = "tuneforge.forge-small-v1:0:512"
@@ -262,3 +264,133 @@ def test_a_batch_job_stopped_between_its_claim_and_its_worker_start_ends_stopped
     BatchJobRunner(services, job_id).run()
     job = services.invocation_jobs.get(job_id)
     assert (job.status, job.phase, job.message) == ("Stopped", "done", "Stopped before any record was answered")
+
+
+def test_the_batch_price_is_the_fraction_of_the_base_models_on_demand_price() -> None:
+    settings = Settings(
+        token_prices={BASE_MODEL: TokenPrice(input=0.002, output=0.004)},
+        price_per_1k_input_tokens=0.1,
+        price_per_1k_output_tokens=0.3,
+        batch_price_fraction=0.25,
+    )
+    assert settings.batch_token_price(BASE_MODEL) == TokenPrice(input=0.0005, output=0.001)
+    assert settings.batch_token_price("other") == TokenPrice(input=0.025, output=0.075)
+    assert Settings().batch_price_fraction == 0.5
+
+
+def test_an_ended_batch_job_bills_its_tokens_once_at_its_batch_price_beside_on_demand_tokens(fast_tmp: Path) -> None:
+    services = Services.create(
+        Settings(
+            data_dir=fast_tmp / "data",
+            token_prices={BASE_MODEL: TokenPrice(input=0.002, output=0.004)},
+            batch_price_fraction=0.25,
+        )
+    )
+    try:
+        job_id = batch_job(services, "billed")
+        created = services.invocation_jobs.get(job_id)
+        assert (created.price_per_1k_input_tokens, created.price_per_1k_output_tokens) == (0.0005, 0.001)
+        with services.db.session() as session:
+            row = session.get(ModelInvocationJob, job_id)
+            assert row is not None
+            row.phase, row.status, row.worker_host = "running", "InProgress", socket.gethostname()
+            row.worker_pid, row.heartbeat_at = 2**22 + 1, utcnow()
+            row.success_records, row.input_tokens, row.output_tokens = 3, 4000, 1000
+        Supervisor(services).recover()  # the worker died after answering 3 records: Failed, tokens billed
+        with services.db.session() as session:
+            row = session.get(ModelInvocationJob, job_id)
+            assert row is not None and row.status == "Failed"
+            record_batch_job(session, row, utcnow())  # a second end bills nothing more
+        services.meter.record(None, created.model_arn, 1000, 1000, price=TokenPrice(input=0.002, output=0.004))
+        services.meter.flush()  # on-demand tokens of the same model get their own segment
+
+        report = usage_report(services.db, services.catalog)
+        (billed,) = report["batchJobs"]
+        cost = 4 * 0.0005 + 1 * 0.001
+        assert billed["jobArn"] == created.arn and billed["status"] == "Failed"
+        assert (billed["records"], billed["inputTokens"], billed["outputTokens"]) == (3, 4000, 1000)
+        assert billed["cost"] == pytest.approx(cost)
+        total = report["total"]
+        assert total["batchCost"] == pytest.approx(cost)
+        assert total["onDemandCost"] == pytest.approx(0.006)
+        assert total["cost"] == pytest.approx(cost + 0.006)
+        assert (total["inputTokens"], total["outputTokens"]) == (5000, 2000)
+        assert invocation_job(services.invocation_jobs.get(job_id))["tuneforge"]["cost"] == pytest.approx(cost)
+    finally:
+        services.close()
+
+
+def test_a_batch_job_that_answered_nothing_bills_nothing(services: Services) -> None:
+    job_id = batch_job(services, "unbilled")
+    services.invocation_jobs.stop(job_id)
+    report = usage_report(services.db, services.catalog)
+    assert report["batchJobs"] == [] and report["total"]["batchCost"] == 0.0
+
+
+def expiring_job(services: Services, name: str, records: list[bytes]) -> str:
+    services.store.write_bytes(f"s3://tests/{name}/in.jsonl", b"\n".join(records) + b"\n")
+    job = services.invocation_jobs.create(
+        CreateInvocationJobRequest(
+            job_name=name,
+            role_arn=ROLE,
+            model_id="tuneforge.forge-micro-v1:0:512",
+            input_uri=f"s3://tests/{name}/in.jsonl",
+            output_uri=f"s3://tests/{name}/out",
+            timeout_hours=24,
+        )
+    )
+    with services.db.session() as session:
+        row = session.get(ModelInvocationJob, job.id)
+        assert row is not None
+        row.phase, row.status = "running", "InProgress"
+    return job.id
+
+
+def test_a_batch_job_whose_timeout_ran_out_while_queued_ends_expired(services: Services) -> None:
+    from tuneforge.jobs.worker import EXPIRED_BEFORE_START, BatchJobRunner
+
+    job_id = expiring_job(services, "expired-queued", [b'{"modelInput": {"prompt": "hi", "max_gen_len": 2}}'])
+    submitted = services.invocation_jobs.get(job_id).created_at
+    BatchJobRunner(services, job_id, clock=lambda: submitted + timedelta(hours=24)).run()
+    job = services.invocation_jobs.get(job_id)
+    assert (job.status, job.phase, job.message) == ("Expired", "done", EXPIRED_BEFORE_START)
+
+
+def test_a_running_batch_job_past_its_timeout_ends_expired_with_what_it_answered_written(services: Services) -> None:
+    from tuneforge.jobs.worker import BatchJobRunner
+
+    job_id = expiring_job(
+        services,
+        "expired-running",
+        [b"not json", b'{"modelInput": {"prompt": "hi", "max_gen_len": 200}}'],
+    )
+    submitted = services.invocation_jobs.get(job_id).created_at
+    times = iter([submitted])  # the start check sees the job in time; every later look, 24 hours on
+    BatchJobRunner(services, job_id, clock=lambda: next(times, submitted + timedelta(hours=24))).run()
+    job = services.invocation_jobs.get(job_id)
+    assert (job.status, job.phase) == ("Expired", "done")
+    assert job.message is not None and "timeoutDurationInHours (24) ran out after 1 of 2 records" in job.message
+    out = f"s3://tests/expired-running/out/{job_id}"
+    manifest = json.loads(services.store.read_bytes(f"{out}/manifest.json.out"))
+    assert (manifest["totalRecordCount"], manifest["processedRecordCount"], manifest["errorRecordCount"]) == (2, 1, 1)
+    written = [json.loads(line) for line in services.store.read_bytes(f"{out}/in.jsonl.out").splitlines()]
+    assert written[0]["error"]["errorMessage"].startswith("line 1: not valid JSON")
+
+
+def test_on_demand_tokens_never_land_on_a_batch_jobs_segment_even_at_the_same_price(fast_tmp: Path) -> None:
+    services = Services.create(Settings(data_dir=fast_tmp / "data", batch_price_fraction=1.0))
+    try:
+        job_id = batch_job(services, "same-price")
+        with services.db.session() as session:
+            row = session.get(ModelInvocationJob, job_id)
+            assert row is not None
+            row.input_tokens, row.output_tokens = 100, 10
+            mark_ended(row, "Stopped", None)
+        job = services.invocation_jobs.get(job_id)
+        services.meter.record(None, job.model_arn, 7, 3, price=services.settings.token_price(BASE_MODEL))
+        services.meter.flush()
+        report = usage_report(services.db, services.catalog)
+        assert [(b["inputTokens"], b["outputTokens"]) for b in report["batchJobs"]] == [(100, 10)]
+        assert report["total"]["onDemandCost"] > 0
+    finally:
+        services.close()

@@ -11,6 +11,7 @@ import pytest
 from tuneforge.api.bedrock.schemas import parse_tag_resource, parse_untag_resource
 from tuneforge.db.tables import ProvisionedModel
 from tuneforge.errors import ResourceNotFoundException, TooManyTagsException, ValidationException
+from tuneforge.jobs.invocations import CreateInvocationJobRequest
 from tuneforge.jobs.service import CreateJobRequest
 from tuneforge.services import Services
 from tuneforge.serving.throughput import IDLE_TIMEOUT_TAG, CreateThroughputRequest
@@ -88,6 +89,24 @@ def test_custom_model_tags_are_readable(services: Services) -> None:
     assert services.tags.list_tags(arn) == [{"key": "k", "value": ""}]
 
 
+def test_batch_inference_job_tags_are_listed_then_changed(services: Services) -> None:
+    job = services.invocation_jobs.create(
+        CreateInvocationJobRequest(
+            job_name="tagged-batch",
+            role_arn="arn:aws:iam::123456789012:role/BedrockRole",
+            model_id=BASE,
+            input_uri="s3://bucket/in.jsonl",
+            output_uri="s3://bucket/out/",
+            tags=({"key": "team", "value": "a"},),
+        )
+    )
+    assert services.tags.list_tags(job.arn) == [{"key": "team", "value": "a"}]
+    services.tags.tag(job.arn, [{"key": "env", "value": "prod"}])
+    services.tags.untag(job.arn, ["team"])
+    assert services.tags.list_tags(job.arn) == [{"key": "env", "value": "prod"}]
+    assert services.invocation_jobs.get(job.id).tags == [{"key": "env", "value": "prod"}]
+
+
 @pytest.mark.parametrize(
     "arn",
     [
@@ -96,6 +115,7 @@ def test_custom_model_tags_are_readable(services: Services) -> None:
         "arn:aws:bedrock:us-east-1:123456789012:imported-model/zzzzzzzzzzzz",
         "arn:aws:bedrock:us-east-1:123456789012:provisioned-model/zzzzzzzzzzzz",
         "arn:aws:bedrock:us-east-1:123456789012:guardrail/zzzzzzzzzzzz",
+        "arn:aws:bedrock:us-east-1:123456789012:model-invocation-job/zzzzzzzzzzzz",
         "not-an-arn-at-all-but-long",
     ],
 )

@@ -941,8 +941,8 @@ def invoke(
 
 @app.command()
 def usage(endpoint_url: EndpointOpt = None, as_json: JsonOpt = False) -> None:
-    """Provisioned model-unit-hours, on-demand tokens and their cost per deployment (deleted ones
-    included) and per model."""
+    """Provisioned model-unit-hours, on-demand tokens, batch inference jobs' tokens and their cost per
+    deployment (deleted ones included), per batch job and per model."""
     from tuneforge.client import ExtensionError, extension_get
 
     settings = _settings()
@@ -996,11 +996,24 @@ def usage(endpoint_url: EndpointOpt = None, as_json: JsonOpt = False) -> None:
             "" if budget is None else f"{budget:g}",
         )
     console.print(on_demand)
+    batch = Table("batch job", "status", "records", "in tokens", "out tokens", "price in/out per 1k", "cost")
+    for b in report.get("batchJobs", []):
+        batch.add_row(
+            b["jobName"] or b["jobArn"] or "",
+            b["status"] or "",
+            str(b["records"]),
+            str(b["inputTokens"]),
+            str(b["outputTokens"]),
+            f"{b['pricePer1kInputTokens'] or 0:g} / {b['pricePer1kOutputTokens'] or 0:g}",
+            f"{b['cost']:.6f}",
+        )
+    console.print(batch)
     console.print(models)
     total = report["total"]
     console.print(
         f"total: {total['modelUnitHours']:.4f} MU-hours (cost {total.get('provisionedCost', 0):.4f}) + on-demand "
-        f"tokens (cost {total.get('onDemandCost', 0):.6f}) = {total['cost']:.4f}; {total['invocations']} calls, "
+        f"tokens (cost {total.get('onDemandCost', 0):.6f}) + batch tokens (cost {total.get('batchCost', 0):.6f}) "
+        f"= {total['cost']:.4f}; {total['invocations']} calls, "
         f"{total['inputTokens']} input / {total['outputTokens']} output tokens"
     )
 

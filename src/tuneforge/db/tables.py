@@ -298,6 +298,9 @@ class UsageSegment(Base):
     price_per_1k_output_tokens: Mapped[float | None] = mapped_column(Float, nullable=True)
     """On-demand segments only (provisioned ones bill hours): the price their tokens were metered at.
     A price change or a new calendar month opens a new segment, so both stay exact per segment."""
+    invocation_job_id: Mapped[str | None] = mapped_column(String(12), nullable=True, index=True)
+    """The batch inference job these tokens were answered by (one closed segment per job, written when
+    it ends, at the batch price the job was created with)."""
 
 
 class InvocationLoggingConfig(Base):
@@ -316,7 +319,8 @@ class ModelInvocationJob(Base):
     Queued beside customization jobs: the supervisor claims it from phase ``queued`` and runs it in
     a worker process, with the same columns for the claim, the heartbeat and stop requests as
     :class:`Job` has. Status: ``Submitted`` while queued, then ``InProgress`` -> ``Completed`` |
-    ``PartiallyCompleted`` (some records failed) | ``Failed`` | ``Stopping`` -> ``Stopped``.
+    ``PartiallyCompleted`` (some records failed) | ``Failed`` | ``Stopping`` -> ``Stopped`` |
+    ``Expired`` (past its ``timeout_hours``).
     """
 
     __tablename__ = "model_invocation_jobs"
@@ -347,6 +351,10 @@ class ModelInvocationJob(Base):
     error_records: Mapped[int | None] = mapped_column(Integer, nullable=True)
     input_tokens: Mapped[int] = mapped_column(Integer, default=0)
     output_tokens: Mapped[int] = mapped_column(Integer, default=0)
+    price_per_1k_input_tokens: Mapped[float | None] = mapped_column(Float, nullable=True)
+    price_per_1k_output_tokens: Mapped[float | None] = mapped_column(Float, nullable=True)
+    """The batch price (``Settings.batch_token_price``) when the job was created: what its tokens are
+    billed at when it ends, so a price change while it is queued does not change its bill."""
 
     phase: Mapped[str] = mapped_column(String(16), default="queued")
     """queued -> running -> done, as for :class:`Job`."""

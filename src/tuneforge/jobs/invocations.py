@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import select
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, object_session
 
 from tuneforge.arns import ArnFactory, decode_identifier, is_arn, new_id, resource_type
 from tuneforge.db.listing import Cursor, Page, created_and_named, fetch_page
@@ -24,6 +25,7 @@ from tuneforge.db.session import Database
 from tuneforge.db.tables import ModelInvocationJob, utcnow
 from tuneforge.errors import ConflictException, ResourceNotFoundException, ValidationException
 from tuneforge.serving.throughput import ServedModel, ThroughputService
+from tuneforge.serving.usage import record_batch_job
 from tuneforge.storage import ObjectStore, StorageError
 
 STATUSES = (
@@ -39,7 +41,7 @@ STATUSES = (
     "Scheduled",
 )
 """botocore's ``ModelInvocationJobStatus``, all accepted by ``statusEquals``; tuneforge uses
-Submitted, InProgress, Completed, PartiallyCompleted, Failed, Stopping and Stopped."""
+Submitted, InProgress, Completed, PartiallyCompleted, Failed, Stopping, Stopped and Expired."""
 TERMINAL = ("Completed", "PartiallyCompleted", "Failed", "Stopped", "Expired")
 INVOCATION_TYPES = ("InvokeModel", "Converse")
 
@@ -112,6 +114,7 @@ class InvocationJobService:
         output_config: dict[str, Any] = {"s3Uri": request.output_uri}
         if request.output_kms_key:
             output_config["s3EncryptionKeyId"] = request.output_kms_key
+        price = self.throughput.settings.batch_token_price(served.foundation.model_id)
         job_id = new_id()
         now = utcnow()
         job = ModelInvocationJob(
@@ -129,6 +132,8 @@ class InvocationJobService:
             vpc_config=request.vpc_config,
             timeout_hours=request.timeout_hours,
             tags=list(request.tags),
+            price_per_1k_input_tokens=price.input,
+            price_per_1k_output_tokens=price.output,
             status="Submitted",
             phase="queued",
             created_at=now,
@@ -207,9 +212,26 @@ class InvocationJobService:
                 job.updated_at = utcnow()
 
 
+def expiration_time(job: ModelInvocationJob) -> datetime | None:
+    """When a job with ``timeoutDurationInHours`` expires: that long after it was submitted, as
+    Bedrock's ``jobExpirationTime`` says (time spent queued counts)."""
+    if job.timeout_hours is None:
+        return None
+    return job.created_at + timedelta(hours=job.timeout_hours)
+
+
+def has_expired(job: ModelInvocationJob, now: Callable[[], datetime] = utcnow) -> bool:
+    expires = expiration_time(job)
+    return expires is not None and now() >= expires
+
+
 def mark_ended(job: ModelInvocationJob, status: str, message: str | None) -> None:
-    """The one place a batch job's final status is written (worker, service and supervisor call it)."""
+    """The one place a batch job's final status is written (worker, service and supervisor call it),
+    so it is also where the job's tokens enter the usage ledger, in the same transaction."""
     now = utcnow()
     job.status, job.phase, job.message = status, "done", message
     job.ended_at = job.updated_at = now
     job.worker_pid = None
+    session = object_session(job)
+    assert session is not None, "mark_ended needs the job's row as loaded in a session"
+    record_batch_job(session, job, now)

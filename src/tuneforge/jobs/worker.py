@@ -17,6 +17,8 @@ import socket
 import sys
 import threading
 import time
+from collections.abc import Callable
+from datetime import datetime
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -28,7 +30,7 @@ from tuneforge.catalog.hyperparameters import resolve
 from tuneforge.catalog.models import DISTILLATION, FoundationModel
 from tuneforge.db.tables import CustomModel, Job, JobEvent, ModelInvocationJob, utcnow
 from tuneforge.errors import ServiceError
-from tuneforge.jobs.invocations import mark_ended
+from tuneforge.jobs.invocations import has_expired, mark_ended
 from tuneforge.jobs.service import mark_stages
 from tuneforge.jobs.supervisor import checkpoint_dir, remove_job_files
 from tuneforge.recipes.base import RecipeFailed, RecipeInputs, RecipeResult, Stage, StageStatus, TeacherInputs
@@ -418,14 +420,20 @@ class JobRunner:
             session.add(JobEvent(job_id=self.job_id, kind="status", data={"status": status, "message": failure}))
 
 
+EXPIRED_BEFORE_START = "The job's timeoutDurationInHours ran out before any record was answered"
+
+
 class BatchJobRunner:
     """A batch inference job (:mod:`tuneforge.recipes.batch_inference`), with its status in its row."""
 
-    def __init__(self, services: Services, job_id: str) -> None:
+    def __init__(self, services: Services, job_id: str, clock: Callable[[], datetime] = utcnow) -> None:
         self.services = services
         self.settings: Settings = services.settings
         self.job_id = job_id
+        self.clock = clock
+        """What :meth:`should_stop` compares the job's expiration time with (tests pass a later one)."""
         self._stop = threading.Event()
+        self._expired = False
         self._last_poll = 0.0
         self._last_progress = 0.0
 
@@ -433,12 +441,16 @@ class BatchJobRunner:
         self._stop.set()
 
     def should_stop(self) -> bool:
+        """A stop request, or the job's ``timeoutDurationInHours`` running out, ends the decoding."""
         now = time.monotonic()
         if not self._stop.is_set() and now - self._last_poll >= 0.5:
             self._last_poll = now
             with self.services.db.session() as session:
                 job = session.get(ModelInvocationJob, self.job_id)
                 if job is None or job.stop_requested:
+                    self._stop.set()
+                elif has_expired(job, self.clock):
+                    self._expired = True
                     self._stop.set()
         return self._stop.is_set()
 
@@ -449,6 +461,9 @@ class BatchJobRunner:
                 return
             if job.status == "Stopping":  # stopped between the claim and this worker's start
                 mark_ended(job, "Stopped", "Stopped before any record was answered")
+                return
+            if has_expired(job, self.clock):  # its timeoutDurationInHours ran out while it was queued
+                mark_ended(job, "Expired", EXPIRED_BEFORE_START)
                 return
             job.worker_pid = os.getpid()
             job.worker_host = socket.gethostname()
@@ -538,6 +553,11 @@ class BatchJobRunner:
         self._write(f"{output_root}/{MANIFEST}", json.dumps(run.counts.manifest(), indent=2).encode())
         self.services.store.delete_prefix(f"{output_root}/.write_access_check_file.tmp")
         counts = run.counts
+        if not finished and self._expired:
+            return "Expired", (
+                f"The job's timeoutDurationInHours ({job['timeout_hours']}) ran out after {counts.processed} of "
+                f"{counts.total} records; the answered ones are written and counted in the manifest"
+            )
         if not finished:
             return "Stopped", f"Stopped after {counts.processed} of {counts.total} records"
         if counts.error == 0:

@@ -5,6 +5,9 @@ until it is deleted or fails, whether or not anyone calls it (as on Bedrock): th
 forgotten deployment runs up, and the one the idle timeout exists to stop. On-demand use (foundation
 models, and custom models through a custom model deployment) costs its tokens instead: input and
 output tokens at the base model's price per 1,000 (``Settings.token_price``), nothing while idle.
+A batch inference job's tokens cost ``Settings.batch_token_price`` (the on-demand price times
+``batch_price_fraction``): one closed segment per job, written when the job ends
+(:func:`record_batch_job`), whatever it ended as, with the tokens of the records it answered.
 
 The ledger is :class:`~tuneforge.db.tables.UsageSegment` rows; tokens are counted in memory on the
 request path (:class:`UsageMeter`) and written to the open segment by the engine manager every tick,
@@ -27,7 +30,14 @@ from sqlalchemy.orm import Session
 
 from tuneforge.catalog.service import Catalog
 from tuneforge.db.session import Database
-from tuneforge.db.tables import CustomModel, CustomModelDeployment, ProvisionedModel, UsageSegment, utcnow
+from tuneforge.db.tables import (
+    CustomModel,
+    CustomModelDeployment,
+    ModelInvocationJob,
+    ProvisionedModel,
+    UsageSegment,
+    utcnow,
+)
 from tuneforge.settings import TokenPrice
 
 
@@ -42,6 +52,13 @@ def token_cost(segment: UsageSegment) -> float:
     return (segment.input_tokens or 0) / 1000 * (segment.price_per_1k_input_tokens or 0.0) + (
         segment.output_tokens or 0
     ) / 1000 * (segment.price_per_1k_output_tokens or 0.0)
+
+
+def batch_job_cost(job: ModelInvocationJob) -> float:
+    """What a batch job's tokens cost so far at its batch price (what its ledger segment will bill)."""
+    return (job.input_tokens or 0) / 1000 * (job.price_per_1k_input_tokens or 0.0) + (job.output_tokens or 0) / 1000 * (
+        job.price_per_1k_output_tokens or 0.0
+    )
 
 
 def segment_cost(segment: UsageSegment, now: datetime) -> float:
@@ -82,6 +99,31 @@ def close_segments(session: Session, provisioned_model_id: str, at: datetime) ->
         )
     ):
         segment.ended_at = at
+
+
+def record_batch_job(session: Session, job: ModelInvocationJob, at: datetime) -> None:
+    """Bill an ended batch job's tokens at the batch price it was created with (once, however it ended).
+
+    Nothing is written for a job that answered nothing; a job that ended twice (a worker's end racing
+    the supervisor's recovery) keeps its first segment, so no token is billed twice.
+    """
+    if not (job.input_tokens or job.output_tokens):
+        return
+    if session.scalar(select(UsageSegment.id).where(UsageSegment.invocation_job_id == job.id)) is not None:
+        return
+    session.add(
+        UsageSegment(
+            invocation_job_id=job.id,
+            model_arn=job.model_arn,
+            started_at=job.created_at,
+            ended_at=at,
+            invocations=job.success_records or 0,
+            input_tokens=job.input_tokens,
+            output_tokens=job.output_tokens,
+            price_per_1k_input_tokens=job.price_per_1k_input_tokens,
+            price_per_1k_output_tokens=job.price_per_1k_output_tokens,
+        )
+    )
 
 
 @dataclass
@@ -194,6 +236,7 @@ class UsageMeter:
                         if deployment_id is None
                         else UsageSegment.deployment_id == deployment_id,
                         UsageSegment.model_arn == model_arn,
+                        UsageSegment.invocation_job_id.is_(None),
                     )
                     .order_by(UsageSegment.id.desc())
                     .limit(1)
@@ -230,7 +273,8 @@ def usage_report(db: Database, catalog: Catalog, now: datetime | None = None) ->
     """Hours, tokens and cost per provisioned throughput and per custom model deployment (deleted ones
     included), and per model (by name where it still exists: custom model names, foundation model ids).
 
-    ``total`` splits the cost into ``provisionedCost`` (model-unit-hours) and ``onDemandCost`` (tokens).
+    ``total`` splits the cost into ``provisionedCost`` (model-unit-hours), ``onDemandCost`` (tokens
+    invoked on demand) and ``batchCost`` (tokens of batch inference jobs, listed in ``batchJobs``).
     """
     now = now or utcnow()
     with db.session() as session:
@@ -240,16 +284,31 @@ def usage_report(db: Database, catalog: Catalog, now: datetime | None = None) ->
             for row in session.scalars(select(CustomModelDeployment).order_by(CustomModelDeployment.created_at))
         }
         segments = list(session.scalars(select(UsageSegment).order_by(UsageSegment.id)))
+        batch_rows = {
+            row.id: row
+            for row in session.scalars(
+                select(ModelInvocationJob).where(
+                    ModelInvocationJob.id.in_([s.invocation_job_id for s in segments if s.invocation_job_id])
+                )
+            )
+        }
         model_names = {arn: name for arn, name in session.execute(select(CustomModel.arn, CustomModel.name))}
     model_names.update({catalog.arn(m): m.model_id for m in catalog.all()})
     deployments: dict[str, dict[str, Any]] = {}
     custom_deployments: dict[str, dict[str, Any]] = {row.id: _deployment_entry(row) for row in on_demand.values()}
     models: dict[str, dict[str, Any]] = {}
-    totals = {**_zero(), "provisionedCost": 0.0, "onDemandCost": 0.0}
+    batch_jobs: list[dict[str, Any]] = []
+    totals = {**_zero(), "provisionedCost": 0.0, "onDemandCost": 0.0, "batchCost": 0.0}
     for segment in segments:
         hours = segment_hours(segment, now)
         cost = segment_cost(segment, now)
-        totals["provisionedCost" if segment.provisioned_model_id else "onDemandCost"] += cost
+        if segment.provisioned_model_id:
+            totals["provisionedCost"] += cost
+        elif segment.invocation_job_id:
+            totals["batchCost"] += cost
+            batch_jobs.append(_batch_entry(segment, batch_rows.get(segment.invocation_job_id), cost))
+        else:
+            totals["onDemandCost"] += cost
         model = models.setdefault(
             segment.model_arn,
             {
@@ -290,6 +349,7 @@ def usage_report(db: Database, catalog: Catalog, now: datetime | None = None) ->
     return {
         "deployments": list(deployments.values()),
         "customModelDeployments": list(custom_deployments.values()),
+        "batchJobs": batch_jobs,
         "models": list(models.values()),
         "total": totals,
     }
@@ -306,6 +366,23 @@ def _deployment_entry(row: CustomModelDeployment) -> dict[str, Any]:
         "creationTime": _iso(row.created_at),
         "deletionTime": _iso(row.deleted_at),
         **_zero(),
+    }
+
+
+def _batch_entry(segment: UsageSegment, job: ModelInvocationJob | None, cost: float) -> dict[str, Any]:
+    return {
+        "jobName": None if job is None else job.name,
+        "jobArn": None if job is None else job.arn,
+        "modelArn": segment.model_arn,
+        "status": None if job is None else job.status,
+        "submitTime": _iso(segment.started_at),
+        "endTime": _iso(segment.ended_at),
+        "records": segment.invocations,
+        "inputTokens": segment.input_tokens,
+        "outputTokens": segment.output_tokens,
+        "pricePer1kInputTokens": segment.price_per_1k_input_tokens,
+        "pricePer1kOutputTokens": segment.price_per_1k_output_tokens,
+        "cost": cost,
     }
 
 

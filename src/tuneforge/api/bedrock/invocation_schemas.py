@@ -8,7 +8,6 @@ path inside the allowed roots works too (the service confines both).
 
 from __future__ import annotations
 
-from datetime import timedelta
 from typing import Any
 
 from tuneforge.api.bedrock.schemas import (
@@ -22,7 +21,8 @@ from tuneforge.api.bedrock.schemas import (
 )
 from tuneforge.db.tables import ModelInvocationJob
 from tuneforge.errors import TooManyTagsException
-from tuneforge.jobs.invocations import INVOCATION_TYPES, CreateInvocationJobRequest
+from tuneforge.jobs.invocations import INVOCATION_TYPES, CreateInvocationJobRequest, expiration_time
+from tuneforge.serving.usage import batch_job_cost
 
 INVOCATION_JOB_NAME_PATTERN = r"[a-zA-Z0-9]{1,63}(-*[a-zA-Z0-9\+\-\.]){0,63}"
 INVOCATION_TOKEN_PATTERN = r"[a-zA-Z0-9]{1,256}(-*[a-zA-Z0-9]){0,256}"
@@ -84,10 +84,11 @@ def parse_create_invocation_job(body: dict[str, Any]) -> CreateInvocationJobRequ
 
 
 def invocation_job(job: ModelInvocationJob) -> dict[str, Any]:
-    """GetModelInvocationJob's response; List's summaries have the same members."""
-    expires = None
-    if job.timeout_hours is not None:
-        expires = iso(job.created_at + timedelta(hours=job.timeout_hours))
+    """GetModelInvocationJob's response; List's summaries have the same members.
+
+    The ``tuneforge`` block (which boto3 ignores) holds the job's tokens so far and what they cost
+    at the batch price it was created with: what ``/usage`` bills once the job ends.
+    """
     return _compact(
         {
             "jobArn": job.arn,
@@ -104,11 +105,18 @@ def invocation_job(job: ModelInvocationJob) -> dict[str, Any]:
             "outputDataConfig": job.output_data,
             "vpcConfig": job.vpc_config,
             "timeoutDurationInHours": job.timeout_hours,
-            "jobExpirationTime": expires,
+            "jobExpirationTime": iso(expiration_time(job)),
             "modelInvocationType": job.invocation_type,
             "totalRecordCount": job.total_records,
             "processedRecordCount": job.processed_records,
             "successRecordCount": job.success_records,
             "errorRecordCount": job.error_records,
+            "tuneforge": {
+                "inputTokenCount": job.input_tokens or 0,
+                "outputTokenCount": job.output_tokens or 0,
+                "pricePer1kInputTokens": job.price_per_1k_input_tokens,
+                "pricePer1kOutputTokens": job.price_per_1k_output_tokens,
+                "cost": batch_job_cost(job),
+            },
         }
     )
