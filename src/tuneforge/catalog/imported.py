@@ -18,15 +18,13 @@ model in memory). A server that stops mid-import leaves no half-imported model: 
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import shutil
 import subprocess
 import sys
 import tempfile
 import threading
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -57,6 +55,7 @@ from tuneforge.db.tables import (
     utcnow,
 )
 from tuneforge.errors import ConflictException, ResourceNotFoundException, ValidationException
+from tuneforge.idempotency import IdempotentRequest
 from tuneforge.settings import Settings, child_environment
 from tuneforge.storage import ObjectStore, StorageError
 
@@ -68,7 +67,7 @@ INTERRUPTED = "The server stopped before the import finished; nothing was regist
 
 
 @dataclass(frozen=True)
-class CreateImportJobRequest:
+class CreateImportJobRequest(IdempotentRequest):
     job_name: str
     imported_model_name: str
     role_arn: str
@@ -78,11 +77,6 @@ class CreateImportJobRequest:
     client_request_token: str | None = None
     vpc_config: dict[str, Any] | None = None
     kms_key: str | None = None
-
-    def fingerprint(self) -> str:
-        data = asdict(self)
-        data.pop("client_request_token")
-        return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()
 
 
 @dataclass(frozen=True)

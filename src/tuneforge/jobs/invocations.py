@@ -9,10 +9,8 @@ except a stop of a job still queued and the recovery of a job whose worker died,
 
 from __future__ import annotations
 
-import hashlib
-import json
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -24,6 +22,7 @@ from tuneforge.db.listing import Cursor, Page, created_and_named, fetch_page
 from tuneforge.db.session import Database
 from tuneforge.db.tables import ModelInvocationJob, utcnow
 from tuneforge.errors import ConflictException, ResourceNotFoundException, ValidationException
+from tuneforge.idempotency import IdempotentRequest
 from tuneforge.serving.throughput import ServedModel, ThroughputService
 from tuneforge.serving.usage import record_batch_job
 from tuneforge.storage import ObjectStore, StorageError
@@ -47,7 +46,7 @@ INVOCATION_TYPES = ("InvokeModel", "Converse")
 
 
 @dataclass(frozen=True)
-class CreateInvocationJobRequest:
+class CreateInvocationJobRequest(IdempotentRequest):
     job_name: str
     role_arn: str
     model_id: str
@@ -60,11 +59,6 @@ class CreateInvocationJobRequest:
     vpc_config: dict[str, Any] | None = None
     output_kms_key: str | None = None
     tags: tuple[dict[str, str], ...] = ()
-
-    def fingerprint(self) -> str:
-        data = asdict(self)
-        data.pop("client_request_token")
-        return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()
 
 
 @dataclass(frozen=True)

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import hashlib
-import json
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -25,6 +23,7 @@ from tuneforge.errors import (
     ResourceNotFoundException,
     ValidationException,
 )
+from tuneforge.idempotency import IdempotentRequest
 from tuneforge.jobs import memory
 from tuneforge.storage import ObjectStore, StorageError
 
@@ -33,7 +32,7 @@ STAGES = ("validationDetails", "dataProcessingDetails", "trainingDetails")
 
 
 @dataclass(frozen=True)
-class CreateJobRequest:
+class CreateJobRequest(IdempotentRequest):
     job_name: str
     custom_model_name: str
     role_arn: str
@@ -52,11 +51,6 @@ class CreateJobRequest:
     kms_key: str | None = None
     job_tags: tuple[dict[str, str], ...] = ()
     custom_model_tags: tuple[dict[str, str], ...] = ()
-
-    def fingerprint(self) -> str:
-        data = asdict(self)
-        data.pop("client_request_token")
-        return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()
 
 
 @dataclass(frozen=True)

@@ -28,11 +28,10 @@ output length is unknown beforehand).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import threading
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
@@ -52,6 +51,7 @@ from tuneforge.errors import (
     ThrottlingException,
     ValidationException,
 )
+from tuneforge.idempotency import IdempotentRequest
 from tuneforge.serving.manager import on_demand_group
 from tuneforge.serving.throughput import ServedModel
 from tuneforge.serving.usage import UsageMeter, month_to_date_cost, token_cost
@@ -64,17 +64,12 @@ MODEL_MANIFEST = "tuneforge-model.json"
 
 
 @dataclass(frozen=True)
-class CreateDeploymentRequest:
+class CreateDeploymentRequest(IdempotentRequest):
     name: str
     model_arn: str
     description: str | None = None
     tags: tuple[dict[str, str], ...] = ()
     client_request_token: str | None = None
-
-    def fingerprint(self) -> str:
-        data = asdict(self)
-        data.pop("client_request_token")
-        return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
 
 
 @dataclass(frozen=True)

@@ -13,10 +13,8 @@ model without downtime); ``Creating -> Failed`` when a replica cannot load its m
 from __future__ import annotations
 
 import calendar
-import hashlib
-import json
 import threading
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from datetime import datetime
 
 from sqlalchemy import func, select
@@ -35,6 +33,7 @@ from tuneforge.errors import (
     ServiceQuotaExceededException,
     ValidationException,
 )
+from tuneforge.idempotency import IdempotentRequest
 from tuneforge.serving.usage import close_segments, open_segment
 from tuneforge.settings import Settings
 
@@ -58,18 +57,13 @@ class ServedModel:
 
 
 @dataclass(frozen=True)
-class CreateThroughputRequest:
+class CreateThroughputRequest(IdempotentRequest):
     name: str
     model_id: str
     model_units: int
     commitment_duration: str | None = None
     tags: tuple[dict[str, str], ...] = ()
     client_request_token: str | None = None
-
-    def fingerprint(self) -> str:
-        data = asdict(self)
-        data.pop("client_request_token")
-        return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
 
 
 @dataclass(frozen=True)
