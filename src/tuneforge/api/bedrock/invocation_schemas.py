@@ -11,8 +11,10 @@ from __future__ import annotations
 from typing import Any
 
 from tuneforge.api.bedrock.schemas import (
+    JOB_NAME_PATTERN,
     MAX_TAGS,
     ROLE_ARN_PATTERN,
+    TOKEN_PATTERN,
     Checker,
     _compact,
     _tags,
@@ -24,8 +26,11 @@ from tuneforge.errors import TooManyTagsException
 from tuneforge.jobs.invocations import INVOCATION_TYPES, CreateInvocationJobRequest, expiration_time
 from tuneforge.serving.usage import batch_job_cost
 
-INVOCATION_JOB_NAME_PATTERN = r"[a-zA-Z0-9]{1,63}(-*[a-zA-Z0-9\+\-\.]){0,63}"
-INVOCATION_TOKEN_PATTERN = r"[a-zA-Z0-9]{1,256}(-*[a-zA-Z0-9]){0,256}"
+INVOCATION_JOB_NAME_PATTERN = JOB_NAME_PATTERN
+r"""botocore's ``ModelInvocationJobName`` (``[a-zA-Z0-9]{1,63}(-*[a-zA-Z0-9\+\-\.]){0,63}``) accepts exactly the
+customization jobs' names (the length is checked apart); its own spelling backtracks exponentially."""
+INVOCATION_TOKEN_PATTERN = TOKEN_PATTERN
+"""botocore's ``ModelInvocationIdempotencyToken`` (``[a-zA-Z0-9]{1,256}(-*[a-zA-Z0-9]){0,256}``), linear-time."""
 INPUT_URI = "inputDataConfig.s3InputDataConfig.s3Uri"
 OUTPUT_URI = "outputDataConfig.s3OutputDataConfig.s3Uri"
 
