@@ -18,8 +18,6 @@ import binascii
 import hashlib
 import hmac
 import json
-import os
-import secrets
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -29,6 +27,7 @@ from sqlalchemy import Select, and_, func, or_
 
 from tuneforge.db.session import Database
 from tuneforge.errors import ValidationException
+from tuneforge.keyfile import read_or_create_key
 
 T = TypeVar("T")
 
@@ -110,27 +109,8 @@ class PageTokens:
 
     @classmethod
     def from_key_file(cls, path: Path) -> PageTokens:
-        """The key in ``path``, created (32 random bytes, mode 0600) on first use.
-
-        Kept in the data directory so that tokens stay valid across restarts and between the
-        processes that share it. Created through a link from a private temporary file, so two
-        processes starting at once agree on one key and neither reads a half-written file.
-        """
-        if not path.is_file():
-            path.parent.mkdir(parents=True, exist_ok=True)
-            temporary = path.with_name(f".{path.name}.{secrets.token_hex(8)}")
-            fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            try:
-                os.write(fd, secrets.token_bytes(32))
-            finally:
-                os.close(fd)
-            try:
-                os.link(temporary, path)
-            except FileExistsError:
-                pass
-            finally:
-                temporary.unlink()
-        return cls(path.read_bytes())
+        """The key in ``path`` (:func:`~tuneforge.keyfile.read_or_create_key`)."""
+        return cls(read_or_create_key(path))
 
     def _mac(self, scope: str, payload: bytes) -> bytes:
         return hmac.new(self._key, scope.encode() + b"\0" + payload, hashlib.sha256).digest()[:16]
