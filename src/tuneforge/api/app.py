@@ -19,7 +19,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from tuneforge import __version__
@@ -28,7 +28,7 @@ from tuneforge.api.bedrock.import_routes import router as import_router
 from tuneforge.api.bedrock.invocation_routes import router as invocation_router
 from tuneforge.api.bedrock.routes import router as bedrock_router
 from tuneforge.api.bedrock.serving_routes import router as serving_router
-from tuneforge.api.edge import OPENAI, Edge, aws_error, surface_of
+from tuneforge.api.edge import CONSOLE, OPENAI, Edge, aws_error, surface_of
 from tuneforge.api.metrics import create_registry
 from tuneforge.api.metrics import router as metrics_router
 from tuneforge.api.openai.protocol import error_body, service_error
@@ -36,6 +36,9 @@ from tuneforge.api.openai.routes import router as openai_router
 from tuneforge.api.openai.serving import OpenAIServing
 from tuneforge.api.runtime.routes import router as runtime_router
 from tuneforge.api.runtime.serving import BedrockRuntime, Inference
+from tuneforge.console.routes import router as console_router
+from tuneforge.console.routes import static as console_static
+from tuneforge.console.session import ConsoleSessions
 from tuneforge.errors import ServiceError
 from tuneforge.jobs.supervisor import Supervisor
 from tuneforge.services import Services
@@ -48,7 +51,9 @@ def is_openai(request: Request) -> bool:
     return surface_of(request.scope) == OPENAI
 
 
-def error_response(request: Request, exc: ServiceError) -> JSONResponse:
+def error_response(request: Request, exc: ServiceError) -> Response:
+    if surface_of(request.scope) == CONSOLE:
+        return PlainTextResponse(f"{exc.code}: {exc.message}\n", status_code=exc.status)
     if is_openai(request):
         status, body = service_error(exc)
         return JSONResponse(body, status_code=status)
@@ -99,16 +104,19 @@ def create_app(
     app.state.bedrock_runtime = BedrockRuntime(inference)
     app.state.openai = OpenAIServing(inference, services.throughput, services.deployments)
 
-    app.add_middleware(Edge, settings=settings)
+    app.state.console_sessions = ConsoleSessions.from_settings(settings)
+    app.add_middleware(Edge, settings=settings, console=app.state.console_sessions)
 
     @app.exception_handler(ServiceError)
-    async def _service_error(request: Request, exc: ServiceError) -> JSONResponse:
+    async def _service_error(request: Request, exc: ServiceError) -> Response:
         return error_response(request, exc)
 
     @app.exception_handler(RequestValidationError)
-    async def _request_validation(request: Request, exc: RequestValidationError) -> JSONResponse:
+    async def _request_validation(request: Request, exc: RequestValidationError) -> Response:
         first = exc.errors()[0] if exc.errors() else {}
         where = ".".join(str(p) for p in first.get("loc", ())[1:])
+        if surface_of(request.scope) == CONSOLE:
+            return PlainTextResponse(f"Invalid value at '{where}': {first.get('msg', '')}\n", status_code=400)
         if is_openai(request):
             return JSONResponse(
                 error_body(f"Invalid value at '{where}': {first.get('msg', '')}", "invalid_request_error"), 400
@@ -116,7 +124,9 @@ def create_app(
         return aws_error("ValidationException", 400, f"Invalid value at '{where}': {first.get('msg', '')}")
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+    async def _http_error(request: Request, exc: StarletteHTTPException) -> Response:
+        if surface_of(request.scope) == CONSOLE:
+            return PlainTextResponse(f"{exc.detail}\n", status_code=exc.status_code)
         if is_openai(request):
             return JSONResponse(error_body(str(exc.detail), "invalid_request_error"), status_code=exc.status_code)
         if exc.status_code == 404:
@@ -137,4 +147,6 @@ def create_app(
     app.include_router(runtime_router)
     app.include_router(openai_router)
     app.include_router(metrics_router)
+    app.include_router(console_router)
+    app.mount("/console/static", console_static, name="console-static")
     return app

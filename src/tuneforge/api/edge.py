@@ -3,7 +3,8 @@
 It decides the request's *surface* first, because that decides both the credential and the error
 format. A SigV4-signed request is a Bedrock request whatever its path (Bedrock has operations under
 ``/v1/...`` too, such as the data-retention ones); an unsigned ``/v1/...`` request is OpenAI;
-``/metrics`` takes either credential; ``/healthz`` is open; everything else is Bedrock.
+``/metrics`` takes either credential; ``/healthz`` is open; ``/console/...`` is the web console
+(a signed session cookie, :mod:`tuneforge.console.session`); everything else is Bedrock.
 
 Then, cheapest first, so that nothing a browser page or a hostile client sends costs real work:
 
@@ -24,20 +25,24 @@ from __future__ import annotations
 
 import logging
 import uuid
+from http.cookies import CookieError, SimpleCookie
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import urlencode, urlsplit
 
-from starlette.responses import JSONResponse, PlainTextResponse, Response
+from starlette.responses import JSONResponse, PlainTextResponse, RedirectResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from tuneforge.api.auth import is_sigv4, verify_bearer, verify_request
 from tuneforge.api.openai.protocol import error_body
+from tuneforge.console.session import COOKIE, ConsoleSessions
 from tuneforge.errors import ServiceError
 from tuneforge.settings import Settings, is_loopback
 
 log = logging.getLogger(__name__)
 
-BEDROCK, OPENAI, METRICS, HEALTH = "bedrock", "openai", "metrics", "health"
+BEDROCK, OPENAI, METRICS, HEALTH, CONSOLE = "bedrock", "openai", "metrics", "health", "console"
+CONSOLE_PUBLIC = ("/console/login", "/console/static/")
+"""What the console shows before sign-in: the sign-in form and the stylesheet and script it uses."""
 ERROR_NAMESPACE = "http://internal.amazon.com/coral/com.amazon.bedrock/"
 UNEXPECTED = "Encountered an unexpected error when processing the request, please try again"
 JSON_MEDIA_TYPES = {"application/json", "application/x-amz-json-1.0", "application/x-amz-json-1.1"}
@@ -61,6 +66,8 @@ def classify(path: str, authorization: str | None) -> str:
         return HEALTH
     if path == "/metrics":
         return METRICS
+    if path == "/console" or path.startswith("/console/"):
+        return CONSOLE
     if is_sigv4(authorization):
         return BEDROCK
     return OPENAI if is_openai_path(path) else BEDROCK
@@ -81,6 +88,8 @@ def refusal(surface: str, status: int, aws_code: str, message: str, openai_code:
         return aws_error(aws_code, status, message)
     if surface == OPENAI:
         return JSONResponse(error_body(message, "invalid_request_error", openai_code), status_code=status)
+    if surface == CONSOLE:
+        return PlainTextResponse(f"{message}\n", status_code=status)
     headers = {"WWW-Authenticate": 'Bearer realm="tuneforge"'} if status == 401 else None
     return PlainTextResponse(f"{message}\n", status_code=status, headers=headers)
 
@@ -96,10 +105,11 @@ def _host_port(netloc: str, default_port: int) -> tuple[str, int] | None:
 class Edge:
     """Pure ASGI middleware (see the module docstring for what it checks, and in which order)."""
 
-    def __init__(self, app: ASGIApp, settings: Settings) -> None:
+    def __init__(self, app: ASGIApp, settings: Settings, console: ConsoleSessions | None = None) -> None:
         self.app = app
         self.settings = settings
         self.allowed_origins = {o.rstrip("/").lower() for o in settings.allowed_origins}
+        self.console = console or ConsoleSessions.from_settings(settings)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -116,6 +126,14 @@ class Edge:
                 message["headers"] = [*message.get("headers", []), (b"x-amzn-requestid", request_id.encode())]
             await send(message)
 
+        if surface == CONSOLE:
+            refused = self.check_origin(surface, headers) or self.console_session(scope, headers, state)
+            if refused is not None:
+                await refused(scope, receive, send_with_id)
+                return
+            # The console's routes read their own bodies: forms, and uploads streamed to the object store.
+            await self.call_app(surface, scope, receive, send_with_id)
+            return
         outcome = await self.screen(surface, scope, headers, receive, state)
         if isinstance(outcome, Response):
             await outcome(scope, receive, send_with_id)
@@ -153,12 +171,35 @@ class Edge:
             log.exception("unexpected error in %s %s", scope["method"], scope["path"])
             if started:
                 raise
-            response = (
-                JSONResponse(error_body(UNEXPECTED, "server_error"), status_code=500)
-                if surface == OPENAI
-                else aws_error("InternalServerException", 500, UNEXPECTED)
-            )
+            response: Response
+            if surface == OPENAI:
+                response = JSONResponse(error_body(UNEXPECTED, "server_error"), status_code=500)
+            elif surface == CONSOLE:
+                response = PlainTextResponse(f"{UNEXPECTED}\n", status_code=500)
+            else:
+                response = aws_error("InternalServerException", 500, UNEXPECTED)
             await response(scope, receive, send)
+
+    def console_session(self, scope: Scope, headers: dict[str, str], state: dict[str, Any]) -> Response | None:
+        """The console's session cookie: signed in, or open on an anonymous loopback server; else sign in."""
+        cookies = SimpleCookie()
+        try:
+            cookies.load(headers.get("cookie", ""))
+        except CookieError:
+            cookies = SimpleCookie()
+        morsel = cookies.get(COOKIE)
+        session = self.console.read(morsel.value if morsel else None)
+        state["console_session"] = session
+        if session is not None and session.identity != "anonymous":
+            state["identity"] = f"arn:aws:iam::{self.settings.account_id}:user/{session.identity}"
+        path = scope["path"]
+        if session is not None or self.console.open or path.startswith(CONSOLE_PUBLIC):
+            return None
+        if scope["method"] == "GET":
+            query = scope.get("query_string", b"").decode("latin-1")
+            target = path + (f"?{query}" if query else "")
+            return RedirectResponse(f"/console/login?{urlencode({'next': target})}", status_code=303)
+        return PlainTextResponse("Sign in to the console first.\n", status_code=401)
 
     def check_origin(self, surface: str, headers: dict[str, str]) -> Response | None:
         origin = headers.get("origin")

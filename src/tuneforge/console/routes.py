@@ -1,0 +1,14 @@
+"""The console's routes, one router per part of the workflow, all under ``/console``."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+from fastapi.staticfiles import StaticFiles
+
+from tuneforge.console import home
+from tuneforge.console.pages import HERE
+
+router = APIRouter()
+router.include_router(home.router)
+
+static = StaticFiles(directory=HERE / "static")
