@@ -355,3 +355,24 @@ def test_parse_time_keeps_explicit_offset() -> None:
 def test_parse_time_refuses_garbage_naming_member() -> None:
     with pytest.raises(ValidationException, match=r"Value 'yesterday' at 'creationTimeBefore'.*ISO-8601"):
         parse_time("yesterday", "creationTimeBefore")
+
+
+@pytest.mark.parametrize(
+    ("key", "echoed"),
+    [
+        ("arn:aws:kms:us-east-1:123456789012:key/1234abcd-12ab-34cd-56ef-1234567890ab", True),
+        ("1234abcd-12ab-34cd-56ef-1234567890ab", False),
+        ("alias/my-key", False),
+    ],
+)
+def test_job_and_custom_model_responses_echo_only_a_kms_key_arn(key: str, echoed: bool) -> None:
+    """``customModelKmsKeyId`` takes a key id or alias too; the responses' ``KmsKeyArn`` members only an
+    ARN, which tuneforge cannot resolve an id or alias to without KMS, so those are omitted."""
+    from tuneforge.api.bedrock import schemas
+    from tuneforge.db.tables import CustomModel, Job
+
+    job = Job(kms_key=key, output_data={"s3Uri": "s3://b/out/"}, training_data={"s3Uri": "s3://b/t.jsonl"})
+    model = CustomModel(kms_key=key, training_data={"s3Uri": "s3://b/t.jsonl"}, output_data={"s3Uri": "s3://b/o/"})
+    expected = key if echoed else None
+    assert schemas.job_details(job).get("outputModelKmsKeyArn") == expected
+    assert schemas.custom_model_details(model).get("modelKmsKeyArn") == expected

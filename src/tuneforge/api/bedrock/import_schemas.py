@@ -8,7 +8,6 @@ inside its allowed roots (botocore does not check patterns on the client, so bot
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
 from tuneforge.api.bedrock.schemas import (
@@ -21,6 +20,7 @@ from tuneforge.api.bedrock.schemas import (
     _compact,
     _tags,
     iso,
+    kms_key_arn,
     s3_uri_lengths,
 )
 from tuneforge.catalog.imported import SOURCE_MEMBER, CreateImportJobRequest
@@ -28,9 +28,6 @@ from tuneforge.db.tables import ModelImportJob, RegisteredModel
 from tuneforge.errors import TooManyTagsException
 
 IMPORT_JOB_STATUSES = ("InProgress", "Completed", "Failed")
-KMS_KEY_ARN_PATTERN = re.compile(r"arn:aws(-[^:]+)?:kms:[a-zA-Z0-9-]*:[0-9]{12}:key/[a-zA-Z0-9-]{36}")
-"""botocore's ``KmsKeyArn``: the responses' key members hold a key ARN, while the request's
-``importedModelKmsKeyId`` may also be a bare key id or an alias."""
 
 
 def parse_create_import_job(body: dict[str, Any]) -> CreateImportJobRequest:
@@ -90,7 +87,7 @@ def import_job_details(job: ModelImportJob) -> dict[str, Any]:
             "lastModifiedTime": iso(job.updated_at),
             "endTime": iso(job.ended_at),
             "vpcConfig": job.vpc_config,
-            "importedModelKmsKeyArn": _kms_key_arn(job.kms_key),
+            "importedModelKmsKeyArn": kms_key_arn(job.kms_key),
         }
     )
 
@@ -120,7 +117,7 @@ def imported_model_details(model: RegisteredModel) -> dict[str, Any]:
             "modelDataSource": _source(model.source),
             "creationTime": iso(model.created_at),
             "modelArchitecture": model.family,
-            "modelKmsKeyArn": _kms_key_arn(model.kms_key),
+            "modelKmsKeyArn": kms_key_arn(model.kms_key),
             "instructSupported": model.instruct_supported,
             "customModelUnits": {"customModelUnitsPerModelCopy": 1, "customModelUnitsVersion": "v1.0"},
         }
@@ -137,9 +134,3 @@ def imported_model_summary(model: RegisteredModel) -> dict[str, Any]:
             "modelArchitecture": model.family,
         }
     )
-
-
-def _kms_key_arn(key: str | None) -> str | None:
-    """The key as a ``KmsKeyArn``, or None (omitted): Bedrock resolves an id or alias to the key's ARN
-    through KMS, which tuneforge does not have, so only a key given as its ARN is echoed."""
-    return key if key is not None and KMS_KEY_ARN_PATTERN.fullmatch(key) else None

@@ -482,6 +482,17 @@ def _compact(data: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in data.items() if v is not None}
 
 
+KMS_KEY_ARN_PATTERN = re.compile(r"arn:aws(-[^:]+)?:kms:[a-zA-Z0-9-]*:[0-9]{12}:key/[a-zA-Z0-9-]{36}")
+"""botocore's ``KmsKeyArn``: the responses' key members hold a key ARN, while the requests'
+``customModelKmsKeyId`` / ``importedModelKmsKeyId`` may also be a bare key id or an alias."""
+
+
+def kms_key_arn(key: str | None) -> str | None:
+    """The key as a ``KmsKeyArn``, or None (omitted): Bedrock resolves an id or alias to the key's ARN
+    through KMS, which tuneforge does not have, so only a key given as its ARN is echoed."""
+    return key if key is not None and KMS_KEY_ARN_PATTERN.fullmatch(key) else None
+
+
 def job_details(job: Job) -> dict[str, Any]:
     return _compact(
         {
@@ -503,7 +514,7 @@ def job_details(job: Job) -> dict[str, Any]:
             "validationDataConfig": job.validation_data or {"validators": []},
             "outputDataConfig": job.output_data,
             "customizationType": job.customization_type,
-            "outputModelKmsKeyArn": job.kms_key,
+            "outputModelKmsKeyArn": kms_key_arn(job.kms_key),
             "vpcConfig": job.vpc_config,
             "customizationConfig": job.customization_config,
             **_metrics(job),
@@ -543,7 +554,7 @@ def custom_model_details(model: CustomModel) -> dict[str, Any]:
             "jobArn": model.job_arn,
             "baseModelArn": model.base_model_arn,
             "customizationType": model.customization_type,
-            "modelKmsKeyArn": model.kms_key,
+            "modelKmsKeyArn": kms_key_arn(model.kms_key),
             "hyperParameters": model.hyperparameters,
             "trainingDataConfig": model.training_data,
             "validationDataConfig": model.validation_data or {"validators": []},
