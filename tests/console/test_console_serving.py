@@ -13,13 +13,15 @@ from urllib.parse import quote
 
 import pytest
 from botocore.exceptions import ClientError
-from playwright.sync_api import Page, expect
+from playwright.sync_api import Browser, Page, expect
 
-from tests.console.conftest import FineTuned, screenshot
+from tests.console.conftest import NARROW, FineTuned, screenshot
 from tests.e2e.conftest import BASE_MODEL, Server, unique
 from tuneforge.console.models import tar_stream
 
 SCRIPT = "<script>window.__pwned=1</script>"
+IMG = "<img src=x onerror=window.__pwned=1>"
+"""A path segment cannot hold the ``/`` of ``</script>``: the model-name page gets the handler kind."""
 IN_SERVICE_TIMEOUT_MS = 180_000
 """A hang guard for a replica loading forge-small: far above what it takes."""
 REFRESH_TIMEOUT_MS = 60_000
@@ -39,7 +41,7 @@ def test_custom_model_lineage_download_throughput_and_banner(
     expect(lineage.get_by_role("link", name=fine_tuned.model_name)).to_have_attribute("href", f"/console/jobs/{job_id}")
     expect(lineage.get_by_text("s3://console/train.jsonl")).to_be_visible()
     expect(page.get_by_role("table", name="Hyperparameters").get_by_text("seed", exact=True)).to_be_visible()
-    screenshot(page, "custom-model", full_page=False)
+    screenshot(page, "custom-model")
 
     with page.expect_download() as download:
         page.get_by_role("link", name="Download lora adapter").click()
@@ -61,8 +63,8 @@ def test_custom_model_lineage_download_throughput_and_banner(
     price = console_server.settings.price_per_model_unit_hour
     expect(page.get_by_test_id("price-hour")).to_have_text(f"${price:.2f}")
     expect(page.get_by_test_id("price-day")).to_have_text(f"${price * 24:.2f}")
-    expect(page.get_by_label("Cost")).to_contain_text("stops when you delete it")
-    screenshot(page, "throughput-confirm", full_page=False)
+    expect(page.get_by_label("Cost", exact=True)).to_contain_text("stops when you delete it")
+    screenshot(page, "throughput-confirm")
     bedrock = console_server.bedrock()
     listed = bedrock.list_provisioned_model_throughputs(nameContains=name)["provisionedModelSummaries"]
     assert listed == [], "the review page must not create anything"
@@ -73,7 +75,7 @@ def test_custom_model_lineage_download_throughput_and_banner(
     banner = page.locator("#billing")
     expect(banner).to_contain_text(name)
     expect(banner).to_contain_text(f"${price:,.2f}/hour")
-    screenshot(page, "throughput", full_page=False)
+    screenshot(page, "throughput")
 
     # The model it serves cannot be deleted: the page shows the API's own refusal.
     with pytest.raises(ClientError) as refused:
@@ -87,7 +89,7 @@ def test_custom_model_lineage_download_throughput_and_banner(
     row = page.get_by_role("table", name="Provisioned throughput usage").get_by_role("row", name=name)
     expect(row).to_contain_text("InService")
     expect(page.get_by_role("img", name="Cost per deployment")).to_contain_text(name)
-    screenshot(page, "usage", full_page=False)
+    screenshot(page, "usage")
 
     # Delete it in one tab; the banner of a page already open in another clears by itself.
     watcher = page.context.new_page()
@@ -122,7 +124,7 @@ def test_deployment_created_and_deleted_from_the_console(
     expect(facts).to_contain_text(f"${price.input:g} input")
     assert page.evaluate("window.__pwned") is None
     expect(page.locator("#billing")).to_contain_text(name)
-    screenshot(page, "deployment", full_page=False)
+    screenshot(page, "deployment")
 
     page.get_by_role("button", name="Delete deployment").click()
     expect(page).to_have_url(f"{url}/console/deployments")
@@ -145,11 +147,29 @@ def test_script_in_a_throughput_name_tag_and_a_model_name_shows_as_text(page: Pa
     expect(page.get_by_label("Name")).to_have_value(SCRIPT)
     assert page.evaluate("window.__pwned") is None
 
-    page.goto(f"{console_server.url}/console/custom-models/{quote(SCRIPT, safe='')}")
-    expect(page.get_by_role("alert")).to_have_text(
-        f"ResourceNotFoundException: The custom model {SCRIPT} does not exist."
-    )
+    page.goto(f"{console_server.url}/console/custom-models/{quote(IMG, safe='')}")
+    expect(page.get_by_role("alert")).to_have_text(f"ResourceNotFoundException: The custom model {IMG} does not exist.")
     assert page.evaluate("window.__pwned") is None
+
+
+def test_serving_pages_fit_a_narrow_window(browser: Browser, console_server: Server) -> None:
+    context = browser.new_context(viewport=NARROW)  # type: ignore[arg-type]
+    try:
+        page = context.new_page()
+        for path in (
+            "custom-models",
+            "throughput",
+            "throughput/new",
+            "deployments",
+            "deployments/new",
+            "usage",
+        ):
+            page.goto(f"{console_server.url}/console/{path}")
+            expect(page.get_by_role("heading", level=1)).to_be_visible()
+            width = page.evaluate("document.documentElement.scrollWidth")
+            assert width <= NARROW["width"], f"/console/{path} scrolls sideways at {NARROW['width']} px: {width} px"
+    finally:
+        context.close()
 
 
 def test_adapter_archive_streams_every_file_intact(tmp_path: Path) -> None:

@@ -20,10 +20,13 @@ from tuneforge.serving.usage import usage_report
 
 router = APIRouter()
 
-CHART_WIDTH = 640
-LABEL_WIDTH = 220
-BAR_HEIGHT = 22
-BAR_GAP = 8
+CHART_WIDTH = 480
+LABEL_HEIGHT = 16
+BAR_HEIGHT = 18
+BAR_GAP = 10
+ROW_HEIGHT = LABEL_HEIGHT + BAR_HEIGHT + BAR_GAP
+VALUE_ROOM = 90
+"""Room right of the longest bar for its dollar value."""
 
 
 @dataclass(frozen=True)
@@ -35,11 +38,12 @@ class Bar:
 
 
 def bars(items: list[tuple[str, float]]) -> list[Bar]:
-    """Horizontal bars, longest = the chart's drawing width; a zero value keeps a hairline."""
+    """Horizontal bars under their labels (a label never competes with its bar for width, so long
+    names stay readable at 400 px), the longest filling the chart; a zero value keeps a hairline."""
     top = max((value for _, value in items), default=0.0)
-    span = CHART_WIDTH - LABEL_WIDTH - 90
+    span = CHART_WIDTH - VALUE_ROOM
     return [
-        Bar(label, value, index * (BAR_HEIGHT + BAR_GAP), max(1.0, span * value / top) if top > 0 else 1.0)
+        Bar(label, value, index * ROW_HEIGHT, max(1.0, span * value / top) if top > 0 else 1.0)
         for index, (label, value) in enumerate(items)
     ]
 
@@ -62,7 +66,7 @@ async def usage(request: Request, services: ServicesDep) -> Response:
         report=report,
         charts=[("Cost per deployment", bars(by_deployment)), ("Cost per model", bars(by_model))],
         chart_width=CHART_WIDTH,
-        label_width=LABEL_WIDTH,
+        label_height=LABEL_HEIGHT,
         bar_height=BAR_HEIGHT,
-        bar_gap=BAR_GAP,
+        row_height=ROW_HEIGHT,
     )
