@@ -44,7 +44,7 @@ def test_custom_model_lineage_download_throughput_and_banner(
     screenshot(page, "custom-model")
 
     with page.expect_download() as download:
-        page.get_by_role("link", name="Download lora adapter").click()
+        page.get_by_role("link", name="Download the LoRA adapter").click()
     archive = Path(download.value.path()).read_bytes()
     with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
         names = tar.getnames()

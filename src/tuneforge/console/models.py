@@ -27,7 +27,7 @@ from tuneforge.services import Services
 
 router = APIRouter()
 
-ARTIFACTS = {"adapter": "LoRA adapter", "merged": "Merged weights"}
+ARTIFACTS = {"adapter": "LoRA adapter", "merged": "merged weights"}
 """The folders a job saves (``model/folders.py``): what the console offers for download."""
 CHUNK = 1 << 20
 LIST_LIMIT = 1000
