@@ -17,7 +17,7 @@ from playwright.sync_api import Browser, Page, expect
 
 from tests.console.conftest import NARROW, FineTuned, screenshot
 from tests.e2e.conftest import BASE_MODEL, Server, unique
-from tuneforge.console.models import tar_stream
+from tuneforge.console.models import artifact_folders, tar_stream
 
 SCRIPT = "<script>window.__pwned=1</script>"
 IMG = "<img src=x onerror=window.__pwned=1>"
@@ -185,3 +185,17 @@ def test_adapter_archive_streams_every_file_intact(tmp_path: Path) -> None:
         for relative, data in files.items():
             member = tar.extractfile(f"m-adapter/{relative}")
             assert member is not None and member.read() == data
+
+
+def test_downloads_only_offer_folders_of_weights_inside_the_models_dir(tmp_path: Path) -> None:
+    models_dir, elsewhere = tmp_path / "models", tmp_path / "elsewhere"
+    for root in (models_dir / "m1", elsewhere):
+        (root / "adapter").mkdir(parents=True)
+        (root / "merged").mkdir()
+        (root / "secrets").mkdir()
+    assert artifact_folders(models_dir, str(models_dir / "m1")) == {
+        "adapter": models_dir.resolve() / "m1" / "adapter",
+        "merged": models_dir.resolve() / "m1" / "merged",
+    }
+    assert artifact_folders(models_dir, str(elsewhere)) == {}
+    assert artifact_folders(models_dir, str(models_dir / "m1" / ".." / ".." / "elsewhere")) == {}

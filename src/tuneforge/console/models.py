@@ -21,7 +21,6 @@ from fastapi.responses import HTMLResponse, Response, StreamingResponse
 from tuneforge.api.bedrock import schemas
 from tuneforge.catalog.custom import CustomModelFilter
 from tuneforge.console.pages import ApiError, CsrfChecked, ServicesDep, render, see_other
-from tuneforge.db.tables import CustomModel
 from tuneforge.errors import ResourceNotFoundException, ServiceError
 from tuneforge.services import Services
 
@@ -33,10 +32,10 @@ CHUNK = 1 << 20
 LIST_LIMIT = 1000
 
 
-def artifact_folders(services: Services, model: CustomModel) -> dict[str, Path]:
-    """The model's downloadable folders that exist, only where its weights lie inside the models dir."""
-    root = services.settings.models_dir.resolve()
-    weights = Path(model.weights_path).resolve()
+def artifact_folders(models_dir: Path, weights_path: str) -> dict[str, Path]:
+    """A model's downloadable folders that exist, only where its weights lie inside the models dir."""
+    root = models_dir.resolve()
+    weights = Path(weights_path).resolve()
     if root not in weights.parents:
         return {}
     return {name: weights / name for name in ARTIFACTS if (weights / name).is_dir()}
@@ -65,10 +64,11 @@ def tar_stream(folder: Path, prefix: str) -> Iterator[bytes]:
 
 def _detail(services: Services, name: str) -> dict[str, Any]:
     model = services.custom_models.get(name)
+    folders = artifact_folders(services.settings.models_dir, model.weights_path)
     return {
         "model": model,
         "api": schemas.custom_model_details(model),
-        "artifacts": {key: ARTIFACTS[key] for key in artifact_folders(services, model)},
+        "artifacts": {key: ARTIFACTS[key] for key in folders},
     }
 
 
@@ -90,7 +90,7 @@ async def custom_model(request: Request, name: str, services: ServicesDep) -> Re
 @router.get("/console/custom-models/{name}/{artifact}.tar", include_in_schema=False)
 async def download(name: str, artifact: str, services: ServicesDep) -> Response:
     model = await run_in_threadpool(services.custom_models.get, name)
-    folder = artifact_folders(services, model).get(artifact)
+    folder = artifact_folders(services.settings.models_dir, model.weights_path).get(artifact)
     if folder is None:
         raise ResourceNotFoundException(f"The custom model {model.name} has no {artifact} folder to download.")
     filename = f"{model.name}-{artifact}.tar"

@@ -25,7 +25,7 @@ from tuneforge.api.deps import get_manager
 from tuneforge.catalog.custom import CustomModelFilter
 from tuneforge.console.billing import BILLING_STATUSES
 from tuneforge.console.pages import ApiError, CsrfChecked, ServicesDep, partial, render, see_other
-from tuneforge.errors import ServiceError, ValidationException
+from tuneforge.errors import ServiceError
 from tuneforge.services import Services
 from tuneforge.serving.deployments import BUDGET_TAG, DeploymentFilter
 from tuneforge.serving.manager import EngineManager, pt_group
@@ -134,14 +134,10 @@ def _throughput_form(
 
 
 def _parse_throughput(services: Services, raw: bytes) -> CreateThroughputRequest:
-    """The API's own parsing, and the checks Create would make before billing starts (the model exists
-    and supports provisioned throughput, the idle timeout tag is valid), so the review page only ever
+    """The API's own parsing and the service's own pre-create checks, so the review page only ever
     prices a request the server would accept."""
     parsed = serving_schemas.parse_create_throughput(parse_body(raw, CREATE_THROUGHPUT))
-    served = services.throughput.resolve_model(parsed.model_id)
-    if "PROVISIONED" not in served.foundation.inference_types:
-        raise ValidationException(f"The model {served.foundation.model_id} does not support Provisioned Throughput")
-    idle_timeout_seconds(parsed.tags, services.settings.idle_timeout_minutes)
+    services.throughput.check(parsed)
     return parsed
 
 
