@@ -15,7 +15,6 @@ from sqlalchemy import select
 
 from tuneforge.db.tables import CustomModelDeployment, ProvisionedModel
 from tuneforge.services import Services
-from tuneforge.serving.usage import month_to_date_cost
 
 BILLING_STATUSES = ("Creating", "InService", "Updating")
 """Provisioned throughput bills from creation to deletion, whatever it is doing meanwhile."""
@@ -33,8 +32,8 @@ class Billing:
 
 
 def billing_now(services: Services) -> list[Billing]:
-    """Every provisioned throughput (with its hourly rate) and every live deployment (per token,
-    with its month-to-date spend as flushed to the ledger)."""
+    """Every provisioned throughput (with its hourly rate) and every live deployment (per token, with
+    this month's spend, counting tokens the meter has not flushed to the ledger yet)."""
     price = services.settings.price_per_model_unit_hour
     with services.db.session() as session:
         throughputs = session.scalars(
@@ -59,13 +58,13 @@ def billing_now(services: Services) -> list[Billing]:
             )
             for row in throughputs
         ]
-        items += [
-            Billing(
-                "Deployment",
-                row.name,
-                f"/console/deployments/{quote(row.name, safe='')}",
-                f"per token, ${month_to_date_cost(session, row.id):,.4f} this month",
-            )
-            for row in deployments
-        ]
-        return items
+        named = [(row.id, row.name) for row in deployments]
+    return items + [
+        Billing(
+            "Deployment",
+            name,
+            f"/console/deployments/{quote(name, safe='')}",
+            f"per token, ${services.meter.month_to_date_cost(deployment_id):,.4f} this month",
+        )
+        for deployment_id, name in named
+    ]
