@@ -145,6 +145,18 @@ class ThroughputService:
 
     # -- create ---------------------------------------------------------------------------------
 
+    def check(self, request: CreateThroughputRequest) -> ServedModel:
+        """What :meth:`create` refuses before it writes anything: a model that does not exist, is not
+        Active or does not support Provisioned Throughput, and a bad idle-timeout tag (ignored under a
+        commitment). The console runs it before its cost confirmation, so it only prices a request
+        that create would accept."""
+        served = self.resolve_model(request.model_id)
+        if "PROVISIONED" not in served.foundation.inference_types:
+            raise ValidationException(f"The model {served.foundation.model_id} does not support Provisioned Throughput")
+        if request.commitment_duration is None:
+            idle_timeout_seconds(request.tags, self.settings.idle_timeout_minutes)
+        return served
+
     def create(self, request: CreateThroughputRequest) -> ProvisionedModel:
         fingerprint = request.fingerprint()
         if request.client_request_token:
@@ -161,9 +173,7 @@ class ThroughputService:
                         "CreateProvisionedModelThroughput request"
                     )
                 return existing
-        served = self.resolve_model(request.model_id)
-        if "PROVISIONED" not in served.foundation.inference_types:
-            raise ValidationException(f"The model {served.foundation.model_id} does not support Provisioned Throughput")
+        served = self.check(request)
         committed = request.commitment_duration is not None
         idle = None if committed else idle_timeout_seconds(request.tags, self.settings.idle_timeout_minutes)
         now = utcnow()
