@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
+import httpx
 import pytest
 from playwright.sync_api import Locator, Page, expect
 
@@ -65,6 +66,7 @@ def test_chat_with_the_fine_tuned_model_streams_its_category_and_keeps_the_histo
     page: Page, console_server: Server, fine_tuned: FineTuned, deployment: str
 ) -> None:
     open_playground(page, console_server)
+    expect(page.locator("#column-b")).to_be_hidden()
     page.get_by_label("Model", exact=True).select_option(deployment)
     (first_ticket, first_category), (second_ticket, _) = fine_tuned.examples[:2]
 
@@ -77,6 +79,8 @@ def test_chat_with_the_fine_tuned_model_streams_its_category_and_keeps_the_histo
     stats = page.locator("#column-a .stats")
     expect(stats).to_contain_text("stop: end_turn")
     first_input = int(stats.get_attribute("data-input-tokens") or "0")
+
+    expect(page.locator("#column-b li")).to_have_count(0)
 
     send(page, second_ticket)
     expect(page.locator("#column-a li.assistant")).to_have_count(2)
@@ -142,3 +146,9 @@ def test_markup_in_the_system_prompt_and_message_is_shown_as_text(page: Page, co
     expect(page.locator("#playground img")).to_have_count(0)
     expect(page.locator("#playground script")).to_have_count(0)
     assert page.evaluate("window.__pwned") is None
+
+
+def test_the_stream_endpoint_refuses_a_request_without_the_csrf_token(console_server: Server) -> None:
+    body = {"modelId": BASE_MODEL, "request": {"messages": [{"role": "user", "content": [{"text": "hi"}]}]}}
+    refused = httpx.post(f"{console_server.url}/console/playground/converse-stream", json=body)
+    assert refused.status_code == 403 and "CSRF" in refused.text, refused.text
