@@ -7,7 +7,9 @@ the end of the module. The first test runs before the deployment exists.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import asyncio
+import json
+from collections.abc import AsyncIterator, Iterator
 
 import httpx
 import pytest
@@ -15,6 +17,8 @@ from playwright.sync_api import Locator, Page, expect
 
 from tests.console.conftest import ACTION_TIMEOUT_MS, NARROW, FineTuned, screenshot
 from tests.e2e.conftest import BASE_MODEL, Server, unique
+from tuneforge.api.runtime import eventstream
+from tuneforge.console.playground import json_lines
 
 PAYLOAD = '<script>window.__pwned=1</script><img src=x onerror="window.__pwned=2">'
 
@@ -152,3 +156,31 @@ def test_the_stream_endpoint_refuses_a_request_without_the_csrf_token(console_se
     body = {"modelId": BASE_MODEL, "request": {"messages": [{"role": "user", "content": [{"text": "hi"}]}]}}
     refused = httpx.post(f"{console_server.url}/console/playground/converse-stream", json=body)
     assert refused.status_code == 403 and "CSRF" in refused.text, refused.text
+
+
+def test_the_event_stream_becomes_one_json_line_per_event_and_names_a_stream_exception_as_aws_does() -> None:
+    frames = [
+        eventstream.event("messageStart", {"role": "assistant"}),
+        eventstream.event("contentBlockDelta", {"delta": {"text": "bil"}, "contentBlockIndex": 0}),
+        eventstream.exception("modelStreamErrorException", "The custom model deployment d was deleted."),
+    ]
+    raw = b"".join(frames)
+
+    async def split() -> AsyncIterator[bytes]:
+        """The frames cut at arbitrary points, as a network may deliver them."""
+        for start in range(0, len(raw), 7):
+            yield raw[start : start + 7]
+
+    async def read() -> list[bytes]:
+        return [line async for line in json_lines(split())]
+
+    lines = asyncio.run(read())
+    assert all(line.endswith(b"\n") for line in lines)
+    assert [json.loads(line) for line in lines] == [
+        {"event": "messageStart", "data": {"role": "assistant"}},
+        {"event": "contentBlockDelta", "data": {"delta": {"text": "bil"}, "contentBlockIndex": 0}},
+        {
+            "event": "exception",
+            "data": {"code": "ModelStreamErrorException", "message": "The custom model deployment d was deleted."},
+        },
+    ]
