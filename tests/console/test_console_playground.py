@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import AsyncIterator, Iterator
+from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
@@ -18,6 +19,7 @@ from playwright.sync_api import Locator, Page, expect
 from tests.console.conftest import ACTION_TIMEOUT_MS, NARROW, FineTuned, screenshot
 from tests.e2e.conftest import BASE_MODEL, Server, unique
 from tuneforge.api.runtime import eventstream
+from tuneforge.client import extension_get
 from tuneforge.console.playground import json_lines
 
 PAYLOAD = '<script>window.__pwned=1</script><img src=x onerror="window.__pwned=2">'
@@ -94,7 +96,12 @@ def test_chat_with_the_fine_tuned_model_streams_its_category_and_keeps_the_histo
     turns = page.locator("#column-a li.turn .text")
     expect(turns).to_have_text([first_ticket, first_category, second_ticket, second.inner_text()])
     # The second request carried the first exchange: its prompt is longer by at least those turns.
-    assert int(stats.get_attribute("data-input-tokens") or "0") > first_input + 2
+    second_input = int(stats.get_attribute("data-input-tokens") or "0")
+    assert second_input > first_input + 2
+    # Metered like API calls: the deployment's usage counts both requests and exactly their prompts.
+    report = extension_get(console_server.url, console_server.settings.region, "/usage")
+    [usage] = [d for d in report["customModelDeployments"] if d["customModelDeploymentArn"] == deployment]
+    assert (usage["invocations"], usage["inputTokens"]) == (2, first_input + second_input), usage
 
 
 def test_two_models_answer_the_same_prompt_side_by_side(
@@ -174,7 +181,9 @@ def test_the_event_stream_becomes_one_json_line_per_event_and_names_a_stream_exc
     async def read() -> list[bytes]:
         return [line async for line in json_lines(split())]
 
-    lines = asyncio.run(read())
+    # Its own thread: Playwright's sync API keeps an event loop running in this one.
+    with ThreadPoolExecutor(1) as thread:
+        lines = thread.submit(asyncio.run, read()).result()
     assert all(line.endswith(b"\n") for line in lines)
     assert [json.loads(line) for line in lines] == [
         {"event": "messageStart", "data": {"role": "assistant"}},
