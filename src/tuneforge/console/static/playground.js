@@ -44,6 +44,11 @@
       limits.length > 1 ? `1 to ${limit} (the smaller of the two models' limits).` : `1 to ${limit} for this model.`;
   }
 
+  // Keep the newest text in view as a long conversation scrolls inside its column.
+  const follow = (column) => {
+    column.history.scrollTop = column.history.scrollHeight;
+  };
+
   function turn(column, role, text) {
     const item = document.createElement("li");
     item.className = `turn ${role}`;
@@ -55,6 +60,7 @@
     body.textContent = text;
     item.append(speaker, body);
     column.history.append(item);
+    follow(column);
     return body;
   }
 
@@ -74,6 +80,7 @@
       answer.append(document.createTextNode(text));
       outcome.text += text;
       answer.dataset.chunks = String(parseInt(answer.dataset.chunks, 10) + 1);
+      follow(column);
     } else if (event.event === "messageStop") {
       outcome.stopReason = data.stopReason;
     } else if (event.event === "metadata") {
