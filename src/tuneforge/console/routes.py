@@ -5,10 +5,11 @@ from __future__ import annotations
 from fastapi import APIRouter
 from fastapi.staticfiles import StaticFiles
 
-from tuneforge.console import home
+from tuneforge.console import home, jobs
 from tuneforge.console.pages import HERE
 
 router = APIRouter()
 router.include_router(home.router)
+router.include_router(jobs.router)
 
 static = StaticFiles(directory=HERE / "static")
