@@ -319,7 +319,9 @@ def tokenizers_counter(folder: Path) -> Callable[[str], int]:
     return count
 
 
-def run_preflight(services: Services, uri: str, model: FoundationModel, ctype: str, hyper: dict[str, str]) -> Any:
+def run_preflight(
+    services: Services, uri: str, model: FoundationModel, ctype: str, hyper: dict[str, str]
+) -> dict[str, Any]:
     """Pre-flight validation as ``tuneforge data validate`` runs it: report, estimate, memory plan.
 
     In the API process when the model's folder is here (its tokenizer read by ``tokenizers``);
@@ -354,11 +356,13 @@ def run_preflight(services: Services, uri: str, model: FoundationModel, ctype: s
         timeout=PREFLIGHT_TIMEOUT_S,
         check=False,
     )
-    if done.returncode != 0:
-        lines = [line for line in (done.stderr or done.stdout).splitlines() if line.strip()]
-        message = lines[-1].removeprefix("error:").strip() if lines else "pre-flight validation failed"
-        raise ValidationException(message)
-    return json.loads(done.stdout)
+    # Exit status 1 with a JSON report on stdout is invalid data; without one, the command failed.
+    if done.stdout.lstrip().startswith("{"):
+        report: dict[str, Any] = json.loads(done.stdout)
+        return report
+    lines = [line for line in (done.stderr or done.stdout).splitlines() if line.strip()]
+    message = lines[-1].removeprefix("error:").strip() if lines else "pre-flight validation failed"
+    raise ValidationException(message)
 
 
 def resolve_model(services: Services, identifier: str) -> FoundationModel | None:
