@@ -62,7 +62,7 @@ def test_fine_tuning_job_through_the_wizard_from_an_uploaded_file(
 
     epochs = page.get_by_label("epochCount")
     assert epochs.get_attribute("min") is not None and epochs.get_attribute("max") is not None
-    epochs.fill("2")
+    epochs.fill("1")
     page.get_by_label("batchSize").fill("4")
     page.get_by_label("seed").fill("11")
     screenshot(page, "wizard-hyperparameters")
@@ -77,7 +77,7 @@ def test_fine_tuning_job_through_the_wizard_from_an_uploaded_file(
 
     request = json.loads(page.locator("#request-json").inner_text())
     assert request["jobName"] == name and request["baseModelIdentifier"] == BASE_MODEL, request
-    assert request["hyperParameters"] == {"epochCount": "2", "batchSize": "4", "seed": "11"}, request
+    assert request["hyperParameters"] == {"epochCount": "1", "batchSize": "4", "seed": "11"}, request
     assert request["trainingDataConfig"]["s3Uri"].startswith("s3://tuneforge/console-uploads/"), request
     assert request["jobTags"] == [{"key": "team", "value": "support"}], request
     expect(page.locator("#boto3-code")).to_contain_text("bedrock.create_model_customization_job(")
@@ -207,6 +207,9 @@ def test_a_job_stopped_from_its_page_ends_stopped(page: Page, console_server: Se
     )["jobArn"]
     job_id = job_arn.rsplit("/", 1)[1]
     page.goto(f"{console_server.url}/console/jobs/{job_id}")
+    page.wait_for_function(
+        "document.querySelectorAll('#loss-chart circle.train-point').length >= 1", timeout=TRAINING_TIMEOUT_MS
+    )
     page.get_by_role("button", name="Stop job").click()
     expect(page.locator("#job-status")).to_have_text("Stopped", timeout=TRAINING_TIMEOUT_MS)
     assert wait_for_status(bedrock, job_arn, ("Stopped",))["status"] == "Stopped"
