@@ -8,7 +8,7 @@ from urllib.parse import urlencode
 
 from playwright.sync_api import Page, expect
 
-from tests.console.conftest import screenshot
+from tests.console.conftest import NARROW, SCREENSHOTS, screenshot
 from tests.e2e.conftest import BASE_MODEL, ROLE, Server, unique, wait_for_status
 from tuneforge.data.tasks import make_classification_task
 
@@ -29,6 +29,18 @@ def training_points(page: Page) -> int:
     return count
 
 
+def viewport_screenshot(page: Page, name: str) -> None:
+    """The visible 1280x800 only: the size docs/console.md shows (a whole page is thousands of pixels)."""
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(SCREENSHOTS / f"{name}.png"))
+
+
+def fits_narrow(page: Page) -> None:
+    page.set_viewport_size(NARROW)
+    width = page.evaluate("document.documentElement.scrollWidth")
+    assert width <= NARROW["width"], f"{page.url} scrolls sideways at {NARROW['width']} px: {width} px wide"
+
+
 def not_pwned(page: Page) -> None:
     assert page.evaluate("typeof window.__pwned") == "undefined"
 
@@ -46,6 +58,7 @@ def test_fine_tuning_job_through_the_wizard_from_an_uploaded_file(
     expect(page.get_by_text("Choose this when you can show the behaviour you want")).to_be_visible()
     page.get_by_label("Fine-tuning").check()
     screenshot(page, "wizard-approach")
+    viewport_screenshot(page, "wizard-approach-view")
     page.get_by_role("button", name="Next").click()
 
     page.get_by_label("Base model").select_option(BASE_MODEL)
@@ -58,6 +71,7 @@ def test_fine_tuning_job_through_the_wizard_from_an_uploaded_file(
     expect(page.get_by_role("table", name="Data preview")).to_contain_text(INJECTION)
     expect(page.get_by_text("Estimated cost")).to_be_visible()
     screenshot(page, "wizard-validation")
+    viewport_screenshot(page, "wizard-validation-view")
     page.get_by_role("button", name="Next").click()
 
     epochs = page.get_by_label("epochCount")
@@ -66,6 +80,7 @@ def test_fine_tuning_job_through_the_wizard_from_an_uploaded_file(
     page.get_by_label("batchSize").fill("4")
     page.get_by_label("seed").fill("11")
     screenshot(page, "wizard-hyperparameters")
+    viewport_screenshot(page, "wizard-hyperparameters-view")
     page.get_by_role("button", name="Next").click()
 
     page.get_by_label("Job name").fill(name)
@@ -83,6 +98,7 @@ def test_fine_tuning_job_through_the_wizard_from_an_uploaded_file(
     expect(page.locator("#boto3-code")).to_contain_text("bedrock.create_model_customization_job(")
     expect(page.locator("#cli-code")).to_contain_text(f"tuneforge jobs create \\\n  --name {name}")
     screenshot(page, "wizard-review")
+    viewport_screenshot(page, "wizard-review-view")
     page.get_by_role("button", name="Create job").click()
 
     expect(page.get_by_role("heading", name=name)).to_be_visible()
@@ -100,6 +116,8 @@ def test_fine_tuning_job_through_the_wizard_from_an_uploaded_file(
     second = training_points(page)
     assert second > first
     screenshot(page, "job-training")
+    page.locator("#loss-chart").scroll_into_view_if_needed()
+    viewport_screenshot(page, "job-training-view")
     expect(status).to_have_text("Completed", timeout=TRAINING_TIMEOUT_MS)
     page.reload()
     expect(page.get_by_role("link", name="trainingMetrics")).to_be_visible()
@@ -162,6 +180,11 @@ def test_data_errors_show_by_line_and_injected_names_show_as_text(
     expect(alert).to_contain_text("jobName")
     expect(page.locator("#request-json")).to_contain_text(INJECTION)
     not_pwned(page)
+    fits_narrow(page)
+
+    out_of_range = review.replace("step=review", "hp_epochCount=0&step=review")
+    page.goto(f"{console_server.url}/console/jobs/new?{out_of_range}")
+    expect(page.get_by_role("alert")).to_contain_text("Hyperparameter epochCount value 0 is out of range")
 
 
 def test_distillation_wizard_refuses_a_teacher_of_another_tokenizer(page: Page, console_server: Server) -> None:
@@ -178,6 +201,7 @@ def test_distillation_wizard_refuses_a_teacher_of_another_tokenizer(page: Page, 
     expect(reason).to_contain_text("same model family and tokenizer")
     expect(page.get_by_role("radio", name=BASE_MODEL)).to_be_enabled()
     screenshot(page, "wizard-distillation-teachers")
+    viewport_screenshot(page, "wizard-distillation-teachers-view")
 
     forced = urlencode(
         {"type": "DISTILLATION", "base": STUDENT, "teacher": SMOLLM2, "confirm_models": "1", "step": "models"}
@@ -215,3 +239,6 @@ def test_a_job_stopped_from_its_page_ends_stopped(page: Page, console_server: Se
     assert wait_for_status(bedrock, job_arn, ("Stopped",))["status"] == "Stopped"
     page.reload()
     expect(page.get_by_role("button", name="Stop job")).to_have_count(0)
+    fits_narrow(page)
+    page.goto(f"{console_server.url}/console/jobs")
+    fits_narrow(page)

@@ -18,6 +18,7 @@ from starlette.datastructures import UploadFile
 
 from tuneforge.api.bedrock import schemas
 from tuneforge.api.bedrock.shapes import parse_body
+from tuneforge.catalog.hyperparameters import HyperParameterError, resolve
 from tuneforge.catalog.models import DISTILLATION
 from tuneforge.console import jobs_wizard as wizard
 from tuneforge.console.jobs_chart import loss_chart
@@ -151,6 +152,11 @@ def _wizard_page(
         }
     if step == "review" and base is not None:
         body = wizard.request_body(services, state, base)
+        if error is None:
+            try:
+                resolve(base.hyperparameter_specs(ctype), body.get("hyperParameters", {}))
+            except HyperParameterError as exc:
+                error = ValidationException(f"{exc} (the API refuses it too: go back to Hyperparameters)")
         context.update(
             body=json.dumps(body, indent=2),
             boto3=wizard.boto3_code(body),
