@@ -69,9 +69,12 @@ def preflight_report(
     customization_type: str,
     raw_hyperparameters: dict[str, str],
     model_dir: Callable[[FoundationModel], Path],
+    counter: Callable[[Path], Callable[[str], int]] = token_counter,
 ) -> dict[str, Any]:
     """``model_dir`` resolves the model to a local folder (for its tokenizer); it is passed in because
-    building a built-in model needs torch, which this module does not import."""
+    building a built-in model needs torch, which this module does not import. ``counter`` turns that
+    folder into a token counter: transformers' tokenizer by default (the CLI), the ``tokenizers``
+    library in the API process, where importing transformers would import torch."""
     model = services.catalog.get(model_id)
     if customization_type not in model.customizations:
         raise ValidationException(
@@ -83,13 +86,13 @@ def preflight_report(
         raise ValidationException(str(exc)) from None
     if not file.is_file():
         raise ValidationException(f"{file} does not exist")
-    counter = token_counter(model_dir(model))
+    count_tokens = counter(model_dir(model))
     report = validate_dataset(
         services.settings,
         model,
         file,
         customization_type,
-        counter,
+        count_tokens,
         max_sequence_length=int(hyper.get("maxSequenceLength", 0)),
     )
     result: dict[str, Any] = {"report": report.to_dict()}

@@ -296,17 +296,9 @@ class JobService:
         else:
             foundation = self.catalog.get(identifier)
             arn = self.catalog.arn(foundation)
-        if foundation.family != student.family:
-            raise ValidationException(
-                f"The teacher model {arn} (family {foundation.family}) cannot teach the student model "
-                f"{student.model_id} (family {student.family}): distillation needs a teacher and a student "
-                "of the same model family and tokenizer"
-            )
-        if self.catalog.tokenizer_identity(foundation) != self.catalog.tokenizer_identity(student):
-            raise ValidationException(
-                f"The teacher model {arn} and the student model {student.model_id} use different tokenizers: "
-                "distillation needs a teacher and a student of the same model family and tokenizer"
-            )
+        refusal = self.teaching_refusal(foundation, student, arn)
+        if refusal is not None:
+            raise ValidationException(refusal)
         limit = foundation.limits.max_output_tokens
         max_tokens = teacher_config.get("maxResponseLengthForInference", limit)
         if not isinstance(max_tokens, int) or isinstance(max_tokens, bool) or not 1 <= max_tokens <= limit:
@@ -315,6 +307,26 @@ class JobService:
                 f"output token limit), got {max_tokens!r}"
             )
         return Teacher(arn=arn, foundation=foundation, max_response_tokens=max_tokens, weights_path=weights_path)
+
+    def teaching_refusal(self, teacher: FoundationModel, student: FoundationModel, teacher_arn: str) -> str | None:
+        """Why ``teacher`` cannot teach ``student``, or None when it can: the one pairing rule.
+
+        Side-effect free, so the console can show, for every candidate teacher, whether it can be
+        chosen and why not, with the very message the API refuses a job with. ``teacher`` is the
+        foundation model whose family and tokenizer the teacher has (a custom teacher's base).
+        """
+        if teacher.family != student.family:
+            return (
+                f"The teacher model {teacher_arn} (family {teacher.family}) cannot teach the student model "
+                f"{student.model_id} (family {student.family}): distillation needs a teacher and a student "
+                "of the same model family and tokenizer"
+            )
+        if self.catalog.tokenizer_identity(teacher) != self.catalog.tokenizer_identity(student):
+            return (
+                f"The teacher model {teacher_arn} and the student model {student.model_id} use different tokenizers: "
+                "distillation needs a teacher and a student of the same model family and tokenizer"
+            )
+        return None
 
     # -- read --------------------------------------------------------------------------------
 
