@@ -128,6 +128,11 @@ def test_fine_tuning_job_through_the_wizard_from_an_uploaded_file(
     screenshot(page, "job-completed")
     not_pwned(page)
 
+    page.get_by_role("link", name=name).first.click()
+    expect(page).to_have_url(f"{console_server.url}/console/custom-models/{name}")
+    expect(page.get_by_role("heading", name=name)).to_be_visible()
+    expect(page.get_by_label("Lineage").get_by_role("link", name=BASE_MODEL)).to_be_visible()
+
     page.goto(f"{console_server.url}/console/jobs")
     expect(page.get_by_role("table", name="Jobs").get_by_role("link", name=name)).to_be_visible()
 

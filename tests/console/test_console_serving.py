@@ -77,6 +77,20 @@ def test_custom_model_lineage_download_throughput_and_banner(
     expect(banner).to_contain_text(f"${price:,.2f}/hour")
     screenshot(page, "throughput")
 
+    # Chat with it in the playground: the streamed answer is the fine-tuned behaviour (the category).
+    pt_arn = bedrock.get_provisioned_model_throughput(provisionedModelId=name)["provisionedModelArn"]
+    ticket, category = fine_tuned.examples[0]
+    page.get_by_role("navigation", name="Main").get_by_role("link", name="Playground").click()
+    expect(page.get_by_role("heading", name="Playground")).to_be_visible()
+    page.get_by_label("Model", exact=True).select_option(pt_arn)
+    page.get_by_label("Message").fill(ticket)
+    page.get_by_label("Message").press("Enter")
+    reply = page.locator("#column-a li.assistant .text").last
+    expect(reply).to_have_attribute("data-state", "done")
+    expect(reply).to_have_text(category)
+    chunks = int(reply.get_attribute("data-chunks") or "0")
+    assert chunks > 1, f"the answer {category!r} arrived in {chunks} chunk(s), not streamed"
+
     # The model it serves cannot be deleted: the page shows the API's own refusal.
     with pytest.raises(ClientError) as refused:
         bedrock.delete_custom_model(modelIdentifier=fine_tuned.model_name)
