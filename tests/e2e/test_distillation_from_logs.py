@@ -54,7 +54,13 @@ def test_distillation_job_reads_invocation_logs_written_by_the_runtime(bedrock: 
         customizationType="DISTILLATION",
         trainingDataConfig={"invocationLogsConfig": logs_config},
         outputDataConfig={"s3Uri": f"s3://tests/out/{name}/"},
-        customizationConfig={"distillationConfig": {"teacherModelConfig": {"teacherModelIdentifier": BASE_MODEL}}},
+        # A short teacher answer: the report times both models writing this many tokens per prompt, and
+        # at the default (the teacher's 256-token output limit) that took ~45 s of this test's ~50 on CI.
+        customizationConfig={
+            "distillationConfig": {
+                "teacherModelConfig": {"teacherModelIdentifier": BASE_MODEL, "maxResponseLengthForInference": 16}
+            }
+        },
         hyperParameters={"epochCount": "1"},
     )["jobArn"]
     job = wait_for_status(bedrock, arn, ("Completed", "Failed", "Stopped"))

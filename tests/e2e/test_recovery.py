@@ -30,18 +30,23 @@ def events(server: Server, job_arn: str) -> list[dict[str, Any]]:
     return found
 
 
-def start_job(server: Server, tmp_path: Path, name: str, hyperparameters: dict[str, str]) -> str:
-    train, _ = make_classification_task(n_train=400, n_test=1, seed=3)
-    write_jsonl(tmp_path / "train.jsonl", train)
+def start_job(server: Server, tmp_path: Path, name: str, hyperparameters: dict[str, str], records: int = 400) -> str:
+    """A fine-tuning job of forge-small on ``records`` demo tickets (batch 8: records / 8 steps an epoch).
+
+    400 records where the worker must outlast a server restart; fewer where the test only needs a
+    few steps past its kill point, since every step after a resume is CI time.
+    """
+    train, _ = make_classification_task(n_train=records, n_test=1, seed=3)
+    write_jsonl(tmp_path / f"{name}.jsonl", train)
     services = Services.create(server.settings)
-    services.store.upload_file(tmp_path / "train.jsonl", "s3://recovery/train.jsonl")
+    services.store.upload_file(tmp_path / f"{name}.jsonl", f"s3://recovery/{name}.jsonl")
     services.close()
     arn: str = server.bedrock().create_model_customization_job(
         jobName=name,
         customModelName=f"m-{name}",
         roleArn=ROLE,
         baseModelIdentifier=BASE_MODEL,
-        trainingDataConfig={"s3Uri": "s3://recovery/train.jsonl"},
+        trainingDataConfig={"s3Uri": f"s3://recovery/{name}.jsonl"},
         outputDataConfig={"s3Uri": f"s3://recovery/{name}/"},
         hyperParameters=hyperparameters,
     )["jobArn"]
@@ -72,7 +77,7 @@ def test_killed_worker_with_checkpoint_is_resumed_to_completed(tmp_path: Path) -
     server = make_server(tmp_path / "data")
     server.start()
     try:
-        arn = start_job(server, tmp_path, "resume-me", {"epochCount": "2", "checkpointEverySteps": "2"})
+        arn = start_job(server, tmp_path, "resume-me", {"epochCount": "2", "checkpointEverySteps": "2"}, records=128)
         killed_at = kill_server_and_worker_mid_training(server, arn, min_step=4)
         server.start()
         job = wait_for_status(server.bedrock(), arn, ("Completed", "Failed", "Stopped"))
@@ -93,7 +98,7 @@ def test_a_corrupt_latest_checkpoint_is_skipped_and_the_job_log_says_so(tmp_path
     server = make_server(tmp_path / "data")
     server.start()
     try:
-        arn = start_job(server, tmp_path, "corrupt", {"epochCount": "1", "checkpointEverySteps": "2"})
+        arn = start_job(server, tmp_path, "corrupt", {"epochCount": "1", "checkpointEverySteps": "2"}, records=128)
         kill_server_and_worker_mid_training(server, arn, min_step=4)
         checkpoints = server.settings.data_dir / "jobs" / arn.rsplit("/", 1)[-1] / "checkpoints"
         assert (checkpoints / PREVIOUS_CHECKPOINT_FILE).exists()
@@ -150,7 +155,7 @@ def test_worker_left_by_a_killed_server_is_adopted_within_the_concurrency_limit(
     server.start()
     try:
         first = start_job(server, tmp_path, "orphan", {"epochCount": "1", "checkpointEverySteps": "0"})
-        second = start_job(server, tmp_path, "queued-behind", {"epochCount": "1", "batchSize": "32"})
+        second = start_job(server, tmp_path, "queued-behind", {"epochCount": "1", "batchSize": "32"}, records=96)
         ids = {first.rsplit("/", 1)[-1], second.rsplit("/", 1)[-1]}
         deadline = time.monotonic() + 120
         while not any(e["kind"] == "progress" for e in events(server, first)):

