@@ -407,6 +407,12 @@ def test_names_are_unique_and_the_client_request_token_is_idempotent(services: S
         services.imports.create(request(folder, imported_model_name="fresh"))
     with pytest.raises(ConflictException, match="An imported model named imp-1-model already exists"):
         services.imports.create(request(folder, name="imp-2", imported_model_name="imp-1-model"))
+    # Once the first import has ended, the name is taken by the model itself (it failed once under load
+    # without this: the state the check saw is now fixed, and a failed first import names its reason).
+    done = finished(services, first.arn)
+    assert done.status == "Completed", done.failure_message
+    with pytest.raises(ConflictException, match="An imported model named imp-1-model already exists"):
+        services.imports.create(request(folder, name="imp-3", imported_model_name="imp-1-model"))
 
 
 def test_gguf_whose_conversion_fails_ends_failed_with_the_reason_and_registers_nothing(
