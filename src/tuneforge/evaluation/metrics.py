@@ -95,18 +95,23 @@ def perturb(prompt: str, index: int) -> str:
 
     One of three, chosen by a generator seeded with :data:`PERTURBATION_SEED` and the record's
     index: the whole prompt upper-cased; doubled spaces between words (and a trailing space); or
-    one typo, two adjacent letters swapped inside a word of four letters or more.
+    one typo, two adjacent different letters swapped inside a word of four letters or more.
     """
     rng = random.Random(PERTURBATION_SEED * 1_000_003 + index)
     kind = rng.randrange(3)
     if kind == 0 and prompt.upper() != prompt:
         return prompt.upper()
     words = prompt.split(" ")
-    candidates = [i for i, word in enumerate(words) if len(word) >= 4 and word.isalpha()]
-    if kind == 2 and candidates:
-        i = rng.choice(candidates)
+    swaps = [
+        (i, j)
+        for i, word in enumerate(words)
+        if len(word) >= 4 and word.isalpha()
+        for j in range(len(word) - 1)
+        if word[j] != word[j + 1]
+    ]
+    if kind == 2 and swaps:
+        i, j = rng.choice(swaps)
         word = words[i]
-        j = rng.randrange(len(word) - 1)
         words[i] = word[:j] + word[j + 1] + word[j] + word[j + 2 :]
         return " ".join(words)
     return "  ".join(words) + " "
