@@ -318,3 +318,16 @@ def test_a_model_answers_through_the_batched_path_with_robustness_and_speed(serv
     (row,) = evaluation_job(done)["tuneforge"]["results"]["results"]
     assert set(row["metrics"]) == {ACCURACY, ROBUSTNESS}
     assert row["latencyP50Ms"] > 0 and row["tokensPerSecond"] > 0 and 0 < row["outputTokens"] <= 3 * len(ROWS)
+
+
+def test_a_provisioned_throughput_stands_for_the_model_it_serves(services: Services) -> None:
+    from tuneforge.serving.throughput import CreateThroughputRequest
+
+    write_dataset(services)
+    throughput = services.throughput.create(CreateThroughputRequest(name="pt", model_id=BASE_MODEL, model_units=1))
+    job = create(services, body("through-pt", models=[{"bedrockModel": {"modelIdentifier": throughput.arn}}]))
+    assert job.models[0]["identifier"] == throughput.arn
+    assert job.models[0]["arn"] == throughput.model_arn
+    gone = throughput.arn[:-12] + "abcdefabcdef"
+    with pytest.raises(ResourceNotFoundException, match=f"The model {gone} does not exist."):
+        create(services, body("gone-pt", models=[{"bedrockModel": {"modelIdentifier": gone}}]))

@@ -2,7 +2,8 @@
 
 Everything a job needs is checked when it is created, so a refused request leaves nothing behind:
 the task types' metrics (:data:`tuneforge.evaluation.metrics.SUPPORTED`), the models (resolved as
-batch inference resolves them: foundation, imported or custom, which a worker loads itself), the
+batch inference resolves them: foundation, imported or custom, which a worker loads itself; a
+provisioned throughput or custom model deployment stands for the model it serves), the
 URIs (inside the allowed roots), and every dataset line (:func:`tuneforge.evaluation.dataset.check_dataset`).
 
 A job is an :class:`~tuneforge.db.tables.EvaluationJob` row in phase ``queued``; the supervisor
@@ -20,10 +21,10 @@ from typing import Any
 from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
-from tuneforge.arns import ArnFactory, decode_identifier, is_arn, new_id
+from tuneforge.arns import ArnFactory, decode_identifier, is_arn, new_id, resource_type
 from tuneforge.db.listing import Cursor, Page, created_and_named, fetch_page
 from tuneforge.db.session import Database
-from tuneforge.db.tables import EvaluationJob, utcnow
+from tuneforge.db.tables import CustomModelDeployment, EvaluationJob, ProvisionedModel, utcnow
 from tuneforge.errors import ConflictException, ResourceNotFoundException, ServiceError, ValidationException
 from tuneforge.evaluation.dataset import check_dataset
 from tuneforge.evaluation.metrics import ACCURACY, BUILTIN_METRICS, ROBUSTNESS, SUPPORTED
@@ -151,10 +152,30 @@ class EvaluationJobService:
         if spec.precomputed:
             return {"identifier": spec.identifier, "precomputed": True}
         try:
-            served = self.models.resolve_model(spec.identifier)
+            served = self.models.resolve_model(self._served_model(spec.identifier))
         except ValidationException as exc:
             raise ValidationException(exc.message.replace("a batch inference job", "an evaluation job")) from None
         return {"identifier": spec.identifier, "arn": served.arn, "inferenceParams": spec.inference_params}
+
+    def _served_model(self, identifier: str) -> str:
+        """The model a provisioned throughput or custom model deployment serves, for an identifier
+        that names one (Bedrock evaluates a custom model through its provisioned throughput); any
+        other identifier as it is. The worker then loads that model itself: greedy answers are the
+        ones the deployment gives."""
+        identifier = decode_identifier(identifier)
+        kind = resource_type(identifier) if is_arn(identifier) else ""
+        with self.db.session() as session:
+            if kind == "provisioned-model":
+                model_arn = session.scalar(select(ProvisionedModel.model_arn).where(ProvisionedModel.arn == identifier))
+            elif kind == "custom-model-deployment":
+                model_arn = session.scalar(
+                    select(CustomModelDeployment.model_arn).where(CustomModelDeployment.arn == identifier)
+                )
+            else:
+                return identifier
+        if model_arn is None:
+            raise ResourceNotFoundException(f"The model {identifier} does not exist.")
+        return str(model_arn)
 
     def _check_uri(self, member: str, uri: str) -> None:
         try:
