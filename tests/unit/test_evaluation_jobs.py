@@ -331,3 +331,24 @@ def test_a_provisioned_throughput_stands_for_the_model_it_serves(services: Servi
     gone = throughput.arn[:-12] + "abcdefabcdef"
     with pytest.raises(ResourceNotFoundException, match=f"The model {gone} does not exist."):
         create(services, body("gone-pt", models=[{"bedrockModel": {"modelIdentifier": gone}}]))
+
+
+def test_job_tags_are_read_and_changed_like_other_resources_tags(services: Services) -> None:
+    write_dataset(services)
+    job = create(services, {**body("tagged"), "jobTags": [{"key": "team", "value": "support"}]})
+    assert services.tags.list_tags(job.arn) == [{"key": "team", "value": "support"}]
+    services.tags.tag(job.arn, [{"key": "stage", "value": "bake-off"}])
+    services.tags.untag(job.arn, ["team"])
+    assert services.tags.list_tags(job.arn) == [{"key": "stage", "value": "bake-off"}]
+
+
+def test_a_running_job_asked_to_stop_ends_stopped_without_results(services: Services) -> None:
+    write_dataset(services)
+    job = create(services, body("stop-running"))
+    with services.db.session() as session:
+        row = session.get(EvaluationJob, job.id)
+        assert row is not None
+        row.stop_requested = True
+    done = run_in_process(services, job)
+    assert (done.status, done.phase, done.failure_messages) == ("Stopped", "done", [])
+    assert not services.store.exists(f"s3://tests/eval-out/stop-running/{job.id}/summary.json")
