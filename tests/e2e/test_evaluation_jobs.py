@@ -107,6 +107,8 @@ def test_an_evaluation_job_reports_the_fine_tunes_accuracy_gain_over_its_base(se
     assert gain["metricName"] == "Builtin.Accuracy" and gain["candidate"] == tuned
     assert gain["difference"] == candidate["metrics"]["Builtin.Accuracy"] - base["metrics"]["Builtin.Accuracy"]
     assert gain["difference"] >= 0.5, summary
+    for row in (base, candidate):
+        assert row["records"] == len(tickets) and row["latencyP50Ms"] > 0 and row["tokensPerSecond"] > 0
     folder = f"{prefix}/out/{name}/{job_id}/models/{tuned.replace('/', '_').replace(':', '_')}"
     lines = store.read_bytes(f"{folder}/taskTypes/Classification/datasets/tickets/{job_id}_output.jsonl")
     assert len(lines.splitlines()) == len(tickets)
