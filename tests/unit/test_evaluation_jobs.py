@@ -215,6 +215,18 @@ def test_a_dataset_with_missing_fields_is_refused_with_its_line_numbers(services
     [
         ({"applicationType": "RagEvaluation"}, "applicationType RagEvaluation is not supported yet"),
         ({"evaluationConfig": {"human": {"datasetMetricConfigs": []}}}, "Human evaluation"),
+        (
+            {
+                "evaluationConfig": {
+                    **body()["evaluationConfig"],
+                    "automated": {
+                        **body()["evaluationConfig"]["automated"],
+                        "evaluatorModelConfig": {"bedrockEvaluatorModels": [{"modelIdentifier": BASE_MODEL}]},
+                    },
+                }
+            },
+            "evaluatorModelConfig \\(a judge model\\) is not supported yet",
+        ),
     ],
 )
 def test_rag_and_human_evaluations_are_refused_by_name(
@@ -352,3 +364,29 @@ def test_a_running_job_asked_to_stop_ends_stopped_without_results(services: Serv
     done = run_in_process(services, job)
     assert (done.status, done.phase, done.failure_messages) == ("Stopped", "done", [])
     assert not services.store.exists(f"s3://tests/eval-out/stop-running/{job.id}/summary.json")
+
+
+def test_generation_robustness_compares_perturbed_answers_with_the_original_ones() -> None:
+    records = check_dataset(b'{"prompt": "a"}\n{"prompt": "b"}\n', need_reference=False).records
+    original = Pass([Answer("the cat sat"), Answer("a dog ran")])
+    perturbed = Pass([Answer("the cat sat"), Answer("nothing alike")])
+    _, summary = score("Generation", [ROBUSTNESS], records, original, perturbed)
+    assert summary["metrics"] == {ROBUSTNESS: pytest.approx(0.5)}
+
+
+def test_the_client_request_token_returns_the_same_job_and_list_filters(services: Services) -> None:
+    from tuneforge.errors import ConflictException
+    from tuneforge.jobs.evaluations import EvaluationJobFilter
+
+    write_dataset(services)
+    ask = {**body("idempotent"), "clientRequestToken": "token-1"}
+    first = create(services, ask)
+    assert create(services, ask).id == first.id
+    with pytest.raises(ConflictException, match="clientRequestToken token-1 was already used"):
+        create(services, {**ask, "jobDescription": "another"})
+    other = create(services, body("other"))
+    services.evaluation_jobs.stop(other.arn)
+    listed = services.evaluation_jobs.list_jobs(EvaluationJobFilter(status_equals="Stopped"), None, 10).items
+    assert [j.id for j in listed] == [other.id]
+    rag = EvaluationJobFilter(application_type_equals="RagEvaluation")
+    assert services.evaluation_jobs.list_jobs(rag, None, 10).items == []
