@@ -236,11 +236,10 @@ class EvaluationJobService:
             if job.status == "Stopping":
                 return
             job.stop_requested = True
-            job.updated_at = utcnow()
             if job.phase == "queued":
-                job.status, job.phase, job.ended_at = "Stopped", "done", job.updated_at
+                mark_ended(job, "Stopped", None)
             else:
-                job.status = "Stopping"
+                job.status, job.updated_at = "Stopping", utcnow()
 
     def batch_delete(self, identifiers: list[str]) -> tuple[list[dict[str, str]], list[dict[str, str]]]:
         """(deleted items, errors), as BatchDeleteEvaluationJob answers: each identifier on its own.
