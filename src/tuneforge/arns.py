@@ -43,6 +43,9 @@ class ArnFactory:
     def model_invocation_job(self, resource_id: str) -> str:
         return f"arn:aws:bedrock:{self.region}:{self.account_id}:model-invocation-job/{resource_id}"
 
+    def evaluation_job(self, resource_id: str) -> str:
+        return f"arn:aws:bedrock:{self.region}:{self.account_id}:evaluation-job/{resource_id}"
+
 
 def decode_identifier(raw: str) -> str:
     """Path parameters arrive percent-encoded (``arn%3Aaws%3A...%2F...``)."""

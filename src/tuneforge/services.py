@@ -14,6 +14,7 @@ from tuneforge.catalog.imported import ImportService
 from tuneforge.catalog.service import Catalog
 from tuneforge.db.listing import PageTokens
 from tuneforge.db.session import Database
+from tuneforge.jobs.evaluations import EvaluationJobService
 from tuneforge.jobs.invocations import InvocationJobService
 from tuneforge.jobs.memory import MemoryPlanner
 from tuneforge.jobs.service import JobService
@@ -43,6 +44,7 @@ class Services:
     page_tokens: PageTokens
     tags: TagService
     invocation_jobs: InvocationJobService
+    evaluation_jobs: EvaluationJobService
 
     @classmethod
     def create(cls, settings: Settings) -> Services:
@@ -53,6 +55,7 @@ class Services:
         catalog = Catalog(db, store, arns)
         meter = UsageMeter(db)
         throughput = ThroughputService(db, catalog, arns, settings)
+        invocation_jobs = InvocationJobService(db, store, arns, throughput)
         return cls(
             settings=settings,
             db=db,
@@ -68,7 +71,8 @@ class Services:
             invocation_logs=InvocationLogs(db, store, settings.account_id, settings.region),
             page_tokens=PageTokens.from_key_file(settings.data_dir / "pagination.key"),
             tags=TagService(db, settings),
-            invocation_jobs=InvocationJobService(db, store, arns, throughput),
+            invocation_jobs=invocation_jobs,
+            evaluation_jobs=EvaluationJobService(db, store, arns, invocation_jobs),
         )
 
     def close(self) -> None:

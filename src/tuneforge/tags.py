@@ -1,7 +1,8 @@
 """TagResource, UntagResource and ListTagsForResource: the tags a resource was created with, and after.
 
 Tags live with their resource (``jobs.job_tags``, ``custom_models.tags``, ``provisioned_models.tags``,
-``model_import_jobs.job_tags``, ``model_invocation_jobs.tags``, ``custom_model_deployments.tags``
+``model_import_jobs.job_tags``, ``model_invocation_jobs.tags``, ``evaluation_jobs.tags``,
+``custom_model_deployments.tags``
 and an imported model's ``registered_models.tags``) as Bedrock's
 ``[{"key", "value"}]`` list. A provisioned throughput's
 ``tuneforge:idle-timeout-minutes`` tag is also its idle timeout, so tagging it changes the timeout
@@ -24,6 +25,7 @@ from tuneforge.db.session import Database
 from tuneforge.db.tables import (
     CustomModel,
     CustomModelDeployment,
+    EvaluationJob,
     Job,
     ModelImportJob,
     ModelInvocationJob,
@@ -38,7 +40,14 @@ from tuneforge.settings import Settings
 MAX_TAGS = 200
 
 Tagged = (
-    Job | CustomModel | ProvisionedModel | ModelImportJob | RegisteredModel | CustomModelDeployment | ModelInvocationJob
+    Job
+    | CustomModel
+    | ProvisionedModel
+    | ModelImportJob
+    | RegisteredModel
+    | CustomModelDeployment
+    | ModelInvocationJob
+    | EvaluationJob
 )
 
 
@@ -108,6 +117,8 @@ class TagService:
             )
         elif kind == "model-invocation-job":
             row = session.scalar(select(ModelInvocationJob).where(ModelInvocationJob.arn == arn))
+        elif kind == "evaluation-job":
+            row = session.scalar(select(EvaluationJob).where(EvaluationJob.arn == arn))
         elif kind == "imported-model":
             row = session.scalar(select(RegisteredModel).where(RegisteredModel.arn == arn))
         if row is None:

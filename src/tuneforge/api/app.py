@@ -24,6 +24,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from tuneforge import __version__
 from tuneforge.api.bedrock.deployment_routes import router as deployment_router
+from tuneforge.api.bedrock.evaluation_routes import router as evaluation_router
 from tuneforge.api.bedrock.import_routes import router as import_router
 from tuneforge.api.bedrock.invocation_routes import router as invocation_router
 from tuneforge.api.bedrock.routes import router as bedrock_router
@@ -142,6 +143,7 @@ def create_app(
     app.include_router(bedrock_router)
     app.include_router(import_router)
     app.include_router(invocation_router)
+    app.include_router(evaluation_router)
     app.include_router(serving_router)
     app.include_router(deployment_router)
     app.include_router(runtime_router)

@@ -369,3 +369,50 @@ class ModelInvocationJob(Base):
     ended_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
 
     __table_args__ = (Index("ix_model_invocation_jobs_phase_created", "phase", "created_at"),)
+
+
+class EvaluationJob(Base):
+    """An automated model evaluation job (CreateEvaluationJob): a dataset answered by one or two models, scored.
+
+    Queued beside customization and batch inference jobs, with the same claim, heartbeat and stop
+    columns. Bedrock's statuses have no "queued" one: a job is ``InProgress`` from its creation
+    (``phase`` says whether a worker has it), then ``Completed`` | ``Failed`` | ``Stopping`` ->
+    ``Stopped``; ``Deleting`` while BatchDeleteEvaluationJob removes it.
+    """
+
+    __tablename__ = "evaluation_jobs"
+
+    id: Mapped[str] = mapped_column(String(12), primary_key=True)
+    arn: Mapped[str] = mapped_column(String(1011), unique=True)
+    name: Mapped[str] = mapped_column(String(63), unique=True)
+    description: Mapped[str | None] = mapped_column(Text, nullable=True)
+    client_request_token: Mapped[str | None] = mapped_column(String(256), unique=True)
+    request_fingerprint: Mapped[str] = mapped_column(String(64))
+    role_arn: Mapped[str] = mapped_column(String(2048))
+    kms_key_id: Mapped[str | None] = mapped_column(String(2048), nullable=True)
+    application_type: Mapped[str] = mapped_column(String(32), default="ModelEvaluation")
+    evaluation_config: Mapped[dict[str, Any]] = mapped_column(JSON)
+    inference_config: Mapped[dict[str, Any]] = mapped_column(JSON)
+    output_data: Mapped[dict[str, Any]] = mapped_column(JSON)
+    models: Mapped[list[Any]] = mapped_column(JSON, default=list)
+    """Per model of ``inference_config``: ``{"identifier", "arn"}`` (resolved at create time) or
+    ``{"identifier", "precomputed": true}``."""
+    tags: Mapped[list[Any]] = mapped_column(JSON, default=list)
+
+    status: Mapped[str] = mapped_column(String(20), default="InProgress")
+    failure_messages: Mapped[list[Any]] = mapped_column(JSON, default=list)
+    results: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    """The scores once computed (GetEvaluationJob's ``tuneforge.results``)."""
+
+    phase: Mapped[str] = mapped_column(String(16), default="queued")
+    stop_requested: Mapped[bool] = mapped_column(Boolean, default=False)
+    worker_pid: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    worker_host: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    heartbeat_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    ended_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+
+    __table_args__ = (Index("ix_evaluation_jobs_phase_created", "phase", "created_at"),)

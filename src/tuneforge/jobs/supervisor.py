@@ -22,7 +22,8 @@ two workers never train one job.
 Batch inference jobs (:class:`~tuneforge.db.tables.ModelInvocationJob`) share this queue, the
 concurrency limit and the worker command: the oldest queued job of either kind is claimed first. A
 batch job whose worker dies is not resumed (its answers are cheap to make again): it ends ``Failed``,
-or ``Stopped`` when it was stopping.
+or ``Stopped`` when it was stopping. Evaluation jobs (:class:`~tuneforge.db.tables.EvaluationJob`)
+are queued and recovered the same way (Bedrock's status stays ``InProgress`` while one is queued).
 """
 
 from __future__ import annotations
@@ -44,7 +45,8 @@ from typing import Any, cast
 
 from sqlalchemy import CursorResult, select, update
 
-from tuneforge.db.tables import Job, JobEvent, ModelInvocationJob, utcnow
+from tuneforge.db.tables import EvaluationJob, Job, JobEvent, ModelInvocationJob, utcnow
+from tuneforge.jobs import evaluations
 from tuneforge.jobs.invocations import mark_ended
 from tuneforge.jobs.service import mark_stages
 from tuneforge.services import Services
@@ -191,12 +193,15 @@ class Supervisor:
         orphans: list[tuple[str, int | None]] = []
         with self.services.db.session() as session:
             live = ("InProgress", "Stopping")
-            rows: list[Job | ModelInvocationJob] = [
+            rows: list[Job | ModelInvocationJob | EvaluationJob] = [
                 *session.scalars(select(Job).where(Job.phase == "running", Job.status.in_(live))),
                 *session.scalars(
                     select(ModelInvocationJob).where(
                         ModelInvocationJob.phase == "running", ModelInvocationJob.status.in_(live)
                     )
+                ),
+                *session.scalars(
+                    select(EvaluationJob).where(EvaluationJob.phase == "running", EvaluationJob.status.in_(live))
                 ),
             ]
             for job in rows:
@@ -232,6 +237,10 @@ class Supervisor:
             batch = session.get(ModelInvocationJob, job_id)
             if batch is not None:
                 self._end_lost_batch_job(batch, what)
+                return
+            evaluation = session.get(EvaluationJob, job_id)
+            if evaluation is not None:
+                self._end_lost_evaluation_job(evaluation, what)
                 return
             job = session.get(Job, job_id)
             if job is None or job.status not in ("InProgress", "Stopping"):
@@ -278,10 +287,23 @@ class Supervisor:
         remove_job_files(self.services, batch.id)
         log.warning("batch job %s: %s", batch.id, batch.message)
 
+    def _end_lost_evaluation_job(self, job: EvaluationJob, what: str) -> None:
+        """An evaluation job whose worker died: Stopped if it was stopping, else Failed; never resumed."""
+        if job.status not in ("InProgress", "Stopping"):
+            return
+        if job.status == "Stopping":
+            evaluations.mark_ended(job, "Stopped", None)
+        else:
+            evaluations.mark_ended(
+                job, "Failed", f"Job interrupted: {what} before the job finished. Create the job again to retry."
+            )
+        remove_job_files(self.services, job.id)
+        log.warning("evaluation job %s: %s", job.id, what)
+
     # -- workers -----------------------------------------------------------------------------
 
     def _claim(self) -> None:
-        """The oldest queued job of either kind, customization or batch inference, first."""
+        """The oldest queued job of any kind, customization, batch inference or evaluation, first."""
         limit = self.services.settings.worker_concurrency
         while len(self._running) < limit:
             with self.services.db.session() as session:
@@ -297,7 +319,13 @@ class Supervisor:
                     .order_by(ModelInvocationJob.created_at)
                     .limit(1)
                 ).first()
-                if customization is None and batch is None:
+                evaluation = session.execute(
+                    select(EvaluationJob.id, EvaluationJob.created_at)
+                    .where(EvaluationJob.phase == "queued", EvaluationJob.status == "InProgress")
+                    .order_by(EvaluationJob.created_at)
+                    .limit(1)
+                ).first()
+                if customization is None and batch is None and evaluation is None:
                     return
                 claim = dict(
                     phase="running",
@@ -306,7 +334,19 @@ class Supervisor:
                     heartbeat_at=None,
                     updated_at=utcnow(),
                 )
-                if batch is not None and (customization is None or batch.created_at < customization.created_at):
+                oldest = min(
+                    (row for row in (customization, batch) if row is not None),
+                    key=lambda row: row.created_at,
+                    default=None,
+                )
+                if evaluation is not None and (oldest is None or evaluation.created_at < oldest.created_at):
+                    job_id = evaluation.id
+                    result = session.execute(
+                        update(EvaluationJob)
+                        .where(EvaluationJob.id == job_id, EvaluationJob.phase == "queued")
+                        .values(**claim, attempts=EvaluationJob.attempts + 1)
+                    )
+                elif batch is not None and (customization is None or batch.created_at < customization.created_at):
                     job_id = batch.id
                     result = session.execute(
                         update(ModelInvocationJob)
@@ -338,7 +378,7 @@ class Supervisor:
                 start_new_session=True,
             )
         with self.services.db.session() as session:
-            for table in (Job, ModelInvocationJob):
+            for table in (Job, ModelInvocationJob, EvaluationJob):
                 session.execute(update(table).where(table.id == job_id).values(worker_pid=process.pid))
         self._running[job_id] = _Running(job_id, process)
         log.info("job %s: started worker pid %d", job_id, process.pid)
@@ -350,7 +390,11 @@ class Supervisor:
                 continue
             del self._running[job_id]
             with self.services.db.session() as session:
-                job = session.get(Job, job_id) or session.get(ModelInvocationJob, job_id)
+                job = (
+                    session.get(Job, job_id)
+                    or session.get(ModelInvocationJob, job_id)
+                    or session.get(EvaluationJob, job_id)
+                )
                 unfinished = job is not None and job.status in ("InProgress", "Stopping") and job.phase == "running"
             if unfinished:
                 self._handle_lost_worker(job_id, what)
@@ -363,6 +407,7 @@ class Supervisor:
             stopping.update(
                 session.scalars(select(ModelInvocationJob.id).where(ModelInvocationJob.status == "Stopping")).all()
             )
+            stopping.update(session.scalars(select(EvaluationJob.id).where(EvaluationJob.status == "Stopping")).all())
         for job_id, running in self._running.items():
             if job_id not in stopping:
                 continue

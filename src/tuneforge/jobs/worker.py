@@ -2,7 +2,9 @@
 
 A customization job: validation (pre-flight, seconds) -> recipe (training) -> outputs copied to the
 output URI -> custom model registered. A batch inference job (:class:`BatchJobRunner`): records
-read -> answered -> output records and manifest written. The worker writes every status change
+read -> answered -> output records and manifest written. An evaluation job
+(:class:`EvaluationJobRunner`): datasets checked -> answered per model -> scored -> results
+written. The worker writes every status change
 itself; the supervisor only steps in when the process dies without doing so.
 """
 
@@ -28,8 +30,14 @@ from sqlalchemy import update
 from tuneforge.arns import new_id
 from tuneforge.catalog.hyperparameters import resolve
 from tuneforge.catalog.models import DISTILLATION, FoundationModel
-from tuneforge.db.tables import CustomModel, Job, JobEvent, ModelInvocationJob, utcnow
+from tuneforge.db.tables import CustomModel, EvaluationJob, Job, JobEvent, ModelInvocationJob, utcnow
 from tuneforge.errors import ServiceError
+from tuneforge.evaluation.dataset import check_dataset
+from tuneforge.evaluation.metrics import ACCURACY, ROBUSTNESS, perturb
+from tuneforge.evaluation.scoring import Answer, Pass, output_line, score
+from tuneforge.jobs.evaluations import DEFAULT_MAX_TOKENS
+from tuneforge.jobs.evaluations import mark_ended as end_evaluation
+from tuneforge.jobs.evaluations import max_tokens as evaluation_max_tokens
 from tuneforge.jobs.invocations import has_expired, mark_ended
 from tuneforge.jobs.service import mark_stages
 from tuneforge.jobs.supervisor import checkpoint_dir, remove_job_files
@@ -144,7 +152,10 @@ class DatabaseReporter:
 
 
 def _heartbeat(
-    services: Services, table: type[Job] | type[ModelInvocationJob], job_id: str, done: threading.Event
+    services: Services,
+    table: type[Job] | type[ModelInvocationJob] | type[EvaluationJob],
+    job_id: str,
+    done: threading.Event,
 ) -> None:
     while not done.wait(HEARTBEAT_S):
         try:
@@ -361,9 +372,7 @@ class JobRunner:
             )
 
     def _threads(self) -> int:
-        if self.settings.worker_threads:
-            return self.settings.worker_threads
-        return max(1, (os.cpu_count() or 1) // self.settings.worker_concurrency)
+        return worker_threads(self.settings)
 
     def _register(self, job: dict[str, Any], result: RecipeResult, model_dir: Path, base: FoundationModel) -> None:
         model_id = new_id()
@@ -582,14 +591,7 @@ class BatchJobRunner:
         return files
 
     def _write(self, uri: str, data: bytes) -> None:
-        try:
-            self.services.store.write_bytes(uri, data)
-        except (StorageError, OSError) as exc:
-            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
-            raise JobFailed(
-                f"Could not write the job's outputs to {uri} ({reason}); make the output location writable, "
-                "then create the job again"
-            ) from None
+        write_output(self.services, uri, data)
 
     def _progress(self, counts: Any, force: bool = False) -> None:
         now = time.monotonic()
@@ -605,9 +607,198 @@ class BatchJobRunner:
             row.updated_at = utcnow()
 
     def _threads(self) -> int:
-        if self.settings.worker_threads:
-            return self.settings.worker_threads
-        return max(1, (os.cpu_count() or 1) // self.settings.worker_concurrency)
+        return worker_threads(self.settings)
+
+
+def write_output(services: Services, uri: str, data: bytes) -> None:
+    """Write one of a batch or evaluation job's output files; a failure fails the job, saying why."""
+    try:
+        services.store.write_bytes(uri, data)
+    except (StorageError, OSError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise JobFailed(
+            f"Could not write the job's outputs to {uri} ({reason}); make the output location writable, "
+            "then create the job again"
+        ) from None
+
+
+def worker_threads(settings: Settings) -> int:
+    if settings.worker_threads:
+        return settings.worker_threads
+    return max(1, (os.cpu_count() or 1) // settings.worker_concurrency)
+
+
+class EvaluationJobRunner:
+    """An automated evaluation job (:mod:`tuneforge.recipes.evaluation`), with its status in its row.
+
+    Each dataset is checked again (its file may have changed since the job was created), then each
+    model answers every dataset's prompts (and, for ``Builtin.Robustness``, their perturbations)
+    one model at a time, so at most one model is in memory. Results go under
+    ``<outputDataConfig s3Uri>/<job name>/<job id>/`` as Bedrock lays them out:
+    ``models/<model>/taskTypes/<task type>/datasets/<dataset>/<job id>_output.jsonl``, one line per
+    record; tuneforge adds ``summary.json``, the results Get shows.
+    """
+
+    def __init__(self, services: Services, job_id: str) -> None:
+        self.services = services
+        self.settings: Settings = services.settings
+        self.job_id = job_id
+        self._stop = threading.Event()
+        self._last_poll = 0.0
+
+    def request_stop(self) -> None:
+        self._stop.set()
+
+    def should_stop(self) -> bool:
+        now = time.monotonic()
+        if not self._stop.is_set() and now - self._last_poll >= 0.5:
+            self._last_poll = now
+            with self.services.db.session() as session:
+                job = session.get(EvaluationJob, self.job_id)
+                if job is None or job.stop_requested:
+                    self._stop.set()
+        return self._stop.is_set()
+
+    def run(self) -> None:
+        with self.services.db.session() as session:
+            job = session.get(EvaluationJob, self.job_id)
+            if job is None or job.status not in ("InProgress", "Stopping"):
+                return
+            if job.status == "Stopping":
+                end_evaluation(job, "Stopped", None)
+                return
+            job.worker_pid = os.getpid()
+            job.worker_host = socket.gethostname()
+            job.heartbeat_at = utcnow()
+            snapshot = {c.key: getattr(job, c.key) for c in EvaluationJob.__table__.columns}
+        log.info("evaluation job %s: started", self.job_id)
+        results: dict[str, Any] | None = None
+        try:
+            status, message, results = self._execute(snapshot)
+        except JobFailed as exc:
+            status, message = "Failed", str(exc)[:2048]
+        except Exception as exc:
+            log.exception("evaluation job %s failed", self.job_id)
+            status = "Failed"
+            message = (
+                "Encountered an unexpected error when processing the request, please try again "
+                f"({type(exc).__name__}: {exc})"[:2048]
+            )
+        remove_job_files(self.services, self.job_id)
+        with self.services.db.session() as session:
+            row = session.get(EvaluationJob, self.job_id)
+            if row is None:
+                return
+            row.results = results
+            end_evaluation(row, status, message)
+
+    def _execute(self, job: dict[str, Any]) -> tuple[str, str | None, dict[str, Any] | None]:
+        import gc
+
+        import torch
+
+        from tuneforge.engine.offline import offline_batcher
+        from tuneforge.engine.server import model_folder
+        from tuneforge.model.folders import load_for_inference, trained_format
+        from tuneforge.recipes.evaluation import answer_prompts
+
+        configs = job["evaluation_config"]["automated"]["datasetMetricConfigs"]
+        precomputed = [m["identifier"] for m in job["models"] if m.get("precomputed")]
+        datasets = []
+        for config in configs:
+            uri = config["dataset"]["datasetLocation"]["s3Uri"]
+            try:
+                content = self.services.store.read_bytes(uri)
+            except (StorageError, OSError) as exc:
+                raise JobFailed(f"Could not read the dataset at {uri}: {exc}") from None
+            check = check_dataset(content, ACCURACY in config["metricNames"], precomputed)
+            if check.errors:
+                raise JobFailed(check.message(config["dataset"]["name"]))
+            datasets.append((config, check.records))
+        root = f"{job['output_data']['s3Uri'].rstrip('/')}/{job['name']}/{self.job_id}"
+        self._write(f"{root}/.write_access_check_file.tmp", b"")
+        torch.set_num_threads(worker_threads(self.settings))
+        rows: list[dict[str, Any]] = []
+        for model in job["models"]:
+            identifier = model["identifier"]
+            batcher = None
+            limit = DEFAULT_MAX_TOKENS
+            if not model.get("precomputed"):
+                try:
+                    served = self.services.invocation_jobs.resolve_model(model["arn"])
+                except ServiceError as exc:
+                    raise JobFailed(exc.message) from None
+                folder = model_folder(served.source, self.settings)
+                loaded, tokenizer = load_for_inference(folder, self.settings.models_dir)
+                batcher = offline_batcher(loaded, tokenizer, self.settings.batch_max_rows, trained_format(folder))
+                limit = served.foundation.limits.max_output_tokens
+            tokens = evaluation_max_tokens(model.get("inferenceParams"), limit)
+            for config, records in datasets:
+                task, metrics = config["taskType"], config["metricNames"]
+                if batcher is None:
+                    original: Pass | None = Pass([Answer(r.responses[identifier]) for r in records])
+                    perturbed: Pass | None = None
+                else:
+                    original = answer_prompts(batcher, [r.prompt for r in records], tokens, self.should_stop)
+                    perturbed = None
+                    if original is not None and ROBUSTNESS in metrics:
+                        changed = [perturb(r.prompt, i) for i, r in enumerate(records)]
+                        perturbed = answer_prompts(batcher, changed, tokens, self.should_stop)
+                        if perturbed is None:
+                            original = None
+                if original is None:
+                    self.services.store.delete_prefix(f"{root}/.write_access_check_file.tmp")
+                    return "Stopped", None, _evaluation_results(root, rows)
+                per_record, summary = score(task, metrics, records, original, perturbed)
+                lines = b"".join(
+                    json.dumps(output_line(r, s, identifier, a), ensure_ascii=False).encode() + b"\n"
+                    for r, s, a in zip(records, per_record, original.answers, strict=True)
+                )
+                name = config["dataset"]["name"]
+                where = f"{root}/models/{_path_part(identifier)}/taskTypes/{task}/datasets/{name}"
+                self._write(f"{where}/{self.job_id}_output.jsonl", lines)
+                rows.append({"modelIdentifier": identifier, "taskType": task, "dataset": name, **summary})
+            del batcher
+            gc.collect()
+        results = _evaluation_results(root, rows)
+        self._write(f"{root}/summary.json", json.dumps(results, indent=2).encode())
+        self.services.store.delete_prefix(f"{root}/.write_access_check_file.tmp")
+        return "Completed", None, results
+
+    def _write(self, uri: str, data: bytes) -> None:
+        write_output(self.services, uri, data)
+
+
+def _path_part(identifier: str) -> str:
+    """A model identifier as one folder name: an ARN's ``/`` and ``:`` become ``_``."""
+    return identifier.replace("/", "_").replace(":", "_")
+
+
+def _evaluation_results(root: str, rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """The Get response's ``tuneforge.results``: each (model, dataset) row and, when two models
+    answered the same dataset, the second's gain over the first on each metric."""
+    comparisons = []
+    by_dataset: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for row in rows:
+        by_dataset.setdefault((row["dataset"], row["taskType"]), []).append(row)
+    for (dataset, task), pair in by_dataset.items():
+        if len(pair) != 2:
+            continue
+        first, second = pair
+        for metric, value in second["metrics"].items():
+            base = first["metrics"].get(metric)
+            if value is not None and base is not None:
+                comparisons.append(
+                    {
+                        "dataset": dataset,
+                        "taskType": task,
+                        "metricName": metric,
+                        "baseline": first["modelIdentifier"],
+                        "candidate": second["modelIdentifier"],
+                        "difference": value - base,
+                    }
+                )
+    return {"outputLocation": root, "results": rows, "comparisons": comparisons}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -619,13 +810,20 @@ def main(argv: list[str] | None = None) -> int:
     services = Services.create(Settings())
     with services.db.session() as session:
         batch = session.get(ModelInvocationJob, args[0]) is not None
-    if not batch:
+        evaluation = session.get(EvaluationJob, args[0]) is not None
+    if not batch and not evaluation:
         # Before the first large allocation: the memory plan assumes it. Batch inference keeps glibc's
         # default: decoding grows the KV cache by multi-MiB tensors every step, and a fixed 1 MiB mmap
         # threshold turns each into an mmap/munmap pair (forge-small, 64 rows: 1.6x slower).
         steady_allocator()
-    runner: JobRunner | BatchJobRunner = BatchJobRunner(services, args[0]) if batch else JobRunner(services, args[0])
-    table = ModelInvocationJob if batch else Job
+    runner: JobRunner | BatchJobRunner | EvaluationJobRunner
+    table: type[Job] | type[ModelInvocationJob] | type[EvaluationJob]
+    if evaluation:
+        runner, table = EvaluationJobRunner(services, args[0]), EvaluationJob
+    elif batch:
+        runner, table = BatchJobRunner(services, args[0]), ModelInvocationJob
+    else:
+        runner, table = JobRunner(services, args[0]), Job
 
     def _on_term(_signum: int, _frame: FrameType | None) -> None:
         runner.request_stop()

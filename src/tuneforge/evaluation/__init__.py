@@ -1,0 +1,1 @@
+"""Evaluation jobs' rules without torch: the dataset check and the built-in metrics (CreateEvaluationJob)."""
