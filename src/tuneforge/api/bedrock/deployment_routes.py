@@ -48,13 +48,15 @@ def list_custom_model_deployments(
         model_arn_equals=model_arn_equals,
         sort_descending=descending,
     )
-    scope = schemas.page_scope("ListCustomModelDeployments", filters)
-    page = services.deployments.list_deployments(filters, services.page_tokens.decode(scope, next_token), limit)
-    body: dict[str, Any] = {"modelDeploymentSummaries": [deployment_schemas.deployment_summary(r) for r in page.items]}
-    token = services.page_tokens.encode(scope, page.next_cursor)
-    if token:
-        body["nextToken"] = token
-    return body
+    return schemas.list_page(
+        services.page_tokens,
+        "ListCustomModelDeployments",
+        filters,
+        next_token,
+        lambda after: services.deployments.list_deployments(filters, after, limit),
+        "modelDeploymentSummaries",
+        lambda items: [deployment_schemas.deployment_summary(r) for r in items],
+    )
 
 
 @router.get(PREFIX + "/{identifier:path}")

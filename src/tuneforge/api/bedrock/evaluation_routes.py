@@ -74,13 +74,15 @@ def list_evaluation_jobs(
         name_contains=name_contains,
         sort_descending=descending,
     )
-    scope = schemas.page_scope("ListEvaluationJobs", filters)
-    page = services.evaluation_jobs.list_jobs(filters, services.page_tokens.decode(scope, next_token), limit)
-    body: dict[str, Any] = {"jobSummaries": [evaluation_schemas.evaluation_summary(j) for j in page.items]}
-    token = services.page_tokens.encode(scope, page.next_cursor)
-    if token:
-        body["nextToken"] = token
-    return body
+    return schemas.list_page(
+        services.page_tokens,
+        "ListEvaluationJobs",
+        filters,
+        next_token,
+        lambda after: services.evaluation_jobs.list_jobs(filters, after, limit),
+        "jobSummaries",
+        lambda items: [evaluation_schemas.evaluation_summary(j) for j in items],
+    )
 
 
 @router.get("/evaluation-jobs/{job_identifier:path}")

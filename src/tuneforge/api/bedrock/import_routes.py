@@ -50,13 +50,15 @@ def list_model_import_jobs(
         name_contains=name_contains,
         sort_descending=descending,
     )
-    scope = schemas.page_scope("ListModelImportJobs", filters)
-    page = services.imports.list_jobs(filters, services.page_tokens.decode(scope, next_token), limit)
-    body: dict[str, Any] = {"modelImportJobSummaries": [import_schemas.import_job_summary(j) for j in page.items]}
-    token = services.page_tokens.encode(scope, page.next_cursor)
-    if token:
-        body["nextToken"] = token
-    return body
+    return schemas.list_page(
+        services.page_tokens,
+        "ListModelImportJobs",
+        filters,
+        next_token,
+        lambda after: services.imports.list_jobs(filters, after, limit),
+        "modelImportJobSummaries",
+        lambda items: [import_schemas.import_job_summary(j) for j in items],
+    )
 
 
 @router.get("/model-import-jobs/{job_identifier:path}")
@@ -85,13 +87,15 @@ def list_imported_models(
         name_contains=name_contains,
         sort_descending=descending,
     )
-    scope = schemas.page_scope("ListImportedModels", filters)
-    page = services.imports.list_models(filters, services.page_tokens.decode(scope, next_token), limit)
-    body: dict[str, Any] = {"modelSummaries": [import_schemas.imported_model_summary(m) for m in page.items]}
-    token = services.page_tokens.encode(scope, page.next_cursor)
-    if token:
-        body["nextToken"] = token
-    return body
+    return schemas.list_page(
+        services.page_tokens,
+        "ListImportedModels",
+        filters,
+        next_token,
+        lambda after: services.imports.list_models(filters, after, limit),
+        "modelSummaries",
+        lambda items: [import_schemas.imported_model_summary(m) for m in items],
+    )
 
 
 @router.get("/imported-models/{model_identifier:path}")

@@ -56,13 +56,15 @@ def list_model_invocation_jobs(
         name_contains=name_contains,
         sort_descending=descending,
     )
-    scope = schemas.page_scope("ListModelInvocationJobs", filters)
-    page = services.invocation_jobs.list_jobs(filters, services.page_tokens.decode(scope, next_token), limit)
-    body: dict[str, Any] = {"invocationJobSummaries": [invocation_schemas.invocation_job(j) for j in page.items]}
-    token = services.page_tokens.encode(scope, page.next_cursor)
-    if token:
-        body["nextToken"] = token
-    return body
+    return schemas.list_page(
+        services.page_tokens,
+        "ListModelInvocationJobs",
+        filters,
+        next_token,
+        lambda after: services.invocation_jobs.list_jobs(filters, after, limit),
+        "invocationJobSummaries",
+        lambda items: [invocation_schemas.invocation_job(j) for j in items],
+    )
 
 
 @router.get("/model-invocation-job/{job_identifier:path}")

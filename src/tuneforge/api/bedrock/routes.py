@@ -92,13 +92,15 @@ def list_model_customization_jobs(
         name_contains=name_contains,
         sort_descending=descending,
     )
-    scope = schemas.page_scope("ListModelCustomizationJobs", filters)
-    page = services.jobs.list_jobs(filters, services.page_tokens.decode(scope, next_token), limit)
-    body: dict[str, Any] = {"modelCustomizationJobSummaries": [schemas.job_summary(j) for j in page.items]}
-    token = services.page_tokens.encode(scope, page.next_cursor)
-    if token:
-        body["nextToken"] = token
-    return body
+    return schemas.list_page(
+        services.page_tokens,
+        "ListModelCustomizationJobs",
+        filters,
+        next_token,
+        lambda after: services.jobs.list_jobs(filters, after, limit),
+        "modelCustomizationJobSummaries",
+        lambda items: [schemas.job_summary(j) for j in items],
+    )
 
 
 @router.post("/model-customization-jobs/{job_identifier:path}/stop")
@@ -159,14 +161,16 @@ def list_custom_models(
         model_status=model_status,
         sort_descending=descending,
     )
-    scope = schemas.page_scope("ListCustomModels", filters)
-    page = services.custom_models.list_models(filters, services.page_tokens.decode(scope, next_token), limit)
     account = services.settings.account_id
-    body: dict[str, Any] = {"modelSummaries": [schemas.custom_model_summary(m, account) for m in page.items]}
-    token = services.page_tokens.encode(scope, page.next_cursor)
-    if token:
-        body["nextToken"] = token
-    return body
+    return schemas.list_page(
+        services.page_tokens,
+        "ListCustomModels",
+        filters,
+        next_token,
+        lambda after: services.custom_models.list_models(filters, after, limit),
+        "modelSummaries",
+        lambda items: [schemas.custom_model_summary(m, account) for m in items],
+    )
 
 
 @router.get("/custom-models/{model_identifier:path}")

@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable
 from dataclasses import asdict
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
 from tuneforge.arns import ArnFactory
 from tuneforge.catalog.models import CUSTOMIZATION_TYPES, FoundationModel
+from tuneforge.db.listing import Cursor, Page, PageTokens
 from tuneforge.db.tables import CustomModel, Job
 from tuneforge.errors import (
     TooManyTagsException,
@@ -433,6 +435,29 @@ def page_scope(operation: str, filters: Any) -> str:
     """What a ``nextToken`` is bound to: the operation and every filter and sort choice of the query,
     so that a token sent with other filters is refused rather than silently reused."""
     return f"{operation}:{json.dumps(asdict(filters), sort_keys=True, default=str)}"
+
+
+T = TypeVar("T")
+
+
+def list_page(
+    tokens: PageTokens,
+    operation: str,
+    filters: Any,
+    next_token: str | None,
+    fetch: Callable[[Cursor | None], Page[T]],
+    member: str,
+    render: Callable[[list[T]], list[Any]],
+) -> dict[str, Any]:
+    """One page of a List operation: ``member`` holds the rendered items, ``nextToken`` the signed
+    cursor of the next page (absent on the last), bound to the operation and its filters."""
+    scope = page_scope(operation, filters)
+    page = fetch(tokens.decode(scope, next_token))
+    body: dict[str, Any] = {member: render(page.items)}
+    token = tokens.encode(scope, page.next_cursor)
+    if token:
+        body["nextToken"] = token
+    return body
 
 
 # -- outputs -------------------------------------------------------------------------------------

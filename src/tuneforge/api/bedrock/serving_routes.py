@@ -65,13 +65,15 @@ def list_provisioned_model_throughputs(
         name_contains=name_contains,
         sort_descending=descending,
     )
-    scope = schemas.page_scope("ListProvisionedModelThroughputs", filters)
-    page = services.throughput.list_throughputs(filters, services.page_tokens.decode(scope, next_token), limit)
-    body: dict[str, Any] = {"provisionedModelSummaries": _with_meters(services, manager, page.items, details=False)}
-    token = services.page_tokens.encode(scope, page.next_cursor)
-    if token:
-        body["nextToken"] = token
-    return body
+    return schemas.list_page(
+        services.page_tokens,
+        "ListProvisionedModelThroughputs",
+        filters,
+        next_token,
+        lambda after: services.throughput.list_throughputs(filters, after, limit),
+        "provisionedModelSummaries",
+        lambda items: _with_meters(services, manager, items, details=False),
+    )
 
 
 @router.get("/provisioned-model-throughput/{provisioned_model_id:path}")
