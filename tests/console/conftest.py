@@ -37,13 +37,15 @@ def chromium_executable() -> str:
     return path
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def playwright() -> Iterator[Playwright]:
+    """Package-scoped: Playwright's sync API keeps an event loop running in the main thread until it
+    stops, and the tests after this package call ``asyncio.run`` there."""
     with sync_playwright() as driver:
         yield driver
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def browser(playwright: Playwright) -> Iterator[Browser]:
     browser = playwright.chromium.launch(
         executable_path=chromium_executable(), args=["--no-sandbox", "--disable-dev-shm-usage"]
