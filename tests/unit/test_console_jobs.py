@@ -202,3 +202,20 @@ def test_downloads_are_confined_to_the_object_store(client: TestClient, uri: str
     response = client.get("/console/objects", params={"uri": uri})
     assert response.status_code == 400, response.text
     assert "ValidationException" in response.text
+
+
+def test_wizard_preview_never_shows_the_servers_own_files(client: TestClient) -> None:
+    """The console signing key lies in the data dir, a root the API accepts training paths from."""
+    settings: Settings = client.app.state.services.settings  # type: ignore[attr-defined]
+    key_file = settings.data_dir / "console.key"
+    object_uri = "s3://bucket/visible.jsonl"
+    client.app.state.services.store.write_bytes(object_uri, b'{"prompt": "visible line", "completion": "b"}\n')  # type: ignore[attr-defined]
+    wizard_state = {"step": "validate", "type": "FINE_TUNING", "base": BASE.model_id}
+
+    secret = client.get("/console/jobs/new", params={**wizard_state, "training_uri": str(key_file)})
+    assert secret.status_code == 200, secret.text
+    assert 'aria-label="Data preview"' not in secret.text
+    assert "No preview: the file lies among the server's own files" in secret.text
+
+    shown = client.get("/console/jobs/new", params={**wizard_state, "training_uri": object_uri})
+    assert 'aria-label="Data preview"' in shown.text and "visible line" in shown.text

@@ -130,7 +130,11 @@ def _wizard_page(
     if step == "validate" and base is not None:
         try:
             services.store.check(state.get("training_uri"))
-            context["preview"] = wizard.preview(services, state.get("training_uri"))
+            lines = wizard.preview(services, state.get("training_uri"))
+            if lines is None:
+                context["preview_withheld"] = True
+            else:
+                context["preview"] = lines
             context["result"] = wizard.run_preflight(
                 services,
                 state.get("training_uri"),

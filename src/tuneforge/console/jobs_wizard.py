@@ -282,10 +282,26 @@ def too_large_message(limit: int) -> str:
     )
 
 
-def preview(services: Services, uri: str) -> list[tuple[int, str]]:
-    """The first lines of a data file, each cut short, for the validation page."""
+def server_file(services: Services, path: Path) -> bool:
+    """A file of the server's own (signing keys, database, logs, weights): in the data dir, not an object.
+
+    The API accepts any absolute path under the data dir as training data, so the wizard validates
+    such a file like any other; but it never shows its lines, or a signed-in user could read the
+    console's signing key (and forge another key's session) or the database.
+    """
+    data_dir, objects = services.settings.data_dir.resolve(), services.settings.objects_dir.resolve()
+    resolved = path.resolve()
+    inside = resolved == data_dir or data_dir in resolved.parents
+    return inside and objects not in resolved.parents
+
+
+def preview(services: Services, uri: str) -> list[tuple[int, str]] | None:
+    """The first lines of a data file, each cut short, for the validation page; None for a server file."""
     lines: list[tuple[int, str]] = []
-    with services.store.path(uri).open("rb") as handle:
+    path = services.store.path(uri)
+    if server_file(services, path):
+        return None
+    with path.open("rb") as handle:
         for number in range(1, PREVIEW_LINES + 1):
             raw = handle.readline(PREVIEW_CHARS * 4)
             if not raw:
