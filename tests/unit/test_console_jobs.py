@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 import os
@@ -9,10 +10,12 @@ import re
 import subprocess
 import sys
 import textwrap
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 from urllib.parse import unquote
 
+import httpx
 import pytest
 from fastapi.testclient import TestClient
 
@@ -219,3 +222,37 @@ def test_wizard_preview_never_shows_the_servers_own_files(client: TestClient) ->
 
     shown = client.get("/console/jobs/new", params={**wizard_state, "training_uri": object_uri})
     assert 'aria-label="Data preview"' in shown.text and "visible line" in shown.text
+
+
+def test_chunked_upload_past_the_cap_is_refused_without_reading_the_rest(fast_tmp: Path) -> None:
+    """No Content-Length to refuse up front: the body is counted as it streams in, and reading stops."""
+    chunk, chunks = 64 * 1024, 64
+    sent = 0
+
+    async def body(boundary: str) -> AsyncIterator[bytes]:
+        nonlocal sent
+        yield f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="big.jsonl"\r\n\r\n'.encode()
+        for _ in range(chunks):
+            sent += 1
+            yield b"x" * chunk
+        yield f"\r\n--{boundary}--\r\n".encode()
+
+    async def upload(app: Any, cookie: str) -> httpx.Response:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as streaming:
+            return await streaming.post(
+                "/console/jobs/new/upload",
+                content=body("b0undary"),
+                headers={"content-type": "multipart/form-data; boundary=b0undary", "cookie": cookie},
+            )
+
+    app = create_app(Settings(data_dir=fast_tmp / "data", max_training_file_bytes=4 * chunk), run_supervisor=False)
+    with TestClient(app) as client:
+        page = client.get("/console/jobs/new", params={"step": "data"})
+        cookie = "; ".join(f"{name}={value}" for name, value in client.cookies.items())
+        response = asyncio.run(upload(app, cookie))
+    assert page.status_code == 200
+    assert "content-length" not in response.request.headers
+    assert response.status_code == 200, response.text
+    assert "TUNEFORGE_MAX_TRAINING_FILE_BYTES" in response.text
+    assert sent < chunks, f"the server read all {sent} chunks of a body past its cap"

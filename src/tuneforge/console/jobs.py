@@ -15,6 +15,7 @@ from fastapi import APIRouter, Query, Request
 from fastapi.responses import FileResponse, HTMLResponse, Response
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
+from starlette.types import Message
 
 from tuneforge.api.bedrock import schemas
 from tuneforge.api.bedrock.shapes import parse_body
@@ -30,6 +31,9 @@ from tuneforge.services import Services
 from tuneforge.storage import StorageError
 
 router = APIRouter()
+
+FORM_OVERHEAD = 64 * 1024
+"""What an upload's body may carry beyond the file: the wizard's other fields and multipart framing."""
 LIST_LIMIT = 100
 EVENTS_LIMIT = 10_000
 RECENT_EVENTS = 15
@@ -53,33 +57,63 @@ async def wizard_step(request: Request, services: ServicesDep, step: Annotated[s
     return await run_in_threadpool(_wizard_page, request, services, state, step, None)
 
 
+class _BodyTooLarge(Exception):
+    """The upload's body went past the cap while it was being read."""
+
+
+def _capped(request: Request, cap: int) -> Request:
+    """The same request, whose body reading stops once past ``cap`` bytes.
+
+    A chunked upload declares no Content-Length, and the multipart parser spools whatever arrives
+    to disk before the CSRF field (parsed from the same body) or the copy's cap is checked.
+    """
+    received = 0
+
+    async def receive() -> Message:
+        nonlocal received
+        message = await request.receive()
+        if message["type"] == "http.request":
+            received += len(message.get("body", b""))
+            if received > cap:
+                raise _BodyTooLarge
+        return message
+
+    return Request(request.scope, receive)
+
+
 @router.post("/console/jobs/new/upload", response_class=HTMLResponse, include_in_schema=False)
 async def wizard_upload(request: Request, services: ServicesDep) -> Response:
     """The data step's upload: the file streamed to ``s3://tuneforge/console-uploads/...``, then validation.
 
-    A declared size past the cap is refused before the body is read; otherwise the multipart
-    parser spools the file to disk and it is copied to the store in chunks, never whole in memory.
+    A body past the cap (declared, or counted as it streams in) is refused without reading the
+    rest; otherwise the multipart parser spools the file to disk and it is copied to the store in
+    chunks, never whole in memory.
     """
     limit = services.settings.max_training_file_bytes
     declared = request.headers.get("content-length", "")
-    form = None
-    if declared.isdigit() and int(declared) > limit + 64 * 1024:
+    too_large: ServiceError = ValidationException(wizard.too_large_message(limit))
+    if declared.isdigit() and int(declared) > limit + FORM_OVERHEAD:
         state = wizard.WizardState.of(dict(request.query_params))
-        error: ServiceError = ValidationException(wizard.too_large_message(limit))
+        return await run_in_threadpool(_wizard_page, request, services, state, "data", too_large)
+    capped = _capped(request, limit + FORM_OVERHEAD)
+    try:
+        form = await capped.form(max_files=1)
+    except _BodyTooLarge:
+        state = wizard.WizardState.of(dict(request.query_params))
+        return await run_in_threadpool(_wizard_page, request, services, state, "data", too_large)
+    await require_csrf(capped)
+    state = wizard.WizardState.of({k: v for k, v in form.items() if isinstance(v, str)})
+    upload = form.get("file")
+    error: ServiceError
+    if not isinstance(upload, UploadFile) or not upload.filename:
+        error = ValidationException("Choose a JSONL file to upload, or give an s3:// URI instead")
     else:
-        form = await request.form(max_files=1)
-        await require_csrf(request)
-        state = wizard.WizardState.of({k: v for k, v in form.items() if isinstance(v, str)})
-        upload = form.get("file")
-        if not isinstance(upload, UploadFile) or not upload.filename:
-            error = ValidationException("Choose a JSONL file to upload, or give an s3:// URI instead")
+        try:
+            uri = await run_in_threadpool(wizard.store_upload, services, upload.file, upload.filename)
+        except ServiceError as exc:
+            error = exc
         else:
-            try:
-                uri = await run_in_threadpool(wizard.store_upload, services, upload.file, upload.filename)
-            except ServiceError as exc:
-                error = exc
-            else:
-                return see_other("/console/jobs/new?" + state.query(step="validate", training_uri=uri))
+            return see_other("/console/jobs/new?" + state.query(step="validate", training_uri=uri))
     return await run_in_threadpool(_wizard_page, request, services, state, "data", error)
 
 
