@@ -43,6 +43,10 @@ log = logging.getLogger(__name__)
 BEDROCK, OPENAI, METRICS, HEALTH, CONSOLE = "bedrock", "openai", "metrics", "health", "console"
 CONSOLE_PUBLIC = ("/console/login", "/console/static/")
 """What the console shows before sign-in: the sign-in form and the stylesheet and script it uses."""
+CONSOLE_OWN_BODY = ("/console/jobs/new/upload",)
+"""The console route that reads its body itself: the data upload, streamed to the store under its own cap."""
+CONSOLE_INFERENCE = "/console/playground/converse-stream"
+"""The playground's ConverseStream body, capped like the API's inference bodies."""
 ERROR_NAMESPACE = "http://internal.amazon.com/coral/com.amazon.bedrock/"
 UNEXPECTED = "Encountered an unexpected error when processing the request, please try again"
 JSON_MEDIA_TYPES = {"application/json", "application/x-amz-json-1.0", "application/x-amz-json-1.1"}
@@ -131,8 +135,16 @@ class Edge:
             if refused is not None:
                 await refused(scope, receive, send_with_id)
                 return
-            # The console's routes read their own bodies: forms, and uploads streamed to the object store.
-            await self.call_app(surface, scope, receive, send_with_id)
+            if scope["path"] in CONSOLE_OWN_BODY:
+                await self.call_app(surface, scope, receive, send_with_id)
+                return
+            # Every other console form is read here under the control plane's cap: a multipart body
+            # with a file part would otherwise be spooled to disk whole by the form parser.
+            body = await self.read_body(surface, scope["path"], headers, receive)
+            if isinstance(body, Response):
+                await body(scope, receive, send_with_id)
+                return
+            await self.call_app(surface, scope, replay(body, receive), send_with_id)
             return
         outcome = await self.screen(surface, scope, headers, receive, state)
         if isinstance(outcome, Response):
@@ -238,7 +250,7 @@ class Edge:
 
     def body_cap(self, surface: str, path: str) -> tuple[int, str]:
         """The route's body cap and the setting that sets it: inference routes get the larger one."""
-        if surface == OPENAI or path.startswith("/model/"):
+        if surface == OPENAI or path.startswith("/model/") or path == CONSOLE_INFERENCE:
             return self.settings.max_inference_body_bytes, "TUNEFORGE_MAX_INFERENCE_BODY_BYTES"
         return self.settings.max_request_body_bytes, "TUNEFORGE_MAX_REQUEST_BODY_BYTES"
 
