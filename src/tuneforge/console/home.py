@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from typing import Annotated
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit
 
 from fastapi import APIRouter, Form, Query, Request
 from fastapi.responses import HTMLResponse, Response
@@ -17,15 +17,22 @@ from tuneforge.errors import ServiceError
 
 router = APIRouter()
 
+URL_SAFE = "/:?#[]@!$&'()*+,;=%"
+"""What a ``next`` URL keeps as it is: its delimiters and escapes already made (RFC 3986 reserved, and %)."""
+
 
 def _safe_next(target: str | None) -> str:
-    """Only a console path: a sign-in form must not send the browser elsewhere."""
+    """Only a console path: a sign-in form must not send the browser elsewhere.
+
+    Returned percent-encoded: a Location header carries only latin-1 and no line breaks, so a raw
+    ``next`` with a non-ASCII character or a CR/LF would fail the response (a 500).
+    """
     if not target:
         return "/console/catalog"
     parts = urlsplit(target)
     if parts.scheme or parts.netloc or not parts.path.startswith("/console") or target.startswith("//"):
         return "/console/catalog"
-    return target
+    return quote(target, safe=URL_SAFE)
 
 
 @router.get("/console", include_in_schema=False)
