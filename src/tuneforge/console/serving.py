@@ -12,6 +12,7 @@ create as the exact JSON body with a ``clientRequestToken``, so a double submit 
 from __future__ import annotations
 
 import json
+import re
 import uuid
 from typing import Annotated, Any
 
@@ -168,6 +169,13 @@ def _review(
     )
 
 
+def _whole_number(text: str) -> int | str:
+    """The form's digits as the JSON integer the API expects; anything else is sent as typed, for the
+    API's parser to refuse (``str.isdigit`` also passes "²", and ``int`` refuses 4,301 digits: a 500)."""
+    stripped = text.strip()
+    return int(stripped) if re.fullmatch(r"[0-9]{1,18}", stripped) else text
+
+
 @router.post(
     "/console/throughput/review", response_class=HTMLResponse, include_in_schema=False, dependencies=[CsrfChecked]
 )
@@ -186,7 +194,7 @@ async def throughput_review(
     body: dict[str, Any] = {
         "provisionedModelName": name,
         "modelId": model,
-        "modelUnits": int(units) if units.strip().isdigit() else units,
+        "modelUnits": _whole_number(units),
         "clientRequestToken": str(uuid.uuid4()),
     }
     if commitment:
