@@ -109,7 +109,7 @@ def test_console_preflight_in_the_api_process_does_not_import_torch(tmp_path: Pa
         from tuneforge.api.app import create_app
         from tuneforge.console.jobs_wizard import tokenizers_counter
 
-        with TestClient(create_app(run_supervisor=False)) as client:
+        with TestClient(create_app(run_supervisor=False), base_url="http://127.0.0.1") as client:
             page = client.get("/console/jobs/new?type=FINE_TUNING&step=models")
         assert page.status_code == 200 and "Base model" in page.text, page.text
         folder = Path(sys.argv[1])
@@ -133,7 +133,7 @@ def test_console_preflight_in_the_api_process_does_not_import_torch(tmp_path: Pa
 @pytest.fixture
 def client(fast_tmp: Path) -> Iterator[TestClient]:
     app = create_app(Settings(data_dir=fast_tmp / "data"), run_supervisor=False)
-    with TestClient(app) as test_client:
+    with TestClient(app, base_url="http://127.0.0.1") as test_client:
         yield test_client
 
 
@@ -239,7 +239,7 @@ def test_chunked_upload_past_the_cap_is_refused_without_reading_the_rest(fast_tm
 
     async def upload(app: Any, cookie: str) -> httpx.Response:
         transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as streaming:
+        async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as streaming:
             return await streaming.post(
                 "/console/jobs/new/upload",
                 content=body("b0undary"),
@@ -247,7 +247,7 @@ def test_chunked_upload_past_the_cap_is_refused_without_reading_the_rest(fast_tm
             )
 
     app = create_app(Settings(data_dir=fast_tmp / "data", max_training_file_bytes=4 * chunk), run_supervisor=False)
-    with TestClient(app) as client:
+    with TestClient(app, base_url="http://127.0.0.1") as client:
         page = client.get("/console/jobs/new", params={"step": "data"})
         cookie = "; ".join(f"{name}={value}" for name, value in client.cookies.items())
         response = asyncio.run(upload(app, cookie))

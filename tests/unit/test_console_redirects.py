@@ -15,7 +15,7 @@ from tuneforge.settings import Settings
 @pytest.fixture
 def client(fast_tmp: Path) -> Iterator[TestClient]:
     app = create_app(Settings(data_dir=fast_tmp / "data"), run_supervisor=False)
-    with TestClient(app) as test_client:
+    with TestClient(app, base_url="http://127.0.0.1") as test_client:
         yield test_client
 
 

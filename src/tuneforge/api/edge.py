@@ -131,7 +131,11 @@ class Edge:
             await send(message)
 
         if surface == CONSOLE:
-            refused = self.check_origin(surface, headers) or self.console_session(scope, headers, state)
+            refused = (
+                self.check_host(headers)
+                or self.check_origin(surface, headers)
+                or self.console_session(scope, headers, state)
+            )
             if refused is not None:
                 await refused(scope, receive, send_with_id)
                 return
@@ -212,6 +216,23 @@ class Edge:
             target = path + (f"?{query}" if query else "")
             return RedirectResponse(f"/console/login?{urlencode({'next': target})}", status_code=303)
         return PlainTextResponse("Sign in to the console first.\n", status_code=401)
+
+    def check_host(self, headers: dict[str, str]) -> Response | None:
+        """An open console answers only to a loopback name: anything else is DNS rebinding.
+
+        A page on another site whose name the attacker re-points at 127.0.0.1 is same-origin to the
+        browser, sends no Origin on a GET, and would read every console page and download.
+        """
+        if not self.console.open:
+            return None
+        host = _host_port(headers.get("host", ""), 80)
+        if host is not None and is_loopback(host[0]):
+            return None
+        return PlainTextResponse(
+            "AccessDeniedException: the open console answers only to a loopback host name "
+            "(localhost, 127.0.0.1, [::1])\n",
+            status_code=403,
+        )
 
     def check_origin(self, surface: str, headers: dict[str, str]) -> Response | None:
         origin = headers.get("origin")
