@@ -390,3 +390,14 @@ def test_the_client_request_token_returns_the_same_job_and_list_filters(services
     assert [j.id for j in listed] == [other.id]
     rag = EvaluationJobFilter(application_type_equals="RagEvaluation")
     assert services.evaluation_jobs.list_jobs(rag, None, 10).items == []
+
+
+def test_robustness_alone_still_needs_the_reference_it_scores_against(services: Services) -> None:
+    """Robustness on a Classification task is an accuracy drop: without referenceResponse the job
+    used to be accepted and fail in the worker on an assertion, after the model had answered."""
+    services.store.write_bytes(DATASET, b'{"prompt": "a", "referenceResponse": "b"}\n{"prompt": "c"}\n')
+    with pytest.raises(ValidationException, match='line 2, field "referenceResponse": missing key'):
+        create(services, body("robust", metrics=(ROBUSTNESS,)))
+    assert count_jobs(services) == 0
+    services.store.write_bytes(DATASET, b'{"prompt": "a"}\n{"prompt": "c"}\n')
+    assert create(services, body("generation", task="Generation", metrics=(ROBUSTNESS,))).status == "InProgress"

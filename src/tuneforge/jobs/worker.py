@@ -33,7 +33,7 @@ from tuneforge.catalog.models import DISTILLATION, FoundationModel
 from tuneforge.db.tables import CustomModel, EvaluationJob, Job, JobEvent, ModelInvocationJob, utcnow
 from tuneforge.errors import ServiceError
 from tuneforge.evaluation.dataset import check_dataset
-from tuneforge.evaluation.metrics import ACCURACY, ROBUSTNESS, perturb
+from tuneforge.evaluation.metrics import ROBUSTNESS, needs_reference, perturb
 from tuneforge.evaluation.scoring import Answer, Pass, output_line, score
 from tuneforge.jobs.evaluations import DEFAULT_MAX_TOKENS
 from tuneforge.jobs.evaluations import mark_ended as end_evaluation
@@ -711,7 +711,7 @@ class EvaluationJobRunner:
                 content = self.services.store.read_bytes(uri)
             except (StorageError, OSError) as exc:
                 raise JobFailed(f"Could not read the dataset at {uri}: {exc}") from None
-            check = check_dataset(content, ACCURACY in config["metricNames"], precomputed)
+            check = check_dataset(content, needs_reference(config["taskType"], config["metricNames"]), precomputed)
             if check.errors:
                 raise JobFailed(check.message(config["dataset"]["name"]))
             datasets.append((config, check.records))
