@@ -401,3 +401,22 @@ def test_robustness_alone_still_needs_the_reference_it_scores_against(services: 
     assert count_jobs(services) == 0
     services.store.write_bytes(DATASET, b'{"prompt": "a"}\n{"prompt": "c"}\n')
     assert create(services, body("generation", task="Generation", metrics=(ROBUSTNESS,))).status == "InProgress"
+
+
+def test_a_dataset_grown_past_the_cap_after_create_fails_the_job_unread(services: Services) -> None:
+    """The worker reads the dataset again: the size cap that create enforced must hold there too."""
+    from tuneforge.jobs.evaluations import MAX_DATASET_BYTES
+
+    write_dataset(services, responses={"mine": ["billing", "bug", "feature"]})
+    job = create(
+        services, body("grown", models=[{"precomputedInferenceSource": {"inferenceSourceIdentifier": "mine"}}])
+    )
+    huge = {"prompt": "x" * MAX_DATASET_BYTES, "referenceResponse": "billing"}
+    huge["modelResponses"] = [{"response": "billing", "modelIdentifier": "mine"}]
+    services.store.write_bytes(DATASET, json.dumps(huge).encode())
+    done = run_in_process(services, job)
+    assert done.status == "Failed"
+    assert done.failure_messages == [
+        f"The dataset at {DATASET} grew larger than {MAX_DATASET_BYTES >> 20} MiB after the job was created; "
+        "make it smaller, then create the job again"
+    ]
