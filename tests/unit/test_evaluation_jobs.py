@@ -420,3 +420,10 @@ def test_a_dataset_grown_past_the_cap_after_create_fails_the_job_unread(services
         f"The dataset at {DATASET} grew larger than {MAX_DATASET_BYTES >> 20} MiB after the job was created; "
         "make it smaller, then create the job again"
     ]
+
+
+def test_precomputed_answers_report_no_speed_rather_than_zero_latency() -> None:
+    """Answers read from the dataset were never timed here: 0 ms would read as an instant model."""
+    records = check_dataset(b'{"prompt": "a", "referenceResponse": "x"}\n', need_reference=True).records
+    _, summary = score("Classification", [ACCURACY], records, Pass([Answer("x")]), None)
+    assert summary["latencyP50Ms"] is None and summary["tokensPerSecond"] is None
