@@ -427,3 +427,16 @@ def test_precomputed_answers_report_no_speed_rather_than_zero_latency() -> None:
     records = check_dataset(b'{"prompt": "a", "referenceResponse": "x"}\n', need_reference=True).records
     _, summary = score("Classification", [ACCURACY], records, Pass([Answer("x")]), None)
     assert summary["latencyP50Ms"] is None and summary["tokensPerSecond"] is None
+
+
+def test_two_datasets_of_one_task_type_need_different_names(services: Services) -> None:
+    """Results go to taskTypes/<task type>/datasets/<name>/: a second dataset of the same name
+    overwrote the first's output file and mixed their rows in the results."""
+    write_dataset(services)
+    request = body("twice")
+    configs = request["evaluationConfig"]["automated"]["datasetMetricConfigs"]
+    configs.append(json.loads(json.dumps(configs[0])))
+    with pytest.raises(ValidationException, match="dataset names must differ within a task type"):
+        create(services, request)
+    configs[1]["dataset"]["name"] = "tickets-again"
+    assert create(services, request).status == "InProgress"
