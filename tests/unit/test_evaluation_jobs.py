@@ -440,3 +440,12 @@ def test_two_datasets_of_one_task_type_need_different_names(services: Services) 
         create(services, request)
     configs[1]["dataset"]["name"] = "tickets-again"
     assert create(services, request).status == "InProgress"
+
+
+def test_a_line_separator_inside_a_json_string_does_not_split_the_record() -> None:
+    """JSONL lines end at "\\n" only: U+2028 and friends are legal raw inside JSON strings (what
+    json.dumps(ensure_ascii=False) writes) and used to cut a valid record in two invalid ones."""
+    line = json.dumps({"prompt": "one\u2028two\x1cthree", "referenceResponse": "x"}, ensure_ascii=False)
+    check = check_dataset(f"{line}\r\n{line}\n".encode(), need_reference=True)
+    assert check.errors == []
+    assert [(r.line, r.prompt) for r in check.records] == [(1, "one\u2028two\x1cthree"), (2, "one\u2028two\x1cthree")]
