@@ -390,3 +390,62 @@ def test_the_client_request_token_returns_the_same_job_and_list_filters(services
     assert [j.id for j in listed] == [other.id]
     rag = EvaluationJobFilter(application_type_equals="RagEvaluation")
     assert services.evaluation_jobs.list_jobs(rag, None, 10).items == []
+
+
+def test_robustness_alone_still_needs_the_reference_it_scores_against(services: Services) -> None:
+    """Robustness on a Classification task is an accuracy drop: without referenceResponse the job
+    used to be accepted and fail in the worker on an assertion, after the model had answered."""
+    services.store.write_bytes(DATASET, b'{"prompt": "a", "referenceResponse": "b"}\n{"prompt": "c"}\n')
+    with pytest.raises(ValidationException, match='line 2, field "referenceResponse": missing key'):
+        create(services, body("robust", metrics=(ROBUSTNESS,)))
+    assert count_jobs(services) == 0
+    services.store.write_bytes(DATASET, b'{"prompt": "a"}\n{"prompt": "c"}\n')
+    assert create(services, body("generation", task="Generation", metrics=(ROBUSTNESS,))).status == "InProgress"
+
+
+def test_a_dataset_grown_past_the_cap_after_create_fails_the_job_unread(services: Services) -> None:
+    """The worker reads the dataset again: the size cap that create enforced must hold there too."""
+    from tuneforge.jobs.evaluations import MAX_DATASET_BYTES
+
+    write_dataset(services, responses={"mine": ["billing", "bug", "feature"]})
+    job = create(
+        services, body("grown", models=[{"precomputedInferenceSource": {"inferenceSourceIdentifier": "mine"}}])
+    )
+    huge = {"prompt": "x" * MAX_DATASET_BYTES, "referenceResponse": "billing"}
+    huge["modelResponses"] = [{"response": "billing", "modelIdentifier": "mine"}]
+    services.store.write_bytes(DATASET, json.dumps(huge).encode())
+    done = run_in_process(services, job)
+    assert done.status == "Failed"
+    assert done.failure_messages == [
+        f"The dataset at {DATASET} grew larger than {MAX_DATASET_BYTES >> 20} MiB after the job was created; "
+        "make it smaller, then create the job again"
+    ]
+
+
+def test_precomputed_answers_report_no_speed_rather_than_zero_latency() -> None:
+    """Answers read from the dataset were never timed here: 0 ms would read as an instant model."""
+    records = check_dataset(b'{"prompt": "a", "referenceResponse": "x"}\n', need_reference=True).records
+    _, summary = score("Classification", [ACCURACY], records, Pass([Answer("x")]), None)
+    assert summary["latencyP50Ms"] is None and summary["tokensPerSecond"] is None
+
+
+def test_two_datasets_of_one_task_type_need_different_names(services: Services) -> None:
+    """Results go to taskTypes/<task type>/datasets/<name>/: a second dataset of the same name
+    overwrote the first's output file and mixed their rows in the results."""
+    write_dataset(services)
+    request = body("twice")
+    configs = request["evaluationConfig"]["automated"]["datasetMetricConfigs"]
+    configs.append(json.loads(json.dumps(configs[0])))
+    with pytest.raises(ValidationException, match="dataset names must differ within a task type"):
+        create(services, request)
+    configs[1]["dataset"]["name"] = "tickets-again"
+    assert create(services, request).status == "InProgress"
+
+
+def test_a_line_separator_inside_a_json_string_does_not_split_the_record() -> None:
+    """JSONL lines end at "\\n" only: U+2028 and friends are legal raw inside JSON strings (what
+    json.dumps(ensure_ascii=False) writes) and used to cut a valid record in two invalid ones."""
+    line = json.dumps({"prompt": "one\u2028two\x1cthree", "referenceResponse": "x"}, ensure_ascii=False)
+    check = check_dataset(f"{line}\r\n{line}\n".encode(), need_reference=True)
+    assert check.errors == []
+    assert [(r.line, r.prompt) for r in check.records] == [(1, "one\u2028two\x1cthree"), (2, "one\u2028two\x1cthree")]

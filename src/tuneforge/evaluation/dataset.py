@@ -65,7 +65,9 @@ def check_dataset(content: bytes, need_reference: bool, precomputed: Sequence[st
     records: list[EvaluationRecord] = []
     errors: list[DataError] = []
     text = content.decode("utf-8-sig", errors="replace")
-    for number, raw in enumerate(text.splitlines(), start=1):
+    # "\n" ends a JSONL line, as in pre-flight validation: str.splitlines would also split at
+    # U+2028, U+0085 and others, which JSON strings may hold raw.
+    for number, raw in enumerate(text.split("\n"), start=1):
         if not raw.strip():
             continue
         try:

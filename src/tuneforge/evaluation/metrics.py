@@ -49,6 +49,12 @@ _PUNCTUATION = set(string.punctuation)
 _ARTICLES = re.compile(r"\b(a|an|the)\b")
 
 
+def needs_reference(task_type: str, metric_names: Sequence[str]) -> bool:
+    """Whether the dataset's records must hold ``referenceResponse``: accuracy scores against it, and
+    so does robustness (an accuracy drop) on every task type but ``Generation``."""
+    return ACCURACY in metric_names or (ROBUSTNESS in metric_names and task_type != "Generation")
+
+
 def normalize(text: str) -> str:
     """SQuAD's answer normalization: lower case, punctuation and articles removed, spaces collapsed."""
     text = "".join(ch for ch in text.lower() if ch not in _PUNCTUATION)

@@ -7,6 +7,8 @@ are tuneforge extensions, per model and dataset:
   are answered in one continuous batch, as a batch inference job answers them, so this is latency
   under that load, not a lone request's.
 * ``tokensPerSecond``: output tokens of every answer divided by the wall time of the whole pass.
+
+Both are None for a precomputed inference source: its answers were read, not generated.
 """
 
 from __future__ import annotations
@@ -83,11 +85,12 @@ def score(
         before_mean, after_mean = mean([b for b, _ in drops]), mean([a for _, a in drops])
         metrics[ROBUSTNESS] = None if before_mean is None or after_mean is None else before_mean - after_mean
     tokens = sum(a.output_tokens for a in original.answers)
+    timed = original.seconds > 0  # a precomputed source's answers were never timed here
     summary: dict[str, Any] = {
         "records": len(records),
         "metrics": metrics,
-        "latencyP50Ms": _ms(percentile([a.latency_s for a in original.answers], 50)),
-        "tokensPerSecond": round(tokens / original.seconds, 2) if original.seconds > 0 else None,
+        "latencyP50Ms": _ms(percentile([a.latency_s for a in original.answers], 50)) if timed else None,
+        "tokensPerSecond": round(tokens / original.seconds, 2) if timed else None,
         "outputTokens": tokens,
     }
     if by_category:

@@ -27,7 +27,7 @@ from tuneforge.db.session import Database
 from tuneforge.db.tables import CustomModelDeployment, EvaluationJob, ProvisionedModel, utcnow
 from tuneforge.errors import ConflictException, ResourceNotFoundException, ServiceError, ValidationException
 from tuneforge.evaluation.dataset import check_dataset
-from tuneforge.evaluation.metrics import ACCURACY, BUILTIN_METRICS, ROBUSTNESS, SUPPORTED
+from tuneforge.evaluation.metrics import ACCURACY, BUILTIN_METRICS, ROBUSTNESS, SUPPORTED, needs_reference
 from tuneforge.idempotency import IdempotentRequest
 from tuneforge.jobs.invocations import InvocationJobService
 from tuneforge.storage import ObjectStore, StorageError
@@ -116,7 +116,7 @@ class EvaluationJobService:
                     "available in tuneforge; give your own dataset's s3Uri"
                 )
             content = self._read_dataset(where, config.dataset_uri)
-            need_reference = ACCURACY in config.metric_names
+            need_reference = needs_reference(config.task_type, config.metric_names)
             check = check_dataset(content, need_reference, precomputed)
             if check.errors:
                 raise ValidationException(check.message(config.dataset_name))

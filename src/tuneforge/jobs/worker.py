@@ -33,9 +33,9 @@ from tuneforge.catalog.models import DISTILLATION, FoundationModel
 from tuneforge.db.tables import CustomModel, EvaluationJob, Job, JobEvent, ModelInvocationJob, utcnow
 from tuneforge.errors import ServiceError
 from tuneforge.evaluation.dataset import check_dataset
-from tuneforge.evaluation.metrics import ACCURACY, ROBUSTNESS, perturb
+from tuneforge.evaluation.metrics import ROBUSTNESS, needs_reference, perturb
 from tuneforge.evaluation.scoring import Answer, Pass, output_line, score
-from tuneforge.jobs.evaluations import DEFAULT_MAX_TOKENS
+from tuneforge.jobs.evaluations import DEFAULT_MAX_TOKENS, MAX_DATASET_BYTES
 from tuneforge.jobs.evaluations import mark_ended as end_evaluation
 from tuneforge.jobs.evaluations import max_tokens as evaluation_max_tokens
 from tuneforge.jobs.invocations import has_expired, mark_ended
@@ -708,10 +708,15 @@ class EvaluationJobRunner:
         for config in configs:
             uri = config["dataset"]["datasetLocation"]["s3Uri"]
             try:
+                if self.services.store.size(uri) > MAX_DATASET_BYTES:
+                    raise JobFailed(
+                        f"The dataset at {uri} grew larger than {MAX_DATASET_BYTES >> 20} MiB after the job was "
+                        "created; make it smaller, then create the job again"
+                    )
                 content = self.services.store.read_bytes(uri)
             except (StorageError, OSError) as exc:
                 raise JobFailed(f"Could not read the dataset at {uri}: {exc}") from None
-            check = check_dataset(content, ACCURACY in config["metricNames"], precomputed)
+            check = check_dataset(content, needs_reference(config["taskType"], config["metricNames"]), precomputed)
             if check.errors:
                 raise JobFailed(check.message(config["dataset"]["name"]))
             datasets.append((config, check.records))

@@ -90,6 +90,12 @@ def _datasets(c: Checker, automated: dict[str, Any]) -> tuple[DatasetMetricConfi
                 metrics.append(checked)
         if task and name:
             out.append(DatasetMetricConfig(task, name, uri, tuple(metrics)))
+    places = [(config.task_type, config.dataset_name) for config in out]
+    if len(set(places)) != len(places):
+        # Each one's results go to taskTypes/<task type>/datasets/<name>/ (Bedrock's layout).
+        c.violations.append(
+            f"Value at '{prefix}' failed to satisfy constraint: dataset names must differ within a task type"
+        )
     return tuple(out)
 
 
