@@ -16,7 +16,7 @@ import pytest
 import tuneforge
 
 PACKAGE = Path(tuneforge.__file__).parent
-CONTROL_PLANE = ("api", "console", "serving", "catalog", "data", "evaluation", "jobs")
+CONTROL_PLANE = ("api", "console", "serving", "catalog", "data", "evaluation", "jobs", "advisor")
 WORKER_SIDE = {PACKAGE / "jobs" / "worker.py"}
 """The job worker is the process that runs recipes; it is the one control-plane file allowed across."""
 TORCH_SIDE = ("tuneforge.model", "tuneforge.engine", "tuneforge.recipes")

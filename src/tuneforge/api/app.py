@@ -23,6 +23,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from tuneforge import __version__
+from tuneforge.api.bedrock.advisor_routes import router as advisor_router
 from tuneforge.api.bedrock.deployment_routes import router as deployment_router
 from tuneforge.api.bedrock.evaluation_routes import router as evaluation_router
 from tuneforge.api.bedrock.import_routes import router as import_router
@@ -149,6 +150,7 @@ def create_app(
     app.include_router(runtime_router)
     app.include_router(openai_router)
     app.include_router(metrics_router)
+    app.include_router(advisor_router)
     app.include_router(console_router)
     app.mount("/console/static", console_static, name="console-static")
     return app
