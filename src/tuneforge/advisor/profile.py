@@ -36,6 +36,8 @@ class Example:
     prompt: str
     answer: str | None
     kind: str
+    category: str | None = None
+    """An evaluation record's ``category``: the bake-off reports quality per category too."""
 
 
 @dataclass(frozen=True)
@@ -74,9 +76,11 @@ def parse_example(obj: object, line: int) -> Example:
         return Example(_require(obj, "input", line), None, TEXT)
     if "prompt" in obj:
         prompt = _require(obj, "prompt", line)
+        category = obj.get("category")
         for key in ("completion", "referenceResponse"):
             if key in obj:
-                return Example(prompt, _require(obj, key, line), LABELED)
+                label = category if isinstance(category, str) else None
+                return Example(prompt, _require(obj, key, line), LABELED, label)
         return Example(prompt, None, PROMPTS)
     if "messages" in obj:
         messages = obj["messages"]

@@ -1,4 +1,4 @@
-"""``tuneforge``: serve, demo, models, data, jobs, batch, deployments, throughput, invoke and usage.
+"""``tuneforge``: serve, demo, models, data, jobs, batch, deployments, throughput, invoke, usage and advise.
 
 ``models`` and ``data`` work on the local installation (same settings as the server); ``jobs``,
 ``batch``, ``deployments``, ``throughput``, ``invoke``, ``usage`` and ``models register`` (an import job)
@@ -1016,6 +1016,175 @@ def usage(endpoint_url: EndpointOpt = None, as_json: JsonOpt = False) -> None:
         f"= {total['cost']:.4f}; {total['invocations']} calls, "
         f"{total['inputTokens']} input / {total['outputTokens']} output tokens"
     )
+
+
+# -- advise ----------------------------------------------------------------------------------------
+
+
+@app.command()
+def advise(
+    data: Annotated[str, typer.Argument(help="Labeled (or unlabeled) JSONL: a local file or folder, or s3://.")],
+    documents: Annotated[
+        str | None, typer.Option("--documents", help='Your documents ({"input"} JSONL): a file, folder or s3://.')
+    ] = None,
+    goal: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--goal",
+            help="quality=0.9, latency-ms=300, cost=2 (per 1,000 requests), knowledge-changes, cite, teacher=MODEL; "
+            "repeat for several.",
+        ),
+    ] = None,
+    try_: Annotated[bool, typer.Option("--try", help="Run a small bake-off on a running server.")] = False,
+    budget_minutes: Annotated[float, typer.Option("--budget-minutes", help="The bake-off's time budget.")] = 10,
+    updated_documents: Annotated[
+        str | None,
+        typer.Option(
+            "--updated-documents",
+            help="The documents after the facts changed: RAG indexes these, continued pre-training trains on "
+            "--documents.",
+        ),
+    ] = None,
+    base_model: Annotated[str, typer.Option("--base-model")] = "tuneforge.forge-small-v1:0:512",
+    student_model: Annotated[str, typer.Option("--student-model")] = "tuneforge.forge-micro-v1:0:512",
+    generator: Annotated[
+        str | None, typer.Option("--generator", help="RAG's generator model (default: the base model).")
+    ] = None,
+    task_type: Annotated[str, typer.Option("--task-type", help="Evaluation task type.")] = "QuestionAndAnswer",
+    keep: Annotated[bool, typer.Option("--keep", help="Keep the bake-off's models, knowledge base and jobs.")] = False,
+    endpoint_url: EndpointOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Recommend a customization approach for your data and goals; with --try, measure the candidates."""
+    from tuneforge.advisor.profile import profile
+    from tuneforge.advisor.rules import advise as advise_on
+    from tuneforge.advisor.rules import arms, goals_from_options
+    from tuneforge.advisor.sources import read_source
+    from tuneforge.errors import ValidationException
+    from tuneforge.storage import ObjectStore
+
+    settings = _settings()
+    store = ObjectStore.from_settings(settings)
+    try:
+        goals = goals_from_options(goal or [])
+        examples = read_source(store, data, local_files=True)
+        corpus = read_source(store, documents, local_files=True) if documents else []
+        updated = read_source(store, updated_documents, local_files=True) if updated_documents else None
+        advice = advise_on(profile(examples), goals, profile(corpus) if corpus else None)
+        chosen_arms = arms(advice, bool(corpus))
+    except ValidationException as exc:
+        raise _fail(exc.message) from None
+    result: dict[str, Any] = {**advice.to_dict(), "bakeOffArms": chosen_arms}
+    if not as_json:
+        _print_advice(result)
+    if try_:
+        result["bakeOff"] = _bake_off(
+            settings,
+            store,
+            examples,
+            corpus,
+            updated,
+            chosen_arms,
+            goals,
+            dict(
+                budget_minutes=budget_minutes,
+                base_model=base_model,
+                student_model=student_model,
+                generator=generator,
+                task_type=task_type,
+            ),
+            endpoint_url,
+            keep=keep,
+            quiet=as_json,
+        )
+    if as_json:
+        _print_json(result)
+
+
+def _print_advice(result: dict[str, Any]) -> None:
+    data = result["profile"]
+    table = Table("", "records", "distinct", "kind", "prompt tokens p50 / max", "answer tokens p50", "distinct pairs")
+    for label, row in (("data", data), ("documents", result["documentsProfile"])):
+        if row:
+            table.add_row(
+                label,
+                str(row["records"]),
+                str(row["distinctRecords"]),
+                row["kind"],
+                f"{row['prompt_tokens_p50']} / {row['prompt_tokens_max']}",
+                str(row["answer_tokens_p50"]),
+                f"{row['distinct_bigram_ratio']:.0%}",
+            )
+    console.print(table)
+    console.print(f"[bold]recommended: {result['approach']}[/bold]")
+    for reason in result["reasons"]:
+        console.print(f"  - {reason}")
+    for alternative in result["alternatives"]:
+        console.print(f"  also measure {alternative['approach']}: {alternative['why']}")
+    for note in result["notes"]:
+        console.print(f"  [dim]note: {note}[/dim]")
+
+
+def _bake_off(
+    settings: Any,
+    store: Any,
+    examples: Any,
+    corpus: Any,
+    updated: Any,
+    chosen_arms: list[str],
+    goals: Any,
+    sizes: dict[str, Any],
+    endpoint_url: str | None,
+    *,
+    keep: bool,
+    quiet: bool,
+) -> dict[str, Any]:
+    from tuneforge.advisor.bakeoff import BakeOff, Clients, make_plan
+    from tuneforge.errors import ValidationException
+
+    try:
+        plan = make_plan(examples, corpus, chosen_arms, goals, updated_documents=updated, **sizes)
+    except ValidationException as exc:
+        raise _fail(exc.message) from None
+    say = err.print if quiet else console.print
+    say("[bold]bake-off[/bold]")
+    for line in plan.describe():
+        say(line)
+    clients = Clients(
+        _client(endpoint_url), _client(endpoint_url, "bedrock-agent"), _client(endpoint_url, "bedrock-agent-runtime")
+    )
+    result = BakeOff(plan, clients, store, settings, say, goals).run(keep=keep)
+    if not quiet:
+        table = Table(
+            "approach",
+            "status",
+            "quality",
+            "p50 latency",
+            "training time",
+            "serving $/1k requests",
+            "total $",
+            title=f"bake-off on {result['heldOut']} held-out records ({result['elapsedSeconds']:.0f} s of a "
+            f"{result['budgetSeconds']:.0f} s budget)",
+        )
+        for arm in result["arms"]:
+            quality = "" if arm["quality"] is None else f"{arm['quality']:.2f}"
+            if arm["qualityByCategory"]:
+                quality += " (" + ", ".join(f"{k} {v:.2f}" for k, v in arm["qualityByCategory"].items()) + ")"
+            table.add_row(
+                arm["approach"],
+                arm["status"],
+                quality,
+                "" if arm["latencyP50Ms"] is None else f"{arm['latencyP50Ms']:.0f} ms",
+                f"{arm['trainingSeconds']:.0f} s",
+                "" if arm["servingCostPer1kRequests"] is None else f"{arm['servingCostPer1kRequests']:.4f}",
+                "" if arm["totalCost"] is None else f"{arm['totalCost']:.4f}",
+            )
+        console.print(table)
+        chosen = result["recommendation"]
+        console.print(f"[bold]measured recommendation: {chosen['approach']}[/bold] ({chosen['why']})")
+        if result["kept"]:
+            console.print(f"kept: {', '.join(result['kept'])}")
+    return result
 
 
 def main() -> None:
