@@ -119,9 +119,13 @@ def make_plan(
     generator: str | None,
     task_type: str,
     updated_documents: Sequence[Example] | None = None,
+    held_out: int | None = None,
     seed: int = 13,
 ) -> Plan:
-    """Split DATA into a training sample and a held-out set (seeded) and size the jobs to the budget."""
+    """Split DATA into a training sample and a held-out set (seeded) and size the jobs to the budget.
+
+    ``held_out``: how many labeled records to hold out (default a fifth, 2 to 50). Arms that train on
+    labels (fine-tuning, distillation) are left out when fewer than 4 records remain for training."""
     if budget_minutes <= 0:
         raise ValidationException("--budget-minutes must be positive")
     labeled = [example for example in examples if example.answer is not None]
@@ -131,7 +135,12 @@ def make_plan(
         )
     shuffled = list(labeled)
     random.Random(seed).shuffle(shuffled)
-    held = max(2, min(50, len(shuffled) // 5))
+    held = held_out if held_out is not None else max(2, min(50, len(shuffled) // 5))
+    if not 1 <= held <= len(shuffled):
+        raise ValidationException(f"--held-out must be between 1 and the {len(shuffled)} labeled records")
+    train = shuffled[held:][: max(8, int(RECORDS_PER_MINUTE * budget_minutes))]
+    if len(train) < 4:
+        arms = [arm for arm in arms if arm not in (FINE_TUNING, DISTILLATION)]
     short = budget_minutes < 2
     longest = max(len((example.answer or "").encode("utf-8")) for example in labeled)
     return Plan(
@@ -141,7 +150,7 @@ def make_plan(
         student_model=student_model,
         generator=generator or base_model,
         teacher=goals.teacherModelIdentifier,
-        train=shuffled[held:][: max(8, int(RECORDS_PER_MINUTE * budget_minutes))],
+        train=train,
         held_out=shuffled[:held],
         documents=list(documents),
         rag_documents=list(updated_documents) if updated_documents is not None else list(documents),

@@ -1051,6 +1051,9 @@ def advise(
         str | None, typer.Option("--generator", help="RAG's generator model (default: the base model).")
     ] = None,
     task_type: Annotated[str, typer.Option("--task-type", help="Evaluation task type.")] = "QuestionAndAnswer",
+    held_out: Annotated[
+        int | None, typer.Option("--held-out", help="Labeled records held out for scoring (default: a fifth).")
+    ] = None,
     keep: Annotated[bool, typer.Option("--keep", help="Keep the bake-off's models, knowledge base and jobs.")] = False,
     endpoint_url: EndpointOpt = None,
     as_json: JsonOpt = False,
@@ -1092,6 +1095,7 @@ def advise(
                 student_model=student_model,
                 generator=generator,
                 task_type=task_type,
+                held_out=held_out,
             ),
             endpoint_url,
             keep=keep,

@@ -321,3 +321,49 @@ def extraction_matches(output: str, answer: str) -> bool:
     """
     text = output.strip()
     return text.removesuffix(".").rstrip() == answer.strip()
+
+
+# --------------------------------------------------------------------------- freshness (facts that change)
+
+
+def make_changing_facts(seed: int = 0) -> tuple[list[Record], list[Record], list[Record]]:
+    """A corpus of facts where half the facts change after training: ``(before, after, questions)``.
+
+    ``before`` and ``after`` are ``{"input": ...}`` documents, one per fact of
+    :func:`archipelago_facts`, each stating the fact in its three phrasings; in ``after``, half the
+    facts (chosen with ``seed``) have a new made-up value. ``questions`` are evaluation records, one per
+    fact: the fact's first phrasing cut before the value as ``prompt`` (``The capital of Veloria
+    is``), today's value as ``referenceResponse``, and ``category`` ``changed`` or ``unchanged``. A
+    model trained on ``before`` can at best answer the unchanged half; a retriever over ``after``
+    can answer all of them.
+    """
+    facts = archipelago_facts(seed)
+    statements = [(island, attribute, value) for island, values in facts.items() for attribute, value in values.items()]
+    rng = random.Random(f"changes:{seed}")
+    changed = set(rng.sample(range(len(statements)), len(statements) // 2))
+    used = {value for _, _, value in statements} | set(ISLANDS)
+    current: list[str] = []
+    for index, (_, attribute, value) in enumerate(statements):
+        if index in changed:
+            value = _made_up_word(rng, 2 if attribute == "export" else 3)
+            while value in used:
+                value = _made_up_word(rng, 2 if attribute == "export" else 3)
+            used.add(value)
+            value = value.lower() if attribute == "export" else value
+        current.append(value)
+
+    def document(island: str, attribute: str, value: str) -> Record:
+        return {"input": " ".join(t.format(island=island, value=value) for t in FACT_TEMPLATES[attribute])}
+
+    before = [document(*statement) for statement in statements]
+    now = list(zip(statements, current, strict=True))
+    after = [document(island, attribute, value) for (island, attribute, _), value in now]
+    questions = [
+        {
+            "prompt": FACT_TEMPLATES[attribute][0].format(island=island, value="").rstrip(" ."),
+            "referenceResponse": value,
+            "category": "changed" if index in changed else "unchanged",
+        }
+        for index, ((island, attribute, _), value) in enumerate(now)
+    ]
+    return before, after, questions
