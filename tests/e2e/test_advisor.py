@@ -50,6 +50,8 @@ def bake_off(server: Server, tmp_path_factory: pytest.TempPathFactory) -> tuple[
         STUDENT_MODEL,
         "--generator",
         GENERATOR,
+        "--rag-results",
+        "1",
         "--json",
     )
     return json.loads(result.stdout), result.stderr

@@ -66,6 +66,11 @@ TRAINING_SHARE = 0.6
 """Training jobs still running after this share of the budget are stopped: the rest is for scoring."""
 RECORDS_PER_MINUTE = 40
 ACCURACY = "Builtin.Accuracy"
+RAG_PROMPT_TEMPLATE = (
+    "Search results:\n$search_results$\n\nUsing only the search results, answer in as few words as possible.\n$query$"
+)
+"""Bedrock's placeholders. The held-out prompt is sent as it is (a question, or a sentence to complete);
+asking for a short answer keeps a chatty generator's answer comparable with the references."""
 
 
 @dataclass(frozen=True)
@@ -84,6 +89,8 @@ class Plan:
     task_type: str
     max_tokens: int
     embedding_model: str | None = None
+    rag_results: int = 5
+    """RetrieveAndGenerate's numberOfResults (Bedrock's default 5)."""
 
     def describe(self) -> list[str]:
         lines = [
@@ -100,7 +107,7 @@ class Plan:
             f"{self.epochs[CONTINUED_PRE_TRAINING]} epochs",
             RAG: f"knowledge base over {len(self.rag_documents)} documents"
             + (" (the updated ones)" if self.rag_documents is not self.documents else "")
-            + f", RetrieveAndGenerate with {self.generator}",
+            + f", RetrieveAndGenerate with {self.generator} (top {self.rag_results} passages)",
             DISTILLATION: f"DISTILLATION of {self.teacher} into {self.student_model} on {len(self.train)} prompts, "
             f"{self.epochs[DISTILLATION]} epochs",
         }
@@ -120,6 +127,7 @@ def make_plan(
     task_type: str,
     updated_documents: Sequence[Example] | None = None,
     held_out: int | None = None,
+    rag_results: int = 5,
     seed: int = 13,
 ) -> Plan:
     """Split DATA into a training sample and a held-out set (seeded) and size the jobs to the budget.
@@ -161,6 +169,7 @@ def make_plan(
         },
         task_type=task_type,
         max_tokens=min(64, max(8, longest + 4)),
+        rag_results=rag_results,
     )
 
 
@@ -442,7 +451,7 @@ class BakeOff:
 
     def _start_knowledge_base(self, arm: Arm) -> None:
         agent, name = self.clients.agent, f"advise-{self.run_id}"
-        embedding = self.plan.embedding_model or _embedding_model(self.clients.bedrock)
+        embedding = self.plan.embedding_model or _embedding_model(self.clients.bedrock, self.settings.region)
         kb = agent.create_knowledge_base(
             name=name,
             roleArn=self.role,
@@ -500,8 +509,12 @@ class BakeOff:
                     "knowledgeBaseConfiguration": {
                         "knowledgeBaseId": state["kb"],
                         "modelArn": self.plan.generator,
+                        "retrievalConfiguration": {
+                            "vectorSearchConfiguration": {"numberOfResults": self.plan.rag_results}
+                        },
                         "generationConfiguration": {
-                            "inferenceConfig": {"textInferenceConfig": {"maxTokens": self.plan.max_tokens}}
+                            "promptTemplate": {"textPromptTemplate": RAG_PROMPT_TEMPLATE},
+                            "inferenceConfig": {"textInferenceConfig": {"maxTokens": self.plan.max_tokens}},
                         },
                     },
                 },
@@ -564,11 +577,16 @@ def _wait_ended(get: Callable[..., dict[str, Any]], **identifier: str) -> None:
         time.sleep(0.3)
 
 
-def _embedding_model(bedrock: Any) -> str:
+DEFAULT_EMBEDDING_MODEL = "amazon.titan-embed-text-v2:0"
+"""The embedding model Bedrock users name most; tuneforge takes it as the name of its built-in embedder."""
+
+
+def _embedding_model(bedrock: Any, region: str) -> str:
+    """An embedding model the server lists, else the usual Bedrock one (tuneforge maps it to its embedder)."""
     models = bedrock.list_foundation_models(byOutputModality="EMBEDDING")["modelSummaries"]
-    if not models:
-        raise ValidationException("no embedding model is listed (ListFoundationModels byOutputModality=EMBEDDING)")
-    return str(models[0]["modelArn"])
+    if models:
+        return str(models[0]["modelArn"])
+    return f"arn:aws:bedrock:{region}::foundation-model/{DEFAULT_EMBEDDING_MODEL}"
 
 
 def _message(exc: Exception) -> str:

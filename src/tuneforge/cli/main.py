@@ -1051,6 +1051,7 @@ def advise(
         str | None, typer.Option("--generator", help="RAG's generator model (default: the base model).")
     ] = None,
     task_type: Annotated[str, typer.Option("--task-type", help="Evaluation task type.")] = "QuestionAndAnswer",
+    rag_results: Annotated[int, typer.Option("--rag-results", help="Passages RAG retrieves per prompt.")] = 5,
     held_out: Annotated[
         int | None, typer.Option("--held-out", help="Labeled records held out for scoring (default: a fifth).")
     ] = None,
@@ -1096,6 +1097,7 @@ def advise(
                 generator=generator,
                 task_type=task_type,
                 held_out=held_out,
+                rag_results=rag_results,
             ),
             endpoint_url,
             keep=keep,
