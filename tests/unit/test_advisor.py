@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
+from tuneforge.advisor.bakeoff import completion
 from tuneforge.advisor.profile import LABELED, PROMPTS, TEXT, profile, read_examples
 from tuneforge.advisor.rules import (
     CONTINUED_PRE_TRAINING,
@@ -128,3 +129,9 @@ def test_advice_endpoint_shares_the_rules_and_refuses_bad_bodies(fast_tmp: Path)
             assert refused.status_code == 400, refused.text
             assert refused.headers["x-amzn-ErrorType"].startswith("ValidationException")
             assert message in refused.json()["message"]
+
+
+def test_rag_answers_are_scored_without_a_restated_prompt() -> None:
+    assert completion("The capital of Tolbek is", "The capital of Tolbek is Quelmerlem.") == " Quelmerlem."
+    assert completion("The capital of Tolbek is", " the capital of tolbek is X") == " X"
+    assert completion("Ticket: refund\nCategory:", "billing") == "billing"

@@ -529,7 +529,9 @@ class BakeOff:
             records.append(
                 {
                     **self._reference(example),
-                    "modelResponses": [{"response": answer["output"]["text"], "modelIdentifier": "rag"}],
+                    "modelResponses": [
+                        {"response": completion(example.prompt, answer["output"]["text"]), "modelIdentifier": "rag"}
+                    ],
                 }
             )
         self._write("rag-answers.jsonl", records)
@@ -568,6 +570,16 @@ class BakeOff:
                 except Exception as exc:
                     kept.append(f"{arm.training_job} ({_message(exc)})")
         return kept
+
+
+def completion(prompt: str, answer: str) -> str:
+    """A chat generator often restates a sentence-to-complete before completing it ("The capital of
+    X is Y."); a completion model's answer never holds its prompt. Scoring RAG's answer without the
+    restated prompt keeps the arms comparable; any other answer is scored as it is."""
+    stripped = answer.lstrip()
+    if prompt.strip() and stripped.lower().startswith(prompt.strip().lower()):
+        return stripped[len(prompt.strip()) :]
+    return answer
 
 
 def _wait_ended(get: Callable[..., dict[str, Any]], **identifier: str) -> None:
