@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
-from tuneforge.advisor.bakeoff import completion
+from tuneforge.advisor.bakeoff import completion, make_plan
 from tuneforge.advisor.profile import LABELED, PROMPTS, TEXT, profile, read_examples
 from tuneforge.advisor.rules import (
     CONTINUED_PRE_TRAINING,
@@ -22,7 +22,12 @@ from tuneforge.advisor.rules import (
     goals_from_options,
 )
 from tuneforge.api.app import create_app
-from tuneforge.data.tasks import make_classification_task, make_conversation_task, make_domain_documents
+from tuneforge.data.tasks import (
+    make_changing_facts,
+    make_classification_task,
+    make_conversation_task,
+    make_domain_documents,
+)
 from tuneforge.errors import ValidationException
 from tuneforge.settings import Settings
 from tuneforge.storage import ObjectStore
@@ -135,3 +140,55 @@ def test_rag_answers_are_scored_without_a_restated_prompt() -> None:
     assert completion("The capital of Tolbek is", "The capital of Tolbek is Quelmerlem.") == " Quelmerlem."
     assert completion("The capital of Tolbek is", " the capital of tolbek is X") == " X"
     assert completion("Ticket: refund\nCategory:", "billing") == "billing"
+
+
+def test_the_bake_off_plan_states_its_budget_and_sizes_the_sample_to_it() -> None:
+    before, after, questions = make_changing_facts(seed=0)
+    examples = read_examples(jsonl(questions))
+    documents, updated = read_examples(jsonl(before)), read_examples(jsonl(after))
+    arms_wanted = [PROMPT_ONLY, FINE_TUNING, CONTINUED_PRE_TRAINING, RAG]
+    plan = make_plan(
+        examples,
+        documents,
+        arms_wanted,
+        Goals(),
+        budget_minutes=1.5,
+        base_model="b",
+        student_model="s",
+        generator=None,
+        task_type="QuestionAndAnswer",
+        updated_documents=updated,
+        held_out=12,
+    )
+    assert plan.arms == [PROMPT_ONLY, CONTINUED_PRE_TRAINING, RAG], "no records left to fine-tune on"
+    assert plan.generator == "b" and plan.epochs[CONTINUED_PRE_TRAINING] == 4
+    described = "\n".join(plan.describe())
+    assert described.startswith("budget: 1.5 min; training jobs still running after 0.9 min are stopped")
+    assert "knowledge base over 12 documents (the updated ones)" in described
+    labeled = read_examples(jsonl(make_classification_task(n_train=400, n_test=1, seed=1)[0]))
+    sized = make_plan(
+        labeled,
+        [],
+        [PROMPT_ONLY, FINE_TUNING],
+        Goals(),
+        budget_minutes=2,
+        base_model="b",
+        student_model="s",
+        generator=None,
+        task_type="Classification",
+    )
+    assert (len(sized.held_out), len(sized.train)) == (50, 80)
+    assert "(the updated ones)" not in "\n".join(sized.describe())
+    with pytest.raises(ValidationException, match="--held-out must be between 1 and the 12 labeled records"):
+        make_plan(
+            examples,
+            [],
+            [PROMPT_ONLY],
+            Goals(),
+            budget_minutes=1,
+            base_model="b",
+            student_model="s",
+            generator=None,
+            task_type="QuestionAndAnswer",
+            held_out=13,
+        )

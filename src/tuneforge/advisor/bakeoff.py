@@ -91,6 +91,8 @@ class Plan:
     embedding_model: str | None = None
     rag_results: int = 5
     """RetrieveAndGenerate's numberOfResults (Bedrock's default 5)."""
+    updated: bool = False
+    """RAG indexes the updated documents, continued pre-training the original ones."""
 
     def describe(self) -> list[str]:
         lines = [
@@ -106,7 +108,7 @@ class Plan:
             CONTINUED_PRE_TRAINING: f"CONTINUED_PRE_TRAINING of {self.base_model} on {len(self.documents)} documents, "
             f"{self.epochs[CONTINUED_PRE_TRAINING]} epochs",
             RAG: f"knowledge base over {len(self.rag_documents)} documents"
-            + (" (the updated ones)" if self.rag_documents is not self.documents else "")
+            + (" (the updated ones)" if self.updated else "")
             + f", RetrieveAndGenerate with {self.generator} (top {self.rag_results} passages)",
             DISTILLATION: f"DISTILLATION of {self.teacher} into {self.student_model} on {len(self.train)} prompts, "
             f"{self.epochs[DISTILLATION]} epochs",
@@ -170,6 +172,7 @@ def make_plan(
         task_type=task_type,
         max_tokens=min(64, max(8, longest + 4)),
         rag_results=rag_results,
+        updated=updated_documents is not None,
     )
 
 
