@@ -168,8 +168,8 @@ def test_the_bake_off_plan_states_its_budget_and_sizes_the_sample_to_it() -> Non
     labeled = read_examples(jsonl(make_classification_task(n_train=400, n_test=1, seed=1)[0]))
     sized = make_plan(
         labeled,
-        [],
-        [PROMPT_ONLY, FINE_TUNING],
+        documents,
+        [PROMPT_ONLY, FINE_TUNING, RAG],
         Goals(),
         budget_minutes=2,
         base_model="b",
@@ -178,7 +178,7 @@ def test_the_bake_off_plan_states_its_budget_and_sizes_the_sample_to_it() -> Non
         task_type="Classification",
     )
     assert (len(sized.held_out), len(sized.train)) == (50, 80)
-    assert "(the updated ones)" not in "\n".join(sized.describe())
+    assert "  RAG: knowledge base over 12 documents, RetrieveAndGenerate with b (top 5 passages)" in sized.describe()
     with pytest.raises(ValidationException, match="--held-out must be between 1 and the 12 labeled records"):
         make_plan(
             examples,
