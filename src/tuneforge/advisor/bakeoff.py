@@ -20,7 +20,9 @@ a document changes; the held-out references hold the current facts.
 **Budget.** The budget is stated before anything starts. The training sample is capped at 40
 records per budget minute and epochs are halved under 2 minutes; a training job still running after
 60% of the budget is stopped and its arm marked ``cut by the budget``, as is an evaluation (or a
-RetrieveAndGenerate pass) still running at the end of the budget. Everything the bake-off created
+RetrieveAndGenerate pass) still running when scoring ends, 30 s (at most a tenth of the budget)
+before the budget does, which leaves the stops and the clean-up inside it. The RetrieveAndGenerate
+pass runs on a thread of its own, so the other arms are polled, stopped and scored meanwhile. Everything the bake-off created
 (custom models, the knowledge base and its data source, evaluation jobs) is deleted at the end unless
 ``keep`` is set; the data and results under the ``s3://`` prefix stay, for inspection.
 
@@ -44,6 +46,7 @@ import random
 import statistics
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -65,6 +68,9 @@ TERMINAL = ("Completed", "Failed", "Stopped")
 TRAINING_SHARE = 0.6
 """Training jobs still running after this share of the budget are stopped: the rest is for scoring."""
 RECORDS_PER_MINUTE = 40
+CLEAN_UP_RESERVE_S = 30.0
+"""Scoring ends this long (at most a tenth of the budget) before the budget does: stopping jobs and
+deleting what the bake-off created takes a few seconds each, inside the budget."""
 ACCURACY = "Builtin.Accuracy"
 RAG_PROMPT_TEMPLATE = (
     "Search results:\n$search_results$\n\nUsing only the search results, answer in as few words as possible.\n$query$"
@@ -241,6 +247,7 @@ class BakeOff:
         self.created: list[tuple[str, str]] = []
         self.arms: dict[str, Arm] = {}
         self.rag_state: dict[str, Any] = {}
+        self.pool = ThreadPoolExecutor(1, thread_name_prefix="bake-off-rag")
 
     # -- data ---------------------------------------------------------------------------------------
 
@@ -274,7 +281,7 @@ class BakeOff:
         plan = self.plan
         self.started = time.monotonic()
         self.train_deadline = self.started + TRAINING_SHARE * plan.budget_s
-        self.deadline = self.started + plan.budget_s
+        self.deadline = self.started + plan.budget_s - min(CLEAN_UP_RESERVE_S, 0.1 * plan.budget_s)
         self._upload()
         self.say(f"data under {self.prefix}/")
         try:
@@ -286,6 +293,7 @@ class BakeOff:
                         self._advance(arm)
                 time.sleep(0.5)
         finally:
+            self.pool.shutdown(wait=True, cancel_futures=True)
             kept = self._clean_up(keep)
         for arm in self.arms.values():
             self._costs(arm)
@@ -485,6 +493,17 @@ class BakeOff:
         self.say(f"RAG: knowledge base {kb['knowledgeBaseId']}, ingesting {len(self.plan.rag_documents)} documents")
 
     def _advance_rag(self, arm: Arm) -> None:
+        """Ingestion, then the RetrieveAndGenerate pass on a thread of its own (so the other arms' jobs
+        are still polled, stopped and scored meanwhile), then the precomputed evaluation."""
+        pass_ = self.rag_state.get("pass")
+        if pass_ is not None:
+            if pass_.done():
+                self.rag_state.pop("pass")
+                if pass_.result():
+                    self._evaluate(arm, precomputed=True)
+                else:
+                    arm.status = "cut by the budget"
+            return
         state = self.rag_state
         job = self.clients.agent.get_ingestion_job(
             knowledgeBaseId=state["kb"], dataSourceId=state["source"], ingestionJobId=state["ingestion"]
@@ -499,11 +518,15 @@ class BakeOff:
             return
         arm.training_s = _seconds(job.get("startedAt"), job.get("updatedAt"))
         self.say(f"RAG: ingested in {arm.training_s:.1f} s; RetrieveAndGenerate for {len(self.plan.held_out)} prompts")
+        self.rag_state["pass"] = self.pool.submit(self._rag_pass, arm)
+
+    def _rag_pass(self, arm: Arm) -> bool:
+        """Answer every held-out prompt; False when the budget ends first."""
+        state = self.rag_state
         records, latencies, inputs = [], [], []
         for example in self.plan.held_out:
             if time.monotonic() > self.deadline:
-                arm.status = "cut by the budget"
-                return
+                return False
             asked = time.monotonic()
             answer = self.clients.agent_runtime.retrieve_and_generate(
                 input={"text": example.prompt},
@@ -539,7 +562,7 @@ class BakeOff:
             )
         self._write("rag-answers.jsonl", records)
         arm.model, arm.latency_p50_ms, arm.input_tokens = "rag", statistics.median(latencies), statistics.mean(inputs)
-        self._evaluate(arm, precomputed=True)
+        return True
 
     # -- costs, clean-up ----------------------------------------------------------------------------
 
