@@ -55,7 +55,19 @@ def test_knowledge_base_ingests_retrieves_generates_and_deletes(server: Server) 
     kb_id = kb["knowledgeBaseId"]
     assert kb["status"] == "ACTIVE"
     assert agent.get_knowledge_base(knowledgeBaseId=kb_id)["knowledgeBase"]["name"] == name
-    assert kb_id in [s["knowledgeBaseId"] for s in agent.list_knowledge_bases()["knowledgeBaseSummaries"]]
+    other = agent.create_knowledge_base(
+        name=f"{name}-other",
+        roleArn=ROLE,
+        knowledgeBaseConfiguration={
+            "type": "VECTOR",
+            "vectorKnowledgeBaseConfiguration": {"embeddingModelArn": EMBEDDER},
+        },
+    )["knowledgeBase"]["knowledgeBaseId"]
+    first_page = agent.list_knowledge_bases(maxResults=1)
+    assert len(first_page["knowledgeBaseSummaries"]) == 1 and first_page["nextToken"]
+    pages = agent.get_paginator("list_knowledge_bases").paginate(PaginationConfig={"PageSize": 1})
+    assert {kb_id, other} <= {s["knowledgeBaseId"] for page in pages for s in page["knowledgeBaseSummaries"]}
+    agent.delete_knowledge_base(knowledgeBaseId=other)
 
     with pytest.raises(ClientError) as outside:
         agent.create_data_source(
