@@ -24,7 +24,8 @@ RetrieveAndGenerate pass) still running when scoring ends, 30 s (at most a tenth
 before the budget does, which leaves the stops and the clean-up inside it. The RetrieveAndGenerate
 pass runs on a thread of its own, so the other arms are polled, stopped and scored meanwhile.
 Everything the bake-off created (custom models, the knowledge base and its data source, evaluation
-jobs) is deleted at the end unless ``keep`` is set; the data and results under the ``s3://`` prefix stay, for inspection.
+jobs) is deleted at the end unless ``keep`` is set; the data and results under the ``s3://`` prefix
+stay, for inspection.
 
 **Columns.** ``quality``: the evaluation job's ``Builtin.Accuracy`` on the held-out set (and per
 category). ``p50 latency``: the evaluation job's ``latencyP50Ms`` (answers in one continuous batch);
