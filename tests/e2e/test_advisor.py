@@ -12,11 +12,16 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import httpx
 import pytest
+from botocore.auth import SigV4Auth
+from botocore.awsrequest import AWSRequest
+from botocore.credentials import Credentials
 from botocore.exceptions import ClientError
 
 from tests.e2e.conftest import STUDENT_MODEL, Server, cli
 from tuneforge.data.tasks import make_changing_facts, write_jsonl
+from tuneforge.storage import ObjectStore
 
 pytestmark = pytest.mark.e2e
 
@@ -105,3 +110,24 @@ def test_rag_answers_the_changed_facts_that_continued_pre_training_missed(
     pretrained = arm(result, "CONTINUED_PRE_TRAINING")
     assert rag["qualityByCategory"]["changed"] >= 0.3, rag
     assert rag["qualityByCategory"]["changed"] > pretrained["qualityByCategory"]["changed"]
+
+
+def test_the_advice_endpoint_answers_a_sigv4_signed_request_as_the_console_and_scripts_send_it(server: Server) -> None:
+    before, _, questions = make_changing_facts(seed=0)
+    store = ObjectStore.from_settings(server.settings)
+    store.write_bytes("s3://advice-e2e/questions.jsonl", "".join(json.dumps(q) + "\n" for q in questions).encode())
+    store.write_bytes("s3://advice-e2e/docs/a.jsonl", "".join(json.dumps(d) + "\n" for d in before).encode())
+    body = json.dumps(
+        {
+            "trainingDataUri": "s3://advice-e2e/questions.jsonl",
+            "documentsUri": "s3://advice-e2e/docs/",
+            "goals": {"knowledgeChanges": True},
+        }
+    ).encode()
+    request = AWSRequest(
+        method="POST", url=f"{server.url}/advice", data=body, headers={"Content-Type": "application/json"}
+    )
+    SigV4Auth(Credentials("AKIDTESTS", "test-secret"), "bedrock", server.settings.region).add_auth(request)
+    answered = httpx.post(request.url, content=body, headers=dict(request.headers.items()), timeout=60)
+    assert answered.status_code == 200, answered.text
+    assert answered.json()["approach"] == "RAG" and answered.json()["bakeOffArms"][-1] == "RAG"
