@@ -422,10 +422,13 @@ class BakeOff:
             self.say(f"{arm.name}: trained in {arm.training_s:.0f} s; evaluating")
             self._evaluate(arm)
         elif job["status"] in ("Failed", "Stopped"):
-            arm.status = "cut by the budget" if arm.status == "stopping" else f"failed: {job.get('failureMessage')}"
+            arm.status = f"failed: {job.get('failureMessage') or job['status']}"
             self.say(f"{arm.name}: {arm.status}")
         elif time.monotonic() > self.train_deadline and job["status"] == "InProgress":
             self.clients.bedrock.stop_model_customization_job(jobIdentifier=arm.training_job)
+            created = job.get("creationTime")
+            if isinstance(created, datetime):
+                arm.training_s = _seconds(created, datetime.now(created.tzinfo))
             arm.status = "cut by the budget"
             self.say(f"{arm.name}: training would overrun the budget; stopped {arm.training_job}")
 
