@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
-from tuneforge.advisor.bakeoff import completion, make_plan
+from tuneforge.advisor.bakeoff import Arm, completion, make_plan, recommend
 from tuneforge.advisor.profile import LABELED, PROMPTS, TEXT, profile, read_examples
 from tuneforge.advisor.rules import (
     CONTINUED_PRE_TRAINING,
@@ -192,3 +192,20 @@ def test_the_bake_off_plan_states_its_budget_and_sizes_the_sample_to_it() -> Non
             task_type="QuestionAndAnswer",
             held_out=13,
         )
+
+
+def test_the_measured_recommendation_weighs_quality_cost_and_the_goals() -> None:
+    def measured(name: str, quality: float, cost: float, latency: float) -> Arm:
+        return Arm(name, "b", "measured", quality=quality, serving_per_1k=cost, latency_p50_ms=latency)
+
+    arms_run = [
+        measured(PROMPT_ONLY, 0.1, 0.01, 100),
+        measured(FINE_TUNING, 0.95, 0.03, 100),
+        measured(RAG, 0.96, 0.20, 900),
+        Arm(CONTINUED_PRE_TRAINING, "b", "cut by the budget"),
+    ]
+    assert recommend(arms_run, Goals())["approach"] == FINE_TUNING, "within 0.02 of the best, and cheaper"
+    assert recommend(arms_run, Goals(qualityTarget=0.05))["approach"] == PROMPT_ONLY
+    assert recommend(arms_run[1:], Goals(latencyBudgetMs=500, qualityTarget=0.96))["approach"] == FINE_TUNING
+    assert recommend([measured(PROMPT_ONLY, 0.0, 0.01, 100)], Goals())["approach"] is None
+    assert recommend(arms_run[3:], Goals())["approach"] is None

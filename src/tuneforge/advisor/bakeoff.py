@@ -649,6 +649,8 @@ def recommend(arms: Sequence[Arm], goals: Goals) -> dict[str, Any]:
         fast = [a for a in measured if a.latency_p50_ms is None or a.latency_p50_ms <= goals.latencyBudgetMs]
         measured = fast or measured
     best = max(arm.quality or 0.0 for arm in measured)
+    if best <= 0:
+        return {"approach": None, "why": "no arm scored above 0 on the held-out set: more data, steps or budget"}
     bar = goals.qualityTarget if goals.qualityTarget is not None and best >= goals.qualityTarget else best - 0.02
     good = [arm for arm in measured if (arm.quality or 0.0) >= bar]
     chosen = min(good, key=lambda arm: (arm.serving_per_1k or 0.0, -(arm.quality or 0.0)))
