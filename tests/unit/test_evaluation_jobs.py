@@ -449,3 +449,17 @@ def test_a_line_separator_inside_a_json_string_does_not_split_the_record() -> No
     check = check_dataset(f"{line}\r\n{line}\n".encode(), need_reference=True)
     assert check.errors == []
     assert [(r.line, r.prompt) for r in check.records] == [(1, "one\u2028two\x1cthree"), (2, "one\u2028two\x1cthree")]
+
+
+def test_a_dataset_line_that_is_not_utf8_is_refused_naming_the_line(services: Services) -> None:
+    """Datasets were decoded with errors="replace": a mis-encoded prompt was scored as U+FFFD text."""
+    check = check_dataset(
+        b'{"prompt": "a", "referenceResponse": "x"}\n{"prompt": "caf\xe9", "referenceResponse": "x"}\n', True
+    )
+    assert [str(e) for e in check.errors] == [
+        "line 2: not UTF-8 text (invalid continuation byte at byte 15); save the file as UTF-8"
+    ]
+    services.store.write_bytes(DATASET, b'{"prompt": "\xff", "referenceResponse": "x"}\n')
+    with pytest.raises(ValidationException, match="tickets is not valid: line 1: not UTF-8 text"):
+        create(services, body("latin1"))
+    assert count_jobs(services) == 0
