@@ -463,3 +463,37 @@ def test_a_dataset_line_that_is_not_utf8_is_refused_naming_the_line(services: Se
     with pytest.raises(ValidationException, match="tickets is not valid: line 1: not UTF-8 text"):
         create(services, body("latin1"))
     assert count_jobs(services) == 0
+
+
+def test_a_prompt_too_long_for_the_context_is_a_record_error_outside_the_latency(services: Services) -> None:
+    """It used to get an empty answer with 0 ms latency, which pulled latencyP50Ms down."""
+    long_prompt = "word " * 2000
+    rows = [*ROWS[:2], (long_prompt, "billing")]
+    lines = [json.dumps({"prompt": p, "referenceResponse": r}) for p, r in rows]
+    services.store.write_bytes(DATASET, "\n".join(lines).encode())
+    model = {
+        "bedrockModel": {"modelIdentifier": BASE_MODEL, "inferenceParams": '{"inferenceConfig": {"maxTokens": 2}}'}
+    }
+    job = create(services, body("too-long", models=[model]))
+    done = run_in_process(services, job)
+    assert done.status == "Completed", done.failure_messages
+    (row,) = evaluation_job(done)["tuneforge"]["results"]["results"]
+    assert row["errorRecords"] == 1 and row["records"] == 3
+    out = services.store.read_bytes(
+        f"s3://tests/eval-out/too-long/{job.id}/models/{BASE_MODEL.replace(':', '_')}/taskTypes/Classification/"
+        f"datasets/tickets/{job.id}_output.jsonl"
+    )
+    answers = [json.loads(line)["modelResponses"][0] for line in out.splitlines()]
+    assert [("error" in a) for a in answers] == [False, False, True]
+    assert "context" in answers[2]["error"] and answers[2]["response"] == ""
+    answered = [json.loads(line)["automatedEvaluationResult"]["scores"] for line in out.splitlines()]
+    assert answered[2] == [{"metricName": "Accuracy", "result": 0.0}]
+    assert row["latencyP50Ms"] > 0
+
+
+def test_unanswered_records_are_left_out_of_the_latency_median() -> None:
+    records = check_dataset(b'{"prompt": "a", "referenceResponse": "x"}\n' * 3, need_reference=True).records
+    answers = [Answer("x", 0.2, 1), Answer("x", 0.4, 1), Answer("", error="Input is too long")]
+    _, summary = score("Classification", [ACCURACY], records, Pass(answers, seconds=1.0), None)
+    assert summary["latencyP50Ms"] == 300.0 and summary["errorRecords"] == 1
+    assert summary["metrics"] == {ACCURACY: pytest.approx(2 / 3)}

@@ -7,6 +7,7 @@ are tuneforge extensions, per model and dataset:
   are answered in one continuous batch, as a batch inference job answers them, so this is latency
   under that load, not a lone request's.
 * ``tokensPerSecond``: output tokens of every answer divided by the wall time of the whole pass.
+* ``errorRecords``: records the model gave no answer to (:attr:`Answer.error`), outside the latency.
 
 Both are None for a precomputed inference source: its answers were read, not generated.
 """
@@ -27,6 +28,10 @@ class Answer:
     text: str
     latency_s: float = 0.0
     output_tokens: int = 0
+    error: str | None = None
+    """Why the model gave no answer (a prompt too long for its context, a failed generation): the
+    record scores as a wrong answer, says why in its output line, and is left out of the latency
+    figures (an instant empty answer would read as a fast model)."""
 
 
 @dataclass(frozen=True)
@@ -86,10 +91,12 @@ def score(
         metrics[ROBUSTNESS] = None if before_mean is None or after_mean is None else before_mean - after_mean
     tokens = sum(a.output_tokens for a in original.answers)
     timed = original.seconds > 0  # a precomputed source's answers were never timed here
+    answered = [a.latency_s for a in original.answers if a.error is None]
     summary: dict[str, Any] = {
         "records": len(records),
+        "errorRecords": sum(a.error is not None for a in original.answers),
         "metrics": metrics,
-        "latencyP50Ms": _ms(percentile([a.latency_s for a in original.answers], 50)) if timed else None,
+        "latencyP50Ms": _ms(percentile(answered, 50)) if timed else None,
         "tokensPerSecond": round(tokens / original.seconds, 2) if timed else None,
         "outputTokens": tokens,
     }
@@ -104,9 +111,12 @@ def _ms(seconds: float | None) -> float | None:
 
 def output_line(record: EvaluationRecord, scores: dict[str, Any], model: str, answer: Answer) -> dict[str, Any]:
     """One line of ``<file>_output.jsonl``, in Bedrock's layout: the scores, the input record as
-    given, and the model's response."""
+    given, and the model's response (with ``error``, a tuneforge member, when it gave none)."""
+    response: dict[str, Any] = {"response": answer.text, "modelIdentifier": model}
+    if answer.error is not None:
+        response["error"] = answer.error
     return {
         "automatedEvaluationResult": scores,
         "inputRecord": record.data,
-        "modelResponses": [{"response": answer.text, "modelIdentifier": model}],
+        "modelResponses": [response],
     }

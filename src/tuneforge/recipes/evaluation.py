@@ -23,8 +23,9 @@ def answer_prompts(
 ) -> Pass | None:
     """Greedy answers to ``prompts`` in their order, with each one's latency; None when stopped first.
 
-    A prompt too long for the context (with ``max_tokens``) gets an empty answer rather than
-    failing the job: it scores as a wrong answer, which is what it is.
+    A prompt too long for the context (with ``max_tokens``) gets an empty answer with its
+    :attr:`~Answer.error` rather than failing the job, as batch inference answers such a record: it
+    scores as a wrong answer and stays out of the latency figures (it was never generated).
     """
     answers: dict[int, Answer] = {}
     submitted: dict[int, float] = {}
@@ -33,8 +34,8 @@ def answer_prompts(
         request = GenerationRequest(max_tokens=max_tokens, prompt=prompt)
         try:
             rendered = batcher.render(request)
-        except ValueError:
-            answers[index] = Answer("")
+        except ValueError as exc:
+            answers[index] = Answer("", error=str(exc))
             continue
         ready.append((index, OfflineRequest(request, rendered.ids, rendered.strip_leading_space)))
 
@@ -46,7 +47,7 @@ def answer_prompts(
     def on_end(index: int, event: Event) -> None:
         latency = time.perf_counter() - submitted[index]
         if event["event"] != "end":
-            answers[index] = Answer("", latency)
+            answers[index] = Answer("", latency, error=str(event.get("message", "the model failed")))
             return
         answers[index] = Answer(str(event["text"]), latency, int(event["output_tokens"]))
 
