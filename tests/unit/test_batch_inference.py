@@ -221,6 +221,17 @@ def test_a_batch_job_whose_worker_died_is_failed_or_stopped_not_left_running(
     assert job.message is not None and "the worker process ended unexpectedly" in job.message
 
 
+def test_two_creates_racing_with_one_name_give_a_conflict_not_a_500(services: Services) -> None:
+    from tests.unit.races import competitor_before_insert
+    from tuneforge.errors import ConflictException
+
+    with (
+        competitor_before_insert(services.db.engine, "model_invocation_jobs", lambda: batch_job(services, "racing")),
+        pytest.raises(ConflictException, match="A model invocation job named racing"),
+    ):
+        batch_job(services, "racing")
+
+
 def test_the_client_request_token_returns_the_same_job_and_refuses_another_request(services: Services) -> None:
     ask = CreateInvocationJobRequest(
         job_name="idempotent",

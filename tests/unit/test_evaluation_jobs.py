@@ -497,3 +497,17 @@ def test_unanswered_records_are_left_out_of_the_latency_median() -> None:
     _, summary = score("Classification", [ACCURACY], records, Pass(answers, seconds=1.0), None)
     assert summary["latencyP50Ms"] == 300.0 and summary["errorRecords"] == 1
     assert summary["metrics"] == {ACCURACY: pytest.approx(2 / 3)}
+
+
+def test_two_creates_racing_with_one_name_give_a_conflict_not_a_500(services: Services) -> None:
+    """Both passed the name check before either committed: the unique index's IntegrityError was a 500."""
+    from tests.unit.races import competitor_before_insert
+    from tuneforge.errors import ConflictException
+
+    write_dataset(services)
+    with (
+        competitor_before_insert(services.db.engine, "evaluation_jobs", lambda: create(services, body("racing"))),
+        pytest.raises(ConflictException, match="An evaluation job named racing"),
+    ):
+        create(services, body("racing"))
+    assert count_jobs(services) == 1

@@ -23,7 +23,7 @@ from sqlalchemy.orm import Session
 
 from tuneforge.arns import ArnFactory, decode_identifier, is_arn, new_id, resource_type
 from tuneforge.db.listing import Cursor, Page, created_and_named, fetch_page
-from tuneforge.db.session import Database
+from tuneforge.db.session import Database, unique_or_conflict
 from tuneforge.db.tables import CustomModelDeployment, EvaluationJob, ProvisionedModel, utcnow
 from tuneforge.errors import ConflictException, ResourceNotFoundException, ServiceError, ValidationException
 from tuneforge.evaluation.dataset import check_dataset
@@ -142,7 +142,8 @@ class EvaluationJobService:
             created_at=now,
             updated_at=now,
         )
-        with self.db.session() as session:
+        taken = f"An evaluation job named {request.job_name} (or with this clientRequestToken) already exists"
+        with unique_or_conflict(taken), self.db.session() as session:
             if session.scalar(select(EvaluationJob.id).where(EvaluationJob.name == request.job_name)):
                 raise ConflictException(f"An evaluation job named {request.job_name} already exists")
             session.add(job)
