@@ -225,7 +225,7 @@ def test_a_dataset_with_missing_fields_is_refused_with_its_line_numbers(services
                     },
                 }
             },
-            "evaluatorModelConfig \\(a judge model\\) is not supported yet",
+            "names a judge model but no metric needs one",
         ),
     ],
 )
@@ -511,3 +511,133 @@ def test_two_creates_racing_with_one_name_give_a_conflict_not_a_500(services: Se
     ):
         create(services, body("racing"))
     assert count_jobs(services) == 1
+
+
+# -- the judge model -------------------------------------------------------------------------
+
+JUDGE_ROWS = [("What is the capital of France?", "Paris"), ("How many legs does a spider have?", "eight")]
+
+
+def judge_body(
+    name: str,
+    metrics: tuple[str, ...] = ("Builtin.Correctness",),
+    judges: list[str] | None = None,
+    task: str = "Custom",
+    custom: dict[str, Any] | None = None,
+    models: list[dict[str, Any]] | None = None,
+) -> dict[str, Any]:
+    request = body(name, task=task, metrics=metrics, models=models)
+    automated = request["evaluationConfig"]["automated"]
+    if judges is not None:
+        automated["evaluatorModelConfig"] = {"bedrockEvaluatorModels": [{"modelIdentifier": j} for j in judges]}
+    if custom is not None:
+        automated["customMetricConfig"] = custom
+    return request
+
+
+def write_judge_dataset(services: Services, answers: dict[str, list[str]]) -> None:
+    lines = []
+    for index, (prompt, reference) in enumerate(JUDGE_ROWS):
+        responses = [{"response": a[index], "modelIdentifier": source} for source, a in answers.items()]
+        lines.append(json.dumps({"prompt": prompt, "referenceResponse": reference, "modelResponses": responses}))
+    services.store.write_bytes(DATASET, "\n".join(lines).encode())
+
+
+CUSTOM_METRIC = {
+    "customMetrics": [
+        {
+            "customMetricDefinition": {
+                "name": "Politeness",
+                "instructions": "Is this reply to {{prompt}} polite? Reply: {{prediction}}",
+                "ratingScale": [
+                    {"definition": "rude", "value": {"floatValue": 1}},
+                    {"definition": "neutral", "value": {"floatValue": 2}},
+                    {"definition": "polite", "value": {"floatValue": 3}},
+                ],
+            }
+        }
+    ],
+    "evaluatorModelConfig": {"bedrockEvaluatorModels": [{"modelIdentifier": BASE_MODEL}]},
+}
+
+
+@pytest.mark.parametrize(
+    ("request_change", "error", "message"),
+    [
+        ({}, ValidationException, "is rated by a judge model: give its model in evaluationConfig.automated"),
+        ({"judges": [BASE_MODEL, BASE_MODEL]}, ValidationException, "Member must have length less than or equal to 1"),
+        ({"judges": ["no-such-judge"]}, ResourceNotFoundException, "The judge model (evaluatorModelConfig): The model"),
+        ({"judges": [BASE_MODEL], "task": "Classification"}, ValidationException, "runs on task type Custom"),
+        (
+            {"judges": ["tuneforge.forge-micro-v1:0:512"], "custom": CUSTOM_METRIC, "metrics": ("Politeness",)},
+            ValidationException,
+            "at most 1 judge per job",
+        ),
+        (
+            {"custom": {**CUSTOM_METRIC, "evaluatorModelConfig": None}, "metrics": ("Politeness",)},
+            ValidationException,
+            "customMetricConfig.evaluatorModelConfig' failed to satisfy constraint: Member must not be null",
+        ),
+    ],
+)
+def test_judge_metrics_are_refused_without_a_judge_that_can_answer(
+    services: Services, request_change: dict[str, Any], error: type[ServiceError], message: str
+) -> None:
+    write_dataset(services)
+    with pytest.raises(error) as refused:
+        create(services, judge_body("judged", **request_change))
+    assert message in refused.value.message
+    assert count_jobs(services) == 0
+
+
+def test_the_judge_prompt_holds_the_prompt_reference_and_response_and_the_scale() -> None:
+    from tuneforge.evaluation.judge import BUILTIN_JUDGE_METRICS, CORRECTNESS, custom_metric, judge_prompt
+
+    text = judge_prompt(BUILTIN_JUDGE_METRICS[CORRECTNESS], "What is 2+2?", "five", "4")
+    assert "Prompt:\nWhat is 2+2?" in text and "Reference answer:\n4" in text and "Response:\nfive" in text
+    assert '"partially correct"' in text and text.endswith('Reply with JSON: {"rating": "<rating>"}')
+    politeness = custom_metric(CUSTOM_METRIC["customMetrics"][0]["customMetricDefinition"])
+    text = judge_prompt(politeness, "hi", "go away", None)
+    assert text.startswith("Is this reply to hi polite? Reply: go away") and "Reference" not in text
+    assert [politeness.score(i.label) for i in politeness.scale] == [0.0, 0.5, 1.0]
+
+
+def test_a_judge_rates_every_answer_on_its_scale_through_constrained_decoding(services: Services) -> None:
+    """forge-small is random-initialised: without the grammar its replies are noise, so a rating on
+    the scale for every record and metric shows the constraint at work, not the model's skill."""
+    write_judge_dataset(services, {"mine": ["Paris", "six"]})
+    job = create(
+        services,
+        judge_body(
+            "judged",
+            metrics=("Builtin.Correctness", "Builtin.Helpfulness", "Politeness"),
+            judges=[BASE_MODEL],
+            custom=CUSTOM_METRIC,
+            models=[{"precomputedInferenceSource": {"inferenceSourceIdentifier": "mine"}}],
+        ),
+    )
+    assert evaluation_summary(job)["inferenceConfigSummary"]["modelConfigSummary"] == {
+        "precomputedInferenceSourceIdentifiers": ["mine"]
+    }
+    done = run_in_process(services, job)
+    assert done.status == "Completed", done.failure_messages
+    (row,) = evaluation_job(done)["tuneforge"]["results"]["results"]
+    assert row["judge"]["modelIdentifier"] == BASE_MODEL
+    counts = row["judge"]["ratingCounts"]
+    assert set(counts) == {"Builtin.Correctness", "Builtin.Helpfulness", "Politeness"}
+    assert all(sum(c.values()) == len(JUDGE_ROWS) for c in counts.values())
+    assert set(counts["Politeness"]) == {"1", "2", "3"}
+    for name in counts:
+        assert 0.0 <= row["metrics"][name] <= 1.0
+    out = services.store.read_bytes(
+        f"s3://tests/eval-out/judged/{job.id}/models/mine/taskTypes/Custom/datasets/tickets/{job.id}_output.jsonl"
+    )
+    lines = [json.loads(line) for line in out.splitlines()]
+    assert len(lines) == len(JUDGE_ROWS)
+    for line in lines:
+        scores = line["automatedEvaluationResult"]["scores"]
+        assert [s["metricName"] for s in scores] == ["Correctness", "Helpfulness", "Politeness"]
+        for s in scores:
+            assert s["result"] in (0.0, 0.5, 1.0)
+            (details,) = s["evaluatorDetails"]
+            assert details["modelIdentifier"] == BASE_MODEL and details["explanation"].startswith("rated ")

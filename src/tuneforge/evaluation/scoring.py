@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from tuneforge.evaluation.dataset import EvaluationRecord
+from tuneforge.evaluation.judge import JudgeMetric, Rating, explanation
 from tuneforge.evaluation.metrics import ACCURACY, ROBUSTNESS, accuracy, mean, percentile, rouge_l
 
 
@@ -32,6 +33,16 @@ class Answer:
     """Why the model gave no answer (a prompt too long for its context, a failed generation): the
     record scores as a wrong answer, says why in its output line, and is left out of the latency
     figures (an instant empty answer would read as a fast model)."""
+
+
+@dataclass(frozen=True)
+class Judged:
+    """A judge model's ratings of one model's answers to one dataset: per metric, one per record."""
+
+    judge: str
+    """The judge's ``modelIdentifier`` as the request gave it."""
+    metrics: dict[str, JudgeMetric]
+    ratings: dict[str, list[Rating]]
 
 
 @dataclass(frozen=True)
@@ -58,11 +69,13 @@ def score(
     records: Sequence[EvaluationRecord],
     original: Pass,
     perturbed: Pass | None,
+    judged: Judged | None = None,
 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """(per-record scores, summary) for one model on one dataset.
 
     Per-record scores are ``[{"metricName", "result"}]`` lists as Bedrock writes them in
-    ``automatedEvaluationResult.scores`` (metric names without the ``Builtin.`` prefix).
+    ``automatedEvaluationResult.scores`` (metric names without the ``Builtin.`` prefix); a judge
+    metric's also has ``evaluatorDetails``: ``[{"modelIdentifier": <judge>, "explanation"}]``.
     """
     per_record: list[dict[str, Any]] = []
     accuracies: list[float] = []
@@ -82,6 +95,18 @@ def score(
             after = _record_score(task_type, record, perturbed.answers[index], answer)
             drops.append((before, after))
             scores.append({"metricName": "Robustness", "result": before - after})
+        for name, ratings in (judged.ratings if judged else {}).items():
+            assert judged is not None
+            rating = ratings[index]
+            scores.append(
+                {
+                    "metricName": name.removeprefix("Builtin."),
+                    "result": rating.score,
+                    "evaluatorDetails": [
+                        {"modelIdentifier": judged.judge, "explanation": explanation(judged.metrics[name], rating)}
+                    ],
+                }
+            )
         per_record.append({"scores": scores})
     metrics: dict[str, float | None] = {}
     if ACCURACY in metric_names:
@@ -100,6 +125,14 @@ def score(
         "tokensPerSecond": round(tokens / original.seconds, 2) if timed else None,
         "outputTokens": tokens,
     }
+    if judged is not None:
+        for name, ratings in judged.ratings.items():
+            metrics[name] = mean([rating.score for rating in ratings])
+        counts = {
+            name: {item.label: sum(r.label == item.label for r in ratings) for item in judged.metrics[name].scale}
+            for name, ratings in judged.ratings.items()
+        }
+        summary["judge"] = {"modelIdentifier": judged.judge, "ratingCounts": counts}
     if by_category:
         summary["categories"] = {name: {ACCURACY: mean(values)} for name, values in sorted(by_category.items())}
     return per_record, summary
