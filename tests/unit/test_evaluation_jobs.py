@@ -515,6 +515,7 @@ def test_two_creates_racing_with_one_name_give_a_conflict_not_a_500(services: Se
 
 # -- the judge model -------------------------------------------------------------------------
 
+JUDGE = "tuneforge.forge-micro-v1:0:512"
 JUDGE_ROWS = [("What is the capital of France?", "Paris"), ("How many legs does a spider have?", "eight")]
 
 
@@ -557,7 +558,7 @@ CUSTOM_METRIC = {
             }
         }
     ],
-    "evaluatorModelConfig": {"bedrockEvaluatorModels": [{"modelIdentifier": BASE_MODEL}]},
+    "evaluatorModelConfig": {"bedrockEvaluatorModels": [{"modelIdentifier": JUDGE}]},
 }
 
 
@@ -569,7 +570,7 @@ CUSTOM_METRIC = {
         ({"judges": ["no-such-judge"]}, ResourceNotFoundException, "The judge model (evaluatorModelConfig): The model"),
         ({"judges": [BASE_MODEL], "task": "Classification"}, ValidationException, "runs on task type Custom"),
         (
-            {"judges": ["tuneforge.forge-micro-v1:0:512"], "custom": CUSTOM_METRIC, "metrics": ("Politeness",)},
+            {"judges": [BASE_MODEL], "custom": CUSTOM_METRIC, "metrics": ("Politeness",)},
             ValidationException,
             "at most 1 judge per job",
         ),
@@ -603,7 +604,7 @@ def test_the_judge_prompt_holds_the_prompt_reference_and_response_and_the_scale(
 
 
 def test_a_judge_rates_every_answer_on_its_scale_through_constrained_decoding(services: Services) -> None:
-    """forge-small is random-initialised: without the grammar its replies are noise, so a rating on
+    """forge-micro is random-initialised: without the grammar its replies are noise, so a rating on
     the scale for every record and metric shows the constraint at work, not the model's skill."""
     write_judge_dataset(services, {"mine": ["Paris", "six"]})
     job = create(
@@ -611,7 +612,7 @@ def test_a_judge_rates_every_answer_on_its_scale_through_constrained_decoding(se
         judge_body(
             "judged",
             metrics=("Builtin.Correctness", "Builtin.Helpfulness", "Politeness"),
-            judges=[BASE_MODEL],
+            judges=[JUDGE],
             custom=CUSTOM_METRIC,
             models=[{"precomputedInferenceSource": {"inferenceSourceIdentifier": "mine"}}],
         ),
@@ -622,7 +623,7 @@ def test_a_judge_rates_every_answer_on_its_scale_through_constrained_decoding(se
     done = run_in_process(services, job)
     assert done.status == "Completed", done.failure_messages
     (row,) = evaluation_job(done)["tuneforge"]["results"]["results"]
-    assert row["judge"]["modelIdentifier"] == BASE_MODEL
+    assert row["judge"]["modelIdentifier"] == JUDGE
     counts = row["judge"]["ratingCounts"]
     assert set(counts) == {"Builtin.Correctness", "Builtin.Helpfulness", "Politeness"}
     assert all(sum(c.values()) == len(JUDGE_ROWS) for c in counts.values())
@@ -640,4 +641,33 @@ def test_a_judge_rates_every_answer_on_its_scale_through_constrained_decoding(se
         for s in scores:
             assert s["result"] in (0.0, 0.5, 1.0)
             (details,) = s["evaluatorDetails"]
-            assert details["modelIdentifier"] == BASE_MODEL and details["explanation"].startswith("rated ")
+            assert details["modelIdentifier"] == JUDGE and details["explanation"].startswith("rated ")
+
+
+def test_a_judge_rates_a_record_the_same_in_a_batch_as_alone(fast_tmp: Path) -> None:
+    """The property chosen for the judge (measured first: SmolLM2-135M-Instruct as judge gave every
+    answer the same rating, exact reference answers and clearly wrong ones alike, so "rates right above
+    wrong" cannot pass with a 135M judge). Each row of the batch decodes under its own metric's grammar:
+    a rating taken alone must equal the same rating taken among others of other scales."""
+    from tuneforge.engine.offline import offline_batcher
+    from tuneforge.evaluation.judge import BUILTIN_JUDGE_METRICS, CORRECTNESS, custom_metric
+    from tuneforge.model.builtin import ensure_builtin
+    from tuneforge.model.folders import load_for_inference
+    from tuneforge.recipes.evaluation import JudgeItem, judge_answers
+
+    model, tokenizer = load_for_inference(ensure_builtin("forge-micro", fast_tmp), fast_tmp)
+    batcher = offline_batcher(model, tokenizer, 8)
+    politeness = custom_metric(CUSTOM_METRIC["customMetrics"][0]["customMetricDefinition"])
+    items = [
+        JudgeItem(metric, prompt, answer, reference)
+        for prompt, reference in JUDGE_ROWS[:1]
+        for answer in (reference, "no idea")
+        for metric in (BUILTIN_JUDGE_METRICS[CORRECTNESS], politeness)
+    ]
+    together = judge_answers(batcher, items, lambda: False)
+    alone = [judge_answers(batcher, [item], lambda: False) for item in items]
+    assert together is not None and all(a is not None for a in alone)
+    assert [r.label for r in together] == [a[0].label for a in alone if a is not None]
+    for item, rating in zip(items, together, strict=True):
+        assert rating.label in {s.label for s in item.metric.scale}
+        assert f"Response:\n{item.response}" in rating.prompt or f"Reply: {item.response}" in rating.prompt
