@@ -568,6 +568,11 @@ CUSTOM_METRIC = {
         ({}, ValidationException, "is rated by a judge model: give its model in evaluationConfig.automated"),
         ({"judges": [BASE_MODEL, BASE_MODEL]}, ValidationException, "Member must have length less than or equal to 1"),
         ({"judges": ["no-such-judge"]}, ResourceNotFoundException, "The judge model (evaluatorModelConfig): The model"),
+        (
+            {"judges": ["arn:aws:bedrock:us-east-1:123456789012:evaluation-job/abcdefabcdef"]},
+            ValidationException,
+            "cannot run an evaluation job's judge: give a foundation model",
+        ),
         ({"judges": [BASE_MODEL], "task": "Classification"}, ValidationException, "runs on task type Custom"),
         (
             {"judges": [BASE_MODEL], "custom": CUSTOM_METRIC, "metrics": ("Politeness",)},

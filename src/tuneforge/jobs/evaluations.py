@@ -112,7 +112,7 @@ class EvaluationJobService:
         check_supported(request)
         models = [self._resolve(spec) for spec in request.models]
         if request.judge is not None:
-            models.append({**self._resolve(ModelSpec(request.judge), "judge"), "judge": True})
+            models.append({**self._resolve(ModelSpec(request.judge), "an evaluation job's judge"), "judge": True})
         self._check_uri("outputDataConfig.s3Uri", request.output_uri)
         precomputed = tuple(spec.identifier for spec in request.models if spec.precomputed)
         for index, config in enumerate(request.datasets):
@@ -156,16 +156,16 @@ class EvaluationJobService:
             session.add(job)
         return job
 
-    def _resolve(self, spec: ModelSpec, role: str = "evaluation job") -> dict[str, Any]:
+    def _resolve(self, spec: ModelSpec, role: str = "an evaluation job") -> dict[str, Any]:
         """What answers for ``spec`` (``role`` says which in messages: the job's model or its judge)."""
         if spec.precomputed:
             return {"identifier": spec.identifier, "precomputed": True}
         try:
             served = self.models.resolve_model(self._served_model(spec.identifier))
         except ValidationException as exc:
-            raise ValidationException(exc.message.replace("a batch inference job", f"an {role}")) from None
+            raise ValidationException(exc.message.replace("a batch inference job", role)) from None
         except ResourceNotFoundException as exc:
-            if role == "evaluation job":
+            if role == "an evaluation job":
                 raise
             raise ResourceNotFoundException(f"The judge model (evaluatorModelConfig): {exc.message}") from None
         return {"identifier": spec.identifier, "arn": served.arn, "inferenceParams": spec.inference_params}
