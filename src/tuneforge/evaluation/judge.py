@@ -163,7 +163,7 @@ class Rating:
     label: str
     score: float
     prompt: str
-    """The judge prompt the rating answers (kept for tests; not written out)."""
+    """The judge prompt the rating answers: what the judge saw (not written to the outputs)."""
 
 
 def explanation(metric: JudgeMetric, rating: Rating) -> str:

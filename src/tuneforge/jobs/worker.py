@@ -634,7 +634,8 @@ class EvaluationJobRunner:
 
     Each dataset is checked again (its file may have changed since the job was created), then each
     model answers every dataset's prompts (and, for ``Builtin.Robustness``, their perturbations)
-    one model at a time, so at most one model is in memory. Results go under
+    one model at a time, so at most one model is in memory; a judge model, when the job has one, is
+    loaded last and rates the answers kept from every model (:meth:`_judge`). Results go under
     ``<outputDataConfig s3Uri>/<job name>/<job id>/`` as Bedrock lays them out:
     ``models/<model>/taskTypes/<task type>/datasets/<dataset>/<job id>_output.jsonl``, one line per
     record; tuneforge adds ``summary.json``, the results Get shows.
