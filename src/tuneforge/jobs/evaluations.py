@@ -23,10 +23,11 @@ from sqlalchemy.orm import Session
 
 from tuneforge.arns import ArnFactory, decode_identifier, is_arn, new_id, resource_type
 from tuneforge.db.listing import Cursor, Page, created_and_named, fetch_page
-from tuneforge.db.session import Database
+from tuneforge.db.session import Database, unique_or_conflict
 from tuneforge.db.tables import CustomModelDeployment, EvaluationJob, ProvisionedModel, utcnow
 from tuneforge.errors import ConflictException, ResourceNotFoundException, ServiceError, ValidationException
 from tuneforge.evaluation.dataset import check_dataset
+from tuneforge.evaluation.judge import BUILTIN_JUDGE_METRICS, JUDGE_TASK_TYPES
 from tuneforge.evaluation.metrics import ACCURACY, BUILTIN_METRICS, ROBUSTNESS, SUPPORTED, needs_reference
 from tuneforge.idempotency import IdempotentRequest
 from tuneforge.jobs.invocations import InvocationJobService
@@ -66,6 +67,10 @@ class CreateEvaluationJobRequest(IdempotentRequest):
     output_uri: str
     datasets: tuple[DatasetMetricConfig, ...]
     models: tuple[ModelSpec, ...]
+    judge: str | None = None
+    """``evaluatorModelConfig``'s model (or ``customMetricConfig``'s: one judge per job)."""
+    custom_metrics: tuple[dict[str, Any], ...] = ()
+    """``customMetricConfig``'s ``customMetricDefinition`` objects, already checked."""
     application_type: str = "ModelEvaluation"
     description: str | None = None
     kms_key_id: str | None = None
@@ -106,6 +111,8 @@ class EvaluationJobService:
                 return existing
         check_supported(request)
         models = [self._resolve(spec) for spec in request.models]
+        if request.judge is not None:
+            models.append({**self._resolve(ModelSpec(request.judge), "an evaluation job's judge"), "judge": True})
         self._check_uri("outputDataConfig.s3Uri", request.output_uri)
         precomputed = tuple(spec.identifier for spec in request.models if spec.precomputed)
         for index, config in enumerate(request.datasets):
@@ -142,19 +149,25 @@ class EvaluationJobService:
             created_at=now,
             updated_at=now,
         )
-        with self.db.session() as session:
+        taken = f"An evaluation job named {request.job_name} (or with this clientRequestToken) already exists"
+        with unique_or_conflict(taken), self.db.session() as session:
             if session.scalar(select(EvaluationJob.id).where(EvaluationJob.name == request.job_name)):
                 raise ConflictException(f"An evaluation job named {request.job_name} already exists")
             session.add(job)
         return job
 
-    def _resolve(self, spec: ModelSpec) -> dict[str, Any]:
+    def _resolve(self, spec: ModelSpec, role: str = "an evaluation job") -> dict[str, Any]:
+        """What answers for ``spec`` (``role`` says which in messages: the job's model or its judge)."""
         if spec.precomputed:
             return {"identifier": spec.identifier, "precomputed": True}
         try:
             served = self.models.resolve_model(self._served_model(spec.identifier))
         except ValidationException as exc:
-            raise ValidationException(exc.message.replace("a batch inference job", "an evaluation job")) from None
+            raise ValidationException(exc.message.replace("a batch inference job", role)) from None
+        except ResourceNotFoundException as exc:
+            if role == "an evaluation job":
+                raise
+            raise ResourceNotFoundException(f"The judge model (evaluatorModelConfig): {exc.message}") from None
         return {"identifier": spec.identifier, "arn": served.arn, "inferenceParams": spec.inference_params}
 
     def _served_model(self, identifier: str) -> str:
@@ -275,18 +288,18 @@ def check_supported(request: CreateEvaluationJobRequest) -> None:
         raise ValidationException(
             "Human evaluation (evaluationConfig.human) is not supported yet: use evaluationConfig.automated"
         )
-    automated = evaluation.get("automated") or {}
-    for member in ("evaluatorModelConfig", "customMetricConfig"):
-        if member in automated:
-            raise ValidationException(
-                f"evaluationConfig.automated.{member} (a judge model) is not supported yet: use the built-in metrics"
-            )
     if "ragConfigs" in request.inference_config:
         raise ValidationException("inferenceConfig.ragConfigs is not supported yet: give inferenceConfig.models")
     precomputed = any(spec.precomputed for spec in request.models)
+    custom = {definition["name"] for definition in request.custom_metrics}
+    judged = False
     for index, config in enumerate(request.datasets):
         where = f"evaluationConfig.automated.datasetMetricConfigs.{index + 1}.member.metricNames"
         for name in config.metric_names:
+            if name in BUILTIN_JUDGE_METRICS or name in custom:
+                _check_judge_metric(request, config.task_type, name, where)
+                judged = True
+                continue
             if name not in BUILTIN_METRICS:
                 raise ValidationException(
                     f"The metric {name} at '{where}' is not a built-in metric: use one of "
@@ -303,6 +316,25 @@ def check_supported(request: CreateEvaluationJobRequest) -> None:
                     f"The metric {ROBUSTNESS} needs the model to answer perturbed prompts, which a "
                     "precomputedInferenceSource cannot: remove it or evaluate a Bedrock model"
                 )
+    if request.judge is not None and not judged:
+        raise ValidationException(
+            "evaluationConfig.automated.evaluatorModelConfig names a judge model but no metric needs one: ask for "
+            f"{', '.join(BUILTIN_JUDGE_METRICS)} or a custom metric on a Custom task"
+        )
+
+
+def _check_judge_metric(request: CreateEvaluationJobRequest, task_type: str, name: str, where: str) -> None:
+    """A judge metric runs on a Custom task and needs the job's judge model."""
+    if task_type not in JUDGE_TASK_TYPES:
+        raise ValidationException(
+            f"The metric {name} at '{where}' is rated by a judge model, which runs on task type "
+            f"{' or '.join(JUDGE_TASK_TYPES)}, not {task_type}"
+        )
+    if request.judge is None:
+        raise ValidationException(
+            f"The metric {name} at '{where}' is rated by a judge model: give its model in "
+            "evaluationConfig.automated.evaluatorModelConfig.bedrockEvaluatorModels"
+        )
 
 
 def mark_ended(job: EvaluationJob, status: str, message: str | None) -> None:

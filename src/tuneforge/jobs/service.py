@@ -16,7 +16,7 @@ from tuneforge.catalog.hyperparameters import HyperParameterError, HyperParamete
 from tuneforge.catalog.models import CONTINUED_PRE_TRAINING, DISTILLATION, FoundationModel
 from tuneforge.catalog.service import Catalog
 from tuneforge.db.listing import Cursor, Page, created_and_named, fetch_page
-from tuneforge.db.session import Database
+from tuneforge.db.session import Database, unique_or_conflict
 from tuneforge.db.tables import CustomModel, Job, JobEvent, utcnow
 from tuneforge.errors import (
     ConflictException,
@@ -190,7 +190,8 @@ class JobService:
             created_at=now,
             updated_at=now,
         )
-        with self.db.session() as session:
+        taken = f"A model customization job named {request.job_name} (or with this clientRequestToken) already exists"
+        with unique_or_conflict(taken), self.db.session() as session:
             if session.scalar(select(Job.id).where(Job.name == request.job_name)):
                 raise ConflictException(f"A model customization job named {request.job_name} already exists")
             in_use = session.scalar(

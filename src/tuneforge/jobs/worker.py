@@ -33,8 +33,9 @@ from tuneforge.catalog.models import DISTILLATION, FoundationModel
 from tuneforge.db.tables import CustomModel, EvaluationJob, Job, JobEvent, ModelInvocationJob, utcnow
 from tuneforge.errors import ServiceError
 from tuneforge.evaluation.dataset import check_dataset
+from tuneforge.evaluation.judge import BUILTIN_JUDGE_METRICS, JudgeMetric, custom_metric, judge_metric_names
 from tuneforge.evaluation.metrics import ROBUSTNESS, needs_reference, perturb
-from tuneforge.evaluation.scoring import Answer, Pass, output_line, score
+from tuneforge.evaluation.scoring import Answer, Judged, Pass, output_line, score
 from tuneforge.jobs.evaluations import DEFAULT_MAX_TOKENS, MAX_DATASET_BYTES
 from tuneforge.jobs.evaluations import mark_ended as end_evaluation
 from tuneforge.jobs.evaluations import max_tokens as evaluation_max_tokens
@@ -633,7 +634,8 @@ class EvaluationJobRunner:
 
     Each dataset is checked again (its file may have changed since the job was created), then each
     model answers every dataset's prompts (and, for ``Builtin.Robustness``, their perturbations)
-    one model at a time, so at most one model is in memory. Results go under
+    one model at a time, so at most one model is in memory; a judge model, when the job has one, is
+    loaded last and rates the answers kept from every model (:meth:`_judge`). Results go under
     ``<outputDataConfig s3Uri>/<job name>/<job id>/`` as Bedrock lays them out:
     ``models/<model>/taskTypes/<task type>/datasets/<dataset>/<job id>_output.jsonl``, one line per
     record; tuneforge adds ``summary.json``, the results Get shows.
@@ -697,9 +699,6 @@ class EvaluationJobRunner:
 
         import torch
 
-        from tuneforge.engine.offline import offline_batcher
-        from tuneforge.engine.server import model_folder
-        from tuneforge.model.folders import load_for_inference, trained_format
         from tuneforge.recipes.evaluation import answer_prompts
 
         configs = job["evaluation_config"]["automated"]["datasetMetricConfigs"]
@@ -723,52 +722,110 @@ class EvaluationJobRunner:
         root = f"{job['output_data']['s3Uri'].rstrip('/')}/{job['name']}/{self.job_id}"
         self._write(f"{root}/.write_access_check_file.tmp", b"")
         torch.set_num_threads(worker_threads(self.settings))
-        rows: list[dict[str, Any]] = []
+        answered: list[tuple[str, dict[str, Any], list[Any], Pass, Pass | None]] = []
         for model in job["models"]:
+            if model.get("judge"):
+                continue
             identifier = model["identifier"]
             batcher = None
             limit = DEFAULT_MAX_TOKENS
             if not model.get("precomputed"):
-                try:
-                    served = self.services.invocation_jobs.resolve_model(model["arn"])
-                except ServiceError as exc:
-                    raise JobFailed(exc.message) from None
-                folder = model_folder(served.source, self.settings)
-                loaded, tokenizer = load_for_inference(folder, self.settings.models_dir)
-                batcher = offline_batcher(loaded, tokenizer, self.settings.batch_max_rows, trained_format(folder))
-                limit = served.foundation.limits.max_output_tokens
+                batcher, limit = self._batcher(model)
             tokens = evaluation_max_tokens(model.get("inferenceParams"), limit)
             for config, records in datasets:
-                task, metrics = config["taskType"], config["metricNames"]
                 if batcher is None:
                     original: Pass | None = Pass([Answer(r.responses[identifier]) for r in records])
                     perturbed: Pass | None = None
                 else:
                     original = answer_prompts(batcher, [r.prompt for r in records], tokens, self.should_stop)
                     perturbed = None
-                    if original is not None and ROBUSTNESS in metrics:
+                    if original is not None and ROBUSTNESS in config["metricNames"]:
                         changed = [perturb(r.prompt, i) for i, r in enumerate(records)]
                         perturbed = answer_prompts(batcher, changed, tokens, self.should_stop)
                         if perturbed is None:
                             original = None
                 if original is None:
                     self.services.store.delete_prefix(f"{root}/.write_access_check_file.tmp")
-                    return "Stopped", None, _evaluation_results(root, rows)
-                per_record, summary = score(task, metrics, records, original, perturbed)
-                lines = b"".join(
-                    json.dumps(output_line(r, s, identifier, a), ensure_ascii=False).encode() + b"\n"
-                    for r, s, a in zip(records, per_record, original.answers, strict=True)
-                )
-                name = config["dataset"]["name"]
-                where = f"{root}/models/{_path_part(identifier)}/taskTypes/{task}/datasets/{name}"
-                self._write(f"{where}/{self.job_id}_output.jsonl", lines)
-                rows.append({"modelIdentifier": identifier, "taskType": task, "dataset": name, **summary})
+                    return "Stopped", None, None
+                answered.append((identifier, config, records, original, perturbed))
             del batcher
             gc.collect()
+        judged = self._judge(job, answered)
+        if judged is None:
+            self.services.store.delete_prefix(f"{root}/.write_access_check_file.tmp")
+            return "Stopped", None, None
+        rows: list[dict[str, Any]] = []
+        for (identifier, config, records, original, perturbed), judgement in zip(answered, judged, strict=True):
+            task, metrics = config["taskType"], config["metricNames"]
+            per_record, summary = score(task, metrics, records, original, perturbed, judgement)
+            lines = b"".join(
+                json.dumps(output_line(r, s, identifier, a), ensure_ascii=False).encode() + b"\n"
+                for r, s, a in zip(records, per_record, original.answers, strict=True)
+            )
+            name = config["dataset"]["name"]
+            where = f"{root}/models/{_path_part(identifier)}/taskTypes/{task}/datasets/{name}"
+            self._write(f"{where}/{self.job_id}_output.jsonl", lines)
+            rows.append({"modelIdentifier": identifier, "taskType": task, "dataset": name, **summary})
         results = _evaluation_results(root, rows)
         self._write(f"{root}/summary.json", json.dumps(results, indent=2).encode())
         self.services.store.delete_prefix(f"{root}/.write_access_check_file.tmp")
         return "Completed", None, results
+
+    def _batcher(self, model: dict[str, Any]) -> tuple[Any, int]:
+        """The batcher for one resolved model (a job's or its judge), and its output token limit."""
+        from tuneforge.engine.offline import offline_batcher
+        from tuneforge.engine.server import model_folder
+        from tuneforge.model.folders import load_for_inference, trained_format
+
+        try:
+            served = self.services.invocation_jobs.resolve_model(model["arn"])
+        except ServiceError as exc:
+            raise JobFailed(exc.message) from None
+        folder = model_folder(served.source, self.settings)
+        loaded, tokenizer = load_for_inference(folder, self.settings.models_dir)
+        batcher = offline_batcher(loaded, tokenizer, self.settings.batch_max_rows, trained_format(folder))
+        return batcher, served.foundation.limits.max_output_tokens
+
+    def _judge(
+        self, job: dict[str, Any], answered: list[tuple[str, dict[str, Any], list[Any], Pass, Pass | None]]
+    ) -> list[Judged | None] | None:
+        """The judge's ratings for each (model, dataset) pass that asks for judge metrics (None for one
+        that does not); None when stopped first. The judge is loaded once, after the models are gone."""
+        import gc
+
+        from tuneforge.recipes.evaluation import JudgeItem, judge_answers
+
+        judge = next((m for m in job["models"] if m.get("judge")), None)
+        if judge is None:
+            return [None] * len(answered)
+        sources = (job["evaluation_config"]["automated"].get("customMetricConfig") or {}).get("customMetrics") or []
+        definitions = [source["customMetricDefinition"] for source in sources]
+        custom = {definition["name"]: custom_metric(definition) for definition in definitions}
+        batcher, _ = self._batcher(judge)
+        out: list[Judged | None] = []
+        for _, config, records, original, _ in answered:
+            names = judge_metric_names(config["metricNames"], custom)
+            if not names:
+                out.append(None)
+                continue
+            metrics: dict[str, JudgeMetric] = {n: BUILTIN_JUDGE_METRICS.get(n) or custom[n] for n in names}
+            items = [
+                JudgeItem(metrics[name], record.prompt, answer.text, record.reference)
+                for name in names
+                for record, answer in zip(records, original.answers, strict=True)
+            ]
+            try:
+                ratings = judge_answers(batcher, items, self.should_stop)
+            except ValueError as exc:
+                raise JobFailed(str(exc)) from None
+            if ratings is None:
+                return None
+            count = len(records)
+            by_metric = {name: ratings[i * count : (i + 1) * count] for i, name in enumerate(names)}
+            out.append(Judged(judge["identifier"], metrics, by_metric))
+        del batcher
+        gc.collect()
+        return out
 
     def _write(self, uri: str, data: bytes) -> None:
         write_output(self.services, uri, data)
