@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 from sqlalchemy import func, select
 
+from tests.unit.test_evaluation_jobs import BASE_MODEL, body, count_jobs, create, write_dataset
 from tuneforge.db.tables import IngestionJob, KnowledgeChunk, KnowledgeDataSource
 from tuneforge.errors import ConflictException, ResourceNotFoundException, ValidationException
 from tuneforge.jobs.knowledge_bases import index_path
@@ -220,3 +221,39 @@ def test_an_ingestion_whose_worker_died_ends_failed_and_frees_the_data_source(se
         "Job interrupted: the worker process ended unexpectedly. Start the job again to retry."
     ]
     assert kbs.start_ingestion_job(kb.id, ds.id, {}).status == "STARTING"
+
+
+def rag_request(kb_id: str, metrics: tuple[str, ...] = ("Builtin.Accuracy",), **rag: Any) -> dict[str, Any]:
+    request = body(task="QuestionAndAnswer", metrics=metrics)
+    generate = {
+        "type": "KNOWLEDGE_BASE",
+        "knowledgeBaseConfiguration": {"knowledgeBaseId": kb_id, "modelArn": BASE_MODEL},
+    }
+    config = rag or {"knowledgeBaseConfig": {"retrieveAndGenerateConfig": generate}}
+    return {**request, "applicationType": "RagEvaluation", "inferenceConfig": {"ragConfigs": [config]}}
+
+
+@pytest.mark.parametrize(
+    ("change", "error", "message"),
+    [
+        ({"metrics": ("Builtin.Faithfulness",)}, ValidationException, "needs a judge model"),
+        ({"metrics": ("Builtin.Robustness",)}, ValidationException, "not supported for RagEvaluation"),
+        (
+            {"knowledgeBaseConfig": {"retrieveConfig": {"knowledgeBaseId": "X"}}},
+            ValidationException,
+            "only knowledgeBaseConfig.retrieveAndGenerateConfig is supported",
+        ),
+        ({"kb": "NOSUCHKB00"}, ResourceNotFoundException, "Knowledge base with id NOSUCHKB00 does not exist"),
+    ],
+)
+def test_rag_evaluations_refuse_judge_metrics_retrieve_only_configs_and_unknown_knowledge_bases(
+    services: Services, change: dict[str, Any], error: type[Exception], message: str
+) -> None:
+    write_dataset(services)
+    kb = services.knowledge_bases.create_knowledge_base(kb_body())
+    metrics = change.pop("metrics", ("Builtin.Accuracy",))
+    kb_id = change.pop("kb", kb.id)
+    with pytest.raises(error, match=message):
+        create(services, rag_request(kb_id, metrics, **change))
+    assert count_jobs(services) == 0
+    assert create(services, rag_request(kb.id)).models[0]["rag"]["knowledgeBaseId"] == kb.id

@@ -32,7 +32,7 @@ from tuneforge.catalog.hyperparameters import resolve
 from tuneforge.catalog.models import DISTILLATION, FoundationModel
 from tuneforge.db.tables import CustomModel, EvaluationJob, IngestionJob, Job, JobEvent, ModelInvocationJob, utcnow
 from tuneforge.errors import ServiceError
-from tuneforge.evaluation.dataset import check_dataset
+from tuneforge.evaluation.dataset import EvaluationRecord, check_dataset
 from tuneforge.evaluation.metrics import ROBUSTNESS, needs_reference, perturb
 from tuneforge.evaluation.scoring import Answer, Pass, output_line, score
 from tuneforge.jobs.evaluations import DEFAULT_MAX_TOKENS, MAX_DATASET_BYTES
@@ -44,6 +44,7 @@ from tuneforge.jobs.supervisor import checkpoint_dir, remove_job_files
 from tuneforge.recipes.base import RecipeFailed, RecipeInputs, RecipeResult, Stage, StageStatus, TeacherInputs
 from tuneforge.recipes.memory import steady_allocator
 from tuneforge.services import Services
+from tuneforge.serving.retrieval import RetrievedChunk, context_hit
 from tuneforge.settings import Settings
 from tuneforge.storage import StorageError
 
@@ -702,6 +703,7 @@ class EvaluationJobRunner:
 
         from tuneforge.engine.offline import offline_batcher
         from tuneforge.engine.server import model_folder
+        from tuneforge.knowledge.rag import WorkerRetriever
         from tuneforge.model.folders import load_for_inference, trained_format
         from tuneforge.recipes.evaluation import answer_prompts
 
@@ -741,13 +743,18 @@ class EvaluationJobRunner:
                 batcher = offline_batcher(loaded, tokenizer, self.settings.batch_max_rows, trained_format(folder))
                 limit = served.foundation.limits.max_output_tokens
             tokens = evaluation_max_tokens(model.get("inferenceParams"), limit)
+            retriever = WorkerRetriever(self.services, model["rag"]) if model.get("rag") else None
             for config, records in datasets:
                 task, metrics = config["taskType"], config["metricNames"]
+                prompts = [r.prompt for r in records]
+                contexts = retriever.retrieve(prompts) if retriever is not None else None
+                if retriever is not None and contexts is not None:
+                    prompts = [retriever.prompt(p, c) for p, c in zip(prompts, contexts, strict=True)]
                 if batcher is None:
                     original: Pass | None = Pass([Answer(r.responses[identifier]) for r in records])
                     perturbed: Pass | None = None
                 else:
-                    original = answer_prompts(batcher, [r.prompt for r in records], tokens, self.should_stop)
+                    original = answer_prompts(batcher, prompts, tokens, self.should_stop)
                     perturbed = None
                     if original is not None and ROBUSTNESS in metrics:
                         changed = [perturb(r.prompt, i) for i, r in enumerate(records)]
@@ -758,10 +765,13 @@ class EvaluationJobRunner:
                     self.services.store.delete_prefix(f"{root}/.write_access_check_file.tmp")
                     return "Stopped", None, _evaluation_results(root, rows)
                 per_record, summary = score(task, metrics, records, original, perturbed)
-                lines = b"".join(
-                    json.dumps(output_line(r, s, identifier, a), ensure_ascii=False).encode() + b"\n"
+                outputs = [
+                    output_line(r, s, identifier, a)
                     for r, s, a in zip(records, per_record, original.answers, strict=True)
-                )
+                ]
+                if contexts is not None:
+                    summary["retrieval"] = _retrieval_scores(records, contexts, outputs)
+                lines = b"".join(json.dumps(line, ensure_ascii=False).encode() + b"\n" for line in outputs)
                 name = config["dataset"]["name"]
                 where = f"{root}/models/{_path_part(identifier)}/taskTypes/{task}/datasets/{name}"
                 self._write(f"{where}/{self.job_id}_output.jsonl", lines)
@@ -775,6 +785,23 @@ class EvaluationJobRunner:
 
     def _write(self, uri: str, data: bytes) -> None:
         write_output(self.services, uri, data)
+
+
+def _retrieval_scores(
+    records: list[EvaluationRecord], contexts: list[list[RetrievedChunk]], outputs: list[dict[str, Any]]
+) -> dict[str, Any]:
+    """A RagEvaluation's retrieval scores: per record, the passages retrieved (added to its output
+    line) and whether one holds the reference answer; the context hit rate over records with one."""
+    hits = []
+    for record, chunks, line in zip(records, contexts, outputs, strict=True):
+        line["retrievedPassages"] = [
+            {"content": {"text": c.text}, "location": {"type": "S3", "s3Location": {"uri": c.uri}}} for c in chunks
+        ]
+        hit = context_hit(record.reference, chunks)
+        if hit is not None:
+            line["automatedEvaluationResult"]["scores"].append({"metricName": "ContextHit", "result": float(hit)})
+            hits.append(hit)
+    return {"contextHitRate": sum(hits) / len(hits) if hits else None, "records": len(hits)}
 
 
 def _path_part(identifier: str) -> str:
