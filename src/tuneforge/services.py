@@ -16,6 +16,7 @@ from tuneforge.db.listing import PageTokens
 from tuneforge.db.session import Database
 from tuneforge.jobs.evaluations import EvaluationJobService
 from tuneforge.jobs.invocations import InvocationJobService
+from tuneforge.jobs.knowledge_bases import KnowledgeBaseService
 from tuneforge.jobs.memory import MemoryPlanner
 from tuneforge.jobs.service import JobService
 from tuneforge.serving.deployments import DeploymentService
@@ -45,6 +46,7 @@ class Services:
     tags: TagService
     invocation_jobs: InvocationJobService
     evaluation_jobs: EvaluationJobService
+    knowledge_bases: KnowledgeBaseService
 
     @classmethod
     def create(cls, settings: Settings) -> Services:
@@ -73,6 +75,7 @@ class Services:
             tags=TagService(db, settings),
             invocation_jobs=invocation_jobs,
             evaluation_jobs=EvaluationJobService(db, store, arns, invocation_jobs),
+            knowledge_bases=KnowledgeBaseService(db, store, arns, settings),
         )
 
     def close(self) -> None:

@@ -213,7 +213,7 @@ def test_a_dataset_with_missing_fields_is_refused_with_its_line_numbers(services
 @pytest.mark.parametrize(
     ("request_change", "message"),
     [
-        ({"applicationType": "RagEvaluation"}, "applicationType RagEvaluation is not supported yet"),
+        ({"applicationType": "RagEvaluation"}, "A RagEvaluation job evaluates inferenceConfig.ragConfigs"),
         ({"evaluationConfig": {"human": {"datasetMetricConfigs": []}}}, "Human evaluation"),
         (
             {

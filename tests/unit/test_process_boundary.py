@@ -1,7 +1,7 @@
 """The process boundary is a folder boundary: control-plane folders never import the torch side.
 
 The API server, control-plane services and catalog run without torch (the API process starts in a
-second and holds no model memory). Torch-side code lives in ``model/``, ``engine/`` and ``recipes/``
+second and holds no model memory). Torch-side code lives in ``model/``, ``engine/``, ``recipes/`` and ``knowledge/``
 and runs in worker and engine processes only. This test reads every control-plane module's imports,
 including imports inside functions, so a lazy import cannot slip across either.
 """
@@ -19,8 +19,8 @@ PACKAGE = Path(tuneforge.__file__).parent
 CONTROL_PLANE = ("api", "console", "serving", "catalog", "data", "evaluation", "jobs")
 WORKER_SIDE = {PACKAGE / "jobs" / "worker.py"}
 """The job worker is the process that runs recipes; it is the one control-plane file allowed across."""
-TORCH_SIDE = ("tuneforge.model", "tuneforge.engine", "tuneforge.recipes")
-HEAVY_LIBRARIES = ("torch", "peft", "safetensors")
+TORCH_SIDE = ("tuneforge.model", "tuneforge.engine", "tuneforge.recipes", "tuneforge.knowledge")
+HEAVY_LIBRARIES = ("torch", "peft", "safetensors", "faiss")
 
 
 def imported_modules(path: Path) -> list[tuple[int, str]]:

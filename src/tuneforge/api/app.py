@@ -23,6 +23,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from tuneforge import __version__
+from tuneforge.api.agent.routes import router as agent_router
 from tuneforge.api.bedrock.deployment_routes import router as deployment_router
 from tuneforge.api.bedrock.evaluation_routes import router as evaluation_router
 from tuneforge.api.bedrock.import_routes import router as import_router
@@ -44,6 +45,7 @@ from tuneforge.errors import ServiceError
 from tuneforge.jobs.supervisor import Supervisor
 from tuneforge.services import Services
 from tuneforge.serving.manager import EngineManager
+from tuneforge.serving.retrieval import Retriever
 from tuneforge.serving.runtime import RuntimeService
 from tuneforge.settings import Settings
 
@@ -79,6 +81,7 @@ def create_app(
         deployments=services.deployments,
     )
     inference = Inference(runtime, services.invocation_logs)
+    retriever = Retriever(services.knowledge_bases, settings)
     start_engines = run_supervisor if run_engines is None else run_engines
 
     @asynccontextmanager
@@ -95,6 +98,7 @@ def create_app(
                 supervisor.shutdown()
             services.imports.shutdown()
             engines.shutdown()
+            retriever.close()
             services.close()
 
     app = FastAPI(title="tuneforge", version=__version__, lifespan=lifespan)
@@ -103,6 +107,7 @@ def create_app(
     app.state.engines = engines
     app.state.metrics_registry = registry
     app.state.bedrock_runtime = BedrockRuntime(inference)
+    app.state.retriever = retriever
     app.state.openai = OpenAIServing(inference, services.throughput, services.deployments)
 
     app.state.console_sessions = ConsoleSessions.from_settings(settings)
@@ -144,6 +149,7 @@ def create_app(
     app.include_router(import_router)
     app.include_router(invocation_router)
     app.include_router(evaluation_router)
+    app.include_router(agent_router)
     app.include_router(serving_router)
     app.include_router(deployment_router)
     app.include_router(runtime_router)

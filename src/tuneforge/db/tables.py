@@ -416,3 +416,88 @@ class EvaluationJob(Base):
     ended_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
 
     __table_args__ = (Index("ix_evaluation_jobs_phase_created", "phase", "created_at"),)
+
+
+class KnowledgeBase(Base):
+    """A vector knowledge base (bedrock-agent CreateKnowledgeBase): tuneforge's built-in embedder and
+    its embedded index (one FAISS file per data source under ``<data_dir>/knowledge/<id>/``)."""
+
+    __tablename__ = "knowledge_bases"
+
+    id: Mapped[str] = mapped_column(String(10), primary_key=True)
+    arn: Mapped[str] = mapped_column(String(128), unique=True)
+    name: Mapped[str] = mapped_column(String(100), unique=True)
+    description: Mapped[str | None] = mapped_column(Text, nullable=True)
+    role_arn: Mapped[str] = mapped_column(String(2048))
+    client_token: Mapped[str | None] = mapped_column(String(256), unique=True)
+    configuration: Mapped[dict[str, Any]] = mapped_column(JSON)
+    storage: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    status: Mapped[str] = mapped_column(String(24), default="ACTIVE")
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+
+class KnowledgeDataSource(Base):
+    """An ``s3://`` prefix whose documents a knowledge base ingests, with its chunking configuration."""
+
+    __tablename__ = "knowledge_data_sources"
+
+    id: Mapped[str] = mapped_column(String(10), primary_key=True)
+    knowledge_base_id: Mapped[str] = mapped_column(String(10), index=True)
+    name: Mapped[str] = mapped_column(String(100))
+    description: Mapped[str | None] = mapped_column(Text, nullable=True)
+    client_token: Mapped[str | None] = mapped_column(String(256), unique=True)
+    configuration: Mapped[dict[str, Any]] = mapped_column(JSON)
+    """``dataSourceConfiguration`` as sent (type S3, bucketArn, inclusionPrefixes)."""
+    uri: Mapped[str] = mapped_column(String(2048))
+    """The ``s3://bucket/prefix`` the configuration names, checked against the allowed roots."""
+    ingestion: Mapped[dict[str, Any]] = mapped_column(JSON)
+    """``vectorIngestionConfiguration`` with Bedrock's default chunking filled in."""
+    deletion_policy: Mapped[str] = mapped_column(String(16), default="DELETE")
+    status: Mapped[str] = mapped_column(String(24), default="AVAILABLE")
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+
+class IngestionJob(Base):
+    """StartIngestionJob: chunk, embed and index a data source's documents in a worker process.
+
+    Queued beside the other job kinds (same claim, heartbeat and pid columns); Bedrock's statuses
+    (``STARTING`` while queued, ``IN_PROGRESS``, ``COMPLETE`` | ``FAILED``); ``statistics`` and
+    ``failure_reasons`` (one per document that could not be ingested) grow while it runs.
+    """
+
+    __tablename__ = "ingestion_jobs"
+
+    id: Mapped[str] = mapped_column(String(10), primary_key=True)
+    knowledge_base_id: Mapped[str] = mapped_column(String(10), index=True)
+    data_source_id: Mapped[str] = mapped_column(String(10), index=True)
+    description: Mapped[str | None] = mapped_column(Text, nullable=True)
+    client_token: Mapped[str | None] = mapped_column(String(256), unique=True)
+    status: Mapped[str] = mapped_column(String(16), default="STARTING")
+    statistics: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    failure_reasons: Mapped[list[Any]] = mapped_column(JSON, default=list)
+
+    phase: Mapped[str] = mapped_column(String(16), default="queued")
+    stop_requested: Mapped[bool] = mapped_column(Boolean, default=False)
+    worker_pid: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    worker_host: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    heartbeat_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+    __table_args__ = (Index("ix_ingestion_jobs_phase_created", "phase", "created_at"),)
+
+
+class KnowledgeChunk(Base):
+    """One indexed chunk: its id is the vector's id in the data source's FAISS index."""
+
+    __tablename__ = "knowledge_chunks"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    knowledge_base_id: Mapped[str] = mapped_column(String(10), index=True)
+    data_source_id: Mapped[str] = mapped_column(String(10), index=True)
+    uri: Mapped[str] = mapped_column(String(2048))
+    text: Mapped[str] = mapped_column(Text)

@@ -23,7 +23,9 @@ Batch inference jobs (:class:`~tuneforge.db.tables.ModelInvocationJob`) share th
 concurrency limit and the worker command: the oldest queued job of either kind is claimed first. A
 batch job whose worker dies is not resumed (its answers are cheap to make again): it ends ``Failed``,
 or ``Stopped`` when it was stopping. Evaluation jobs (:class:`~tuneforge.db.tables.EvaluationJob`)
-are queued and recovered the same way (Bedrock's status stays ``InProgress`` while one is queued).
+are queued and recovered the same way (Bedrock's status stays ``InProgress`` while one is queued),
+and so are knowledge base ingestion jobs (:class:`~tuneforge.db.tables.IngestionJob`, ``STARTING``
+while queued), which end ``FAILED`` when their worker dies.
 """
 
 from __future__ import annotations
@@ -45,9 +47,10 @@ from typing import Any, cast
 
 from sqlalchemy import CursorResult, select, update
 
-from tuneforge.db.tables import EvaluationJob, Job, JobEvent, ModelInvocationJob, utcnow
+from tuneforge.db.tables import EvaluationJob, IngestionJob, Job, JobEvent, ModelInvocationJob, utcnow
 from tuneforge.jobs import evaluations
 from tuneforge.jobs.invocations import mark_ended
+from tuneforge.jobs.knowledge_bases import mark_ingestion_ended
 from tuneforge.jobs.service import mark_stages
 from tuneforge.services import Services
 from tuneforge.settings import child_environment
@@ -193,7 +196,7 @@ class Supervisor:
         orphans: list[tuple[str, int | None]] = []
         with self.services.db.session() as session:
             live = ("InProgress", "Stopping")
-            rows: list[Job | ModelInvocationJob | EvaluationJob] = [
+            rows: list[Job | ModelInvocationJob | EvaluationJob | IngestionJob] = [
                 *session.scalars(select(Job).where(Job.phase == "running", Job.status.in_(live))),
                 *session.scalars(
                     select(ModelInvocationJob).where(
@@ -203,6 +206,7 @@ class Supervisor:
                 *session.scalars(
                     select(EvaluationJob).where(EvaluationJob.phase == "running", EvaluationJob.status.in_(live))
                 ),
+                *session.scalars(select(IngestionJob).where(IngestionJob.phase == "running")),
             ]
             for job in rows:
                 if job.id in self._running:
@@ -241,6 +245,12 @@ class Supervisor:
             evaluation = session.get(EvaluationJob, job_id)
             if evaluation is not None:
                 self._end_lost_evaluation_job(evaluation, what)
+                return
+            ingestion = session.get(IngestionJob, job_id)
+            if ingestion is not None:
+                if ingestion.phase == "running":
+                    mark_ingestion_ended(ingestion, "FAILED", f"Job interrupted: {what}. Start the job again to retry.")
+                    log.warning("ingestion job %s: %s", job_id, what)
                 return
             job = session.get(Job, job_id)
             if job is None or job.status not in ("InProgress", "Stopping"):
@@ -325,7 +335,13 @@ class Supervisor:
                     .order_by(EvaluationJob.created_at)
                     .limit(1)
                 ).first()
-                if customization is None and batch is None and evaluation is None:
+                ingestion = session.execute(
+                    select(IngestionJob.id, IngestionJob.created_at)
+                    .where(IngestionJob.phase == "queued", IngestionJob.status == "STARTING")
+                    .order_by(IngestionJob.created_at)
+                    .limit(1)
+                ).first()
+                if customization is None and batch is None and evaluation is None and ingestion is None:
                     return
                 claim = dict(
                     phase="running",
@@ -340,6 +356,15 @@ class Supervisor:
                     default=None,
                 )
                 if evaluation is not None and (oldest is None or evaluation.created_at < oldest.created_at):
+                    oldest = evaluation
+                if ingestion is not None and (oldest is None or ingestion.created_at < oldest.created_at):
+                    job_id = ingestion.id
+                    result = session.execute(
+                        update(IngestionJob)
+                        .where(IngestionJob.id == job_id, IngestionJob.phase == "queued")
+                        .values(**claim, attempts=IngestionJob.attempts + 1)
+                    )
+                elif evaluation is not None and oldest is evaluation:
                     job_id = evaluation.id
                     result = session.execute(
                         update(EvaluationJob)
@@ -378,7 +403,7 @@ class Supervisor:
                 start_new_session=True,
             )
         with self.services.db.session() as session:
-            for table in (Job, ModelInvocationJob, EvaluationJob):
+            for table in (Job, ModelInvocationJob, EvaluationJob, IngestionJob):
                 session.execute(update(table).where(table.id == job_id).values(worker_pid=process.pid))
         self._running[job_id] = _Running(job_id, process)
         log.info("job %s: started worker pid %d", job_id, process.pid)
@@ -394,8 +419,13 @@ class Supervisor:
                     session.get(Job, job_id)
                     or session.get(ModelInvocationJob, job_id)
                     or session.get(EvaluationJob, job_id)
+                    or session.get(IngestionJob, job_id)
                 )
-                unfinished = job is not None and job.status in ("InProgress", "Stopping") and job.phase == "running"
+                unfinished = (
+                    job is not None
+                    and job.status in ("InProgress", "Stopping", "IN_PROGRESS", "STARTING")
+                    and job.phase == "running"
+                )
             if unfinished:
                 self._handle_lost_worker(job_id, what)
 

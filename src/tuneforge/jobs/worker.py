@@ -23,16 +23,16 @@ from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import update
 
 from tuneforge.arns import new_id
 from tuneforge.catalog.hyperparameters import resolve
 from tuneforge.catalog.models import DISTILLATION, FoundationModel
-from tuneforge.db.tables import CustomModel, EvaluationJob, Job, JobEvent, ModelInvocationJob, utcnow
+from tuneforge.db.tables import CustomModel, EvaluationJob, IngestionJob, Job, JobEvent, ModelInvocationJob, utcnow
 from tuneforge.errors import ServiceError
-from tuneforge.evaluation.dataset import check_dataset
+from tuneforge.evaluation.dataset import EvaluationRecord, check_dataset
 from tuneforge.evaluation.judge import BUILTIN_JUDGE_METRICS, JudgeMetric, custom_metric, judge_metric_names
 from tuneforge.evaluation.metrics import ROBUSTNESS, needs_reference, perturb
 from tuneforge.evaluation.scoring import Answer, Judged, Pass, output_line, score
@@ -45,8 +45,12 @@ from tuneforge.jobs.supervisor import checkpoint_dir, remove_job_files
 from tuneforge.recipes.base import RecipeFailed, RecipeInputs, RecipeResult, Stage, StageStatus, TeacherInputs
 from tuneforge.recipes.memory import steady_allocator
 from tuneforge.services import Services
+from tuneforge.serving.retrieval import RetrievedChunk, context_hit
 from tuneforge.settings import Settings
 from tuneforge.storage import StorageError
+
+if TYPE_CHECKING:
+    from tuneforge.knowledge.ingestion import IngestionRunner
 
 log = logging.getLogger("tuneforge.worker")
 
@@ -154,7 +158,7 @@ class DatabaseReporter:
 
 def _heartbeat(
     services: Services,
-    table: type[Job] | type[ModelInvocationJob] | type[EvaluationJob],
+    table: type[Job] | type[ModelInvocationJob] | type[EvaluationJob] | type[IngestionJob],
     job_id: str,
     done: threading.Event,
 ) -> None:
@@ -699,6 +703,7 @@ class EvaluationJobRunner:
 
         import torch
 
+        from tuneforge.knowledge.rag import WorkerRetriever
         from tuneforge.recipes.evaluation import answer_prompts
 
         configs = job["evaluation_config"]["automated"]["datasetMetricConfigs"]
@@ -723,6 +728,8 @@ class EvaluationJobRunner:
         self._write(f"{root}/.write_access_check_file.tmp", b"")
         torch.set_num_threads(worker_threads(self.settings))
         answered: list[tuple[str, dict[str, Any], list[Any], Pass, Pass | None]] = []
+        # What a RagEvaluation's retriever found for each answered pass (None for a model's own pass).
+        retrieved: list[list[list[RetrievedChunk]] | None] = []
         for model in job["models"]:
             if model.get("judge"):
                 continue
@@ -732,12 +739,17 @@ class EvaluationJobRunner:
             if not model.get("precomputed"):
                 batcher, limit = self._batcher(model)
             tokens = evaluation_max_tokens(model.get("inferenceParams"), limit)
+            retriever = WorkerRetriever(self.services, model["rag"]) if model.get("rag") else None
             for config, records in datasets:
+                prompts = [r.prompt for r in records]
+                contexts = retriever.retrieve(prompts) if retriever is not None else None
+                if retriever is not None and contexts is not None:
+                    prompts = [retriever.prompt(p, c) for p, c in zip(prompts, contexts, strict=True)]
                 if batcher is None:
                     original: Pass | None = Pass([Answer(r.responses[identifier]) for r in records])
                     perturbed: Pass | None = None
                 else:
-                    original = answer_prompts(batcher, [r.prompt for r in records], tokens, self.should_stop)
+                    original = answer_prompts(batcher, prompts, tokens, self.should_stop)
                     perturbed = None
                     if original is not None and ROBUSTNESS in config["metricNames"]:
                         changed = [perturb(r.prompt, i) for i, r in enumerate(records)]
@@ -748,6 +760,7 @@ class EvaluationJobRunner:
                     self.services.store.delete_prefix(f"{root}/.write_access_check_file.tmp")
                     return "Stopped", None, None
                 answered.append((identifier, config, records, original, perturbed))
+                retrieved.append(contexts)
             del batcher
             gc.collect()
         judged = self._judge(job, answered)
@@ -755,13 +768,17 @@ class EvaluationJobRunner:
             self.services.store.delete_prefix(f"{root}/.write_access_check_file.tmp")
             return "Stopped", None, None
         rows: list[dict[str, Any]] = []
-        for (identifier, config, records, original, perturbed), judgement in zip(answered, judged, strict=True):
+        for (identifier, config, records, original, perturbed), judgement, contexts in zip(
+            answered, judged, retrieved, strict=True
+        ):
             task, metrics = config["taskType"], config["metricNames"]
             per_record, summary = score(task, metrics, records, original, perturbed, judgement)
-            lines = b"".join(
-                json.dumps(output_line(r, s, identifier, a), ensure_ascii=False).encode() + b"\n"
-                for r, s, a in zip(records, per_record, original.answers, strict=True)
-            )
+            outputs = [
+                output_line(r, s, identifier, a) for r, s, a in zip(records, per_record, original.answers, strict=True)
+            ]
+            if contexts is not None:
+                summary["retrieval"] = _retrieval_scores(records, contexts, outputs)
+            lines = b"".join(json.dumps(line, ensure_ascii=False).encode() + b"\n" for line in outputs)
             name = config["dataset"]["name"]
             where = f"{root}/models/{_path_part(identifier)}/taskTypes/{task}/datasets/{name}"
             self._write(f"{where}/{self.job_id}_output.jsonl", lines)
@@ -831,6 +848,23 @@ class EvaluationJobRunner:
         write_output(self.services, uri, data)
 
 
+def _retrieval_scores(
+    records: list[EvaluationRecord], contexts: list[list[RetrievedChunk]], outputs: list[dict[str, Any]]
+) -> dict[str, Any]:
+    """A RagEvaluation's retrieval scores: per record, the passages retrieved (added to its output
+    line) and whether one holds the reference answer; the context hit rate over records with one."""
+    hits = []
+    for record, chunks, line in zip(records, contexts, outputs, strict=True):
+        line["retrievedPassages"] = [
+            {"content": {"text": c.text}, "location": {"type": "S3", "s3Location": {"uri": c.uri}}} for c in chunks
+        ]
+        hit = context_hit(record.reference, chunks)
+        if hit is not None:
+            line["automatedEvaluationResult"]["scores"].append({"metricName": "ContextHit", "result": float(hit)})
+            hits.append(hit)
+    return {"contextHitRate": sum(hits) / len(hits) if hits else None, "records": len(hits)}
+
+
 def _path_part(identifier: str) -> str:
     """A model identifier as one folder name: an ARN's ``/`` and ``:`` become ``_``."""
     return identifier.replace("/", "_").replace(":", "_")
@@ -873,14 +907,19 @@ def main(argv: list[str] | None = None) -> int:
     with services.db.session() as session:
         batch = session.get(ModelInvocationJob, args[0]) is not None
         evaluation = session.get(EvaluationJob, args[0]) is not None
-    if not batch and not evaluation:
+        ingestion = session.get(IngestionJob, args[0]) is not None
+    if not batch and not evaluation and not ingestion:
         # Before the first large allocation: the memory plan assumes it. Batch inference keeps glibc's
         # default: decoding grows the KV cache by multi-MiB tensors every step, and a fixed 1 MiB mmap
         # threshold turns each into an mmap/munmap pair (forge-small, 64 rows: 1.6x slower).
         steady_allocator()
-    runner: JobRunner | BatchJobRunner | EvaluationJobRunner
-    table: type[Job] | type[ModelInvocationJob] | type[EvaluationJob]
-    if evaluation:
+    runner: JobRunner | BatchJobRunner | EvaluationJobRunner | IngestionRunner
+    table: type[Job] | type[ModelInvocationJob] | type[EvaluationJob] | type[IngestionJob]
+    if ingestion:
+        from tuneforge.knowledge.ingestion import IngestionRunner
+
+        runner, table = IngestionRunner(services, args[0], worker_threads(services.settings)), IngestionJob
+    elif evaluation:
         runner, table = EvaluationJobRunner(services, args[0]), EvaluationJob
     elif batch:
         runner, table = BatchJobRunner(services, args[0]), ModelInvocationJob

@@ -25,15 +25,16 @@ MAX_VIOLATIONS = 10
 
 
 @functools.cache
-def _operation(name: str) -> OperationModel:
-    return botocore.session.get_session().get_service_model("bedrock").operation_model(name)
+def _operation(name: str, service: str) -> OperationModel:
+    return botocore.session.get_session().get_service_model(service).operation_model(name)
 
 
-def parse_body(raw: bytes, operation: str) -> dict[str, Any]:
-    """A request body as a JSON object that fits ``operation``'s input shape, or ValidationException."""
+def parse_body(raw: bytes, operation: str, service: str = "bedrock") -> dict[str, Any]:
+    """A request body as a JSON object that fits ``operation``'s input shape (of botocore's
+    ``service`` model: ``bedrock``, ``bedrock-agent``, ``bedrock-agent-runtime``), or ValidationException."""
     body = json_object(raw)
     violations: list[str] = []
-    input_shape = _operation(operation).input_shape
+    input_shape = _operation(operation, service).input_shape
     assert input_shape is not None, operation
     _structure(body, input_shape, "", violations, top=True)
     if violations:
