@@ -11,6 +11,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from tuneforge.arns import ArnFactory, decode_identifier, is_arn, new_id, resource_type
+from tuneforge.catalog import tuning
 from tuneforge.catalog.families import lora_target_modules
 from tuneforge.catalog.hyperparameters import HyperParameterError, HyperParameterValue, as_strings, resolve
 from tuneforge.catalog.models import CONTINUED_PRE_TRAINING, DISTILLATION, FoundationModel
@@ -111,7 +112,8 @@ class JobService:
             )
         specs = base.hyperparameter_specs(request.customization_type)
         try:
-            typed = resolve(specs, request.hyperparameters)
+            plain, search = tuning.split(specs, request.hyperparameters)
+            typed = resolve(specs, plain)
         except HyperParameterError as exc:
             raise ValidationException(str(exc)) from None
         if request.customization_type == CONTINUED_PRE_TRAINING:
@@ -148,8 +150,20 @@ class JobService:
                 raise ValidationException(f"Invalid {member} {uri}: {exc}") from None
 
         typed, plan_log = self.plan_memory(
-            base, typed, teacher, None if request.invocation_logs else request.training_uri
+            base,
+            {**typed, **tuning.planning_values(search)} if search else typed,
+            teacher,
+            None if request.invocation_logs else request.training_uri,
         )
+        stored = as_strings(typed)
+        if search:
+            # The job keeps the search as asked; the custom model gets the values the search chose.
+            stored.update({space.name: request.hyperparameters[space.name].strip() for space in search.spaces})
+            stored.update(search.as_strings())
+            plan_log.append(
+                f"tuning: {search.trials} trials within {search.time_budget_minutes} min over "
+                + ", ".join(f"{space.name} {space.describe()}" for space in search.spaces)
+            )
 
         job_id = new_id()
         now = utcnow()
@@ -164,7 +178,7 @@ class JobService:
             base_model_id=base.model_id,
             base_model_arn=self.catalog.arn(base),
             customization_type=request.customization_type,
-            hyperparameters=as_strings(typed),
+            hyperparameters=stored,
             training_data=(
                 {"invocationLogsConfig": request.invocation_logs}
                 if request.invocation_logs
