@@ -322,7 +322,7 @@ class JobRunner:
                 assert job is not None
                 job.tuning = data
                 job.updated_at = utcnow()
-                if trials:
+                if trials and best is None:  # one event a trial, as it ends
                     session.add(JobEvent(job_id=self.job_id, kind="trial", data=trials[-1].as_dict()))
 
         record([])

@@ -40,7 +40,7 @@ class TrialRecord:
     number: int
     params: dict[str, HyperParameterValue]
     state: str
-    """complete, pruned or failed."""
+    """complete, pruned, failed, or stopped (the job's Stop ended it)."""
     validation_loss: float | None
     seconds: float
     message: str = ""
@@ -194,7 +194,7 @@ def search_trials(
                 record.message = "pruned" if trial_reporter.pruned else "time budget spent"
             elif result.stopped:
                 study.tell(trial, state=optuna.trial.TrialState.FAIL)
-                record.message = "stopped"
+                record.state = "stopped"
                 stopped = True
             elif loss is None:
                 study.tell(trial, state=optuna.trial.TrialState.FAIL)
