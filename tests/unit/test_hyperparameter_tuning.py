@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -15,6 +17,11 @@ from tuneforge.catalog.tuning import (
     planning_values,
     split,
 )
+from tuneforge.db.tables import Job
+from tuneforge.errors import ResourceNotFoundException, ValidationException
+from tuneforge.jobs.service import CreateJobRequest
+from tuneforge.services import Services
+from tuneforge.settings import Settings
 
 SPECS = fine_tuning_specs()
 
@@ -86,3 +93,48 @@ def test_bad_searches_are_refused_naming_the_key(raw: dict[str, str], message: s
 )
 def test_adaptive_epochs_scale_with_the_dataset_like_openai_auto(examples: int, epochs: int) -> None:
     assert adaptive_epochs(examples) == epochs
+
+
+@pytest.fixture
+def services(fast_tmp: Path) -> Iterator[Services]:
+    created = Services.create(Settings(data_dir=fast_tmp / "data"))
+    yield created
+    created.close()
+
+
+def create(services: Services, name: str, records: int, hyperparameters: dict[str, str]) -> Job:
+    uri = f"s3://bucket/{name}.jsonl"
+    services.store.write_bytes(uri, b'{"prompt": "a", "completion": " b"}\n' * records)
+    return services.jobs.create(
+        CreateJobRequest(
+            job_name=name,
+            custom_model_name=f"{name}-model",
+            role_arn="arn:aws:iam::123456789012:role/BedrockRole",
+            base_model_identifier="tuneforge.forge-micro-v1:0:512",
+            customization_type="FINE_TUNING",
+            training_uri=uri,
+            output_uri="s3://bucket/out/",
+            hyperparameters=hyperparameters,
+        )
+    )
+
+
+def test_a_job_without_epoch_count_gets_epochs_that_fit_its_dataset(services: Services) -> None:
+    assert create(services, "tiny", 20, {}).hyperparameters["epochCount"] == "5"
+    assert create(services, "mid", 600, {}).hyperparameters["epochCount"] == "3"
+    assert create(services, "pinned", 20, {"epochCount": "2"}).hyperparameters["epochCount"] == "2"
+    messages = [event.data.get("message", "") for event in services.jobs.events("tiny")]
+    assert any(m.startswith("epochCount 5: the default for 20 training records") for m in messages)
+
+
+def test_a_search_is_stored_as_asked_with_its_budget_and_refusals_create_nothing(services: Services) -> None:
+    job = create(services, "tuned", 40, {"learningRate": "auto", "batchSize": "4,8", "tuningTrials": "2"})
+    stored = services.jobs.get(job.id).hyperparameters
+    assert (stored["learningRate"], stored["batchSize"]) == ("auto", "4,8")
+    assert (stored["tuningTrials"], stored["tuningTimeBudgetMinutes"]) == ("2", "60")
+    with pytest.raises(ValidationException, match="tuningTrials value 0 is out of range"):
+        create(services, "zero", 40, {"learningRate": "auto", "tuningTrials": "0"})
+    with pytest.raises(ValidationException, match="Hyperparameter seed cannot be searched"):
+        create(services, "seed", 40, {"seed": "auto"})
+    with pytest.raises(ResourceNotFoundException):
+        services.jobs.get("zero")
