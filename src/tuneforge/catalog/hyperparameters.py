@@ -388,6 +388,9 @@ def render_docs() -> str:
             seen.append((ctype, specs))
             users = [m.model_id for m in BUILTIN_MODELS if m.specs.get(ctype) == specs]
             parts.append(f"## {title}\n\nModels: {', '.join(f'`{u}`' for u in users)}.\n\n{markdown_table(specs)}")
+    from tuneforge.catalog.tuning import render_docs as tuning_docs
+
+    parts.append(tuning_docs())
     return "\n".join(parts)
 
 

@@ -30,6 +30,10 @@ DEFAULT_TRIALS = 8
 MAX_TRIALS = 100
 DEFAULT_TIME_BUDGET_MINUTES = 60
 MAX_TIME_BUDGET_MINUTES = 10_080
+HOLDOUT_FRACTION = 0.1
+"""Share of the training records held out to score the trials when the request has no validation set."""
+PRUNER_STARTUP_TRIALS = 2
+"""Trials that always run to the end before pruning starts: the median needs something to compare with."""
 LOG_SCALE = frozenset({"learningRate"})
 """Searched on a log scale: a learning rate matters by its order of magnitude."""
 
@@ -201,3 +205,71 @@ def adaptive_epochs(examples: int) -> int:
     if examples * TARGET_EPOCHS > MAX_TARGET_EXAMPLES:
         return max(1, MAX_TARGET_EXAMPLES // examples)
     return TARGET_EPOCHS
+
+
+def render_docs() -> str:
+    """The "Automatic tuning" and "Defaults that fit the data" sections of docs/hyperparameters.md."""
+    ranges = "\n".join(
+        f"| `{name}` | `{text}`{' (log scale)' if name in LOG_SCALE else ''} |" for name, text in SEARCHABLE.items()
+    )
+    return f"""## Automatic tuning
+
+Any customization job's `hyperParameters` value may ask for a search instead of a value, on these
+hyperparameters (the rest change what is trained or how, not how well, and cannot be searched):
+
+| name | `"auto"` searches |
+|---|---|
+{ranges}
+
+- `"auto"`: the range above; `"LOW..HIGH"`: between two values, inclusive (`learningRate` on a log
+  scale, the others uniformly, integers as integers); `"A,B,C"`: one of two or more values. Every
+  bound and choice must be a valid value of the hyperparameter.
+- Budget: `{TRIALS_KEY}` (1 to {MAX_TRIALS}, default {DEFAULT_TRIALS}) trials, within
+  `{TIME_BUDGET_KEY}` (1 to {MAX_TIME_BUDGET_MINUTES}, default {DEFAULT_TIME_BUDGET_MINUTES}) minutes of
+  trials; the final run is not counted.
+- Refused at create time with a ValidationException naming the key, nothing created: `"auto"` or a
+  range on a hyperparameter that cannot be searched, a malformed or out-of-range search, `{TRIALS_KEY}`
+  0, and a budget key when nothing is searched. (`"auto"` keeps its own meaning on
+  `gradientCheckpointing` and `precision`.)
+
+**How it runs.** In the job's worker, during its training stage: Optuna's TPE sampler seeded with the
+job's `seed` (the same job searches the same way), in memory. Each trial is a real run of the job's
+recipe on the job's data with one sampled configuration, scored by the validation loss after its last
+epoch. FINE_TUNING trials report the validation loss after every epoch to a median pruner (after
+{PRUNER_STARTUP_TRIALS} complete trials, a trial worse than the median of earlier trials at the same epoch ends there);
+the other types' trials run to the end. A trial that cannot train (out of memory, say) is
+`failed`, not the job. The validation loss is the first validator's; without a validation set,
+{HOLDOUT_FRACTION:.0%} of the training records (at least one, seeded shuffle) are held out to score the trials and the
+final run trains on all of them. Then the best trial's configuration trains to completion and is
+registered as any job's model, with the chosen values as its `hyperParameters` (the job keeps the
+search as asked). Stop ends the running trial and every later one; the job ends `Stopped`.
+
+**Where the trials are.** GetModelCustomizationJob's `tuning` member (a tuneforge extension:
+`searchedHyperParameters`, `trialsRequested`, `timeBudgetMinutes`, `trials` and `bestTrialNumber`),
+each trial `{{"trialNumber", "hyperParameters", "state", "validationLoss", "durationSeconds"}}` with
+state `complete`, `pruned`, `failed` or `stopped`; the job's events (kind `trial`, one as each ends);
+and `tuning_artifacts/tuning_trials.csv` under the job's output folder (`trial_number, params,
+validation_loss, state, duration_seconds`, params as a JSON object). botocore drops members its
+service model does not know, so boto3's `get_model_customization_job` has no `tuning`: read the raw
+response,
+
+```
+curl -s $TUNEFORGE_ENDPOINT/model-customization-jobs/<job name or ARN> | jq .tuning
+```
+
+or the events (`/model-customization-jobs/<job>/events`), or the CSV.
+
+## Defaults that fit the data
+
+- **Epochs.** A FINE_TUNING job whose request leaves `epochCount` out gets OpenAI's `auto` epochs
+  rule for its training records: {TARGET_EPOCHS}, unless that shows the model fewer than
+  {MIN_TARGET_EXAMPLES} examples in all (then {MIN_TARGET_EXAMPLES} // records, at most
+  {MAX_ADAPTIVE_EPOCHS}) or more than {MAX_TARGET_EXAMPLES:,} (then {MAX_TARGET_EXAMPLES:,} // records, at
+  least 1). 20 records train 5 epochs, 10,000 train 2. The job log says what was chosen and the Get
+  response shows it.
+- **Early stopping.** With a validation set, FINE_TUNING measures the first validator's loss after
+  every epoch (the job log shows each) and ends training once it has not improved for
+  `earlyStoppingPatience` epochs (default 2; 0 = off), putting back the weights of the best epoch;
+  the log says when and why it stopped. It cannot trigger with the 3 default epochs (the last epoch
+  is measured by the final validation instead), only in longer runs.
+"""

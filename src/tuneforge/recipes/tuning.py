@@ -27,12 +27,8 @@ from typing import Any
 import optuna
 
 from tuneforge.catalog.hyperparameters import HyperParameterValue
-from tuneforge.catalog.tuning import SearchSpace, TuningRequest
+from tuneforge.catalog.tuning import HOLDOUT_FRACTION, PRUNER_STARTUP_TRIALS, SearchSpace, TuningRequest
 from tuneforge.recipes.base import JobReporter, Recipe, RecipeFailed, RecipeInputs, Stage, StageStatus
-
-HOLDOUT_FRACTION = 0.1
-PRUNER_STARTUP_TRIALS = 2
-"""Trials that always run to the end before pruning starts: the median needs something to compare with."""
 
 
 @dataclass
