@@ -11,12 +11,17 @@ import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
+
+import torch
 
 from tuneforge.catalog.hyperparameters import fine_tuning_specs, resolve
 from tuneforge.catalog.models import BUILTIN_MODELS, FINE_TUNING
 from tuneforge.catalog.tuning import split
 from tuneforge.recipes.base import JobReporter, RecipeInputs, RecipeResult, Stage, StageStatus
+from tuneforge.recipes.loop import EpochValidation
+from tuneforge.recipes.tokenising import Example
 from tuneforge.recipes.tuning import TrialRecord, holdout_split, search_trials, write_trials_csv
 
 
@@ -146,3 +151,43 @@ def test_records_serialise_for_the_job_record() -> None:
         "validationLoss": 0.5,
         "durationSeconds": 1.23,
     }
+
+
+class ScriptedLoss(torch.nn.Module):
+    """A "model" whose validation loss is a script and whose one weight records which epoch it is from."""
+
+    def __init__(self, losses: list[float]) -> None:
+        super().__init__()
+        self.weight = torch.nn.Parameter(torch.zeros(1))
+        self.losses = iter(losses)
+
+    def forward(self, **_: Any) -> SimpleNamespace:
+        return SimpleNamespace(loss=torch.tensor(next(self.losses)))
+
+
+def test_early_stopping_ends_after_patience_epochs_without_improvement_and_keeps_the_best_weights() -> None:
+    model = ScriptedLoss([1.0, 0.5, 0.6, 0.7, 0.4])
+    reporter = Reporter()
+    hook = EpochValidation([Example([1, 2, 3], [-100, 2, 3])], pad_id=0, reporter=reporter, patience=2)
+    verdicts = []
+    for epoch in range(4):
+        with torch.no_grad():
+            model.weight.fill_(epoch)
+        verdicts.append(hook(epoch, model))
+    assert verdicts == [False, False, False, True]
+    assert float(model.weight) == 1.0  # epoch 2's weights (index 1): the best validation loss, 0.5
+    assert reporter.messages[-1].startswith("early stopping after epoch 4: validation loss 0.5000")
+
+
+def test_a_pruned_trial_stops_at_once_and_patience_zero_never_stops() -> None:
+    reports: list[tuple[int, float]] = []
+    pruning = EpochValidation(
+        [Example([1, 2], [-100, 2])],
+        pad_id=0,
+        reporter=Reporter(),
+        patience=0,
+        report=lambda epoch, loss: reports.append((epoch, loss)) or epoch == 1,
+    )
+    model = ScriptedLoss([3.0, 4.0, 5.0])
+    assert [pruning(0, model), pruning(1, model)] == [False, True]
+    assert reports == [(0, 3.0), (1, 4.0)]
