@@ -272,4 +272,12 @@ or the events (`/model-customization-jobs/<job>/events`), or the CSV.
   `earlyStoppingPatience` epochs (default 2; 0 = off), putting back the weights of the best epoch;
   the log says when and why it stopped. It cannot trigger with the 3 default epochs (the last epoch
   is measured by the final validation instead), only in longer runs.
+
+Measured on a generated four-topic task (`tuneforge.data.tasks.make_topic_task`, seed 11; forge-small,
+LoRA, defaults otherwise, 1 CPU thread, exact match on 200 held-out texts): 600 records train
+3 epochs either way and reach 86% (the rule changes nothing at that size); 12 records reach 0% in
+3 epochs and 6% in the 8 the rule gives; 20 records 0% in 3 and in 5. Where the defaults underfit a
+task, search instead: on the demo task (forge-micro, full, 5 epochs, 200 records), a pinned learning
+rate of 1e-5 scores 0% held-out; `learningRate` "auto" with three trials picked 7.5e-4 and scored
+80% (`tests/e2e/test_hyperparameter_tuning.py` runs two trials, which pick 3.6e-3).
 """
