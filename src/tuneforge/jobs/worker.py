@@ -20,6 +20,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
 from types import FrameType
@@ -28,7 +29,8 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import update
 
 from tuneforge.arns import new_id
-from tuneforge.catalog.hyperparameters import resolve
+from tuneforge.catalog import tuning
+from tuneforge.catalog.hyperparameters import as_strings, resolve
 from tuneforge.catalog.models import DISTILLATION, FoundationModel
 from tuneforge.db.tables import CustomModel, EvaluationJob, IngestionJob, Job, JobEvent, ModelInvocationJob, utcnow
 from tuneforge.errors import ServiceError
@@ -42,7 +44,15 @@ from tuneforge.jobs.evaluations import max_tokens as evaluation_max_tokens
 from tuneforge.jobs.invocations import has_expired, mark_ended
 from tuneforge.jobs.service import mark_stages
 from tuneforge.jobs.supervisor import checkpoint_dir, remove_job_files
-from tuneforge.recipes.base import RecipeFailed, RecipeInputs, RecipeResult, Stage, StageStatus, TeacherInputs
+from tuneforge.recipes.base import (
+    Recipe,
+    RecipeFailed,
+    RecipeInputs,
+    RecipeResult,
+    Stage,
+    StageStatus,
+    TeacherInputs,
+)
 from tuneforge.recipes.memory import steady_allocator
 from tuneforge.services import Services
 from tuneforge.serving.retrieval import RetrievedChunk, context_hit
@@ -177,6 +187,8 @@ class JobRunner:
         self.job_id = job_id
         self.reporter = DatabaseReporter(services, job_id)
         self.work_dir = self.settings.data_dir / "jobs" / job_id
+        self.tuned_hyperparameters: dict[str, str] | None = None
+        """The values automatic tuning chose, for the custom model's record."""
 
     def request_stop(self) -> None:
         self.reporter.request_stop()
@@ -239,7 +251,9 @@ class JobRunner:
                 "Amazon S3 perms missing (PutObject): Could not validate PutObject permissions to access "
                 f"S3 bucket: {bucket} at key output/.write_access_check_file.tmp"
             ) from None
-        hyper = resolve(base.hyperparameter_specs(job["customization_type"]), job["hyperparameters"])
+        specs = base.hyperparameter_specs(job["customization_type"])
+        plain, search = tuning.split(specs, job["hyperparameters"])
+        hyper = resolve(specs, plain)
         teacher = self._teacher(job, base)
         self._preflight(
             base,
@@ -269,8 +283,14 @@ class JobRunner:
         )
         # The recipe reports the dataProcessing and training stages itself: what they contain
         # depends on the customization type (distillation's data processing is the teacher's work).
+        recipe = get_recipe(job["customization_type"])
         try:
-            result = get_recipe(job["customization_type"]).run(inputs, self.reporter)
+            if search is not None:
+                tuned = self._tune(recipe, inputs, search)
+                if tuned is None:
+                    return RecipeResult(training_loss=None, stopped=True), model_dir, base
+                inputs = tuned
+            result = recipe.run(inputs, self.reporter)
         except RecipeFailed:
             if output_dir.is_dir():  # what the recipe wrote (distillation's prompt insights) explains why
                 self._upload_outputs(output_dir, output_uri)
@@ -283,6 +303,54 @@ class JobRunner:
         if not result.stopped and output_dir.is_dir():
             self._upload_outputs(output_dir, output_uri)
         return result, model_dir, base
+
+    def _tune(self, recipe: Recipe, inputs: RecipeInputs, search: tuning.TuningRequest) -> RecipeInputs | None:
+        """Run the trials (:mod:`tuneforge.recipes.tuning`); the inputs of the final run with the best
+        configuration, or None when the job was stopped during the search."""
+        from tuneforge.jobs.layout import TUNING_TRIALS, job_folder
+        from tuneforge.recipes.tuning import TrialRecord, search_trials, write_trials_csv
+
+        self.reporter.stage("training", "InProgress")
+        searched = {space.name: space.describe() for space in search.spaces}
+
+        def record(trials: list[TrialRecord], best: int | None = None) -> None:
+            data: dict[str, Any] = {
+                "searchedHyperParameters": searched,
+                "trialsRequested": search.trials,
+                "timeBudgetMinutes": search.time_budget_minutes,
+                "trials": [trial.as_dict() for trial in trials],
+            }
+            if best is not None:
+                data["bestTrialNumber"] = best
+            with self.services.db.session() as session:
+                job = session.get(Job, self.job_id)
+                assert job is not None
+                job.tuning = data
+                job.updated_at = utcnow()
+                if trials and best is None:  # one event a trial, as it ends
+                    session.add(JobEvent(job_id=self.job_id, kind="trial", data=trials[-1].as_dict()))
+
+        record([])
+        outcome = search_trials(recipe, inputs, search, self.reporter, self.work_dir / "tuning", record)
+        shutil.rmtree(self.work_dir / "tuning", ignore_errors=True)
+        write_trials_csv(inputs.output_dir / job_folder(self.job_id) / TUNING_TRIALS, outcome.trials)
+        if outcome.stopped:
+            return None
+        if outcome.best is None:
+            raise RecipeFailed(
+                f"Automatic tuning: none of the {len(outcome.trials)} trials completed "
+                f"({', '.join(sorted({t.message or t.state for t in outcome.trials})) or 'no time for one'}); "
+                "widen the search, raise tuningTimeBudgetMinutes or tuningTrials, or check the job log"
+            )
+        record(outcome.trials, outcome.best.number)
+        chosen = {**inputs.hyperparameters, **outcome.best.params}
+        self.tuned_hyperparameters = as_strings(chosen)
+        self.reporter.log(
+            f"tuning: best trial {outcome.best.number} (validation loss {outcome.best.validation_loss:.4f}): "
+            + ", ".join(f"{name}={outcome.best.params[name]}" for name in searched)
+            + "; training it to completion"
+        )
+        return replace(inputs, hyperparameters=chosen)
 
     def _upload_outputs(self, output_dir: Path, output_uri: str) -> None:
         try:
@@ -397,7 +465,7 @@ class JobRunner:
                     base_model_id=base.model_id,
                     base_model_arn=job["base_model_arn"],
                     customization_type=job["customization_type"],
-                    hyperparameters=job["hyperparameters"],
+                    hyperparameters=self.tuned_hyperparameters or job["hyperparameters"],
                     training_data=job["training_data"],
                     validation_data=job["validation_data"],
                     output_data=job["output_data"],
