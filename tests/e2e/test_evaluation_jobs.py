@@ -130,3 +130,75 @@ def test_an_evaluation_job_reports_the_fine_tunes_accuracy_gain_over_its_base(se
         bedrock.get_evaluation_job(jobIdentifier=arn)
     assert gone.value.response["Error"]["Code"] == "ResourceNotFoundException"
     assert store.exists(f"{prefix}/out/{name}/{job_id}/summary.json")  # the results are the user's to keep
+
+
+def test_a_judge_model_rates_each_answer_on_its_scale(server: Server) -> None:
+    """A local judge (forge-micro, random-initialised: the mechanism, not its skill) through boto3:
+    one rating per record and metric, on the scale, in Bedrock's output layout; and the refusal of a
+    judge metric without a judge."""
+    bedrock, store = server.bedrock(), ObjectStore.from_settings(server.settings)
+    name = unique("evaljudge")
+    prefix = f"s3://tests/evaluation/{name}"
+    rows = [("What is 2 + 3?", "5", "9"), ("What is the capital of Italy?", "Rome", "Oslo")]
+    store.write_bytes(
+        f"{prefix}/qa.jsonl",
+        jsonl(
+            [
+                {
+                    "prompt": prompt,
+                    "referenceResponse": right,
+                    "modelResponses": [
+                        {"response": right, "modelIdentifier": "right"},
+                        {"response": wrong, "modelIdentifier": "wrong"},
+                    ],
+                }
+                for prompt, right, wrong in rows
+            ]
+        ),
+    )
+    request: dict[str, Any] = {
+        "jobName": name,
+        "roleArn": ROLE,
+        "evaluationConfig": {
+            "automated": {
+                "datasetMetricConfigs": [
+                    {
+                        "taskType": "Custom",
+                        "dataset": {"name": "qa", "datasetLocation": {"s3Uri": f"{prefix}/qa.jsonl"}},
+                        "metricNames": ["Builtin.Correctness", "Builtin.Completeness"],
+                    }
+                ],
+            }
+        },
+        "inferenceConfig": {
+            "models": [{"precomputedInferenceSource": {"inferenceSourceIdentifier": s}} for s in ("right", "wrong")]
+        },
+        "outputDataConfig": {"s3Uri": f"{prefix}/out"},
+    }
+    with pytest.raises(ClientError) as no_judge:
+        bedrock.create_evaluation_job(**request)
+    assert no_judge.value.response["Error"]["Code"] == "ValidationException"
+    assert "is rated by a judge model" in no_judge.value.response["Error"]["Message"]
+    request["evaluationConfig"]["automated"]["evaluatorModelConfig"] = {
+        "bedrockEvaluatorModels": [{"modelIdentifier": STUDENT_MODEL}]
+    }
+    arn = bedrock.create_evaluation_job(**request)["jobArn"]
+    done = wait_for(bedrock, arn)
+    assert done["status"] == "Completed", done.get("failureMessages")
+    job_id = arn.rsplit("/", 1)[-1]
+    summary = json.loads(store.read_bytes(f"{prefix}/out/{name}/{job_id}/summary.json"))
+    for row in summary["results"]:
+        assert row["judge"]["modelIdentifier"] == STUDENT_MODEL
+        for metric in ("Builtin.Correctness", "Builtin.Completeness"):
+            assert sum(row["judge"]["ratingCounts"][metric].values()) == len(rows)
+            assert 0.0 <= row["metrics"][metric] <= 1.0
+        lines = store.read_bytes(
+            f"{prefix}/out/{name}/{job_id}/models/{row['modelIdentifier']}/taskTypes/Custom/datasets/qa/"
+            f"{job_id}_output.jsonl"
+        ).splitlines()
+        assert len(lines) == len(rows)
+        for line in lines:
+            scores = json.loads(line)["automatedEvaluationResult"]["scores"]
+            assert [s["metricName"] for s in scores] == ["Correctness", "Completeness"]
+            assert all(s["result"] in (0.0, 0.5, 1.0) and s["evaluatorDetails"] for s in scores)
+    assert {c["metricName"] for c in summary["comparisons"]} == {"Builtin.Correctness", "Builtin.Completeness"}

@@ -4,6 +4,7 @@ RetrieveAndGenerate with a built-in model, the refusals, and deletion removing t
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
@@ -161,6 +162,53 @@ def test_knowledge_base_ingests_retrieves_generates_and_deletes(server: Server) 
         )
     assert code(not_invocable) == "ValidationException"
     assert "model identifier is invalid" in not_invocable.value.response["Error"]["Message"]
+
+    evaluation = unique("rageval")
+    qa = [
+        {"prompt": "Which mountain is the highest in Africa?", "referenceResponse": "Mount Kilimanjaro"},
+        {"prompt": "Who created the Python language?", "referenceResponse": "Guido van Rossum"},
+    ]
+    store.write_bytes(f"s3://tests/{name}/rag-eval.jsonl", "\n".join(json.dumps(r) for r in qa).encode())
+    bedrock = server.bedrock()
+    eval_arn = bedrock.create_evaluation_job(
+        jobName=evaluation,
+        roleArn=ROLE,
+        applicationType="RagEvaluation",
+        evaluationConfig={
+            "automated": {
+                "datasetMetricConfigs": [
+                    {
+                        "taskType": "QuestionAndAnswer",
+                        "dataset": {"name": "facts", "datasetLocation": {"s3Uri": f"s3://tests/{name}/rag-eval.jsonl"}},
+                        "metricNames": ["Builtin.Accuracy"],
+                    }
+                ]
+            }
+        },
+        inferenceConfig={
+            "ragConfigs": [
+                {
+                    "knowledgeBaseConfig": {
+                        "retrieveAndGenerateConfig": {
+                            "type": "KNOWLEDGE_BASE",
+                            "knowledgeBaseConfiguration": {"knowledgeBaseId": kb_id, "modelArn": model_arn},
+                        }
+                    }
+                }
+            ]
+        },
+        outputDataConfig={"s3Uri": f"s3://tests/{name}/rag-eval-out/"},
+    )["jobArn"]
+    ended = wait_until(
+        lambda: bedrock.get_evaluation_job(jobIdentifier=eval_arn),
+        lambda got: got["status"] in ("Completed", "Failed", "Stopped"),
+        "the RAG evaluation job to end",
+    )
+    assert ended["status"] == "Completed", ended.get("failureMessages")
+    root = f"s3://tests/{name}/rag-eval-out/{evaluation}/{eval_arn.rsplit('/', 1)[-1]}"
+    [row] = json.loads(store.read_bytes(f"{root}/summary.json"))["results"]
+    assert row["retrieval"] == {"contextHitRate": 1.0, "records": 2}
+    assert "Builtin.Accuracy" in row["metrics"]
 
     agent.delete_data_source(knowledgeBaseId=kb_id, dataSourceId=ds_id)
     assert runtime.retrieve(knowledgeBaseId=kb_id, retrievalQuery={"text": "volcano"})["retrievalResults"] == []

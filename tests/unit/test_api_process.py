@@ -30,7 +30,7 @@ JOB_BODY = {
 @pytest.fixture
 def client(fast_tmp: Path) -> Iterator[TestClient]:
     app = create_app(Settings(data_dir=fast_tmp / "data"), run_supervisor=False)
-    with TestClient(app) as test_client:
+    with TestClient(app, base_url="http://127.0.0.1") as test_client:
         yield test_client
 
 
@@ -46,7 +46,7 @@ def test_api_process_serves_foundation_models_without_importing_torch(tmp_path: 
         from fastapi.testclient import TestClient
         from tuneforge.api.app import create_app
 
-        with TestClient(create_app(run_supervisor=False)) as client:
+        with TestClient(create_app(run_supervisor=False), base_url="http://127.0.0.1") as client:
             response = client.get("/foundation-models")
         assert response.status_code == 200, response.text
         assert response.json()["modelSummaries"], response.text
@@ -118,7 +118,7 @@ def test_create_job_with_json_array_body_is_validation_exception(client: TestCli
 def test_list_jobs_with_next_token_offset_beyond_int64_is_a_client_error(fast_tmp: Path) -> None:
     raw = b'{"offset": 100000000000000000000000}'
     app = create_app(Settings(data_dir=fast_tmp / "data"), run_supervisor=False)
-    with TestClient(app, raise_server_exceptions=False) as test_client:
+    with TestClient(app, raise_server_exceptions=False, base_url="http://127.0.0.1") as test_client:
         response = test_client.get(
             "/model-customization-jobs", params={"nextToken": base64.urlsafe_b64encode(raw).decode()}
         )
@@ -189,3 +189,20 @@ def test_connection_stays_usable_after_an_unexpected_500(live_server: tuple[str,
         assert headers.get("connection") != "close"
         status, _, _ = http_exchange(sock, then)
         assert status == 200
+
+
+def test_an_anonymous_server_answers_only_to_loopback_host_names(client: TestClient, fast_tmp: Path) -> None:
+    """DNS rebinding: a page whose name the attacker re-points at 127.0.0.1 is same-origin to the
+    browser and sends no Origin on a GET; it must not read the jobs and models of an anonymous server."""
+    for host in ("127.0.0.1:8000", "localhost", "[::1]:8000"):
+        assert client.get("/foundation-models", headers={"host": host}).status_code == 200, host
+    rebound = client.get("/foundation-models", headers={"host": "attacker.example:8000"})
+    assert rebound.status_code == 403 and error_code(rebound) == "AccessDeniedException"
+    assert "loopback host name" in rebound.json()["message"]
+    openai = client.get("/v1/models", headers={"host": "attacker.example"})
+    assert openai.status_code == 403 and openai.json()["error"]["code"] == "forbidden_host"
+    assert client.get("/healthz", headers={"host": "attacker.example"}).status_code == 200, "probes stay open"
+    keyed = Settings(data_dir=fast_tmp / "keyed", access_keys={"AK": "SK"}, api_keys=["sk-good"])
+    with TestClient(create_app(keyed, run_supervisor=False), base_url="http://127.0.0.1") as signed:
+        answered = signed.get("/v1/models", headers={"host": "proxy.example", "authorization": "Bearer sk-good"})
+        assert answered.status_code == 200, "a credential the page cannot have passes whatever the name"

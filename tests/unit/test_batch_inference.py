@@ -95,6 +95,19 @@ def test_blank_lines_are_not_records_and_outputs_keep_input_order() -> None:
     ]
 
 
+def test_a_line_separator_inside_a_json_string_does_not_split_the_record_and_bad_utf8_is_named() -> None:
+    """Lines end at "\\n" only: U+2028 is legal raw in a JSON string and str.splitlines cut the
+    record in two invalid halves; a line that is not UTF-8 was read with U+FFFD in place of its bytes."""
+    line = json.dumps({"modelInput": {"prompt": "one\u2028two"}}, ensure_ascii=False).encode()
+    (records,) = read_records([("in.jsonl", line + b"\n" + b'{"modelInput": {"prompt": "\xff"}}\n')], "InvokeModel", 8)
+    assert [r.line for r in records] == [1, 2]
+    assert records[0].request is not None and records[0].request.prompt == "one\u2028two"
+    assert records[1].request is None and records[1].result is not None
+    assert (
+        records[1].result["error"]["errorMessage"].startswith("line 2: not UTF-8 text (invalid start byte at byte 27)")
+    )
+
+
 def test_the_manifest_counts_processed_as_successes_plus_errors() -> None:
     counts = Counts(total=5, success=3, error=1, input_tokens=30, output_tokens=12)
     assert counts.manifest() == {
@@ -206,6 +219,17 @@ def test_a_batch_job_whose_worker_died_is_failed_or_stopped_not_left_running(
     job = services.invocation_jobs.get(job_id)
     assert (job.status, job.phase) == (ends, "done")
     assert job.message is not None and "the worker process ended unexpectedly" in job.message
+
+
+def test_two_creates_racing_with_one_name_give_a_conflict_not_a_500(services: Services) -> None:
+    from tests.unit.races import competitor_before_insert
+    from tuneforge.errors import ConflictException
+
+    with (
+        competitor_before_insert(services.db.engine, "model_invocation_jobs", lambda: batch_job(services, "racing")),
+        pytest.raises(ConflictException, match="A model invocation job named racing"),
+    ):
+        batch_job(services, "racing")
 
 
 def test_the_client_request_token_returns_the_same_job_and_refuses_another_request(services: Services) -> None:

@@ -39,7 +39,7 @@ def app_client(tmp_path: Path) -> Iterator[TestClient]:
         token_prices={MICRO: TokenPrice(input=1.0, output=2.0)},
     )
     app = create_app(settings, run_supervisor=False)
-    with TestClient(app) as client:
+    with TestClient(app, base_url="http://127.0.0.1") as client:
         yield client
 
 

@@ -213,7 +213,7 @@ def test_a_dataset_with_missing_fields_is_refused_with_its_line_numbers(services
 @pytest.mark.parametrize(
     ("request_change", "message"),
     [
-        ({"applicationType": "RagEvaluation"}, "applicationType RagEvaluation is not supported yet"),
+        ({"applicationType": "RagEvaluation"}, "A RagEvaluation job evaluates inferenceConfig.ragConfigs"),
         ({"evaluationConfig": {"human": {"datasetMetricConfigs": []}}}, "Human evaluation"),
         (
             {
@@ -225,7 +225,7 @@ def test_a_dataset_with_missing_fields_is_refused_with_its_line_numbers(services
                     },
                 }
             },
-            "evaluatorModelConfig \\(a judge model\\) is not supported yet",
+            "names a judge model but no metric needs one",
         ),
     ],
 )
@@ -449,3 +449,230 @@ def test_a_line_separator_inside_a_json_string_does_not_split_the_record() -> No
     check = check_dataset(f"{line}\r\n{line}\n".encode(), need_reference=True)
     assert check.errors == []
     assert [(r.line, r.prompt) for r in check.records] == [(1, "one\u2028two\x1cthree"), (2, "one\u2028two\x1cthree")]
+
+
+def test_a_dataset_line_that_is_not_utf8_is_refused_naming_the_line(services: Services) -> None:
+    """Datasets were decoded with errors="replace": a mis-encoded prompt was scored as U+FFFD text."""
+    check = check_dataset(
+        b'{"prompt": "a", "referenceResponse": "x"}\n{"prompt": "caf\xe9", "referenceResponse": "x"}\n', True
+    )
+    assert [str(e) for e in check.errors] == [
+        "line 2: not UTF-8 text (invalid continuation byte at byte 15); save the file as UTF-8"
+    ]
+    services.store.write_bytes(DATASET, b'{"prompt": "\xff", "referenceResponse": "x"}\n')
+    with pytest.raises(ValidationException, match="tickets is not valid: line 1: not UTF-8 text"):
+        create(services, body("latin1"))
+    assert count_jobs(services) == 0
+
+
+def test_a_prompt_too_long_for_the_context_is_a_record_error_outside_the_latency(services: Services) -> None:
+    """It used to get an empty answer with 0 ms latency, which pulled latencyP50Ms down."""
+    long_prompt = "word " * 2000
+    rows = [*ROWS[:2], (long_prompt, "billing")]
+    lines = [json.dumps({"prompt": p, "referenceResponse": r}) for p, r in rows]
+    services.store.write_bytes(DATASET, "\n".join(lines).encode())
+    model = {
+        "bedrockModel": {"modelIdentifier": BASE_MODEL, "inferenceParams": '{"inferenceConfig": {"maxTokens": 2}}'}
+    }
+    job = create(services, body("too-long", models=[model]))
+    done = run_in_process(services, job)
+    assert done.status == "Completed", done.failure_messages
+    (row,) = evaluation_job(done)["tuneforge"]["results"]["results"]
+    assert row["errorRecords"] == 1 and row["records"] == 3
+    out = services.store.read_bytes(
+        f"s3://tests/eval-out/too-long/{job.id}/models/{BASE_MODEL.replace(':', '_')}/taskTypes/Classification/"
+        f"datasets/tickets/{job.id}_output.jsonl"
+    )
+    answers = [json.loads(line)["modelResponses"][0] for line in out.splitlines()]
+    assert [("error" in a) for a in answers] == [False, False, True]
+    assert "context" in answers[2]["error"] and answers[2]["response"] == ""
+    answered = [json.loads(line)["automatedEvaluationResult"]["scores"] for line in out.splitlines()]
+    assert answered[2] == [{"metricName": "Accuracy", "result": 0.0}]
+    assert row["latencyP50Ms"] > 0
+
+
+def test_unanswered_records_are_left_out_of_the_latency_median() -> None:
+    records = check_dataset(b'{"prompt": "a", "referenceResponse": "x"}\n' * 3, need_reference=True).records
+    answers = [Answer("x", 0.2, 1), Answer("x", 0.4, 1), Answer("", error="Input is too long")]
+    _, summary = score("Classification", [ACCURACY], records, Pass(answers, seconds=1.0), None)
+    assert summary["latencyP50Ms"] == 300.0 and summary["errorRecords"] == 1
+    assert summary["metrics"] == {ACCURACY: pytest.approx(2 / 3)}
+
+
+def test_two_creates_racing_with_one_name_give_a_conflict_not_a_500(services: Services) -> None:
+    """Both passed the name check before either committed: the unique index's IntegrityError was a 500."""
+    from tests.unit.races import competitor_before_insert
+    from tuneforge.errors import ConflictException
+
+    write_dataset(services)
+    with (
+        competitor_before_insert(services.db.engine, "evaluation_jobs", lambda: create(services, body("racing"))),
+        pytest.raises(ConflictException, match="An evaluation job named racing"),
+    ):
+        create(services, body("racing"))
+    assert count_jobs(services) == 1
+
+
+# -- the judge model -------------------------------------------------------------------------
+
+JUDGE = "tuneforge.forge-micro-v1:0:512"
+JUDGE_ROWS = [("What is the capital of France?", "Paris"), ("How many legs does a spider have?", "eight")]
+
+
+def judge_body(
+    name: str,
+    metrics: tuple[str, ...] = ("Builtin.Correctness",),
+    judges: list[str] | None = None,
+    task: str = "Custom",
+    custom: dict[str, Any] | None = None,
+    models: list[dict[str, Any]] | None = None,
+) -> dict[str, Any]:
+    request = body(name, task=task, metrics=metrics, models=models)
+    automated = request["evaluationConfig"]["automated"]
+    if judges is not None:
+        automated["evaluatorModelConfig"] = {"bedrockEvaluatorModels": [{"modelIdentifier": j} for j in judges]}
+    if custom is not None:
+        automated["customMetricConfig"] = custom
+    return request
+
+
+def write_judge_dataset(services: Services, answers: dict[str, list[str]]) -> None:
+    lines = []
+    for index, (prompt, reference) in enumerate(JUDGE_ROWS):
+        responses = [{"response": a[index], "modelIdentifier": source} for source, a in answers.items()]
+        lines.append(json.dumps({"prompt": prompt, "referenceResponse": reference, "modelResponses": responses}))
+    services.store.write_bytes(DATASET, "\n".join(lines).encode())
+
+
+CUSTOM_METRIC = {
+    "customMetrics": [
+        {
+            "customMetricDefinition": {
+                "name": "Politeness",
+                "instructions": "Is this reply to {{prompt}} polite? Reply: {{prediction}}",
+                "ratingScale": [
+                    {"definition": "rude", "value": {"floatValue": 1}},
+                    {"definition": "neutral", "value": {"floatValue": 2}},
+                    {"definition": "polite", "value": {"floatValue": 3}},
+                ],
+            }
+        }
+    ],
+    "evaluatorModelConfig": {"bedrockEvaluatorModels": [{"modelIdentifier": JUDGE}]},
+}
+
+
+@pytest.mark.parametrize(
+    ("request_change", "error", "message"),
+    [
+        ({}, ValidationException, "is rated by a judge model: give its model in evaluationConfig.automated"),
+        ({"judges": [BASE_MODEL, BASE_MODEL]}, ValidationException, "Member must have length less than or equal to 1"),
+        ({"judges": ["no-such-judge"]}, ResourceNotFoundException, "The judge model (evaluatorModelConfig): The model"),
+        (
+            {"judges": ["arn:aws:bedrock:us-east-1:123456789012:evaluation-job/abcdefabcdef"]},
+            ValidationException,
+            "cannot run an evaluation job's judge: give a foundation model",
+        ),
+        ({"judges": [BASE_MODEL], "task": "Classification"}, ValidationException, "runs on task type Custom"),
+        (
+            {"judges": [BASE_MODEL], "custom": CUSTOM_METRIC, "metrics": ("Politeness",)},
+            ValidationException,
+            "at most 1 judge per job",
+        ),
+        (
+            {"custom": {**CUSTOM_METRIC, "evaluatorModelConfig": None}, "metrics": ("Politeness",)},
+            ValidationException,
+            "customMetricConfig.evaluatorModelConfig' failed to satisfy constraint: Member must not be null",
+        ),
+    ],
+)
+def test_judge_metrics_are_refused_without_a_judge_that_can_answer(
+    services: Services, request_change: dict[str, Any], error: type[ServiceError], message: str
+) -> None:
+    write_dataset(services)
+    with pytest.raises(error) as refused:
+        create(services, judge_body("judged", **request_change))
+    assert message in refused.value.message
+    assert count_jobs(services) == 0
+
+
+def test_the_judge_prompt_holds_the_prompt_reference_and_response_and_the_scale() -> None:
+    from tuneforge.evaluation.judge import BUILTIN_JUDGE_METRICS, CORRECTNESS, custom_metric, judge_prompt
+
+    text = judge_prompt(BUILTIN_JUDGE_METRICS[CORRECTNESS], "What is 2+2?", "five", "4")
+    assert "Prompt:\nWhat is 2+2?" in text and "Reference answer:\n4" in text and "Response:\nfive" in text
+    assert '"partially correct"' in text and text.endswith('Reply with JSON: {"rating": "<rating>"}')
+    politeness = custom_metric(CUSTOM_METRIC["customMetrics"][0]["customMetricDefinition"])
+    text = judge_prompt(politeness, "hi", "go away", None)
+    assert text.startswith("Is this reply to hi polite? Reply: go away") and "Reference" not in text
+    assert [politeness.score(i.label) for i in politeness.scale] == [0.0, 0.5, 1.0]
+
+
+def test_a_judge_rates_every_answer_on_its_scale_through_constrained_decoding(services: Services) -> None:
+    """forge-micro is random-initialised: without the grammar its replies are noise, so a rating on
+    the scale for every record and metric shows the constraint at work, not the model's skill."""
+    write_judge_dataset(services, {"mine": ["Paris", "six"]})
+    job = create(
+        services,
+        judge_body(
+            "judged",
+            metrics=("Builtin.Correctness", "Builtin.Helpfulness", "Politeness"),
+            judges=[JUDGE],
+            custom=CUSTOM_METRIC,
+            models=[{"precomputedInferenceSource": {"inferenceSourceIdentifier": "mine"}}],
+        ),
+    )
+    assert evaluation_summary(job)["inferenceConfigSummary"]["modelConfigSummary"] == {
+        "precomputedInferenceSourceIdentifiers": ["mine"]
+    }
+    done = run_in_process(services, job)
+    assert done.status == "Completed", done.failure_messages
+    (row,) = evaluation_job(done)["tuneforge"]["results"]["results"]
+    assert row["judge"]["modelIdentifier"] == JUDGE
+    counts = row["judge"]["ratingCounts"]
+    assert set(counts) == {"Builtin.Correctness", "Builtin.Helpfulness", "Politeness"}
+    assert all(sum(c.values()) == len(JUDGE_ROWS) for c in counts.values())
+    assert set(counts["Politeness"]) == {"1", "2", "3"}
+    for name in counts:
+        assert 0.0 <= row["metrics"][name] <= 1.0
+    out = services.store.read_bytes(
+        f"s3://tests/eval-out/judged/{job.id}/models/mine/taskTypes/Custom/datasets/tickets/{job.id}_output.jsonl"
+    )
+    lines = [json.loads(line) for line in out.splitlines()]
+    assert len(lines) == len(JUDGE_ROWS)
+    for line in lines:
+        scores = line["automatedEvaluationResult"]["scores"]
+        assert [s["metricName"] for s in scores] == ["Correctness", "Helpfulness", "Politeness"]
+        for s in scores:
+            assert s["result"] in (0.0, 0.5, 1.0)
+            (details,) = s["evaluatorDetails"]
+            assert details["modelIdentifier"] == JUDGE and details["explanation"].startswith("rated ")
+
+
+def test_a_judge_rates_a_record_the_same_in_a_batch_as_alone(fast_tmp: Path) -> None:
+    """The property chosen for the judge (measured first: SmolLM2-135M-Instruct as judge gave every
+    answer the same rating, exact reference answers and clearly wrong ones alike, so "rates right above
+    wrong" cannot pass with a 135M judge). Each row of the batch decodes under its own metric's grammar:
+    a rating taken alone must equal the same rating taken among others of other scales."""
+    from tuneforge.engine.offline import offline_batcher
+    from tuneforge.evaluation.judge import BUILTIN_JUDGE_METRICS, CORRECTNESS, custom_metric
+    from tuneforge.model.builtin import ensure_builtin
+    from tuneforge.model.folders import load_for_inference
+    from tuneforge.recipes.evaluation import JudgeItem, judge_answers
+
+    model, tokenizer = load_for_inference(ensure_builtin("forge-micro", fast_tmp), fast_tmp)
+    batcher = offline_batcher(model, tokenizer, 8)
+    politeness = custom_metric(CUSTOM_METRIC["customMetrics"][0]["customMetricDefinition"])
+    items = [
+        JudgeItem(metric, prompt, answer, reference)
+        for prompt, reference in JUDGE_ROWS[:1]
+        for answer in (reference, "no idea")
+        for metric in (BUILTIN_JUDGE_METRICS[CORRECTNESS], politeness)
+    ]
+    together = judge_answers(batcher, items, lambda: False)
+    alone = [judge_answers(batcher, [item], lambda: False) for item in items]
+    assert together is not None and all(a is not None for a in alone)
+    assert [r.label for r in together] == [a[0].label for a in alone if a is not None]
+    for item, rating in zip(items, together, strict=True):
+        assert rating.label in {s.label for s in item.metric.scale}
+        assert f"Response:\n{item.response}" in rating.prompt or f"Reply: {item.response}" in rating.prompt

@@ -114,6 +114,21 @@ def test_duplicate_job_name_is_conflict(services: Services) -> None:
         services.jobs.create(request("dup", custom_model_name="another-model"))
 
 
+def test_two_creates_racing_with_one_name_give_a_conflict_not_a_500(services: Services) -> None:
+    """Both passed the name check before either committed: the unique index's IntegrityError was a 500."""
+    from tests.unit.races import competitor_before_insert
+
+    def competitor() -> None:
+        services.jobs.create(request("racing", custom_model_name="first-model"))
+
+    with (
+        competitor_before_insert(services.db.engine, "jobs", competitor),
+        pytest.raises(ConflictException, match="A model customization job named racing"),
+    ):
+        services.jobs.create(request("racing", custom_model_name="second-model"))
+    assert len(services.jobs.list_jobs(JobFilter(), None, 100).items) == 1
+
+
 def test_custom_model_name_in_use_by_live_job_is_conflict(services: Services) -> None:
     services.jobs.create(request("first", custom_model_name="shared"))
     with pytest.raises(ConflictException, match="custom model named shared"):

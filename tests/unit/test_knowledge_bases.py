@@ -3,6 +3,9 @@ run in-process with the real embedder, failing a corrupt and an empty document p
 
 from __future__ import annotations
 
+import socket
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -10,9 +13,11 @@ from typing import Any
 import pytest
 from sqlalchemy import func, select
 
+from tests.unit.test_evaluation_jobs import BASE_MODEL, body, count_jobs, create, write_dataset
 from tuneforge.db.tables import IngestionJob, KnowledgeChunk, KnowledgeDataSource
 from tuneforge.errors import ConflictException, ResourceNotFoundException, ValidationException
 from tuneforge.jobs.knowledge_bases import index_path
+from tuneforge.jobs.supervisor import Supervisor
 from tuneforge.knowledge.chunking import fixed_size_chunks
 from tuneforge.services import Services
 from tuneforge.settings import Settings
@@ -191,3 +196,64 @@ def test_ingestion_reports_corrupt_and_empty_documents_per_file_and_indexes_the_
     assert not index_path(services.settings, kb.id, ds.id).exists()
     with services.db.session() as session:
         assert session.scalar(select(func.count()).select_from(KnowledgeChunk)) == 0
+
+
+def test_an_ingestion_whose_worker_died_ends_failed_and_frees_the_data_source(services: Services) -> None:
+    kbs = services.knowledge_bases
+    kb = kbs.create_knowledge_base(kb_body())
+    ds = kbs.create_data_source(kb.id, ds_body("docs/"))
+    job = kbs.start_ingestion_job(kb.id, ds.id, {})
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    with services.db.session() as session:
+        row = session.get(IngestionJob, job.id)
+        assert row is not None
+        row.status, row.phase, row.worker_host, row.worker_pid = (
+            "IN_PROGRESS",
+            "running",
+            socket.gethostname(),
+            gone.pid,
+        )
+    Supervisor(services).recover()
+    ended = kbs.get_ingestion_job(kb.id, ds.id, job.id)
+    assert ended.status == "FAILED"
+    assert ended.failure_reasons == [
+        "Job interrupted: the worker process ended unexpectedly. Start the job again to retry."
+    ]
+    assert kbs.start_ingestion_job(kb.id, ds.id, {}).status == "STARTING"
+
+
+def rag_request(kb_id: str, metrics: tuple[str, ...] = ("Builtin.Accuracy",), **rag: Any) -> dict[str, Any]:
+    request = body(task="QuestionAndAnswer", metrics=metrics)
+    generate = {
+        "type": "KNOWLEDGE_BASE",
+        "knowledgeBaseConfiguration": {"knowledgeBaseId": kb_id, "modelArn": BASE_MODEL},
+    }
+    config = rag or {"knowledgeBaseConfig": {"retrieveAndGenerateConfig": generate}}
+    return {**request, "applicationType": "RagEvaluation", "inferenceConfig": {"ragConfigs": [config]}}
+
+
+@pytest.mark.parametrize(
+    ("change", "error", "message"),
+    [
+        ({"metrics": ("Builtin.Faithfulness",)}, ValidationException, "needs a judge model"),
+        ({"metrics": ("Builtin.Robustness",)}, ValidationException, "not supported for RagEvaluation"),
+        (
+            {"knowledgeBaseConfig": {"retrieveConfig": {"knowledgeBaseId": "X"}}},
+            ValidationException,
+            "only knowledgeBaseConfig.retrieveAndGenerateConfig is supported",
+        ),
+        ({"kb": "NOSUCHKB00"}, ResourceNotFoundException, "Knowledge base with id NOSUCHKB00 does not exist"),
+    ],
+)
+def test_rag_evaluations_refuse_judge_metrics_retrieve_only_configs_and_unknown_knowledge_bases(
+    services: Services, change: dict[str, Any], error: type[Exception], message: str
+) -> None:
+    write_dataset(services)
+    kb = services.knowledge_bases.create_knowledge_base(kb_body())
+    metrics = change.pop("metrics", ("Builtin.Accuracy",))
+    kb_id = change.pop("kb", kb.id)
+    with pytest.raises(error, match=message):
+        create(services, rag_request(kb_id, metrics, **change))
+    assert count_jobs(services) == 0
+    assert create(services, rag_request(kb.id)).models[0]["rag"]["knowledgeBaseId"] == kb.id

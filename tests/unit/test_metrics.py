@@ -249,7 +249,9 @@ def scrape(response: Any) -> dict[str, Any]:
 
 @pytest.fixture
 def open_client(fast_tmp: Path) -> Iterator[TestClient]:
-    with TestClient(create_app(Settings(data_dir=fast_tmp / "data"), run_supervisor=False)) as client:
+    with TestClient(
+        create_app(Settings(data_dir=fast_tmp / "data"), run_supervisor=False), base_url="http://127.0.0.1"
+    ) as client:
         yield client
 
 
@@ -280,7 +282,9 @@ def test_metrics_show_deployments_and_jobs_read_at_scrape_time(open_client: Test
 
 
 def test_apps_in_one_process_keep_their_own_registries(open_client: TestClient, tmp_path: Path) -> None:
-    with TestClient(create_app(Settings(data_dir=tmp_path / "other"), run_supervisor=False)) as other:
+    with TestClient(
+        create_app(Settings(data_dir=tmp_path / "other"), run_supervisor=False), base_url="http://127.0.0.1"
+    ) as other:
         open_client.post(
             "/provisioned-model-throughput",
             json={"provisionedModelName": "only-here", "modelId": SMALL, "modelUnits": 1},
@@ -294,7 +298,7 @@ def locked(tmp_path: Path) -> Iterator[TestClient]:
     settings = Settings(
         data_dir=tmp_path / "locked", access_keys={"AK": "SK"}, api_keys=["sk-good"], allow_anonymous=False
     )
-    with TestClient(create_app(settings, run_supervisor=False)) as client:
+    with TestClient(create_app(settings, run_supervisor=False), base_url="http://127.0.0.1") as client:
         yield client
 
 

@@ -29,7 +29,7 @@ SMALL_ARN = f"arn:aws:bedrock:us-east-1::foundation-model/{SMALL}"
 @pytest.fixture
 def app_client(tmp_path: Path) -> Iterator[TestClient]:
     app = create_app(Settings(data_dir=tmp_path / "data", max_model_units=4), run_supervisor=False)
-    with TestClient(app) as client:
+    with TestClient(app, base_url="http://127.0.0.1") as client:
         yield client
 
 
@@ -253,7 +253,7 @@ def locked_client(tmp_path: Path) -> Iterator[TestClient]:
     settings = Settings(
         data_dir=tmp_path / "locked", access_keys={"AK": "SK"}, api_keys=["sk-good"], allow_anonymous=False
     )
-    with TestClient(create_app(settings, run_supervisor=False)) as client:
+    with TestClient(create_app(settings, run_supervisor=False), base_url="http://127.0.0.1") as client:
         yield client
 
 
@@ -328,7 +328,10 @@ def test_converse_tool_config_is_refused_because_the_template_has_no_tools(app_c
 
 @pytest.fixture
 def small_prompts_client(tmp_path: Path) -> Iterator[TestClient]:
-    with TestClient(create_app(Settings(data_dir=tmp_path / "d", max_prompt_chars=100), run_supervisor=False)) as c:
+    with TestClient(
+        create_app(Settings(data_dir=tmp_path / "d", max_prompt_chars=100), run_supervisor=False),
+        base_url="http://127.0.0.1",
+    ) as c:
         yield c
 
 

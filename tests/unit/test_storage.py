@@ -314,3 +314,22 @@ def test_symlink_loop_in_object_root_is_a_storage_error_naming_the_uri(
         store.check("s3://bkt/a/train.jsonl")
     with pytest.raises(StorageError, match="cannot be resolved"):
         store.download_file("s3://bkt/a", tmp_path / "copy")
+
+
+def test_tuneforges_own_state_files_are_never_data_though_the_data_dir_is_an_allowed_root(tmp_path: Path) -> None:
+    data_dir = tmp_path / "data"
+    settings = Settings(data_dir=data_dir)
+    settings.ensure_dirs()
+    private = [data_dir / "tuneforge.db", data_dir / "tuneforge.db-wal", data_dir / "console.key"]
+    private += [data_dir / "logs" / "server.log", data_dir / "engines" / "e1" / "port"]
+    for path in private:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"secret")
+    (data_dir / "my-data").mkdir()
+    (data_dir / "my-data" / "train.jsonl").write_text("{}\n")
+    (data_dir / "my-data" / "db-link").symlink_to(data_dir / "tuneforge.db")
+    store = ObjectStore.from_settings(settings)
+    for path in [*private, data_dir / "my-data" / "db-link"]:
+        with pytest.raises(StorageError, match="own state files"):
+            store.read_bytes(str(path))
+    assert store.read_bytes(str(data_dir / "my-data" / "train.jsonl")) == b"{}\n"

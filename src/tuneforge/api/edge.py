@@ -132,7 +132,7 @@ class Edge:
 
         if surface == CONSOLE:
             refused = (
-                self.check_host(headers)
+                (self.check_host(surface, headers) if self.console.open else None)
                 or self.check_origin(surface, headers)
                 or self.console_session(scope, headers, state)
             )
@@ -167,6 +167,8 @@ class Edge:
         if isinstance(body, Response):
             return body
         refused = self.authenticate(surface, scope, headers, body, state)
+        if refused is None and surface != HEALTH and state["identity"] == "anonymous":
+            refused = self.check_host(surface, headers)
         if refused is not None:
             return refused
         if surface == BEDROCK and is_openai_path(scope["path"]):
@@ -217,22 +219,24 @@ class Edge:
             return RedirectResponse(f"/console/login?{urlencode({'next': target})}", status_code=303)
         return PlainTextResponse("Sign in to the console first.\n", status_code=401)
 
-    def check_host(self, headers: dict[str, str]) -> Response | None:
-        """An open console answers only to a loopback name: anything else is DNS rebinding.
+    def check_host(self, surface: str, headers: dict[str, str]) -> Response | None:
+        """What is served without a credential answers only to a loopback name: else DNS rebinding.
 
         A page on another site whose name the attacker re-points at 127.0.0.1 is same-origin to the
-        browser, sends no Origin on a GET, and would read every console page and download.
+        browser, sends no Origin on a GET, and would read every console page, download, job and
+        model list of an anonymous loopback server. Signed requests need no such check: the page has
+        no key to sign with.
         """
-        if not self.console.open:
-            return None
         host = _host_port(headers.get("host", ""), 80)
         if host is not None and is_loopback(host[0]):
             return None
-        return PlainTextResponse(
-            "AccessDeniedException: the open console answers only to a loopback host name "
-            "(localhost, 127.0.0.1, [::1])\n",
-            status_code=403,
+        message = (
+            "An anonymous loopback server answers only to a loopback host name (localhost, 127.0.0.1, [::1]); "
+            "to serve other names, configure access keys and sign requests"
         )
+        if surface == CONSOLE:
+            message = f"AccessDeniedException: {message}"
+        return refusal(surface, 403, "AccessDeniedException", message, "forbidden_host")
 
     def check_origin(self, surface: str, headers: dict[str, str]) -> Response | None:
         origin = headers.get("origin")

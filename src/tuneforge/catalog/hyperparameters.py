@@ -216,8 +216,19 @@ _COMMON: tuple[HyperParameterSpec, ...] = (
 )
 
 
+EARLY_STOPPING_PATIENCE = HyperParameterSpec(
+    "earlyStoppingPatience",
+    "int",
+    2,
+    "With a validation set: end training once the first validator's loss (measured after every epoch) "
+    "has not improved for this many epochs, keeping the best epoch's weights; 0 = train every epoch.",
+    0,
+    100,
+)
+
+
 def fine_tuning_specs() -> tuple[HyperParameterSpec, ...]:
-    return _COMMON
+    return (*_COMMON, EARLY_STOPPING_PATIENCE)
 
 
 def _amend(
@@ -377,6 +388,9 @@ def render_docs() -> str:
             seen.append((ctype, specs))
             users = [m.model_id for m in BUILTIN_MODELS if m.specs.get(ctype) == specs]
             parts.append(f"## {title}\n\nModels: {', '.join(f'`{u}`' for u in users)}.\n\n{markdown_table(specs)}")
+    from tuneforge.catalog.tuning import render_docs as tuning_docs
+
+    parts.append(tuning_docs())
     return "\n".join(parts)
 
 

@@ -146,6 +146,47 @@ def write_jsonl(path: str | os.PathLike[str], records: Iterable[Mapping[str, Any
     return path
 
 
+# --------------------------------------------------------------------------- a second, unseen task
+
+TOPIC_WORDS: dict[str, tuple[str, ...]] = {
+    "sports": ("goal", "match", "referee", "striker", "league", "stadium", "coach", "penalty"),
+    "cooking": ("recipe", "oven", "garlic", "simmer", "dough", "spice", "skillet", "bake"),
+    "weather": ("rain", "forecast", "storm", "humid", "breeze", "thunder", "sunny", "frost"),
+    "music": ("guitar", "chorus", "melody", "drummer", "album", "concert", "tempo", "lyrics"),
+}
+FILLER_WORDS: tuple[str, ...] = ("today", "really", "the", "again", "new", "big", "after", "some", "this", "our")
+
+
+def topic_prompt(text: str) -> str:
+    return f"Text: {text}\nTopic:"
+
+
+def make_topic_task(n_train: int, n_test: int, seed: int = 0) -> tuple[list[Record], list[Record]]:
+    """A simple four-topic task unlike the demo, for measuring how defaults fit a new task.
+
+    A text is five words: two words of its topic among three shared filler words, in random order,
+    so two words decide the label and the rest is noise. Training and test texts are disjoint.
+    Balanced labels; seeded, so the same arguments give the same records everywhere.
+    """
+    rng = random.Random(seed)
+    topics = list(TOPIC_WORDS)
+    seen: set[str] = set()
+    out: list[Record] = []
+    while len(out) < n_train + n_test:
+        topic = topics[len(out) % len(topics)]
+        words = rng.sample(TOPIC_WORDS[topic], 2) + rng.sample(FILLER_WORDS, 3)
+        rng.shuffle(words)
+        text = " ".join(words)
+        if text in seen:
+            continue
+        seen.add(text)
+        out.append({"prompt": topic_prompt(text), "completion": f" {topic}"})
+    train, test = out[:n_train], out[n_train:]
+    rng.shuffle(train)
+    rng.shuffle(test)
+    return train, test
+
+
 # --------------------------------------------------------------------------- continued pre-training
 
 ISLANDS: tuple[str, ...] = ("Veloria", "Quessa", "Marrowin", "Tolbek")

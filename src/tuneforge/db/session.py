@@ -7,9 +7,11 @@ from contextlib import contextmanager
 from typing import Any
 
 from sqlalchemy import Engine, create_engine, event, inspect, text
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from tuneforge.db.tables import Base
+from tuneforge.errors import ConflictException
 from tuneforge.settings import Settings
 
 
@@ -83,3 +85,17 @@ class Database:
 
     def dispose(self) -> None:
         self.engine.dispose()
+
+
+@contextmanager
+def unique_or_conflict(message: str) -> Iterator[None]:
+    """Around a create's unit of work: a name (or clientRequestToken) check then an insert.
+
+    Two creates with one name can both pass the check before either commits; the unique index then
+    refuses the second insert, and this answers it with the ConflictException the check gives
+    (``message``) rather than letting the IntegrityError become a 500.
+    """
+    try:
+        yield
+    except IntegrityError:
+        raise ConflictException(message) from None

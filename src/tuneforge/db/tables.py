@@ -67,6 +67,8 @@ class Job(Base):
     validation_losses: Mapped[list[Any]] = mapped_column(JSON, default=list)
     output_model_arn: Mapped[str | None] = mapped_column(String(1011), nullable=True)
     progress: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    tuning: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    """Automatic tuning's trials and best trial (tuneforge extension ``tuning`` of the Get response)."""
 
     phase: Mapped[str] = mapped_column(String(16), default="queued")
     """queued -> running -> done. The queue is the set of jobs in phase 'queued'."""

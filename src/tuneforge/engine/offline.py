@@ -23,6 +23,7 @@ from typing import Any
 from transformers import PreTrainedTokenizerBase
 
 from tuneforge.engine.batching import ContinuousBatcher, Event, Sequence
+from tuneforge.engine.constrained import Matcher
 from tuneforge.engine.generation import Completion, length_sorted_batches
 from tuneforge.model.prompts import encode_prompt
 from tuneforge.serving.protocol import GenerationRequest
@@ -35,6 +36,9 @@ class OfflineRequest:
     request: GenerationRequest
     prompt_ids: list[int]
     strip_leading_space: bool = False
+    matcher: Matcher | None = None
+    """The grammar the answer is forced into (:meth:`ContinuousBatcher.matcher` of the request's
+    ``response_format``), one per request: it keeps the sequence's state."""
 
 
 def generate_offline(
@@ -66,6 +70,7 @@ def generate_offline(
                     offline.prompt_ids,
                     _collector(key, finished),
                     strip_leading_space=offline.strip_leading_space,
+                    matcher=offline.matcher,
                 )
             )
             running += 1

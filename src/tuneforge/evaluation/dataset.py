@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from tuneforge.data.jsonl import jsonl_lines
 from tuneforge.data.validate import DataError
 
 MAX_RECORDS = 1000
@@ -64,10 +65,11 @@ def check_dataset(content: bytes, need_reference: bool, precomputed: Sequence[st
     """Parse and check every non-blank line; ``precomputed`` names the sources whose answers it must hold."""
     records: list[EvaluationRecord] = []
     errors: list[DataError] = []
-    text = content.decode("utf-8-sig", errors="replace")
-    # "\n" ends a JSONL line, as in pre-flight validation: str.splitlines would also split at
-    # U+2028, U+0085 and others, which JSON strings may hold raw.
-    for number, raw in enumerate(text.split("\n"), start=1):
+    for line in jsonl_lines(content):
+        number, raw = line.number, line.text
+        if line.error is not None:
+            errors.append(DataError(number, None, line.error))
+            continue
         if not raw.strip():
             continue
         try:

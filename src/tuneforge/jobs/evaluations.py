@@ -23,10 +23,11 @@ from sqlalchemy.orm import Session
 
 from tuneforge.arns import ArnFactory, decode_identifier, is_arn, new_id, resource_type
 from tuneforge.db.listing import Cursor, Page, created_and_named, fetch_page
-from tuneforge.db.session import Database
-from tuneforge.db.tables import CustomModelDeployment, EvaluationJob, ProvisionedModel, utcnow
+from tuneforge.db.session import Database, unique_or_conflict
+from tuneforge.db.tables import CustomModelDeployment, EvaluationJob, KnowledgeBase, ProvisionedModel, utcnow
 from tuneforge.errors import ConflictException, ResourceNotFoundException, ServiceError, ValidationException
 from tuneforge.evaluation.dataset import check_dataset
+from tuneforge.evaluation.judge import BUILTIN_JUDGE_METRICS, JUDGE_TASK_TYPES
 from tuneforge.evaluation.metrics import ACCURACY, BUILTIN_METRICS, ROBUSTNESS, SUPPORTED, needs_reference
 from tuneforge.idempotency import IdempotentRequest
 from tuneforge.jobs.invocations import InvocationJobService
@@ -66,6 +67,10 @@ class CreateEvaluationJobRequest(IdempotentRequest):
     output_uri: str
     datasets: tuple[DatasetMetricConfig, ...]
     models: tuple[ModelSpec, ...]
+    judge: str | None = None
+    """``evaluatorModelConfig``'s model (or ``customMetricConfig``'s: one judge per job)."""
+    custom_metrics: tuple[dict[str, Any], ...] = ()
+    """``customMetricConfig``'s ``customMetricDefinition`` objects, already checked."""
     application_type: str = "ModelEvaluation"
     description: str | None = None
     kms_key_id: str | None = None
@@ -105,7 +110,12 @@ class EvaluationJobService:
                     )
                 return existing
         check_supported(request)
-        models = [self._resolve(spec) for spec in request.models]
+        if request.application_type == "RagEvaluation":
+            models = [self._resolve_rag(rag_config(request.inference_config))]
+        else:
+            models = [self._resolve(spec) for spec in request.models]
+        if request.judge is not None:
+            models.append({**self._resolve(ModelSpec(request.judge), "an evaluation job's judge"), "judge": True})
         self._check_uri("outputDataConfig.s3Uri", request.output_uri)
         precomputed = tuple(spec.identifier for spec in request.models if spec.precomputed)
         for index, config in enumerate(request.datasets):
@@ -142,20 +152,34 @@ class EvaluationJobService:
             created_at=now,
             updated_at=now,
         )
-        with self.db.session() as session:
+        taken = f"An evaluation job named {request.job_name} (or with this clientRequestToken) already exists"
+        with unique_or_conflict(taken), self.db.session() as session:
             if session.scalar(select(EvaluationJob.id).where(EvaluationJob.name == request.job_name)):
                 raise ConflictException(f"An evaluation job named {request.job_name} already exists")
             session.add(job)
         return job
 
-    def _resolve(self, spec: ModelSpec) -> dict[str, Any]:
+    def _resolve(self, spec: ModelSpec, role: str = "an evaluation job") -> dict[str, Any]:
+        """What answers for ``spec`` (``role`` says which in messages: the job's model or its judge)."""
         if spec.precomputed:
             return {"identifier": spec.identifier, "precomputed": True}
         try:
             served = self.models.resolve_model(self._served_model(spec.identifier))
         except ValidationException as exc:
-            raise ValidationException(exc.message.replace("a batch inference job", "an evaluation job")) from None
+            raise ValidationException(exc.message.replace("a batch inference job", role)) from None
+        except ResourceNotFoundException as exc:
+            if role == "an evaluation job":
+                raise
+            raise ResourceNotFoundException(f"The judge model (evaluatorModelConfig): {exc.message}") from None
         return {"identifier": spec.identifier, "arn": served.arn, "inferenceParams": spec.inference_params}
+
+    def _resolve_rag(self, config: dict[str, Any]) -> dict[str, Any]:
+        """The generator resolved like any evaluated model; the knowledge base must exist now."""
+        with self.db.session() as session:
+            if session.get(KnowledgeBase, str(config["knowledgeBaseId"])) is None:
+                raise ResourceNotFoundException(f"Knowledge base with id {config['knowledgeBaseId']} does not exist")
+        resolved = self._resolve(ModelSpec(str(config["modelArn"])))
+        return {**resolved, "rag": config}
 
     def _served_model(self, identifier: str) -> str:
         """The model a provisioned throughput or custom model deployment serves, for an identifier
@@ -267,26 +291,24 @@ class EvaluationJobService:
 def check_supported(request: CreateEvaluationJobRequest) -> None:
     """What tuneforge does not do (yet), and metrics a task type has no definition for, refused up front."""
     if request.application_type == "RagEvaluation":
-        raise ValidationException(
-            "applicationType RagEvaluation is not supported yet: tuneforge runs ModelEvaluation jobs only"
-        )
+        check_rag(request)
+    elif "ragConfigs" in request.inference_config:
+        raise ValidationException("inferenceConfig.ragConfigs needs applicationType RagEvaluation")
     evaluation = request.evaluation_config
     if "human" in evaluation:
         raise ValidationException(
             "Human evaluation (evaluationConfig.human) is not supported yet: use evaluationConfig.automated"
         )
-    automated = evaluation.get("automated") or {}
-    for member in ("evaluatorModelConfig", "customMetricConfig"):
-        if member in automated:
-            raise ValidationException(
-                f"evaluationConfig.automated.{member} (a judge model) is not supported yet: use the built-in metrics"
-            )
-    if "ragConfigs" in request.inference_config:
-        raise ValidationException("inferenceConfig.ragConfigs is not supported yet: give inferenceConfig.models")
     precomputed = any(spec.precomputed for spec in request.models)
+    custom = {definition["name"] for definition in request.custom_metrics}
+    judged = False
     for index, config in enumerate(request.datasets):
         where = f"evaluationConfig.automated.datasetMetricConfigs.{index + 1}.member.metricNames"
         for name in config.metric_names:
+            if name in BUILTIN_JUDGE_METRICS or name in custom:
+                _check_judge_metric(request, config.task_type, name, where)
+                judged = True
+                continue
             if name not in BUILTIN_METRICS:
                 raise ValidationException(
                     f"The metric {name} at '{where}' is not a built-in metric: use one of "
@@ -303,6 +325,84 @@ def check_supported(request: CreateEvaluationJobRequest) -> None:
                     f"The metric {ROBUSTNESS} needs the model to answer perturbed prompts, which a "
                     "precomputedInferenceSource cannot: remove it or evaluate a Bedrock model"
                 )
+    if request.judge is not None and not judged:
+        raise ValidationException(
+            "evaluationConfig.automated.evaluatorModelConfig names a judge model but no metric needs one: ask for "
+            f"{', '.join(BUILTIN_JUDGE_METRICS)} or a custom metric on a Custom task"
+        )
+
+
+def _check_judge_metric(request: CreateEvaluationJobRequest, task_type: str, name: str, where: str) -> None:
+    """A judge metric runs on a Custom task and needs the job's judge model."""
+    if task_type not in JUDGE_TASK_TYPES:
+        raise ValidationException(
+            f"The metric {name} at '{where}' is rated by a judge model, which runs on task type "
+            f"{' or '.join(JUDGE_TASK_TYPES)}, not {task_type}"
+        )
+    if request.judge is None:
+        raise ValidationException(
+            f"The metric {name} at '{where}' is rated by a judge model: give its model in "
+            "evaluationConfig.automated.evaluatorModelConfig.bedrockEvaluatorModels"
+        )
+
+
+RAG_JUDGE_METRICS = (
+    "Builtin.Correctness",
+    "Builtin.Completeness",
+    "Builtin.Helpfulness",
+    "Builtin.LogicalCoherence",
+    "Builtin.Faithfulness",
+    "Builtin.Harmfulness",
+    "Builtin.Stereotyping",
+    "Builtin.Refusal",
+    "Builtin.CitationPrecision",
+    "Builtin.CitationCoverage",
+    "Builtin.ContextRelevance",
+    "Builtin.ContextCoverage",
+)
+"""Bedrock's RAG metrics: every one is scored by a judge model, which a RagEvaluation job here does not
+run; tuneforge scores the answers with the reference-based metrics and reports the retrieval's
+context hit rate (see docs/evaluation.md)."""
+
+
+def rag_config(inference_config: dict[str, Any]) -> dict[str, Any]:
+    """The one ``retrieveAndGenerateConfig.knowledgeBaseConfiguration`` of a RagEvaluation job."""
+    configs = inference_config.get("ragConfigs") or []
+    if len(configs) != 1:
+        raise ValidationException("A RagEvaluation job takes exactly one inferenceConfig.ragConfigs entry")
+    knowledge_base = configs[0].get("knowledgeBaseConfig") or {}
+    generate = knowledge_base.get("retrieveAndGenerateConfig")
+    if not isinstance(generate, dict):
+        raise ValidationException(
+            "inferenceConfig.ragConfigs.1.member: only knowledgeBaseConfig.retrieveAndGenerateConfig is supported "
+            "(retrieveConfig and precomputedRagSourceConfig are not)"
+        )
+    if generate.get("type") != "KNOWLEDGE_BASE" or not isinstance(generate.get("knowledgeBaseConfiguration"), dict):
+        raise ValidationException(
+            "retrieveAndGenerateConfig must be of type KNOWLEDGE_BASE with a knowledgeBaseConfiguration"
+        )
+    config: dict[str, Any] = generate["knowledgeBaseConfiguration"]
+    if not config.get("knowledgeBaseId") or not config.get("modelArn"):
+        raise ValidationException("knowledgeBaseConfiguration needs knowledgeBaseId and modelArn")
+    return config
+
+
+def check_rag(request: CreateEvaluationJobRequest) -> None:
+    """What a RagEvaluation job can do here: one retrieve-and-generate configuration, reference-based metrics."""
+    if request.models:
+        raise ValidationException(
+            "A RagEvaluation job evaluates inferenceConfig.ragConfigs, not inferenceConfig.models"
+        )
+    rag_config(request.inference_config)
+    for config in request.datasets:
+        for name in config.metric_names:
+            if name in RAG_JUDGE_METRICS:
+                raise ValidationException(
+                    f"The metric {name} needs a judge model (evaluatorModelConfig), which tuneforge's RagEvaluation "
+                    f"does not run: use {ACCURACY}; the retrieval's context hit rate is reported with it"
+                )
+            if name != ACCURACY:
+                raise ValidationException(f"The metric {name} is not supported for RagEvaluation: use {ACCURACY}")
 
 
 def mark_ended(job: EvaluationJob, status: str, message: str | None) -> None:

@@ -19,7 +19,7 @@ from sqlalchemy.orm import Session, object_session
 
 from tuneforge.arns import ArnFactory, decode_identifier, is_arn, new_id, resource_type
 from tuneforge.db.listing import Cursor, Page, created_and_named, fetch_page
-from tuneforge.db.session import Database
+from tuneforge.db.session import Database, unique_or_conflict
 from tuneforge.db.tables import ModelInvocationJob, utcnow
 from tuneforge.errors import ConflictException, ResourceNotFoundException, ValidationException
 from tuneforge.idempotency import IdempotentRequest
@@ -133,7 +133,8 @@ class InvocationJobService:
             created_at=now,
             updated_at=now,
         )
-        with self.db.session() as session:
+        taken = f"A model invocation job named {request.job_name} (or with this clientRequestToken) already exists"
+        with unique_or_conflict(taken), self.db.session() as session:
             if session.scalar(select(ModelInvocationJob.id).where(ModelInvocationJob.name == request.job_name)):
                 raise ConflictException(f"A model invocation job named {request.job_name} already exists")
             session.add(job)

@@ -12,6 +12,7 @@ these files (the ``outputArtifacts`` extension), and the recipes write them here
   distillation_artifacts/distillation_report.json        (DISTILLATION)
   distillation_artifacts/prompt_insights.json            (DISTILLATION)
   distillation_artifacts/synthetic_data_sample.jsonl     (DISTILLATION)
+  tuning_artifacts/tuning_trials.csv                     (automatic tuning: one row a trial)
 ```
 """
 
@@ -24,6 +25,7 @@ PERFORMANCE_METRICS = "training_artifacts/step_wise_performance_metrics.csv"
 DISTILLATION_REPORT = "distillation_artifacts/distillation_report.json"
 PROMPT_INSIGHTS = "distillation_artifacts/prompt_insights.json"
 SYNTHETIC_DATA_SAMPLE = "distillation_artifacts/synthetic_data_sample.jsonl"
+TUNING_TRIALS = "tuning_artifacts/tuning_trials.csv"
 
 
 def job_folder(job_id: str) -> str:
@@ -38,7 +40,9 @@ def validation_metrics(validator: int) -> str:
     return f"validation_artifacts/post_fine_tuning_validation/{folder}/validation_metrics.csv"
 
 
-def output_artifacts(output_uri: str, job_id: str, customization_type: str, validators: int) -> dict[str, str]:
+def output_artifacts(
+    output_uri: str, job_id: str, customization_type: str, validators: int, tuned: bool = False
+) -> dict[str, str]:
     """Name -> URI of every file a completed job of this type leaves under ``output_uri``."""
     root = f"{output_uri.rstrip('/')}/{job_folder(job_id)}"
     files = {"trainingMetrics": TRAINING_METRICS, "performanceMetrics": PERFORMANCE_METRICS}
@@ -49,4 +53,6 @@ def output_artifacts(output_uri: str, job_id: str, customization_type: str, vali
             promptInsights=PROMPT_INSIGHTS,
             syntheticDataSample=SYNTHETIC_DATA_SAMPLE,
         )
+    if tuned:
+        files["tuningTrials"] = TUNING_TRIALS
     return {name: f"{root}/{path}" for name, path in files.items()}

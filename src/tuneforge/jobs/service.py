@@ -11,12 +11,13 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from tuneforge.arns import ArnFactory, decode_identifier, is_arn, new_id, resource_type
+from tuneforge.catalog import tuning
 from tuneforge.catalog.families import lora_target_modules
 from tuneforge.catalog.hyperparameters import HyperParameterError, HyperParameterValue, as_strings, resolve
-from tuneforge.catalog.models import CONTINUED_PRE_TRAINING, DISTILLATION, FoundationModel
+from tuneforge.catalog.models import CONTINUED_PRE_TRAINING, DISTILLATION, FINE_TUNING, FoundationModel
 from tuneforge.catalog.service import Catalog
 from tuneforge.db.listing import Cursor, Page, created_and_named, fetch_page
-from tuneforge.db.session import Database
+from tuneforge.db.session import Database, unique_or_conflict
 from tuneforge.db.tables import CustomModel, Job, JobEvent, utcnow
 from tuneforge.errors import (
     ConflictException,
@@ -111,7 +112,8 @@ class JobService:
             )
         specs = base.hyperparameter_specs(request.customization_type)
         try:
-            typed = resolve(specs, request.hyperparameters)
+            plain, search = tuning.split(specs, request.hyperparameters)
+            typed = resolve(specs, plain)
         except HyperParameterError as exc:
             raise ValidationException(str(exc)) from None
         if request.customization_type == CONTINUED_PRE_TRAINING:
@@ -147,9 +149,31 @@ class JobService:
             except StorageError as exc:
                 raise ValidationException(f"Invalid {member} {uri}: {exc}") from None
 
+        adaptive_log = []
+        if request.customization_type == FINE_TUNING and "epochCount" not in request.hyperparameters:
+            records = self.record_count(None if request.invocation_logs else request.training_uri)
+            if records is not None:
+                typed["epochCount"] = tuning.adaptive_epochs(records)
+                adaptive_log.append(
+                    f"epochCount {typed['epochCount']}: the default for {records} training records "
+                    '(docs/hyperparameters.md, "Defaults that fit the data")'
+                )
         typed, plan_log = self.plan_memory(
-            base, typed, teacher, None if request.invocation_logs else request.training_uri
+            base,
+            {**typed, **tuning.planning_values(search)} if search else typed,
+            teacher,
+            None if request.invocation_logs else request.training_uri,
         )
+        plan_log = adaptive_log + plan_log
+        stored = as_strings(typed)
+        if search:
+            # The job keeps the search as asked; the custom model gets the values the search chose.
+            stored.update({space.name: request.hyperparameters[space.name].strip() for space in search.spaces})
+            stored.update(search.as_strings())
+            plan_log.append(
+                f"tuning: {search.trials} trials within {search.time_budget_minutes} min over "
+                + ", ".join(f"{space.name} {space.describe()}" for space in search.spaces)
+            )
 
         job_id = new_id()
         now = utcnow()
@@ -164,7 +188,7 @@ class JobService:
             base_model_id=base.model_id,
             base_model_arn=self.catalog.arn(base),
             customization_type=request.customization_type,
-            hyperparameters=as_strings(typed),
+            hyperparameters=stored,
             training_data=(
                 {"invocationLogsConfig": request.invocation_logs}
                 if request.invocation_logs
@@ -190,7 +214,8 @@ class JobService:
             created_at=now,
             updated_at=now,
         )
-        with self.db.session() as session:
+        taken = f"A model customization job named {request.job_name} (or with this clientRequestToken) already exists"
+        with unique_or_conflict(taken), self.db.session() as session:
             if session.scalar(select(Job.id).where(Job.name == request.job_name)):
                 raise ConflictException(f"A model customization job named {request.job_name} already exists")
             in_use = session.scalar(
@@ -243,6 +268,17 @@ class JobService:
         except memory.MemoryRefused as exc:
             raise ValidationException(str(exc)) from None
         return {**typed, **plan.hyperparameters()}, plan.log_lines()
+
+    def record_count(self, training_uri: str | None) -> int | None:
+        """Non-empty lines of the training file (pre-flight rejects the job later if any is not a
+        record), or None when it cannot be read here: the adaptive epochs then keep their default."""
+        if training_uri is None:
+            return None
+        try:
+            with self.store.path(training_uri).open("rb") as handle:
+                return sum(1 for line in handle if line.strip())
+        except (OSError, StorageError):
+            return None
 
     def planned_sequence_length(self, base: FoundationModel, teacher: Teacher | None, training_uri: str | None) -> int:
         """The longest training sequence the plan assumes when ``maxSequenceLength`` is 0 (the model's context).

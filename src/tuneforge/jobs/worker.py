@@ -20,6 +20,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
 from types import FrameType
@@ -28,22 +29,33 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import update
 
 from tuneforge.arns import new_id
-from tuneforge.catalog.hyperparameters import resolve
+from tuneforge.catalog import tuning
+from tuneforge.catalog.hyperparameters import as_strings, resolve
 from tuneforge.catalog.models import DISTILLATION, FoundationModel
 from tuneforge.db.tables import CustomModel, EvaluationJob, IngestionJob, Job, JobEvent, ModelInvocationJob, utcnow
 from tuneforge.errors import ServiceError
-from tuneforge.evaluation.dataset import check_dataset
+from tuneforge.evaluation.dataset import EvaluationRecord, check_dataset
+from tuneforge.evaluation.judge import BUILTIN_JUDGE_METRICS, JudgeMetric, custom_metric, judge_metric_names
 from tuneforge.evaluation.metrics import ROBUSTNESS, needs_reference, perturb
-from tuneforge.evaluation.scoring import Answer, Pass, output_line, score
+from tuneforge.evaluation.scoring import Answer, Judged, Pass, output_line, score
 from tuneforge.jobs.evaluations import DEFAULT_MAX_TOKENS, MAX_DATASET_BYTES
 from tuneforge.jobs.evaluations import mark_ended as end_evaluation
 from tuneforge.jobs.evaluations import max_tokens as evaluation_max_tokens
 from tuneforge.jobs.invocations import has_expired, mark_ended
 from tuneforge.jobs.service import mark_stages
 from tuneforge.jobs.supervisor import checkpoint_dir, remove_job_files
-from tuneforge.recipes.base import RecipeFailed, RecipeInputs, RecipeResult, Stage, StageStatus, TeacherInputs
+from tuneforge.recipes.base import (
+    Recipe,
+    RecipeFailed,
+    RecipeInputs,
+    RecipeResult,
+    Stage,
+    StageStatus,
+    TeacherInputs,
+)
 from tuneforge.recipes.memory import steady_allocator
 from tuneforge.services import Services
+from tuneforge.serving.retrieval import RetrievedChunk, context_hit
 from tuneforge.settings import Settings
 from tuneforge.storage import StorageError
 
@@ -175,6 +187,8 @@ class JobRunner:
         self.job_id = job_id
         self.reporter = DatabaseReporter(services, job_id)
         self.work_dir = self.settings.data_dir / "jobs" / job_id
+        self.tuned_hyperparameters: dict[str, str] | None = None
+        """The values automatic tuning chose, for the custom model's record."""
 
     def request_stop(self) -> None:
         self.reporter.request_stop()
@@ -237,7 +251,9 @@ class JobRunner:
                 "Amazon S3 perms missing (PutObject): Could not validate PutObject permissions to access "
                 f"S3 bucket: {bucket} at key output/.write_access_check_file.tmp"
             ) from None
-        hyper = resolve(base.hyperparameter_specs(job["customization_type"]), job["hyperparameters"])
+        specs = base.hyperparameter_specs(job["customization_type"])
+        plain, search = tuning.split(specs, job["hyperparameters"])
+        hyper = resolve(specs, plain)
         teacher = self._teacher(job, base)
         self._preflight(
             base,
@@ -267,8 +283,14 @@ class JobRunner:
         )
         # The recipe reports the dataProcessing and training stages itself: what they contain
         # depends on the customization type (distillation's data processing is the teacher's work).
+        recipe = get_recipe(job["customization_type"])
         try:
-            result = get_recipe(job["customization_type"]).run(inputs, self.reporter)
+            if search is not None:
+                tuned = self._tune(recipe, inputs, search)
+                if tuned is None:
+                    return RecipeResult(training_loss=None, stopped=True), model_dir, base
+                inputs = tuned
+            result = recipe.run(inputs, self.reporter)
         except RecipeFailed:
             if output_dir.is_dir():  # what the recipe wrote (distillation's prompt insights) explains why
                 self._upload_outputs(output_dir, output_uri)
@@ -281,6 +303,54 @@ class JobRunner:
         if not result.stopped and output_dir.is_dir():
             self._upload_outputs(output_dir, output_uri)
         return result, model_dir, base
+
+    def _tune(self, recipe: Recipe, inputs: RecipeInputs, search: tuning.TuningRequest) -> RecipeInputs | None:
+        """Run the trials (:mod:`tuneforge.recipes.tuning`); the inputs of the final run with the best
+        configuration, or None when the job was stopped during the search."""
+        from tuneforge.jobs.layout import TUNING_TRIALS, job_folder
+        from tuneforge.recipes.tuning import TrialRecord, search_trials, write_trials_csv
+
+        self.reporter.stage("training", "InProgress")
+        searched = {space.name: space.describe() for space in search.spaces}
+
+        def record(trials: list[TrialRecord], best: int | None = None) -> None:
+            data: dict[str, Any] = {
+                "searchedHyperParameters": searched,
+                "trialsRequested": search.trials,
+                "timeBudgetMinutes": search.time_budget_minutes,
+                "trials": [trial.as_dict() for trial in trials],
+            }
+            if best is not None:
+                data["bestTrialNumber"] = best
+            with self.services.db.session() as session:
+                job = session.get(Job, self.job_id)
+                assert job is not None
+                job.tuning = data
+                job.updated_at = utcnow()
+                if trials and best is None:  # one event a trial, as it ends
+                    session.add(JobEvent(job_id=self.job_id, kind="trial", data=trials[-1].as_dict()))
+
+        record([])
+        outcome = search_trials(recipe, inputs, search, self.reporter, self.work_dir / "tuning", record)
+        shutil.rmtree(self.work_dir / "tuning", ignore_errors=True)
+        write_trials_csv(inputs.output_dir / job_folder(self.job_id) / TUNING_TRIALS, outcome.trials)
+        if outcome.stopped:
+            return None
+        if outcome.best is None:
+            raise RecipeFailed(
+                f"Automatic tuning: none of the {len(outcome.trials)} trials completed "
+                f"({', '.join(sorted({t.message or t.state for t in outcome.trials})) or 'no time for one'}); "
+                "widen the search, raise tuningTimeBudgetMinutes or tuningTrials, or check the job log"
+            )
+        record(outcome.trials, outcome.best.number)
+        chosen = {**inputs.hyperparameters, **outcome.best.params}
+        self.tuned_hyperparameters = as_strings(chosen)
+        self.reporter.log(
+            f"tuning: best trial {outcome.best.number} (validation loss {outcome.best.validation_loss:.4f}): "
+            + ", ".join(f"{name}={outcome.best.params[name]}" for name in searched)
+            + "; training it to completion"
+        )
+        return replace(inputs, hyperparameters=chosen)
 
     def _upload_outputs(self, output_dir: Path, output_uri: str) -> None:
         try:
@@ -395,7 +465,7 @@ class JobRunner:
                     base_model_id=base.model_id,
                     base_model_arn=job["base_model_arn"],
                     customization_type=job["customization_type"],
-                    hyperparameters=job["hyperparameters"],
+                    hyperparameters=self.tuned_hyperparameters or job["hyperparameters"],
                     training_data=job["training_data"],
                     validation_data=job["validation_data"],
                     output_data=job["output_data"],
@@ -636,7 +706,8 @@ class EvaluationJobRunner:
 
     Each dataset is checked again (its file may have changed since the job was created), then each
     model answers every dataset's prompts (and, for ``Builtin.Robustness``, their perturbations)
-    one model at a time, so at most one model is in memory. Results go under
+    one model at a time, so at most one model is in memory; a judge model, when the job has one, is
+    loaded last and rates the answers kept from every model (:meth:`_judge`). Results go under
     ``<outputDataConfig s3Uri>/<job name>/<job id>/`` as Bedrock lays them out:
     ``models/<model>/taskTypes/<task type>/datasets/<dataset>/<job id>_output.jsonl``, one line per
     record; tuneforge adds ``summary.json``, the results Get shows.
@@ -700,9 +771,7 @@ class EvaluationJobRunner:
 
         import torch
 
-        from tuneforge.engine.offline import offline_batcher
-        from tuneforge.engine.server import model_folder
-        from tuneforge.model.folders import load_for_inference, trained_format
+        from tuneforge.knowledge.rag import WorkerRetriever
         from tuneforge.recipes.evaluation import answer_prompts
 
         configs = job["evaluation_config"]["automated"]["datasetMetricConfigs"]
@@ -726,55 +795,142 @@ class EvaluationJobRunner:
         root = f"{job['output_data']['s3Uri'].rstrip('/')}/{job['name']}/{self.job_id}"
         self._write(f"{root}/.write_access_check_file.tmp", b"")
         torch.set_num_threads(worker_threads(self.settings))
-        rows: list[dict[str, Any]] = []
+        answered: list[tuple[str, dict[str, Any], list[Any], Pass, Pass | None]] = []
+        # What a RagEvaluation's retriever found for each answered pass (None for a model's own pass).
+        retrieved: list[list[list[RetrievedChunk]] | None] = []
         for model in job["models"]:
+            if model.get("judge"):
+                continue
             identifier = model["identifier"]
             batcher = None
             limit = DEFAULT_MAX_TOKENS
             if not model.get("precomputed"):
-                try:
-                    served = self.services.invocation_jobs.resolve_model(model["arn"])
-                except ServiceError as exc:
-                    raise JobFailed(exc.message) from None
-                folder = model_folder(served.source, self.settings)
-                loaded, tokenizer = load_for_inference(folder, self.settings.models_dir)
-                batcher = offline_batcher(loaded, tokenizer, self.settings.batch_max_rows, trained_format(folder))
-                limit = served.foundation.limits.max_output_tokens
+                batcher, limit = self._batcher(model)
             tokens = evaluation_max_tokens(model.get("inferenceParams"), limit)
+            retriever = WorkerRetriever(self.services, model["rag"]) if model.get("rag") else None
             for config, records in datasets:
-                task, metrics = config["taskType"], config["metricNames"]
+                prompts = [r.prompt for r in records]
+                contexts = retriever.retrieve(prompts) if retriever is not None else None
+                if retriever is not None and contexts is not None:
+                    prompts = [retriever.prompt(p, c) for p, c in zip(prompts, contexts, strict=True)]
                 if batcher is None:
                     original: Pass | None = Pass([Answer(r.responses[identifier]) for r in records])
                     perturbed: Pass | None = None
                 else:
-                    original = answer_prompts(batcher, [r.prompt for r in records], tokens, self.should_stop)
+                    original = answer_prompts(batcher, prompts, tokens, self.should_stop)
                     perturbed = None
-                    if original is not None and ROBUSTNESS in metrics:
+                    if original is not None and ROBUSTNESS in config["metricNames"]:
                         changed = [perturb(r.prompt, i) for i, r in enumerate(records)]
                         perturbed = answer_prompts(batcher, changed, tokens, self.should_stop)
                         if perturbed is None:
                             original = None
                 if original is None:
                     self.services.store.delete_prefix(f"{root}/.write_access_check_file.tmp")
-                    return "Stopped", None, _evaluation_results(root, rows)
-                per_record, summary = score(task, metrics, records, original, perturbed)
-                lines = b"".join(
-                    json.dumps(output_line(r, s, identifier, a), ensure_ascii=False).encode() + b"\n"
-                    for r, s, a in zip(records, per_record, original.answers, strict=True)
-                )
-                name = config["dataset"]["name"]
-                where = f"{root}/models/{_path_part(identifier)}/taskTypes/{task}/datasets/{name}"
-                self._write(f"{where}/{self.job_id}_output.jsonl", lines)
-                rows.append({"modelIdentifier": identifier, "taskType": task, "dataset": name, **summary})
+                    return "Stopped", None, None
+                answered.append((identifier, config, records, original, perturbed))
+                retrieved.append(contexts)
             del batcher
             gc.collect()
+        judged = self._judge(job, answered)
+        if judged is None:
+            self.services.store.delete_prefix(f"{root}/.write_access_check_file.tmp")
+            return "Stopped", None, None
+        rows: list[dict[str, Any]] = []
+        for (identifier, config, records, original, perturbed), judgement, contexts in zip(
+            answered, judged, retrieved, strict=True
+        ):
+            task, metrics = config["taskType"], config["metricNames"]
+            per_record, summary = score(task, metrics, records, original, perturbed, judgement)
+            outputs = [
+                output_line(r, s, identifier, a) for r, s, a in zip(records, per_record, original.answers, strict=True)
+            ]
+            if contexts is not None:
+                summary["retrieval"] = _retrieval_scores(records, contexts, outputs)
+            lines = b"".join(json.dumps(line, ensure_ascii=False).encode() + b"\n" for line in outputs)
+            name = config["dataset"]["name"]
+            where = f"{root}/models/{_path_part(identifier)}/taskTypes/{task}/datasets/{name}"
+            self._write(f"{where}/{self.job_id}_output.jsonl", lines)
+            rows.append({"modelIdentifier": identifier, "taskType": task, "dataset": name, **summary})
         results = _evaluation_results(root, rows)
         self._write(f"{root}/summary.json", json.dumps(results, indent=2).encode())
         self.services.store.delete_prefix(f"{root}/.write_access_check_file.tmp")
         return "Completed", None, results
 
+    def _batcher(self, model: dict[str, Any]) -> tuple[Any, int]:
+        """The batcher for one resolved model (a job's or its judge), and its output token limit."""
+        from tuneforge.engine.offline import offline_batcher
+        from tuneforge.engine.server import model_folder
+        from tuneforge.model.folders import load_for_inference, trained_format
+
+        try:
+            served = self.services.invocation_jobs.resolve_model(model["arn"])
+        except ServiceError as exc:
+            raise JobFailed(exc.message) from None
+        folder = model_folder(served.source, self.settings)
+        loaded, tokenizer = load_for_inference(folder, self.settings.models_dir)
+        batcher = offline_batcher(loaded, tokenizer, self.settings.batch_max_rows, trained_format(folder))
+        return batcher, served.foundation.limits.max_output_tokens
+
+    def _judge(
+        self, job: dict[str, Any], answered: list[tuple[str, dict[str, Any], list[Any], Pass, Pass | None]]
+    ) -> list[Judged | None] | None:
+        """The judge's ratings for each (model, dataset) pass that asks for judge metrics (None for one
+        that does not); None when stopped first. The judge is loaded once, after the models are gone."""
+        import gc
+
+        from tuneforge.recipes.evaluation import JudgeItem, judge_answers
+
+        judge = next((m for m in job["models"] if m.get("judge")), None)
+        if judge is None:
+            return [None] * len(answered)
+        sources = (job["evaluation_config"]["automated"].get("customMetricConfig") or {}).get("customMetrics") or []
+        definitions = [source["customMetricDefinition"] for source in sources]
+        custom = {definition["name"]: custom_metric(definition) for definition in definitions}
+        batcher, _ = self._batcher(judge)
+        out: list[Judged | None] = []
+        for _, config, records, original, _ in answered:
+            names = judge_metric_names(config["metricNames"], custom)
+            if not names:
+                out.append(None)
+                continue
+            metrics: dict[str, JudgeMetric] = {n: BUILTIN_JUDGE_METRICS.get(n) or custom[n] for n in names}
+            items = [
+                JudgeItem(metrics[name], record.prompt, answer.text, record.reference)
+                for name in names
+                for record, answer in zip(records, original.answers, strict=True)
+            ]
+            try:
+                ratings = judge_answers(batcher, items, self.should_stop)
+            except ValueError as exc:
+                raise JobFailed(str(exc)) from None
+            if ratings is None:
+                return None
+            count = len(records)
+            by_metric = {name: ratings[i * count : (i + 1) * count] for i, name in enumerate(names)}
+            out.append(Judged(judge["identifier"], metrics, by_metric))
+        del batcher
+        gc.collect()
+        return out
+
     def _write(self, uri: str, data: bytes) -> None:
         write_output(self.services, uri, data)
+
+
+def _retrieval_scores(
+    records: list[EvaluationRecord], contexts: list[list[RetrievedChunk]], outputs: list[dict[str, Any]]
+) -> dict[str, Any]:
+    """A RagEvaluation's retrieval scores: per record, the passages retrieved (added to its output
+    line) and whether one holds the reference answer; the context hit rate over records with one."""
+    hits = []
+    for record, chunks, line in zip(records, contexts, outputs, strict=True):
+        line["retrievedPassages"] = [
+            {"content": {"text": c.text}, "location": {"type": "S3", "s3Location": {"uri": c.uri}}} for c in chunks
+        ]
+        hit = context_hit(record.reference, chunks)
+        if hit is not None:
+            line["automatedEvaluationResult"]["scores"].append({"metricName": "ContextHit", "result": float(hit)})
+            hits.append(hit)
+    return {"contextHitRate": sum(hits) / len(hits) if hits else None, "records": len(hits)}
 
 
 def _path_part(identifier: str) -> str:

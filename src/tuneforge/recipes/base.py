@@ -7,6 +7,7 @@ local paths and typed hyperparameters in :class:`RecipeInputs` and talks back on
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, Protocol
@@ -58,6 +59,9 @@ class RecipeInputs:
     """Set for DISTILLATION only."""
     price_per_compute_hour: float = 1.0
     """For the cost figures of reports (``TUNEFORGE_PRICE_PER_COMPUTE_HOUR``)."""
+    on_validation: Callable[[int, float], bool] | None = None
+    """Set by automatic tuning for a trial: called with (epoch, validation loss) after each epoch
+    but the last, by the recipes that validate per epoch; True = the trial is pruned, stop it."""
 
 
 @dataclass

@@ -36,6 +36,7 @@ from tuneforge.api.runtime.protocol import (
     parse_converse,
     parse_native,
 )
+from tuneforge.data.jsonl import jsonl_lines
 from tuneforge.engine.batching import ContinuousBatcher, Event
 from tuneforge.engine.offline import OfflineRequest, generate_offline
 from tuneforge.errors import ServiceError, ValidationException
@@ -164,17 +165,19 @@ def _generation_request(
 
 
 def read_records(files: list[tuple[str, bytes]], invocation_type: str, max_output_tokens: int) -> list[list[Record]]:
-    """Every non-blank line of every file (name, content) as a record, per file."""
+    """Every non-blank line of every file (name, content) as a record, per file; a line that is not
+    UTF-8 is a record whose error names it (its bytes are not guessed at)."""
     out: list[list[Record]] = []
     for index, (_, content) in enumerate(files):
-        text = content.decode("utf-8-sig", errors="replace")
-        out.append(
-            [
-                parse_record(index, number, line, invocation_type, max_output_tokens)
-                for number, line in enumerate(text.splitlines(), start=1)
-                if line.strip()
-            ]
-        )
+        records = []
+        for line in jsonl_lines(content):
+            if line.error is not None:
+                record = Record(file=index, line=line.number, record_id=f"{line.number:011d}")
+                record.fail(line.error)
+                records.append(record)
+            elif line.text.strip():
+                records.append(parse_record(index, line.number, line.text, invocation_type, max_output_tokens))
+        out.append(records)
     return out
 
 

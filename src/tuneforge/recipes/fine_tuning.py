@@ -16,7 +16,13 @@ from tuneforge.data.formats import FORMAT_CONVERSATION
 from tuneforge.model.loading import load_model_and_tokenizer
 from tuneforge.model.prompts import ChatTemplateError
 from tuneforge.recipes.base import JobReporter, RecipeFailed, RecipeInputs, RecipeResult
-from tuneforge.recipes.loop import TrainingConfig, prepare_for_training, record_validation, train
+from tuneforge.recipes.loop import (
+    EpochValidation,
+    TrainingConfig,
+    prepare_for_training,
+    record_validation,
+    train,
+)
 from tuneforge.recipes.outputs import MetricsWriter, save_trained_model
 from tuneforge.recipes.tokenising import conversation_rendering, data_format, encode_file
 
@@ -52,9 +58,20 @@ class FineTuningRecipe:
             raise RecipeFailed(str(exc)) from exc
         reporter.stage("dataProcessing", "Completed")
 
-        # Train.
+        # Train; with a validation set, validate after each epoch and stop early once it stops improving.
         reporter.stage("training", "InProgress")
         metrics = MetricsWriter(inputs.output_dir, inputs.job_id)
+        epoch_end = (
+            EpochValidation(
+                validators[0],
+                tokenizer.pad_token_id,
+                reporter,
+                patience=int(hp["earlyStoppingPatience"]),
+                report=inputs.on_validation,
+            )
+            if validators
+            else None
+        )
         outcome = train(
             model,
             examples,
@@ -63,6 +80,7 @@ class FineTuningRecipe:
             metrics,
             inputs.checkpoint_dir,
             pad_id=tokenizer.pad_token_id,
+            epoch_end=epoch_end,
         )
         if outcome.stopped:
             reporter.stage("training", "Stopped")
@@ -74,7 +92,7 @@ class FineTuningRecipe:
 
         # Evaluate: mean token loss per validator, one metrics file each.
         validation_losses, artifacts = record_validation(
-            model, validators, metrics, outcome, config.epochs, tokenizer.pad_token_id
+            model, validators, metrics, outcome, outcome.epochs_done, tokenizer.pad_token_id
         )
         reporter.stage("training", "Completed")
 

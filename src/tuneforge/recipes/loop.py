@@ -92,7 +92,12 @@ class TrainingOutcome:
     tokens_seen: int
     seconds: float
     """Wall time of this run of the loop (not counting time before a resume)."""
+    stopped_early: bool = False
+    """The ``epoch_end`` hook ended training before the last epoch; the model is still saved."""
 
+
+EpochEnd = Callable[[int, Any], bool]
+"""(epoch index just finished, model) -> True to end training now (early stopping, a pruned trial)."""
 
 LossFunction = Callable[[Any, dict[str, torch.Tensor], int], torch.Tensor]
 """(model, micro-batch, target tokens in the whole batch) -> that micro-batch's share of the batch
@@ -115,6 +120,7 @@ def train(
     checkpoint_dir: Path,
     pad_id: int,
     loss_function: LossFunction = causal_lm_loss,
+    epoch_end: EpochEnd | None = None,
 ) -> TrainingOutcome:
     """Train the parameters of ``model`` that require grad; resume from ``checkpoint_dir`` if possible.
 
@@ -122,7 +128,9 @@ def train(
     gradient accumulation. The loss of a step is the mean over every target token of the whole
     batch: each micro-batch adds its *summed* token loss divided by the batch's target count, so
     accumulation changes memory use, never the result. ``loss_function`` computes that share
-    (distillation swaps in a loss that also compares with a teacher's logits).
+    (distillation swaps in a loss that also compares with a teacher's logits). ``epoch_end`` runs
+    after each epoch but the last (:class:`EpochValidation`); when it says so, training ends there
+    with ``stopped_early`` and the recipe evaluates and saves as usual.
     ``reporter.should_stop()`` is checked before every step; a stop returns at once without a
     checkpoint (a stopped job is not resumed).
 
@@ -217,9 +225,9 @@ def train(
                 tokens_seen=tokens_seen + tokens_this_run,
                 mfu=mfu,
             )
-            epoch_end = step % steps_per_epoch == 0
+            at_epoch_end = step % steps_per_epoch == 0
             every = config.checkpoint_every_steps
-            if (every == 0 and epoch_end) or (every > 0 and (step % every == 0 or step == total_steps)):
+            if (every == 0 and at_epoch_end) or (every > 0 and (step % every == 0 or step == total_steps)):
                 save_checkpoint(
                     checkpoint_dir,
                     model,
@@ -229,6 +237,17 @@ def train(
                     step=step,
                     tokens_seen=tokens_seen + tokens_this_run,
                     epoch_losses=epoch_losses,
+                )
+            if epoch_end is not None and at_epoch_end and step < total_steps and epoch_end(epoch, model):
+                return TrainingOutcome(
+                    steps=step,
+                    total_steps=total_steps,
+                    epochs_done=epoch + 1,
+                    stopped=False,
+                    final_loss=_mean(epoch_losses),
+                    tokens_seen=tokens_seen + tokens_this_run,
+                    seconds=time.perf_counter() - started,
+                    stopped_early=True,
                 )
     return TrainingOutcome(
         steps=step,
@@ -333,3 +352,54 @@ def record_validation(
         losses.append(loss)
         artifacts[f"validationMetrics{index}"] = metrics.relative(metrics.validation_csv(index))
     return losses, artifacts
+
+
+class EpochValidation:
+    """The ``epoch_end`` hook of a recipe with a validation set: validation loss after every epoch.
+
+    Each loss goes to the job log and to ``report`` (automatic tuning's pruner; True = prune, end
+    the trial). Then early stopping: after ``patience`` epochs in a row without a new best loss,
+    training ends and the weights of the best epoch are put back, so a model that started to
+    overfit is saved as it was at its best. ``patience`` 0 turns early stopping off.
+    """
+
+    def __init__(
+        self,
+        validator: Sequence[Example],
+        pad_id: int,
+        reporter: JobReporter,
+        patience: int,
+        report: Callable[[int, float], bool] | None = None,
+    ) -> None:
+        self.validator = validator
+        self.pad_id = pad_id
+        self.reporter = reporter
+        self.patience = patience
+        self.report = report
+        self.best = math.inf
+        self.best_weights: dict[str, torch.Tensor] = {}
+        self.since_best = 0
+
+    def __call__(self, epoch: int, model: Any) -> bool:
+        loss = mean_token_loss(model, self.validator, self.pad_id)
+        self.reporter.log(f"epoch {epoch + 1}: validation loss {loss:.4f}")
+        if self.report is not None and self.report(epoch, loss):
+            return True
+        if self.patience <= 0:
+            return False
+        if loss < self.best:
+            self.best, self.since_best = loss, 0
+            self.best_weights = {name: p.detach().clone() for name, p in model.named_parameters() if p.requires_grad}
+            return False
+        self.since_best += 1
+        if self.since_best < self.patience:
+            return False
+        with torch.no_grad():
+            for name, p in model.named_parameters():
+                if name in self.best_weights:
+                    p.copy_(self.best_weights[name])
+        self.reporter.log(
+            f"early stopping after epoch {epoch + 1}: validation loss {self.best:.4f} has not improved for "
+            f"{self.patience} epochs; the weights of epoch {epoch + 1 - self.patience} are kept"
+        )
+        return True

@@ -9,6 +9,7 @@ started again on the next request.
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 import threading
@@ -130,3 +131,16 @@ class Retriever:
 def rag_prompt(template: str | None, query: str, chunks: list[RetrievedChunk]) -> str:
     results = "\n".join(f"[{n}] {chunk.text.strip()}" for n, chunk in enumerate(chunks, start=1))
     return (template or DEFAULT_PROMPT_TEMPLATE).replace("$search_results$", results).replace("$query$", query)
+
+
+def context_hit(reference: str | None, chunks: list[RetrievedChunk]) -> bool | None:
+    """Whether a retrieved chunk contains the reference answer (case and spacing ignored): the
+    retrieval's share of a right answer (RagEvaluation's context hit rate). None without a reference."""
+    if not reference:
+        return None
+    wanted = _normalized(reference)
+    return any(wanted in _normalized(chunk.text) for chunk in chunks)
+
+
+def _normalized(text: str) -> str:
+    return re.sub(r"\s+", " ", text).strip().lower()

@@ -10,6 +10,8 @@ from typing import Protocol
 
 from tuneforge.settings import Settings
 
+PRIVATE_FOLDERS = ("logs", "engines")
+"""State folders under the data directory that hold logs and engine sockets/ports, never data."""
 BUCKET_PATTERN = re.compile(r"[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9]")
 
 
@@ -75,9 +77,10 @@ def _confine(path: Path, root: Path, uri: str) -> Path:
 class LocalObjectBackend:
     """``s3://bucket/key`` -> ``<object_root>/<bucket>/<key>`` and confined absolute paths."""
 
-    def __init__(self, object_root: Path, local_roots: list[Path]) -> None:
+    def __init__(self, object_root: Path, local_roots: list[Path], state_dir: Path | None = None) -> None:
         self.object_root = object_root.resolve()
         self.local_roots = [root.resolve() for root in local_roots]
+        self.state_dir = state_dir.resolve() if state_dir is not None else None
 
     def local_path(self, uri: ParsedUri) -> Path:
         if uri.scheme == "s3":
@@ -86,13 +89,25 @@ class LocalObjectBackend:
         candidate = Path(uri.path)
         for root in self.local_roots:
             try:
-                return _confine(candidate, root, uri.path)
+                path = _confine(candidate, root, uri.path)
             except StorageError:
                 continue
+            if self.is_private_state(path):
+                raise StorageError(f"local path {uri.path} is one of tuneforge's own state files, not data")
+            return path
         raise StorageError(
             f"local path {uri.path} is outside the allowed roots "
             f"({', '.join(str(r) for r in self.local_roots)}); add its folder to TUNEFORGE_LOCAL_ROOTS"
         )
+
+    def is_private_state(self, path: Path) -> bool:
+        """The database, its WAL, the signing keys, logs and engine files: the data directory is an
+        allowed root (users keep model folders in it), but these are never training data or output."""
+        if self.state_dir is None:
+            return False
+        if path.parent == self.state_dir and (path.name.startswith("tuneforge.db") or path.suffix == ".key"):
+            return True
+        return any(path == self.state_dir / name or self.state_dir / name in path.parents for name in PRIVATE_FOLDERS)
 
 
 class ObjectStore:
@@ -103,7 +118,7 @@ class ObjectStore:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> ObjectStore:
-        return cls(LocalObjectBackend(settings.objects_dir, settings.allowed_local_roots))
+        return cls(LocalObjectBackend(settings.objects_dir, settings.allowed_local_roots, settings.data_dir))
 
     def check(self, uri: str) -> None:
         """Validate a URI without touching it (used on the API edge)."""

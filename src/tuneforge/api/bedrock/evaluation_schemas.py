@@ -25,6 +25,7 @@ from tuneforge.api.bedrock.schemas import (
 )
 from tuneforge.db.tables import EvaluationJob
 from tuneforge.errors import TooManyTagsException
+from tuneforge.evaluation.judge import MAX_JUDGES
 from tuneforge.evaluation.metrics import TASK_TYPES
 from tuneforge.jobs.evaluations import (
     APPLICATION_TYPES,
@@ -41,6 +42,8 @@ PRECOMPUTED_PATTERN = r"[a-zA-Z0-9][a-zA-Z0-9._-]{0,255}"
 MAX_DATASET_CONFIGS = 5
 MAX_MODELS = 2
 MAX_METRICS = 25
+MAX_CUSTOM_METRICS = 10
+MAX_RATING_SCALE = 10
 
 
 def _object(body: dict[str, Any], member: str) -> dict[str, Any]:
@@ -140,6 +143,83 @@ def _models(c: Checker, inference: dict[str, Any]) -> tuple[ModelSpec, ...]:
     return tuple(out)
 
 
+def _judges(c: Checker, config: dict[str, Any], where: str) -> list[str]:
+    """The ``bedrockEvaluatorModels`` identifiers of an ``evaluatorModelConfig`` (botocore: one model)."""
+    out = []
+    for index, model in enumerate(_list(c, config.get("bedrockEvaluatorModels"), where, MAX_JUDGES)):
+        identifier = c.string(
+            model, "modelIdentifier", required=True, max_len=2048, where=f"{where}.{index + 1}.member.modelIdentifier"
+        )
+        if identifier:
+            out.append(identifier)
+    return out
+
+
+def _custom_metrics(c: Checker, config: dict[str, Any]) -> tuple[tuple[dict[str, Any], ...], list[str]]:
+    """(custom metric definitions, their judges) of a ``customMetricConfig``."""
+    prefix = "evaluationConfig.automated.customMetricConfig"
+    definitions = []
+    for index, source in enumerate(
+        _list(c, config.get("customMetrics"), f"{prefix}.customMetrics", MAX_CUSTOM_METRICS)
+    ):
+        where = f"{prefix}.customMetrics.{index + 1}.member.customMetricDefinition"
+        definition = _object(source, "customMetricDefinition")
+        name = c.string(
+            definition, "name", required=True, max_len=63, pattern=METRIC_NAME_PATTERN, where=f"{where}.name"
+        )
+        instructions = c.string(definition, "instructions", required=True, max_len=5000, where=f"{where}.instructions")
+        scale = definition.get("ratingScale")
+        if scale is None:
+            c.violations.append(
+                f"Value null at '{where}.ratingScale' failed to satisfy constraint: a rating scale is required "
+                "here (the judge's reply is forced into it)"
+            )
+            continue
+        for number, item in enumerate(_list(c, scale, f"{where}.ratingScale", MAX_RATING_SCALE)):
+            item_where = f"{where}.ratingScale.{number + 1}.member"
+            c.string(item, "definition", required=True, max_len=100, where=f"{item_where}.definition")
+            value = _object(item, "value")
+            if "floatValue" not in value:
+                c.violations.append(
+                    f"Value at '{item_where}.value' failed to satisfy constraint: only floatValue ratings are "
+                    "supported (a stringValue scale has no order to score on)"
+                )
+        labels = [json.dumps(item.get("value")) for item in scale if isinstance(item, dict)]
+        if len(set(labels)) != len(labels):
+            c.violations.append(
+                f"Value at '{where}.ratingScale' failed to satisfy constraint: rating values must differ"
+            )
+        if name and instructions:
+            definitions.append(definition)
+    names = [d["name"] for d in definitions]
+    if len(set(names)) != len(names):
+        c.violations.append(f"Value at '{prefix}.customMetrics' failed to satisfy constraint: names must differ")
+    evaluator = _object(config, "evaluatorModelConfig")
+    if not evaluator:
+        c.violations.append(
+            f"Value null at '{prefix}.evaluatorModelConfig' failed to satisfy constraint: Member must not be null"
+        )
+    judges = _judges(c, evaluator, f"{prefix}.evaluatorModelConfig.bedrockEvaluatorModels") if evaluator else []
+    return tuple(definitions), judges
+
+
+def _judge(c: Checker, automated: dict[str, Any]) -> tuple[str | None, tuple[dict[str, Any], ...]]:
+    """The job's judge model and custom metrics; one judge per job, as Bedrock's lists allow."""
+    evaluator = _object(automated, "evaluatorModelConfig")
+    where = "evaluationConfig.automated.evaluatorModelConfig.bedrockEvaluatorModels"
+    judges = _judges(c, evaluator, where) if evaluator else []
+    custom: tuple[dict[str, Any], ...] = ()
+    if isinstance(automated.get("customMetricConfig"), dict):
+        custom, custom_judges = _custom_metrics(c, automated["customMetricConfig"])
+        judges += [j for j in custom_judges if j not in judges]
+    if len(judges) > MAX_JUDGES:
+        c.violations.append(
+            "Value at 'evaluationConfig.automated' failed to satisfy constraint: evaluatorModelConfig and "
+            f"customMetricConfig.evaluatorModelConfig must name the same model (at most {MAX_JUDGES} judge per job)"
+        )
+    return (judges[0] if judges else None), custom
+
+
 def parse_create_evaluation_job(body: dict[str, Any]) -> CreateEvaluationJobRequest:
     if isinstance(body.get("jobTags"), list) and len(body["jobTags"]) > MAX_TAGS:
         raise TooManyTagsException(f"jobTags: a resource can have at most {MAX_TAGS} tags")
@@ -157,6 +237,7 @@ def parse_create_evaluation_job(body: dict[str, Any]) -> CreateEvaluationJobRequ
         c.violations.append("Value null at 'inferenceConfig' failed to satisfy constraint: Member must not be null")
     automated = evaluation.get("automated")
     datasets = _datasets(c, automated) if isinstance(automated, dict) else ()
+    judge, custom_metrics = _judge(c, automated) if isinstance(automated, dict) else (None, ())
     models = _models(c, inference) if inference else ()
     output = _object(body, "outputDataConfig")
     output_uri = c.string(output, "s3Uri", required=True, max_len=1024, where="outputDataConfig.s3Uri")
@@ -172,6 +253,8 @@ def parse_create_evaluation_job(body: dict[str, Any]) -> CreateEvaluationJobRequ
         output_uri=output_uri,
         datasets=datasets,
         models=models,
+        judge=judge,
+        custom_metrics=custom_metrics,
         application_type=application_type,
         description=description,
         kms_key_id=kms,
@@ -208,7 +291,7 @@ def evaluation_job(job: EvaluationJob) -> dict[str, Any]:
 def evaluation_summary(job: EvaluationJob) -> dict[str, Any]:
     """ListEvaluationJobs' ``EvaluationSummary``."""
     configs = (job.evaluation_config.get("automated") or {}).get("datasetMetricConfigs") or []
-    bedrock = [m["identifier"] for m in job.models if not m.get("precomputed")]
+    bedrock = [m["identifier"] for m in job.models if not m.get("precomputed") and not m.get("judge")]
     precomputed = [m["identifier"] for m in job.models if m.get("precomputed")]
     model_summary = _compact(
         {

@@ -487,7 +487,9 @@ def _metrics(job_or_model: Job | CustomModel) -> dict[str, Any]:
     return out
 
 
-def _output_artifacts(job_id: str | None, customization_type: str, output: dict[str, Any], validators: int) -> Any:
+def _output_artifacts(
+    job_id: str | None, customization_type: str, output: dict[str, Any], validators: int, tuned: bool = False
+) -> Any:
     """tuneforge extension ``outputArtifacts``: name -> URI of the files a completed job wrote.
 
     botocore drops members its service model does not know, so boto3 users find the same files
@@ -496,7 +498,7 @@ def _output_artifacts(job_id: str | None, customization_type: str, output: dict[
     """
     if job_id is None or "s3Uri" not in output:
         return None
-    return output_artifacts(output["s3Uri"], job_id, customization_type, validators)
+    return output_artifacts(output["s3Uri"], job_id, customization_type, validators, tuned)
 
 
 def _validator_count(validation_data: dict[str, Any] | None) -> int:
@@ -544,10 +546,15 @@ def job_details(job: Job) -> dict[str, Any]:
             "customizationConfig": job.customization_config,
             **_metrics(job),
             "outputArtifacts": _output_artifacts(
-                job.id, job.customization_type, job.output_data, _validator_count(job.validation_data)
+                job.id,
+                job.customization_type,
+                job.output_data,
+                _validator_count(job.validation_data),
+                tuned=job.tuning is not None,
             )
             if job.status == "Completed"
             else None,
+            "tuning": job.tuning,
         }
     )
 
