@@ -110,7 +110,7 @@ def test_advice_endpoint_shares_the_rules_and_refuses_bad_bodies(fast_tmp: Path)
     store.write_bytes("s3://advice/train.jsonl", jsonl(train))
     store.write_bytes("s3://advice/docs/a.jsonl", jsonl(documents[:10]))
     store.write_bytes("s3://advice/docs/b.jsonl", jsonl(documents[10:]))
-    with TestClient(create_app(settings, run_supervisor=False)) as client:
+    with TestClient(create_app(settings, run_supervisor=False), base_url="http://127.0.0.1") as client:
         response = client.post(
             "/advice",
             json={
