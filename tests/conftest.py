@@ -6,6 +6,8 @@ from collections.abc import Iterator
 import pytest
 from pytest_timeout import get_env_settings
 
+from tests.postgres import PostgresServer, find_bin_dir
+
 # Tests must never reach a model hub; everything they load is created offline.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -41,3 +43,46 @@ def pytest_runtest_setup(item: pytest.Item) -> Iterator[None]:
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_teardown(item: pytest.Item) -> Iterator[None]:
     yield from _guarded(item)
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[PostgresServer]:
+    """One PostgreSQL server for the session (about a second to initdb and start), on loopback.
+
+    It also holds ``tf_template``, a database migrated to the code's head once, which
+    :func:`postgres_url` copies (``CREATE DATABASE ... TEMPLATE``, milliseconds) for every test.
+    """
+    bin_dir = find_bin_dir()
+    if bin_dir is None:
+        pytest.skip("no PostgreSQL server installed (`make test` installs Debian's postgresql)")
+    server = PostgresServer(bin_dir)
+    server.start()
+    try:
+        from tuneforge.db import migrate
+        from tuneforge.db.session import connect
+        from tuneforge.settings import Settings
+
+        engine = connect(Settings(database_url=server.create_database(name=TEMPLATE)))
+        migrate.upgrade(engine)
+        engine.dispose()
+        yield server
+    finally:
+        server.close()
+
+
+TEMPLATE = "tf_template"
+
+
+@pytest.fixture
+def postgres_url(postgres_server: PostgresServer) -> str:
+    """A fresh database at the schema's head, alone to this test."""
+    return postgres_server.create_database(template=TEMPLATE)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db_url(request: pytest.FixtureRequest) -> str | None:
+    """Run a test on both backends: None is the embedded SQLite default (in the test's data_dir)."""
+    if request.param == "sqlite":
+        return None
+    url: str = request.getfixturevalue("postgres_url")
+    return url

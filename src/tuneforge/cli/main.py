@@ -11,6 +11,8 @@ from __future__ import annotations
 import json
 import re
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -35,6 +37,8 @@ app.add_typer(throughput_app, name="throughput")
 app.add_typer(deployments_app, name="deployments")
 batch_app = typer.Typer(no_args_is_help=True, help="Batch inference jobs on a running server.")
 app.add_typer(batch_app, name="batch")
+db_app = typer.Typer(no_args_is_help=True, help="The database's schema: its revision and upgrades.")
+app.add_typer(db_app, name="db")
 
 console = Console()
 err = Console(stderr=True)
@@ -58,7 +62,21 @@ def _services() -> Any:
 
     settings = _settings()
     settings.make_state_private()
-    return Services.create(settings)
+    with _database_errors():
+        return Services.create(settings)
+
+
+@contextmanager
+def _database_errors() -> Iterator[None]:
+    """An unreachable database or a schema of another version: one line and exit 2, no traceback."""
+    from tuneforge.db.migrate import SchemaMismatch
+    from tuneforge.db.session import DatabaseUnavailable
+
+    try:
+        yield
+    except (DatabaseUnavailable, SchemaMismatch) as exc:
+        err.print(f"error: {exc}", markup=False, highlight=False, soft_wrap=True)
+        raise typer.Exit(2) from None
 
 
 def _print_json(data: Any) -> None:
@@ -94,8 +112,10 @@ def serve(
     except ValueError as exc:
         raise _fail(str(exc), 2) from None
     settings.make_state_private()
+    with _database_errors():
+        api = create_app(settings)
     err.print(f"tuneforge serving on http://{settings.host}:{settings.port} (data in {settings.data_dir})")
-    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level="warning")
+    uvicorn.run(api, host=settings.host, port=settings.port, log_level="warning")
 
 
 @app.command()
@@ -1199,3 +1219,54 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
+
+
+# -- db --------------------------------------------------------------------------------------------
+
+
+@db_app.command("upgrade")
+def db_upgrade() -> None:
+    """Migrate TUNEFORGE_DATABASE_URL's schema to this release's (PostgreSQL needs this after an upgrade)."""
+    from sqlalchemy.exc import OperationalError
+
+    from tuneforge.db import migrate
+    from tuneforge.db.session import DatabaseUnavailable, connect, unreachable_message
+
+    engine = connect(_settings())
+    try:
+        with _database_errors():
+            try:
+                before = migrate.current(engine)
+                migrate.check_known(before)
+                migrate.upgrade(engine)
+            except OperationalError as exc:
+                raise DatabaseUnavailable(unreachable_message(engine.url, exc)) from None
+        console.print(f"database schema: {before or 'none'} -> {migrate.head()}", markup=False, highlight=False)
+    finally:
+        engine.dispose()
+
+
+@db_app.command("current")
+def db_current(as_json: JsonOpt = False) -> None:
+    """The database's schema revision and this release's; exit 1 when they differ."""
+    from sqlalchemy.exc import OperationalError
+
+    from tuneforge.db import migrate
+    from tuneforge.db.session import DatabaseUnavailable, connect, unreachable_message
+
+    engine = connect(_settings())
+    try:
+        with _database_errors():
+            try:
+                found = migrate.current(engine)
+            except OperationalError as exc:
+                raise DatabaseUnavailable(unreachable_message(engine.url, exc)) from None
+    finally:
+        engine.dispose()
+    expected = migrate.head()
+    if as_json:
+        _print_json({"current": found, "head": expected, "upToDate": found == expected})
+    else:
+        console.print(f"current: {found or 'none'}\nhead:    {expected}", markup=False, highlight=False)
+    if found != expected:
+        raise typer.Exit(1)

@@ -64,7 +64,9 @@ def created_and_named(
     if before:
         query = query.where(entity.created_at < before)
     if name_contains:
-        query = query.where(func.instr(func.lower(entity.name), name_contains.lower()) > 0)
+        # LIKE over lower() on both sides: SQLite's LIKE ignores ASCII case but PostgreSQL's does not;
+        # autoescape keeps a '%' or '_' in the filter literal.
+        query = query.where(func.lower(entity.name).contains(name_contains.lower(), autoescape=True))
     return query
 
 

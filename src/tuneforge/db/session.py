@@ -1,4 +1,7 @@
-"""Engine and session factory. SQLite by default (WAL, busy timeout), PostgreSQL by URL."""
+"""Engine and session factory. SQLite by default (WAL, busy timeout), PostgreSQL by URL.
+
+The schema comes from the Alembic migrations (:mod:`tuneforge.db.migrate`), checked at every start.
+"""
 
 from __future__ import annotations
 
@@ -6,16 +9,34 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, event, inspect, text
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy import URL, Engine, create_engine, event
+from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
-from tuneforge.db.tables import Base
+from tuneforge.db import migrate
 from tuneforge.errors import ConflictException
 from tuneforge.settings import Settings
 
+CONNECT_TIMEOUT_S = 10
+"""How long a connection attempt to PostgreSQL waits: a down server fails the start (or a request) quickly."""
+
 
 def make_engine(settings: Settings) -> Engine:
+    """The engine, once the database's schema revision is the code's (see :func:`migrate.prepare`)."""
+    engine = connect(settings)
+    try:
+        migrate.prepare(engine, auto_upgrade=engine.dialect.name == "sqlite")
+    except OperationalError as exc:
+        engine.dispose()
+        raise DatabaseUnavailable(unreachable_message(engine.url, exc)) from None
+    except migrate.SchemaMismatch:
+        engine.dispose()
+        raise
+    return engine
+
+
+def connect(settings: Settings) -> Engine:
+    """An engine for ``settings.db_url`` with no schema check (``tuneforge db`` works on any revision)."""
     url = settings.db_url
     if url.startswith("sqlite"):
         settings.ensure_dirs()
@@ -32,37 +53,31 @@ def make_engine(settings: Settings) -> Engine:
             cursor.close()
 
     else:
-        engine = create_engine(url, pool_pre_ping=True)
-    Base.metadata.create_all(engine)
-    add_missing_columns(engine)
+        # Each process (the API, every job worker) has its own pool: a few connections each keeps
+        # the total well under PostgreSQL's default max_connections=100 with several replicas and
+        # workers. pre_ping replaces connections the server dropped (a restart, an idle timeout);
+        # recycle bounds how long a connection lives behind a proxy that cuts idle ones.
+        engine = create_engine(
+            url,
+            pool_pre_ping=True,
+            pool_size=5,
+            max_overflow=5,
+            pool_timeout=30,
+            pool_recycle=1800,
+            connect_args={"connect_timeout": CONNECT_TIMEOUT_S},
+        )
     return engine
 
 
-def add_missing_columns(engine: Engine) -> None:
-    """Add the nullable columns a newer tuneforge declares to tables an older one created.
+class DatabaseUnavailable(RuntimeError):
+    """The database server cannot be reached (down, wrong host or port, refused credentials)."""
 
-    ``create_all`` creates missing tables but leaves existing ones alone, so a data directory made
-    before a column was added would fail every query of that table ("no such column"). New columns
-    are nullable (or this raises naming the column), so adding them keeps every existing row valid.
-    A unique constraint on an added column is not added (SQLite cannot); the services check names.
-    """
-    inspector = inspect(engine)
-    existing_tables = set(inspector.get_table_names())
-    with engine.begin() as connection:
-        for table in Base.metadata.sorted_tables:
-            if table.name not in existing_tables:
-                continue
-            present = {column["name"] for column in inspector.get_columns(table.name)}
-            for column in table.columns:
-                if column.name in present:
-                    continue
-                if not column.nullable:
-                    raise RuntimeError(
-                        f"the database's table {table.name} predates column {column.name}, which cannot be added "
-                        "to existing rows; use a new data directory"
-                    )
-                kind = column.type.compile(dialect=engine.dialect)
-                connection.execute(text(f'ALTER TABLE "{table.name}" ADD COLUMN "{column.name}" {kind}'))
+
+def unreachable_message(url: URL, exc: OperationalError) -> str:
+    """One line naming the server (never the password) and the driver's first line of reason."""
+    where = f"{url.host or 'localhost'}:{url.port}" if url.port else (url.host or "localhost")
+    reason = str(exc.orig).strip().splitlines()[0] if exc.orig is not None else str(exc)
+    return f"cannot reach the database at {where} ({url.get_backend_name()}, database {url.database}): {reason}"
 
 
 class Database:
