@@ -29,7 +29,15 @@ $(CHROMIUM_STAMP): $(STAMP)
 	command -v chromium >/dev/null || (apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium)
 	touch $(CHROMIUM_STAMP)
 
-test: $(STAMP) $(CHROMIUM_STAMP)
+# The PostgreSQL suite's server (tests/postgres.py): Debian's package, whose binaries live under
+# /usr/lib/postgresql/<version>/bin; the tests start and stop their own server there.
+POSTGRES_STAMP := $(VENV)/.postgresql
+
+$(POSTGRES_STAMP): $(STAMP)
+	ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null || (apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q postgresql)
+	touch $(POSTGRES_STAMP)
+
+test: $(STAMP) $(CHROMIUM_STAMP) $(POSTGRES_STAMP)
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/ruff format --check src tests benchmarks
 	$(BIN)/mypy

@@ -14,12 +14,14 @@ the server is up, and probes cannot sign). The handlers below answer in the surf
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
+from sqlalchemy.exc import OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from tuneforge import __version__
@@ -42,13 +44,18 @@ from tuneforge.api.runtime.serving import BedrockRuntime, Inference
 from tuneforge.console.routes import router as console_router
 from tuneforge.console.routes import static as console_static
 from tuneforge.console.session import ConsoleSessions
-from tuneforge.errors import ServiceError
+from tuneforge.db.session import first_line
+from tuneforge.errors import ServiceError, ServiceUnavailableException
 from tuneforge.jobs.supervisor import Supervisor
 from tuneforge.services import Services
 from tuneforge.serving.manager import EngineManager
 from tuneforge.serving.retrieval import Retriever
 from tuneforge.serving.runtime import RuntimeService
 from tuneforge.settings import Settings
+
+log = logging.getLogger(__name__)
+
+DATABASE_UNAVAILABLE = "The service's database is unavailable. Retry the request."
 
 
 def is_openai(request: Request) -> bool:
@@ -117,6 +124,13 @@ def create_app(
     @app.exception_handler(ServiceError)
     async def _service_error(request: Request, exc: ServiceError) -> Response:
         return error_response(request, exc)
+
+    @app.exception_handler(OperationalError)
+    async def _database_unavailable(request: Request, exc: OperationalError) -> Response:
+        # PostgreSQL restarting or out of reach (or SQLite locked past its timeout): a retryable 503
+        # the SDKs retry by themselves, not a 500; the pool replaces dead connections once it is back.
+        log.warning("database unavailable: %s", first_line(exc))
+        return error_response(request, ServiceUnavailableException(DATABASE_UNAVAILABLE))
 
     @app.exception_handler(RequestValidationError)
     async def _request_validation(request: Request, exc: RequestValidationError) -> Response:

@@ -76,8 +76,14 @@ class DatabaseUnavailable(RuntimeError):
 def unreachable_message(url: URL, exc: OperationalError) -> str:
     """One line naming the server (never the password) and the driver's first line of reason."""
     where = f"{url.host or 'localhost'}:{url.port}" if url.port else (url.host or "localhost")
-    reason = str(exc.orig).strip().splitlines()[0] if exc.orig is not None else str(exc)
+    reason = first_line(exc)
     return f"cannot reach the database at {where} ({url.get_backend_name()}, database {url.database}): {reason}"
+
+
+def first_line(exc: OperationalError) -> str:
+    """The driver's reason without SQLAlchemy's statement and parameters (they may hold user data)."""
+    lines = str(exc.orig if exc.orig is not None else exc).strip().splitlines()
+    return lines[0] if lines else type(exc).__name__
 
 
 class Database:

@@ -46,7 +46,9 @@ from pathlib import Path
 from typing import Any, cast
 
 from sqlalchemy import CursorResult, select, update
+from sqlalchemy.exc import OperationalError
 
+from tuneforge.db.session import first_line
 from tuneforge.db.tables import EvaluationJob, IngestionJob, Job, JobEvent, ModelInvocationJob, utcnow
 from tuneforge.jobs import evaluations
 from tuneforge.jobs.invocations import mark_ended
@@ -169,11 +171,22 @@ class Supervisor:
 
     def _loop(self) -> None:
         while not self._stop.is_set():
-            try:
-                self.tick()
-            except Exception:
-                log.exception("supervisor tick failed")
+            self.safe_tick()
             self._stop.wait(TICK_S)
+
+    def safe_tick(self) -> bool:
+        """One tick that never raises: False when it failed. A lost database (PostgreSQL restarting,
+        a network cut) is one warning line per tick; the queue lives in the database, so nothing is
+        lost and the next tick after it returns carries on (the pool replaces dead connections)."""
+        try:
+            self.tick()
+        except OperationalError as exc:
+            log.warning("supervisor: the database is unavailable (%s); retrying", first_line(exc))
+            return False
+        except Exception:
+            log.exception("supervisor tick failed")
+            return False
+        return True
 
     def tick(self) -> None:
         self._reap()

@@ -19,7 +19,8 @@ import socket
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
@@ -27,11 +28,13 @@ from types import FrameType
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import update
+from sqlalchemy.exc import OperationalError
 
 from tuneforge.arns import new_id
 from tuneforge.catalog import tuning
 from tuneforge.catalog.hyperparameters import as_strings, resolve
 from tuneforge.catalog.models import DISTILLATION, FoundationModel
+from tuneforge.db.session import first_line
 from tuneforge.db.tables import CustomModel, EvaluationJob, IngestionJob, Job, JobEvent, ModelInvocationJob, utcnow
 from tuneforge.errors import ServiceError
 from tuneforge.evaluation.dataset import EvaluationRecord, check_dataset
@@ -128,7 +131,7 @@ class DatabaseReporter:
             "tokensSeen": tokens_seen,
             "mfu": round(mfu, 4),
         }
-        with self.services.db.session() as session:
+        with self._best_effort("progress"), self.services.db.session() as session:
             job = session.get(Job, self.job_id)
             assert job is not None
             job.progress = data
@@ -141,7 +144,7 @@ class DatabaseReporter:
             return
         self._last_progress = now
         data = {"stage": "dataProcessing", "done": done, "total": total, "unit": unit}
-        with self.services.db.session() as session:
+        with self._best_effort("progress"), self.services.db.session() as session:
             job = session.get(Job, self.job_id)
             assert job is not None
             job.progress = data
@@ -150,8 +153,21 @@ class DatabaseReporter:
 
     def log(self, message: str) -> None:
         log.info("%s", message)
-        with self.services.db.session() as session:
+        with self._best_effort("a log line"), self.services.db.session() as session:
             session.add(JobEvent(job_id=self.job_id, kind="log", data={"message": message}))
+
+    @contextmanager
+    def _best_effort(self, what: str) -> Iterator[None]:
+        """Progress, log lines and stop polls while the database is away (PostgreSQL restarting):
+        skipped with a warning, so training goes on; the next write after it returns lands. Stage
+        changes and the final status are not skipped: a worker that cannot write them ends, and the
+        supervisor resumes the job from its checkpoint when the database is back."""
+        try:
+            yield
+        except OperationalError as exc:
+            log.warning(
+                "job %s: %s was not recorded, the database is unavailable (%s)", self.job_id, what, first_line(exc)
+            )
 
     def should_stop(self) -> bool:
         if self._stop.is_set():
@@ -159,7 +175,7 @@ class DatabaseReporter:
         now = time.monotonic()
         if now - self._last_poll >= 0.5:
             self._last_poll = now
-            with self.services.db.session() as session:
+            with self._best_effort("a stop poll"), self.services.db.session() as session:
                 job = session.get(Job, self.job_id)
                 if job is None or job.stop_requested:
                     self._stop.set()
