@@ -25,8 +25,8 @@ BASE_ARN = f"arn:aws:bedrock:us-east-1::foundation-model/{BASE}"
 
 
 @pytest.fixture
-def services(fast_tmp: Path) -> Iterator[Services]:
-    created = Services.create(Settings(data_dir=fast_tmp / "data"))
+def services(fast_tmp: Path, db_url: str | None) -> Iterator[Services]:
+    created = Services.create(Settings(data_dir=fast_tmp / "data", database_url=db_url))
     yield created
     created.close()
 

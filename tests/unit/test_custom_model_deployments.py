@@ -33,9 +33,10 @@ DEPLOYMENTS = "/model-customization/custom-model-deployments"
 
 
 @pytest.fixture
-def app_client(tmp_path: Path) -> Iterator[TestClient]:
+def app_client(tmp_path: Path, db_url: str | None) -> Iterator[TestClient]:
     settings = Settings(
         data_dir=tmp_path / "data",
+        database_url=db_url,
         token_prices={MICRO: TokenPrice(input=1.0, output=2.0)},
     )
     app = create_app(settings, run_supervisor=False)

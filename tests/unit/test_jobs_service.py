@@ -21,8 +21,8 @@ BASE = "tuneforge.forge-micro-v1:0:512"
 
 
 @pytest.fixture
-def services(fast_tmp: Path) -> Iterator[Services]:
-    created = Services.create(Settings(data_dir=fast_tmp / "data"))
+def services(fast_tmp: Path, db_url: str | None) -> Iterator[Services]:
+    created = Services.create(Settings(data_dir=fast_tmp / "data", database_url=db_url))
     yield created
     created.close()
 

@@ -16,8 +16,8 @@ from tuneforge.settings import Settings
 SMALL = "tuneforge.forge-small-v1:0:512"
 
 
-def test_meter_bills_units_times_hours_until_deletion_and_counts_tokens(tmp_path: Path) -> None:
-    services = Services.create(Settings(data_dir=tmp_path, price_per_model_unit_hour=2.5))
+def test_meter_bills_units_times_hours_until_deletion_and_counts_tokens(tmp_path: Path, db_url: str | None) -> None:
+    services = Services.create(Settings(data_dir=tmp_path, price_per_model_unit_hour=2.5, database_url=db_url))
     row = services.throughput.create(CreateThroughputRequest(name="billed", model_id=SMALL, model_units=3))
     services.meter.record(row.id, row.model_arn, input_tokens=10, output_tokens=4)
     services.meter.record(row.id, row.model_arn, input_tokens=6, output_tokens=2)

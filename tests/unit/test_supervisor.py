@@ -23,8 +23,8 @@ pytestmark = pytest.mark.skipif(not Path("/proc/self/cmdline").exists(), reason=
 
 
 @pytest.fixture
-def services(fast_tmp: Path) -> Iterator[Services]:
-    created = Services.create(Settings(data_dir=fast_tmp / "data", heartbeat_timeout_s=30))
+def services(fast_tmp: Path, db_url: str | None) -> Iterator[Services]:
+    created = Services.create(Settings(data_dir=fast_tmp / "data", heartbeat_timeout_s=30, database_url=db_url))
     yield created
     created.close()
 
