@@ -27,8 +27,8 @@ SMALL_ARN = f"arn:aws:bedrock:us-east-1::foundation-model/{SMALL}"
 
 
 @pytest.fixture
-def app_client(tmp_path: Path, db_url: str | None) -> Iterator[TestClient]:
-    app = create_app(Settings(data_dir=tmp_path / "data", max_model_units=4, database_url=db_url), run_supervisor=False)
+def app_client(tmp_path: Path) -> Iterator[TestClient]:
+    app = create_app(Settings(data_dir=tmp_path / "data", max_model_units=4), run_supervisor=False)
     with TestClient(app, base_url="http://127.0.0.1") as client:
         yield client
 
