@@ -1217,10 +1217,6 @@ def main() -> None:
     app()
 
 
-if __name__ == "__main__":
-    main()
-
-
 # -- db --------------------------------------------------------------------------------------------
 
 
@@ -1270,3 +1266,7 @@ def db_current(as_json: JsonOpt = False) -> None:
         console.print(f"current: {found or 'none'}\nhead:    {expected}", markup=False, highlight=False)
     if found != expected:
         raise typer.Exit(1)
+
+
+if __name__ == "__main__":
+    main()
