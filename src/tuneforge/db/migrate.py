@@ -25,6 +25,7 @@ from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
+from alembic.util.exc import CommandError
 from sqlalchemy import Connection, Engine, inspect
 
 MIGRATIONS = Path(__file__).with_name("migrations")
@@ -97,5 +98,5 @@ def check_known(revision: str | None) -> None:
 def _is_unknown(revision: str) -> bool:
     try:
         return _scripts().get_revision(revision) is None
-    except Exception:  # alembic raises its own ResolutionError/CommandError for unknown ids
+    except CommandError:  # "Can't locate revision identified by ..."
         return True
