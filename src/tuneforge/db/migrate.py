@@ -18,15 +18,18 @@ with its rows.
 
 from __future__ import annotations
 
+import argparse
+import re
+import tempfile
 from functools import cache
 from pathlib import Path
 
 from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
-from alembic.script import ScriptDirectory
+from alembic.script import Script, ScriptDirectory
 from alembic.util.exc import CommandError
-from sqlalchemy import Connection, Engine, inspect
+from sqlalchemy import Connection, Engine, create_engine, inspect
 
 MIGRATIONS = Path(__file__).with_name("migrations")
 
@@ -100,3 +103,30 @@ def _is_unknown(revision: str) -> bool:
         return _scripts().get_revision(revision) is None
     except CommandError:  # "Can't locate revision identified by ..."
         return True
+
+
+def new_revision(message: str) -> str:
+    """Write ``versions/NNNN_<message>.py`` for what the models declare beyond the head (for
+    developers: ``python -m tuneforge.db.migrate "jobs: lease columns"``, then review and commit it).
+    The comparison runs against a scratch SQLite database migrated to the head; new columns must be
+    nullable or have a server default, so the revision applies to tables that already hold rows."""
+    with tempfile.TemporaryDirectory() as scratch:
+        engine = create_engine(f"sqlite:///{Path(scratch) / 'head.db'}")
+        try:
+            upgrade(engine)
+            with engine.begin() as connection:
+                config = _config(connection)
+                config.set_main_option("file_template", "%%(rev)s")
+                slug = re.sub(r"[^a-z0-9]+", "_", message.lower()).strip("_")[:40]
+                number = int(head().split("_", 1)[0]) + 1
+                script = command.revision(config, message=message, autogenerate=True, rev_id=f"{number:04d}_{slug}")
+        finally:
+            engine.dispose()
+    assert isinstance(script, Script)
+    return str(script.path)
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description="Write a new schema revision from the models' changes.")
+    parser.add_argument("message", help="what the revision changes, e.g. 'jobs: lease columns'")
+    print(new_revision(parser.parse_args().message))

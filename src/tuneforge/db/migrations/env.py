@@ -6,9 +6,21 @@ configuration in code, so the migrations travel inside the package and need no w
 
 from __future__ import annotations
 
-from alembic import context
+from typing import Any, Literal
 
-from tuneforge.db.tables import Base
+from alembic import context
+from alembic.autogenerate.api import AutogenContext
+
+from tuneforge.db.tables import Base, UTCDateTime
+
+
+def render_item(kind: str, item: Any, _context: AutogenContext) -> str | Literal[False]:
+    """New revisions spell UTCDateTime as the column type it stores, so a revision never imports
+    the models (they change; a revision must not)."""
+    if kind == "type" and isinstance(item, UTCDateTime):
+        return "sa.DateTime(timezone=True)"
+    return False
+
 
 connection = context.config.attributes["connection"]
 context.configure(
@@ -17,6 +29,7 @@ context.configure(
     # SQLite cannot ALTER most things; batch mode copies the table instead.
     render_as_batch=connection.dialect.name == "sqlite",
     compare_type=True,
+    render_item=render_item,
 )
 with context.begin_transaction():
     context.run_migrations()
