@@ -3,6 +3,7 @@ their rows, and a database of another schema version is refused with advice (SQL
 
 from __future__ import annotations
 
+import shutil
 import sqlite3
 from pathlib import Path
 
@@ -167,3 +168,56 @@ def test_an_unreachable_postgresql_fails_the_start_with_one_line_naming_the_host
     assert result.output.startswith(f"error: cannot reach the database at 127.0.0.1:{port}")
     assert result.output.count("\n") == 1
     assert "s3cret" not in result.output
+
+
+NEXT_REVISION = '''"""A newer release's revision: one nullable column."""
+
+import sqlalchemy as sa
+from alembic import op
+
+revision = "0002_newer_release"
+down_revision = "0001_baseline"
+branch_labels = None
+depends_on = None
+
+
+def upgrade() -> None:
+    op.add_column("jobs", sa.Column("newer_release_note", sa.Text(), nullable=True))
+
+
+def downgrade() -> None:
+    op.drop_column("jobs", "newer_release_note")
+'''
+
+
+def test_replicas_of_two_releases_on_one_postgresql_refuse_until_db_upgrade_then_the_older_refuses(
+    postgres_url: str, fast_tmp: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The issue's "disagreeing replicas": the newer release (here: this code plus one revision) will
+    not start on the older schema, advising `tuneforge db upgrade`; after it, the older one refuses."""
+    settings = Settings(data_dir=fast_tmp, database_url=postgres_url)
+    Database(settings).dispose()  # the older release runs on its schema
+
+    newer = fast_tmp / "newer-migrations"
+    shutil.copytree(migrate.MIGRATIONS, newer)
+    (newer / "versions" / "0002_newer_release.py").write_text(NEXT_REVISION)
+    monkeypatch.setattr(migrate, "MIGRATIONS", newer)
+    migrate._scripts.cache_clear()
+    try:
+        with pytest.raises(migrate.SchemaMismatch) as refused:
+            Database(settings)
+        assert str(refused.value) == (
+            "the database is at schema revision 0001_baseline; this tuneforge needs 0002_newer_release: "
+            "run `tuneforge db upgrade`"
+        )
+        monkeypatch.setenv("TUNEFORGE_DATABASE_URL", postgres_url)
+        result = CliRunner().invoke(app, ["db", "upgrade"])
+        assert result.exit_code == 0, result.output
+        assert "0001_baseline -> 0002_newer_release" in result.output
+        Database(settings).dispose()
+    finally:
+        monkeypatch.undo()
+        migrate._scripts.cache_clear()
+
+    with pytest.raises(migrate.SchemaMismatch, match="revision 0002_newer_release is newer than this tuneforge"):
+        Database(settings)
