@@ -60,12 +60,9 @@ class PostgresServer:
         self._process: subprocess.Popen[bytes] | None = None
         self._log = self.folder / "postgres.log"
         initdb = [str(bin_dir / "initdb"), "-D", str(self.data), "-U", self.user, "--auth=trust", "-E", "UTF8"]
-        subprocess.run(
-            [*self._as, *initdb, "--no-sync", "--no-instructions"],
-            check=True,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-        )
+        made = subprocess.run([*self._as, *initdb, "--no-sync", "--no-instructions"], capture_output=True, text=True)
+        if made.returncode != 0:
+            raise RuntimeError(f"initdb failed ({made.returncode}): {made.stderr.strip()}")
 
     def url(self, database: str = "postgres") -> str:
         return f"postgresql+psycopg://{self.user}@127.0.0.1:{self.port}/{database}"

@@ -30,8 +30,9 @@ CONNECT_TIMEOUT_S = 10
 def make_engine(settings: Settings) -> Engine:
     """The engine, once the database's schema revision is the code's (see :func:`migrate.prepare`)."""
     engine = connect(settings)
-    if engine.dialect.name == "sqlite" and engine.url.database and not Path(engine.url.database).exists():
-        start_from_migrated_copy(Path(engine.url.database))
+    file = engine.url.database if engine.dialect.name == "sqlite" else None
+    if file and file != ":memory:" and not file.startswith("file:") and not Path(file).exists():
+        start_from_migrated_copy(Path(file))
     try:
         migrate.prepare(engine, auto_upgrade=engine.dialect.name == "sqlite")
     except OperationalError as exc:
