@@ -192,6 +192,8 @@ def _heartbeat(
         try:
             with services.db.session() as session:
                 session.execute(update(table).where(table.id == job_id).values(heartbeat_at=utcnow()))
+        except OperationalError as exc:  # the database is away; the next beat after it returns lands
+            log.warning("heartbeat not recorded, the database is unavailable (%s)", first_line(exc))
         except Exception:
             log.exception("heartbeat failed")
 
