@@ -298,7 +298,8 @@ def test_symlink_inside_local_root_pointing_outside_is_refused(
 def test_from_settings_maps_s3_to_data_dir_objects_and_allows_data_dir(tmp_path: Path) -> None:
     settings = Settings(data_dir=tmp_path / "data")
     store = ObjectStore.from_settings(settings)
-    assert store.path("s3://bkt/k") == (tmp_path / "data" / "objects" / "bkt" / "k").resolve()
+    store.write_bytes("s3://bkt/k", b"mapped")
+    assert (tmp_path / "data" / "objects" / "bkt" / "k").read_bytes() == b"mapped"
     store.check(str(tmp_path / "data" / "inputs" / "train.jsonl"))
     with pytest.raises(StorageError, match="TUNEFORGE_LOCAL_ROOTS"):
         store.check(str(tmp_path / "elsewhere" / "train.jsonl"))
