@@ -2,9 +2,13 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 import pytest
 from pytest_timeout import get_env_settings
+
+if TYPE_CHECKING:
+    from tests.moto_s3 import MotoS3
 
 # Tests must never reach a model hub; everything they load is created offline.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -41,3 +45,12 @@ def pytest_runtest_setup(item: pytest.Item) -> Iterator[None]:
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_teardown(item: pytest.Item) -> Iterator[None]:
     yield from _guarded(item)
+
+
+@pytest.fixture(scope="session")
+def moto_server() -> Iterator[MotoS3]:
+    """One moto S3 server for the whole session (see tests/moto_s3.py); tests reset it as they need."""
+    from tests.moto_s3 import moto_s3
+
+    with moto_s3() as server:
+        yield server
