@@ -23,13 +23,24 @@ CREDENTIALS = {
 """moto accepts any credentials; these keep boto3 away from a real profile or instance role."""
 
 
-@dataclass(frozen=True)
+@dataclass
 class MotoS3:
     endpoint: str
+    server: ThreadedMotoServer
+    stopped: bool = False
 
     def environment(self) -> dict[str, str]:
         """The AWS configuration chain's variables that point boto3 (and tuneforge) at this server."""
         return {**CREDENTIALS, "AWS_ENDPOINT_URL_S3": self.endpoint}
+
+    def stop(self) -> None:
+        """Shut the server down: its port on loopback is closed from here on (an unreachable endpoint)."""
+        if not self.stopped:
+            self.stopped = True
+            self.server.stop()
+            listening = self.server._server  # moto's stop() ends serve_forever but leaves the socket listening
+            if listening is not None:
+                listening.server_close()
 
     def reset(self) -> None:
         request = urllib.request.Request(f"{self.endpoint}/moto-api/reset", method="POST")
@@ -43,7 +54,8 @@ def moto_s3() -> Iterator[MotoS3]:
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()
     host, port = server.get_host_and_port()
+    moto = MotoS3(f"http://{host}:{port}", server)
     try:
-        yield MotoS3(f"http://{host}:{port}")
+        yield moto
     finally:
-        server.stop()
+        moto.stop()
