@@ -3,8 +3,9 @@
 The server runs with ``TUNEFORGE_OBJECT_STORE=s3`` and finds moto through the AWS configuration
 chain (``AWS_ENDPOINT_URL_S3``), as it would find AWS. The training data is put into the bucket with
 boto3, the job's outputs must appear in the bucket in the usual layout, and the custom model must
-answer a Converse call. Then moto is stopped: its port on loopback is closed, and a new job must
-fail, after the retry budget, with a reason that names the endpoint. The same flow on the local
+answer a Converse call. Then moto is stopped: its port on loopback is closed, and two new jobs (one
+reading its data from S3, one reading a local file and writing to S3) must fail, after the retry
+budget, with a reason that names the endpoint. The same flow on the local
 object root is what every other end-to-end test runs.
 """
 
@@ -106,9 +107,14 @@ def test_a_job_trains_from_and_writes_to_s3_serves_and_a_closed_endpoint_fails_t
     )
     assert answer["usage"]["outputTokens"] > 0 and answer["output"]["message"]["role"] == "assistant"
 
+    local_data = server.settings.data_dir / "inputs" / "train.jsonl"  # a local path: the local backend's
+    local_data.parent.mkdir(parents=True, exist_ok=True)
+    local_data.write_text("".join(json.dumps(r) + "\n" for r in RECORDS))
     moto.stop()  # the endpoint's port on loopback is now closed
-    failed = wait_for_status(
-        bedrock, create_job(bedrock, unique("s3down"), f"s3://{BUCKET}/data/train.jsonl", f"s3://{BUCKET}/o/"), TERMINAL
-    )
-    assert failed["status"] == "Failed"
-    assert f"the S3 endpoint {moto.endpoint} is unreachable after 2 attempts" in failed["failureMessage"]
+    reading = create_job(bedrock, unique("s3down-in"), f"s3://{BUCKET}/data/train.jsonl", f"s3://{BUCKET}/o/")
+    writing = create_job(bedrock, unique("s3down-out"), str(local_data), f"s3://{BUCKET}/o/")
+    unreachable = f"the S3 endpoint {moto.endpoint} is unreachable after 2 attempts (TUNEFORGE_S3_MAX_ATTEMPTS)"
+    for arn in (reading, writing):
+        failed = wait_for_status(bedrock, arn, TERMINAL)
+        assert failed["status"] == "Failed"
+        assert unreachable in failed["failureMessage"], failed["failureMessage"]

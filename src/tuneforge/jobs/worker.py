@@ -57,7 +57,7 @@ from tuneforge.recipes.memory import steady_allocator
 from tuneforge.services import Services
 from tuneforge.serving.retrieval import RetrievedChunk, context_hit
 from tuneforge.settings import Settings
-from tuneforge.storage import StorageError
+from tuneforge.storage import EndpointUnreachable, StorageError
 
 if TYPE_CHECKING:
     from tuneforge.knowledge.ingestion import IngestionRunner
@@ -245,6 +245,8 @@ class JobRunner:
         probe = f"{output_uri}/.write_access_check_file.tmp"
         try:
             self.services.store.write_bytes(probe, b"")
+        except EndpointUnreachable as exc:
+            raise JobFailed(f"Could not write to {output_uri}: {exc}") from None
         except (StorageError, OSError):
             bucket = output_uri.removeprefix("s3://").split("/", 1)[0]
             raise JobFailed(

@@ -10,6 +10,7 @@ segments, symlinks that leave the root and foreign schemes are refused with :cla
 
 from tuneforge.storage.store import (
     AtomicWriter,
+    EndpointUnreachable,
     LocalObjectBackend,
     ObjectInfo,
     ObjectMissing,
@@ -20,6 +21,7 @@ from tuneforge.storage.store import (
 
 __all__ = [
     "AtomicWriter",
+    "EndpointUnreachable",
     "LocalObjectBackend",
     "ObjectInfo",
     "ObjectMissing",

@@ -33,7 +33,15 @@ from botocore.exceptions import (
 )
 
 from tuneforge.settings import Settings
-from tuneforge.storage.store import AtomicWriter, Manifest, ObjectInfo, ObjectMissing, ParsedUri, StorageError
+from tuneforge.storage.store import (
+    AtomicWriter,
+    EndpointUnreachable,
+    Manifest,
+    ObjectInfo,
+    ObjectMissing,
+    ParsedUri,
+    StorageError,
+)
 
 UNREACHABLE = (EndpointConnectionError, ConnectTimeoutError, ReadTimeoutError, ConnectionClosedError)
 MISSING_CODES = {"NoSuchKey", "404", "NotFound"}
@@ -101,7 +109,7 @@ class S3ObjectBackend:
             raise StorageError(f"{uri}: S3 request failed: {exc}") from None
 
     def _unreachable(self, exc: Exception) -> StorageError:
-        return StorageError(
+        return EndpointUnreachable(
             f"the S3 endpoint {self.endpoint} is unreachable after {self.max_attempts} attempts "
             f"(TUNEFORGE_S3_MAX_ATTEMPTS): {exc}"
         )

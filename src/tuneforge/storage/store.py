@@ -27,6 +27,10 @@ class StorageError(ValueError):
     """A URI that cannot be used; the message says which and why."""
 
 
+class EndpointUnreachable(StorageError):
+    """The object store's endpoint did not answer within its retry budget; the message names it."""
+
+
 class ObjectMissing(StorageError):
     """Nothing, neither an object nor a folder of them, exists at a URI."""
 
