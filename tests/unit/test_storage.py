@@ -494,3 +494,10 @@ def test_s3_unreachable_endpoint_fails_after_the_retry_budget_naming_it(
             operation()
     with pytest.raises(StorageError, match=message):
         store.write_bytes("s3://bkt/k", b"x")
+
+
+def test_delete_removes_one_object_never_a_folder(any_store: ObjectStore) -> None:
+    any_store.write_bytes("s3://bkt/f/a", b"a")
+    any_store.delete("s3://bkt/f")  # a folder, not an object: left alone
+    any_store.delete("s3://bkt/f/missing")
+    assert list(any_store.list("s3://bkt/f")) == ["s3://bkt/f/a"]

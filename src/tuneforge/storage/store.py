@@ -409,7 +409,9 @@ class ObjectStore:
             shutil.copyfileobj(reader, out, 1 << 20)
 
     def delete(self, uri: str) -> None:
-        self.delete_prefix(uri)
+        """Delete one object (nothing when there is none); a folder goes only through :meth:`delete_prefix`."""
+        if self.exists(uri):
+            self.delete_prefix(uri)
 
     def delete_prefix(self, prefix_uri: str) -> None:
         backend, parsed = self._route(prefix_uri.rstrip("/"))
