@@ -61,6 +61,7 @@ bench: $(BENCH_STAMP)
 	$(BIN)/python benchmarks/adapters_bench.py --repeats 3
 	$(BIN)/python benchmarks/batch_inference.py
 	$(BIN)/python benchmarks/knowledge_bench.py
+	$(BIN)/python benchmarks/storage_bench.py
 
 # What CI runs (tests/bench): quick modes, failing only on a broken run or an in-run ratio under its floor.
 bench-smoke: $(STAMP)
@@ -70,6 +71,7 @@ bench-smoke: $(STAMP)
 	$(BIN)/python benchmarks/serving_batching.py --model smollm2 --quick --check
 	$(BIN)/python benchmarks/adapters_bench.py --quick --check
 	$(BIN)/python benchmarks/knowledge_bench.py --quick --check
+	$(BIN)/python benchmarks/storage_bench.py --quick --check
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks

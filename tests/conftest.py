@@ -2,11 +2,15 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 import pytest
 from pytest_timeout import get_env_settings
 
 from tests.postgres import PostgresServer, find_bin_dir
+
+if TYPE_CHECKING:
+    from tests.moto_s3 import MotoS3
 
 # Tests must never reach a model hub; everything they load is created offline.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -86,3 +90,12 @@ def db_url(request: pytest.FixtureRequest) -> str | None:
         return None
     url: str = request.getfixturevalue("postgres_url")
     return url
+
+
+@pytest.fixture(scope="session")
+def moto_server() -> Iterator[MotoS3]:
+    """One moto S3 server for the whole session (see tests/moto_s3.py); tests reset it as they need."""
+    from tests.moto_s3 import moto_s3
+
+    with moto_s3() as server:
+        yield server

@@ -16,7 +16,7 @@ import stat
 import tomllib
 from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from pydantic_settings import (
@@ -28,7 +28,7 @@ from pydantic_settings import (
 
 LOOPBACK_NAMES = {"localhost", "ip6-localhost"}
 PRIVATE_UMASK = 0o077
-STATE_FOLDERS = ("objects", "models", "logs", "engines", "jobs")
+STATE_FOLDERS = ("objects", "models", "logs", "engines", "jobs", "cache")
 
 
 class _ConfigFileSource(PydanticBaseSettingsSource):
@@ -74,6 +74,20 @@ class Settings(BaseSettings):
         default_factory=list,
         description="Extra local folders that absolute paths in requests may point into "
         "(the data directory is always allowed).",
+    )
+    object_store: Literal["local", "s3"] = Field(
+        default="local",
+        description="Where s3:// URIs live: 'local' (the object root) or 's3' (a real S3 endpoint through boto3, "
+        "configured by the AWS chain: AWS_ENDPOINT_URL_S3, AWS_REGION, credentials).",
+    )
+    s3_max_attempts: int = Field(
+        default=5, ge=1, le=20, description="botocore's total attempts per S3 request (standard retry mode)."
+    )
+    s3_timeout_seconds: float = Field(default=30.0, gt=0, description="S3 connect and read timeout per attempt.")
+    s3_multipart_bytes: int = Field(
+        default=16 * 1024 * 1024,
+        ge=5 * 1024 * 1024,
+        description="Files at least this large go to and from S3 in parts of this size (boto3's TransferConfig).",
     )
     host: str = Field(default="127.0.0.1", description="Bind address. Loopback by default.")
     port: int = Field(default=8080, ge=0, le=65535)

@@ -105,3 +105,12 @@ def test_multi_adapter_benchmark_smoke() -> None:
     assert results["memory_merged_over_multi"] >= 3
     assert results["throughput_multi_over_merged"]["median"] >= 0.5
     assert len(results["cold_start_s"]["samples"]) == 2 and results["cold_start_s"]["p50"] > 0
+
+
+@pytest.mark.timeout(2 * RUN_HANG_GUARD_S + 600)
+def test_storage_benchmark_smoke() -> None:
+    """Both backends move a model folder whole (compared byte for byte); moto is no AWS, so no ratio floor."""
+    data = run_benchmark("storage_bench.py", "--quick")
+    assert data["benchmark"] == "storage"
+    assert all(row["identical"] for row in data["rows"].values())
+    assert all(ratio > 0 for ratio in data["s3_over_local"].values())

@@ -413,7 +413,21 @@ def test_registered_model_can_be_a_job_base(services: Services, data_dir: Path) 
 def test_register_accepts_s3_prefix(services: Services, data_dir: Path, tmp_path: Path) -> None:
     services.store.upload_tree(hf_folder(tmp_path / "staging", LLAMA_CONFIG), "s3://models/tiny/")
     model = services.catalog.register("my.s3-llama", "s3://models/tiny/")
-    assert services.catalog.local_folder(model) == (data_dir / "objects" / "models" / "tiny").resolve()
+    folder = services.catalog.local_folder(model)
+    source = tmp_path / "staging"
+    assert (data_dir / "cache") in folder.parents  # a staged copy: the store hands out no path of its own
+    assert {p.relative_to(folder): p.read_bytes() for p in folder.rglob("*") if p.is_file()} == {
+        p.relative_to(source): p.read_bytes() for p in source.rglob("*") if p.is_file()
+    }
+
+
+def test_a_registered_models_staged_copy_follows_a_changed_source(services: Services, tmp_path: Path) -> None:
+    services.store.upload_tree(hf_folder(tmp_path / "staging", LLAMA_CONFIG), "s3://models/tiny/")
+    model = services.catalog.register("my.s3-llama", "s3://models/tiny/")
+    first = services.catalog.local_folder(model)
+    assert services.catalog.local_folder(model) == first
+    services.store.write_bytes("s3://models/tiny/extra.txt", b"new file")
+    assert (services.catalog.local_folder(model) / "extra.txt").read_bytes() == b"new file"
 
 
 def test_register_refuses_folder_without_config_json(services: Services, data_dir: Path) -> None:

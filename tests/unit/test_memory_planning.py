@@ -301,7 +301,8 @@ def test_a_distillation_jobs_plan_counts_its_teacher(fast_tmp: Path) -> None:
 def test_longest_line_is_found_across_read_chunks(tmp_path: Path, chunk_bytes: int) -> None:
     path = tmp_path / "train.jsonl"
     path.write_bytes(b"abc\n" + b"x" * 11 + b"\n\nabcdef")
-    assert memory.longest_line_bytes(path, chunk_bytes) == 11
+    with path.open("rb") as handle:
+        assert memory.longest_line_bytes(handle, chunk_bytes) == 11
 
 
 def test_a_dataset_of_short_records_is_planned_at_its_longest_line_not_the_context(fast_tmp: Path) -> None:

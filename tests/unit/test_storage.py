@@ -2,12 +2,15 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from tests.moto_s3 import MotoS3
 from tuneforge.settings import Settings
 from tuneforge.storage import LocalObjectBackend, ObjectStore, StorageError, parse_uri
+from tuneforge.storage.s3 import S3ObjectBackend
 
 
 @pytest.fixture
@@ -23,6 +26,35 @@ def roots(tmp_path: Path) -> tuple[Path, Path]:
 def store(roots: tuple[Path, Path]) -> ObjectStore:
     objects, local = roots
     return ObjectStore(LocalObjectBackend(objects, [local]))
+
+
+@pytest.fixture(scope="module")
+def s3_backend(moto_server: MotoS3, tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3ObjectBackend]:
+    """One S3 backend (one boto3 client) for the module, pointed at moto by the AWS chain's variables."""
+    with pytest.MonkeyPatch.context() as patch:
+        for name, value in moto_server.environment().items():
+            patch.setenv(name, value)
+        yield S3ObjectBackend(s3_settings(tmp_path_factory.mktemp("s3")))
+
+
+def s3_settings(data_dir: Path, **overrides: object) -> Settings:
+    return Settings(data_dir=data_dir, object_store="s3", s3_max_attempts=2, **overrides)  # type: ignore[arg-type]
+
+
+@pytest.fixture(params=["local", "s3"])
+def any_store(request: pytest.FixtureRequest, roots: tuple[Path, Path], tmp_path: Path) -> ObjectStore:
+    """The same store interface over the local object root, or over S3 (moto's server on loopback)."""
+    objects, local = roots
+    if request.param == "local":
+        return ObjectStore(LocalObjectBackend(objects, [local]), cache_dir=tmp_path / "cache")
+    return s3_store(request.getfixturevalue("moto_server"), request.getfixturevalue("s3_backend"), roots, tmp_path)
+
+
+def s3_store(moto: MotoS3, backend: S3ObjectBackend, roots: tuple[Path, Path], tmp_path: Path) -> ObjectStore:
+    """An empty moto with the bucket ``bkt``; absolute local paths still go to the local backend."""
+    moto.reset()
+    backend.client.create_bucket(Bucket="bkt")
+    return ObjectStore(LocalObjectBackend(roots[0], [roots[1]]), backend, tmp_path / "cache")
 
 
 @pytest.fixture
@@ -103,13 +135,13 @@ def test_parse_uri_accepts_bucket_names_at_the_length_limits(bucket: str) -> Non
 # -- ObjectStore over s3:// ----------------------------------------------------------------------
 
 
-def test_write_read_exists_size_round_trip(store: ObjectStore) -> None:
+def test_write_read_exists_size_round_trip(any_store: ObjectStore) -> None:
     uri = "s3://bkt/dir/obj.bin"
-    assert not store.exists(uri)
-    store.write_bytes(uri, b"hello\x00world")
-    assert store.exists(uri)
-    assert store.size(uri) == 11
-    assert store.read_bytes(uri) == b"hello\x00world"
+    assert not any_store.exists(uri)
+    any_store.write_bytes(uri, b"hello\x00world")
+    assert any_store.exists(uri)
+    assert any_store.size(uri) == 11
+    assert any_store.read_bytes(uri) == b"hello\x00world"
 
 
 def test_s3_uri_maps_onto_bucket_folder_under_object_root(store: ObjectStore, roots: tuple[Path, Path]) -> None:
@@ -117,30 +149,30 @@ def test_s3_uri_maps_onto_bucket_folder_under_object_root(store: ObjectStore, ro
     assert (roots[0] / "bkt" / "a" / "b.txt").read_bytes() == b"x"
 
 
-def test_write_overwrites_existing_object(store: ObjectStore) -> None:
-    store.write_bytes("s3://bkt/obj", b"old content")
-    store.write_bytes("s3://bkt/obj", b"new")
-    assert store.read_bytes("s3://bkt/obj") == b"new"
+def test_write_overwrites_existing_object(any_store: ObjectStore) -> None:
+    any_store.write_bytes("s3://bkt/obj", b"old content")
+    any_store.write_bytes("s3://bkt/obj", b"new")
+    assert any_store.read_bytes("s3://bkt/obj") == b"new"
 
 
 @pytest.mark.parametrize("operation", ["read_bytes", "size"])
-def test_reading_missing_object_raises_storage_error(store: ObjectStore, operation: str) -> None:
+def test_reading_missing_object_raises_storage_error(any_store: ObjectStore, operation: str) -> None:
     with pytest.raises(StorageError, match="does not exist"):
-        getattr(store, operation)("s3://bkt/missing")
+        getattr(any_store, operation)("s3://bkt/missing")
 
 
-def test_upload_file_then_download_file_round_trips(store: ObjectStore, tmp_path: Path) -> None:
+def test_upload_file_then_download_file_round_trips(any_store: ObjectStore, tmp_path: Path) -> None:
     source = tmp_path / "src.jsonl"
     source.write_bytes(b'{"prompt": "a", "completion": "b"}\n')
-    store.upload_file(source, "s3://bkt/in/train.jsonl")
+    any_store.upload_file(source, "s3://bkt/in/train.jsonl")
     target = tmp_path / "fresh" / "nested" / "copy.jsonl"
-    store.download_file("s3://bkt/in/train.jsonl", target)
+    any_store.download_file("s3://bkt/in/train.jsonl", target)
     assert target.read_bytes() == source.read_bytes()
 
 
-def test_download_file_of_missing_object_raises_storage_error(store: ObjectStore, tmp_path: Path) -> None:
+def test_download_file_of_missing_object_raises_storage_error(any_store: ObjectStore, tmp_path: Path) -> None:
     with pytest.raises(StorageError, match="does not exist"):
-        store.download_file("s3://bkt/nothing", tmp_path / "x")
+        any_store.download_file("s3://bkt/nothing", tmp_path / "x")
     assert not (tmp_path / "x").exists()
 
 
@@ -152,46 +184,48 @@ def _make_tree(root: Path) -> dict[str, bytes]:
     return files
 
 
-def test_upload_tree_list_download_tree_round_trip(store: ObjectStore, tmp_path: Path) -> None:
+def test_upload_tree_list_download_tree_round_trip(any_store: ObjectStore, tmp_path: Path) -> None:
     files = _make_tree(tmp_path / "model")
-    written = store.upload_tree(tmp_path / "model", "s3://bkt/models/m1/")
+    written = any_store.upload_tree(tmp_path / "model", "s3://bkt/models/m1/")
     expected = sorted(f"s3://bkt/models/m1/{rel}" for rel in files)
     assert written == expected
-    assert list(store.list("s3://bkt/models/m1")) == expected
-    assert list(store.list("s3://bkt/models/m1/")) == expected
+    assert list(any_store.list("s3://bkt/models/m1")) == expected
+    assert list(any_store.list("s3://bkt/models/m1/")) == expected
 
-    store.download_tree("s3://bkt/models/m1", tmp_path / "back")
+    any_store.download_tree("s3://bkt/models/m1", tmp_path / "back")
     back = tmp_path / "back"
     assert {p.relative_to(back).as_posix(): p.read_bytes() for p in back.rglob("*") if p.is_file()} == files
 
 
-def test_list_of_single_object_yields_that_object(store: ObjectStore) -> None:
-    store.write_bytes("s3://bkt/one.txt", b"1")
-    assert list(store.list("s3://bkt/one.txt")) == ["s3://bkt/one.txt"]
+def test_list_of_single_object_yields_that_object(any_store: ObjectStore) -> None:
+    any_store.write_bytes("s3://bkt/one.txt", b"1")
+    assert list(any_store.list("s3://bkt/one.txt")) == ["s3://bkt/one.txt"]
 
 
-def test_list_of_missing_prefix_is_empty(store: ObjectStore) -> None:
-    assert list(store.list("s3://bkt/nothing/here")) == []
+def test_list_of_missing_prefix_is_empty(any_store: ObjectStore) -> None:
+    assert list(any_store.list("s3://bkt/nothing/here")) == []
 
 
-def test_download_tree_of_missing_prefix_raises_storage_error(store: ObjectStore, tmp_path: Path) -> None:
+def test_download_tree_of_missing_prefix_raises_storage_error(any_store: ObjectStore, tmp_path: Path) -> None:
     with pytest.raises(StorageError, match="holds no objects"):
-        store.download_tree("s3://bkt/nothing", tmp_path / "dst")
+        any_store.download_tree("s3://bkt/nothing", tmp_path / "dst")
 
 
-def test_delete_prefix_removes_tree_but_not_sibling_with_same_string_prefix(store: ObjectStore, tmp_path: Path) -> None:
+def test_delete_prefix_removes_tree_but_not_sibling_with_same_string_prefix(
+    any_store: ObjectStore, tmp_path: Path
+) -> None:
     _make_tree(tmp_path / "model")
-    store.upload_tree(tmp_path / "model", "s3://bkt/run1")
-    store.write_bytes("s3://bkt/run10/keep.txt", b"keep")
-    store.delete_prefix("s3://bkt/run1/")
-    assert list(store.list("s3://bkt/run1")) == []
-    assert store.read_bytes("s3://bkt/run10/keep.txt") == b"keep"
+    any_store.upload_tree(tmp_path / "model", "s3://bkt/run1")
+    any_store.write_bytes("s3://bkt/run10/keep.txt", b"keep")
+    any_store.delete_prefix("s3://bkt/run1/")
+    assert list(any_store.list("s3://bkt/run1")) == []
+    assert any_store.read_bytes("s3://bkt/run10/keep.txt") == b"keep"
 
 
-def test_delete_prefix_removes_single_object(store: ObjectStore) -> None:
-    store.write_bytes("s3://bkt/single", b"1")
-    store.delete_prefix("s3://bkt/single")
-    assert not store.exists("s3://bkt/single")
+def test_delete_prefix_removes_single_object(any_store: ObjectStore) -> None:
+    any_store.write_bytes("s3://bkt/single", b"1")
+    any_store.delete_prefix("s3://bkt/single")
+    assert not any_store.exists("s3://bkt/single")
 
 
 # -- atomic writes -----------------------------------------------------------------------------
@@ -298,7 +332,8 @@ def test_symlink_inside_local_root_pointing_outside_is_refused(
 def test_from_settings_maps_s3_to_data_dir_objects_and_allows_data_dir(tmp_path: Path) -> None:
     settings = Settings(data_dir=tmp_path / "data")
     store = ObjectStore.from_settings(settings)
-    assert store.path("s3://bkt/k") == (tmp_path / "data" / "objects" / "bkt" / "k").resolve()
+    store.write_bytes("s3://bkt/k", b"mapped")
+    assert (tmp_path / "data" / "objects" / "bkt" / "k").read_bytes() == b"mapped"
     store.check(str(tmp_path / "data" / "inputs" / "train.jsonl"))
     with pytest.raises(StorageError, match="TUNEFORGE_LOCAL_ROOTS"):
         store.check(str(tmp_path / "elsewhere" / "train.jsonl"))
@@ -333,3 +368,136 @@ def test_tuneforges_own_state_files_are_never_data_though_the_data_dir_is_an_all
         with pytest.raises(StorageError, match="own state files"):
             store.read_bytes(str(path))
     assert store.read_bytes(str(data_dir / "my-data" / "train.jsonl")) == b"{}\n"
+
+
+# -- streams, copies and staged copies (both backends) ------------------------------------------
+
+
+def test_open_read_streams_lines_and_open_write_publishes_on_close(any_store: ObjectStore) -> None:
+    with any_store.open_write("s3://bkt/s/data.jsonl") as out:
+        out.write(b"first\n")
+        assert not any_store.exists("s3://bkt/s/data.jsonl")  # nothing visible before close
+        out.write(b"second\n")
+    with any_store.open_read("s3://bkt/s/data.jsonl") as handle:
+        assert handle.readline() == b"first\n"
+        assert handle.read() == b"second\n"
+
+
+def test_a_write_cut_short_by_an_error_leaves_no_object(any_store: ObjectStore) -> None:
+    any_store.write_bytes("s3://bkt/kept", b"old")
+    with pytest.raises(RuntimeError), any_store.open_write("s3://bkt/kept") as out:
+        out.write(b"half of the new")
+        raise RuntimeError("writer crashed")
+    assert any_store.read_bytes("s3://bkt/kept") == b"old"
+    with any_store.open_write("s3://bkt/never") as out:
+        out.write(b"x")
+        out.abort()
+    assert not any_store.exists("s3://bkt/never")
+    assert list(any_store.list("s3://bkt")) == ["s3://bkt/kept"]
+
+
+def test_open_read_of_missing_object_raises_storage_error(any_store: ObjectStore) -> None:
+    with pytest.raises(StorageError, match="does not exist"):
+        any_store.open_read("s3://bkt/missing")
+
+
+def test_copy_and_delete(any_store: ObjectStore) -> None:
+    any_store.write_bytes("s3://bkt/a/one", b"1")
+    any_store.copy("s3://bkt/a/one", "s3://bkt/b/two")
+    assert any_store.read_bytes("s3://bkt/b/two") == b"1"
+    any_store.delete("s3://bkt/a/one")
+    assert list(any_store.list("s3://bkt")) == ["s3://bkt/b/two"]
+
+
+def test_cached_stages_a_folder_once_and_again_when_it_changed(any_store: ObjectStore, tmp_path: Path) -> None:
+    files = _make_tree(tmp_path / "model")
+    any_store.upload_tree(tmp_path / "model", "s3://bkt/models/m")
+    folder = any_store.cached("s3://bkt/models/m/")
+    assert {p.relative_to(folder).as_posix(): p.read_bytes() for p in folder.rglob("*") if p.is_file()} == files
+    marker = folder / "config.json"
+    stamp = marker.stat().st_ino
+    assert any_store.cached("s3://bkt/models/m") == folder and marker.stat().st_ino == stamp  # still current
+    any_store.write_bytes("s3://bkt/models/m/config.json", b'{"changed": 1}')
+    assert (any_store.cached("s3://bkt/models/m") / "config.json").read_bytes() == b'{"changed": 1}'
+    single = any_store.cached("s3://bkt/models/m/weights/deep/b.bin")
+    assert single.name == "b.bin" and single.read_bytes() == b"BB"
+    with pytest.raises(StorageError, match="nothing exists at s3://bkt/absent"):
+        any_store.cached("s3://bkt/absent")
+
+
+# -- S3 only: multipart and errors ---------------------------------------------------------------
+
+
+def test_s3_uploads_a_large_file_in_parts(
+    moto_server: MotoS3, roots: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for name, value in moto_server.environment().items():
+        monkeypatch.setenv(name, value)
+    backend = S3ObjectBackend(s3_settings(tmp_path / "data", s3_multipart_bytes=5 * 1024 * 1024))
+    store = s3_store(moto_server, backend, roots, tmp_path)
+    big = tmp_path / "big.safetensors"
+    big.write_bytes(os.urandom(1024) * (6 * 1024))  # 6 MiB: two parts at a 5 MiB threshold
+    store.upload_file(big, "s3://bkt/model/big.safetensors")
+    info = store.info("s3://bkt/model/big.safetensors")
+    assert info is not None and info.size == big.stat().st_size
+    assert info.version.strip('"').endswith("-2")  # S3's ETag of a two-part multipart upload
+    store.download_file("s3://bkt/model/big.safetensors", tmp_path / "back")
+    assert (tmp_path / "back").read_bytes() == big.read_bytes()
+
+
+def test_s3_missing_bucket_is_named(
+    moto_server: MotoS3, s3_backend: S3ObjectBackend, roots: tuple[Path, Path], tmp_path: Path
+) -> None:
+    store = s3_store(moto_server, s3_backend, roots, tmp_path)
+    with pytest.raises(StorageError, match="the bucket nobucket does not exist"):
+        store.read_bytes("s3://nobucket/key")
+    with pytest.raises(StorageError, match="the bucket nobucket does not exist"):
+        store.write_bytes("s3://nobucket/key", b"x")
+    with pytest.raises(StorageError, match="the bucket nobucket does not exist"):
+        list(store.list("s3://nobucket/prefix"))
+
+
+def test_s3_access_denied_is_named(
+    moto_server: MotoS3, s3_backend: S3ObjectBackend, roots: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """moto grants everything, so the endpoint's refusal is stubbed at botocore's edge, below tuneforge."""
+    from botocore.stub import Stubber
+
+    store = s3_store(moto_server, s3_backend, roots, tmp_path)
+    with Stubber(s3_backend.client) as stub:
+        stub.add_client_error("get_object", service_error_code="AccessDenied", http_status_code=403)
+        with pytest.raises(StorageError, match=r"s3://bkt/secret: access denied by http://127\.0\.0\.1"):
+            store.read_bytes("s3://bkt/secret")
+
+
+def test_s3_unreachable_endpoint_fails_after_the_retry_budget_naming_it(
+    tmp_path: Path, roots: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import socket
+
+    with socket.socket() as probe:  # a loopback port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    monkeypatch.setenv("AWS_ENDPOINT_URL_S3", f"http://127.0.0.1:{port}")
+    for name, value in {
+        "AWS_ACCESS_KEY_ID": "x",
+        "AWS_SECRET_ACCESS_KEY": "x",
+        "AWS_DEFAULT_REGION": "us-east-1",
+    }.items():
+        monkeypatch.setenv(name, value)
+    backend = S3ObjectBackend(s3_settings(tmp_path / "data"))
+    store = ObjectStore(LocalObjectBackend(roots[0], [roots[1]]), backend, tmp_path / "cache")
+    store.check("s3://bkt/key")  # the edge's check never touches the network
+    message = rf"S3 endpoint http://127\.0\.0\.1:{port} is unreachable after 2 attempts \(TUNEFORGE_S3_MAX_ATTEMPTS\)"
+    for operation in (lambda: store.read_bytes("s3://bkt/k"), lambda: store.exists("s3://bkt/k")):
+        with pytest.raises(StorageError, match=message):
+            operation()
+    with pytest.raises(StorageError, match=message):
+        store.write_bytes("s3://bkt/k", b"x")
+
+
+def test_delete_removes_one_object_never_a_folder(any_store: ObjectStore) -> None:
+    any_store.write_bytes("s3://bkt/f/a", b"a")
+    any_store.delete("s3://bkt/f")  # a folder, not an object: left alone
+    any_store.delete("s3://bkt/f/missing")
+    assert list(any_store.list("s3://bkt/f")) == ["s3://bkt/f/a"]

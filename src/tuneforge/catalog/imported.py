@@ -178,11 +178,13 @@ class ImportService:
 
     def _check_source(self, uri: str) -> ImportFacts:
         try:
-            path = self.store.path(uri.rstrip("/") or uri)
+            self.store.check(uri.rstrip("/") or uri)
         except StorageError as exc:
             raise ValidationException(f"Invalid {SOURCE_MEMBER} {uri}: {exc}") from None
-        if not path.exists():
-            raise ValidationException(f"Invalid {SOURCE_MEMBER} {uri}: nothing exists at that location")
+        try:
+            path = self.store.cached(uri)
+        except StorageError as exc:
+            raise ValidationException(f"Invalid {SOURCE_MEMBER} {uri}: {exc}") from None
         try:
             return inspect_source(path, self.settings.import_memory_limit_bytes)
         except ImportCheckError as exc:
@@ -208,7 +210,7 @@ class ImportService:
             staging = Path(tempfile.mkdtemp(prefix=f".{job.imported_model_id}.", dir=self.imports_dir))
             target = self.imports_dir / job.imported_model_id
             try:
-                source = resolve_source(self.store.path(job.source_uri.rstrip("/")))
+                source = resolve_source(self.store.cached(job.source_uri))
                 if job.source_kind == "gguf":
                     self._convert(job, source, staging / "model")
                 else:

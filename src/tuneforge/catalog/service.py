@@ -20,7 +20,7 @@ from tuneforge.catalog.models import (
 from tuneforge.db.session import Database
 from tuneforge.db.tables import RegisteredModel
 from tuneforge.errors import ResourceNotFoundException, ValidationException
-from tuneforge.storage import ObjectStore, StorageError
+from tuneforge.storage import ObjectMissing, ObjectStore, StorageError
 
 MODEL_ID_PATTERN = re.compile(r"[a-z0-9][a-z0-9.\-]{0,62}(:[a-z0-9]{1,32}){0,3}")
 """Matched whole (``fullmatch``): with ``match`` and ``$``, an id ending in a newline registered."""
@@ -77,12 +77,19 @@ class Catalog:
             )
         if any(m.model_id == model_id for m in BUILTIN_MODELS):
             raise ValidationException(f"{model_id} is a built-in model id")
+        shown = source.rstrip("/") or source
         try:
-            folder = self.store.path(source.rstrip("/"))
+            self.store.check(shown)
+            folder = self.store.cached(source)
+        except ObjectMissing:
+            raise ValidationException(
+                f"{source} is not a Hugging Face causal language model: {shown} is not a folder"
+            ) from None
         except StorageError as exc:
             raise ValidationException(str(exc)) from None
         reason = check_hf_folder(folder)
         if reason:
+            reason = reason.replace(str(folder), shown)  # name the source, not the staged copy
             raise ValidationException(f"{source} is not a Hugging Face causal language model: {reason}")
         config = json.loads((folder / "config.json").read_text())
         raw_context = config.get("max_position_embeddings") or config.get("n_positions") or 2048
@@ -108,8 +115,9 @@ class Catalog:
         return self.get(model_id)
 
     def local_folder(self, model: FoundationModel) -> Path:
-        """Local folder of a registered model (built-in folders are made by workers)."""
-        return self.store.path(model.source.rstrip("/"))
+        """A local copy of a registered model's folder, staged from the store into its cache and made
+        again when the source changed (built-in folders are made by workers)."""
+        return self.store.cached(model.source)
 
     def tokenizer_identity(self, model: FoundationModel) -> str:
         """What two models must share for one to distil into the other: the same token ids.

@@ -372,7 +372,7 @@ def data_validate(
 
 @data_app.command("cp")
 def data_cp(source: str, destination: str) -> None:
-    """Copy a file between a local path and s3:// (the embedded object store), either way."""
+    """Copy a file between a local path and s3:// (the object store: local root or S3), either way."""
     from tuneforge.storage import StorageError
 
     services = _services()

@@ -8,11 +8,13 @@ incompatible teacher) is shown on the review page with the API's own message.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from datetime import UTC, datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, BinaryIO
+from urllib.parse import quote
 
 from fastapi import APIRouter, Query, Request
-from fastapi.responses import FileResponse, HTMLResponse, Response
+from fastapi.responses import HTMLResponse, Response, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 from starlette.types import Message
@@ -295,7 +297,7 @@ def _distillation_report(services: Services, job: Job, artifacts: dict[str, str]
 
 @router.get("/console/objects", include_in_schema=False)
 def download(request: Request, services: ServicesDep, uri: Annotated[str, Query()]) -> Response:
-    """An object of the store, streamed from disk: only ``s3://`` URIs, confined to the object root."""
+    """An object of the store, streamed from it: only ``s3://`` URIs, confined to the object root."""
     if not uri.startswith("s3://"):
         return render(
             request,
@@ -304,11 +306,24 @@ def download(request: Request, services: ServicesDep, uri: Annotated[str, Query(
             error=ApiError("ValidationException", f"Only s3:// objects of the store can be downloaded, not {uri}"),
         )
     try:
-        path = services.store.path(uri)
+        found = services.store.exists(uri)
+        handle = services.store.open_read(uri) if found else None
     except StorageError as exc:
         return render(request, "error.html", status_code=400, error=ApiError("ValidationException", str(exc)))
-    if not path.is_file():
+    if handle is None:
         return render(
             request, "error.html", status_code=404, error=ApiError("ResourceNotFoundException", f"{uri} does not exist")
         )
-    return FileResponse(path, filename=path.name, media_type="application/octet-stream")
+    name = uri.rsplit("/", 1)[-1] or "object"
+    return StreamingResponse(
+        _chunks(handle),
+        media_type="application/octet-stream",
+        headers={"content-disposition": f"attachment; filename*=utf-8''{quote(name)}"},
+    )
+
+
+def _chunks(handle: BinaryIO) -> Iterator[bytes]:
+    """The object in 1 MiB pieces, closing the store's stream when the response ends (or is cut off)."""
+    with handle:
+        while chunk := handle.read(1 << 20):
+            yield chunk

@@ -12,6 +12,7 @@ import json
 import re
 import subprocess
 import sys
+import tempfile
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -261,15 +262,12 @@ def store_upload(services: Services, source: BinaryIO, filename: str) -> str:
     """
     limit = services.settings.max_training_file_bytes
     uri = upload_uri(filename)
-    path = services.store.path(uri)
-    path.parent.mkdir(parents=True, exist_ok=True)
     written = 0
-    with path.open("wb") as out:
+    with services.store.open_write(uri) as out:
         while chunk := source.read(UPLOAD_CHUNK):
             written += len(chunk)
             if written > limit:
-                out.close()
-                path.unlink(missing_ok=True)
+                out.abort()
                 raise UploadTooLarge(too_large_message(limit))
             out.write(chunk)
     return uri
@@ -282,15 +280,17 @@ def too_large_message(limit: int) -> str:
     )
 
 
-def server_file(services: Services, path: Path) -> bool:
+def server_file(services: Services, uri: str) -> bool:
     """A file of the server's own (signing keys, database, logs, weights): in the data dir, not an object.
 
     The API accepts any absolute path under the data dir as training data, so the wizard validates
     such a file like any other; but it never shows its lines, or a signed-in user could read the
     console's signing key (and forge another key's session) or the database.
     """
+    if not services.store.is_local_file(uri):
+        return False
     data_dir, objects = services.settings.data_dir.resolve(), services.settings.objects_dir.resolve()
-    resolved = path.resolve()
+    resolved = Path(uri).resolve()
     inside = resolved == data_dir or data_dir in resolved.parents
     return inside and objects not in resolved.parents
 
@@ -298,10 +298,10 @@ def server_file(services: Services, path: Path) -> bool:
 def preview(services: Services, uri: str) -> list[tuple[int, str]] | None:
     """The first lines of a data file, each cut short, for the validation page; None for a server file."""
     lines: list[tuple[int, str]] = []
-    path = services.store.path(uri)
-    if server_file(services, path):
+    services.store.check(uri)
+    if server_file(services, uri):
         return None
-    with path.open("rb") as handle:
+    with services.store.open_read(uri) as handle:
         for number in range(1, PREVIEW_LINES + 1):
             raw = handle.readline(PREVIEW_CHARS * 4)
             if not raw:
@@ -344,9 +344,20 @@ def run_preflight(
     otherwise, for a built-in model no job has created yet, in a ``tuneforge data validate``
     child process, which may import torch to create it.
     """
-    path = services.store.path(uri)
-    if not path.is_file():
+    if not services.store.exists(uri):
         raise ValidationException(f"The training data {uri} does not exist")
+    cache = services.settings.data_dir / "cache"
+    cache.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="preflight-", dir=cache) as staging:
+        path = Path(staging) / (uri.rsplit("/", 1)[-1] or "data.jsonl")
+        services.store.download_file(uri, path)
+        return _preflight_staged(services, path, model, ctype, hyper)
+
+
+def _preflight_staged(
+    services: Services, path: Path, model: FoundationModel, ctype: str, hyper: dict[str, str]
+) -> dict[str, Any]:
+    """:func:`run_preflight` on the data's copy in a staging folder of its own."""
     folder = model_folder(services, model)
     if folder is not None:
         return preflight_report(services, path, model.model_id, ctype, hyper, lambda _: folder, tokenizers_counter)

@@ -53,7 +53,7 @@ import subprocess
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from tuneforge.catalog.families import ALL_LINEAR, FAMILIES, lora_target_modules
 from tuneforge.catalog.hyperparameters import HyperParameterError, HyperParameterValue
@@ -224,16 +224,16 @@ SPECIAL_TOKEN_ALLOWANCE = 16
 """Tokens a record may have beyond one per byte of its line: ``<bos>``/``<eos>`` and a template's system default."""
 
 
-def longest_line_bytes(path: Path, chunk_bytes: int = 1 << 20) -> int:
-    """The length in bytes of the longest line of ``path``, read in fixed-size chunks (bounded memory)."""
+def longest_line_bytes(handle: BinaryIO, chunk_bytes: int = 1 << 20) -> int:
+    """The length in bytes of the longest line read from ``handle``, in fixed-size chunks (bounded
+    memory; the handle is the object store's stream, so the file never has to be local)."""
     longest = current = 0
-    with path.open("rb") as handle:
-        while chunk := handle.read(chunk_bytes):
-            pieces = chunk.split(b"\n")
-            for piece in pieces[:-1]:
-                longest = max(longest, current + len(piece))
-                current = 0
-            current += len(pieces[-1])
+    while chunk := handle.read(chunk_bytes):
+        pieces = chunk.split(b"\n")
+        for piece in pieces[:-1]:
+            longest = max(longest, current + len(piece))
+            current = 0
+        current += len(pieces[-1])
     return max(longest, current)
 
 

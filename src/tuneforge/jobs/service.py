@@ -275,7 +275,7 @@ class JobService:
         if training_uri is None:
             return None
         try:
-            with self.store.path(training_uri).open("rb") as handle:
+            with self.store.open_read(training_uri) as handle:
                 return sum(1 for line in handle if line.strip())
         except (OSError, StorageError):
             return None
@@ -293,7 +293,8 @@ class JobService:
         if training_uri is None:
             return context
         try:
-            longest = memory.longest_line_bytes(self.store.path(training_uri))
+            with self.store.open_read(training_uri) as handle:
+                longest = memory.longest_line_bytes(handle)
         except (OSError, StorageError):
             return context
         answer = teacher.max_response_tokens if teacher is not None else 0

@@ -60,7 +60,7 @@ from tuneforge.recipes.memory import steady_allocator
 from tuneforge.services import Services
 from tuneforge.serving.retrieval import RetrievedChunk, context_hit
 from tuneforge.settings import Settings
-from tuneforge.storage import StorageError
+from tuneforge.storage import EndpointUnreachable, StorageError
 
 if TYPE_CHECKING:
     from tuneforge.knowledge.ingestion import IngestionRunner
@@ -256,13 +256,15 @@ class JobRunner:
             training_file = self._training_file_from_logs(logs_config)
         else:
             training_uri = job["training_data"]["s3Uri"]
-            training_file = self._input_path(training_uri)
+            training_file = self._input_path(training_uri, "training")
         validation_uris = [v["s3Uri"] for v in job["validation_data"].get("validators", [])]
-        validation_files = tuple(self._input_path(uri) for uri in validation_uris)
+        validation_files = tuple(self._input_path(uri, f"validation-{i}") for i, uri in enumerate(validation_uris))
         output_uri = job["output_data"]["s3Uri"].rstrip("/")
         probe = f"{output_uri}/.write_access_check_file.tmp"
         try:
             self.services.store.write_bytes(probe, b"")
+        except EndpointUnreachable as exc:
+            raise JobFailed(f"Could not write to {output_uri}: {exc}") from None
         except (StorageError, OSError):
             bucket = output_uri.removeprefix("s3://").split("/", 1)[0]
             raise JobFailed(
@@ -420,12 +422,17 @@ class JobRunner:
         self.reporter.log(f"selected {len(records)} logged invocations from {uri}")
         return write_jsonl(self.work_dir / "invocation-logs.jsonl", records)
 
-    def _input_path(self, uri: str) -> Path:
+    def _input_path(self, uri: str, slot: str) -> Path:
+        """Stage one input file from the store into the job's own folder (``inputs/<slot>/<name>``,
+        keeping its name for messages); recipes read that copy, never the store's bytes."""
+        path = self.work_dir / "inputs" / slot / (uri.rstrip("/").rsplit("/", 1)[-1] or "data")
         try:
-            path = self.services.store.path(uri)
+            found = self.services.store.exists(uri)
+            if found:
+                self.services.store.download_file(uri, path)
         except StorageError as exc:
             raise JobFailed(str(exc)) from None
-        if not path.is_file():
+        if not found:
             if uri.startswith("s3://"):
                 bucket, _, key = uri.removeprefix("s3://").partition("/")
                 raise JobFailed(

@@ -1,22 +1,38 @@
 from __future__ import annotations
 
+import fcntl
+import hashlib
+import json
 import os
 import re
 import shutil
-from collections.abc import Iterator
+import tempfile
+import uuid
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import Protocol
+from types import TracebackType
+from typing import BinaryIO, Protocol
 
 from tuneforge.settings import Settings
 
 PRIVATE_FOLDERS = ("logs", "engines")
 """State folders under the data directory that hold logs and engine sockets/ports, never data."""
 BUCKET_PATTERN = re.compile(r"[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9]")
+Manifest = list[tuple[str, int, str]]
+"""(relative name, size, version) of every file of an object or a folder: what a cached copy was made from."""
 
 
 class StorageError(ValueError):
     """A URI that cannot be used; the message says which and why."""
+
+
+class EndpointUnreachable(StorageError):
+    """The object store's endpoint did not answer within its retry budget; the message names it."""
+
+
+class ObjectMissing(StorageError):
+    """Nothing, neither an object nor a folder of them, exists at a URI."""
 
 
 @dataclass(frozen=True)
@@ -27,6 +43,14 @@ class ParsedUri:
     key: str
     path: str
     """For 'file': the absolute path as given."""
+
+
+@dataclass(frozen=True)
+class ObjectInfo:
+    uri: str
+    size: int
+    version: str
+    """Changes whenever the bytes may have: the ETag on S3, mtime and size locally."""
 
 
 def parse_uri(uri: str) -> ParsedUri:
@@ -52,10 +76,78 @@ def parse_uri(uri: str) -> ParsedUri:
     return ParsedUri("file", "", "", uri)
 
 
-class ObjectBackend(Protocol):
-    """Where the bytes of one URI scheme live. The local backend below; real S3 later."""
+class AtomicWriter:
+    """A binary file to write an object through: the object appears whole on :meth:`close`, or never.
 
-    def local_path(self, uri: ParsedUri) -> Path: ...
+    The bytes go to a local temporary file first; ``commit`` publishes it (a rename on the local
+    root, an upload on S3). Leaving a ``with`` block by an exception, or :meth:`abort`, discards
+    them, so a failed or cut-short write never leaves half an object under the URI.
+    """
+
+    def __init__(self, tmp: Path, commit: Callable[[Path], None]) -> None:
+        self._tmp = tmp
+        self._commit = commit
+        self._handle = tmp.open("wb")
+        self.closed = False
+
+    def write(self, data: bytes) -> int:
+        return self._handle.write(data)
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        self._handle.close()
+        try:
+            self._commit(self._tmp)
+        finally:
+            self._tmp.unlink(missing_ok=True)
+
+    def abort(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        self._handle.close()
+        self._tmp.unlink(missing_ok=True)
+
+    def __enter__(self) -> AtomicWriter:
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+        if kind is None:
+            self.close()
+        else:
+            self.abort()
+
+
+class ObjectBackend(Protocol):
+    """Where the bytes of ``s3://`` URIs live: the local object root, or a real S3 endpoint.
+
+    Every method gets the parsed URI and the URI as the caller spelled it (for messages and for the
+    URIs :meth:`list` yields, which keep the caller's spelling of the prefix).
+    """
+
+    def check(self, parsed: ParsedUri, uri: str) -> None: ...
+
+    def open_read(self, parsed: ParsedUri, uri: str) -> BinaryIO: ...
+
+    def open_write(self, parsed: ParsedUri, uri: str) -> AtomicWriter: ...
+
+    def info(self, parsed: ParsedUri, uri: str) -> ObjectInfo | None: ...
+
+    def list(self, parsed: ParsedUri, uri: str) -> Iterator[ObjectInfo]: ...
+
+    def copy(self, source: ParsedUri, source_uri: str, target: ParsedUri, target_uri: str) -> None: ...
+
+    def delete_prefix(self, parsed: ParsedUri, uri: str) -> None: ...
+
+    def upload_file(self, local: Path, parsed: ParsedUri, uri: str) -> None: ...
+
+    def download_file(self, parsed: ParsedUri, uri: str, local: Path) -> None: ...
+
+    def manifest(self, parsed: ParsedUri, uri: str) -> tuple[str, Manifest] | None: ...
+
+    def stage(self, parsed: ParsedUri, uri: str, target: Path) -> None: ...
 
 
 def _confine(path: Path, root: Path, uri: str) -> Path:
@@ -74,15 +166,24 @@ def _confine(path: Path, root: Path, uri: str) -> Path:
     return resolved
 
 
+def _local_version(path: Path) -> tuple[int, str]:
+    stat = path.lstat()
+    target = os.readlink(path) if path.is_symlink() else ""
+    return stat.st_size, f"{stat.st_mtime_ns}:{stat.st_size}:{target}"
+
+
 class LocalObjectBackend:
-    """``s3://bucket/key`` -> ``<object_root>/<bucket>/<key>`` and confined absolute paths."""
+    """``s3://bucket/key`` -> ``<object_root>/<bucket>/<key>`` and confined absolute paths.
+
+    The only backend that knows local paths; it keeps them to itself.
+    """
 
     def __init__(self, object_root: Path, local_roots: list[Path], state_dir: Path | None = None) -> None:
         self.object_root = object_root.resolve()
         self.local_roots = [root.resolve() for root in local_roots]
         self.state_dir = state_dir.resolve() if state_dir is not None else None
 
-    def local_path(self, uri: ParsedUri) -> Path:
+    def resolve(self, uri: ParsedUri) -> Path:
         if uri.scheme == "s3":
             raw = f"s3://{uri.bucket}/{uri.key}"
             return _confine(self.object_root / uri.bucket / uri.key, self.object_root, raw)
@@ -109,59 +210,167 @@ class LocalObjectBackend:
             return True
         return any(path == self.state_dir / name or self.state_dir / name in path.parents for name in PRIVATE_FOLDERS)
 
+    def _file(self, parsed: ParsedUri, uri: str) -> Path:
+        path = self.resolve(parsed)
+        if not path.is_file():
+            raise StorageError(f"{uri} does not exist")
+        return path
+
+    def check(self, parsed: ParsedUri, uri: str) -> None:
+        self.resolve(parsed)
+
+    def open_read(self, parsed: ParsedUri, uri: str) -> BinaryIO:
+        return self._file(parsed, uri).open("rb")
+
+    def open_write(self, parsed: ParsedUri, uri: str) -> AtomicWriter:
+        path = self.resolve(parsed)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+        return AtomicWriter(tmp, lambda written: os.replace(written, path))
+
+    def info(self, parsed: ParsedUri, uri: str) -> ObjectInfo | None:
+        path = self.resolve(parsed)
+        if not path.is_file():
+            return None
+        stat = path.stat()
+        return ObjectInfo(uri, stat.st_size, f"{stat.st_mtime_ns}:{stat.st_size}")
+
+    def list(self, parsed: ParsedUri, uri: str) -> Iterator[ObjectInfo]:
+        root = self.resolve(parsed)
+        if root.is_file():
+            info = self.info(parsed, uri)
+            if info is not None:
+                yield info
+            return
+        if not root.is_dir():
+            return
+        base = uri.rstrip("/")
+        for file in sorted(p for p in root.rglob("*") if p.is_file()):
+            child = f"{base}/{file.relative_to(root).as_posix()}"
+            info = self.info(parse_uri(child), child)  # refuses a symlink that leaves the root
+            if info is not None:
+                yield info
+
+    def copy(self, source: ParsedUri, source_uri: str, target: ParsedUri, target_uri: str) -> None:
+        self.upload_file(self._file(source, source_uri), target, target_uri)
+
+    def delete_prefix(self, parsed: ParsedUri, uri: str) -> None:
+        root = self.resolve(parsed)
+        if root.is_dir():
+            shutil.rmtree(root)
+        elif root.exists():
+            root.unlink()
+
+    def upload_file(self, local: Path, parsed: ParsedUri, uri: str) -> None:
+        with self.open_write(parsed, uri) as out, local.open("rb") as source:
+            shutil.copyfileobj(source, out, 1 << 20)
+
+    def download_file(self, parsed: ParsedUri, uri: str, local: Path) -> None:
+        source = self._file(parsed, uri)
+        local.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(source, local)
+
+    def manifest(self, parsed: ParsedUri, uri: str) -> tuple[str, Manifest] | None:
+        """Symbolic links are listed, not followed: a staged copy keeps them as links, so the checks
+        that refuse links inside a model folder (imports) see them as they are."""
+        path = self.resolve(parsed)
+        if path.is_file():
+            return "object", [(path.name, *_local_version(path))]
+        if not path.is_dir():
+            return None
+        entries: Manifest = []
+        for directory, subdirs, files in os.walk(path, followlinks=False):
+            for name in sorted(subdirs + files):
+                entry = Path(directory) / name
+                if entry.is_symlink() or entry.is_file():
+                    entries.append((entry.relative_to(path).as_posix(), *_local_version(entry)))
+        return "tree", sorted(entries)
+
+    def stage(self, parsed: ParsedUri, uri: str, target: Path) -> None:
+        path = self.resolve(parsed)
+        if path.is_file():
+            target.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(path, target / path.name)
+        else:
+            shutil.copytree(path, target, symlinks=True)
+
 
 class ObjectStore:
-    """The one storage interface callers use."""
+    """The one storage interface callers use: URIs in, streams and staged copies out.
 
-    def __init__(self, backend: LocalObjectBackend) -> None:
+    ``s3://`` URIs go to the configured backend (the local object root, or real S3); absolute
+    local paths are an extension the local backend always serves. No caller gets a path into the
+    store: readers stream (:meth:`open_read`) or stage a copy into a folder of their own
+    (:meth:`download_file`, :meth:`download_tree`, :meth:`cached`).
+    """
+
+    def __init__(self, backend: LocalObjectBackend, remote: ObjectBackend | None = None, cache_dir: Path | None = None):
         self.backend = backend
+        self.remote = remote
+        self.cache_dir = cache_dir if cache_dir is not None else Path(tempfile.gettempdir()) / "tuneforge-cache"
 
     @classmethod
     def from_settings(cls, settings: Settings) -> ObjectStore:
-        return cls(LocalObjectBackend(settings.objects_dir, settings.allowed_local_roots, settings.data_dir))
+        local = LocalObjectBackend(settings.objects_dir, settings.allowed_local_roots, settings.data_dir)
+        remote: ObjectBackend | None = None
+        if settings.object_store == "s3":
+            from tuneforge.storage.s3 import S3ObjectBackend
+
+            remote = S3ObjectBackend(settings)
+        return cls(local, remote, settings.data_dir / "cache")
+
+    def _route(self, uri: str) -> tuple[ObjectBackend, ParsedUri]:
+        parsed = parse_uri(uri)
+        if parsed.scheme == "s3" and self.remote is not None:
+            return self.remote, parsed
+        return self.backend, parsed
 
     def check(self, uri: str) -> None:
-        """Validate a URI without touching it (used on the API edge)."""
-        self.path(uri)
+        """Validate a URI without touching its bytes (used on the API edge; no network call)."""
+        backend, parsed = self._route(uri)
+        backend.check(parsed, uri)
 
-    def path(self, uri: str) -> Path:
-        return self.backend.local_path(parse_uri(uri))
+    def is_local_file(self, uri: str) -> bool:
+        """Whether ``uri`` is an absolute local path (the local backend's extension), not an object."""
+        return parse_uri(uri).scheme == "file"
+
+    def open_read(self, uri: str) -> BinaryIO:
+        """A binary file that streams the object; StorageError when it does not exist."""
+        backend, parsed = self._route(uri)
+        return backend.open_read(parsed, uri)
+
+    def open_write(self, uri: str) -> AtomicWriter:
+        backend, parsed = self._route(uri)
+        return backend.open_write(parsed, uri)
+
+    def info(self, uri: str) -> ObjectInfo | None:
+        backend, parsed = self._route(uri)
+        return backend.info(parsed, uri)
 
     def exists(self, uri: str) -> bool:
-        return self.path(uri).is_file()
+        return self.info(uri) is not None
 
     def size(self, uri: str) -> int:
-        path = self.path(uri)
-        if not path.is_file():
+        info = self.info(uri)
+        if info is None:
             raise StorageError(f"{uri} does not exist")
-        return path.stat().st_size
+        return info.size
 
     def read_bytes(self, uri: str) -> bytes:
-        path = self.path(uri)
-        if not path.is_file():
-            raise StorageError(f"{uri} does not exist")
-        return path.read_bytes()
+        with self.open_read(uri) as handle:
+            return handle.read()
 
     def write_bytes(self, uri: str, data: bytes) -> None:
-        path = self.path(uri)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-        tmp.write_bytes(data)
-        os.replace(tmp, path)
+        with self.open_write(uri) as out:
+            out.write(data)
 
     def upload_file(self, local: Path, uri: str) -> None:
-        path = self.path(uri)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-        shutil.copyfile(local, tmp)
-        os.replace(tmp, path)
+        backend, parsed = self._route(uri)
+        backend.upload_file(local, parsed, uri)
 
     def download_file(self, uri: str, local: Path) -> None:
-        source = self.path(uri)
-        if not source.is_file():
-            raise StorageError(f"{uri} does not exist")
-        local.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(source, local)
+        backend, parsed = self._route(uri)
+        backend.download_file(parsed, uri, local)
 
     def upload_tree(self, local_dir: Path, prefix_uri: str) -> list[str]:
         """Copy every file under ``local_dir`` to ``prefix_uri``; returns the URIs written."""
@@ -174,28 +383,72 @@ class ObjectStore:
         return written
 
     def download_tree(self, prefix_uri: str, local_dir: Path) -> None:
-        root = self.path(prefix_uri.rstrip("/"))
-        if not root.is_dir():
+        base = prefix_uri.rstrip("/")
+        children = [uri for uri in self.list(base) if uri != base]
+        if not children:
             raise StorageError(f"{prefix_uri} holds no objects")
-        for uri in self.list(prefix_uri):
-            self.download_file(uri, local_dir / uri[len(prefix_uri.rstrip("/")) + 1 :])
+        for uri in children:
+            self.download_file(uri, local_dir / uri[len(base) + 1 :])
 
     def list(self, prefix_uri: str) -> Iterator[str]:
-        root = self.path(prefix_uri.rstrip("/"))
-        if root.is_file():
-            yield prefix_uri
+        """The object itself, or every object under the folder ``prefix_uri`` (``run1`` never lists ``run10``)."""
+        return (info.uri for info in self.list_info(prefix_uri))
+
+    def list_info(self, prefix_uri: str) -> Iterator[ObjectInfo]:
+        backend, parsed = self._route(prefix_uri.rstrip("/"))
+        return backend.list(parsed, prefix_uri)
+
+    def copy(self, source_uri: str, target_uri: str) -> None:
+        """Server-side on one backend; streamed through this process between two."""
+        source, source_parsed = self._route(source_uri)
+        target, target_parsed = self._route(target_uri)
+        if source is target:
+            source.copy(source_parsed, source_uri, target_parsed, target_uri)
             return
-        if not root.is_dir():
-            return
-        base = prefix_uri.rstrip("/")
-        for file in sorted(p for p in root.rglob("*") if p.is_file()):
-            uri = f"{base}/{file.relative_to(root).as_posix()}"
-            self.path(uri)  # refuses a symlink that leaves the root
-            yield uri
+        with source.open_read(source_parsed, source_uri) as reader, target.open_write(target_parsed, target_uri) as out:
+            shutil.copyfileobj(reader, out, 1 << 20)
+
+    def delete(self, uri: str) -> None:
+        """Delete one object (nothing when there is none); a folder goes only through :meth:`delete_prefix`."""
+        if self.exists(uri):
+            self.delete_prefix(uri)
 
     def delete_prefix(self, prefix_uri: str) -> None:
-        root = self.path(prefix_uri.rstrip("/"))
-        if root.is_dir():
-            shutil.rmtree(root)
-        elif root.exists():
-            root.unlink()
+        backend, parsed = self._route(prefix_uri.rstrip("/"))
+        backend.delete_prefix(parsed, prefix_uri.rstrip("/"))
+
+    def cached(self, uri: str) -> Path:
+        """A local copy of the object or folder at ``uri`` in the cache folder, made again when it changed.
+
+        For callers that need a real folder (a model's files for the catalog's checks, an import, an
+        engine): the copy is theirs, never the store's own bytes. A manifest of names, sizes and
+        versions decides whether the last copy is still current; copies are made in a temporary
+        folder and renamed into place under a lock, so two processes never see half a copy.
+        """
+        backend, parsed = self._route(uri.rstrip("/") or uri)
+        found = backend.manifest(parsed, uri)
+        if found is None:
+            raise ObjectMissing(f"nothing exists at {uri}")
+        kind, manifest = found
+        slot = self.cache_dir / hashlib.sha256(uri.rstrip("/").encode()).hexdigest()[:24]
+        slot.mkdir(parents=True, exist_ok=True)
+        content = slot / "content"
+        result = content / manifest[0][0] if kind == "object" else content
+        wanted = json.dumps([kind, manifest])
+        with (slot / ".lock").open("w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            record = slot / "manifest.json"
+            if content.exists() and record.is_file() and record.read_text() == wanted:
+                return result
+            staging = slot / f".staging-{uuid.uuid4().hex}"
+            try:
+                backend.stage(parsed, uri, staging)
+                if content.exists():
+                    old = slot / f".old-{uuid.uuid4().hex}"
+                    content.rename(old)
+                    shutil.rmtree(old, ignore_errors=True)
+                staging.rename(content)
+            finally:
+                shutil.rmtree(staging, ignore_errors=True)
+            record.write_text(wanted)
+        return result
