@@ -74,6 +74,10 @@ class ReplicaRegistry:
         self.pid = os.getpid()
         self.url = settings.advertised_url
         self._token = None if settings.replica_secret else secrets.token_urlsafe(32)
+        self._held_until: dict[str, datetime] = {}
+        """Groups this replica holds, with the expiry it last wrote: until then nobody else may take
+        them (a live replica is neither silent past the lease nor a dead pid), so a request for one
+        needs no database read."""
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -101,6 +105,7 @@ class ReplicaRegistry:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=5)
+        self._held_until.clear()
         with self.db.session() as session:
             session.execute(delete(EngineLease).where(EngineLease.replica_id == self.id))
             session.execute(delete(ReplicaRow).where(ReplicaRow.id == self.id))
@@ -123,8 +128,10 @@ class ReplicaRegistry:
             session.execute(
                 update(EngineLease).where(EngineLease.replica_id == self.id).values(expires_at=now + self.lease)
             )
+            held = set(session.scalars(select(EngineLease.group).where(EngineLease.replica_id == self.id)))
             # Rows of replicas dead for ten leases are history: their jobs and leases are taken over without them.
             session.execute(delete(ReplicaRow).where(ReplicaRow.heartbeat_at < now - 10 * self.lease))
+        self._held_until = dict.fromkeys(held, now + self.lease)
 
     # -- liveness -------------------------------------------------------------------------------
 
@@ -159,9 +166,13 @@ class ReplicaRegistry:
         loser answers the winner.
         """
         now = utcnow()
+        held_until = self._held_until.get(group)
+        if held_until is not None and held_until > now:
+            return self.id
         with self.db.session() as session:
             lease = session.get(EngineLease, group)
             if lease is not None and lease.replica_id == self.id:
+                self._held_until[group] = lease.expires_at
                 return self.id
             if lease is not None and lease.expires_at > now:
                 holder = session.get(ReplicaRow, lease.replica_id)
@@ -174,6 +185,7 @@ class ReplicaRegistry:
                         insert(EngineLease).values(group=group, replica_id=self.id, expires_at=now + self.lease)
                     )
                 log.info("replica %s: took engine group %s", self.id, group)
+                self._held_until[group] = now + self.lease
                 return self.id
             except IntegrityError:  # another replica inserted it first: answer whoever holds it now
                 return self.claim_group(group)
@@ -185,6 +197,7 @@ class ReplicaRegistry:
             )
             won = bool(cast(CursorResult[Any], result).rowcount)
         if won:
+            self._held_until[group] = now + self.lease
             log.warning("replica %s: took over engine group %s from dead replica %s", self.id, group, lease.replica_id)
             return self.id
         return self.claim_group(group)
@@ -200,11 +213,14 @@ class ReplicaRegistry:
             return {lease.group: lease.replica_id for lease in session.scalars(select(EngineLease))}
 
     def release_group(self, group: str) -> None:
+        self._held_until.pop(group, None)
         with self.db.session() as session:
             session.execute(delete(EngineLease).where(EngineLease.group == group, EngineLease.replica_id == self.id))
 
     def release_groups_except(self, keep: set[str], prefix: str) -> None:
         """Drop this replica's leases of ``prefix`` groups not in ``keep`` (deleted deployments)."""
+        for group in [g for g in self._held_until if g.startswith(prefix) and g not in keep]:
+            self._held_until.pop(group, None)
         with self.db.session() as session:
             session.execute(
                 delete(EngineLease).where(

@@ -14,9 +14,11 @@ from fastapi.testclient import TestClient
 from sqlalchemy import select, update
 
 from tests.unit.test_jobs_service import request
+from tests.unit.test_model_import import hf_folder
+from tests.unit.test_model_import import request as import_request
 from tests.unit.test_supervisor import processes, running_job, sleeper
 from tuneforge.api.app import create_app
-from tuneforge.db.tables import Job, JobEvent, ReplicaRow, utcnow
+from tuneforge.db.tables import Job, JobEvent, ModelImportJob, ReplicaRow, utcnow
 from tuneforge.errors import ModelNotReadyException, ValidationException
 from tuneforge.jobs.supervisor import Supervisor
 from tuneforge.replicas import SECRET_HEADER, ReplicaRegistry
@@ -220,3 +222,18 @@ def test_a_replica_reachable_off_loopback_needs_the_secret(fast_tmp: Path) -> No
         data_dir=fast_tmp, replica_url="https://replica-1.internal:8443", replica_secret="x" * 16
     ).check_replica_secret()
     Settings(data_dir=fast_tmp).check_replica_secret()
+
+
+def test_start_up_recovery_fails_only_the_imports_of_replicas_that_are_gone(services: Services) -> None:
+    owners = {"live": "replica-live", "gone": "replica-gone"}
+    jobs = {}
+    for name, owner in owners.items():
+        jobs[name] = services.imports.create(import_request(hf_folder(services.settings.data_dir / name), name=name))
+        services.imports.wait_idle(timeout=60)
+        with services.db.session() as session:
+            row = session.get(ModelImportJob, jobs[name].id)
+            assert row is not None
+            row.status, row.imported_model_arn, row.owner_replica = "InProgress", None, owner
+    services.imports.recover({owners["live"]})
+    assert services.imports.get_job(jobs["live"].arn).status == "InProgress"
+    assert services.imports.get_job(jobs["gone"].arn).status == "Failed"

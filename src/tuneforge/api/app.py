@@ -97,8 +97,9 @@ def create_app(
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         if replicas is not None:
             replicas.start()
+            services.imports.replica_id = replicas.id
         if supervisor is not None:
-            services.imports.recover()
+            services.imports.recover(None if replicas is None else replicas.live_ids() - {replicas.id})
             supervisor.start()
         if start_engines:
             engines.start()

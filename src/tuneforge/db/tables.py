@@ -171,6 +171,8 @@ class ModelImportJob(Base):
     name: Mapped[str] = mapped_column(String(63), unique=True)
     imported_model_name: Mapped[str] = mapped_column(String(63))
     imported_model_id: Mapped[str] = mapped_column(String(12))
+    owner_replica: Mapped[str | None] = mapped_column(String(12), nullable=True)
+    """The API replica whose process runs the import (imports run in the API process)."""
     """The id the imported model gets when the job completes (its ARN is made from it)."""
     imported_model_arn: Mapped[str | None] = mapped_column(String(1011), nullable=True)
     """Set when the job completes and the model exists."""
