@@ -18,15 +18,19 @@ from tests.unit.test_model_import import hf_folder
 from tests.unit.test_model_import import request as import_request
 from tests.unit.test_supervisor import processes, running_job, sleeper
 from tuneforge.api.app import create_app
-from tuneforge.db.tables import Job, JobEvent, ModelImportJob, ReplicaRow, utcnow
+from tuneforge.db.tables import Job, JobEvent, ModelImportJob, ProvisionedModel, ReplicaRow, utcnow
 from tuneforge.errors import ModelNotReadyException, ValidationException
 from tuneforge.jobs.supervisor import Supervisor
 from tuneforge.replicas import SECRET_HEADER, ReplicaRegistry
 from tuneforge.services import Services
+from tuneforge.serving.manager import EngineManager
 from tuneforge.serving.runtime import FORWARD_PATH, error_named
+from tuneforge.serving.throughput import CreateThroughputRequest
 from tuneforge.settings import Settings
 
 __all__ = ["processes"]  # the fixture, shared with test_supervisor
+
+STUDENT = "tuneforge.forge-micro-v1:0:512"
 
 pytestmark = pytest.mark.skipif(not Path("/proc/self/cmdline").exists(), reason="workers are told apart via /proc")
 
@@ -237,3 +241,29 @@ def test_start_up_recovery_fails_only_the_imports_of_replicas_that_are_gone(serv
     services.imports.recover({owners["live"]})
     assert services.imports.get_job(jobs["live"].arn).status == "InProgress"
     assert services.imports.get_job(jobs["gone"].arn).status == "Failed"
+
+
+def test_only_the_holder_of_a_throughput_runs_it_and_deletes_it_when_idle(
+    services: Services, registries: list[ReplicaRegistry]
+) -> None:
+    managers = [
+        EngineManager(services.settings, services.throughput, services.meter, services.invocation_logs, registry)
+        for registry in registries
+    ]
+    row = services.throughput.create(CreateThroughputRequest(name="idle", model_id=STUDENT, model_units=1))
+    services.throughput.mark_in_service(row.id)
+    with services.db.session() as session:
+        session.execute(
+            update(ProvisionedModel)
+            .where(ProvisionedModel.id == row.id)
+            .values(idle_timeout_s=60.0, in_service_at=utcnow() - timedelta(hours=1))
+        )
+    live = services.throughput.live()
+    held = [manager._held(live) for manager in managers]
+    assert [[r.id for r in rows] for rows in held] == [[row.id], []]
+    managers[1].reap_idle(held[1])
+    assert services.throughput.get(row.arn).status == "InService"
+    managers[0].reap_idle(held[0])
+    with services.db.session() as session:
+        deleted = session.get(ProvisionedModel, row.id)
+        assert deleted is not None and deleted.status == "Deleted"
