@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import openai
 import pytest
 from sqlalchemy import create_engine, func, select
 from sqlalchemy.orm import Session
@@ -152,6 +153,19 @@ def test_two_replicas_claim_jobs_once_forward_inference_and_take_over_a_killed_o
     text, streamed_tokens = stream_text(runtime_b, pair.throughput)
     assert streamed_tokens >= 1 and text
     answers.append(streamed_tokens)
+    sdk = openai.OpenAI(base_url=f"{b.url}/v1", api_key="unused", max_retries=0)
+    chunks = list(
+        sdk.chat.completions.create(
+            model="shared",
+            messages=[{"role": "user", "content": "hi"}],
+            max_tokens=3,
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+    )
+    usage = chunks[-1].usage
+    assert usage is not None and usage.completion_tokens >= 1
+    answers.append(usage.completion_tokens)
     answers.append(
         a.bedrock_runtime().converse(modelId=pair.throughput, messages=MESSAGES, inferenceConfig={"maxTokens": 2})[
             "usage"
