@@ -544,6 +544,7 @@ class EngineLease(Base):
 
     __tablename__ = "engine_leases"
 
-    group: Mapped[str] = mapped_column(String(1100), primary_key=True)
+    group: Mapped[str] = mapped_column("engine_group", String(1100), primary_key=True)
+    """``pt:<id>`` or ``od:<model>`` (the column is not named ``group``, a reserved word in SQL)."""
     replica_id: Mapped[str] = mapped_column(String(12), index=True)
     expires_at: Mapped[datetime] = mapped_column(UTCDateTime())
