@@ -267,3 +267,21 @@ def test_only_the_holder_of_a_throughput_runs_it_and_deletes_it_when_idle(
     with services.db.session() as session:
         deleted = session.get(ProvisionedModel, row.id)
         assert deleted is not None and deleted.status == "Deleted"
+
+
+def test_a_replica_taken_for_dead_lets_go_of_the_job_the_other_took_over(
+    services: Services, registries: list[ReplicaRegistry], processes: list[subprocess.Popen[bytes]]
+) -> None:
+    stalled, other = registries
+    job_id = running_job(services, 0)
+    worker = sleeper(processes, "tuneforge.jobs.worker", job_id)
+    with services.db.session() as session:
+        session.execute(update(Job).where(Job.id == job_id).values(worker_pid=worker.pid, owner_replica=stalled.id))
+    supervisor = Supervisor(services, stalled)
+    supervisor.recover()
+    assert supervisor.running_job_ids == [job_id]
+    with services.db.session() as session:  # what the other replica's takeover wrote while this one stalled
+        session.execute(update(Job).where(Job.id == job_id).values(owner_replica=other.id))
+    supervisor._reap()
+    assert supervisor.running_job_ids == []
+    assert worker.poll() is None and services.jobs.get(job_id).status == "InProgress"

@@ -451,6 +451,7 @@ class Supervisor:
         log.info("job %s: started worker pid %d", job_id, process.pid)
 
     def _reap(self) -> None:
+        self._let_go_of_taken_jobs()
         for job_id, running in list(self._running.items()):
             what = running.exit_description()
             if what is None:
@@ -470,6 +471,26 @@ class Supervisor:
                 )
             if unfinished:
                 self._handle_lost_worker(job_id, what)
+
+    def _let_go_of_taken_jobs(self) -> None:
+        """Stop watching workers of jobs another replica has taken over.
+
+        That happens when this replica stalled past the lease (the others took it for dead): the new
+        owner adopted the worker or recovered the job, so this one neither stops nor recovers it.
+        """
+        if self.replicas is None or not self._running:
+            return
+        ids = list(self._running)
+        with self.services.db.session() as session:
+            taken = {
+                job_id
+                for table in (Job, ModelInvocationJob, EvaluationJob, IngestionJob)
+                for job_id, owner in session.execute(select(table.id, table.owner_replica).where(table.id.in_(ids)))
+                if owner is not None and owner != self.replica_id
+            }
+        for job_id in taken:
+            del self._running[job_id]
+            log.warning("job %s: another replica took it over; no longer watching its worker here", job_id)
 
     def _enforce_stops(self) -> None:
         """Workers poll for stop requests; one that ignores it past the grace period is killed."""
