@@ -17,6 +17,7 @@ import tomllib
 from functools import cached_property
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from pydantic_settings import (
@@ -230,6 +231,26 @@ class Settings(BaseSettings):
         description="Memory one training job may use, in bytes, for the memory plan at job creation; "
         "0 = detect it (80% of RAM, or 90% of the GPU's memory, divided by worker_concurrency).",
     )
+    replica_url: str | None = Field(
+        default=None,
+        description="The URL the other API replicas sharing this database use to reach this one (forwarded "
+        "inference); unset: this server's own endpoint (http://host:port). Behind TLS, its https:// address.",
+    )
+    replica_secret: str | None = Field(
+        default=None,
+        min_length=16,
+        description="Shared secret every API replica sends on and requires of replica-to-replica calls. Required "
+        "when replica_url is not a loopback address; unset on loopback, each replica uses a random token it "
+        "registers in the database.",
+    )
+    replica_lease_s: float = Field(
+        default=30.0,
+        gt=0,
+        le=3600,
+        allow_inf_nan=False,
+        description="A replica whose heartbeat is older than this is dead: the others take over its jobs and "
+        "engine groups. Replicas heartbeat three times per lease.",
+    )
 
     @classmethod
     def settings_customise_sources(
@@ -291,6 +312,20 @@ class Settings(BaseSettings):
         if ":" in host:
             host = f"[{host}]"
         return f"http://{host}:{self.port}"
+
+    @property
+    def advertised_url(self) -> str:
+        """Where the other replicas reach this one."""
+        return (self.replica_url or self.endpoint_url).rstrip("/")
+
+    def check_replica_secret(self) -> None:
+        """Forwarded requests cross the network when the advertised URL is not loopback: they need the secret."""
+        host = urlsplit(self.advertised_url).hostname or ""
+        if not is_loopback(host) and not self.replica_secret:
+            raise ValueError(
+                f"the replica URL {self.advertised_url} is not a loopback address: set TUNEFORGE_REPLICA_SECRET "
+                "(the same value on every replica) so replica-to-replica calls are authenticated"
+            )
 
     def token_price(self, base_model_id: str) -> TokenPrice:
         """What 1,000 input and output tokens of ``base_model_id`` (or a model customized from it) cost."""

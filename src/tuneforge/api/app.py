@@ -9,7 +9,11 @@ checks it: a SigV4-signed request, or an unsigned one outside ``/v1/...``, is Be
 the signing name ``bedrock``, AWS-style errors); an unsigned ``/v1/...`` request is OpenAI (bearer
 API keys, OpenAI's error envelope); ``/metrics`` takes either credential (Prometheus can send a
 bearer key, not a SigV4 signature) and answers a plain 401; ``/healthz`` is open (it says only that
-the server is up, and probes cannot sign). The handlers below answer in the surface it decided.
+the server is up, and probes cannot sign); ``/internal/replica/...`` takes only the replica credential
+(inference forwarded by another replica). The handlers below answer in the surface it decided.
+
+A server that runs the supervisor or the engines registers itself as a replica
+(:class:`~tuneforge.replicas.ReplicaRegistry`) so several of them can share one database.
 """
 
 from __future__ import annotations
@@ -39,6 +43,7 @@ from tuneforge.api.metrics import router as metrics_router
 from tuneforge.api.openai.protocol import error_body, service_error
 from tuneforge.api.openai.routes import router as openai_router
 from tuneforge.api.openai.serving import OpenAIServing
+from tuneforge.api.replica_routes import router as replica_router
 from tuneforge.api.runtime.routes import router as runtime_router
 from tuneforge.api.runtime.serving import BedrockRuntime, Inference
 from tuneforge.console.routes import router as console_router
@@ -47,6 +52,7 @@ from tuneforge.console.session import ConsoleSessions
 from tuneforge.db.session import first_line
 from tuneforge.errors import ServiceError, ServiceUnavailableException
 from tuneforge.jobs.supervisor import Supervisor
+from tuneforge.replicas import ReplicaRegistry
 from tuneforge.services import Services
 from tuneforge.serving.manager import EngineManager
 from tuneforge.serving.retrieval import Retriever
@@ -77,8 +83,10 @@ def create_app(
     """``run_supervisor`` starts the job supervisor; ``run_engines`` (default: the same) the engine manager."""
     settings = settings or Settings()
     services = Services.create(settings)
-    supervisor = Supervisor(services) if run_supervisor else None
-    engines = EngineManager(settings, services.throughput, services.meter, services.invocation_logs)
+    start_engines = run_supervisor if run_engines is None else run_engines
+    replicas = ReplicaRegistry(services.db, settings) if run_supervisor or start_engines else None
+    supervisor = Supervisor(services, replicas) if run_supervisor else None
+    engines = EngineManager(settings, services.throughput, services.meter, services.invocation_logs, replicas)
     registry, serving_metrics = create_registry(services, engines)
     runtime = RuntimeService(
         services.throughput,
@@ -87,15 +95,18 @@ def create_app(
         settings.engine_start_timeout_s,
         serving_metrics,
         deployments=services.deployments,
+        replicas=replicas,
     )
     inference = Inference(runtime, services.invocation_logs)
     retriever = Retriever(services.knowledge_bases, settings)
-    start_engines = run_supervisor if run_engines is None else run_engines
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        if replicas is not None:
+            replicas.start()
+            services.imports.replica_id = replicas.id
         if supervisor is not None:
-            services.imports.recover()
+            services.imports.recover(None if replicas is None else replicas.live_ids() - {replicas.id})
             supervisor.start()
         if start_engines:
             engines.start()
@@ -106,6 +117,8 @@ def create_app(
                 supervisor.shutdown()
             services.imports.shutdown()
             engines.shutdown()
+            if replicas is not None:
+                replicas.stop()
             retriever.close()
             services.close()
 
@@ -113,13 +126,15 @@ def create_app(
     app.state.services = services
     app.state.supervisor = supervisor
     app.state.engines = engines
+    app.state.runtime = runtime
+    app.state.replicas = replicas
     app.state.metrics_registry = registry
     app.state.bedrock_runtime = BedrockRuntime(inference)
     app.state.retriever = retriever
     app.state.openai = OpenAIServing(inference, services.throughput, services.deployments)
 
     app.state.console_sessions = ConsoleSessions.from_settings(settings)
-    app.add_middleware(Edge, settings=settings, console=app.state.console_sessions)
+    app.add_middleware(Edge, settings=settings, console=app.state.console_sessions, replicas=replicas)
 
     @app.exception_handler(ServiceError)
     async def _service_error(request: Request, exc: ServiceError) -> Response:
@@ -172,5 +187,6 @@ def create_app(
     app.include_router(metrics_router)
     app.include_router(advisor_router)
     app.include_router(console_router)
+    app.include_router(replica_router)
     app.mount("/console/static", console_static, name="console-static")
     return app

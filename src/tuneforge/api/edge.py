@@ -23,6 +23,7 @@ keep-alive connection; answering here and returning normally keeps the connectio
 
 from __future__ import annotations
 
+import hmac
 import logging
 import uuid
 from http.cookies import CookieError, SimpleCookie
@@ -36,11 +37,15 @@ from tuneforge.api.auth import is_sigv4, verify_bearer, verify_request
 from tuneforge.api.openai.protocol import error_body
 from tuneforge.console.session import COOKIE, ConsoleSessions
 from tuneforge.errors import ServiceError
+from tuneforge.replicas import SECRET_HEADER, ReplicaRegistry
 from tuneforge.settings import Settings, is_loopback
 
 log = logging.getLogger(__name__)
 
 BEDROCK, OPENAI, METRICS, HEALTH, CONSOLE = "bedrock", "openai", "metrics", "health", "console"
+INTERNAL = "internal"
+INTERNAL_PREFIX = "/internal/replica/"
+"""Replica-to-replica calls (forwarded inference): only with the replica credential, nothing else."""
 CONSOLE_PUBLIC = ("/console/login", "/console/static/")
 """What the console shows before sign-in: the sign-in form and the stylesheet and script it uses."""
 CONSOLE_OWN_BODY = ("/console/jobs/new/upload",)
@@ -68,6 +73,8 @@ def is_openai_path(path: str) -> bool:
 def classify(path: str, authorization: str | None) -> str:
     if path == "/healthz":
         return HEALTH
+    if path.startswith(INTERNAL_PREFIX):
+        return INTERNAL
     if path == "/metrics":
         return METRICS
     if path == "/console" or path.startswith("/console/"):
@@ -109,8 +116,15 @@ def _host_port(netloc: str, default_port: int) -> tuple[str, int] | None:
 class Edge:
     """Pure ASGI middleware (see the module docstring for what it checks, and in which order)."""
 
-    def __init__(self, app: ASGIApp, settings: Settings, console: ConsoleSessions | None = None) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        settings: Settings,
+        console: ConsoleSessions | None = None,
+        replicas: ReplicaRegistry | None = None,
+    ) -> None:
         self.app = app
+        self.replicas = replicas
         self.settings = settings
         self.allowed_origins = {o.rstrip("/").lower() for o in settings.allowed_origins}
         self.console = console or ConsoleSessions.from_settings(settings)
@@ -130,6 +144,18 @@ class Edge:
                 message["headers"] = [*message.get("headers", []), (b"x-amzn-requestid", request_id.encode())]
             await send(message)
 
+        if surface == INTERNAL:
+            if not self.replica_caller(headers):
+                await refusal(surface, 403, "AccessDeniedException", "Replica credential missing or wrong")(
+                    scope, receive, send_with_id
+                )
+                return
+            body = await self.read_body(surface, scope["path"], headers, receive)
+            if isinstance(body, Response):
+                await body(scope, receive, send_with_id)
+                return
+            await self.call_app(surface, scope, replay(body, receive), send_with_id)
+            return
         if surface == CONSOLE:
             refused = (
                 (self.check_host(surface, headers) if self.console.open else None)
@@ -155,6 +181,13 @@ class Edge:
             await outcome(scope, receive, send_with_id)
             return
         await self.call_app(surface, scope, replay(outcome, receive), send_with_id)
+
+    def replica_caller(self, headers: dict[str, str]) -> bool:
+        """Whether the request carries this replica's credential (constant-time; none without a registry)."""
+        if self.replicas is None:
+            return False
+        presented = headers.get(SECRET_HEADER, "").encode("utf-8")
+        return bool(presented) and hmac.compare_digest(presented, self.replicas.credential.encode("utf-8"))
 
     async def screen(
         self, surface: str, scope: Scope, headers: dict[str, str], receive: Receive, state: dict[str, Any]
@@ -275,7 +308,7 @@ class Edge:
 
     def body_cap(self, surface: str, path: str) -> tuple[int, str]:
         """The route's body cap and the setting that sets it: inference routes get the larger one."""
-        if surface == OPENAI or path.startswith("/model/") or path == CONSOLE_INFERENCE:
+        if surface in (OPENAI, INTERNAL) or path.startswith("/model/") or path == CONSOLE_INFERENCE:
             return self.settings.max_inference_body_bytes, "TUNEFORGE_MAX_INFERENCE_BODY_BYTES"
         return self.settings.max_request_body_bytes, "TUNEFORGE_MAX_REQUEST_BODY_BYTES"
 

@@ -108,6 +108,9 @@ class ImportService:
         self._threads: list[threading.Thread] = []
         self._lock = threading.Lock()
         self._stopping = threading.Event()
+        self.replica_id: str | None = None
+        """The API replica this service runs in (set by the app when it registers one): its imports'
+        owner, so another replica's start-up recovery leaves them alone."""
 
     # -- create ---------------------------------------------------------------------------------
 
@@ -130,6 +133,7 @@ class ImportService:
         now = utcnow()
         job = ModelImportJob(
             id=job_id,
+            owner_replica=self.replica_id,
             arn=self.arns.model_import_job(job_id),
             name=request.job_name,
             imported_model_name=request.imported_model_name,
@@ -301,20 +305,29 @@ class ImportService:
                 row.failure_message = message[:2048]
                 row.updated_at = row.ended_at = now
 
-    def recover(self) -> None:
+    def recover(self, live_replicas: set[str] | None = None) -> None:
         """Fail the imports a stopped server left ``InProgress`` and remove their staging folders and any
         ``imported/<id>`` folder they had renamed into place but not registered.
 
-        It assumes one server per data directory: every ``InProgress`` job is taken as this server's own.
+        Imports run in the API process that accepted them. ``live_replicas`` (with several API
+        replicas on one database) are the replicas alive besides this one: their imports are still
+        running and are left alone, and so are the staging folders while any other replica lives
+        (they may share this models folder). None: this is the only server, every ``InProgress``
+        import is a stopped server's.
         """
         with self.db.session() as session:
             stale = session.execute(
-                select(ModelImportJob.id, ModelImportJob.imported_model_id).where(ModelImportJob.status == "InProgress")
+                select(ModelImportJob.id, ModelImportJob.imported_model_id, ModelImportJob.owner_replica).where(
+                    ModelImportJob.status == "InProgress"
+                )
             ).all()
-        for job_id, model_id in stale:
+        others = live_replicas or set()
+        for job_id, model_id, owner in stale:
+            if owner in others:
+                continue
             self._fail(job_id, INTERRUPTED)
             shutil.rmtree(self.imports_dir / model_id, ignore_errors=True)
-        if self.imports_dir.is_dir():
+        if not others and self.imports_dir.is_dir():
             for leftover in self.imports_dir.glob(".*"):
                 shutil.rmtree(leftover, ignore_errors=True)
 

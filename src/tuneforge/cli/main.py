@@ -109,6 +109,7 @@ def serve(
     settings = _settings(**overrides)
     try:
         settings.check_bind_is_safe()
+        settings.check_replica_secret()
     except ValueError as exc:
         raise _fail(str(exc), 2) from None
     settings.make_state_private()

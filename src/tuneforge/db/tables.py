@@ -75,6 +75,8 @@ class Job(Base):
     stop_requested: Mapped[bool] = mapped_column(Boolean, default=False)
     worker_pid: Mapped[int | None] = mapped_column(Integer, nullable=True)
     worker_host: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    owner_replica: Mapped[str | None] = mapped_column(String(12), nullable=True)
+    """The API replica (:class:`ReplicaRow`) that claimed the job and watches its worker."""
     heartbeat_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
 
@@ -169,6 +171,8 @@ class ModelImportJob(Base):
     name: Mapped[str] = mapped_column(String(63), unique=True)
     imported_model_name: Mapped[str] = mapped_column(String(63))
     imported_model_id: Mapped[str] = mapped_column(String(12))
+    owner_replica: Mapped[str | None] = mapped_column(String(12), nullable=True)
+    """The API replica whose process runs the import (imports run in the API process)."""
     """The id the imported model gets when the job completes (its ARN is made from it)."""
     imported_model_arn: Mapped[str | None] = mapped_column(String(1011), nullable=True)
     """Set when the job completes and the model exists."""
@@ -363,6 +367,8 @@ class ModelInvocationJob(Base):
     stop_requested: Mapped[bool] = mapped_column(Boolean, default=False)
     worker_pid: Mapped[int | None] = mapped_column(Integer, nullable=True)
     worker_host: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    owner_replica: Mapped[str | None] = mapped_column(String(12), nullable=True)
+    """The API replica (:class:`ReplicaRow`) that claimed the job and watches its worker."""
     heartbeat_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
 
@@ -410,6 +416,8 @@ class EvaluationJob(Base):
     stop_requested: Mapped[bool] = mapped_column(Boolean, default=False)
     worker_pid: Mapped[int | None] = mapped_column(Integer, nullable=True)
     worker_host: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    owner_replica: Mapped[str | None] = mapped_column(String(12), nullable=True)
+    """The API replica (:class:`ReplicaRow`) that claimed the job and watches its worker."""
     heartbeat_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
 
@@ -484,6 +492,8 @@ class IngestionJob(Base):
     stop_requested: Mapped[bool] = mapped_column(Boolean, default=False)
     worker_pid: Mapped[int | None] = mapped_column(Integer, nullable=True)
     worker_host: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    owner_replica: Mapped[str | None] = mapped_column(String(12), nullable=True)
+    """The API replica (:class:`ReplicaRow`) that claimed the job and watches its worker."""
     heartbeat_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
 
@@ -503,3 +513,38 @@ class KnowledgeChunk(Base):
     data_source_id: Mapped[str] = mapped_column(String(10), index=True)
     uri: Mapped[str] = mapped_column(String(2048))
     text: Mapped[str] = mapped_column(Text)
+
+
+class ReplicaRow(Base):
+    """One running ``tuneforge serve`` process (an API replica) among those sharing this database.
+
+    Registered at start and heartbeated; one whose heartbeat is older than ``replica_lease_s`` (or
+    whose pid is gone on this host) is dead, and the others take over its jobs and engine groups.
+    """
+
+    __tablename__ = "replicas"
+
+    id: Mapped[str] = mapped_column(String(12), primary_key=True)
+    url: Mapped[str] = mapped_column(String(2048))
+    """Where the other replicas reach this one (``replica_url``), for forwarded inference."""
+    hostname: Mapped[str] = mapped_column(String(255))
+    pid: Mapped[int] = mapped_column(Integer)
+    token: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    """This replica's random credential for forwarded calls when no ``replica_secret`` is set (loopback only)."""
+    started_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    heartbeat_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+
+class EngineLease(Base):
+    """Which replica runs an engine group (``pt:<id>`` or ``od:<model>``), until when.
+
+    Taken by compare-and-set (insert, or update where the holder is this replica, expired or dead)
+    and renewed with the holder's heartbeat; only the holder starts the group's engines.
+    """
+
+    __tablename__ = "engine_leases"
+
+    group: Mapped[str] = mapped_column("engine_group", String(1100), primary_key=True)
+    """``pt:<id>`` or ``od:<model>`` (the column is not named ``group``, a reserved word in SQL)."""
+    replica_id: Mapped[str] = mapped_column(String(12), index=True)
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime())

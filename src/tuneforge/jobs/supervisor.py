@@ -19,6 +19,14 @@ stop enforcement, and is recovered like a worker this supervisor started when it
 alive but silent past the heartbeat timeout is hung: it is killed before its job is recovered, so
 two workers never train one job.
 
+Several replicas (policy in docs/architecture.md, "Several API replicas"): with a
+:class:`~tuneforge.replicas.ReplicaRegistry`, the claim also writes ``owner_replica`` in its
+compare-and-set, so a job is claimed by exactly one replica, which spawns its worker, enforces its
+stop requests and recovers it. Recovery looks only at this replica's jobs, jobs of no replica (from
+a single-process server) and jobs of dead replicas; a dead owner's job is taken over by
+compare-and-set on ``owner_replica`` and then handled by the rules above: adopted when its worker
+is alive on this host, else resumed from its checkpoint or failed with the reason.
+
 Batch inference jobs (:class:`~tuneforge.db.tables.ModelInvocationJob`) share this queue, the
 concurrency limit and the worker command: the oldest queued job of either kind is claimed first. A
 batch job whose worker dies is not resumed (its answers are cheap to make again): it ends ``Failed``,
@@ -47,6 +55,7 @@ from typing import Any, cast
 
 from sqlalchemy import CursorResult, select, update
 from sqlalchemy.exc import OperationalError
+from sqlalchemy.orm import Session
 
 from tuneforge.db.session import first_line
 from tuneforge.db.tables import EvaluationJob, IngestionJob, Job, JobEvent, ModelInvocationJob, utcnow
@@ -54,6 +63,7 @@ from tuneforge.jobs import evaluations
 from tuneforge.jobs.invocations import mark_ended
 from tuneforge.jobs.knowledge_bases import mark_ingestion_ended
 from tuneforge.jobs.service import mark_stages
+from tuneforge.replicas import ReplicaRegistry
 from tuneforge.services import Services
 from tuneforge.settings import child_environment
 
@@ -151,8 +161,10 @@ def is_worker_process(pid: int, job_id: str) -> bool:
 
 
 class Supervisor:
-    def __init__(self, services: Services) -> None:
+    def __init__(self, services: Services, replicas: ReplicaRegistry | None = None) -> None:
         self.services = services
+        self.replicas = replicas
+        self.replica_id = replicas.id if replicas is not None else None
         self.host = socket.gethostname()
         self._running: dict[str, _Running] = {}
         self._stop = threading.Event()
@@ -204,8 +216,9 @@ class Supervisor:
         killed first.
         """
         timeout = timedelta(seconds=self.services.settings.heartbeat_timeout_s)
+        live_replicas = self.replicas.live_ids() if self.replicas is not None else set()
         now = utcnow()
-        adopt: list[tuple[str, int]] = []
+        adopt: list[tuple[str, int, str | None]] = []
         orphans: list[tuple[str, int | None]] = []
         with self.services.db.session() as session:
             live = ("InProgress", "Stopping")
@@ -224,26 +237,54 @@ class Supervisor:
             for job in rows:
                 if job.id in self._running:
                     continue
+                previous = job.owner_replica
+                foreign = self.replicas is not None and previous != self.replica_id
+                if foreign and (previous in live_replicas or not self._take_over(session, job)):
+                    continue
                 here = job.worker_host == self.host
                 alive_here = here and job.worker_pid is not None and is_worker_process(job.worker_pid, job.id)
                 silent = job.heartbeat_at is not None and now - job.heartbeat_at > timeout
                 never_started = job.heartbeat_at is None and now - job.updated_at > timeout
                 if alive_here and not (silent or never_started):
                     assert job.worker_pid is not None
-                    adopt.append((job.id, job.worker_pid))
+                    adopt.append((job.id, job.worker_pid, previous))
                 elif (here and not alive_here) or silent or never_started:
                     orphans.append((job.id, job.worker_pid if alive_here else None))
-        for job_id, pid in adopt:
-            self._adopt(job_id, pid)
+        for job_id, pid, previous in adopt:
+            self._adopt(job_id, pid, previous)
         for job_id, hung_pid in orphans:
             if hung_pid is not None:
                 AdoptedWorker(hung_pid, job_id).kill()
                 log.warning("job %s: killed hung worker pid %d (no heartbeat)", job_id, hung_pid)
             self._handle_lost_worker(job_id, "the worker process ended unexpectedly")
 
-    def _adopt(self, job_id: str, pid: int) -> None:
+    def _take_over(self, session: Session, job: Job | ModelInvocationJob | EvaluationJob | IngestionJob) -> bool:
+        """Make this replica the owner of a running job whose owner is dead (or was never a replica).
+
+        A compare-and-set on the owner seen: of two replicas taking over one job, one wins; the
+        other leaves it alone. The winner then recovers it by the usual rules.
+        """
+        table = type(job)
+        previous = job.owner_replica
+        seen = table.owner_replica.is_(None) if previous is None else table.owner_replica == previous
+        result = session.execute(update(table).where(table.id == job.id, seen).values(owner_replica=self.replica_id))
+        if not cast(CursorResult[Any], result).rowcount:
+            return False
+        job.owner_replica = self.replica_id
+        if previous is not None:
+            message = f"replica {previous} is gone; replica {self.replica_id} took the job over"
+            if table is Job:
+                session.add(JobEvent(job_id=job.id, kind="log", data={"message": message}))
+            log.warning("job %s: %s", job.id, message)
+        return True
+
+    def _adopt(self, job_id: str, pid: int, previous_owner: str | None = None) -> None:
         self._running[job_id] = _Running(job_id, AdoptedWorker(pid, job_id))
-        message = f"the server restarted; its worker (pid {pid}) is still running and was adopted"
+        message = (
+            f"the server restarted; its worker (pid {pid}) is still running and was adopted"
+            if previous_owner is None or previous_owner == self.replica_id
+            else f"its replica {previous_owner} is gone; its worker (pid {pid}) is still running and was adopted"
+        )
         with self.services.db.session() as session:
             if session.get(Job, job_id) is not None:  # batch inference jobs keep no events
                 session.add(JobEvent(job_id=job_id, kind="log", data={"message": message}))
@@ -358,6 +399,7 @@ class Supervisor:
                     return
                 claim = dict(
                     phase="running",
+                    owner_replica=self.replica_id,
                     worker_host=self.host,
                     worker_pid=None,
                     heartbeat_at=None,
@@ -422,6 +464,7 @@ class Supervisor:
         log.info("job %s: started worker pid %d", job_id, process.pid)
 
     def _reap(self) -> None:
+        self._let_go_of_taken_jobs()
         for job_id, running in list(self._running.items()):
             what = running.exit_description()
             if what is None:
@@ -441,6 +484,26 @@ class Supervisor:
                 )
             if unfinished:
                 self._handle_lost_worker(job_id, what)
+
+    def _let_go_of_taken_jobs(self) -> None:
+        """Stop watching workers of jobs another replica has taken over.
+
+        That happens when this replica stalled past the lease (the others took it for dead): the new
+        owner adopted the worker or recovered the job, so this one neither stops nor recovers it.
+        """
+        if self.replicas is None or not self._running:
+            return
+        ids = list(self._running)
+        with self.services.db.session() as session:
+            taken = {
+                job_id
+                for table in (Job, ModelInvocationJob, EvaluationJob, IngestionJob)
+                for job_id, owner in session.execute(select(table.id, table.owner_replica).where(table.id.in_(ids)))
+                if owner is not None and owner != self.replica_id
+            }
+        for job_id in taken:
+            del self._running[job_id]
+            log.warning("job %s: another replica took it over; no longer watching its worker here", job_id)
 
     def _enforce_stops(self) -> None:
         """Workers poll for stop requests; one that ignores it past the grace period is killed."""

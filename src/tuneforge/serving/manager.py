@@ -28,6 +28,16 @@ start exactly one); the time from spawn to ready is recorded per group (:class:`
 (killed, crashed) is forgotten, not failed: the requests it held fail with a retryable error and the
 next request starts a fresh one.
 
+**Several replicas** (docs/architecture.md, "Several API replicas"): with a
+:class:`~tuneforge.replicas.ReplicaRegistry`, each group's engines run on the one replica that
+holds its :class:`~tuneforge.db.tables.EngineLease`. Every tick this manager takes the lease of
+each live provisioned throughput that nobody live holds (a new one, or a dead replica's), and
+reconciles, reaps and meters only the groups it holds: a dead replica's throughputs are brought
+back here, and idle deletion happens once, on the holder. An on-demand group's lease is taken by
+the replica that gets its first request (it starts the engine; see :mod:`tuneforge.serving.runtime`)
+and let go when its engine is stopped for idleness; engines of a group another replica took over
+are stopped. Requests for a group held elsewhere are forwarded to the holder.
+
 **Restart policy.** State lives in the database, replicas do not: after a server restart the first
 tick starts fresh replicas for every live deployment (``Creating`` ones continue to ``InService``,
 ``InService`` ones answer ModelNotReadyException until a replica is ready again, an ``Updating``
@@ -53,6 +63,7 @@ from pathlib import Path
 from tuneforge.arns import new_id
 from tuneforge.db.tables import ProvisionedModel, utcnow
 from tuneforge.errors import ServiceError
+from tuneforge.replicas import ReplicaRegistry
 from tuneforge.serving.invocation_logs import InvocationLogs
 from tuneforge.serving.throughput import ServedModel, ThroughputService
 from tuneforge.serving.usage import UsageMeter
@@ -127,8 +138,16 @@ def on_demand_group(model_id: str) -> str:
 
 
 class EngineManager:
-    def __init__(self, settings: Settings, throughput: ThroughputService, meter: UsageMeter, logs: InvocationLogs):
+    def __init__(
+        self,
+        settings: Settings,
+        throughput: ThroughputService,
+        meter: UsageMeter,
+        logs: InvocationLogs,
+        replicas: ReplicaRegistry | None = None,
+    ):
         self.settings = settings
+        self.replicas = replicas
         self.throughput = throughput
         self.meter = meter
         self.logs = logs
@@ -186,13 +205,40 @@ class EngineManager:
 
     def tick(self) -> None:
         self._poll()
-        live = self.throughput.live()
+        live = self._held(self.throughput.live())
         self._stop_orphans({row.id for row in live})
         for row in live:
             self._isolated(row, self._reconcile)
         self._retire()
         self.reap_idle(live)
         self._flush()
+
+    def _held(self, live: list[ProvisionedModel]) -> list[ProvisionedModel]:
+        """The live provisioned throughputs this replica holds the lease of, taking the unheld ones.
+
+        Without a registry (one process per database) that is all of them. Leases of throughputs that
+        are no longer live are let go, and on-demand engines of groups another replica now holds are
+        stopped.
+        """
+        if self.replicas is None:
+            return live
+        me, holders = self.replicas.id, self.replicas.holders()
+        alive = self.replicas.live_ids()
+        held = []
+        for row in live:
+            group = pt_group(row.id)
+            holder = holders.get(group)
+            if holder == me or ((holder is None or holder not in alive) and self.replicas.claim_group(group) == me):
+                held.append(row)
+        wanted = {pt_group(row.id) for row in live}
+        if any(g.startswith("pt:") and h == me and g not in wanted for g, h in holders.items()):
+            self.replicas.release_groups_except(wanted, "pt:")
+        for replica in self._all():
+            holder = holders.get(replica.group)
+            if replica.group.startswith("od:") and holder not in (None, me) and replica.state != "stopping":
+                log.warning("%s: replica %s holds it now; stopping engine %s", replica.group, holder, replica.id)
+                self._stop_replica(replica)
+        return held
 
     @staticmethod
     def _isolated(row: ProvisionedModel, step: Callable[[ProvisionedModel], None]) -> None:
@@ -475,6 +521,9 @@ class EngineManager:
         for replica in [r for r in self._all() if r.group.startswith("od:")]:
             if replica.state == "ready" and replica.in_flight == 0 and mono - replica.last_used > idle_s:
                 self._stop_replica(replica)
+                serving = any(r.state in ("starting", "ready") for r in self._group(replica.group))
+                if self.replicas is not None and not serving:
+                    self.replicas.release_group(replica.group)
 
     def _reap_if_idle(self, row: ProvisionedModel) -> None:
         if row.status != "InService" or row.idle_timeout_s is None:

@@ -15,20 +15,32 @@
   served only through a custom model deployment or provisioned throughput (as on Bedrock);
 - anything else: ValidationException ("The provided model identifier is invalid."), which the
   OpenAI surface answers as 404 ``model_not_found`` (:class:`UnknownModel`).
+
+With several API replicas on one database (:mod:`tuneforge.replicas`), the target's engine group
+is served by the replica holding its lease. A request reaching another replica is resolved there
+(errors in the request come back at once) and **forwarded** as the engine request to the holder's
+internal endpoint (``POST /internal/replica/generate``, authenticated with the replica secret),
+which answers the engine's events as JSON lines: streaming is preserved for every surface, and the
+holder meters the request and takes its serving metrics, once. A group nobody live holds (an
+on-demand model's first request, or a dead holder's group) is taken by the replica the request
+reached, which then starts its engine.
 """
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
+import json
 import time
 from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 from typing import Any
 
+import httpx
 from prometheus_client import CollectorRegistry
 from sqlalchemy import select
 
+from tuneforge import errors
 from tuneforge.arns import decode_identifier, is_arn, resource_type
 from tuneforge.catalog.models import TokenLimits
 from tuneforge.db.tables import CustomModel, ProvisionedModel
@@ -41,6 +53,7 @@ from tuneforge.errors import (
     constraint_errors,
     range_violation,
 )
+from tuneforge.replicas import SECRET_HEADER, Peer, ReplicaRegistry
 from tuneforge.serving.deployments import DeploymentRoute, DeploymentService
 from tuneforge.serving.engine_client import EngineUnavailable, stream_events
 from tuneforge.serving.manager import EngineManager, Replica, on_demand_group, pt_group
@@ -51,6 +64,9 @@ from tuneforge.serving.usage import UsageMeter
 from tuneforge.settings import TokenPrice
 
 INVALID_MODEL = "The provided model identifier is invalid."
+FORWARD_PATH = "/internal/replica/generate"
+FORWARDED_ERROR = "forwarded_error"
+"""The event a replica answering a forwarded request sends instead of the engine's for a ServiceError."""
 
 
 class UnknownModel(ValidationException):
@@ -108,7 +124,9 @@ class RuntimeService:
         start_timeout_s: float,
         metrics: ServingMetrics | None = None,
         deployments: DeploymentService | None = None,
+        replicas: ReplicaRegistry | None = None,
     ) -> None:
+        self.replicas = replicas
         self.throughput = throughput
         self.deployments = deployments
         self.manager = manager
@@ -230,7 +248,7 @@ class RuntimeService:
     # -- generation -----------------------------------------------------------------------------
 
     async def generate(
-        self, target: Target, request: GenerationRequest, api: Api = "bedrock"
+        self, target: Target, request: GenerationRequest, api: Api = "bedrock", *, forwarded: bool = False
     ) -> AsyncGenerator[dict[str, Any], None]:
         """The engine's events (``start``, ``text``..., ``end``); engine errors become ServiceErrors.
 
@@ -242,7 +260,17 @@ class RuntimeService:
         A custom model deployment's request carries the model's folder as its ``adapter``; if the
         deployment is deleted while the response streams, the stream ends with ModelErrorException
         (a ``modelStreamErrorException`` event, or an OpenAI error chunk) at the next event.
+
+        A request for a group another live replica holds is forwarded to it (neither metered nor
+        measured here: the holder does both); ``forwarded`` marks a request that was forwarded here,
+        which is served here whoever holds the group now, so a request never travels twice.
         """
+        if not forwarded and self.replicas is not None:
+            holder = await asyncio.to_thread(self.replicas.claim_group, target.group)
+            if holder != self.replicas.id:
+                async for event in self._forward(holder, target, request, api):
+                    yield event
+                return
         deployment = target.deployment
         if deployment is not None:
             request = dataclasses.replace(request, adapter=deployment.adapter)
@@ -275,6 +303,25 @@ class RuntimeService:
             finally:
                 self.manager.release(replica)
 
+    async def _forward(
+        self, holder: str, target: Target, request: GenerationRequest, api: Api
+    ) -> AsyncGenerator[dict[str, Any], None]:
+        """The holder's events for this request; a holder that cannot be reached is a retryable error."""
+        assert self.replicas is not None
+        peer = await asyncio.to_thread(self.replicas.peer, holder)
+        if peer is None:
+            raise ModelNotReadyException(
+                f"The replica serving {target.model_id} stopped; another replica takes it over; retry."
+            )
+        body = {"model_id": target.model_id, "api": api, "request": request.to_json()}
+        try:
+            async for event in forwarded_events(peer, body):
+                yield event
+        except httpx.HTTPError as exc:
+            raise ModelNotReadyException(
+                f"The replica serving {target.model_id} could not be reached ({exc.__class__.__name__}); retry."
+            ) from None
+
     def _deleted(self, deployment: DeploymentRoute) -> bool:
         return self.deployments is not None and self.deployments.is_deleted(deployment.deployment_id)
 
@@ -304,6 +351,41 @@ class RuntimeService:
             if time.monotonic() > deadline:
                 raise ModelNotReadyException(f"The model {target.model_id} is still loading; retry.")
             await asyncio.sleep(0.1)
+
+
+async def forwarded_events(peer: Peer, body: dict[str, Any]) -> AsyncGenerator[dict[str, Any], None]:
+    """POST a forwarded request to ``peer`` and yield its events; its ServiceErrors are raised here."""
+    timeout = httpx.Timeout(30.0, read=None)
+    async with (
+        httpx.AsyncClient(timeout=timeout) as client,
+        client.stream("POST", peer.url + FORWARD_PATH, json=body, headers={SECRET_HEADER: peer.credential}) as response,
+    ):
+        if response.status_code != 200:
+            await response.aread()
+            raise ModelNotReadyException(
+                f"The replica {peer.id} refused the forwarded request (HTTP {response.status_code}); retry."
+            )
+        async for line in response.aiter_lines():
+            if not line:
+                continue
+            event: dict[str, Any] = json.loads(line)
+            if event["event"] == FORWARDED_ERROR:
+                raise error_named(str(event.get("code")), str(event.get("message", "")))
+            yield event
+            if event["event"] == "end":
+                return
+    raise ModelNotReadyException(f"The replica {peer.id} closed the response before it was complete; retry.")
+
+
+def error_named(code: str, message: str) -> ServiceError:
+    """The :mod:`tuneforge.errors` exception whose AWS name is ``code`` (a forwarded error, re-raised)."""
+    pending: list[type[ServiceError]] = [ServiceError]
+    while pending:
+        cls = pending.pop(0)
+        if cls.code == code and cls.__module__ == errors.__name__:
+            return cls(message)
+        pending.extend(cls.__subclasses__())
+    return ServiceError(message)
 
 
 async def collect(events: AsyncGenerator[dict[str, Any], None]) -> dict[str, Any]:
