@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 import pytest
 from pytest_timeout import get_env_settings
 
-from tests.postgres import PostgresServer, find_bin_dir
+from tests.postgres import TEMPLATE, PostgresServer, find_bin_dir
 
 if TYPE_CHECKING:
     from tests.moto_s3 import MotoS3
@@ -72,9 +72,6 @@ def postgres_server() -> Iterator[PostgresServer]:
         yield server
     finally:
         server.close()
-
-
-TEMPLATE = "tf_template"
 
 
 @pytest.fixture

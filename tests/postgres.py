@@ -23,6 +23,9 @@ from pathlib import Path
 START_TIMEOUT_S = 60.0
 """Safety net for the server to accept connections; it takes about a second."""
 
+TEMPLATE = "tf_template"
+"""The session's database migrated to the head once; ``postgres_url`` copies it per test."""
+
 
 def find_bin_dir() -> Path | None:
     """The newest PostgreSQL server's bin folder, or None when none is installed."""

@@ -16,6 +16,7 @@ from botocore.exceptions import ClientError
 from tests.e2e.conftest import ROLE, STUDENT_MODEL, Server, cli, make_server, wait_for_status
 from tests.postgres import PostgresServer
 from tuneforge.data.tasks import make_classification_task
+from tuneforge.db import migrate
 from tuneforge.storage import ObjectStore
 
 pytestmark = pytest.mark.e2e
@@ -26,7 +27,7 @@ def pg_server(postgres_server: PostgresServer, tmp_path_factory: pytest.TempPath
     server = make_server(tmp_path_factory.mktemp("pg-server"), database_url=postgres_server.create_database())
     server.settings.ensure_dirs()
     upgraded = cli(server, "db", "upgrade")
-    assert "none -> 0001_baseline" in upgraded.stdout
+    assert f"none -> {migrate.head()}" in upgraded.stdout
     server.start()
     yield server
     server.stop()

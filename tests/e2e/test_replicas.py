@@ -5,7 +5,8 @@ through both are each claimed once; the throughput answers through B (forwarded 
 too) and is metered once; A is killed outright: B adopts A's running worker (which it then stops,
 as the job's new owner), takes the throughput over and serves it, and finishes A's other jobs.
 
-The database comes from ``replica_db_url`` (SQLite here; the same test runs on any database URL).
+The database is a real PostgreSQL (``replica_db_url``), as in a deployment of several replicas; the unit
+tests of claims and leases (tests/unit/test_replicas.py) run on SQLite.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from sqlalchemy.orm import Session
 
 from tests.e2e.conftest import ROLE, STUDENT_MODEL, Server, make_server, wait_for_status, wait_until
 from tests.e2e.test_serving_recovery import converse_when_ready
+from tests.postgres import TEMPLATE, PostgresServer
 from tuneforge.data.tasks import make_classification_task, write_jsonl
 from tuneforge.db.tables import EngineLease, Job, JobEvent, UsageSegment
 from tuneforge.storage import ObjectStore
@@ -33,8 +35,9 @@ LEASE_S = 3.0
 
 
 @pytest.fixture(scope="module")
-def replica_db_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    yield f"sqlite:///{tmp_path_factory.mktemp('replica-db') / 'shared.db'}"
+def replica_db_url(postgres_server: PostgresServer) -> str:
+    """A database of its own on the session's PostgreSQL, already at the schema's head."""
+    return postgres_server.create_database(template=TEMPLATE)
 
 
 @dataclass

@@ -44,6 +44,13 @@ def differences(url: str) -> list[object]:
         engine.dispose()
 
 
+def test_every_revision_id_fits_alembic_version_on_postgresql() -> None:
+    """alembic_version.version_num is VARCHAR(32): SQLite ignores the length, PostgreSQL refuses a longer id
+    (a 38-character id once passed every SQLite test and failed the upgrade on PostgreSQL)."""
+    ids = [script.revision for script in migrate._scripts().walk_revisions()]
+    assert ids and all(len(revision) <= 32 for revision in ids), ids
+
+
 def test_migrations_make_exactly_the_models_schema_on_sqlite(fast_tmp: Path) -> None:
     """A model change without its migration shows up here as a difference (and fails CI)."""
     Database(Settings(data_dir=fast_tmp)).dispose()
@@ -97,8 +104,10 @@ def test_postgresql_is_never_upgraded_at_start_and_db_upgrade_adopts_an_old_data
     """Replicas share PostgreSQL: an operator moves its schema, with ``tuneforge db upgrade``."""
     url = postgres_server.create_database()
     legacy = create_engine(url)
-    Base.metadata.create_all(legacy)  # how the release before migrations made its schema
+    # The release before migrations made the baseline's schema with create_all and kept no revision.
+    migrate.upgrade(legacy, "0001_baseline")
     with legacy.begin() as connection:
+        connection.execute(text("DROP TABLE alembic_version"))
         connection.execute(text(LEGACY_JOB))
     legacy.dispose()
     settings = Settings(data_dir=fast_tmp, database_url=url)
@@ -175,8 +184,8 @@ NEXT_REVISION = '''"""A newer release's revision: one nullable column."""
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0002_newer_release"
-down_revision = "0001_baseline"
+revision = "9999_newer_release"
+down_revision = "{down}"
 branch_labels = None
 depends_on = None
 
@@ -200,24 +209,25 @@ def test_replicas_of_two_releases_on_one_postgresql_refuse_until_db_upgrade_then
 
     newer = fast_tmp / "newer-migrations"
     shutil.copytree(migrate.MIGRATIONS, newer)
-    (newer / "versions" / "0002_newer_release.py").write_text(NEXT_REVISION)
+    older = migrate.head()
+    (newer / "versions" / "9999_newer_release.py").write_text(NEXT_REVISION.replace("{down}", older))
     monkeypatch.setattr(migrate, "MIGRATIONS", newer)
     migrate._scripts.cache_clear()
     try:
         with pytest.raises(migrate.SchemaMismatch) as refused:
             Database(settings)
         assert str(refused.value) == (
-            "the database is at schema revision 0001_baseline; this tuneforge needs 0002_newer_release: "
+            f"the database is at schema revision {older}; this tuneforge needs 9999_newer_release: "
             "run `tuneforge db upgrade`"
         )
         monkeypatch.setenv("TUNEFORGE_DATABASE_URL", postgres_url)
         result = CliRunner().invoke(app, ["db", "upgrade"])
         assert result.exit_code == 0, result.output
-        assert "0001_baseline -> 0002_newer_release" in result.output
+        assert f"{older} -> 9999_newer_release" in result.output
         Database(settings).dispose()
     finally:
         monkeypatch.undo()
         migrate._scripts.cache_clear()
 
-    with pytest.raises(migrate.SchemaMismatch, match="revision 0002_newer_release is newer than this tuneforge"):
+    with pytest.raises(migrate.SchemaMismatch, match="revision 9999_newer_release is newer than this tuneforge"):
         Database(settings)

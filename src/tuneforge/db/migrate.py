@@ -117,7 +117,8 @@ def new_revision(message: str) -> str:
             with engine.begin() as connection:
                 config = _config(connection)
                 config.set_main_option("file_template", "%%(rev)s")
-                slug = re.sub(r"[^a-z0-9]+", "_", message.lower()).strip("_")[:40]
+                # alembic_version.version_num is VARCHAR(32) (PostgreSQL enforces it): "NNNN_" + 27.
+                slug = re.sub(r"[^a-z0-9]+", "_", message.lower()).strip("_")[:27].rstrip("_")
                 number = int(head().split("_", 1)[0]) + 1
                 script = command.revision(config, message=message, autogenerate=True, rev_id=f"{number:04d}_{slug}")
         finally:
