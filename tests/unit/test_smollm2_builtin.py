@@ -1,6 +1,6 @@
 """The SmolLM2 built-ins: the catalog's figures against the converted folders, and the student's make-up.
 
-The session's one conversion of the wheel's GGUF (the unit conftest's ``smollm2_converted``, about 20 s)
+The session's one conversion of the wheel's GGUF (tests/conftest.py's ``smollm2_converted``, about 20 s)
 and one student made from it (a few seconds) through ``ensure_builtin``, as a worker makes it. The
 teacher's own conversion through ``ensure_builtin`` runs in tests/e2e/test_smollm2.py's server.
 """
