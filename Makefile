@@ -37,11 +37,15 @@ $(POSTGRES_STAMP): $(STAMP)
 	ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null || (apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q postgresql)
 	touch $(POSTGRES_STAMP)
 
+# Two test processes: most of an end-to-end test's time is a server, worker or engine process starting or
+# waiting, so two files at once keep 2 cores busy; --dist loadfile keeps a module's shared server in one.
+TEST_WORKERS ?= 2
+
 test: $(STAMP) $(CHROMIUM_STAMP) $(POSTGRES_STAMP)
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/ruff format --check src tests benchmarks
 	$(BIN)/mypy
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile
 
 BENCH_STAMP := $(VENV)/.bench-installed
 
