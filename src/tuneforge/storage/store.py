@@ -316,7 +316,15 @@ class ObjectStore:
     def __init__(self, backend: LocalObjectBackend, remote: ObjectBackend | None = None, cache_dir: Path | None = None):
         self.backend = backend
         self.remote = remote
-        self.cache_dir = cache_dir if cache_dir is not None else Path(tempfile.gettempdir()) / "tuneforge-cache"
+        self._cache_dir = cache_dir
+
+    @property
+    def cache_dir(self) -> Path:
+        """``<data_dir>/cache`` from settings; a store built without one gets a private temporary
+        folder on first use, never a shared, guessable one."""
+        if self._cache_dir is None:
+            self._cache_dir = Path(tempfile.mkdtemp(prefix="tuneforge-cache-"))
+        return self._cache_dir
 
     @classmethod
     def from_settings(cls, settings: Settings) -> ObjectStore:
