@@ -29,7 +29,7 @@ from pydantic_settings import (
 
 LOOPBACK_NAMES = {"localhost", "ip6-localhost"}
 PRIVATE_UMASK = 0o077
-STATE_FOLDERS = ("objects", "models", "logs", "engines", "jobs", "cache")
+STATE_FOLDERS = ("objects", "models", "logs", "engines", "jobs")
 
 
 class _ConfigFileSource(PydanticBaseSettingsSource):

@@ -23,9 +23,9 @@ def roots(tmp_path: Path) -> tuple[Path, Path]:
 
 
 @pytest.fixture
-def store(roots: tuple[Path, Path]) -> ObjectStore:
+def store(roots: tuple[Path, Path], tmp_path: Path) -> ObjectStore:
     objects, local = roots
-    return ObjectStore(LocalObjectBackend(objects, [local]))
+    return ObjectStore(LocalObjectBackend(objects, [local]), cache_dir=tmp_path / "cache")
 
 
 @pytest.fixture(scope="module")
@@ -501,3 +501,15 @@ def test_delete_removes_one_object_never_a_folder(any_store: ObjectStore) -> Non
     any_store.delete("s3://bkt/f")  # a folder, not an object: left alone
     any_store.delete("s3://bkt/f/missing")
     assert list(any_store.list("s3://bkt/f")) == ["s3://bkt/f/a"]
+
+
+def test_cached_on_the_local_root_links_instead_of_copying(store: ObjectStore, roots: tuple[Path, Path]) -> None:
+    """A 1 TiB sparse weight file (a header saying so) stages at once: the staged file is the same inode."""
+    folder = roots[1] / "model"
+    folder.mkdir()
+    with (folder / "model.safetensors").open("wb") as handle:
+        handle.truncate(1 << 40)
+    (folder / "tokenizer.json").symlink_to("/etc/hostname")  # kept a link, for the import's own check to refuse
+    staged = store.cached(str(folder))
+    assert (staged / "model.safetensors").stat().st_ino == (folder / "model.safetensors").stat().st_ino
+    assert (staged / "tokenizer.json").is_symlink()

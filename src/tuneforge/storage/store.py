@@ -172,6 +172,13 @@ def _local_version(path: Path) -> tuple[int, str]:
     return stat.st_size, f"{stat.st_mtime_ns}:{stat.st_size}:{target}"
 
 
+def _link_or_copy(source: str | Path, target: str | Path) -> None:
+    try:
+        os.link(source, target)
+    except OSError:
+        shutil.copy2(source, target)
+
+
 class LocalObjectBackend:
     """``s3://bucket/key`` -> ``<object_root>/<bucket>/<key>`` and confined absolute paths.
 
@@ -287,12 +294,14 @@ class LocalObjectBackend:
         return "tree", sorted(entries)
 
     def stage(self, parsed: ParsedUri, uri: str, target: Path) -> None:
+        """Hard links where the cache shares the source's file system (no bytes copied: a model
+        folder, or a sparse file whose header says 1 TiB, stages at once), copies elsewhere."""
         path = self.resolve(parsed)
         if path.is_file():
             target.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(path, target / path.name)
+            _link_or_copy(path, target / path.name)
         else:
-            shutil.copytree(path, target, symlinks=True)
+            shutil.copytree(path, target, symlinks=True, copy_function=_link_or_copy)
 
 
 class ObjectStore:
@@ -307,7 +316,15 @@ class ObjectStore:
     def __init__(self, backend: LocalObjectBackend, remote: ObjectBackend | None = None, cache_dir: Path | None = None):
         self.backend = backend
         self.remote = remote
-        self.cache_dir = cache_dir if cache_dir is not None else Path(tempfile.gettempdir()) / "tuneforge-cache"
+        self._cache_dir = cache_dir
+
+    @property
+    def cache_dir(self) -> Path:
+        """``<data_dir>/cache`` from settings; a store built without one gets a private temporary
+        folder on first use, never a shared, guessable one."""
+        if self._cache_dir is None:
+            self._cache_dir = Path(tempfile.mkdtemp(prefix="tuneforge-cache-"))
+        return self._cache_dir
 
     @classmethod
     def from_settings(cls, settings: Settings) -> ObjectStore:
@@ -421,9 +438,10 @@ class ObjectStore:
         """A local copy of the object or folder at ``uri`` in the cache folder, made again when it changed.
 
         For callers that need a real folder (a model's files for the catalog's checks, an import, an
-        engine): the copy is theirs, never the store's own bytes. A manifest of names, sizes and
-        versions decides whether the last copy is still current; copies are made in a temporary
-        folder and renamed into place under a lock, so two processes never see half a copy.
+        engine), and only to read: on the local root the copy is hard links to the same files. A
+        manifest of names, sizes and versions decides whether the last copy is still current; copies
+        are made in a temporary folder and renamed into place under a lock, so two processes never
+        see half a copy.
         """
         backend, parsed = self._route(uri.rstrip("/") or uri)
         found = backend.manifest(parsed, uri)
