@@ -16,7 +16,7 @@ import stat
 import tomllib
 from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from pydantic_settings import (
@@ -215,6 +215,33 @@ class Settings(BaseSettings):
         ge=0,
         description="Memory one training job may use, in bytes, for the memory plan at job creation; "
         "0 = detect it (80% of RAM, or 90% of the GPU's memory, divided by worker_concurrency).",
+    )
+    data_parallel_nodes: int = Field(
+        default=1,
+        ge=1,
+        le=1024,
+        description="Machines a data-parallel job (hyperparameter dataParallelProcesses > 1) trains on; above 1, "
+        "torchrun waits at data_parallel_rendezvous for the others (docs/architecture.md, Distributed training).",
+    )
+    data_parallel_rendezvous: str | None = Field(
+        default=None,
+        pattern=r"^[A-Za-z0-9.\-\[\]:]+:[0-9]{1,5}$",
+        description="host:port of torchrun's c10d rendezvous; unset: 127.0.0.1 and a free port (one machine).",
+    )
+    data_parallel_max_restarts: int = Field(
+        default=1,
+        ge=0,
+        le=100,
+        description="Times torchrun restarts a data-parallel job's ranks (from the last checkpoint) after one is "
+        "lost, before the job fails naming the lost rank.",
+    )
+    executor: Literal["local", "ray"] = Field(
+        default="local",
+        description="Where job workers run: local = a process on this machine; ray = a Ray cluster's nodes, "
+        "one placement group per job (jobs/executors.py).",
+    )
+    ray_address: str | None = Field(
+        default=None, description="The Ray cluster the ray executor joins (ray://... or host:port); unset: auto."
     )
 
     @classmethod
