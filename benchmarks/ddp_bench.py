@@ -112,6 +112,7 @@ def run(args: argparse.Namespace, processes: int, out: Path) -> dict[str, Any]:
     env = {**os.environ, "GLOO_SOCKET_IFNAME": os.environ.get("GLOO_SOCKET_IFNAME", "lo")}
     if processes == 1:
         command = [sys.executable, script, *common, "--threads", str(args.threads)]
+        env["OMP_NUM_THREADS"] = str(args.threads)
     else:
         from tuneforge.demo import free_port
 
