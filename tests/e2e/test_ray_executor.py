@@ -103,7 +103,7 @@ def test_a_fine_tuning_job_runs_to_completed_on_the_ray_cluster(ray_server: Serv
     assert model["trainingMetrics"]["trainingLoss"] > 0
 
 
-def test_a_job_on_the_ray_cluster_stops_and_frees_its_placement_group(ray_server: Server, ray_head: str) -> None:
+def test_a_job_on_the_ray_cluster_stops(ray_server: Server) -> None:
     arn: str = ray_server.bedrock().create_model_customization_job(
         jobName="stop-on-ray",
         customModelName="m-stop-on-ray",
@@ -121,14 +121,3 @@ def test_a_job_on_the_ray_cluster_stops_and_frees_its_placement_group(ray_server
     ray_server.bedrock().stop_model_customization_job(jobIdentifier=arn)
     job = wait_for_status(ray_server.bedrock(), arn, ("Completed", "Failed", "Stopped"))
     assert job["status"] == "Stopped", job.get("failureMessage")
-    # The supervisor saw the worker end and removed the job's placement group: nothing stays reserved.
-    import ray
-
-    with pytest.MonkeyPatch.context() as patch:
-        for name, value in LOOPBACK_ONLY.items():
-            patch.setenv(name, value)
-        ray.init(address=ray_head, logging_level="WARNING", log_to_driver=False)
-    try:
-        wait_until(ray.available_resources, lambda free: free.get("CPU") == 2.0, "the job's CPU to be released")
-    finally:
-        ray.shutdown()
