@@ -251,6 +251,33 @@ class Settings(BaseSettings):
         description="A replica whose heartbeat is older than this is dead: the others take over its jobs and "
         "engine groups. Replicas heartbeat three times per lease.",
     )
+    data_parallel_nodes: int = Field(
+        default=1,
+        ge=1,
+        le=1024,
+        description="Machines a data-parallel job (hyperparameter dataParallelProcesses > 1) trains on; above 1, "
+        "torchrun waits at data_parallel_rendezvous for the others (docs/architecture.md, Distributed training).",
+    )
+    data_parallel_rendezvous: str | None = Field(
+        default=None,
+        pattern=r"^[A-Za-z0-9.\-\[\]:]+:[0-9]{1,5}$",
+        description="host:port of torchrun's c10d rendezvous; unset: 127.0.0.1 and a free port (one machine).",
+    )
+    data_parallel_max_restarts: int = Field(
+        default=1,
+        ge=0,
+        le=100,
+        description="Times torchrun restarts a data-parallel job's ranks (from the last checkpoint) after one is "
+        "lost, before the job fails naming the lost rank.",
+    )
+    executor: Literal["local", "ray"] = Field(
+        default="local",
+        description="Where job workers run: local = a process on this machine; ray = a Ray cluster's nodes, "
+        "one placement group per job (jobs/executors.py).",
+    )
+    ray_address: str | None = Field(
+        default=None, description="The Ray cluster the ray executor joins (ray://... or host:port); unset: auto."
+    )
 
     @classmethod
     def settings_customise_sources(

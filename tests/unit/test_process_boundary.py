@@ -17,8 +17,9 @@ import tuneforge
 
 PACKAGE = Path(tuneforge.__file__).parent
 CONTROL_PLANE = ("api", "console", "serving", "catalog", "data", "evaluation", "jobs", "advisor")
-WORKER_SIDE = {PACKAGE / "jobs" / "worker.py"}
-"""The job worker is the process that runs recipes; it is the one control-plane file allowed across."""
+WORKER_SIDE = {PACKAGE / "jobs" / "worker.py", PACKAGE / "jobs" / "ranks.py"}
+"""The job worker and a data-parallel job's ranks are the processes that run recipes; theirs are the
+control-plane files allowed across."""
 TORCH_SIDE = ("tuneforge.model", "tuneforge.engine", "tuneforge.recipes", "tuneforge.knowledge")
 HEAVY_LIBRARIES = ("torch", "peft", "safetensors", "faiss")
 

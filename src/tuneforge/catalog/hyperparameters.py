@@ -168,6 +168,16 @@ _COMMON: tuple[HyperParameterSpec, ...] = (
         256,
     ),
     HyperParameterSpec(
+        "dataParallelProcesses",
+        "int",
+        1,
+        "Training processes (ranks) per machine, data parallel through torchrun: each takes a share of every "
+        "batch of batchSize records, so the result is that of one process. DDP over gloo on CPUs, NCCL on "
+        "GPUs (one per process). Machines: TUNEFORGE_DATA_PARALLEL_NODES.",
+        1,
+        64,
+    ),
+    HyperParameterSpec(
         "gradientCheckpointing",
         "choice",
         "auto",

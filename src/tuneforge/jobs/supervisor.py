@@ -44,8 +44,6 @@ import os
 import shutil
 import signal
 import socket
-import subprocess
-import sys
 import threading
 import time
 from dataclasses import dataclass
@@ -60,12 +58,12 @@ from sqlalchemy.orm import Session
 from tuneforge.db.session import first_line
 from tuneforge.db.tables import EvaluationJob, IngestionJob, Job, JobEvent, ModelInvocationJob, utcnow
 from tuneforge.jobs import evaluations
+from tuneforge.jobs.executors import WorkerProcess, start_worker
 from tuneforge.jobs.invocations import mark_ended
 from tuneforge.jobs.knowledge_bases import mark_ingestion_ended
 from tuneforge.jobs.service import mark_stages
 from tuneforge.replicas import ReplicaRegistry
 from tuneforge.services import Services
-from tuneforge.settings import child_environment
 
 log = logging.getLogger(__name__)
 
@@ -96,7 +94,7 @@ class AdoptedWorker:
 @dataclass
 class _Running:
     job_id: str
-    process: subprocess.Popen[bytes] | AdoptedWorker
+    process: WorkerProcess | AdoptedWorker
     stop_sent_at: float | None = None
 
     def exit_description(self) -> str | None:
@@ -446,22 +444,13 @@ class Supervisor:
                 self._spawn(job_id)
 
     def _spawn(self, job_id: str) -> None:
-        settings = self.services.settings
-        log_path = settings.logs_dir / f"job-{job_id}.log"
-        with open(log_path, "ab") as log_file:
-            process = subprocess.Popen(
-                [sys.executable, "-m", "tuneforge.jobs.worker", job_id],
-                env=child_environment(settings),
-                stdout=log_file,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                start_new_session=True,
-            )
-        with self.services.db.session() as session:
-            for table in (Job, ModelInvocationJob, EvaluationJob, IngestionJob):
-                session.execute(update(table).where(table.id == job_id).values(worker_pid=process.pid))
+        process = start_worker(self.services, job_id)
+        if process.pid is not None:
+            with self.services.db.session() as session:
+                for table in (Job, ModelInvocationJob, EvaluationJob, IngestionJob):
+                    session.execute(update(table).where(table.id == job_id).values(worker_pid=process.pid))
         self._running[job_id] = _Running(job_id, process)
-        log.info("job %s: started worker pid %d", job_id, process.pid)
+        log.info("job %s: started worker pid %s (%s executor)", job_id, process.pid, self.services.settings.executor)
 
     def _reap(self) -> None:
         self._let_go_of_taken_jobs()

@@ -310,7 +310,13 @@ class JobRunner:
                 if tuned is None:
                     return RecipeResult(training_loss=None, stopped=True), model_dir, base
                 inputs = tuned
-            result = recipe.run(inputs, self.reporter)
+            processes = int(inputs.hyperparameters.get("dataParallelProcesses", 1))
+            if processes > 1 or self.settings.data_parallel_nodes > 1:
+                from tuneforge.jobs.ranks import run_data_parallel
+
+                result = run_data_parallel(self.settings, inputs, processes, self.reporter)
+            else:
+                result = recipe.run(inputs, self.reporter)
         except RecipeFailed:
             if output_dir.is_dir():  # what the recipe wrote (distillation's prompt insights) explains why
                 self._upload_outputs(output_dir, output_uri)

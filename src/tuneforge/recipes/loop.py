@@ -23,6 +23,7 @@ from transformers import get_cosine_schedule_with_warmup
 from tuneforge.catalog.families import lora_fan_in_fan_out, lora_target_modules
 from tuneforge.catalog.hyperparameters import HyperParameterValue
 from tuneforge.model.loading import quiet_peft
+from tuneforge.recipes import distributed
 from tuneforge.recipes.base import JobReporter
 from tuneforge.recipes.batching import (
     collate,
@@ -41,7 +42,7 @@ from tuneforge.recipes.performance import (
     resolve_precision,
     training_device,
 )
-from tuneforge.recipes.tokenising import Example
+from tuneforge.recipes.tokenising import IGNORE_INDEX, Example
 
 
 @dataclass(frozen=True)
@@ -136,6 +137,11 @@ def train(
 
     Runs on the device ``model`` is on (batches follow it), in ``config.precision``, and reports
     real tokens/s and MFU with each step's loss (:mod:`tuneforge.recipes.performance`).
+
+    Under ``torchrun`` every rank calls this with the same arguments and trains its share of each
+    batch (:mod:`tuneforge.recipes.distributed`); the step's loss and tokens are summed over the
+    ranks, so rank 0 reports the same figures one process would. Only rank 0 writes checkpoints;
+    every rank resumes from them.
     """
     lengths = [len(e.input_ids) for e in examples]
     steps_per_epoch = math.ceil(len(examples) / config.batch_size)
@@ -168,6 +174,15 @@ def train(
         reporter.log(f"resumed from checkpoint at step {step}/{total_steps}")
     metrics.start_training(step)
 
+    rank, world = distributed.rank_and_world()
+    if world > 1:
+        reporter.log(
+            f"data parallel on {world} processes: {config.batch_size} records per optimizer step in all, "
+            f"about {math.ceil(config.batch_size / world)} per process"
+        )
+    forward_model = distributed.parallelize(model)
+    # Target tokens per record, so each rank knows the whole batch's count without a collective.
+    record_targets = [sum(label != IGNORE_INDEX for label in e.labels[1:]) for e in examples]
     model.train()
     started = time.perf_counter()
     tokens_this_run = 0
@@ -180,7 +195,7 @@ def train(
         if index_in_epoch == 0:
             epoch_losses = []
         for batch in batches[index_in_epoch:]:
-            if reporter.should_stop():
+            if distributed.agree(reporter.should_stop()):
                 return TrainingOutcome(
                     steps=step,
                     total_steps=total_steps,
@@ -190,17 +205,29 @@ def train(
                     tokens_seen=tokens_seen + tokens_this_run,
                     seconds=time.perf_counter() - started,
                 )
-            parts = split_micro_batches(batch, lengths, config.gradient_accumulation_steps)
+            targets = sum(record_targets[i] for i in batch)
+            share = distributed.rank_share(batch, lengths, rank, world) if world > 1 else batch
+            # A rank left without records (a batch smaller than the world) still takes part in the
+            # gradient all-reduce, with one record whose loss counts for nothing.
+            weight = float(world) if share else 0.0
+            parts = split_micro_batches(share or batch[:1], lengths, config.gradient_accumulation_steps)
             micro = [collate([examples[i] for i in part], pad_id) for part in parts]
-            targets = sum(target_count(m["labels"]) for m in micro)
             loss = 0.0
-            for part, inputs in zip(parts, micro, strict=True):
-                with autocast(device, precision):
-                    micro_loss = loss_function(model, forward_inputs(inputs, device), targets)
+            step_tokens = 0
+            step_flops = 0.0
+            for index, (part, inputs) in enumerate(zip(parts, micro, strict=True)):
+                with distributed.no_sync(forward_model, last=index == len(parts) - 1), autocast(device, precision):
+                    micro_loss = loss_function(forward_model, forward_inputs(inputs, device), targets) * weight
                 micro_loss.backward()  # type: ignore[no-untyped-call]
-                loss += float(micro_loss.detach())
-                tokens_this_run += sum(lengths[i] for i in part)
-                flops_this_run += flops.rows([lengths[i] for i in part])
+                loss += float(micro_loss.detach()) / world
+                if share:
+                    step_tokens += sum(lengths[i] for i in part)
+                    step_flops += flops.rows([lengths[i] for i in part])
+            if world > 1:
+                loss, summed_tokens, step_flops = distributed.all_sum([loss, step_tokens, step_flops])
+                step_tokens = int(summed_tokens)
+            tokens_this_run += step_tokens
+            flops_this_run += step_flops
             torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm, foreach=True)
             learning_rate = scheduler.get_last_lr()[0]
             optimizer.step()
@@ -209,7 +236,7 @@ def train(
 
             elapsed = max(time.perf_counter() - started, 1e-9)
             tokens_per_second = tokens_this_run / elapsed
-            mfu = flops_this_run / elapsed / peak
+            mfu = flops_this_run / elapsed / (peak * world)
             metrics.training_step(
                 step, epoch, loss, learning_rate=learning_rate, tokens_per_second=tokens_per_second, mfu=mfu
             )
@@ -227,7 +254,8 @@ def train(
             )
             at_epoch_end = step % steps_per_epoch == 0
             every = config.checkpoint_every_steps
-            if (every == 0 and at_epoch_end) or (every > 0 and (step % every == 0 or step == total_steps)):
+            due = (every == 0 and at_epoch_end) or (every > 0 and (step % every == 0 or step == total_steps))
+            if due and distributed.is_primary():
                 save_checkpoint(
                     checkpoint_dir,
                     model,

@@ -10,6 +10,7 @@ from typing import Any
 from tuneforge.jobs import layout
 from tuneforge.model.folders import save_model
 from tuneforge.recipes.base import RecipeInputs
+from tuneforge.recipes.distributed import is_primary
 
 TRAINING_METRICS_HEADER = ("step_number", "epoch_number", "training_loss", "perplexity")
 PERFORMANCE_METRICS_HEADER = (
@@ -30,6 +31,9 @@ class MetricsWriter:
     (``step_number`` from 0), Bedrock's four columns exactly; the same steps with learning rate,
     real tokens/s and MFU in ``step_wise_performance_metrics.csv`` beside it. Validation: after
     training, one row per validator, each validator in its own file.
+
+    Under data parallelism only rank 0 writes (the others' calls do nothing): rank 0 reports the
+    loss summed over all ranks.
     """
 
     def __init__(self, output_dir: Path, job_id: str) -> None:
@@ -43,6 +47,8 @@ class MetricsWriter:
 
     def start_training(self, resumed_steps: int) -> None:
         """Create the training files, or keep only the rows of steps a resumed checkpoint covers."""
+        if not is_primary():
+            return
         for path, header in (
             (self.training_csv, TRAINING_METRICS_HEADER),
             (self.performance_csv, PERFORMANCE_METRICS_HEADER),
@@ -65,6 +71,8 @@ class MetricsWriter:
         tokens_per_second: float = 0.0,
         mfu: float = 0.0,
     ) -> None:
+        if not is_primary():
+            return
         # Appended and closed per row: a killed worker leaves every finished step on disk.
         with self.training_csv.open("a", newline="") as handle:
             csv.writer(handle).writerow([step_number, epoch, f"{loss:.6f}", f"{_perplexity(loss):.6f}"])
@@ -74,6 +82,8 @@ class MetricsWriter:
             )
 
     def validation(self, validator: int, step_number: int, epoch: int, loss: float) -> None:
+        if not is_primary():
+            return
         path = self.validation_csv(validator)
         path.parent.mkdir(parents=True, exist_ok=True)
         with path.open("w", newline="") as handle:
@@ -94,7 +104,10 @@ def save_trained_model(
     model: Any, tokenizer: Any, inputs: RecipeInputs, *, full: bool, data_format: str
 ) -> dict[str, str]:
     """:func:`tuneforge.model.folders.save_model` for a recipe's model, where its inputs say, with the
-    format of the data it was trained on."""
+    format of the data it was trained on. Under data parallelism only rank 0 saves (the ranks hold
+    the same weights); the others get no artifacts."""
+    if not is_primary():
+        return {}
     return save_model(
         model,
         tokenizer,

@@ -1,0 +1,123 @@
+"""TUNEFORGE_EXECUTOR=ray: a job's worker runs in a placement group on a local Ray head (127.0.0.1 only).
+
+Ray resolves "127.0.0.1" to the machine's outward address on Linux unless it is told that the
+cluster is local (``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0``); with it, the head, its raylet and the
+server's driver all bind and talk on loopback.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.e2e.conftest import ROLE, STUDENT_MODEL, Server, make_server, wait_for_status, wait_until
+from tuneforge.data.tasks import make_classification_task, write_jsonl
+from tuneforge.demo import free_port
+from tuneforge.services import Services
+
+pytestmark = pytest.mark.e2e
+
+LOOPBACK_ONLY = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
+
+
+@pytest.fixture(scope="module")
+def ray_head(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """``ray start --head --block`` on 127.0.0.1 with 2 CPUs; its address. Stopped by its pid at the end."""
+    root = tmp_path_factory.mktemp("ray")
+    port = free_port()
+    log = root / "head.log"
+    with log.open("wb") as handle:
+        head = subprocess.Popen(
+            [
+                str(Path(sys.executable).with_name("ray")),
+                "start",
+                "--head",
+                "--block",
+                "--node-ip-address=127.0.0.1",
+                f"--port={port}",
+                "--num-cpus=2",
+                "--num-gpus=0",
+                "--include-dashboard=false",
+                "--disable-usage-stats",
+                f"--temp-dir={root / 'tmp'}",
+            ],
+            env={**os.environ, **LOOPBACK_ONLY},
+            stdout=handle,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    try:
+        wait_until(
+            lambda: (head.poll(), log.read_text(errors="replace")),
+            lambda state: state[0] is not None or "Ray runtime started" in state[1],
+            "the Ray head to start",
+        )
+        assert head.poll() is None, log.read_text()
+        assert "Local node IP: 127.0.0.1" in log.read_text()
+        yield f"127.0.0.1:{port}"
+    finally:
+        # --block: the head's own process stops the raylet and GCS it started when it gets SIGTERM.
+        os.killpg(head.pid, signal.SIGTERM)
+        head.wait(timeout=60)
+
+
+@pytest.fixture(scope="module")
+def ray_server(ray_head: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    root = tmp_path_factory.mktemp("ray-server")
+    with pytest.MonkeyPatch.context() as patch:
+        for name, value in LOOPBACK_ONLY.items():
+            patch.setenv(name, value)
+        server = make_server(root / "data", executor="ray", ray_address=ray_head)
+        server.start()
+    train, _ = make_classification_task(n_train=32, n_test=1, seed=11)
+    write_jsonl(root / "train.jsonl", train)
+    services = Services.create(server.settings)
+    services.store.upload_file(root / "train.jsonl", "s3://ray-jobs/train.jsonl")
+    services.close()
+    yield server
+    server.stop()
+
+
+def test_a_fine_tuning_job_runs_to_completed_on_the_ray_cluster(ray_server: Server) -> None:
+    arn: str = ray_server.bedrock().create_model_customization_job(
+        jobName="on-ray",
+        customModelName="m-on-ray",
+        roleArn=ROLE,
+        baseModelIdentifier=STUDENT_MODEL,
+        trainingDataConfig={"s3Uri": "s3://ray-jobs/train.jsonl"},
+        outputDataConfig={"s3Uri": "s3://ray-jobs/on-ray/"},
+        hyperParameters={"epochCount": "1", "batchSize": "8"},
+    )["jobArn"]
+    job = wait_for_status(ray_server.bedrock(), arn, ("Completed", "Failed", "Stopped"))
+    assert job["status"] == "Completed", job.get("failureMessage")
+    job_log = (ray_server.settings.logs_dir / f"job-{arn.rsplit('/', 1)[-1]}.log").read_text()
+    # The actor that started the worker ran in the job's placement group: one CPU for one process.
+    assert "ray executor: worker on node" in job_log and "(CPU 1)" in job_log, job_log[:2000]
+    model = ray_server.bedrock().get_custom_model(modelIdentifier=job["outputModelArn"])
+    assert model["trainingMetrics"]["trainingLoss"] > 0
+
+
+def test_a_job_on_the_ray_cluster_stops(ray_server: Server) -> None:
+    arn: str = ray_server.bedrock().create_model_customization_job(
+        jobName="stop-on-ray",
+        customModelName="m-stop-on-ray",
+        roleArn=ROLE,
+        baseModelIdentifier=STUDENT_MODEL,
+        trainingDataConfig={"s3Uri": "s3://ray-jobs/train.jsonl"},
+        outputDataConfig={"s3Uri": "s3://ray-jobs/stop-on-ray/"},
+        hyperParameters={"epochCount": "100", "batchSize": "8"},
+    )["jobArn"]
+    wait_until(
+        lambda: ray_server.bedrock().get_model_customization_job(jobIdentifier=arn),
+        lambda job: job.get("statusDetails", {}).get("trainingDetails", {}).get("status") == "InProgress",
+        "training to start on the Ray node",
+    )
+    ray_server.bedrock().stop_model_customization_job(jobIdentifier=arn)
+    job = wait_for_status(ray_server.bedrock(), arn, ("Completed", "Failed", "Stopped"))
+    assert job["status"] == "Stopped", job.get("failureMessage")

@@ -1,0 +1,86 @@
+"""Data-parallel pieces that need no process group: batch shares, the lost-rank message, settings."""
+
+from __future__ import annotations
+
+import pytest
+from pydantic import ValidationError
+
+from tuneforge.catalog.hyperparameters import HyperParameterError, fine_tuning_specs, resolve
+from tuneforge.jobs.ranks import lost_rank_message, torchrun_command
+from tuneforge.recipes.distributed import rank_share
+from tuneforge.settings import Settings
+
+TORCHRUN_FAILURE = """\
+torch.distributed.elastic.multiprocessing.errors.ChildFailedError:
+============================================================
+tuneforge.jobs.ranks FAILED
+------------------------------------------------------------
+Failures:
+[1]:
+  time      : 2026-12-01_04:19:47
+  host      : localhost
+  rank      : 0 (local_rank: 0)
+  exitcode  : -15 (pid: 8639)  (SIGTERM)
+------------------------------------------------------------
+Root Cause (first observed failure):
+[0]:
+  time      : 2026-12-01_04:19:47
+  host      : localhost
+  rank      : 1 (local_rank: 1)
+  exitcode  : -9 (pid: 8640)
+  error_file: <N/A>
+============================================================
+"""
+
+
+@pytest.mark.parametrize("world", [1, 2, 3, 8])
+def test_rank_shares_cover_the_batch_once_and_differ_by_at_most_one_record(world: int) -> None:
+    batch = [5, 1, 9, 3, 7, 2, 8]
+    lengths = [10 + (i * 7) % 13 for i in range(10)]
+    shares = [rank_share(batch, lengths, rank, world) for rank in range(world)]
+    assert sorted(i for share in shares for i in share) == sorted(batch)
+    sizes = [len(share) for share in shares]
+    assert max(sizes) - min(sizes) <= 1
+
+
+def test_the_lost_rank_message_names_the_root_cause_rank_and_its_signal() -> None:
+    message = lost_rank_message(TORCHRUN_FAILURE, 1, world=2, restarts=1)
+    assert message.startswith("Data-parallel training lost rank 1 of 2: it was killed by signal 9")
+    assert "TUNEFORGE_DATA_PARALLEL_MAX_RESTARTS" in message
+
+
+def test_without_a_failure_summary_the_message_gives_torchruns_exit_code() -> None:
+    assert "torchrun exited with code 2" in lost_rank_message("usage: torchrun ...", 2, world=2, restarts=0)
+
+
+@pytest.mark.parametrize("raw", ["0", "65", "two", "1.5"])
+def test_data_parallel_processes_outside_1_to_64_is_refused_with_its_name(raw: str) -> None:
+    with pytest.raises(HyperParameterError, match="dataParallelProcesses"):
+        resolve(fine_tuning_specs(), {"dataParallelProcesses": raw})
+
+
+def test_one_machine_rendezvous_and_ranks_stay_on_loopback() -> None:
+    command = torchrun_command(Settings(data_dir="/tmp/tf-dist-unit"), "job1", 2, 29511)
+    assert "--rdzv-endpoint=127.0.0.1:29511" in command and "--local-addr=127.0.0.1" in command
+    assert "--nproc-per-node=2" in command and command[-2:] == ["tuneforge.jobs.ranks", "job1"]
+
+
+def test_several_machines_meet_at_the_configured_rendezvous() -> None:
+    settings = Settings(data_dir="/tmp/tf-dist-unit", data_parallel_nodes=3, data_parallel_rendezvous="10.0.0.5:29400")
+    command = torchrun_command(settings, "job1", 4, 29511)
+    assert "--nnodes=3" in command and "--rdzv-endpoint=10.0.0.5:29400" in command
+    assert not any(part.startswith("--local-addr") for part in command)
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        {"data_parallel_nodes": 0},
+        {"data_parallel_rendezvous": "no-port"},
+        {"data_parallel_max_restarts": -1},
+        {"executor": "slurm"},
+    ],
+)
+def test_bad_distributed_settings_are_refused_at_start(overrides: dict[str, object]) -> None:
+    with pytest.raises(ValidationError):
+        Settings(data_dir="/tmp/tf-dist-unit", **overrides)  # type: ignore[arg-type]
