@@ -38,14 +38,15 @@ $(POSTGRES_STAMP): $(STAMP)
 	touch $(POSTGRES_STAMP)
 
 # Two test processes: most of an end-to-end test's time is a server, worker or engine process starting or
-# waiting, so two files at once keep 2 cores busy; --dist loadfile keeps a module's shared server in one.
+# waiting, so two files at once keep 2 cores busy; --dist loadfile keeps a module's shared server in one,
+# and tests/conftest.py orders the modules longest first.
 TEST_WORKERS ?= 2
 
 test: $(STAMP) $(CHROMIUM_STAMP) $(POSTGRES_STAMP)
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/ruff format --check src tests benchmarks
 	$(BIN)/mypy
-	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder
 
 BENCH_STAMP := $(VENV)/.bench-installed
 

@@ -51,6 +51,42 @@ def pytest_runtest_teardown(item: pytest.Item) -> Iterator[None]:
     yield from _guarded(item)
 
 
+HEAVY_FIRST = (
+    "tests/e2e/test_smollm2.py",
+    "tests/bench/test_benchmark_smoke.py",
+    "tests/e2e/test_customization_approaches.py",
+    "tests/e2e/test_distributed_training.py",
+    "tests/e2e/test_advisor.py",
+    "tests/e2e/test_replicas.py",
+    "tests/e2e/test_ray_executor.py",
+    "tests/e2e/test_custom_model_deployments.py",
+    "tests/e2e/test_model_import.py",
+    "tests/e2e/test_serving.py",
+    "tests/console/test_console_playground.py",
+    "tests/e2e/test_bedrock_control_plane.py",
+    "tests/e2e/test_chat_templates.py",
+    "tests/e2e/test_recovery.py",
+    "tests/e2e/test_hyperparameter_tuning.py",
+)
+"""The modules that take longest on 2 cores (a CI run's --durations), longest first.
+
+`make test` hands whole modules to two pytest processes in collection order (--dist loadfile,
+--no-loadscope-reorder). Starting the longest first and ending on the many short unit modules
+keeps both processes busy to the end; xdist's own order (most tests first) left the longest
+modules for last, one process running them while the other idled."""
+
+
+def _weight(item: pytest.Item) -> tuple[int, int]:
+    module = item.nodeid.split("::", 1)[0]
+    if module in HEAVY_FIRST:
+        return (0, HEAVY_FIRST.index(module))
+    return (2, 0) if module.startswith("tests/unit/") else (1, 0)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    items.sort(key=_weight)  # stable: a module's tests keep their order and stay together
+
+
 @pytest.fixture(scope="session")
 def postgres_server() -> Iterator[PostgresServer]:
     """One PostgreSQL server for the session (about a second to initdb and start), on loopback.

@@ -62,8 +62,17 @@ def ray_head(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         assert "Local node IP: 127.0.0.1" in log.read_text()
         yield f"127.0.0.1:{port}"
     finally:
-        # --block: the head's own process stops the raylet and GCS it started when it gets SIGTERM.
+        # --block: the head's own process stops the raylet and GCS it started when it gets SIGTERM. Its
+        # graceful stop can take half a minute on 2 busy cores; past a few seconds the session is killed.
         os.killpg(head.pid, signal.SIGTERM)
+        try:
+            head.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            pass
+        try:
+            os.killpg(head.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
         head.wait(timeout=60)
 
 
