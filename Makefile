@@ -37,16 +37,18 @@ $(POSTGRES_STAMP): $(STAMP)
 	ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null || (apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q postgresql)
 	touch $(POSTGRES_STAMP)
 
-# Two test processes: most of an end-to-end test's time is a server, worker or engine process starting or
-# waiting, so two files at once keep 2 cores busy; --dist loadfile keeps a module's shared server in one,
-# and tests/conftest.py orders the modules longest first.
+# Two test processes, each pinned to a CPU of its own with everything it starts (tests/conftest.py), so
+# two files run at once without their torch threads fighting; --dist loadfile keeps a module's shared
+# server in one process, and tests/conftest.py orders the modules longest first. The benchmark smokes
+# judge in-run speed ratios, so they run afterwards with the machine to themselves.
 TEST_WORKERS ?= 2
 
 test: $(STAMP) $(CHROMIUM_STAMP) $(POSTGRES_STAMP)
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/ruff format --check src tests benchmarks
 	$(BIN)/mypy
-	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder -m 'not quiet_machine'
+	$(BIN)/python -m pytest -q -m quiet_machine
 
 BENCH_STAMP := $(VENV)/.bench-installed
 

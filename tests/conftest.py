@@ -14,6 +14,26 @@ from tests.postgres import TEMPLATE, PostgresServer, find_bin_dir
 if TYPE_CHECKING:
     from tests.moto_s3 import MotoS3
 
+
+def _pin_to_one_cpu() -> None:
+    """Under `make test` (two pytest processes, pytest-xdist), each process and everything it starts
+    (servers, workers, engines, chromium) runs on a CPU of its own.
+
+    torch sizes its thread pools from the CPUs a process may use, and tuneforge's defaults count them
+    too (settings.available_cpus); two tests each running 2-thread torch processes on 2 shared cores
+    spin against each other and ran 10-20x slower. Pinned, each process tree has one CPU and uses
+    one thread per torch process. A run without xdist is left alone.
+    """
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "")
+    if not worker.startswith("gw") or not hasattr(os, "sched_setaffinity"):
+        return
+    cpus = sorted(os.sched_getaffinity(0))
+    if len(cpus) > 1:
+        os.sched_setaffinity(0, {cpus[int(worker[2:]) % len(cpus)]})
+
+
+_pin_to_one_cpu()  # before anything imports torch
+
 # Tests must never reach a model hub; everything they load is created offline.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -53,7 +73,6 @@ def pytest_runtest_teardown(item: pytest.Item) -> Iterator[None]:
 
 HEAVY_FIRST = (
     "tests/e2e/test_smollm2.py",
-    "tests/bench/test_benchmark_smoke.py",
     "tests/e2e/test_customization_approaches.py",
     "tests/e2e/test_distributed_training.py",
     "tests/e2e/test_advisor.py",

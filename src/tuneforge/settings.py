@@ -97,7 +97,12 @@ class Settings(BaseSettings):
     )
     account_id: str = Field(default="123456789012", pattern=r"^[0-9]{12}$")
     worker_concurrency: int = Field(default=1, ge=1, le=64, description="Jobs that train at once.")
-    worker_threads: int = Field(default=0, ge=0, description="torch threads per worker; 0 = all cores / concurrency.")
+    worker_threads: int = Field(
+        default=0,
+        ge=0,
+        description="torch threads per worker; 0 = the CPUs this process may run on (its affinity: a container's "
+        "cpuset, taskset) / concurrency.",
+    )
     heartbeat_timeout_s: float = Field(
         default=60.0, gt=0, description="A running job whose worker is silent this long is failed."
     )
@@ -170,8 +175,8 @@ class Settings(BaseSettings):
     engine_threads: int = Field(
         default=0,
         ge=0,
-        description="torch threads per engine process; 0 = half the cores (at least 1), leaving the rest to the "
-        "API process and other engines (on 2 cores, 2 engine threads measured slower than 1 under load).",
+        description="torch threads per engine process; 0 = half the CPUs it may run on (at least 1), leaving the "
+        "rest to the API process and other engines (on 2 cores, 2 engine threads measured slower than 1 under load).",
     )
     engine_max_batch: int = Field(
         default=16, ge=1, le=512, description="Sequences one engine decodes together (continuous batching)."
@@ -433,6 +438,15 @@ def is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
+
+
+def available_cpus() -> int:
+    """The CPUs this process may run on: its affinity mask (a container's cpuset, ``taskset``), not the
+    machine's count. More torch threads than these CPUs spin against each other and run several times
+    slower than fewer threads would."""
+    if hasattr(os, "sched_getaffinity"):
+        return max(1, len(os.sched_getaffinity(0)))
+    return os.cpu_count() or 1
 
 
 def child_environment(settings: Settings) -> dict[str, str]:

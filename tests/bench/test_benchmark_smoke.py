@@ -20,6 +20,8 @@ from benchmarks.common import EXIT_TOO_NOISY
 from tests.conftest import link_folder
 
 ROOT = Path(__file__).resolve().parents[2]
+pytestmark = pytest.mark.quiet_machine
+
 BENCH_MODEL_CACHE = Path(tempfile.gettempdir()) / "tuneforge-bench-models"
 """benchmarks/serving_batching.py's ``MODEL_CACHE``, where its SmolLM2 run looks for the converted folder."""
 RUN_HANG_GUARD_S = 3600

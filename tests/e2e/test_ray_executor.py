@@ -7,10 +7,13 @@ server's driver all bind and talk on loopback.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -30,6 +33,9 @@ LOOPBACK_ONLY = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
 def ray_head(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """``ray start --head --block`` on 127.0.0.1 with 2 CPUs; its address. Stopped by its pid at the end."""
     root = tmp_path_factory.mktemp("ray")
+    # Ray's Unix sockets live under --temp-dir, and AF_UNIX paths stop at 107 bytes: pytest's folders
+    # (with xdist's popen-gwN) are too deep for them.
+    short_tmp = tempfile.mkdtemp(prefix="tf-ray-")
     port = free_port()
     log = root / "head.log"
     with log.open("wb") as handle:
@@ -45,7 +51,7 @@ def ray_head(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
                 "--num-gpus=0",
                 "--include-dashboard=false",
                 "--disable-usage-stats",
-                f"--temp-dir={root / 'tmp'}",
+                f"--temp-dir={short_tmp}",
             ],
             env={**os.environ, **LOOPBACK_ONLY},
             stdout=handle,
@@ -65,15 +71,12 @@ def ray_head(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         # --block: the head's own process stops the raylet and GCS it started when it gets SIGTERM. Its
         # graceful stop can take half a minute on 2 busy cores; past a few seconds the session is killed.
         os.killpg(head.pid, signal.SIGTERM)
-        try:
+        with contextlib.suppress(subprocess.TimeoutExpired):
             head.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            pass
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(head.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
         head.wait(timeout=60)
+        shutil.rmtree(short_tmp, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")

@@ -268,3 +268,20 @@ def test_invalid_setting_is_described_in_one_line_without_its_value(
     message = describe_settings_error(exc.value)
     assert message.startswith(expected) and "\n" not in message
     assert "AKID" not in message
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_setaffinity"), reason="CPU affinity is Linux's")
+def test_default_thread_counts_follow_the_cpus_this_process_may_run_on() -> None:
+    """A container's cpuset or taskset gives fewer CPUs than the machine has: torch threads beyond them spin
+    against each other, so the worker's default counts the affinity mask, not os.cpu_count()."""
+    from tuneforge.jobs.worker import worker_threads
+    from tuneforge.settings import available_cpus
+
+    before = os.sched_getaffinity(0)
+    try:
+        os.sched_setaffinity(0, {min(before)})
+        assert available_cpus() == 1
+        assert worker_threads(Settings()) == 1
+    finally:
+        os.sched_setaffinity(0, before)
+    assert available_cpus() == len(before)

@@ -41,7 +41,7 @@ from tuneforge.engine.static_decode import LoneSequenceStep
 from tuneforge.model.builtin import ensure_builtin
 from tuneforge.model.folders import BUILTIN_SOURCE_PREFIX, load_for_inference, trained_format
 from tuneforge.serving.protocol import ADAPTER_LOAD_FAILED, GenerationRequest
-from tuneforge.settings import Settings
+from tuneforge.settings import Settings, available_cpus
 
 log = logging.getLogger("tuneforge.engine")
 
@@ -211,7 +211,7 @@ def main(argv: list[str] | None = None) -> int:
     threading.Thread(target=watch_parent, args=(parent,), daemon=True).start()
 
     settings = Settings()
-    torch.set_num_threads(settings.engine_threads or max(1, (os.cpu_count() or 2) // 2))
+    torch.set_num_threads(settings.engine_threads or max(1, available_cpus() // 2))
     started = time.monotonic()
     try:
         folder = model_folder(args.source, settings)

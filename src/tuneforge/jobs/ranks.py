@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import pickle
 import re
 import subprocess
@@ -30,7 +29,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from tuneforge.recipes.base import JobReporter, RecipeFailed, RecipeInputs, RecipeResult, Stage, StageStatus
-from tuneforge.settings import Settings, child_environment
+from tuneforge.settings import Settings, available_cpus, child_environment
 
 log = logging.getLogger("tuneforge.ranks")
 
@@ -94,7 +93,7 @@ def run_data_parallel(settings: Settings, inputs: RecipeInputs, processes: int, 
     with launch_log.open("ab") as handle:
         code = subprocess.call(
             command,
-            env=launch_environment(settings, threads or os.cpu_count() or 1),
+            env=launch_environment(settings, threads or available_cpus()),
             stdout=handle,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,

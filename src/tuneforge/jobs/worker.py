@@ -59,7 +59,7 @@ from tuneforge.recipes.base import (
 from tuneforge.recipes.memory import steady_allocator
 from tuneforge.services import Services
 from tuneforge.serving.retrieval import RetrievedChunk, context_hit
-from tuneforge.settings import Settings
+from tuneforge.settings import Settings, available_cpus
 from tuneforge.storage import EndpointUnreachable, StorageError
 
 if TYPE_CHECKING:
@@ -729,7 +729,7 @@ def write_output(services: Services, uri: str, data: bytes) -> None:
 def worker_threads(settings: Settings) -> int:
     if settings.worker_threads:
         return settings.worker_threads
-    return max(1, (os.cpu_count() or 1) // settings.worker_concurrency)
+    return max(1, available_cpus() // settings.worker_concurrency)
 
 
 class EvaluationJobRunner:
