@@ -8,6 +8,7 @@ server's driver all bind and talk on loopback.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import signal
@@ -96,7 +97,41 @@ def ray_server(ray_head: str, tmp_path_factory: pytest.TempPathFactory) -> Itera
     server.stop()
 
 
-def test_a_fine_tuning_job_runs_to_completed_on_the_ray_cluster(ray_server: Server) -> None:
+PLACEMENT_GROUP_STATES = """
+import json, sys, time
+import ray
+ray.init(address=sys.argv[1], logging_level="ERROR", log_to_driver=False)
+name = sys.argv[2]
+deadline = time.monotonic() + float(sys.argv[3])
+while True:
+    states = [g["state"] for g in ray.util.placement_group_table().values() if g["name"] == name]
+    if (states and all(state == "REMOVED" for state in states)) or time.monotonic() > deadline:
+        break
+    time.sleep(0.5)
+print(json.dumps({"states": states, "available_cpus": ray.available_resources().get("CPU", 0.0)}))
+"""
+
+
+def placement_group_after_worker(ray_head: str, arn: str) -> dict[str, object]:
+    """The job's placement group states and the head's free CPUs, seen by a separate Ray driver.
+
+    The supervisor removes the group on the poll that sees the worker end, which may be a tick after
+    the job's status changes: the driver waits up to 60 s for REMOVED, then reports what it saw.
+    """
+    name = f"tuneforge-job-{arn.rsplit('/', 1)[-1]}"
+    answer = subprocess.run(
+        [sys.executable, "-c", PLACEMENT_GROUP_STATES, ray_head, name, "60"],
+        env={**os.environ, **LOOPBACK_ONLY},
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=True,
+    )
+    result: dict[str, object] = json.loads(answer.stdout.strip().splitlines()[-1])
+    return result
+
+
+def test_a_fine_tuning_job_runs_to_completed_on_the_ray_cluster(ray_head: str, ray_server: Server) -> None:
     arn: str = ray_server.bedrock().create_model_customization_job(
         jobName="on-ray",
         customModelName="m-on-ray",
@@ -113,9 +148,12 @@ def test_a_fine_tuning_job_runs_to_completed_on_the_ray_cluster(ray_server: Serv
     assert "ray executor: worker on node" in job_log and "(CPU 1)" in job_log, job_log[:2000]
     model = ray_server.bedrock().get_custom_model(modelIdentifier=job["outputModelArn"])
     assert model["trainingMetrics"]["trainingLoss"] > 0
+    # The job's placement group is released once its worker has ended: its CPU is free again.
+    released = placement_group_after_worker(ray_head, arn)
+    assert released["states"] == ["REMOVED"] and released["available_cpus"] == 2.0, released
 
 
-def test_a_job_on_the_ray_cluster_stops(ray_server: Server) -> None:
+def test_a_job_on_the_ray_cluster_stops(ray_head: str, ray_server: Server) -> None:
     arn: str = ray_server.bedrock().create_model_customization_job(
         jobName="stop-on-ray",
         customModelName="m-stop-on-ray",
@@ -133,3 +171,5 @@ def test_a_job_on_the_ray_cluster_stops(ray_server: Server) -> None:
     ray_server.bedrock().stop_model_customization_job(jobIdentifier=arn)
     job = wait_for_status(ray_server.bedrock(), arn, ("Completed", "Failed", "Stopped"))
     assert job["status"] == "Stopped", job.get("failureMessage")
+    released = placement_group_after_worker(ray_head, arn)
+    assert released["states"] == ["REMOVED"] and released["available_cpus"] == 2.0, released
