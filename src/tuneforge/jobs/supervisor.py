@@ -62,7 +62,7 @@ from tuneforge.jobs.executors import WorkerProcess, start_worker
 from tuneforge.jobs.invocations import mark_ended
 from tuneforge.jobs.knowledge_bases import mark_ingestion_ended
 from tuneforge.jobs.service import mark_stages
-from tuneforge.replicas import ReplicaRegistry
+from tuneforge.replicas import ReplicaRegistry, pid_alive
 from tuneforge.services import Services
 
 log = logging.getLogger(__name__)
@@ -129,16 +129,6 @@ def remove_job_files(services: Services, job_id: str) -> None:
 def has_checkpoint(services: Services, job_id: str) -> bool:
     folder = checkpoint_dir(services, job_id)
     return folder.is_dir() and any(folder.iterdir())
-
-
-def pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def is_worker_process(pid: int, job_id: str) -> bool:
