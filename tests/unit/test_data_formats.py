@@ -153,14 +153,35 @@ def test_fine_tuning_record_of_unknown_shape_shows_both_formats() -> None:
             "messages[2].role",
             "roles must alternate",
         ),
-        (convo(msg("system", "q"), msg("assistant", "a")), "messages[0].role", 'got "system"'),
+        (convo(msg("system", "q"), msg("assistant", "a")), "messages[1].role", 'first message must be from "user"'),
+        (
+            convo(msg("user", "q"), msg("system", "s"), msg("assistant", "a")),
+            "messages[1].role",
+            "a system message may only come first",
+        ),
+        (
+            convo(msg("system", "s"), msg("user", "q"), msg("user", "q2"), msg("assistant", "a")),
+            "messages[2].role",
+            'messages[1] and messages[2] are both from "user"',
+        ),
+        (
+            convo(msg("system", "s"), msg("user", "q"), msg("assistant", "a"), system=[{"text": "t"}]),
+            "messages[0].role",
+            'got "system"',
+        ),
         (convo(), "messages", "empty list"),
         ({"messages": "hi"}, "messages", "expected a list of message objects, got string"),
         (convo(msg("user", "q"), "a"), "messages[1]", "expected a JSON object, got string"),
         (
-            convo({"role": "user", "content": "q"}, msg("assistant", "a")),
+            convo({"role": "user", "content": 5}, msg("assistant", "a")),
             "messages[0].content",
             "expected a list of content blocks",
+        ),
+        (convo({"role": "user", "content": "  "}, msg("assistant", "a")), "messages[0].content", "empty string"),
+        (
+            convo({"role": "user", "content": [{"type": "image_url", "image_url": {}}]}, msg("assistant", "a")),
+            "messages[0].content[0].type",
+            "text-only",
         ),
         (convo({"role": "user", "content": []}, msg("assistant", "a")), "messages[0].content", "empty list"),
         (convo(msg("user", "q"), msg("assistant", "")), "messages[1].content[0].text", "empty string"),
@@ -188,7 +209,7 @@ def test_fine_tuning_record_of_unknown_shape_shows_both_formats() -> None:
             "text-only",
         ),
         (
-            convo(msg("user", "q"), msg("assistant", "a"), system="be brief"),
+            convo(msg("user", "q"), msg("assistant", "a"), system=7),
             "system",
             "expected a list of content blocks",
         ),
@@ -264,3 +285,21 @@ def test_write_jsonl_accepts_a_plain_string_path(tmp_path: Path, monkeypatch: py
 def test_write_jsonl_escapes_a_record_with_a_lone_surrogate_so_validation_can_name_it(tmp_path: Path) -> None:
     written = write_jsonl(tmp_path / "logs.jsonl", [{"prompt": "ok é"}, {"prompt": "half \ud800"}])
     assert written.read_bytes() == '{"prompt": "ok é"}\n{"prompt": "half \\ud800"}\n'.encode()
+
+
+def test_openai_chat_records_are_read_as_they_are() -> None:
+    """OpenAI's chat fine-tuning format: string content, text parts, and a leading system message."""
+    record = parse_record(
+        {
+            "messages": [
+                {"role": "system", "content": "Classify the ticket."},
+                {"role": "user", "content": [{"type": "text", "text": "charged twice"}]},
+                {"role": "assistant", "content": "billing"},
+            ]
+        },
+        FINE_TUNING,
+    )
+    assert isinstance(record, Conversation)
+    assert record.system == "Classify the ticket."
+    assert record.turns == (("user", "charged twice"), ("assistant", "billing"))
+    assert record.input_output_text() == ("Classify the ticket.\ncharged twice", "billing")

@@ -23,6 +23,11 @@ unknown keys are errors, because a misspelt key (``"complection"``) silently tra
 worse than a failed pre-flight check. tuneforge's models are text-only, so image, video and
 document content blocks are refused with a message that says so.
 
+The same records written in OpenAI's chat format are read as they are: a message's ``content`` may
+be a plain string or a list of ``{"type": "text", "text": "..."}`` parts, and the system prompt may be
+a first message with role ``"system"`` instead of the ``system`` key (not both).
+:func:`parse_messages` reads either spelling, for every format built on a message list.
+
 Every parse error is a :class:`RecordError` naming a JSON path (``messages[2].role``) so the
 validator can tell the user the line *and* the field to fix.
 """
@@ -232,7 +237,14 @@ def _list(value: object, field: str, of: str) -> list[object]:
 
 
 def _content_text(value: object, field: str) -> str:
-    """A message's or system prompt's ``[{"text": "..."}, ...]`` blocks, joined by newlines."""
+    """A message's or system prompt's ``[{"text": "..."}, ...]`` blocks, joined by newlines.
+
+    OpenAI's spellings are read too: a plain string, and ``{"type": "text", "text": "..."}`` parts.
+    """
+    if isinstance(value, str):
+        if not value.strip():
+            raise RecordError(field, "empty string; write the text, or remove the record")
+        return value
     blocks = _list(value, field, 'content blocks like [{"text": "..."}]')
     if not blocks:
         raise RecordError(field, 'empty list; add at least one block like {"text": "..."}')
@@ -246,7 +258,12 @@ def _content_text(value: object, field: str) -> str:
                 f"{path}.{unsupported}",
                 f"{unsupported} content is not supported: tuneforge models are text-only",
             )
-        _check_keys(block, ("text",), (), 'a content block is {"text": "..."}', f"{path}.")
+        if "type" in block and block["type"] != "text":
+            got = f'"{block["type"]}"' if isinstance(block["type"], str) else json_type_name(block["type"])
+            raise RecordError(
+                f"{path}.type", f'only "text" parts are supported (tuneforge models are text-only), got {got}'
+            )
+        _check_keys(block, ("text",), ("type",), 'a content block is {"text": "..."}', f"{path}.")
         texts.append(_text(block, "text", f"{path}.text"))
     return "\n".join(texts)
 
@@ -264,27 +281,10 @@ def _parse_conversation(record: dict[str, object], *, golden_required: bool) -> 
             f'expected a string such as "{SCHEMA_VERSION}", got {json_type_name(record["schemaVersion"])}',
         )
     system = _content_text(record["system"], "system") if "system" in record else ""
-    messages = _list(record["messages"], "messages", "message objects")
-    if not messages:
-        raise RecordError("messages", f"empty list; a record needs at least one user message: {_CONVERSATION_EXAMPLE}")
-
-    turns: list[tuple[Role, str]] = []
-    for index, raw in enumerate(messages):
-        path = f"messages[{index}]"
-        message = _require_object(raw, path)
-        _check_keys(
-            message,
-            ("role", "content"),
-            (),
-            'a message is {"role": "user" | "assistant", "content": [{"text": "..."}]}',
-            f"{path}.",
-        )
-        role = message["role"]
-        if role != "user" and role != "assistant":
-            got = f'"{role}"' if isinstance(role, str) else json_type_name(role)
-            raise RecordError(f"{path}.role", f'expected "user" or "assistant", got {got}')
-        typed_role: Role = "user" if role == "user" else "assistant"
-        turns.append((typed_role, _content_text(message["content"], f"{path}.content")))
+    message_system, turns = parse_messages(record["messages"], "messages", has_system=bool(system))
+    system = system or message_system
+    at = 1 if message_system else 0
+    """Index of turns[0] in the record's messages: 1 after an OpenAI-style system message."""
 
     if not golden_required and all(role == "assistant" for role, _ in turns):
         raise RecordError(
@@ -299,14 +299,52 @@ def _parse_conversation(record: dict[str, object], *, golden_required: bool) -> 
             problem = f'the first message must be from "user", got "{role}"'
         else:
             problem = (
-                f"roles must alternate user/assistant, but messages[{index - 1}] and "
-                f'messages[{index}] are both from "{role}"'
+                f"roles must alternate user/assistant, but messages[{at + index - 1}] and "
+                f'messages[{at + index}] are both from "{role}"'
             )
-        raise RecordError(f"messages[{index}].role", problem)
+        raise RecordError(f"messages[{at + index}].role", problem)
     last = len(turns) - 1
     if golden_required and turns[last][0] != "assistant":
         raise RecordError(
-            f"messages[{last}].role",
+            f"messages[{at + last}].role",
             'the last message must be from "assistant" (the response to learn), got "user"',
         )
     return Conversation(system=system, turns=tuple(turns))
+
+
+def parse_messages(value: object, field: str, *, has_system: bool = False) -> tuple[str, list[tuple[Role, str]]]:
+    """A message list -> (system text, ``(role, text)`` turns), with errors naming ``field[i]...``.
+
+    Roles are ``user`` and ``assistant``; a first message with role ``system`` (OpenAI's spelling)
+    becomes the system text, unless ``has_system`` says the record already has one. Content is
+    Bedrock's block list or OpenAI's string or text parts (:func:`_content_text`). The order of the
+    turns is left to the caller: each format has its own rule for which role comes last.
+    """
+    messages = _list(value, field, "message objects")
+    if not messages:
+        raise RecordError(field, f"empty list; a record needs at least one user message: {_CONVERSATION_EXAMPLE}")
+    system = ""
+    turns: list[tuple[Role, str]] = []
+    for index, raw in enumerate(messages):
+        path = f"{field}[{index}]"
+        message = _require_object(raw, path)
+        _check_keys(
+            message,
+            ("role", "content"),
+            (),
+            'a message is {"role": "user" | "assistant", "content": [{"text": "..."}]}',
+            f"{path}.",
+        )
+        role = message["role"]
+        if role == "system" and index == 0 and not has_system:
+            system = _content_text(message["content"], f"{path}.content")
+            continue
+        if role != "user" and role != "assistant":
+            got = f'"{role}"' if isinstance(role, str) else json_type_name(role)
+            where = "" if role != "system" else " (a system message may only come first, and only once)"
+            raise RecordError(f"{path}.role", f'expected "user" or "assistant", got {got}{where}')
+        typed_role: Role = "user" if role == "user" else "assistant"
+        turns.append((typed_role, _content_text(message["content"], f"{path}.content")))
+    if not turns:
+        raise RecordError(field, f"no user message; a record needs at least one: {_CONVERSATION_EXAMPLE}")
+    return system, turns
