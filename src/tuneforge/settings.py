@@ -236,6 +236,12 @@ class Settings(BaseSettings):
         description="Memory one training job may use, in bytes, for the memory plan at job creation; "
         "0 = detect it (80% of RAM, or 90% of the GPU's memory, divided by worker_concurrency).",
     )
+    secure_cookies: bool = Field(
+        default=False,
+        description="Mark the console's session cookie Secure (sent over HTTPS only). Set it behind a TLS proxy; "
+        "a request that reaches the server as https (direct TLS, or a trusted proxy's X-Forwarded-Proto) gets "
+        "a Secure cookie either way.",
+    )
     replica_url: str | None = Field(
         default=None,
         description="The URL the other API replicas sharing this database use to reach this one (forwarded "

@@ -61,7 +61,7 @@ def login(
     except ServiceError as exc:
         return render(request, "login.html", status_code=exc.status, next=_safe_next(next), error=ApiError.of(exc))
     response = see_other(_safe_next(next))
-    console.set_cookie(response, session)
+    console.set_cookie(request, response, session)
     return response
 
 

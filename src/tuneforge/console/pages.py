@@ -83,7 +83,7 @@ def render(request: Request, template: str, status_code: int = 200, **context: A
         status_code=status_code,
     )
     if fresh and session is not None:
-        console.set_cookie(response, session)
+        console.set_cookie(request, response, session)
     return response
 
 

@@ -21,6 +21,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from starlette.requests import Request
 from starlette.responses import Response
 
 from tuneforge.errors import AccessDeniedException
@@ -93,8 +94,19 @@ class ConsoleSessions:
     def check_csrf(self, session: Session | None, token: str | None) -> bool:
         return session is not None and token is not None and hmac.compare_digest(token, self.csrf_token(session))
 
-    def set_cookie(self, response: Response, session: Session) -> None:
-        """HttpOnly (no script reads it), SameSite=Strict (no other site's page sends it), console paths only."""
+    def secure(self, request: Request) -> bool:
+        """Secure when asked for (``TUNEFORGE_SECURE_COOKIES``) or when the request came over HTTPS."""
+        return self.settings.secure_cookies or request.url.scheme == "https"
+
+    def set_cookie(self, request: Request, response: Response, session: Session) -> None:
+        """HttpOnly (no script reads it), SameSite=Strict (no other site's page sends it), console paths only,
+        and Secure (HTTPS only) behind TLS."""
         response.set_cookie(
-            COOKIE, session.cookie, max_age=SESSION_SECONDS, path="/console", httponly=True, samesite="strict"
+            COOKIE,
+            session.cookie,
+            max_age=SESSION_SECONDS,
+            path="/console",
+            httponly=True,
+            samesite="strict",
+            secure=self.secure(request),
         )
