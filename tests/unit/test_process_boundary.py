@@ -16,12 +16,12 @@ import pytest
 import tuneforge
 
 PACKAGE = Path(tuneforge.__file__).parent
-CONTROL_PLANE = ("api", "console", "serving", "catalog", "data", "evaluation", "jobs", "advisor")
+CONTROL_PLANE = ("api", "console", "serving", "catalog", "data", "evaluation", "jobs", "advisor", "graders")
 WORKER_SIDE = {PACKAGE / "jobs" / "worker.py", PACKAGE / "jobs" / "ranks.py"}
 """The job worker and a data-parallel job's ranks are the processes that run recipes; theirs are the
 control-plane files allowed across."""
 TORCH_SIDE = ("tuneforge.model", "tuneforge.engine", "tuneforge.recipes", "tuneforge.knowledge")
-HEAVY_LIBRARIES = ("torch", "peft", "safetensors", "faiss")
+HEAVY_LIBRARIES = ("torch", "transformers", "peft", "safetensors", "faiss")
 
 
 def imported_modules(path: Path) -> list[tuple[int, str]]:

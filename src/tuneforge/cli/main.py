@@ -332,12 +332,19 @@ def data_validate(
     from tuneforge.data.preflight import preflight_report
     from tuneforge.errors import ServiceError
     from tuneforge.model.folders import base_model_dir
+    from tuneforge.model.loading import token_counter
 
     services = _services()
     raw_hp = dict(item.split("=", 1) for item in hyperparameters or [] if "=" in item)
     try:
         result = preflight_report(
-            services, file, model, customization_type, raw_hp, lambda found: base_model_dir(services, found)
+            services,
+            file,
+            model,
+            customization_type,
+            raw_hp,
+            lambda found: base_model_dir(services, found),
+            token_counter,
         )
     except ServiceError as exc:
         raise _fail(exc.message) from None

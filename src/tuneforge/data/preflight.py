@@ -22,17 +22,6 @@ if TYPE_CHECKING:
     from tuneforge.services import Services
 
 
-def token_counter(model_dir: Path) -> Callable[[str], int]:
-    from transformers import AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
-
-    def count(text: str) -> int:
-        return len(tokenizer(text, add_special_tokens=False)["input_ids"])
-
-    return count
-
-
 def validate_dataset(
     settings: Settings,
     model: FoundationModel,
@@ -69,12 +58,13 @@ def preflight_report(
     customization_type: str,
     raw_hyperparameters: dict[str, str],
     model_dir: Callable[[FoundationModel], Path],
-    counter: Callable[[Path], Callable[[str], int]] = token_counter,
+    counter: Callable[[Path], Callable[[str], int]],
 ) -> dict[str, Any]:
     """``model_dir`` resolves the model to a local folder (for its tokenizer); it is passed in because
     building a built-in model needs torch, which this module does not import. ``counter`` turns that
-    folder into a token counter: transformers' tokenizer by default (the CLI), the ``tokenizers``
-    library in the API process, where importing transformers would import torch."""
+    folder into a token counter: transformers' tokenizer in the CLI
+    (:func:`tuneforge.model.loading.token_counter`), the ``tokenizers`` library in the API process,
+    where importing transformers would import torch."""
     model = services.catalog.get(model_id)
     if customization_type not in model.customizations:
         raise ValidationException(

@@ -455,7 +455,8 @@ class JobRunner:
         files: list[tuple[str, Path, bool]],
         max_sequence_length: int,
     ) -> None:
-        from tuneforge.data.preflight import token_counter, validate_dataset
+        from tuneforge.data.preflight import validate_dataset
+        from tuneforge.model.loading import token_counter
 
         count_tokens = token_counter(base_dir)
         for uri, path, is_validation in files:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import contextlib
 import json
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -80,6 +80,16 @@ def load_tokenizer(path: Path) -> PreTrainedTokenizerBase:
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
+
+
+def token_counter(path: Path) -> Callable[[str], int]:
+    """Counts a text's tokens with the folder's own tokenizer, without special tokens (pre-flight quotas)."""
+    tokenizer = AutoTokenizer.from_pretrained(str(path))
+
+    def count(text: str) -> int:
+        return len(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    return count
 
 
 @contextlib.contextmanager
