@@ -27,6 +27,7 @@ from tuneforge.graders.builtin import ExactMatch, JsonSchemaValid, NumericTolera
 from tuneforge.graders.judge import Complete, ModelJudge
 from tuneforge.graders.openai_graders import OpenAIContext, check_python_source, load_openai_grader
 from tuneforge.graders.sandbox import SandboxLimits, check_sandbox, run_sandboxed
+from tuneforge.settings import Settings
 from tuneforge.storage import ObjectStore, StorageError
 
 __all__ = ["BUILTIN", "GraderContext", "GraderRegistry", "load_grader", "reference_text"]
@@ -61,6 +62,14 @@ class GraderContext:
     complete: Complete | None = None
     """How judge and ``score_model`` graders reach their model; None refuses them."""
     check_sandbox: bool = True
+
+    @classmethod
+    def from_settings(
+        cls, settings: Settings, complete: Complete | None = None, store: ObjectStore | None = None
+    ) -> GraderContext:
+        """The limits and registry ``settings`` name; ``store`` reuses an open object store."""
+        limits = SandboxLimits(settings.grader_timeout_s, settings.grader_cpu_s, settings.grader_memory_bytes)
+        return cls(limits, store or ObjectStore.from_settings(settings), settings.grader_registry_uri, complete)
 
 
 @dataclass(frozen=True)

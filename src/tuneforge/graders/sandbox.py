@@ -48,7 +48,7 @@ class SandboxLimits:
     timeout_s: float = 10.0
     """Wall-clock seconds per sample (a batch-style Lambda grader gets this times the batch size)."""
     cpu_s: int = 10
-    """CPU seconds per sample, summed over the batch into the process's RLIMIT_CPU."""
+    """CPU seconds per sample: the soft RLIMIT_CPU is moved before each sample; the hard one bounds the batch."""
     memory_bytes: int = 1 << 30
     """The process's address space (RLIMIT_AS)."""
     file_bytes: int = 1 << 20
@@ -146,7 +146,8 @@ def run_sandboxed(source: str, mode: Mode, calls: Sequence[Any], limits: Sandbox
             "source": source,
             "mode": mode,
             "calls": batch,
-            "cpu_s": max(1, int(limits.cpu_s * len(batch))),
+            "cpu_s": max(1, int(limits.cpu_s * len(batch))) + 2,
+            "cpu_per_call": max(1, int(limits.cpu_s)),
             "memory_bytes": limits.memory_bytes,
             "file_bytes": limits.file_bytes,
         }

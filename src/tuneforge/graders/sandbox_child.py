@@ -49,7 +49,7 @@ def leave_network() -> str | None:
 
 
 def limit(cpu_s: int, memory_bytes: int, file_bytes: int) -> None:
-    resource.setrlimit(resource.RLIMIT_CPU, (cpu_s, cpu_s + 1))
+    resource.setrlimit(resource.RLIMIT_CPU, (cpu_s, cpu_s))
     resource.setrlimit(resource.RLIMIT_AS, (memory_bytes, memory_bytes))
     resource.setrlimit(resource.RLIMIT_FSIZE, (file_bytes, file_bytes))
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
@@ -71,8 +71,17 @@ def _value(value: Any) -> Any:
     return {"type": type(value).__name__, "text": repr(value)[:80]}
 
 
-def _run_grade(fd: int, grade: Any, calls: list[Any]) -> None:
+def allow_cpu(seconds: int) -> None:
+    """Lower the soft CPU limit to what this call may use from now (the hard limit bounds the batch)."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    hard = resource.getrlimit(resource.RLIMIT_CPU)[1]
+    soft = int(usage.ru_utime + usage.ru_stime) + 1 + seconds
+    resource.setrlimit(resource.RLIMIT_CPU, (min(soft, hard), hard))
+
+
+def _run_grade(fd: int, grade: Any, calls: list[Any], cpu_per_call: int) -> None:
     for index, (sample, item) in enumerate(calls):
+        allow_cpu(cpu_per_call)
         try:
             _emit(fd, {"i": index, "value": _value(grade(sample, item))})
         except BaseException as exc:
@@ -122,7 +131,7 @@ def main() -> None:
         _emit(fd, {"fatal": f"the grader's file defines no function {' or '.join(wanted)}"})
         sys.exit(4)
     if request["mode"] == "grade":
-        _run_grade(fd, namespace["grade"], request["calls"])
+        _run_grade(fd, namespace["grade"], request["calls"], request["cpu_per_call"])
     else:
         handler = namespace.get("lambda_grader")
         if handler is None:
