@@ -15,8 +15,8 @@ from tuneforge.graders import (
     GraderContext,
     GraderRegistry,
     JudgeRequest,
-    SandboxLimits,
     Sample,
+    SandboxLimits,
     all_failed,
     load_grader,
 )
