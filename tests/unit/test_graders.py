@@ -439,3 +439,21 @@ def test_score_model_and_registered_judges_call_their_model_and_scale_its_score(
     asked.clear()
     assert judge.grade([Sample(PROMPT, "good", {"reference_answer": "fine"})])[0].score == pytest.approx(0.7)
     assert "Is it good?" in asked[0].messages[0][1] and "fine" in asked[0].messages[1][1]
+
+
+def test_cli_registers_lists_and_deletes_graders(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from typer.testing import CliRunner
+
+    from tuneforge.cli.main import app
+
+    monkeypatch.setenv("TUNEFORGE_DATA_DIR", str(tmp_path / "data"))
+    grader = tmp_path / "arith.py"
+    grader.write_text("def lambda_grader(samples):\n    return []\n")
+    runner = CliRunner()
+    assert runner.invoke(app, ["graders", "register", "arith", str(grader)]).exit_code == 0
+    listed = runner.invoke(app, ["graders", "list", "--json"])
+    assert {"name": "arith", "kind": "lambda"} in json.loads(listed.stdout)
+    refused = runner.invoke(app, ["graders", "register", "tuneforge-x", str(grader)])
+    assert refused.exit_code == 1 and "reserved" in refused.output
+    assert runner.invoke(app, ["graders", "delete", "arith"]).exit_code == 0
+    assert runner.invoke(app, ["graders", "delete", "arith"]).exit_code == 1
