@@ -16,7 +16,7 @@ import pytest
 import tuneforge
 
 PACKAGE = Path(tuneforge.__file__).parent
-CONTROL_PLANE = ("api", "console", "serving", "catalog", "data", "evaluation", "jobs", "advisor")
+CONTROL_PLANE = ("api", "console", "serving", "catalog", "data", "evaluation", "graders", "jobs", "advisor")
 WORKER_SIDE = {PACKAGE / "jobs" / "worker.py", PACKAGE / "jobs" / "ranks.py"}
 """The job worker and a data-parallel job's ranks are the processes that run recipes; theirs are the
 control-plane files allowed across."""
