@@ -111,3 +111,6 @@ def test_score_model_asks_a_served_model_for_its_score(sdk: openai.OpenAI) -> No
     assert result.model_grader_token_usage_per_model[STUDENT_MODEL] > 0  # type: ignore[operator]
     errors = result.metadata.errors
     assert not errors.model_grader_server_error, errors.model_grader_server_error_details
+    # structured output makes even the random-initialised judge answer {"score": n} that parses
+    assert not errors.model_grader_parse_error
+    assert result.metadata.scores == {"judge": result.reward} and 0.0 <= result.reward <= 1.0
