@@ -155,6 +155,8 @@ def grade(sample, item):
             pass
     if kind == "exit":
         os._exit(9)
+    if kind == "forge":
+        os.write(int(sys.argv[1]), b"garbage on the result pipe\\n")
     return 0.25 if sample["output_text"] == "ok" else 0.0
 """
 
@@ -169,7 +171,7 @@ def test_every_sandbox_failure_is_that_samples_grade_and_the_rest_still_grade() 
     listener.listen()
     listener.settimeout(0.1)
     port = listener.getsockname()[1]
-    kinds = ["ok", "raise", "nan", "big", "text", "network", "memory", "sleep", "exit", "ok"]
+    kinds = ["ok", "raise", "nan", "big", "text", "network", "memory", "sleep", "exit", "ok", "forge", "ok"]
     grades = python_grader(MISBEHAVING).grade([Sample(PROMPT, "ok", {"kind": k, "port": port}) for k in kinds])
     errors = dict(zip(kinds, (g.error or "" for g in grades), strict=True))
     assert grades[0].score == 0.25 and grades[-1].score == 0.25
@@ -179,11 +181,21 @@ def test_every_sandbox_failure_is_that_samples_grade_and_the_rest_still_grade() 
     assert "MemoryError" in errors["memory"]
     assert "timed out after 2s" in errors["sleep"]
     assert "exited with status 9" in errors["exit"]
+    assert "broke the result protocol" in errors["forge"]
     with pytest.raises(TimeoutError):  # the grader never reached the listener: it had no network
         listener.accept()
     with socket.create_connection(("127.0.0.1", port), timeout=2):  # from here the listener is reachable
         listener.accept()[0].close()
     listener.close()
+
+
+def test_a_file_that_fails_to_load_fails_every_sample_with_its_error() -> None:
+    grades = python_grader("raise RuntimeError('no config')\ndef grade(sample, item):\n    return 1.0\n").grade(
+        [Sample(PROMPT, "a"), Sample(PROMPT, "b")]
+    )
+    assert all(g.score is None for g in grades)
+    message = all_failed(grades)
+    assert message is not None and "RuntimeError: no config" in message and "all 2 samples" in message
 
 
 def test_cpu_limit_kills_a_spinning_grader_and_repeated_failures_stop_early() -> None:
