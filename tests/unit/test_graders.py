@@ -345,6 +345,12 @@ def test_multi_combines_sub_graders_with_a_formula() -> None:
     }
     assert openai_grade(grader, "4", {}).score == 1.0
     assert openai_grade(grader, "5", {}).score == 0.0
+    grader["calculate_output"] = "log(exact) + (0 - 1) ^ 0.5 * fuzzy"
+    assert "calculate_output failed" in (openai_grade(grader, "5", {}).error or "")  # log(0)
+    assert "calculate_output failed" in (openai_grade(grader, "4", {}).error or "")  # a complex power
+    grader["calculate_output"] = "min"
+    with pytest.raises(GraderConfigError, match="'min' is not one of the graders"):
+        parse_spec(grader)
 
 
 @pytest.mark.parametrize(

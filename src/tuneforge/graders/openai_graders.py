@@ -251,8 +251,9 @@ class Formula:
             tree = ast.parse(text, mode="eval").body
         except SyntaxError as exc:
             raise GraderConfigError(f"{where} is not a formula: {exc.msg}", where) from None
+        called = {id(node.func) for node in ast.walk(tree) if isinstance(node, ast.Call)}
         for node in ast.walk(tree):
-            if isinstance(node, ast.Name) and node.id not in names and node.id not in _FUNCTIONS:
+            if isinstance(node, ast.Name) and node.id not in names and id(node) not in called:
                 known = ", ".join(sorted(names))
                 raise GraderConfigError(f"{where}: {node.id!r} is not one of the graders ({known})", where)
             if isinstance(node, ast.Call):
@@ -399,7 +400,7 @@ class MultiGrader:
             values = {name: float(grades_[index].score or 0.0) for name, grades_ in by_grader.items()}
             try:
                 grades.append(Grade.checked(self.formula.evaluate(values)))
-            except (ArithmeticError, ValueError) as exc:
+            except (ArithmeticError, ValueError, TypeError) as exc:
                 grades.append(Grade(None, f"calculate_output failed: {exc}"))
         return grades
 

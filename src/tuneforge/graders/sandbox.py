@@ -28,7 +28,6 @@ import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
 
@@ -66,7 +65,8 @@ def _signal_name(code: int) -> str:
 class _Child:
     """One sandbox process, its request written, its result pipe open."""
 
-    def __init__(self, request: dict[str, Any]) -> None:
+    def __init__(self, payload: bytes) -> None:
+        self.expired = False
         read_fd, write_fd = os.pipe()
         self.stderr = tempfile.TemporaryFile()  # noqa: SIM115 - closed by close()
         self.process = subprocess.Popen(
@@ -84,7 +84,7 @@ class _Child:
         self.buffer = b""
         assert self.process.stdin is not None
         try:
-            self.process.stdin.write(json.dumps(request).encode())
+            self.process.stdin.write(payload)
             self.process.stdin.close()
         except BrokenPipeError:
             pass
@@ -151,7 +151,11 @@ def run_sandboxed(source: str, mode: Mode, calls: Sequence[Any], limits: Sandbox
             "memory_bytes": limits.memory_bytes,
             "file_bytes": limits.file_bytes,
         }
-        child = _Child(request)
+        try:
+            payload = json.dumps(request).encode()
+        except (TypeError, ValueError) as exc:
+            return [Grade(None, f"the samples cannot be sent to the grader: {exc}")] * len(calls)
+        child = _Child(payload)
         try:
             failure, done = _collect(child, grades, start, per_call)
         finally:
@@ -208,9 +212,12 @@ def _collect(child: _Child, grades: list[Grade | None], start: int, per_call: fl
     return None, index
 
 
-@lru_cache(maxsize=1)
+_sandbox_works = False
+
+
 def _probe() -> str | None:
-    child = _Child({"source": "", "mode": "probe", "calls": [], "cpu_s": 5, "memory_bytes": 1 << 30, "file_bytes": 0})
+    request = {"source": "", "mode": "probe", "calls": [], "cpu_s": 5, "memory_bytes": 1 << 30, "file_bytes": 0}
+    child = _Child(json.dumps(request).encode())
     try:
         line = child.next_line(time.monotonic() + STARTUP_S + 5)
         message = json.loads(line) if line else None
@@ -224,7 +231,15 @@ def _probe() -> str | None:
 
 
 def check_sandbox() -> None:
-    """:class:`GraderConfigError` when user code cannot be sandboxed here (checked once per process)."""
+    """:class:`GraderConfigError` when user code cannot be sandboxed here.
+
+    Starts a sandbox that runs nothing; once one has worked, later calls cost nothing (a failure is
+    asked again next time, so a machine too busy to start it in time is not refused for good).
+    """
+    global _sandbox_works
+    if _sandbox_works:
+        return
     problem = _probe()
     if problem is not None:
         raise GraderConfigError(f"{problem}; user-supplied graders need a Linux kernel that allows them")
+    _sandbox_works = True

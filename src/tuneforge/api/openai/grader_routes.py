@@ -22,7 +22,7 @@ from tuneforge.api.deps import get_openai, get_services
 from tuneforge.api.openai.protocol import ChatCompletionRequest, parse_request
 from tuneforge.api.openai.serving import OpenAIServing
 from tuneforge.api.runtime.routes import caller
-from tuneforge.graders import Grade, Grader, GraderConfigError, GraderContext, JudgeRequest, Sample
+from tuneforge.graders import Grade, GraderConfigError, GraderContext, JudgeRequest, Sample
 from tuneforge.graders.judge import chat_body
 from tuneforge.graders.openai_graders import MultiGrader, OpenAIContext, build, parse_spec
 from tuneforge.services import Services
@@ -96,13 +96,8 @@ async def run(request: Request, serving: ServingDep, services: ServicesDep) -> d
 
     base = GraderContext.from_settings(services.settings, complete, services.store)
     context = OpenAIContext(base.limits, complete)
-    try:
-        grader = build(spec, context)
-    except GraderConfigError as exc:
-        raise InvalidParameter(exc.message, exc.param or "grader") from None
-    sample = Sample((), model_sample, item)
     started = time.monotonic()
-    grade, sub_grades = await run_in_threadpool(_grade, grader, sample)
+    grade, sub_grades = await run_in_threadpool(_build_and_grade, spec, context, Sample((), model_sample, item))
     elapsed = time.monotonic() - started
     errors: dict[str, Any] = dict.fromkeys(ERROR_FLAGS, False)
     for name, failed in sub_grades.items():
@@ -127,7 +122,12 @@ async def run(request: Request, serving: ServingDep, services: ServicesDep) -> d
     }
 
 
-def _grade(grader: Grader, sample: Sample) -> tuple[Grade, dict[str, Grade]]:
+def _build_and_grade(spec: Any, context: OpenAIContext, sample: Sample) -> tuple[Grade, dict[str, Grade]]:
+    """On a worker thread: building a Python grader starts a sandbox to check that one can run."""
+    try:
+        grader = build(spec, context)
+    except GraderConfigError as exc:
+        raise InvalidParameter(exc.message, exc.param or "grader") from None
     if isinstance(grader, MultiGrader):
         subs = {name: sub.grade([sample]) for name, sub in grader.graders.items()}
         return grader.combine(subs)[0], {name: grades[0] for name, grades in subs.items()}
