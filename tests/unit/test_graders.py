@@ -3,7 +3,10 @@ from __future__ import annotations
 import json
 import math
 import re
+import shutil
 import socket
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -196,6 +199,41 @@ def test_a_file_that_fails_to_load_fails_every_sample_with_its_error() -> None:
     assert all(g.score is None for g in grades)
     message = all_failed(grades)
     assert message is not None and "RuntimeError: no config" in message and "all 2 samples" in message
+
+
+WITHOUT_NAMESPACES = """
+import json, sys
+from tuneforge.graders import GraderConfigError, Sample, SandboxLimits, all_failed, load_grader
+from tuneforge.graders.openai_graders import PythonGrader
+source = "def grade(sample, item):\\n    return 1.0\\n"
+try:
+    load_grader({"openai": {"type": "python", "name": "p", "source": source}})
+    refused = None
+except GraderConfigError as exc:
+    refused = str(exc)
+grades = PythonGrader(source, SandboxLimits()).grade([Sample((), "a"), Sample((), "b")])
+print(json.dumps({"refused": refused, "all_failed": all_failed(grades)}))
+"""
+
+
+@pytest.mark.skipif(
+    shutil.which("unshare") is None or subprocess.run(["unshare", "-U", "-r", "true"], check=False).returncode != 0,
+    reason="needs user namespaces to build a process that may create no namespace",
+)
+def test_no_namespace_means_python_graders_are_refused_not_run_unsandboxed() -> None:
+    # inside a user namespace whose namespace limits are 0, neither unshare the sandbox tries can work
+    limits = "echo 0 > /proc/sys/user/max_net_namespaces && echo 0 > /proc/sys/user/max_user_namespaces"
+    script = f'{limits} && exec "$0" -c "$1"'
+    done = subprocess.run(
+        ["unshare", "-U", "-r", "sh", "-c", script, sys.executable, WITHOUT_NAMESPACES],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    result = json.loads(done.stdout)
+    assert "sandbox is unavailable" in result["refused"] and "unshare(CLONE_NEWNET) failed" in result["refused"]
+    assert "all 2 samples" in result["all_failed"] and "sandbox is unavailable" in result["all_failed"]
 
 
 def test_cpu_limit_kills_a_spinning_grader_and_repeated_failures_stop_early() -> None:

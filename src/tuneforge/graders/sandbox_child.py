@@ -44,7 +44,7 @@ def leave_network() -> str | None:
     second = ctypes.get_errno()
     return (
         f"unshare(CLONE_NEWNET) failed ({os.strerror(first)}) and so did unshare(CLONE_NEWUSER | CLONE_NEWNET) "
-        f"({os.strerror(second)}): this machine allows neither network nor unprivileged user namespaces"
+        f"({os.strerror(second)}): user code cannot be cut off from the network here"
     )
 
 
