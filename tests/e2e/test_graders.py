@@ -7,13 +7,16 @@ output.
 
 from __future__ import annotations
 
+import json
 import socket
+from pathlib import Path
 from typing import Any
 
 import openai
 import pytest
 
-from tests.e2e.conftest import STUDENT_MODEL, Server
+from tests.e2e.conftest import STUDENT_MODEL, Server, cli, unique
+from tuneforge.graders import GraderConfigError, GraderContext, Sample, http_complete, load_grader
 
 pytestmark = pytest.mark.e2e
 
@@ -114,3 +117,22 @@ def test_score_model_asks_a_served_model_for_its_score(sdk: openai.OpenAI) -> No
     # structured output makes even the random-initialised judge answer {"score": n} that parses
     assert not errors.model_grader_parse_error
     assert result.metadata.scores == {"judge": result.reward} and 0.0 <= result.reward <= 1.0
+
+
+def test_a_registered_judge_named_by_lambda_arn_scores_through_the_servers_chat_path(
+    server: Server, tmp_path: Path
+) -> None:
+    name = unique("judge")
+    spec = tmp_path / "judge.json"
+    spec.write_text(json.dumps({"type": "judge", "model": STUDENT_MODEL, "rubric": "Is it correct?", "range": [1, 5]}))
+    cli(server, "graders", "register", name, str(spec))
+    assert name in cli(server, "graders", "list").stdout
+    context = GraderContext.from_settings(server.settings, http_complete(f"{server.url}/v1", "unused"))
+    config = {"lambdaGrader": {"lambdaArn": f"arn:aws:lambda:us-east-1:123456789012:function:{name}"}}
+    prompt = (("user", "What is 2 + 2?"),)
+    samples = [Sample(prompt, "4", {"reference_answer": "4"}), Sample(prompt, "5", {"reference_answer": "4"})]
+    grades = load_grader(config, context).grade(samples)
+    assert all(g.score is not None and 0.0 <= g.score <= 1.0 for g in grades), grades
+    cli(server, "graders", "delete", name)
+    with pytest.raises(GraderConfigError, match="no grader named"):
+        load_grader(config, context)
