@@ -513,3 +513,12 @@ def test_cli_registers_lists_and_deletes_graders(tmp_path: Path, monkeypatch: py
     assert refused.exit_code == 1 and "reserved" in refused.output
     assert runner.invoke(app, ["graders", "delete", "arith"]).exit_code == 0
     assert runner.invoke(app, ["graders", "delete", "arith"]).exit_code == 1
+
+
+def test_a_lambda_grader_that_times_out_fails_the_whole_batch_once(tmp_path: Path) -> None:
+    store = ObjectStore(LocalObjectBackend(tmp_path / "objects", []))
+    GraderRegistry(store).register("slow", "slow.py", b"import time\ndef lambda_grader(samples):\n    time.sleep(60)\n")
+    limits = SandboxLimits(timeout_s=0.5, cpu_s=1, memory_bytes=256 << 20)
+    grader = load_grader({"lambdaGrader": {"lambdaArn": ARN + "slow"}}, GraderContext(limits, store))
+    grades = grader.grade([Sample(PROMPT, "a"), Sample(PROMPT, "b"), Sample(PROMPT, "c")])
+    assert [g.error for g in grades] == ["the grader timed out after 1.5s"] * 3

@@ -9,10 +9,11 @@ allows no namespace at all, user code does not run: every grade fails with the r
 :func:`check_sandbox` refuses the grader up front.
 
 One process grades a whole batch. Results come back as JSON lines on a pipe of their own, checked
-line by line, so what the grader prints to stdout or stderr cannot pass for a score. A sample that
-times out or kills the process (CPU limit, a crash) fails alone: the process is ended and a fresh
-one grades the rest, until :data:`MAX_RESTARTS` samples in a row have done so, when the remaining
-samples fail with the same reason rather than cost a timeout each.
+line by line, so what the grader prints to stdout or stderr cannot pass for a score. With a
+``grade(sample, item)`` function, a sample that times out or kills the process (CPU limit, a crash)
+fails alone: the process is ended and a fresh one grades the rest, until :data:`MAX_RESTARTS`
+samples in a row have done so, when the remaining samples fail with the same reason rather than cost
+a timeout each. A Lambda grader takes the batch in one call, so its failure is every sample's.
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ from tuneforge.graders.base import Grade, GraderConfigError
 CHILD = Path(__file__).with_name("sandbox_child.py")
 MAX_RESTARTS = 3
 STARTUP_S = 10.0
-"""Wall-clock allowance for the interpreter to start, on top of the first sample's limit."""
+"""Wall-clock allowance for the interpreter to start and load the grader's file (up to its ready line)."""
 MAX_LINE_BYTES = 64 * 1024
 
 Mode = Literal["grade", "lambda"]
@@ -157,14 +158,14 @@ def run_sandboxed(source: str, mode: Mode, calls: Sequence[Any], limits: Sandbox
             return [Grade(None, f"the samples cannot be sent to the grader: {exc}")] * len(calls)
         child = _Child(payload)
         try:
-            failure, done = _collect(child, grades, start, per_call)
+            failure, done, fatal = _collect(child, grades, start, per_call)
         finally:
             child.close()
         if failure is None or done == len(calls):
             break
-        if failure.startswith("!"):  # nothing can run: the same reason for every sample left
+        if fatal or mode == "lambda":  # nothing can run, or the one call for the batch failed: all left fail
             for index in range(done, len(calls)):
-                grades[index] = Grade(None, failure[1:])
+                grades[index] = Grade(None, failure)
             break
         grades[done] = Grade(None, failure)
         in_a_row = in_a_row + 1 if done == start else 1
@@ -178,26 +179,35 @@ def run_sandboxed(source: str, mode: Mode, calls: Sequence[Any], limits: Sandbox
     return [grade if grade is not None else Grade(None, "the grader returned nothing") for grade in grades]
 
 
-def _collect(child: _Child, grades: list[Grade | None], start: int, per_call: float) -> tuple[str | None, int]:
-    """Read results into ``grades``; (why the process failed or None, index of the first sample without a grade)."""
+def _collect(child: _Child, grades: list[Grade | None], start: int, per_call: float) -> tuple[str | None, int, bool]:
+    """Read results into ``grades``: why the process failed (None: it did not), the index of the first
+    sample without a grade, and whether the failure is fatal (nothing can run, so no new process)."""
     index = start
     deadline = time.monotonic() + per_call + STARTUP_S
+    ready = False
     while index < len(grades):
         line = child.next_line(deadline)
         if line is None:
             if child.expired:
                 child.kill()
-                return f"the grader timed out after {per_call:g}s", index
-            return child.ended(), index
+                return f"the grader timed out after {per_call:g}s", index, False
+            return child.ended(), index, False
         try:
             message = json.loads(line)
         except ValueError:
             message = None
         if isinstance(message, dict) and isinstance(message.get("fatal"), str):
-            return "!" + message["fatal"], index
+            return str(message["fatal"]), index, True
+        if not ready:
+            if message != {"ready": True}:
+                child.kill()
+                return "the grader process broke the result protocol", index, False
+            ready = True
+            deadline = time.monotonic() + per_call
+            continue
         if not isinstance(message, dict) or message.get("i") != index - start:
             child.kill()
-            return "the grader process broke the result protocol", index
+            return "the grader process broke the result protocol", index, False
         if isinstance(message.get("error"), str):
             grades[index] = Grade(None, f"the grader {message['error']}")
         else:
@@ -209,7 +219,7 @@ def _collect(child: _Child, grades: list[Grade | None], start: int, per_call: fl
                 grades[index] = Grade.checked(value)
         index += 1
         deadline = time.monotonic() + per_call
-    return None, index
+    return None, index, False
 
 
 _sandbox_works = False

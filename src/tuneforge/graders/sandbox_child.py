@@ -6,8 +6,9 @@ only a loopback interface that is down, so every connection fails) and lowers it
 cannot leave the network it reports that and exits without running anything.
 
 Protocol: the request arrives as one JSON object on stdin; results leave as JSON lines on the
-``RESULT_FD`` pipe (never stdout, which the grader may print anything to): ``{"i": n, "value": x}``
-or ``{"i": n, "error": "..."}`` per call, or one ``{"fatal": "..."}`` when nothing can run.
+``RESULT_FD`` pipe (never stdout, which the grader may print anything to): ``{"ready": true}`` once
+the grader's file has loaded (the parent's per-sample clock starts there), then ``{"i": n, "value": x}``
+or ``{"i": n, "error": "..."}`` per call; or one ``{"fatal": "..."}`` when nothing can run.
 """
 
 from __future__ import annotations
@@ -75,7 +76,7 @@ def allow_cpu(seconds: int) -> None:
     """Lower the soft CPU limit to what this call may use from now (the hard limit bounds the batch)."""
     usage = resource.getrusage(resource.RUSAGE_SELF)
     hard = resource.getrlimit(resource.RLIMIT_CPU)[1]
-    soft = int(usage.ru_utime + usage.ru_stime) + 1 + seconds
+    soft = max(1, round(usage.ru_utime + usage.ru_stime + seconds))  # whole seconds: within half a second
     resource.setrlimit(resource.RLIMIT_CPU, (min(soft, hard), hard))
 
 
@@ -130,6 +131,7 @@ def main() -> None:
     if not any(callable(namespace.get(name)) for name in wanted):
         _emit(fd, {"fatal": f"the grader's file defines no function {' or '.join(wanted)}"})
         sys.exit(4)
+    _emit(fd, {"ready": True})
     if request["mode"] == "grade":
         _run_grade(fd, namespace["grade"], request["calls"], request["cpu_per_call"])
     else:
