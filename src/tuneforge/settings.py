@@ -289,6 +289,24 @@ class Settings(BaseSettings):
     ray_address: str | None = Field(
         default=None, description="The Ray cluster the ray executor joins (ray://... or host:port); unset: auto."
     )
+    grader_timeout_s: float = Field(
+        default=10.0,
+        gt=0,
+        le=900,
+        allow_inf_nan=False,
+        description="Wall-clock seconds a user-supplied grader may spend on one sample (graders/sandbox.py).",
+    )
+    grader_cpu_s: int = Field(
+        default=10, ge=1, le=900, description="CPU seconds a user-supplied grader may spend per sample."
+    )
+    grader_memory_bytes: int = Field(
+        default=1 << 30, ge=64 << 20, description="Address space of a user-supplied grader's process (RLIMIT_AS)."
+    )
+    grader_registry_uri: str = Field(
+        default="s3://tuneforge/graders",
+        pattern=r"^s3://[^/]+(/.*)?$",
+        description="Where registered graders live in the object store (`tuneforge graders register`).",
+    )
 
     @classmethod
     def settings_customise_sources(

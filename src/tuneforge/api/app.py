@@ -40,6 +40,7 @@ from tuneforge.api.bedrock.serving_routes import router as serving_router
 from tuneforge.api.edge import CONSOLE, OPENAI, Edge, aws_error, surface_of
 from tuneforge.api.metrics import create_registry
 from tuneforge.api.metrics import router as metrics_router
+from tuneforge.api.openai.grader_routes import router as openai_grader_router
 from tuneforge.api.openai.protocol import error_body, service_error
 from tuneforge.api.openai.routes import router as openai_router
 from tuneforge.api.openai.serving import OpenAIServing
@@ -184,6 +185,7 @@ def create_app(
     app.include_router(deployment_router)
     app.include_router(runtime_router)
     app.include_router(openai_router)
+    app.include_router(openai_grader_router)
     app.include_router(metrics_router)
     app.include_router(advisor_router)
     app.include_router(console_router)

@@ -39,6 +39,10 @@ batch_app = typer.Typer(no_args_is_help=True, help="Batch inference jobs on a ru
 app.add_typer(batch_app, name="batch")
 db_app = typer.Typer(no_args_is_help=True, help="The database's schema: its revision and upgrades.")
 app.add_typer(db_app, name="db")
+graders_app = typer.Typer(
+    no_args_is_help=True, help="Graders for reinforcement fine-tuning: register, list, delete (docs/graders.md)."
+)
+app.add_typer(graders_app, name="graders")
 
 console = Console()
 err = Console(stderr=True)
@@ -1274,6 +1278,64 @@ def db_current(as_json: JsonOpt = False) -> None:
         console.print(f"current: {found or 'none'}\nhead:    {expected}", markup=False, highlight=False)
     if found != expected:
         raise typer.Exit(1)
+
+
+# -- graders ---------------------------------------------------------------------------------------
+
+
+def _grader_registry() -> Any:
+    from tuneforge.graders import GraderRegistry
+    from tuneforge.storage import ObjectStore
+
+    settings = _settings()
+    settings.make_state_private()
+    return GraderRegistry(ObjectStore.from_settings(settings), settings.grader_registry_uri)
+
+
+@graders_app.command("register")
+def graders_register(
+    name: Annotated[str, typer.Argument(help="The function name a lambdaArn gives: ...:function:NAME")],
+    file: Annotated[Path, typer.Argument(help="A .py Lambda grader (lambda_grader) or a .json grader object")],
+) -> None:
+    """Store a grader in the object store; jobs name it as arn:aws:lambda:REGION:ACCOUNT:function:NAME."""
+    from tuneforge.graders import GraderConfigError
+    from tuneforge.storage import StorageError
+
+    try:
+        uri = _grader_registry().register(name, file.name, file.read_bytes())
+    except (GraderConfigError, StorageError, OSError) as exc:
+        raise _fail(str(exc)) from None
+    console.print(f"registered grader {name} at {uri}")
+
+
+@graders_app.command("list")
+def graders_list(as_json: JsonOpt = False) -> None:
+    """Registered graders (the built-in ones are always there too)."""
+    from tuneforge.graders.registry import BUILTIN
+
+    entries = [{"name": n, "kind": "built-in"} for n in sorted(BUILTIN)]
+    entries += [
+        {"name": n, "kind": {"py": "lambda", "json": "grader object"}[k]} for n, k in _grader_registry().names()
+    ]
+    if as_json:
+        _print_json(entries)
+        return
+    for entry in entries:
+        console.print(f"{entry['name']}\t{entry['kind']}", markup=False, highlight=False)
+
+
+@graders_app.command("delete")
+def graders_delete(name: str) -> None:
+    """Remove a registered grader; jobs that name it afterwards are refused."""
+    from tuneforge.graders import GraderConfigError
+
+    try:
+        found = _grader_registry().delete(name)
+    except GraderConfigError as exc:
+        raise _fail(str(exc)) from None
+    if not found:
+        raise _fail(f"no registered grader named {name!r}")
+    console.print(f"deleted grader {name}")
 
 
 if __name__ == "__main__":

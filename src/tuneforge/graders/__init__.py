@@ -11,7 +11,23 @@ graders too.
 
 from __future__ import annotations
 
-from tuneforge.graders.base import Grade, Grader, GraderConfigError, Sample
-from tuneforge.graders.registry import load_grader
+from tuneforge.graders.base import Grade, Grader, GraderConfigError, Sample, all_failed, failure_count
+from tuneforge.graders.judge import Complete, JudgeRequest, http_complete
+from tuneforge.graders.registry import GraderContext, GraderRegistry, load_grader
+from tuneforge.graders.sandbox import SandboxLimits
 
-__all__ = ["Grade", "Grader", "GraderConfigError", "Sample", "load_grader"]
+__all__ = [
+    "Complete",
+    "Grade",
+    "Grader",
+    "GraderConfigError",
+    "GraderContext",
+    "GraderRegistry",
+    "JudgeRequest",
+    "Sample",
+    "SandboxLimits",
+    "all_failed",
+    "failure_count",
+    "http_complete",
+    "load_grader",
+]

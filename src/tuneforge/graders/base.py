@@ -11,6 +11,12 @@ from typing import Any, Protocol
 class GraderConfigError(ValueError):
     """A grader configuration that cannot work (unknown grader, bad parameters); nothing runs."""
 
+    def __init__(self, message: str, param: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+        """The member of the configuration that is wrong (``grader.calculate_output``), when one is."""
+
 
 @dataclass(frozen=True)
 class Sample:
@@ -53,3 +59,21 @@ class Grader(Protocol):
     def grade(self, samples: Sequence[Sample]) -> list[Grade]:
         """One grade per sample, in order. Never raises for a bad sample: that is a failed grade."""
         ...
+
+
+def all_failed(grades: Sequence[Grade]) -> str | None:
+    """The error when the grader failed on every sample (a job then fails with it), else None.
+
+    The most frequent error is the one returned, with how many samples it covers, so a grader that
+    fails for one reason names that reason; none when at least one sample has a score.
+    """
+    errors = [grade.error or "no score" for grade in grades if grade.score is None]
+    if not grades or len(errors) < len(grades):
+        return None
+    common = max(set(errors), key=errors.count)
+    return f"the grader failed on all {len(grades)} samples: {common}"
+
+
+def failure_count(grades: Sequence[Grade]) -> int:
+    """How many samples the grader failed on (for step metrics)."""
+    return sum(1 for grade in grades if grade.score is None)
