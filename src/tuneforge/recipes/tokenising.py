@@ -24,6 +24,16 @@ class Example:
     input_ids: list[int]
     labels: list[int]
 
+    @property
+    def rows(self) -> tuple[int, ...]:
+        """The sequence lengths a batch holds for this example: one row (see ``loop.TrainingItem``)."""
+        return (len(self.input_ids),)
+
+    @property
+    def targets(self) -> int:
+        """Tokens the loss covers (labels after the causal shift that are not ignored)."""
+        return sum(label != IGNORE_INDEX for label in self.labels[1:])
+
 
 def encode_record(
     record: Mapping[str, Any], tokenizer: PreTrainedTokenizerBase, max_length: int, *, close_last: bool = True
