@@ -410,19 +410,22 @@ class EpochValidation:
     """The ``epoch_end`` hook of a recipe with a validation set: validation loss after every epoch.
 
     Each loss goes to the job log and to ``report`` (automatic tuning's pruner; True = prune, end
-    the trial). Then early stopping: after ``patience`` epochs in a row without a new best loss,
+    the trial). ``measure`` is the loss (mean token cross-entropy; DPO passes its held-out pair loss).
+    Then early stopping: after ``patience`` epochs in a row without a new best loss,
     training ends and the weights of the best epoch are put back, so a model that started to
     overfit is saved as it was at its best. ``patience`` 0 turns early stopping off.
     """
 
     def __init__(
         self,
-        validator: Sequence[Example],
+        validator: Sequence[Any],
         pad_id: int,
         reporter: JobReporter,
         patience: int,
         report: Callable[[int, float], bool] | None = None,
+        measure: Callable[[Any, Sequence[Any], int], float] = mean_token_loss,
     ) -> None:
+        self.measure = measure
         self.validator = validator
         self.pad_id = pad_id
         self.reporter = reporter
@@ -433,7 +436,7 @@ class EpochValidation:
         self.since_best = 0
 
     def __call__(self, epoch: int, model: Any) -> bool:
-        loss = mean_token_loss(model, self.validator, self.pad_id)
+        loss = self.measure(model, self.validator, self.pad_id)
         self.reporter.log(f"epoch {epoch + 1}: validation loss {loss:.4f}")
         if self.report is not None and self.report(epoch, loss):
             return True
