@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 
 from tuneforge.catalog.models import DISTILLATION, FINE_TUNING, TokenLimits
+from tuneforge.data.estimate import estimate_training
 from tuneforge.data.formats import FORMAT_PREFERENCE, Preference, RecordError, parse_record, record_format
 from tuneforge.data.validate import validate_lines
 
@@ -177,3 +178,20 @@ def test_preference_and_supervised_records_do_not_mix_in_one_file() -> None:
         max_bytes=1 << 20,
     )
     assert [(e.line, "preference format" in e.message) for e in report.errors] == [(2, True)]
+
+
+def test_estimate_adds_the_reference_pass_for_preference_data() -> None:
+    pair = openai_pair("one two three", "a b", "c d e f")
+    report = validate_lines(
+        jsonl(pair),
+        customization_type=FINE_TUNING,
+        limits=LIMITS,
+        count_tokens=words,
+        max_records=10,
+        max_bytes=1 << 20,
+    )
+    hp = {"epochCount": 2, "trainingMethod": "lora"}
+    estimate = estimate_training(report, parameter_count=1000, hyperparameters=hp, peak_flops=1e9, price_per_hour=1)
+    assert estimate.tokens_processed == 2 * 12
+    assert estimate.flops == 4 * 1000 * 24 + 2 * 1000 * 12
+    assert "reference forward pass" in estimate.assumptions
