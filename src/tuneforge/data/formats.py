@@ -126,6 +126,10 @@ class Conversation:
         role, text = self.turns[-1]
         return text if role == "assistant" else None
 
+    def as_bedrock(self) -> dict[str, object]:
+        """The record in Bedrock's spelling (content blocks, ``system`` key), whichever it was written in."""
+        return bedrock_conversation(self.system, self.turns)
+
     def input_output_text(self) -> tuple[str, str]:
         """Input = system and every turn before the final assistant answer; output = that answer.
 
@@ -176,9 +180,15 @@ class Preference:
     def conversation(self, preferred: bool) -> dict[str, object]:
         """The prompt with one answer, as a conversation record in Bedrock's spelling (for rendering)."""
         answer = self.preferred if preferred else self.non_preferred
-        messages = [{"role": role, "content": [{"text": text}]} for role, text in self.turns]
-        messages.append({"role": "assistant", "content": [{"text": answer}]})
-        return {"system": [{"text": self.system}] if self.system else [], "messages": messages}
+        return bedrock_conversation(self.system, (*self.turns, ("assistant", answer)))
+
+
+def bedrock_conversation(system: str, turns: tuple[tuple[Role, str], ...]) -> dict[str, object]:
+    """A conversation record in Bedrock's spelling, the one the renderers read."""
+    return {
+        "system": [{"text": system}] if system else [],
+        "messages": [{"role": role, "content": [{"text": text}]} for role, text in turns],
+    }
 
 
 Record = PromptCompletion | Conversation | PretrainingText | Preference

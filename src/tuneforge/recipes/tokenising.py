@@ -14,6 +14,7 @@ from tuneforge.catalog.models import FINE_TUNING
 from tuneforge.data.formats import (
     FORMAT_CONVERSATION,
     FORMAT_PREFERENCE,
+    Conversation,
     Preference,
     RecordError,
     parse_record,
@@ -110,10 +111,18 @@ def conversation_rendering(tokenizer: PreTrainedTokenizerBase) -> str:
 
 
 def encode_file(path: Path, tokenizer: PreTrainedTokenizerBase, max_length: int) -> list[Example]:
-    """Encode every record of a JSONL file; errors name the file and line."""
+    """Encode every record of a JSONL file; errors name the file and line.
+
+    Conversations are read through :func:`tuneforge.data.formats.parse_record`, as validation read
+    them, so OpenAI's spelling (string content, a leading system message) trains on its text too.
+    """
     examples = []
     for line_number, record in enumerate(read_jsonl(path), start=1):
         try:
+            if "messages" in record:
+                conversation = parse_record(record, FINE_TUNING, FORMAT_CONVERSATION)
+                assert isinstance(conversation, Conversation)
+                record = conversation.as_bedrock()
             examples.append(encode_record(record, tokenizer, max_length))
         except ChatTemplateError as exc:
             raise ChatTemplateError(f"{path.name} line {line_number}: {exc}") from exc
