@@ -79,6 +79,10 @@ def test_stopped_and_resumed_dpo_job_matches_an_uninterrupted_one(tmp_path: Path
     get_recipe("FINE_TUNING").run(killed, resumed)
 
     assert whole.losses[0] == pytest.approx(math.log(2), abs=1e-5)
+    assert [m.split(",")[0] for m in whole.messages if "reward accuracy" in m and "over 8 pairs" in m] == [
+        "epoch 1: DPO loss " + f"{sum(whole.losses[:2]) / 2:.4f}",
+        "epoch 2: DPO loss " + f"{sum(whole.losses[2:]) / 2:.4f}",
+    ]
     assert [s["step"] for s in resumed.steps] == [3, 4]  # step 3 came after the checkpoint at 2
     torch.testing.assert_close(torch.tensor(resumed.losses), torch.tensor(whole.losses[2:]), rtol=1e-4, atol=1e-5)
     metrics = "model-customization-job-a1b2c3d4e5f6/training_artifacts/step_wise_preference_metrics.csv"

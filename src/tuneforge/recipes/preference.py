@@ -34,7 +34,7 @@ import csv
 import math
 from collections.abc import Sequence
 from contextlib import AbstractContextManager, nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -116,6 +116,10 @@ class PreferenceStats:
         self.wins += int((margins > 0).sum())
         self.base_wins += int((reference > 0).sum())
 
+    def merge(self, other: PreferenceStats) -> None:
+        for name in (f.name for f in fields(self)):
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+
     def mean(self, value: float) -> float:
         return value / self.pairs if self.pairs else math.nan
 
@@ -153,12 +157,27 @@ class DpoLoss:
 
 
 class PreferenceMetricsWriter(MetricsWriter):
-    """Bedrock's metrics files, plus one row of DPO figures per step (see the module docstring)."""
+    """Bedrock's metrics files, plus one row of DPO figures per step (see the module docstring),
+    and a job-log line with each epoch's reward accuracy and margin (live, in the job's events)."""
 
-    def __init__(self, output_dir: Path, job_id: str, loss: DpoLoss) -> None:
+    def __init__(self, output_dir: Path, job_id: str, loss: DpoLoss, reporter: JobReporter) -> None:
         super().__init__(output_dir, job_id)
         self.loss = loss
+        self.reporter = reporter
         self.preference_csv = self.root / layout.PREFERENCE_TRAINING_METRICS
+        self.epoch = PreferenceStats()
+        self.epoch_number: int | None = None
+
+    def log_epoch(self) -> None:
+        """Log the figures of the epoch seen so far (from this run, if it resumed mid-epoch)."""
+        if self.epoch_number is None or not self.epoch.pairs:
+            return
+        stats = self.epoch
+        self.reporter.log(
+            f"epoch {self.epoch_number + 1}: DPO loss {_loss(stats):.4f}, reward accuracy "
+            f"{stats.reward_accuracy:.0%}, reward margin {stats.mean(stats.reward_margin):.4f} "
+            f"over {stats.pairs} pairs"
+        )
         self.epoch = PreferenceStats()
 
     def start_training(self, resumed_steps: int) -> None:
@@ -187,6 +206,10 @@ class PreferenceMetricsWriter(MetricsWriter):
             step_number, epoch, loss, learning_rate=learning_rate, tokens_per_second=tokens_per_second, mfu=mfu
         )
         stats, self.loss.step = self.loss.step, PreferenceStats()
+        if epoch != self.epoch_number:
+            self.log_epoch()
+            self.epoch_number = epoch
+        self.epoch.merge(stats)
         if not is_primary():
             return
         with self.preference_csv.open("a", newline="") as handle:
@@ -305,7 +328,7 @@ class PreferenceTuning:
         # Train; with a validation set, validate after each epoch and stop early once it stops improving.
         reporter.stage("training", "InProgress")
         loss = DpoLoss(beta)
-        metrics = PreferenceMetricsWriter(inputs.output_dir, inputs.job_id, loss)
+        metrics = PreferenceMetricsWriter(inputs.output_dir, inputs.job_id, loss, reporter)
 
         def held_out_loss(model: Any, validator: Sequence[PreferencePair], pad_id: int) -> float:
             return _loss(evaluate_pairs(model, validator, pad_id, beta))
@@ -334,6 +357,7 @@ class PreferenceTuning:
             epoch_end=epoch_end,
             collate_batch=collate_pairs,
         )
+        metrics.log_epoch()
         if outcome.stopped:
             reporter.stage("training", "Stopped")
             return RecipeResult(training_loss=outcome.final_loss, stopped=True)
