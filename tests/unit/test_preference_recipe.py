@@ -65,7 +65,14 @@ def test_stopped_and_resumed_dpo_job_matches_an_uninterrupted_one(tmp_path: Path
     """The reference margins are computed again from the base weights before the checkpoint is
     loaded, so a resumed job continues exactly; and the run that is stopped and resumed splits each
     batch of pairs into two micro-batches, which must change nothing either."""
-    train, _ = make_preference_task(n_train=8, n_test=0, seed=2)
+    train = [  # short pairs: the point is the loop's bookkeeping, not what is learnt
+        {
+            "input": {"messages": [{"role": "user", "content": f"t{i}"}]},
+            "preferred_output": [{"role": "assistant", "content": "ok" * (1 + i % 2)}],
+            "non_preferred_output": [{"role": "assistant", "content": "NO" * (1 + i % 3)}],
+        }
+        for i in range(8)
+    ]
 
     def inputs_in(folder: str, **overrides: str) -> RecipeInputs:
         hp = {"batchSize": "4", "epochCount": "2", "checkpointEverySteps": "2", **overrides}
