@@ -237,8 +237,20 @@ EARLY_STOPPING_PATIENCE = HyperParameterSpec(
 )
 
 
+DPO_BETA = HyperParameterSpec(
+    "beta",
+    "float",
+    0.1,
+    "DPO only (a training file of preference records): how strongly the model is held to the base model. "
+    "Loss = -log sigmoid(beta x (policy margin - base model margin)); lower lets it move further from the "
+    "base model. Has no effect on supervised data.",
+    0.001,
+    10.0,
+)
+
+
 def fine_tuning_specs() -> tuple[HyperParameterSpec, ...]:
-    return (*_COMMON, EARLY_STOPPING_PATIENCE)
+    return (*_COMMON, EARLY_STOPPING_PATIENCE, DPO_BETA)
 
 
 def _amend(

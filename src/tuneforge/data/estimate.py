@@ -4,7 +4,9 @@ A back-of-the-envelope estimate, shown before a job is submitted so nobody waits
 surprise. The rule, and why:
 
 * **Tokens processed** = the dataset's ``total_tokens`` x ``epochCount``: every token goes through
-  the model once per epoch (Bedrock bills on the same quantity, reference section 4).
+  the model once per epoch (Bedrock bills on the same quantity, reference section 4). For
+  preference data (DPO) ``total_tokens`` already counts both sequences of a pair, and the reference
+  model's one forward pass over them (2·N per token, once, before training) is added.
 * **FLOPs per token** = 6·N for full fine-tuning (forward 2·N, backward 4·N: gradients for both
   activations and weights) and 4·N for LoRA (the frozen weights get no weight gradients, so the
   backward pass is about half; the adapters are a rounding error). N is the parameter count.
@@ -34,11 +36,13 @@ from dataclasses import dataclass
 import numpy as np
 
 from tuneforge.catalog.hyperparameters import HyperParameterValue, fine_tuning_specs
+from tuneforge.data.formats import FORMAT_PREFERENCE
 from tuneforge.data.validate import ValidationReport
 
 DEFAULT_UTILISATION = 0.25
 FULL_FLOPS_PER_PARAMETER_TOKEN = 6
 LORA_FLOPS_PER_PARAMETER_TOKEN = 4
+REFERENCE_FLOPS_PER_PARAMETER_TOKEN = 2
 
 _MATMUL_SIZE = 512
 """Big enough to reach BLAS's steady state, small enough (0.27 GFLOP) for a few ms per run."""
@@ -123,6 +127,14 @@ def estimate_training(
 
     tokens = report.total_tokens * epochs
     flops = float(per_token) * parameter_count * tokens
+    reference = ""
+    if report.format == FORMAT_PREFERENCE:
+        # DPO scores every sequence once with the reference model before training: one forward pass.
+        flops += float(REFERENCE_FLOPS_PER_PARAMETER_TOKEN) * parameter_count * report.total_tokens
+        reference = (
+            f" plus one reference forward pass over the {report.total_tokens} tokens "
+            f"({REFERENCE_FLOPS_PER_PARAMETER_TOKEN}N each, DPO)"
+        )
     seconds = flops / (peak * utilisation)
     cost = seconds / 3600 * price_per_hour
     why = (
@@ -133,7 +145,7 @@ def estimate_training(
     source = "measured with a numpy float32 matmul on this machine's CPU" if measured else "given"
     assumptions = (
         f"{report.total_tokens} tokens x {epochs} epochs = {tokens} tokens processed; "
-        f"{per_token} FLOPs per parameter per token ({why}) x {parameter_count} parameters; "
+        f"{per_token} FLOPs per parameter per token ({why}) x {parameter_count} parameters{reference}; "
         f"peak {peak:.3g} FLOP/s ({source}) at an assumed {utilisation:.0%} utilisation; "
         f"cost at {price_per_hour:g} per compute hour. Not counted: attention FLOPs, padding, "
         "evaluation passes, checkpoint writes, model loading, distillation teacher generation."

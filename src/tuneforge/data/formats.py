@@ -2,9 +2,10 @@
 
 The formats are Bedrock's (reference section 3):
 
-* ``FINE_TUNING``: ``{"prompt": "...", "completion": "..."}`` **or** the
-  ``bedrock-conversation-2024`` conversation format. A file uses one of the two; which one is
-  decided by the validator from the file's first valid record (see :mod:`tuneforge.data.validate`).
+* ``FINE_TUNING``: ``{"prompt": "...", "completion": "..."}``, the
+  ``bedrock-conversation-2024`` conversation format, **or** preference records (below), which
+  train with DPO. A file uses one of the three; which one is decided by the validator from the
+  file's first valid record (see :mod:`tuneforge.data.validate`).
 * ``CONTINUED_PRE_TRAINING``: ``{"input": "..."}``.
 * ``DISTILLATION``: the conversation format, where the assistant's "golden" answer is optional.
 
@@ -28,6 +29,26 @@ be a plain string or a list of ``{"type": "text", "text": "..."}`` parts, and th
 a first message with role ``"system"`` instead of the ``system`` key (not both).
 :func:`parse_messages` reads either spelling, for every format built on a message list.
 
+Preference records (``FINE_TUNING`` trained with DPO) are a prompt and two answers to it, one
+preferred. OpenAI's preference format is read as it is::
+
+    {"input": {"messages": [{"role": "user", "content": "..."}], "tools": [], "parallel_tool_calls": true},
+     "preferred_output": [{"role": "assistant", "content": "..."}],
+     "non_preferred_output": [{"role": "assistant", "content": "..."}]}
+
+and its Bedrock-style equivalent is the conversation record whose messages end with the user's
+turn, plus the two answers as assistant messages::
+
+    {"schemaVersion": "bedrock-conversation-2024", "system": [{"text": "..."}],
+     "messages": [{"role": "user", "content": [{"text": "..."}]}],
+     "preferredResponse": {"role": "assistant", "content": [{"text": "..."}]},
+     "nonPreferredResponse": {"role": "assistant", "content": [{"text": "..."}]}}
+
+Both read into one :class:`Preference`, and one file may mix the two spellings (as it may mix the
+two spellings of a conversation). Identical answers are an error: DPO learns from the difference
+between them, and there is none. ``tools`` must be empty (tuneforge models do not call tools);
+``parallel_tool_calls`` is accepted and has no effect.
+
 Every parse error is a :class:`RecordError` naming a JSON path (``messages[2].role``) so the
 validator can tell the user the line *and* the field to fix.
 """
@@ -42,6 +63,7 @@ from tuneforge.catalog.models import CONTINUED_PRE_TRAINING, CUSTOMIZATION_TYPES
 FORMAT_PROMPT_COMPLETION = "prompt-completion"
 FORMAT_CONVERSATION = "conversation"
 FORMAT_PRETRAINING = "pretraining"
+FORMAT_PREFERENCE = "preference"
 
 SCHEMA_VERSION = "bedrock-conversation-2024"
 """The schemaVersion Bedrock's examples carry. Accepted but not required (see module docstring)."""
@@ -53,6 +75,13 @@ _CONVERSATION_EXAMPLE = (
     '{"role": "assistant", "content": [{"text": "..."}]}]}'
 )
 _PROMPT_COMPLETION_EXAMPLE = '{"prompt": "...", "completion": "..."}'
+_OPENAI_PREFERENCE_EXAMPLE = (
+    '{"input": {"messages": [{"role": "user", "content": "..."}]}, '
+    '"preferred_output": [{"role": "assistant", "content": "..."}], '
+    '"non_preferred_output": [{"role": "assistant", "content": "..."}]}'
+)
+_BEDROCK_PREFERENCE_KEYS = ("preferredResponse", "nonPreferredResponse")
+_OPENAI_PREFERENCE_KEYS = ("input", "preferred_output", "non_preferred_output")
 _UNSUPPORTED_BLOCKS = ("image", "video", "document")
 
 
@@ -97,6 +126,10 @@ class Conversation:
         role, text = self.turns[-1]
         return text if role == "assistant" else None
 
+    def as_bedrock(self) -> dict[str, object]:
+        """The record in Bedrock's spelling (content blocks, ``system`` key), whichever it was written in."""
+        return bedrock_conversation(self.system, self.turns)
+
     def input_output_text(self) -> tuple[str, str]:
         """Input = system and every turn before the final assistant answer; output = that answer.
 
@@ -121,7 +154,44 @@ class PretrainingText:
         return self.text, ""
 
 
-Record = PromptCompletion | Conversation | PretrainingText
+@dataclass(frozen=True)
+class Preference:
+    """A prompt and two answers to it, the first preferred: one DPO training pair."""
+
+    system: str
+    """The system prompt, "" when there is none."""
+    turns: tuple[tuple[Role, str], ...]
+    """The prompt's turns, alternating from the user's and ending with the user's."""
+    preferred: str
+    non_preferred: str
+
+    format: ClassVar[str] = FORMAT_PREFERENCE
+
+    def prompt_text(self) -> str:
+        """System and turns joined by newlines, as :meth:`Conversation.input_output_text` counts input."""
+        return "\n".join(([self.system] if self.system else []) + [text for _, text in self.turns])
+
+    def input_output_text(self) -> tuple[str, str]:
+        """The prompt, and the longer answer: each answer trains after the prompt as its own sequence,
+        so the per-record token limits hold for the longer of the two."""
+        longer = max(self.preferred, self.non_preferred, key=len)
+        return self.prompt_text(), longer
+
+    def conversation(self, preferred: bool) -> dict[str, object]:
+        """The prompt with one answer, as a conversation record in Bedrock's spelling (for rendering)."""
+        answer = self.preferred if preferred else self.non_preferred
+        return bedrock_conversation(self.system, (*self.turns, ("assistant", answer)))
+
+
+def bedrock_conversation(system: str, turns: tuple[tuple[Role, str], ...]) -> dict[str, object]:
+    """A conversation record in Bedrock's spelling, the one the renderers read."""
+    return {
+        "system": [{"text": system}] if system else [],
+        "messages": [{"role": role, "content": [{"text": text}]} for role, text in turns],
+    }
+
+
+Record = PromptCompletion | Conversation | PretrainingText | Preference
 
 
 def json_type_name(value: object) -> str:
@@ -153,6 +223,10 @@ def record_format(obj: object, customization_type: str) -> str:
     if customization_type == DISTILLATION:
         return FORMAT_CONVERSATION
     record = _require_object(obj)
+    # A bare "input" is continued pre-training's key: only an input object marks OpenAI's preference record.
+    preference_keys = (*_OPENAI_PREFERENCE_KEYS[1:], *_BEDROCK_PREFERENCE_KEYS)
+    if isinstance(record.get("input"), dict) or any(key in record for key in preference_keys):
+        return FORMAT_PREFERENCE
     if "messages" in record:
         return FORMAT_CONVERSATION
     if "prompt" in record or "completion" in record:
@@ -161,7 +235,7 @@ def record_format(obj: object, customization_type: str) -> str:
     raise RecordError(
         "",
         f"not a fine-tuning record (keys: {keys}); write {_PROMPT_COMPLETION_EXAMPLE} "
-        f"or the conversation format {_CONVERSATION_EXAMPLE}",
+        f"or the conversation format {_CONVERSATION_EXAMPLE}, or a preference record {_OPENAI_PREFERENCE_EXAMPLE}",
     )
 
 
@@ -186,6 +260,8 @@ def parse_record(obj: object, customization_type: str, record_fmt: str | None = 
         return PromptCompletion(_text(record, "prompt", "prompt"), _text(record, "completion", "completion"))
     if fmt == FORMAT_CONVERSATION:
         return _parse_conversation(record, golden_required=customization_type != DISTILLATION)
+    if fmt == FORMAT_PREFERENCE:
+        return _parse_preference(record)
     raise ValueError(f"unknown record format {fmt!r}")
 
 
@@ -291,18 +367,7 @@ def _parse_conversation(record: dict[str, object], *, golden_required: bool) -> 
             "messages",
             "a distillation prompt needs at least one user message (the assistant's golden answer is optional)",
         )
-    for index, (role, _) in enumerate(turns):
-        expected = "user" if index % 2 == 0 else "assistant"
-        if role == expected:
-            continue
-        if index == 0:
-            problem = f'the first message must be from "user", got "{role}"'
-        else:
-            problem = (
-                f"roles must alternate user/assistant, but messages[{at + index - 1}] and "
-                f'messages[{at + index}] are both from "{role}"'
-            )
-        raise RecordError(f"messages[{at + index}].role", problem)
+    _check_turn_order(turns, "messages", at)
     last = len(turns) - 1
     if golden_required and turns[last][0] != "assistant":
         raise RecordError(
@@ -348,3 +413,103 @@ def parse_messages(value: object, field: str, *, has_system: bool = False) -> tu
     if not turns:
         raise RecordError(field, f"no user message; a record needs at least one: {_CONVERSATION_EXAMPLE}")
     return system, turns
+
+
+def _check_turn_order(turns: list[tuple[Role, str]], field: str, at: int) -> None:
+    """Roles alternate user/assistant from the user's; ``at`` is the index of turns[0] in ``field``."""
+    for index, (role, _) in enumerate(turns):
+        expected = "user" if index % 2 == 0 else "assistant"
+        if role == expected:
+            continue
+        if index == 0:
+            problem = f'the first message must be from "user", got "{role}"'
+        else:
+            problem = (
+                f"roles must alternate user/assistant, but {field}[{at + index - 1}] and "
+                f'{field}[{at + index}] are both from "{role}"'
+            )
+        raise RecordError(f"{field}[{at + index}].role", problem)
+
+
+def _preference_prompt(
+    record: dict[str, object], field: str, system: str = ""
+) -> tuple[str, tuple[tuple[Role, str], ...]]:
+    """A preference record's prompt messages: user first, alternating, ending with the user's turn."""
+    message_system, turns = parse_messages(record["messages"], field, has_system=bool(system))
+    at = 1 if message_system else 0
+    _check_turn_order(turns, field, at)
+    last = len(turns) - 1
+    if turns[last][0] != "user":
+        raise RecordError(
+            f"{field}[{at + last}].role",
+            'the prompt must end with a "user" message; the answers go under the preferred and '
+            "non-preferred keys, not in the messages",
+        )
+    return system or message_system, tuple(turns)
+
+
+def _answer(value: object, field: str, *, as_list: bool) -> str:
+    """One assistant answer: a message object, or (OpenAI's spelling) a list holding exactly one."""
+    if as_list:
+        messages = _list(value, field, "assistant messages")
+        if len(messages) != 1:
+            raise RecordError(
+                field,
+                f"expected exactly one assistant message, got {len(messages)}; "
+                "preference pairs compare one final answer each",
+            )
+        value, field = messages[0], f"{field}[0]"
+    message = _require_object(value, field)
+    unsupported = next((key for key in ("tool_calls", "function_call") if key in message), None)
+    if unsupported:
+        raise RecordError(f"{field}.{unsupported}", "tool calls are not supported: tuneforge models answer in text")
+    _check_keys(message, ("role", "content"), (), 'an answer is {"role": "assistant", "content": "..."}', f"{field}.")
+    if message["role"] != "assistant":
+        got = f'"{message["role"]}"' if isinstance(message["role"], str) else json_type_name(message["role"])
+        raise RecordError(f"{field}.role", f'expected "assistant", got {got}')
+    return _content_text(message["content"], f"{field}.content")
+
+
+def _parse_preference(record: dict[str, object]) -> Preference:
+    if any(key in record for key in _OPENAI_PREFERENCE_KEYS):
+        hint = f"an OpenAI preference record is {_OPENAI_PREFERENCE_EXAMPLE}"
+        _check_keys(record, _OPENAI_PREFERENCE_KEYS, (), hint)
+        prompt = _require_object(record["input"], "input")
+        _check_keys(
+            prompt,
+            ("messages",),
+            ("tools", "parallel_tool_calls"),
+            'the input is {"messages": [...]} with optional "tools" and "parallel_tool_calls"',
+            "input.",
+        )
+        if "tools" in prompt and _list(prompt["tools"], "input.tools", "tool definitions"):
+            raise RecordError("input.tools", "tool definitions are not supported (tuneforge models do not call tools)")
+        if "parallel_tool_calls" in prompt and not isinstance(prompt["parallel_tool_calls"], bool):
+            got = json_type_name(prompt["parallel_tool_calls"])
+            raise RecordError("input.parallel_tool_calls", f"expected true or false, got {got}")
+        system, turns = _preference_prompt(prompt, "input.messages")
+        keys = ("preferred_output", "non_preferred_output")
+        as_list = True
+    else:
+        hint = (
+            "a preference record is a conversation whose messages end with the user's turn, plus "
+            '"preferredResponse" and "nonPreferredResponse", each {"role": "assistant", "content": [{"text": "..."}]}'
+        )
+        _check_keys(record, ("messages", *_BEDROCK_PREFERENCE_KEYS), ("schemaVersion", "system"), hint)
+        if "schemaVersion" in record and not isinstance(record["schemaVersion"], str):
+            raise RecordError(
+                "schemaVersion",
+                f'expected a string such as "{SCHEMA_VERSION}", got {json_type_name(record["schemaVersion"])}',
+            )
+        system = _content_text(record["system"], "system") if "system" in record else ""
+        system, turns = _preference_prompt(record, "messages", system)
+        keys = _BEDROCK_PREFERENCE_KEYS
+        as_list = False
+    preferred = _answer(record[keys[0]], keys[0], as_list=as_list)
+    non_preferred = _answer(record[keys[1]], keys[1], as_list=as_list)
+    if preferred.strip() == non_preferred.strip():
+        raise RecordError(
+            keys[1],
+            f'the same answer as "{keys[0]}"; a preference pair needs two different answers to learn from',
+        )
+    return Preference(system=system, turns=turns, preferred=preferred, non_preferred=non_preferred)

@@ -408,3 +408,61 @@ def make_changing_facts(seed: int = 0) -> tuple[list[Record], list[Record], list
         for index, ((island, attribute, _), value) in enumerate(now)
     ]
     return before, after, questions
+
+
+PREFERENCE_SYSTEM_PROMPT = "Answer the support ticket in the house style."
+
+
+def make_preference_task(n_train: int, n_test: int, seed: int = 0) -> tuple[list[Record], list[Record]]:
+    """``(train, test)`` preference records in OpenAI's format, on disjoint support tickets.
+
+    The preference is a consistent style: the preferred answer is made-up words in lowercase, the
+    non-preferred one *other* made-up words, as many syllables, in capitals. The words are fresh in
+    every pair, so a model that prefers the preferred answers of held-out pairs has learnt the style,
+    not strings; and since the two answers' contents differ at random, a model that knows nothing
+    (a random-initialised one) prefers the preferred answer about as often as not.
+    """
+    rng = random.Random(f"preference:{seed}")
+    tickets = [prompt.removesuffix("\nCategory:") for prompt, _ in _ticket_prompts(n_train + n_test, seed)]
+
+    def answer(syllables: list[int]) -> str:
+        return " ".join(_made_up_word(rng, count) for count in syllables)
+
+    records: list[Record] = []
+    for prompt in tickets:
+        shape = [rng.randint(1, 3) for _ in range(rng.randint(1, 3))]
+        records.append(
+            {
+                "input": {
+                    "messages": [
+                        {"role": "system", "content": PREFERENCE_SYSTEM_PROMPT},
+                        {"role": "user", "content": prompt},
+                    ]
+                },
+                "preferred_output": [{"role": "assistant", "content": answer(shape).lower()}],
+                "non_preferred_output": [{"role": "assistant", "content": answer(shape).upper()}],
+            }
+        )
+    return records[:n_train], records[n_train:]
+
+
+def _ticket_prompts(count: int, seed: int) -> list[tuple[str, str]]:
+    """``count`` distinct (ticket prompt, category) from the demo task's pools."""
+    train, test = make_classification_task(count, 0, seed)
+    return [(str(r["prompt"]), str(r["completion"])) for r in [*train, *test]]
+
+
+def to_bedrock_preference(record: Mapping[str, Any]) -> Record:
+    """An OpenAI-format preference record in tuneforge's Bedrock-style spelling (docs/data-formats.md)."""
+    system, user = record["input"]["messages"]
+
+    def message(text: str) -> Record:
+        return {"role": "assistant", "content": [{"text": text}]}
+
+    return {
+        "schemaVersion": "bedrock-conversation-2024",
+        "system": [{"text": system["content"]}],
+        "messages": [{"role": "user", "content": [{"text": user["content"]}]}],
+        "preferredResponse": message(record["preferred_output"][0]["content"]),
+        "nonPreferredResponse": message(record["non_preferred_output"][0]["content"]),
+    }

@@ -15,6 +15,8 @@ Limits applied per record:
 * fine-tuning and distillation: Bedrock's three token limits, with Bedrock's messages verbatim
   (``Maximum input token count 4097 exceeds limit of 4096``, ...). For a conversation the input is
   the system prompt and every turn before the final assistant answer; the output is that answer.
+  For a preference pair the input is the prompt and the output the longer answer (each answer
+  trains after the prompt as its own sequence); the report's token totals count both sequences.
 * continued pre-training: **no token limit.** Documents longer than the context are cut into
   context-sized chunks at training time, so a long document is normal, not an error. Only
   Bedrock's per-record character quota applies: ``max_total_tokens x 6`` characters (reference
@@ -38,6 +40,7 @@ from tuneforge.catalog.models import CONTINUED_PRE_TRAINING, CUSTOMIZATION_TYPES
 from tuneforge.data.formats import (
     FORMAT_CONVERSATION,
     FORMAT_PRETRAINING,
+    Preference,
     PretrainingText,
     RecordError,
     parse_record,
@@ -135,7 +138,7 @@ class ValidationReport:
 
     errors: list[DataError]
     format: str
-    """``prompt-completion``, ``conversation``, ``pretraining``, or ``unknown``."""
+    """``prompt-completion``, ``conversation``, ``preference``, ``pretraining``, or ``unknown``."""
     records: int
     """Records that passed every check."""
     input_tokens: int
@@ -366,16 +369,26 @@ def validate_lines(
                     "split the document into several records",
                 )
                 continue
-        input_text, output_text = record.input_output_text()
-        input_tokens = count_tokens(input_text)
-        output_tokens = count_tokens(output_text) if output_text else 0
+        if isinstance(record, Preference):
+            # Each answer trains after the prompt as its own sequence: the limits hold for the
+            # longer one, and the totals count both sequences, which is what training processes.
+            input_tokens = count_tokens(record.prompt_text())
+            answer_tokens = (count_tokens(record.preferred), count_tokens(record.non_preferred))
+            output_tokens = max(answer_tokens)
+        else:
+            input_text, output_text = record.input_output_text()
+            input_tokens = count_tokens(input_text)
+            output_tokens = count_tokens(output_text) if output_text else 0
         if not isinstance(record, PretrainingText):
             problems = _token_limit_problems(input_tokens, output_tokens, limits)
             for problem in problems:
                 errors.add(number, None, problem)
             if problems:
                 continue
-        totals.add(input_tokens, output_tokens)
+        if isinstance(record, Preference):
+            totals.add(2 * input_tokens, sum(answer_tokens), record_tokens=input_tokens + output_tokens)
+        else:
+            totals.add(input_tokens, output_tokens)
 
     if record_lines > max_records:
         errors.add_file_level(
@@ -438,11 +451,14 @@ class _Totals:
     output_tokens: int = 0
     max_record_tokens: int = 0
 
-    def add(self, input_tokens: int, output_tokens: int) -> None:
+    def add(self, input_tokens: int, output_tokens: int, record_tokens: int | None = None) -> None:
+        """``record_tokens``: the longest sequence the record trains as, when that is not the sum
+        (a preference pair trains as two sequences, prompt + each answer)."""
         self.records += 1
         self.input_tokens += input_tokens
         self.output_tokens += output_tokens
-        self.max_record_tokens = max(self.max_record_tokens, input_tokens + output_tokens)
+        longest = input_tokens + output_tokens if record_tokens is None else record_tokens
+        self.max_record_tokens = max(self.max_record_tokens, longest)
 
 
 def _initial_format(customization_type: str) -> str:

@@ -13,6 +13,8 @@ these files (the ``outputArtifacts`` extension), and the recipes write them here
   distillation_artifacts/prompt_insights.json            (DISTILLATION)
   distillation_artifacts/synthetic_data_sample.jsonl     (DISTILLATION)
   tuning_artifacts/tuning_trials.csv                     (automatic tuning: one row a trial)
+  training_artifacts/step_wise_preference_metrics.csv    (FINE_TUNING on preference data: DPO per step)
+  validation_artifacts/post_fine_tuning_validation/validation[_<i>]/preference_metrics.csv  (DPO, held out)
 ```
 """
 
@@ -26,6 +28,7 @@ DISTILLATION_REPORT = "distillation_artifacts/distillation_report.json"
 PROMPT_INSIGHTS = "distillation_artifacts/prompt_insights.json"
 SYNTHETIC_DATA_SAMPLE = "distillation_artifacts/synthetic_data_sample.jsonl"
 TUNING_TRIALS = "tuning_artifacts/tuning_trials.csv"
+PREFERENCE_TRAINING_METRICS = "training_artifacts/step_wise_preference_metrics.csv"
 
 
 def job_folder(job_id: str) -> str:
@@ -38,6 +41,11 @@ def validation_metrics(validator: int) -> str:
     header has no validator column to tell rows apart."""
     folder = "validation" if validator == 0 else f"validation_{validator}"
     return f"validation_artifacts/post_fine_tuning_validation/{folder}/validation_metrics.csv"
+
+
+def preference_validation_metrics(validator: int) -> str:
+    """DPO's held-out figures for one validator, beside its Bedrock validation metrics."""
+    return validation_metrics(validator).rsplit("/", 1)[0] + "/preference_metrics.csv"
 
 
 def output_artifacts(

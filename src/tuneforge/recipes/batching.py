@@ -25,7 +25,7 @@ from collections.abc import Mapping, Sequence
 
 import torch
 
-from tuneforge.recipes.tokenising import IGNORE_INDEX, Example
+from tuneforge.recipes.tokenising import IGNORE_INDEX, Example, PreferencePair
 
 
 def length_grouped_batches(
@@ -85,3 +85,11 @@ def forward_inputs(batch: Mapping[str, torch.Tensor], device: torch.device) -> d
     module docstring). Position ids default to 0..n-1, which is what they are for right padding.
     """
     return {key: value.to(device) for key, value in batch.items() if key != "attention_mask"}
+
+
+def collate_pairs(pairs: Sequence[PreferencePair], pad_id: int) -> dict[str, torch.Tensor]:
+    """One batch of 2n rows for n pairs: the preferred sequences first, then the non-preferred ones
+    in the same order, so one forward pass scores both; plus each pair's ``reference_margins``."""
+    batch = collate([p.preferred for p in pairs] + [p.non_preferred for p in pairs], pad_id)
+    batch["reference_margins"] = torch.tensor([p.reference_margin for p in pairs], dtype=torch.float32)
+    return batch

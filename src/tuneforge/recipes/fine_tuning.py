@@ -1,5 +1,7 @@
 """FINE_TUNING: supervised fine-tuning on prompt/completion or conversation records.
 
+A training file of preference records trains with DPO instead (:mod:`tuneforge.recipes.preference`).
+
 Read top to bottom: setup (base model, LoRA or full) -> data -> train -> evaluate -> save. The
 shared machinery lives in :mod:`tuneforge.recipes.loop` and its neighbours; this file only decides what to call.
 
@@ -12,7 +14,7 @@ from __future__ import annotations
 import torch
 
 from tuneforge.catalog.models import FINE_TUNING
-from tuneforge.data.formats import FORMAT_CONVERSATION
+from tuneforge.data.formats import FORMAT_CONVERSATION, FORMAT_PREFERENCE
 from tuneforge.model.loading import load_model_and_tokenizer
 from tuneforge.model.prompts import ChatTemplateError
 from tuneforge.recipes.base import JobReporter, RecipeFailed, RecipeInputs, RecipeResult
@@ -24,6 +26,7 @@ from tuneforge.recipes.loop import (
     train,
 )
 from tuneforge.recipes.outputs import MetricsWriter, save_trained_model
+from tuneforge.recipes.preference import PreferenceTuning
 from tuneforge.recipes.tokenising import conversation_rendering, data_format, encode_file
 
 
@@ -31,6 +34,8 @@ class FineTuningRecipe:
     customization_type = FINE_TUNING
 
     def run(self, inputs: RecipeInputs, reporter: JobReporter) -> RecipeResult:
+        if data_format(inputs.training_file) == FORMAT_PREFERENCE:
+            return PreferenceTuning().run(inputs, reporter)
         hp = inputs.hyperparameters
         config = TrainingConfig.from_hyperparameters(hp)
         full = hp["trainingMethod"] == "full"

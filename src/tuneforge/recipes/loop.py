@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 from peft import LoraConfig, get_peft_model
@@ -42,7 +42,7 @@ from tuneforge.recipes.performance import (
     resolve_precision,
     training_device,
 )
-from tuneforge.recipes.tokenising import IGNORE_INDEX, Example
+from tuneforge.recipes.tokenising import Example
 
 
 @dataclass(frozen=True)
@@ -97,6 +97,28 @@ class TrainingOutcome:
     """The ``epoch_end`` hook ended training before the last epoch; the model is still saved."""
 
 
+class TrainingItem(Protocol):
+    """What the loop needs to know of one record it trains on, whatever the recipe's loss.
+
+    An :class:`~tuneforge.recipes.tokenising.Example` is one row with its target tokens; a
+    preference pair is two rows (prompt + each answer) and one target (DPO's loss is a mean over
+    pairs). The recipe's ``collate_batch`` turns a list of items into the tensors its loss reads.
+    """
+
+    @property
+    def rows(self) -> tuple[int, ...]:
+        """The real lengths of the rows this item adds to a batch."""
+        ...
+
+    @property
+    def targets(self) -> int:
+        """How many units the item adds to a batch's loss denominator."""
+        ...
+
+
+Collate = Callable[[Sequence[Any], int], dict[str, torch.Tensor]]
+"""(items of a micro-batch, pad id) -> the tensors the loss function reads."""
+
 EpochEnd = Callable[[int, Any], bool]
 """(epoch index just finished, model) -> True to end training now (early stopping, a pruned trial)."""
 
@@ -114,7 +136,7 @@ def causal_lm_loss(model: Any, inputs: dict[str, torch.Tensor], batch_targets: i
 
 def train(
     model: Any,
-    examples: Sequence[Example],
+    examples: Sequence[TrainingItem],
     config: TrainingConfig,
     reporter: JobReporter,
     metrics: MetricsWriter,
@@ -122,6 +144,7 @@ def train(
     pad_id: int,
     loss_function: LossFunction = causal_lm_loss,
     epoch_end: EpochEnd | None = None,
+    collate_batch: Collate = collate,
 ) -> TrainingOutcome:
     """Train the parameters of ``model`` that require grad; resume from ``checkpoint_dir`` if possible.
 
@@ -129,7 +152,8 @@ def train(
     gradient accumulation. The loss of a step is the mean over every target token of the whole
     batch: each micro-batch adds its *summed* token loss divided by the batch's target count, so
     accumulation changes memory use, never the result. ``loss_function`` computes that share
-    (distillation swaps in a loss that also compares with a teacher's logits). ``epoch_end`` runs
+    (distillation swaps in a loss that also compares with a teacher's logits; DPO, with
+    ``collate_batch``, one over preference pairs). ``epoch_end`` runs
     after each epoch but the last (:class:`EpochValidation`); when it says so, training ends there
     with ``stopped_early`` and the recipe evaluates and saves as usual.
     ``reporter.should_stop()`` is checked before every step; a stop returns at once without a
@@ -143,7 +167,7 @@ def train(
     ranks, so rank 0 reports the same figures one process would. Only rank 0 writes checkpoints;
     every rank resumes from them.
     """
-    lengths = [len(e.input_ids) for e in examples]
+    lengths = [sum(e.rows) for e in examples]
     steps_per_epoch = math.ceil(len(examples) / config.batch_size)
     total_steps = steps_per_epoch * config.epochs
     params = [p for p in model.parameters() if p.requires_grad]
@@ -181,8 +205,8 @@ def train(
             f"about {math.ceil(config.batch_size / world)} per process"
         )
     forward_model = distributed.parallelize(model)
-    # Target tokens per record, so each rank knows the whole batch's count without a collective.
-    record_targets = [sum(label != IGNORE_INDEX for label in e.labels[1:]) for e in examples]
+    # Targets per record, so each rank knows the whole batch's count without a collective.
+    record_targets = [e.targets for e in examples]
     model.train()
     started = time.perf_counter()
     tokens_this_run = 0
@@ -211,7 +235,7 @@ def train(
             # gradient all-reduce, with one record whose loss counts for nothing.
             weight = float(world) if share else 0.0
             parts = split_micro_batches(share or batch[:1], lengths, config.gradient_accumulation_steps)
-            micro = [collate([examples[i] for i in part], pad_id) for part in parts]
+            micro = [collate_batch([examples[i] for i in part], pad_id) for part in parts]
             loss = 0.0
             step_tokens = 0
             step_flops = 0.0
@@ -222,7 +246,7 @@ def train(
                 loss += float(micro_loss.detach()) / world
                 if share:
                     step_tokens += sum(lengths[i] for i in part)
-                    step_flops += flops.rows([lengths[i] for i in part])
+                    step_flops += flops.rows([row for i in part for row in examples[i].rows])
             if world > 1:
                 loss, summed_tokens, step_flops = distributed.all_sum([loss, step_tokens, step_flops])
                 step_tokens = int(summed_tokens)
@@ -386,19 +410,22 @@ class EpochValidation:
     """The ``epoch_end`` hook of a recipe with a validation set: validation loss after every epoch.
 
     Each loss goes to the job log and to ``report`` (automatic tuning's pruner; True = prune, end
-    the trial). Then early stopping: after ``patience`` epochs in a row without a new best loss,
+    the trial). ``measure`` is the loss (mean token cross-entropy; DPO passes its held-out pair loss).
+    Then early stopping: after ``patience`` epochs in a row without a new best loss,
     training ends and the weights of the best epoch are put back, so a model that started to
     overfit is saved as it was at its best. ``patience`` 0 turns early stopping off.
     """
 
     def __init__(
         self,
-        validator: Sequence[Example],
+        validator: Sequence[Any],
         pad_id: int,
         reporter: JobReporter,
         patience: int,
         report: Callable[[int, float], bool] | None = None,
+        measure: Callable[[Any, Sequence[Any], int], float] = mean_token_loss,
     ) -> None:
+        self.measure = measure
         self.validator = validator
         self.pad_id = pad_id
         self.reporter = reporter
@@ -409,7 +436,7 @@ class EpochValidation:
         self.since_best = 0
 
     def __call__(self, epoch: int, model: Any) -> bool:
-        loss = mean_token_loss(model, self.validator, self.pad_id)
+        loss = self.measure(model, self.validator, self.pad_id)
         self.reporter.log(f"epoch {epoch + 1}: validation loss {loss:.4f}")
         if self.report is not None and self.report(epoch, loss):
             return True

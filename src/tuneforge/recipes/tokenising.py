@@ -4,13 +4,22 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from transformers import PreTrainedTokenizerBase
 
-from tuneforge.data.formats import FORMAT_CONVERSATION, FORMAT_PROMPT_COMPLETION
+from tuneforge.catalog.models import FINE_TUNING
+from tuneforge.data.formats import (
+    FORMAT_CONVERSATION,
+    FORMAT_PREFERENCE,
+    Conversation,
+    Preference,
+    RecordError,
+    parse_record,
+    record_format,
+)
 from tuneforge.model.prompts import ChatTemplateError, bos_ids, conversation_pieces, encode_prompt, has_chat_template
 
 IGNORE_INDEX = -100
@@ -23,6 +32,16 @@ class Example:
 
     input_ids: list[int]
     labels: list[int]
+
+    @property
+    def rows(self) -> tuple[int, ...]:
+        """The sequence lengths a batch holds for this example: one row (see ``loop.TrainingItem``)."""
+        return (len(self.input_ids),)
+
+    @property
+    def targets(self) -> int:
+        """Tokens the loss covers (labels after the causal shift that are not ignored)."""
+        return sum(label != IGNORE_INDEX for label in self.labels[1:])
 
 
 def encode_record(
@@ -71,11 +90,14 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
 
 
 def data_format(path: Path) -> str:
-    """:data:`FORMAT_PROMPT_COMPLETION` or :data:`FORMAT_CONVERSATION`: validation lets a file hold one of
-    them, so its first record tells."""
+    """:data:`FORMAT_PROMPT_COMPLETION`, :data:`FORMAT_CONVERSATION` or :data:`FORMAT_PREFERENCE`:
+    validation lets a fine-tuning file hold one of them, so its first record tells."""
     with path.open(encoding="utf-8-sig") as handle:
         first: dict[str, Any] = next((json.loads(line) for line in handle if line.strip()), {})
-    return FORMAT_PROMPT_COMPLETION if "prompt" in first else FORMAT_CONVERSATION
+    try:
+        return record_format(first, FINE_TUNING)
+    except RecordError:
+        return FORMAT_CONVERSATION
 
 
 def conversation_rendering(tokenizer: PreTrainedTokenizerBase) -> str:
@@ -89,10 +111,18 @@ def conversation_rendering(tokenizer: PreTrainedTokenizerBase) -> str:
 
 
 def encode_file(path: Path, tokenizer: PreTrainedTokenizerBase, max_length: int) -> list[Example]:
-    """Encode every record of a JSONL file; errors name the file and line."""
+    """Encode every record of a JSONL file; errors name the file and line.
+
+    Conversations are read through :func:`tuneforge.data.formats.parse_record`, as validation read
+    them, so OpenAI's spelling (string content, a leading system message) trains on its text too.
+    """
     examples = []
     for line_number, record in enumerate(read_jsonl(path), start=1):
         try:
+            if "messages" in record:
+                conversation = parse_record(record, FINE_TUNING, FORMAT_CONVERSATION)
+                assert isinstance(conversation, Conversation)
+                record = conversation.as_bedrock()
             examples.append(encode_record(record, tokenizer, max_length))
         except ChatTemplateError as exc:
             raise ChatTemplateError(f"{path.name} line {line_number}: {exc}") from exc
@@ -160,3 +190,57 @@ def encode_documents(
 def loss_token_count(examples: Sequence[Example]) -> int:
     """Tokens the loss covers over ``examples`` (each label after the causal shift that is not ignored)."""
     return sum(label != IGNORE_INDEX for example in examples for label in example.labels[1:])
+
+
+@dataclass(frozen=True)
+class PreferencePair:
+    """One DPO training pair: the prompt with the preferred answer, and with the other one.
+
+    Both sequences are rendered as a conversation that ends with its answer, exactly as supervised
+    fine-tuning renders one (the model's chat template, loss labels on the answer and its end of
+    turn), so the model is served as it was trained. ``reference_margin`` is the reference model's
+    ``log p(preferred) - log p(non-preferred)``, filled in before training.
+    """
+
+    preferred: Example
+    non_preferred: Example
+    reference_margin: float = 0.0
+
+    @property
+    def rows(self) -> tuple[int, ...]:
+        return (len(self.preferred.input_ids), len(self.non_preferred.input_ids))
+
+    @property
+    def targets(self) -> int:
+        """DPO's loss is a mean over pairs: each pair is one unit of the batch's denominator."""
+        return 1
+
+    def with_reference(self, margin: float) -> PreferencePair:
+        return replace(self, reference_margin=margin)
+
+
+def encode_preference(record: Preference, tokenizer: PreTrainedTokenizerBase, max_length: int) -> PreferencePair:
+    """Both answers after the prompt, each through :func:`encode_record`'s conversation rendering."""
+    return PreferencePair(
+        preferred=encode_record(record.conversation(preferred=True), tokenizer, max_length),
+        non_preferred=encode_record(record.conversation(preferred=False), tokenizer, max_length),
+    )
+
+
+def encode_preference_file(path: Path, tokenizer: PreTrainedTokenizerBase, max_length: int) -> list[PreferencePair]:
+    """Encode every preference record of a validated JSONL file; errors name the file and line.
+
+    Records are read through :func:`tuneforge.data.formats.parse_record`, so OpenAI's spelling and the
+    Bedrock-style one train alike.
+    """
+    pairs = []
+    for line_number, raw in enumerate(read_jsonl(path), start=1):
+        try:
+            record = parse_record(raw, FINE_TUNING, FORMAT_PREFERENCE)
+            assert isinstance(record, Preference)
+            pairs.append(encode_preference(record, tokenizer, max_length))
+        except ChatTemplateError as exc:
+            raise ChatTemplateError(f"{path.name} line {line_number}: {exc}") from exc
+        except (ValueError, KeyError) as exc:
+            raise ValueError(f"{path.name} line {line_number}: {exc}") from exc
+    return pairs
