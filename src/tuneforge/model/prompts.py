@@ -98,8 +98,22 @@ class RenderedPrompt:
     to the template, not to the answer."""
 
 
-def _text(blocks: Sequence[Mapping[str, Any]]) -> str:
+def _text(blocks: str | Sequence[Mapping[str, Any]]) -> str:
+    """A message's content as text: Bedrock's ``[{"text": ...}]`` blocks, OpenAI's text parts, or a string."""
+    if isinstance(blocks, str):
+        return blocks
     return "\n".join(str(block["text"]) for block in blocks if "text" in block)
+
+
+def _system_and_messages(conversation: Mapping[str, Any]) -> tuple[str, list[dict[str, str]]]:
+    """(system text, ``{"role", "content"}`` text messages), in either spelling of a conversation:
+    OpenAI's leading ``system`` message is the system prompt, as :mod:`tuneforge.data.formats` reads it."""
+    system = _text(conversation.get("system") or [])
+    messages = [{"role": str(m["role"]), "content": _text(m["content"])} for m in conversation["messages"]]
+    if messages and messages[0]["role"] == "system":
+        system = system or messages[0]["content"]
+        messages = messages[1:]
+    return system, messages
 
 
 def has_chat_template(tokenizer: PreTrainedTokenizerBase) -> bool:
@@ -195,8 +209,7 @@ def conversation_pieces(
     open after its text when ``close_last`` is false (an assistant prefill the model continues, or
     a truncated answer that did not end there).
     """
-    system = _text(conversation.get("system") or [])
-    messages = [{"role": str(m["role"]), "content": _text(m["content"])} for m in conversation["messages"]]
+    system, messages = _system_and_messages(conversation)
     if has_chat_template(tokenizer):
         return _template_pieces(tokenizer, system, messages, close_last)
     return _plain_pieces(tokenizer, system, messages, close_last)
@@ -359,8 +372,8 @@ def render_prompt(record_or_messages: Mapping[str, Any] | Sequence[Mapping[str, 
     if isinstance(record_or_messages, Mapping) and "prompt" in record_or_messages:
         return str(record_or_messages["prompt"])
     conversation = _without_answer(_as_conversation(record_or_messages))
-    messages = [{"role": str(m["role"]), "content": _text(m["content"])} for m in conversation["messages"]]
-    return "".join(text for text, _ in _plain_segments(_text(conversation.get("system") or []), messages))
+    system, messages = _system_and_messages(conversation)
+    return "".join(text for text, _ in _plain_segments(system, messages))
 
 
 def _without_answer(conversation: Mapping[str, Any]) -> dict[str, Any]:
@@ -397,13 +410,12 @@ def serving_prompt(
     if conversation is None:
         assert prompt is not None
         return RenderedPrompt(prompt, encode_prompt(tokenizer, prompt), False)
-    messages = conversation["messages"]
+    system, messages = _system_and_messages(conversation)
     prefill = messages[-1]["role"] == "assistant"
     if trained_format == FORMAT_PROMPT_COMPLETION and len(messages) - prefill == 1:
-        system = _text(conversation.get("system") or [])
-        text = (system + SYSTEM_SEPARATOR if system else "") + _text(messages[0]["content"])
+        text = (system + SYSTEM_SEPARATOR if system else "") + messages[0]["content"]
         if prefill:
-            text += _text(messages[-1]["content"])
+            text += messages[-1]["content"]
         # Message text, not a caller-owned raw prompt: its special-token spellings stay text.
         return RenderedPrompt(text, bos_ids(tokenizer) + _encode_text(tokenizer, text), False)
     pieces = conversation_pieces(tokenizer, conversation, close_last=False)
