@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from tuneforge.data.tasks import write_jsonl
 from tuneforge.model import prompts
@@ -36,26 +37,23 @@ def test_openai_spelled_conversations_encode_like_bedrock_spelled_ones(tmp_path:
 def test_every_prompt_renderer_reads_openai_spelling_as_bedrock_spelling(tmp_path: Path) -> None:
     """Distillation, evaluation and batch inference render records through model/prompts.py directly."""
     tokenizer = load_tokenizer(ensure_builtin("forge-micro", tmp_path / "models"))
-    openai = {
-        "messages": [
-            {"role": "system", "content": "Be brief."},
-            {"role": "user", "content": "Where is my parcel?"},
-            {"role": "assistant", "content": "With the courier."},
-        ]
-    }
-    bedrock = {
-        "system": [{"text": "Be brief."}],
-        "messages": [
-            {"role": "user", "content": [{"text": "Where is my parcel?"}]},
-            {"role": "assistant", "content": [{"text": "With the courier."}]},
-        ],
-    }
+    openai_messages: list[dict[str, Any]] = [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "Where is my parcel?"},
+        {"role": "assistant", "content": "With the courier."},
+    ]
+    bedrock_messages: list[dict[str, Any]] = [
+        {"role": "user", "content": [{"text": "Where is my parcel?"}]},
+        {"role": "assistant", "content": [{"text": "With the courier."}]},
+    ]
+    openai = {"messages": openai_messages}
+    bedrock = {"system": [{"text": "Be brief."}], "messages": bedrock_messages}
     assert prompts.render_prompt(openai) == prompts.render_prompt(bedrock)
     assert "Where is my parcel?" in prompts.render_prompt(openai)
     assert prompts.prompt_ids(tokenizer, openai) == prompts.prompt_ids(tokenizer, bedrock)
     assert prompts.expected_answer(openai) == prompts.expected_answer(bedrock) == "With the courier."
-    question = {"messages": openai["messages"][:2]}
+    question = {"messages": openai_messages[:2]}
     assert (
         prompts.serving_prompt(tokenizer, conversation=question).ids
-        == prompts.serving_prompt(tokenizer, conversation={**bedrock, "messages": bedrock["messages"][:1]}).ids
+        == prompts.serving_prompt(tokenizer, conversation={**bedrock, "messages": bedrock_messages[:1]}).ids
     )
