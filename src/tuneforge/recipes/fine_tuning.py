@@ -23,7 +23,7 @@ from tuneforge.recipes.loop import (
     record_validation,
     train,
 )
-from tuneforge.recipes.outputs import MetricsWriter, save_trained_model
+from tuneforge.recipes.outputs import MetricsWriter, checkpoint_models, save_trained_model
 from tuneforge.recipes.tokenising import conversation_rendering, data_format, encode_file
 
 
@@ -81,6 +81,7 @@ class FineTuningRecipe:
             inputs.checkpoint_dir,
             pad_id=tokenizer.pad_token_id,
             epoch_end=epoch_end,
+            on_checkpoint=None if full else checkpoint_models(tokenizer, inputs, trained_format),
         )
         if outcome.stopped:
             reporter.stage("training", "Stopped")
