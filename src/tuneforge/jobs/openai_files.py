@@ -56,6 +56,10 @@ class FileTooLarge(ValidationException):
     pass
 
 
+class ObjectNotFound(ResourceNotFoundException):
+    """A file, fine-tuning job or checkpoint of OpenAI's surface that does not exist (OpenAI's 404)."""
+
+
 @dataclass(frozen=True)
 class FilePage:
     items: list[OpenAIFile]
@@ -179,6 +183,13 @@ class FileService:
             threading.Thread(target=self.check, args=(file_id,), name=f"check-{file_id}", daemon=True).start()
         return row
 
+    def recover(self) -> None:
+        """Check again the files a stopped server left ``uploaded`` (at start, in the background)."""
+        with self.db.session() as session:
+            pending = list(session.scalars(select(OpenAIFile.id).where(OpenAIFile.status == "uploaded")))
+        for file_id in pending:
+            threading.Thread(target=self.check, args=(file_id,), name=f"check-{file_id}", daemon=True).start()
+
     def check(self, file_id: str) -> None:
         """Read the file and record ``processed`` or ``error`` (run on a background thread)."""
         row = self.get(file_id)
@@ -200,7 +211,7 @@ class FileService:
         with self.db.session() as session:
             row = session.get(OpenAIFile, file_id)
         if row is None:
-            raise ResourceNotFoundException(f"No such File object: {file_id}")
+            raise ObjectNotFound(f"No such File object: {file_id}")
         return row
 
     def list_files(self, purpose: str | None, after: str | None, limit: int, descending: bool = True) -> FilePage:

@@ -98,8 +98,21 @@ class RenderedPrompt:
     to the template, not to the answer."""
 
 
-def _text(blocks: Sequence[Mapping[str, Any]]) -> str:
+def _text(blocks: str | Sequence[Mapping[str, Any]]) -> str:
+    """A message's text: Bedrock's content blocks, OpenAI's text parts, or OpenAI's plain string."""
+    if isinstance(blocks, str):
+        return blocks
     return "\n".join(str(block["text"]) for block in blocks if "text" in block)
+
+
+def _system_and_messages(conversation: Mapping[str, Any]) -> tuple[str, list[dict[str, str]]]:
+    """The system text and the messages as plain text, read in either spelling
+    (:func:`tuneforge.data.formats.parse_messages`): OpenAI's leading ``system`` message is the system text."""
+    system = _text(conversation.get("system") or [])
+    messages = [{"role": str(m["role"]), "content": _text(m["content"])} for m in conversation["messages"]]
+    if messages and messages[0]["role"] == "system" and not system:
+        system = messages.pop(0)["content"]
+    return system, messages
 
 
 def has_chat_template(tokenizer: PreTrainedTokenizerBase) -> bool:
@@ -195,8 +208,7 @@ def conversation_pieces(
     open after its text when ``close_last`` is false (an assistant prefill the model continues, or
     a truncated answer that did not end there).
     """
-    system = _text(conversation.get("system") or [])
-    messages = [{"role": str(m["role"]), "content": _text(m["content"])} for m in conversation["messages"]]
+    system, messages = _system_and_messages(conversation)
     if has_chat_template(tokenizer):
         return _template_pieces(tokenizer, system, messages, close_last)
     return _plain_pieces(tokenizer, system, messages, close_last)
@@ -359,8 +371,8 @@ def render_prompt(record_or_messages: Mapping[str, Any] | Sequence[Mapping[str, 
     if isinstance(record_or_messages, Mapping) and "prompt" in record_or_messages:
         return str(record_or_messages["prompt"])
     conversation = _without_answer(_as_conversation(record_or_messages))
-    messages = [{"role": str(m["role"]), "content": _text(m["content"])} for m in conversation["messages"]]
-    return "".join(text for text, _ in _plain_segments(_text(conversation.get("system") or []), messages))
+    system, messages = _system_and_messages(conversation)
+    return "".join(text for text, _ in _plain_segments(system, messages))
 
 
 def _without_answer(conversation: Mapping[str, Any]) -> dict[str, Any]:

@@ -9,6 +9,8 @@ adapter and/or the merged model, and the manifest that says which exists.
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from tuneforge.catalog.models import FINE_TUNING
@@ -23,7 +25,7 @@ from tuneforge.recipes.loop import (
     record_validation,
     train,
 )
-from tuneforge.recipes.outputs import MetricsWriter, checkpoint_models, save_trained_model
+from tuneforge.recipes.outputs import KEPT_CHECKPOINT_MODELS, MetricsWriter, checkpoint_models, save_trained_model
 from tuneforge.recipes.tokenising import conversation_rendering, data_format, encode_file
 
 
@@ -72,6 +74,8 @@ class FineTuningRecipe:
             if validators
             else None
         )
+        steps_per_epoch = math.ceil(len(examples) / config.batch_size)
+        last_epochs = steps_per_epoch * max(config.epochs - KEPT_CHECKPOINT_MODELS, 0) + 1
         outcome = train(
             model,
             examples,
@@ -81,7 +85,7 @@ class FineTuningRecipe:
             inputs.checkpoint_dir,
             pad_id=tokenizer.pad_token_id,
             epoch_end=epoch_end,
-            on_checkpoint=None if full else checkpoint_models(tokenizer, inputs, trained_format),
+            on_checkpoint=None if full else checkpoint_models(tokenizer, inputs, trained_format, from_step=last_epochs),
         )
         if outcome.stopped:
             reporter.stage("training", "Stopped")

@@ -126,15 +126,21 @@ KEPT_CHECKPOINT_MODELS = 3
 """As OpenAI keeps them: the models of the last three checkpoints (the final model is saved apart)."""
 
 
-def checkpoint_models(tokenizer: Any, inputs: RecipeInputs, data_format: str) -> Callable[[int, Any], None]:
+def checkpoint_models(
+    tokenizer: Any, inputs: RecipeInputs, data_format: str, *, from_step: int
+) -> Callable[[int, Any], None]:
     """The training loop's ``on_checkpoint`` for a LoRA recipe: each checkpoint's adapter saved as a model.
 
     ``<model_dir>/checkpoints/step-<N>/`` is a model folder like the final one (adapter and manifest,
-    a few MB), so a checkpoint is served the way the finished model is; only the last
+    a few MB), so a checkpoint is served the way the finished model is. Only checkpoints from
+    ``from_step`` on are saved (the recipe passes the start of the last three epochs: saving a model
+    at every epoch of a long run costs time for folders nobody keeps), and only the last
     :data:`KEPT_CHECKPOINT_MODELS` are kept.
     """
 
     def save(step: int, model: Any) -> None:
+        if step < from_step:
+            return
         root = inputs.model_dir / CHECKPOINT_MODELS
         save_model(
             model,

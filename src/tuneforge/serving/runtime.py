@@ -32,7 +32,7 @@ import asyncio
 import dataclasses
 import json
 import time
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -125,8 +125,11 @@ class RuntimeService:
         metrics: ServingMetrics | None = None,
         deployments: DeploymentService | None = None,
         replicas: ReplicaRegistry | None = None,
+        fine_tuned: Callable[[str], DeploymentRoute | None] | None = None,
     ) -> None:
         self.replicas = replicas
+        self.fine_tuned = fine_tuned
+        """Routes OpenAI's ``ft:...`` model names (:meth:`FineTuningService.route`), served like deployments."""
         self.throughput = throughput
         self.deployments = deployments
         self.manager = manager
@@ -165,6 +168,8 @@ class RuntimeService:
         if row is not None:
             return self._provisioned(model_id, row)
         route = self._deployment_route(identifier)
+        if route is None and self.fine_tuned is not None and identifier.startswith("ft:"):
+            route = self.fine_tuned(identifier)
         if route is not None:
             return self._deployment(model_id, route)
         if custom is not None:
