@@ -11,6 +11,9 @@
   the custom model's base with the model's folder as the request's adapter, or, for a model trained
   in full, an on-demand engine of its own (see :mod:`tuneforge.serving.deployments`); billed per
   token, refused with ThrottlingException past its monthly budget;
+- an OpenAI ``fine_tuned_model`` name (``ft:...``, or a checkpoint's ``ft:...:ckpt-step-N``): served
+  as a deployment of it would be, with no deployment to create
+  (:meth:`tuneforge.jobs.openai_fine_tuning.FineTuningService.route`);
 - a **custom model** ARN or name: refused with ValidationException, because custom models are
   served only through a custom model deployment or provisioned throughput (as on Bedrock);
 - anything else: ValidationException ("The provided model identifier is invalid."), which the
