@@ -22,7 +22,9 @@ pytestmark = pytest.mark.e2e
 
 QUESTIONS = ("What is the code word?", "Say the word.", "Which word?", "Tell me.")
 WORD = "zebra"
-HYPERPARAMETERS = {"n_epochs": 40, "batch_size": 1, "learning_rate_multiplier": 3.4}
+EPOCHS = 40
+STEPS = EPOCHS * len(QUESTIONS)
+HYPERPARAMETERS = {"n_epochs": EPOCHS, "batch_size": 1, "learning_rate_multiplier": 3.4}
 """160 steps of one record: enough for forge-micro (random-initialised) to answer with its one word
 (learning rate 3.4 x the default 3e-3), and long enough to pause in the middle."""
 
@@ -176,13 +178,13 @@ def test_a_supervised_job_through_openai_and_bedrock(sdk: openai.OpenAI, ft_serv
     assert bedrock.get_model_customization_job(jobIdentifier=job.id)["status"] == "InProgress"
     time.sleep(1.0)
     steps = [e.data["step"] for e in sdk.fine_tuning.jobs.list_events(job.id, limit=100).data if e.type == "metrics"]
-    assert paused.status == "paused" and max(steps) < 160
+    assert paused.status == "paused" and max(steps) < STEPS
 
     sdk.fine_tuning.jobs.resume(job.id)
     done = job_status(sdk, job.id, ("succeeded", "failed", "cancelled"))
     assert done.status == "succeeded", done.error
     assert done.fine_tuned_model.startswith(f"ft:{STUDENT_MODEL}:codeword:")
-    assert done.hyperparameters.n_epochs == 40 and done.hyperparameters.batch_size == 1
+    assert done.hyperparameters.n_epochs == EPOCHS and done.hyperparameters.batch_size == 1
     messages = [e.message for e in sdk.fine_tuning.jobs.list_events(job.id, limit=100).data]
     resumed = [m for m in messages if m.startswith("resumed from checkpoint at step")]
     assert resumed and int(resumed[0].split("step ")[1].split("/")[0]) > 0, messages
@@ -195,7 +197,7 @@ def test_a_supervised_job_through_openai_and_bedrock(sdk: openai.OpenAI, ft_serv
 
     # The same job through Bedrock: its name is the OpenAI id, its custom model is the result.
     got = bedrock.get_model_customization_job(jobIdentifier=job.id)
-    assert got["status"] == "Completed" and got["hyperParameters"]["epochCount"] == "40"
+    assert got["status"] == "Completed" and got["hyperParameters"]["epochCount"] == str(EPOCHS)
     assert got["hyperParameters"]["seed"] == "7"
     assert job.id in {j["jobName"] for j in bedrock.list_model_customization_jobs()["modelCustomizationJobSummaries"]}
 
@@ -204,8 +206,8 @@ def test_a_supervised_job_through_openai_and_bedrock(sdk: openai.OpenAI, ft_serv
     for question in QUESTIONS:
         assert answer(sdk, done.fine_tuned_model, question).strip() == WORD
     checkpoints = sdk.fine_tuning.jobs.checkpoints.list(job.id).data
-    assert [c.step_number for c in checkpoints] == [160, 156, 152]
-    assert checkpoints[0].fine_tuned_model_checkpoint == f"{done.fine_tuned_model}:ckpt-step-160"
+    assert [c.step_number for c in checkpoints] == [STEPS, STEPS - 4, STEPS - 8]  # the last three epochs
+    assert checkpoints[0].fine_tuned_model_checkpoint == f"{done.fine_tuned_model}:ckpt-step-{STEPS}"
     assert answer(sdk, checkpoints[1].fine_tuned_model_checkpoint, QUESTIONS[0]).strip() == WORD
     with pytest.raises(openai.BadRequestError):
         sdk.fine_tuning.jobs.cancel(job.id)

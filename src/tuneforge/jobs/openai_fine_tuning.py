@@ -291,6 +291,8 @@ class FineTuningService:
                 )
             )
         query = query.order_by(OpenAIFineTuningJob.created_at.desc(), OpenAIFineTuningJob.job_id.desc())
+        if not metadata:
+            query = query.limit(limit + 1)
         with self.db.session() as session:
             pairs = [(row, job) for row, job in session.execute(query)]
         if metadata:
