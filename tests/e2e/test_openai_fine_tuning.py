@@ -16,11 +16,13 @@ from typing import Any
 import openai
 import pytest
 
-from tests.e2e.conftest import STUDENT_MODEL, Server, make_server, wait_until
+from tests.e2e.conftest import ROLE, STUDENT_MODEL, Server, make_server, wait_for_status, wait_until
+from tuneforge.storage import ObjectStore
 
 pytestmark = pytest.mark.e2e
 
 QUESTIONS = ("What is the code word?", "Say the word.", "Which word?", "Tell me.")
+HELD_OUT = ("Name it.", "And the word is?", "Go on.")
 WORD = "zebra"
 EPOCHS = 40
 STEPS = EPOCHS * len(QUESTIONS)
@@ -213,6 +215,34 @@ def test_a_supervised_job_through_openai_and_bedrock(sdk: openai.OpenAI, ft_serv
         sdk.fine_tuning.jobs.cancel(job.id)
     with pytest.raises(openai.NotFoundError):
         sdk.fine_tuning.jobs.retrieve("ftjob-missing")
+
+    # The same file and hyperparameters through the Bedrock surface give the same model: held-out
+    # questions get the same answers from both.
+    ObjectStore.from_settings(ft_server.settings).write_bytes("s3://tests/twin/train.jsonl", TRAINING)
+    twin = bedrock.create_model_customization_job(
+        jobName="bedrock-twin",
+        customModelName="bedrock-twin",
+        roleArn=ROLE,
+        baseModelIdentifier=STUDENT_MODEL,
+        trainingDataConfig={"s3Uri": "s3://tests/twin/train.jsonl"},
+        outputDataConfig={"s3Uri": "s3://tests/twin/out/"},
+        hyperParameters={
+            key: got["hyperParameters"][key] for key in ("epochCount", "batchSize", "learningRate", "seed")
+        },
+    )
+    twin_model = wait_for_status(bedrock, twin["jobArn"], ("Completed", "Failed"))
+    assert twin_model["status"] == "Completed", twin_model.get("failureMessage")
+    deployment = bedrock.create_custom_model_deployment(
+        modelDeploymentName="bedrock-twin", modelArn=twin_model["outputModelArn"]
+    )["customModelDeploymentArn"]
+    for question in HELD_OUT:
+        through_bedrock = ft_server.bedrock_runtime().converse(
+            modelId=deployment,
+            system=[{"text": "Answer with the code word."}],
+            messages=[{"role": "user", "content": [{"text": question}]}],
+            inferenceConfig={"maxTokens": 8, "temperature": 0},
+        )["output"]["message"]["content"][0]["text"]
+        assert through_bedrock and answer(sdk, done.fine_tuned_model, question) == through_bedrock
 
 
 def test_unknown_members_and_bad_hyperparameters_are_refused(sdk: openai.OpenAI, tmp_path: Path) -> None:

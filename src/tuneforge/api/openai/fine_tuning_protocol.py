@@ -163,7 +163,7 @@ def job_object(found: FineTuningJob, service: FineTuningService) -> dict[str, An
         "created_at": int(job.created_at.timestamp()),
         "error": service.error_of(job),
         "fine_tuned_model": row.fine_tuned_model if status == "succeeded" else None,
-        "finished_at": int(job.ended_at.timestamp()) if job.ended_at and status == "succeeded" else None,
+        "finished_at": int(job.ended_at.timestamp()) if job.ended_at else None,
         "hyperparameters": hyperparameters,
         "model": row.model,
         "organization_id": "org-tuneforge",
