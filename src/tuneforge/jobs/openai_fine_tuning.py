@@ -244,25 +244,32 @@ class FineTuningService:
         openai_id = f"ftjob-{secrets.token_hex(12)}"
         role = f"arn:aws:iam::{self.settings.account_id}:role/tuneforge-openai-fine-tuning"
         mapped = job_request(request, openai_id, base, training.uri, validation.uri if validation else None, seed, role)
-        job = self.jobs.create(mapped)
-        row = OpenAIFineTuningJob(
-            job_id=job.id,
-            openai_id=openai_id,
-            model=base.model_id,
-            method={"type": request.method},
-            hyperparameters=dict(request.hyperparameters),
-            suffix=request.suffix,
-            seed=seed,
-            training_file=request.training_file,
-            validation_file=request.validation_file,
-            job_metadata=request.metadata,
-            fine_tuned_model=fine_tuned_model_name(base.model_id, request.suffix, openai_id),
-            created_at=job.created_at,
-        )
-        with self.db.session() as session:
-            session.add(row)
-            if request.grader is not None:
-                row.method = {"type": request.method, "grader": request.grader}
+        method: dict[str, Any] = {"type": request.method}
+        if request.grader is not None:
+            method["grader"] = request.grader
+        rows: list[OpenAIFineTuningJob] = []
+
+        def record(job: Job) -> list[Any]:
+            rows.append(
+                OpenAIFineTuningJob(
+                    job_id=job.id,
+                    openai_id=openai_id,
+                    model=base.model_id,
+                    method=method,
+                    hyperparameters=dict(request.hyperparameters),
+                    suffix=request.suffix,
+                    seed=seed,
+                    training_file=request.training_file,
+                    validation_file=request.validation_file,
+                    job_metadata=request.metadata,
+                    fine_tuned_model=fine_tuned_model_name(base.model_id, request.suffix, openai_id),
+                    created_at=job.created_at,
+                )
+            )
+            return rows
+
+        job = self.jobs.create(mapped, beside=record)
+        (row,) = rows
         return FineTuningJob(job, row)
 
     # -- read -------------------------------------------------------------------------------------

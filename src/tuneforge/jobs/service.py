@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -91,7 +91,9 @@ class JobService:
 
     # -- create ------------------------------------------------------------------------------
 
-    def create(self, request: CreateJobRequest) -> Job:
+    def create(self, request: CreateJobRequest, *, beside: Callable[[Job], list[Any]] | None = None) -> Job:
+        """Validate and queue the job. ``beside`` gives rows stored in the same transaction as the job
+        (the OpenAI surface's own record of it), so no worker sees the job without them."""
         fingerprint = request.fingerprint()
         with self.db.session() as session:
             if request.client_request_token:
@@ -229,6 +231,7 @@ class JobService:
                     f"A custom model named {request.custom_model_name} already exists or is being created"
                 )
             session.add(job)
+            session.add_all(beside(job) if beside is not None else [])
             session.add(JobEvent(job_id=job_id, kind="status", data={"status": "InProgress", "message": "queued"}))
             for line in plan_log:
                 session.add(JobEvent(job_id=job_id, kind="log", data={"message": line}))
