@@ -230,7 +230,7 @@ class FineTuningService:
         except ResourceNotFoundException:
             raise InvalidParameter(
                 f"Model {request.model} is not available for fine-tuning: name a base model of GET /v1/models "
-                "(e.g. forge-micro)",
+                "(e.g. huggingface.smollm2-135m-instruct-v1:0:8k)",
                 "model",
             ) from None
         kinds = KINDS.get(request.method, (CHAT,))
