@@ -253,3 +253,37 @@ def test_openai_and_bedrock_spellings_of_a_chat_record_train_the_same_tokens(tem
     ours, theirs = encode_record(openai_record, tokenizer, 512), encode_record(bedrock_record, tokenizer, 512)
     assert (ours.input_ids, ours.labels) == (theirs.input_ids, theirs.labels)
     assert "yo" in tokenizer.decode([t for t in ours.labels if t >= 0])
+
+
+# -- the upload's own body at the edge --------------------------------------------------------------
+
+
+def test_the_upload_route_keeps_the_edge_checks_and_its_own_size_cap(fast_tmp: Path) -> None:
+    from fastapi.testclient import TestClient
+
+    from tuneforge.api.app import create_app
+
+    settings = Settings(
+        data_dir=fast_tmp / "keyed", api_keys=["sk-good"], allow_anonymous=False, max_training_file_bytes=1000
+    )
+    files = {"file": ("t.jsonl", b"".join(lines(CHAT_RECORD)))}
+    with TestClient(create_app(settings, run_supervisor=False), base_url="http://127.0.0.1") as client:
+        good = {"authorization": "Bearer sk-good"}
+        assert client.post("/v1/files", files=files, data={"purpose": "fine-tune"}).status_code == 401
+        wrong = client.post(
+            "/v1/files", files=files, data={"purpose": "fine-tune"}, headers={"authorization": "Bearer x"}
+        )
+        assert wrong.status_code == 401 and wrong.json()["error"]["code"] == "invalid_api_key"
+        cross = client.post(
+            "/v1/files", files=files, data={"purpose": "fine-tune"}, headers={**good, "origin": "http://evil.example"}
+        )
+        assert cross.status_code == 403 and cross.json()["error"]["code"] == "forbidden_origin"
+        big = client.post(
+            "/v1/files", files={"file": ("t.jsonl", b"x" * 2000)}, data={"purpose": "fine-tune"}, headers=good
+        )
+        assert big.status_code == 400 and "TUNEFORGE_MAX_TRAINING_FILE_BYTES" in big.json()["error"]["message"]
+        json_body = client.post("/v1/files", json={"purpose": "fine-tune"}, headers=good)
+        assert json_body.status_code == 400 and json_body.json()["error"]["param"] == "file"
+        stored = client.post("/v1/files", files=files, data={"purpose": "fine-tune"}, headers=good)
+        assert stored.status_code == 200 and stored.json()["bytes"] == len(files["file"][1])
+        assert client.get(f"/v1/files/{stored.json()['id']}/content", headers=good).content == files["file"][1]
