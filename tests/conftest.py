@@ -84,6 +84,7 @@ HEAVY_FIRST = (
     "tests/console/test_console_playground.py",
     "tests/e2e/test_bedrock_control_plane.py",
     "tests/e2e/test_chat_templates.py",
+    "tests/e2e/test_openai_fine_tuning.py",
     "tests/e2e/test_recovery.py",
     "tests/e2e/test_hyperparameter_tuning.py",
     "tests/e2e/test_preference_tuning.py",

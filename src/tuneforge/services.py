@@ -18,6 +18,8 @@ from tuneforge.jobs.evaluations import EvaluationJobService
 from tuneforge.jobs.invocations import InvocationJobService
 from tuneforge.jobs.knowledge_bases import KnowledgeBaseService
 from tuneforge.jobs.memory import MemoryPlanner
+from tuneforge.jobs.openai_files import FileService
+from tuneforge.jobs.openai_fine_tuning import FineTuningService
 from tuneforge.jobs.service import JobService
 from tuneforge.serving.deployments import DeploymentService
 from tuneforge.serving.invocation_logs import InvocationLogs
@@ -47,6 +49,8 @@ class Services:
     invocation_jobs: InvocationJobService
     evaluation_jobs: EvaluationJobService
     knowledge_bases: KnowledgeBaseService
+    files: FileService
+    fine_tuning: FineTuningService
 
     @classmethod
     def create(cls, settings: Settings) -> Services:
@@ -58,17 +62,20 @@ class Services:
         meter = UsageMeter(db)
         throughput = ThroughputService(db, catalog, arns, settings)
         invocation_jobs = InvocationJobService(db, store, arns, throughput)
+        jobs = JobService(db, catalog, store, arns, MemoryPlanner(settings, catalog))
+        deployments = DeploymentService(db, catalog, arns, settings, meter)
+        files = FileService(db, store, settings)
         return cls(
             settings=settings,
             db=db,
             store=store,
             arns=arns,
             catalog=catalog,
-            jobs=JobService(db, catalog, store, arns, MemoryPlanner(settings, catalog)),
+            jobs=jobs,
             custom_models=CustomModelService(db, settings.models_dir),
             imports=ImportService(db, store, arns, settings),
             throughput=throughput,
-            deployments=DeploymentService(db, catalog, arns, settings, meter),
+            deployments=deployments,
             meter=meter,
             invocation_logs=InvocationLogs(db, store, settings.account_id, settings.region),
             page_tokens=PageTokens.from_key_file(settings.data_dir / "pagination.key"),
@@ -76,6 +83,8 @@ class Services:
             invocation_jobs=invocation_jobs,
             evaluation_jobs=EvaluationJobService(db, store, arns, invocation_jobs),
             knowledge_bases=KnowledgeBaseService(db, store, arns, settings),
+            files=files,
+            fine_tuning=FineTuningService(db, jobs, files, deployments, settings),
         )
 
     def close(self) -> None:

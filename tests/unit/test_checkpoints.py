@@ -75,7 +75,8 @@ def uninterrupted(tmp_path_factory: pytest.TempPathFactory, models_dir: Path) ->
 
 
 def interrupted_after_seven_steps(root: Path, models_dir: Path) -> RecipeInputs:
-    """Checkpoints at steps 3 (now the previous one) and 6 (the latest)."""
+    """Checkpoints at steps 6 (now the previous one) and 7 (the latest: a stop writes the step it reached,
+    so that a paused job resumes from there)."""
     inputs = inputs_in(root, models_dir)
     assert get_recipe("FINE_TUNING").run(inputs, Reporter(stop_after_steps=7)).stopped
     assert {p.name for p in inputs.checkpoint_dir.iterdir()} == {CHECKPOINT_FILE, PREVIOUS_CHECKPOINT_FILE}
@@ -91,9 +92,9 @@ def test_a_corrupt_latest_checkpoint_falls_back_to_the_previous_one(
     result = get_recipe("FINE_TUNING").run(inputs, resumed)
     assert not result.stopped
     assert any(m.startswith(f"checkpoint {CHECKPOINT_FILE} is unusable (") for m in resumed.messages), resumed.messages
-    assert f"fell back to the previous checkpoint {PREVIOUS_CHECKPOINT_FILE} (step 3)" in resumed.messages
-    assert [s["step"] for s in resumed.steps] == list(range(4, 11))
-    torch.testing.assert_close(torch.tensor([float(s["loss"]) for s in resumed.steps]), torch.tensor(uninterrupted[3:]))
+    assert f"fell back to the previous checkpoint {PREVIOUS_CHECKPOINT_FILE} (step 6)" in resumed.messages
+    assert [s["step"] for s in resumed.steps] == list(range(7, 11))
+    torch.testing.assert_close(torch.tensor([float(s["loss"]) for s in resumed.steps]), torch.tensor(uninterrupted[6:]))
 
 
 def test_with_no_usable_checkpoint_training_starts_over_and_says_so(

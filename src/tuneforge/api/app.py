@@ -40,6 +40,8 @@ from tuneforge.api.bedrock.serving_routes import router as serving_router
 from tuneforge.api.edge import CONSOLE, OPENAI, Edge, aws_error, surface_of
 from tuneforge.api.metrics import create_registry
 from tuneforge.api.metrics import router as metrics_router
+from tuneforge.api.openai.file_routes import router as file_router
+from tuneforge.api.openai.fine_tuning_routes import router as fine_tuning_router
 from tuneforge.api.openai.grader_routes import router as openai_grader_router
 from tuneforge.api.openai.protocol import error_body, service_error
 from tuneforge.api.openai.routes import router as openai_router
@@ -97,6 +99,7 @@ def create_app(
         serving_metrics,
         deployments=services.deployments,
         replicas=replicas,
+        fine_tuned=services.fine_tuning.route,
     )
     inference = Inference(runtime, services.invocation_logs)
     retriever = Retriever(services.knowledge_bases, settings)
@@ -106,6 +109,7 @@ def create_app(
         if replicas is not None:
             replicas.start()
             services.imports.replica_id = replicas.id
+        services.files.recover()
         if supervisor is not None:
             services.imports.recover(None if replicas is None else replicas.live_ids() - {replicas.id})
             supervisor.start()
@@ -132,7 +136,7 @@ def create_app(
     app.state.metrics_registry = registry
     app.state.bedrock_runtime = BedrockRuntime(inference)
     app.state.retriever = retriever
-    app.state.openai = OpenAIServing(inference, services.throughput, services.deployments)
+    app.state.openai = OpenAIServing(inference, services.throughput, services.deployments, services.fine_tuning)
 
     app.state.console_sessions = ConsoleSessions.from_settings(settings)
     app.add_middleware(Edge, settings=settings, console=app.state.console_sessions, replicas=replicas)
@@ -186,6 +190,8 @@ def create_app(
     app.include_router(runtime_router)
     app.include_router(openai_router)
     app.include_router(openai_grader_router)
+    app.include_router(file_router)
+    app.include_router(fine_tuning_router)
     app.include_router(metrics_router)
     app.include_router(advisor_router)
     app.include_router(console_router)

@@ -50,6 +50,10 @@ CONSOLE_PUBLIC = ("/console/login", "/console/static/")
 """What the console shows before sign-in: the sign-in form and the stylesheet and script it uses."""
 CONSOLE_OWN_BODY = ("/console/jobs/new/upload",)
 """The console route that reads its body itself: the data upload, streamed to the store under its own cap."""
+OPENAI_OWN_BODY = ("/v1/files",)
+"""The OpenAI route that reads its body itself: the multipart file upload, streamed to the store under
+its own cap (``TUNEFORGE_MAX_TRAINING_FILE_BYTES``). Origin, credential and host are checked as for
+every ``/v1`` request; the body is neither read here nor required to be JSON."""
 CONSOLE_INFERENCE = "/console/playground/converse-stream"
 """The playground's ConverseStream body, capped like the API's inference bodies."""
 ERROR_NAMESPACE = "http://internal.amazon.com/coral/com.amazon.bedrock/"
@@ -175,6 +179,15 @@ class Edge:
                 await body(scope, receive, send_with_id)
                 return
             await self.call_app(surface, scope, replay(body, receive), send_with_id)
+            return
+        if surface == OPENAI and scope["method"] == "POST" and scope["path"] in OPENAI_OWN_BODY:
+            refused = self.check_origin(surface, headers) or self.authenticate(surface, scope, headers, b"", state)
+            if refused is None and state["identity"] == "anonymous":
+                refused = self.check_host(surface, headers)
+            if refused is not None:
+                await refused(scope, receive, send_with_id)
+                return
+            await self.call_app(surface, scope, receive, send_with_id)
             return
         outcome = await self.screen(surface, scope, headers, receive, state)
         if isinstance(outcome, Response):

@@ -5,7 +5,20 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import JSON, Boolean, DateTime, Dialect, Float, ForeignKey, Index, Integer, String, Text
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    DateTime,
+    Dialect,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    false,
+)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, synonym
 from sqlalchemy.types import TypeDecorator
 
@@ -71,8 +84,11 @@ class Job(Base):
     """Automatic tuning's trials and best trial (tuneforge extension ``tuning`` of the Get response)."""
 
     phase: Mapped[str] = mapped_column(String(16), default="queued")
-    """queued -> running -> done. The queue is the set of jobs in phase 'queued'."""
+    """queued -> running -> done. The queue is the set of jobs in phase 'queued'; a paused job
+    (OpenAI's pause) is in phase 'paused', out of the queue with its checkpoint kept, until resumed."""
     stop_requested: Mapped[bool] = mapped_column(Boolean, default=False)
+    pause_requested: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    """Ask the running worker to end keeping its checkpoint (phase 'paused'), not to stop the job."""
     worker_pid: Mapped[int | None] = mapped_column(Integer, nullable=True)
     worker_host: Mapped[str | None] = mapped_column(String(255), nullable=True)
     owner_replica: Mapped[str | None] = mapped_column(String(12), nullable=True)
@@ -548,3 +564,52 @@ class EngineLease(Base):
     """``pt:<id>`` or ``od:<model>`` (the column is not named ``group``, a reserved word in SQL)."""
     replica_id: Mapped[str] = mapped_column(String(12), index=True)
     expires_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+class OpenAIFile(Base):
+    """A file uploaded through OpenAI's ``/v1/files`` (purpose ``fine-tune``), kept in the object store.
+
+    ``status`` is ``uploaded`` while the background check reads it, then ``processed`` or ``error``
+    (``status_details`` says the line and field, in the format's own names).
+    """
+
+    __tablename__ = "openai_files"
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    filename: Mapped[str] = mapped_column(String(512))
+    purpose: Mapped[str] = mapped_column(String(32))
+    bytes: Mapped[int] = mapped_column(BigInteger)
+    uri: Mapped[str] = mapped_column(String(4096))
+    status: Mapped[str] = mapped_column(String(16), default="uploaded")
+    status_details: Mapped[str | None] = mapped_column(Text, nullable=True)
+    records: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    record_format: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+    __table_args__ = (Index("ix_openai_files_created", "created_at", "id"),)
+
+
+class OpenAIFineTuningJob(Base):
+    """What an OpenAI ``fine_tuning.jobs.create`` asked for beyond the customization job it made.
+
+    The job itself is the :class:`Job` row named ``openai_id`` (so Bedrock's Get finds it by that
+    name); this row keeps OpenAI's own members: method, hyperparameters as sent, suffix, seed,
+    files, metadata and the ``fine_tuned_model`` name the result is invoked by.
+    """
+
+    __tablename__ = "openai_fine_tuning_jobs"
+
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True)
+    openai_id: Mapped[str] = mapped_column(String(40), unique=True)
+    model: Mapped[str] = mapped_column(String(256))
+    method: Mapped[dict[str, Any]] = mapped_column(JSON)
+    hyperparameters: Mapped[dict[str, Any]] = mapped_column(JSON)
+    suffix: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    seed: Mapped[int] = mapped_column(BigInteger)
+    training_file: Mapped[str] = mapped_column(String(40))
+    validation_file: Mapped[str | None] = mapped_column(String(40), nullable=True)
+    job_metadata: Mapped[dict[str, Any] | None] = mapped_column("metadata", JSON, nullable=True)
+    fine_tuned_model: Mapped[str] = mapped_column(String(256), unique=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+    __table_args__ = (Index("ix_openai_fine_tuning_jobs_created", "created_at", "job_id"),)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -91,7 +91,9 @@ class JobService:
 
     # -- create ------------------------------------------------------------------------------
 
-    def create(self, request: CreateJobRequest) -> Job:
+    def create(self, request: CreateJobRequest, *, beside: Callable[[Job], list[Any]] | None = None) -> Job:
+        """Validate and queue the job. ``beside`` gives rows stored in the same transaction as the job
+        (the OpenAI surface's own record of it), so no worker sees the job without them."""
         fingerprint = request.fingerprint()
         with self.db.session() as session:
             if request.client_request_token:
@@ -229,6 +231,7 @@ class JobService:
                     f"A custom model named {request.custom_model_name} already exists or is being created"
                 )
             session.add(job)
+            session.add_all(beside(job) if beside is not None else [])
             session.add(JobEvent(job_id=job_id, kind="status", data={"status": "InProgress", "message": "queued"}))
             for line in plan_log:
                 session.add(JobEvent(job_id=job_id, kind="log", data={"message": line}))
@@ -416,7 +419,11 @@ class JobService:
             now = utcnow()
             job.stop_requested = True
             job.updated_at = now
-            if job.phase == "queued":
+            if job.phase in ("queued", "paused"):
+                if job.phase == "paused":  # no worker will end it: its kept checkpoint goes now
+                    from tuneforge.jobs.supervisor import remove_job_folders  # the supervisor imports this module
+
+                    remove_job_folders(self.planner.settings, job.id)
                 job.status = "Stopped"
                 job.phase = "done"
                 job.ended_at = now
@@ -425,6 +432,44 @@ class JobService:
                 job.status = "Stopping"
                 mark_stages(job, "Stopping", only_unfinished=True)
             session.add(JobEvent(job_id=job.id, kind="status", data={"status": job.status}))
+
+    # -- pause and resume (OpenAI's fine-tuning surface) ----------------------------------------
+
+    def pause(self, identifier: str) -> Job:
+        """Take the job out of the queue, or ask its worker to end keeping its checkpoint.
+
+        A queued job is paused at once; a running one when its worker sees the request (within half
+        a second, between steps): the training loop writes a checkpoint of the step it reached and
+        the worker leaves the job in phase ``paused``, still InProgress. Pausing a paused job is a no-op.
+        """
+        with self.db.session() as session:
+            job = self._find(session, identifier)
+            if job.status != "InProgress":
+                raise ConflictException(f"The model customization job {job.name} is {job.status} and cannot be paused")
+            if job.phase == "queued":
+                job.phase = "paused"
+                session.add(JobEvent(job_id=job.id, kind="status", data={"status": job.status, "message": "paused"}))
+            elif job.phase == "running" and not job.pause_requested:
+                job.pause_requested = True
+                session.add(JobEvent(job_id=job.id, kind="log", data={"message": "pause requested"}))
+            job.updated_at = utcnow()
+            return job
+
+    def resume(self, identifier: str) -> Job:
+        """Put a paused job back in the queue; its next worker continues from the kept checkpoint."""
+        with self.db.session() as session:
+            job = self._find(session, identifier)
+            if job.status == "InProgress" and job.pause_requested:
+                raise ConflictException(
+                    f"The model customization job {job.name} is pausing (its worker is writing a checkpoint); "
+                    "resume it once it is paused"
+                )
+            if job.status != "InProgress" or job.phase != "paused":
+                raise ConflictException(f"The model customization job {job.name} is not paused and cannot be resumed")
+            job.phase = "queued"
+            session.add(JobEvent(job_id=job.id, kind="status", data={"status": job.status, "message": "resumed"}))
+            job.updated_at = utcnow()
+            return job
 
 
 def mark_stages(job: Job, status: str, *, only_unfinished: bool) -> None:

@@ -64,6 +64,7 @@ from tuneforge.jobs.knowledge_bases import mark_ingestion_ended
 from tuneforge.jobs.service import mark_stages
 from tuneforge.replicas import ReplicaRegistry, pid_alive
 from tuneforge.services import Services
+from tuneforge.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -120,7 +121,12 @@ def remove_job_files(services: Services, job_id: str) -> None:
     and a failed write must not leave gigabytes behind. A job that goes back to the queue keeps
     its checkpoints; a completed job's weights belong to its custom model and are never passed here.
     """
-    for folder in (services.settings.data_dir / "jobs" / job_id, services.settings.models_dir / "custom" / job_id):
+    remove_job_folders(services.settings, job_id)
+
+
+def remove_job_folders(settings: Settings, job_id: str) -> None:
+    """:func:`remove_job_files` for callers that hold the settings alone (the job service)."""
+    for folder in (settings.data_dir / "jobs" / job_id, settings.models_dir / "custom" / job_id):
         shutil.rmtree(folder, ignore_errors=True)
         if folder.is_file() or folder.is_symlink():
             folder.unlink(missing_ok=True)

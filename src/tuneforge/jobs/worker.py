@@ -177,7 +177,7 @@ class DatabaseReporter:
             self._last_poll = now
             with self._best_effort("a stop poll"), self.services.db.session() as session:
                 job = session.get(Job, self.job_id)
-                if job is None or job.stop_requested:
+                if job is None or job.stop_requested or job.pause_requested:
                     self._stop.set()
         return self._stop.is_set()
 
@@ -237,10 +237,29 @@ class JobRunner:
             )
             return
         if result.stopped:
+            if self._pause():
+                return
             self.reporter.stage("training", "Stopped")
             self._finish("Stopped")
             return
         self._register(snapshot, result, model_dir, base)
+
+    def _pause(self) -> bool:
+        """End the worker keeping the checkpoint when the job was paused (and not stopped since).
+
+        The job leaves the queue (phase ``paused``) and stays InProgress; resuming puts it back in
+        the queue and the next worker continues from the checkpoint the training loop wrote on its
+        way out. The claim this worker took does not count as an attempt.
+        """
+        with self.services.db.session() as session:
+            job = session.get(Job, self.job_id)
+            if job is None or job.stop_requested or not job.pause_requested:
+                return False
+            now = utcnow()
+            job.phase, job.pause_requested, job.worker_pid, job.updated_at = "paused", False, None, now
+            job.attempts = max(job.attempts - 1, 0)
+            session.add(JobEvent(job_id=self.job_id, kind="status", data={"status": "InProgress", "message": "paused"}))
+        return True
 
     def _execute(self, job: dict[str, Any]) -> tuple[RecipeResult, Path, FoundationModel]:
         from tuneforge.model.folders import base_model_dir

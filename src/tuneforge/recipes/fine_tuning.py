@@ -11,6 +11,8 @@ adapter and/or the merged model, and the manifest that says which exists.
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from tuneforge.catalog.models import FINE_TUNING
@@ -25,7 +27,7 @@ from tuneforge.recipes.loop import (
     record_validation,
     train,
 )
-from tuneforge.recipes.outputs import MetricsWriter, save_trained_model
+from tuneforge.recipes.outputs import MetricsWriter, checkpoint_models, save_trained_model
 from tuneforge.recipes.preference import PreferenceTuning
 from tuneforge.recipes.tokenising import conversation_rendering, data_format, encode_file
 
@@ -86,6 +88,15 @@ class FineTuningRecipe:
             inputs.checkpoint_dir,
             pad_id=tokenizer.pad_token_id,
             epoch_end=epoch_end,
+            on_checkpoint=None
+            if full
+            else checkpoint_models(
+                tokenizer,
+                inputs,
+                trained_format,
+                steps_per_epoch=math.ceil(len(examples) / config.batch_size),
+                epochs=config.epochs,
+            ),
         )
         if outcome.stopped:
             reporter.stage("training", "Stopped")

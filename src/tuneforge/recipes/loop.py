@@ -145,6 +145,7 @@ def train(
     loss_function: LossFunction = causal_lm_loss,
     epoch_end: EpochEnd | None = None,
     collate_batch: Collate = collate,
+    on_checkpoint: Callable[[int, Any], None] | None = None,
 ) -> TrainingOutcome:
     """Train the parameters of ``model`` that require grad; resume from ``checkpoint_dir`` if possible.
 
@@ -155,9 +156,12 @@ def train(
     (distillation swaps in a loss that also compares with a teacher's logits; DPO, with
     ``collate_batch``, one over preference pairs). ``epoch_end`` runs
     after each epoch but the last (:class:`EpochValidation`); when it says so, training ends there
-    with ``stopped_early`` and the recipe evaluates and saves as usual.
-    ``reporter.should_stop()`` is checked before every step; a stop returns at once without a
-    checkpoint (a stopped job is not resumed).
+    with ``stopped_early`` and the recipe evaluates and saves as usual. ``on_checkpoint(step, model)``
+    runs after each checkpoint the schedule writes (rank 0 only): the recipe saves the weights of
+    that step as a model of their own (:func:`~tuneforge.recipes.outputs.checkpoint_models`).
+    ``reporter.should_stop()`` is checked before every step; a stop returns at once, writing a
+    checkpoint of the step reached first, so that a *paused* job resumes from there (a stopped
+    job's files are removed anyway).
 
     Runs on the device ``model`` is on (batches follow it), in ``config.precision``, and reports
     real tokens/s and MFU with each step's loss (:mod:`tuneforge.recipes.performance`).
@@ -220,6 +224,17 @@ def train(
             epoch_losses = []
         for batch in batches[index_in_epoch:]:
             if distributed.agree(reporter.should_stop()):
+                if step > 0 and distributed.is_primary():
+                    save_checkpoint(
+                        checkpoint_dir,
+                        model,
+                        optimizer,
+                        scheduler,
+                        fingerprint,
+                        step=step,
+                        tokens_seen=tokens_seen + tokens_this_run,
+                        epoch_losses=epoch_losses,
+                    )
                 return TrainingOutcome(
                     steps=step,
                     total_steps=total_steps,
@@ -290,6 +305,8 @@ def train(
                     tokens_seen=tokens_seen + tokens_this_run,
                     epoch_losses=epoch_losses,
                 )
+                if on_checkpoint is not None:
+                    on_checkpoint(step, model)
             if epoch_end is not None and at_epoch_end and step < total_steps and epoch_end(epoch, model):
                 return TrainingOutcome(
                     steps=step,

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import csv
 import math
+import shutil
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -117,3 +119,42 @@ def save_trained_model(
         save_merged=bool(inputs.hyperparameters["saveMergedModel"]),
         data_format=data_format,
     )
+
+
+CHECKPOINT_MODELS = "checkpoints"
+KEPT_CHECKPOINT_MODELS = 3
+"""As OpenAI keeps them: the models of the last three checkpoints (the final model is saved apart)."""
+
+
+def checkpoint_models(
+    tokenizer: Any, inputs: RecipeInputs, data_format: str, *, steps_per_epoch: int, epochs: int
+) -> Callable[[int, Any], None]:
+    """The training loop's ``on_checkpoint`` for a LoRA recipe: each checkpoint's adapter saved as a model.
+
+    ``<model_dir>/checkpoints/step-<N>/`` is a model folder like the final one (adapter and manifest,
+    a few MB), so a checkpoint is served the way the finished model is. Only checkpoints from
+    ``from_step`` on are saved (the start of the last three epochs: saving a model
+    at every epoch of a long run costs time for folders nobody keeps), and only the last
+    :data:`KEPT_CHECKPOINT_MODELS` are kept.
+    """
+
+    from_step = steps_per_epoch * max(epochs - KEPT_CHECKPOINT_MODELS, 0) + 1
+
+    def save(step: int, model: Any) -> None:
+        if step < from_step:
+            return
+        root = inputs.model_dir / CHECKPOINT_MODELS
+        save_model(
+            model,
+            tokenizer,
+            root / f"step-{step}",
+            inputs.base_model,
+            full=False,
+            save_merged=False,
+            data_format=data_format,
+        )
+        steps = sorted(int(p.name.removeprefix("step-")) for p in root.glob("step-*") if p.name[5:].isdigit())
+        for old in steps[:-KEPT_CHECKPOINT_MODELS]:
+            shutil.rmtree(root / f"step-{old}", ignore_errors=True)
+
+    return save

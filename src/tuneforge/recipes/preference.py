@@ -50,7 +50,7 @@ from tuneforge.recipes.base import JobReporter, RecipeFailed, RecipeInputs, Reci
 from tuneforge.recipes.batching import collate_pairs, forward_inputs
 from tuneforge.recipes.distributed import is_primary
 from tuneforge.recipes.loop import EpochValidation, TrainingConfig, prepare_for_training, train
-from tuneforge.recipes.outputs import MetricsWriter, save_trained_model
+from tuneforge.recipes.outputs import MetricsWriter, checkpoint_models, save_trained_model
 from tuneforge.recipes.performance import model_device
 from tuneforge.recipes.tokenising import (
     IGNORE_INDEX,
@@ -356,6 +356,15 @@ class PreferenceTuning:
             loss_function=loss,
             epoch_end=epoch_end,
             collate_batch=collate_pairs,
+            on_checkpoint=None
+            if full
+            else checkpoint_models(
+                tokenizer,
+                inputs,
+                FORMAT_CONVERSATION,
+                steps_per_epoch=math.ceil(len(pairs) / config.batch_size),
+                epochs=config.epochs,
+            ),
         )
         metrics.log_epoch()
         if outcome.stopped:

@@ -11,6 +11,9 @@
   the custom model's base with the model's folder as the request's adapter, or, for a model trained
   in full, an on-demand engine of its own (see :mod:`tuneforge.serving.deployments`); billed per
   token, refused with ThrottlingException past its monthly budget;
+- an OpenAI ``fine_tuned_model`` name (``ft:...``, or a checkpoint's ``ft:...:ckpt-step-N``): served
+  as a deployment of it would be, with no deployment to create
+  (:meth:`tuneforge.jobs.openai_fine_tuning.FineTuningService.route`);
 - a **custom model** ARN or name: refused with ValidationException, because custom models are
   served only through a custom model deployment or provisioned throughput (as on Bedrock);
 - anything else: ValidationException ("The provided model identifier is invalid."), which the
@@ -32,7 +35,7 @@ import asyncio
 import dataclasses
 import json
 import time
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -125,8 +128,11 @@ class RuntimeService:
         metrics: ServingMetrics | None = None,
         deployments: DeploymentService | None = None,
         replicas: ReplicaRegistry | None = None,
+        fine_tuned: Callable[[str], DeploymentRoute | None] | None = None,
     ) -> None:
         self.replicas = replicas
+        self.fine_tuned = fine_tuned
+        """Routes OpenAI's ``ft:...`` model names (:meth:`FineTuningService.route`), served like deployments."""
         self.throughput = throughput
         self.deployments = deployments
         self.manager = manager
@@ -165,6 +171,8 @@ class RuntimeService:
         if row is not None:
             return self._provisioned(model_id, row)
         route = self._deployment_route(identifier)
+        if route is None and self.fine_tuned is not None and identifier.startswith("ft:"):
+            route = self.fine_tuned(identifier)
         if route is not None:
             return self._deployment(model_id, route)
         if custom is not None:

@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from tuneforge.api.runtime.protocol import Sampling
 from tuneforge.errors import ServiceError
+from tuneforge.jobs.openai_files import ObjectNotFound
 from tuneforge.serving.conversation import Conversation, check_conversation
 from tuneforge.serving.runtime import InvalidParameter, UnknownModel
 
@@ -42,6 +43,8 @@ def error_body(message: str, error_type: str, code: str | None = None, param: st
 
 def service_error(exc: ServiceError) -> tuple[int, dict[str, Any]]:
     """An AWS-style service error as OpenAI's status and envelope."""
+    if isinstance(exc, ObjectNotFound):
+        return 404, error_body(exc.message, "invalid_request_error")
     if isinstance(exc, UnknownModel):
         message = f"The model `{exc.model_id}` does not exist or you do not have access to it."
         return 404, error_body(message, "invalid_request_error", "model_not_found", "model")

@@ -37,6 +37,7 @@ from tuneforge.api.openai.protocol import (
 from tuneforge.api.runtime.protocol import Sampling
 from tuneforge.api.runtime.serving import Caller, Generation, Inference
 from tuneforge.errors import ServiceError
+from tuneforge.jobs.openai_fine_tuning import FineTuningService
 from tuneforge.serving.conversation import Conversation
 from tuneforge.serving.deployments import DeploymentService
 from tuneforge.serving.runtime import UnknownModel, collect
@@ -52,14 +53,20 @@ DONE = b"data: [DONE]\n\n"
 
 class OpenAIServing:
     def __init__(
-        self, inference: Inference, throughput: ThroughputService, deployments: DeploymentService | None = None
+        self,
+        inference: Inference,
+        throughput: ThroughputService,
+        deployments: DeploymentService | None = None,
+        fine_tuning: FineTuningService | None = None,
     ) -> None:
         self.inference = inference
         self.throughput = throughput
         self.deployments = deployments
+        self.fine_tuning = fine_tuning
 
     def models(self) -> dict[str, Any]:
-        """On-demand foundation models by id, live provisioned throughputs and custom model deployments by name."""
+        """On-demand foundation models by id, live provisioned throughputs and custom model deployments by
+        name, and the models of succeeded OpenAI fine-tuning jobs by their ``fine_tuned_model``."""
         return {"object": "list", "data": [entry for entry, _ in self._entries()]}
 
     def model(self, model_id: str) -> dict[str, Any]:
@@ -102,6 +109,18 @@ class OpenAIServing:
                 (row.name, row.arn),
             )
             for row in (self.deployments.live() if self.deployments is not None else [])
+        ]
+        entries += [
+            (
+                {
+                    "id": row.fine_tuned_model,
+                    "object": "model",
+                    "created": int(row.created_at.timestamp()),
+                    "owned_by": "tuneforge",
+                },
+                (row.fine_tuned_model,),
+            )
+            for row in (self.fine_tuning.models() if self.fine_tuning is not None else [])
         ]
         return entries
 
