@@ -90,8 +90,8 @@ def test_stopped_and_resumed_dpo_job_matches_an_uninterrupted_one(tmp_path: Path
         "epoch 1: DPO loss " + f"{sum(whole.losses[:2]) / 2:.4f}",
         "epoch 2: DPO loss " + f"{sum(whole.losses[2:]) / 2:.4f}",
     ]
-    assert [s["step"] for s in resumed.steps] == [3, 4]  # step 3 came after the checkpoint at 2
-    torch.testing.assert_close(torch.tensor(resumed.losses), torch.tensor(whole.losses[2:]), rtol=1e-4, atol=1e-5)
+    assert [s["step"] for s in resumed.steps] == [4]  # the stop after step 3 checkpointed it
+    torch.testing.assert_close(torch.tensor(resumed.losses), torch.tensor(whole.losses[3:]), rtol=1e-4, atol=1e-5)
     metrics = "model-customization-job-a1b2c3d4e5f6/training_artifacts/step_wise_preference_metrics.csv"
     rows = read_csv(killed.output_dir / metrics)
     assert rows[0] == ["step_number", "epoch_number", "dpo_loss", "reward_margin", "reward_accuracy"]
