@@ -19,7 +19,7 @@ import socket
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import replace
 from datetime import datetime
@@ -33,7 +33,7 @@ from sqlalchemy.exc import OperationalError
 from tuneforge.arns import new_id
 from tuneforge.catalog import tuning
 from tuneforge.catalog.hyperparameters import as_strings, resolve
-from tuneforge.catalog.models import DISTILLATION, FoundationModel
+from tuneforge.catalog.models import DISTILLATION, REINFORCEMENT_FINE_TUNING, FoundationModel
 from tuneforge.db.session import first_line
 from tuneforge.db.tables import CustomModel, EvaluationJob, IngestionJob, Job, JobEvent, ModelInvocationJob, utcnow
 from tuneforge.errors import ServiceError
@@ -116,6 +116,7 @@ class DatabaseReporter:
         tokens_per_second: float,
         tokens_seen: int,
         mfu: float,
+        extra: Mapping[str, float] | None = None,
     ) -> None:
         now = time.monotonic()
         if now - self._last_progress < PROGRESS_EVERY_S and step < total_steps:
@@ -130,6 +131,7 @@ class DatabaseReporter:
             "tokensPerSecond": round(tokens_per_second, 1),
             "tokensSeen": tokens_seen,
             "mfu": round(mfu, 4),
+            **(extra or {}),
         }
         with self._best_effort("progress"), self.services.db.session() as session:
             job = session.get(Job, self.job_id)
@@ -281,7 +283,7 @@ class JobRunner:
             job,
             [(training_uri, training_file, False)]
             + [(uri, path, True) for uri, path in zip(validation_uris, validation_files, strict=True)],
-            max_sequence_length=int(hyper.get("maxSequenceLength", 0)),
+            max_sequence_length=int(hyper.get("maxSequenceLength", hyper.get("maxPromptLength", 0))),
         )
         self.reporter.stage("validation", "Completed")
         output_dir = self.work_dir / "output"
@@ -299,6 +301,9 @@ class JobRunner:
             hyperparameters=hyper,
             num_threads=self._threads(),
             teacher=teacher,
+            grader_config=(job["customization_config"] or {}).get("rftConfig", {}).get("graderConfig")
+            if job["customization_type"] == REINFORCEMENT_FINE_TUNING
+            else None,
             price_per_compute_hour=self.settings.price_per_compute_hour,
         )
         # The recipe reports the dataProcessing and training stages itself: what they contain
