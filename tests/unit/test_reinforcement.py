@@ -207,3 +207,73 @@ def test_sampled_answers_carry_their_tokens_and_are_the_same_whatever_shares_the
         decoded = tokenizer.decode(body, skip_special_tokens=True)
         assert decoded.removeprefix(" ") == answer.text
     assert sample_answers(batcher, prompts, 2, 6, 1.0, seed=1, should_stop=lambda: True) is None
+
+
+# -- the recipe: stop and resume -------------------------------------------------------------------
+
+
+class StepReporter:
+    """Test scaffolding for the JobReporter protocol: records progress, can ask to stop after some steps."""
+
+    def __init__(self, stop_after: int | None = None) -> None:
+        self.stop_after = stop_after
+        self.steps: list[dict[str, Any]] = []
+        self.messages: list[str] = []
+
+    def stage(self, stage: str, status: str) -> None:
+        pass
+
+    def progress(self, **values: Any) -> None:
+        self.steps.append(values)
+
+    def data_progress(self, **values: Any) -> None:
+        pass
+
+    def log(self, message: str) -> None:
+        self.messages.append(message)
+
+    def should_stop(self) -> bool:
+        return self.stop_after is not None and len(self.steps) >= self.stop_after
+
+
+def test_a_resumed_rft_run_continues_from_its_checkpoint_as_if_never_stopped(tmp_path: Path) -> None:
+    from tuneforge.catalog.hyperparameters import reinforcement_specs, resolve
+    from tuneforge.data.tasks import write_jsonl
+    from tuneforge.jobs import layout
+    from tuneforge.model.builtin import ensure_builtin
+    from tuneforge.recipes.base import RecipeInputs
+    from tuneforge.recipes.reinforcement import ReinforcementFineTuningRecipe
+
+    micro = next(m for m in BUILTIN_MODELS if m.source == "builtin:forge-micro")
+    records = [{"messages": [{"role": "user", "content": f"Say A ({i})"}], "reference_answer": "A"} for i in range(16)]
+    hyper = {"epochCount": "3", "trainingSamplePerPrompt": "2", "inferenceMaxTokens": "1", "learningRate": "0.001"}
+
+    def inputs(run: str) -> RecipeInputs:
+        return RecipeInputs(
+            job_id="a1b2c3d4e5f6",
+            customization_type=RFT,
+            base_model=micro,
+            base_model_dir=ensure_builtin("forge-micro", tmp_path / "models"),
+            training_file=write_jsonl(tmp_path / "train.jsonl", records),
+            validation_files=(),
+            output_dir=tmp_path / run / "output",
+            model_dir=tmp_path / run / "model",
+            checkpoint_dir=tmp_path / run / "checkpoints",
+            hyperparameters=resolve(reinforcement_specs(), {**hyper, "checkpointEverySteps": "1"}),
+            num_threads=1,
+            grader_config=EXACT_MATCH,
+        )
+
+    def rewards(run: str) -> list[list[str]]:
+        path = tmp_path / run / "output" / layout.job_folder("a1b2c3d4e5f6") / layout.RFT_REWARD_METRICS
+        return [row.split(",")[:8] for row in path.read_text().splitlines()[1:]]
+
+    recipe = ReinforcementFineTuningRecipe()
+    stopped = recipe.run(inputs("resumed"), StepReporter(stop_after=1))
+    assert stopped.stopped and len(rewards("resumed")) == 1
+    resumed = StepReporter()
+    assert not recipe.run(inputs("resumed"), resumed).stopped
+    assert "resumed from checkpoint at step 1/3" in resumed.messages
+    assert [s["step"] for s in resumed.steps] == [2, 3]
+    recipe.run(inputs("straight"), StepReporter())
+    assert rewards("resumed") == rewards("straight")  # same prompts, same seeded answers, same updates
