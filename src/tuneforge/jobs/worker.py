@@ -316,7 +316,10 @@ class JobRunner:
                     return RecipeResult(training_loss=None, stopped=True), model_dir, base
                 inputs = tuned
             processes = int(inputs.hyperparameters.get("dataParallelProcesses", 1))
-            if processes > 1 or self.settings.data_parallel_nodes > 1:
+            # Reinforcement fine-tuning samples and trains in one process (its specs have no
+            # dataParallelProcesses), whatever the server's node count says.
+            parallel = processes > 1 or self.settings.data_parallel_nodes > 1
+            if parallel and job["customization_type"] != REINFORCEMENT_FINE_TUNING:
                 from tuneforge.jobs.ranks import run_data_parallel
 
                 result = run_data_parallel(self.settings, inputs, processes, self.reporter)
