@@ -1,13 +1,19 @@
 """Reinforcement fine-tuning's quality bar: the held-out mean reward of a verifiable task, before and after.
 
-    python benchmarks/rft_quality.py                   # SmolLM2-135M-Instruct, arithmetic with a format constraint
+    python benchmarks/rft_quality.py                   # SmolLM2-135M-Instruct, number comparisons, yes or no
     python benchmarks/rft_quality.py --model forge-micro --train 16 --held-out 8 --epochs 1 --samples 2 --tokens 4
                                                        # smoke: the pipeline end to end in seconds (no gain expected)
 
-The task: "What is a + b? Answer with the number only.", graded by the built-in exact-match grader
-against the sum (``reference_answer``). A pretrained instruct model often knows the sum but wraps
-it in a sentence, which exact match scores 0; reinforcement teaches it the format. Training and
-held-out prompts use disjoint pairs (a, b), drawn with ``--seed``.
+The task: "Is a greater than b? Answer yes or no.", two-digit numbers, half the answers "yes",
+graded by the built-in exact-match grader against ``reference_answer`` with ``inferenceMaxTokens`` 1:
+the answer's first token is the verdict. Probed before writing this (SmolLM2, 24 random pairs, two
+thirds of them "no"): greedy, the base model answered "No" (right on 2/3, the share of "no"), and its
+sampled answers started with the right word a quarter of the time ("yes", "No", "Yes", but also
+"To", "0"...), which gives GRPO something to compare. Arithmetic ("What is 3 + 4? Answer with the number
+only.") was probed too and dropped: SmolLM2-135M wraps the sum in a sentence or starts by echoing
+the question, so neither its greedy nor its sampled answers ever matched exactly, and a group whose
+answers all score 0 teaches nothing. Training and held-out prompts use disjoint pairs (a, b),
+drawn with ``--seed``.
 
 The run is the REINFORCEMENT_FINE_TUNING recipe itself (:class:`tuneforge.recipes.reinforcement.
 ReinforcementFineTuningRecipe`, in this process, LoRA), with the hyperparameters given here. Held-out
@@ -37,14 +43,26 @@ EXACT_MATCH = {"lambdaGrader": {"lambdaArn": "arn:aws:lambda:us-east-1:123456789
 TARGET = 0.3
 
 
-def records(count: int, pairs: list[tuple[int, int]]) -> list[dict[str, Any]]:
+def records(pairs: list[tuple[int, int]]) -> list[dict[str, Any]]:
     return [
         {
-            "messages": [{"role": "user", "content": f"What is {a} + {b}? Answer with the number only."}],
-            "reference_answer": str(a + b),
+            "messages": [{"role": "user", "content": f"Is {a} greater than {b}? Answer yes or no."}],
+            "reference_answer": "yes" if a > b else "no",
         }
-        for a, b in pairs[:count]
+        for a, b in pairs
     ]
+
+
+def balanced_pairs(count: int, rng: random.Random, taken: set[tuple[int, int]]) -> list[tuple[int, int]]:
+    """``count`` distinct pairs of two-digit numbers not in ``taken``, alternately a > b and a < b."""
+    pairs: list[tuple[int, int]] = []
+    while len(pairs) < count:
+        a, b = rng.randint(10, 99), rng.randint(10, 99)
+        if a == b or (a, b) in taken or (a > b) != (len(pairs) % 2 == 0):
+            continue
+        taken.add((a, b))
+        pairs.append((a, b))
+    return pairs
 
 
 def held_out_reward(model_dir: Path, models_dir: Path, prompts: list[dict[str, Any]], tokens: int) -> float:
@@ -93,10 +111,10 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--train", type=int, default=64, help="training prompts")
     parser.add_argument("--held-out", type=int, default=32, help="held-out prompts")
-    parser.add_argument("--epochs", type=int, default=2)
+    parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--batch", type=int, default=16, help="batchSize (prompts per step)")
     parser.add_argument("--samples", type=int, default=8, help="trainingSamplePerPrompt")
-    parser.add_argument("--tokens", type=int, default=12, help="inferenceMaxTokens")
+    parser.add_argument("--tokens", type=int, default=1, help="inferenceMaxTokens (1: the verdict word)")
     parser.add_argument("--learning-rate", type=float, default=1e-4)
     parser.add_argument("--kl", type=float, default=0.05, help="klCoefficient")
     parser.add_argument("--seed", type=int, default=3)
@@ -120,10 +138,9 @@ def main() -> None:
     else:
         base_dir, source = ensure_builtin(args.model, MODEL_CACHE), f"builtin:{args.model}"
     base = next(m for m in BUILTIN_MODELS if m.source == source)
-    pairs = [(a, b) for a in range(1, 30) for b in range(1, 30)]
-    random.Random(args.seed).shuffle(pairs)
-    train = records(args.train, pairs)
-    held_out = records(args.held_out, pairs[args.train :])
+    rng, taken = random.Random(args.seed), set[tuple[int, int]]()
+    train = records(balanced_pairs(args.train, rng, taken))
+    held_out = records(balanced_pairs(args.held_out, rng, taken))
     values = {
         "epochCount": args.epochs,
         "batchSize": args.batch,
@@ -136,7 +153,7 @@ def main() -> None:
     specs = reinforcement_specs(pretrained=args.model == "smollm2")
     hyperparameters = resolve(specs, as_strings(values))
     print(
-        f"RFT quality: {base.model_id}, {len(train)} training and {len(held_out)} held-out arithmetic prompts, "
+        f"RFT quality: {base.model_id}, {len(train)} training and {len(held_out)} held-out comparison prompts, "
         f"{args.epochs} epochs of batch {args.batch} x {args.samples} answers, {args.threads} threads"
     )
 
