@@ -57,10 +57,7 @@ TERMINAL = ("Completed", "Failed", "Stopped")
 def prompt(word: str) -> dict[str, Any]:
     """Bedrock's RFT record for open-weight models: OpenAI chat messages plus reference_answer and extras."""
     return {
-        "messages": [
-            {"role": "system", "content": "Answer with one letter."},
-            {"role": "user", "content": f"Say the letter A. Word: {word}"},
-        ],
+        "messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": f"Say A: {word}"}],
         "reference_answer": "A",
         "word": word,
     }
