@@ -277,3 +277,62 @@ def test_a_resumed_rft_run_continues_from_its_checkpoint_as_if_never_stopped(tmp
     assert [s["step"] for s in resumed.steps] == [2, 3]
     recipe.run(inputs("straight"), StepReporter())
     assert rewards("resumed") == rewards("straight")  # same prompts, same seeded answers, same updates
+
+
+class HalfFailingGrader:
+    """Fails on every other answer (as a grader that raised would), scores the rest 1 for "A"."""
+
+    name = "half-failing"
+
+    def __init__(self, fail_all: bool = False) -> None:
+        self.fail_all = fail_all
+
+    def grade(self, samples: Any) -> list[Grade]:
+        return [
+            Grade(None, "ZeroDivisionError: division by zero")
+            if self.fail_all or index % 2
+            else Grade(1.0 if s.response.strip() == "A" else 0.0)
+            for index, s in enumerate(samples)
+        ]
+
+
+def test_grader_failures_are_counted_and_a_step_where_all_fail_ends_the_job(tmp_path: Path) -> None:
+    from tuneforge.catalog.hyperparameters import reinforcement_specs, resolve
+    from tuneforge.data.tasks import write_jsonl
+    from tuneforge.model.builtin import ensure_builtin
+    from tuneforge.model.loading import load_model_and_tokenizer
+    from tuneforge.recipes.base import RecipeFailed, RecipeInputs
+    from tuneforge.recipes.loop import prepare_for_training
+    from tuneforge.recipes.reinforcement import GrpoTrainer, RftSettings, read_prompts
+
+    micro = next(m for m in BUILTIN_MODELS if m.source == "builtin:forge-micro")
+    train = write_jsonl(tmp_path / "train.jsonl", [{"messages": [{"role": "user", "content": "Say A"}]}] * 16)
+    hyper = resolve(reinforcement_specs(), {"trainingSamplePerPrompt": "2", "inferenceMaxTokens": "1"})
+    inputs = RecipeInputs(
+        job_id="a1b2c3d4e5f6",
+        customization_type=RFT,
+        base_model=micro,
+        base_model_dir=ensure_builtin("forge-micro", tmp_path / "models"),
+        training_file=train,
+        validation_files=(),
+        output_dir=tmp_path / "output",
+        model_dir=tmp_path / "model",
+        checkpoint_dir=tmp_path / "checkpoints",
+        hyperparameters=hyper,
+    )
+    model, tokenizer = load_model_and_tokenizer(inputs.base_model_dir)
+    reporter = StepReporter()
+    model = prepare_for_training(model, hyper, reporter)
+    prompts = read_prompts(train, tokenizer)
+    settings = RftSettings.from_hyperparameters(hyper)
+
+    trainer = GrpoTrainer(model, None, tokenizer, HalfFailingGrader(), settings, reporter, inputs)
+    result = trainer._step(prompts, 0)
+    assert result is not None
+    row, _, _ = result
+    assert (row["samples"], row["grader_failures"]) == (32, 16)
+    assert any("the grader failed on 16 of 32 answers (first: ZeroDivisionError" in m for m in reporter.messages)
+
+    failing = GrpoTrainer(model, None, tokenizer, HalfFailingGrader(fail_all=True), settings, reporter, inputs)
+    with pytest.raises(RecipeFailed, match="The grader half-failing failed on every one of the 32 answers of step 1"):
+        failing._step(prompts, 0)
