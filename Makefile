@@ -64,6 +64,7 @@ bench: $(BENCH_STAMP)
 	$(BIN)/python benchmarks/serving_batching.py --repeats 3
 	$(BIN)/python benchmarks/serving_batching.py --model smollm2 --repeats 3
 	$(BIN)/python benchmarks/distill_bench.py --kd
+	$(BIN)/python benchmarks/rft_bench.py
 	$(BIN)/python benchmarks/control_plane_bench.py
 	$(BIN)/python benchmarks/adapters_bench.py --repeats 3
 	$(BIN)/python benchmarks/batch_inference.py

@@ -88,6 +88,7 @@ HEAVY_FIRST = (
     "tests/e2e/test_recovery.py",
     "tests/e2e/test_hyperparameter_tuning.py",
     "tests/e2e/test_preference_tuning.py",
+    "tests/e2e/test_reinforcement_fine_tuning.py",
 )
 """The modules that take longest on 2 cores (a CI run's --durations), longest first.
 

@@ -14,6 +14,7 @@ from tuneforge.catalog.imported import ImportService
 from tuneforge.catalog.service import Catalog
 from tuneforge.db.listing import PageTokens
 from tuneforge.db.session import Database
+from tuneforge.graders import GraderContext
 from tuneforge.jobs.evaluations import EvaluationJobService
 from tuneforge.jobs.invocations import InvocationJobService
 from tuneforge.jobs.knowledge_bases import KnowledgeBaseService
@@ -62,7 +63,9 @@ class Services:
         meter = UsageMeter(db)
         throughput = ThroughputService(db, catalog, arns, settings)
         invocation_jobs = InvocationJobService(db, store, arns, throughput)
-        jobs = JobService(db, catalog, store, arns, MemoryPlanner(settings, catalog))
+        jobs = JobService(
+            db, catalog, store, arns, MemoryPlanner(settings, catalog), GraderContext.for_checking(settings, store)
+        )
         deployments = DeploymentService(db, catalog, arns, settings, meter)
         files = FileService(db, store, settings)
         return cls(

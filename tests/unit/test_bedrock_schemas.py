@@ -161,9 +161,8 @@ def test_customization_type_outside_enum_is_refused_listing_values() -> None:
     )
 
 
-@pytest.mark.parametrize("ctype", ["REINFORCEMENT_FINE_TUNING", "IMPORTED"])
-def test_valid_but_unsupported_customization_type_is_refused_clearly(ctype: str) -> None:
-    assert message_of(body(customizationType=ctype)) == f"Customization type {ctype} is not supported by tuneforge"
+def test_valid_but_unsupported_customization_type_is_refused_clearly() -> None:
+    assert message_of(body(customizationType="IMPORTED")) == "Customization type IMPORTED is not supported by tuneforge"
 
 
 def test_invocation_logs_training_source_is_refused_outside_distillation() -> None:
@@ -211,6 +210,31 @@ def test_distillation_config_is_carried_as_sent() -> None:
     }
     request = parse_create_job(body(customizationType="DISTILLATION", customizationConfig=config))
     assert (request.customization_type, request.customization_config) == ("DISTILLATION", config)
+
+
+EXACT_MATCH = {"lambdaGrader": {"lambdaArn": "arn:aws:lambda:us-east-1:123456789012:function:tuneforge-exact-match"}}
+
+
+def test_rft_config_is_carried_as_sent() -> None:
+    config = {"rftConfig": {"graderConfig": EXACT_MATCH, "hyperParameters": {"batchSize": 16, "learningRate": 1e-4}}}
+    request = parse_create_job(body(customizationType="REINFORCEMENT_FINE_TUNING", customizationConfig=config))
+    assert (request.customization_type, request.customization_config) == ("REINFORCEMENT_FINE_TUNING", config)
+
+
+@pytest.mark.parametrize(
+    ("hyper", "fragment"),
+    [
+        ({"trainingSamplePerPrompt": 1}, "at 'customizationConfig.rftConfig.hyperParameters.trainingSamplePerPrompt'"),
+        ({"batchSize": 8}, "Member must have value greater than or equal to 16"),
+        ({"evalInterval": 101}, "Member must have value less than or equal to 100"),
+        ({"learningRate": 0.01}, "Member must have value between 1.0E-7 and 0.001"),
+        ({"reasoningEffort": "max"}, "Member must satisfy enum value set: [low, medium, high]"),
+        ({"temperature": 1}, "Unknown member temperature"),
+    ],
+)
+def test_rft_hyperparameters_outside_botocore_ranges_are_refused(hyper: dict[str, Any], fragment: str) -> None:
+    config = {"rftConfig": {"graderConfig": EXACT_MATCH, "hyperParameters": hyper}}
+    assert fragment in message_of(body(customizationType="REINFORCEMENT_FINE_TUNING", customizationConfig=config))
 
 
 @pytest.mark.parametrize(

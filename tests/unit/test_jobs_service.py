@@ -400,7 +400,12 @@ def test_registered_model_appears_in_list_foundation_models_data(services: Servi
     assert ids == [*(m.model_id for m in BUILTIN_MODELS), "my.tiny-llama-v1:0"]
     mine = summaries[-1]
     assert mine["modelArn"] == "arn:aws:bedrock:us-east-1::foundation-model/my.tiny-llama-v1:0"
-    assert mine["customizationsSupported"] == ["FINE_TUNING", "CONTINUED_PRE_TRAINING", "DISTILLATION"]
+    assert mine["customizationsSupported"] == [
+        "FINE_TUNING",
+        "CONTINUED_PRE_TRAINING",
+        "DISTILLATION",
+        "REINFORCEMENT_FINE_TUNING",
+    ]
     assert mine["modelLifecycle"] == {"status": "ACTIVE"}
 
 
@@ -608,7 +613,10 @@ def test_max_response_length_outside_the_teacher_limit_is_refused(services: Serv
 
 
 def test_customization_config_on_other_types_is_refused(services: Services) -> None:
-    with pytest.raises(ValidationException, match="only DISTILLATION takes one"):
+    with pytest.raises(
+        ValidationException,
+        match=r"only DISTILLATION \(distillationConfig\) and REINFORCEMENT_FINE_TUNING \(rftConfig\) take one",
+    ):
         services.jobs.create(request(customization_config=distillation()))
 
 

@@ -374,6 +374,136 @@ def distillation_specs(pretrained: bool = False) -> tuple[HyperParameterSpec, ..
     return (*specs, *_DISTILLATION_EXTRAS)
 
 
+RFT_BEDROCK_NAMES = (
+    "epochCount",
+    "batchSize",
+    "learningRate",
+    "maxPromptLength",
+    "trainingSamplePerPrompt",
+    "inferenceMaxTokens",
+    "reasoningEffort",
+    "evalInterval",
+)
+"""Bedrock's ``RFTHyperParameters`` (``customizationConfig.rftConfig.hyperParameters``), in its order."""
+
+_RFT_BEDROCK: tuple[HyperParameterSpec, ...] = (
+    HyperParameterSpec("epochCount", "int", 2, "Passes over the training prompts.", 1, 50, bedrock=True),
+    HyperParameterSpec(
+        "batchSize",
+        "int",
+        16,
+        "Prompts per optimizer step; each is answered trainingSamplePerPrompt times.",
+        16,
+        512,
+        bedrock=True,
+    ),
+    HyperParameterSpec(
+        "learningRate",
+        "float",
+        1e-4,
+        "Peak learning rate of the AdamW optimizer (linear warmup, then cosine decay).",
+        1e-7,
+        1e-3,
+        bedrock=True,
+    ),
+    HyperParameterSpec(
+        "maxPromptLength",
+        "int",
+        0,
+        "Longest prompt in tokens (text, without the chat template's markers); longer prompts fail "
+        "validation with their line. 0 = the model's input token limit.",
+        0,
+        1_000_000,
+        bedrock=True,
+    ),
+    HyperParameterSpec(
+        "trainingSamplePerPrompt",
+        "int",
+        4,
+        "Answers sampled per prompt at each step: the group whose rewards are compared with each other "
+        "(group-relative advantages need at least 2).",
+        2,
+        16,
+        bedrock=True,
+    ),
+    HyperParameterSpec(
+        "inferenceMaxTokens",
+        "int",
+        64,
+        "Most tokens of one sampled answer (at most the model's output token limit); an answer cut there "
+        "is graded as it stands.",
+        1,
+        1_000_000,
+        bedrock=True,
+    ),
+    HyperParameterSpec(
+        "reasoningEffort",
+        "choice",
+        "low",
+        "Recorded as Bedrock records it; tuneforge's models have no reasoning mode, so it changes nothing.",
+        choices=("low", "medium", "high"),
+        bedrock=True,
+    ),
+    HyperParameterSpec(
+        "evalInterval",
+        "int",
+        10,
+        "With a validation set: every this many steps (and after the last), the mean reward of greedy "
+        "answers to the validation prompts.",
+        1,
+        100,
+        bedrock=True,
+    ),
+)
+
+_RFT_EXTRAS: tuple[HyperParameterSpec, ...] = (
+    HyperParameterSpec(
+        "klCoefficient",
+        "float",
+        0.05,
+        "Weight beta of the KL penalty to the base model (the adapter switched off, or a frozen copy "
+        "under full training): loss = policy loss + beta x KL. 0 = no penalty.",
+        0.0,
+        10.0,
+    ),
+    HyperParameterSpec(
+        "samplingTemperature",
+        "float",
+        1.0,
+        "Softmax temperature of the sampled answers (1 = the model's own distribution).",
+        0.05,
+        2.0,
+    ),
+)
+
+_RFT_DROPPED = (
+    "epochCount",
+    "batchSize",
+    "learningRate",
+    "maxSequenceLength",
+    "lengthGrouping",
+    "dataParallelProcesses",
+)
+"""Fine-tuning specs that RFT replaces (Bedrock's own ranges) or that do not apply to sampled answers."""
+
+
+def reinforcement_specs(pretrained: bool = False) -> tuple[HyperParameterSpec, ...]:
+    """Bedrock's ``RFTHyperParameters`` with its ranges, then LoRA and the shared training settings,
+    then the KL coefficient and the sampling temperature.
+
+    LoRA by default, so the base model is the adapter switched off and the KL reference costs no
+    second copy. Warmup defaults to 0: an RFT job takes few steps. A ``pretrained`` model starts
+    at a lower learning rate, as it already answers sensibly and should drift from that slowly.
+    """
+    common = tuple(
+        replace(spec, bedrock=False) if spec.name == "learningRateWarmupSteps" else spec
+        for spec in _amend(_COMMON, "learningRateWarmupSteps", default=0)
+        if spec.name not in _RFT_DROPPED
+    )
+    bedrock = _amend(_RFT_BEDROCK, "learningRate", default=1e-5) if pretrained else _RFT_BEDROCK
+    return (*bedrock, *common, *_RFT_EXTRAS)
+
+
 def markdown_table(specs: tuple[HyperParameterSpec, ...]) -> str:
     """The table in docs/hyperparameters.md; a test keeps the file equal to this output."""
     lines = [

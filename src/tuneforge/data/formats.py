@@ -8,6 +8,11 @@ The formats are Bedrock's (reference section 3):
   file's first valid record (see :mod:`tuneforge.data.validate`).
 * ``CONTINUED_PRE_TRAINING``: ``{"input": "..."}``.
 * ``DISTILLATION``: the conversation format, where the assistant's "golden" answer is optional.
+* ``REINFORCEMENT_FINE_TUNING``: prompts, the conversation format ending with the user's turn (the
+  model writes the answer), with any other keys kept for the grader: Bedrock's RFT format for
+  open-weight models is OpenAI's chat spelling plus ``reference_answer``,
+  ``{"messages": [{"role": "system", "content": "..."}, {"role": "user", "content": "..."}],
+  "reference_answer": ..., ...}`` (:class:`RftPrompt`).
 
 The conversation format::
 
@@ -56,9 +61,14 @@ validator can tell the user the line *and* the field to fix.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar, Literal
+from typing import Any, ClassVar, Literal
 
-from tuneforge.catalog.models import CONTINUED_PRE_TRAINING, CUSTOMIZATION_TYPES, DISTILLATION
+from tuneforge.catalog.models import (
+    CONTINUED_PRE_TRAINING,
+    CUSTOMIZATION_TYPES,
+    DISTILLATION,
+    REINFORCEMENT_FINE_TUNING,
+)
 
 FORMAT_PROMPT_COMPLETION = "prompt-completion"
 FORMAT_CONVERSATION = "conversation"
@@ -191,7 +201,24 @@ def bedrock_conversation(system: str, turns: tuple[tuple[Role, str], ...]) -> di
     }
 
 
-Record = PromptCompletion | Conversation | PretrainingText | Preference
+@dataclass(frozen=True)
+class RftPrompt:
+    """A reinforcement fine-tuning prompt: the conversation so far, ending with the user's turn,
+    and the record's other keys (``reference_answer`` and whatever else the grader reads)."""
+
+    system: str
+    turns: tuple[tuple[Role, str], ...]
+    item: dict[str, Any]
+
+    format: ClassVar[str] = FORMAT_CONVERSATION
+
+    def input_output_text(self) -> tuple[str, str]:
+        """The prompt is all input; the answer is the model's own, sampled during training."""
+        parts = ([self.system] if self.system else []) + [text for _, text in self.turns]
+        return "\n".join(parts), ""
+
+
+Record = PromptCompletion | Conversation | PretrainingText | Preference | RftPrompt
 
 
 def json_type_name(value: object) -> str:
@@ -220,7 +247,7 @@ def record_format(obj: object, customization_type: str) -> str:
     _check_customization_type(customization_type)
     if customization_type == CONTINUED_PRE_TRAINING:
         return FORMAT_PRETRAINING
-    if customization_type == DISTILLATION:
+    if customization_type in (DISTILLATION, REINFORCEMENT_FINE_TUNING):
         return FORMAT_CONVERSATION
     record = _require_object(obj)
     # A bare "input" is continued pre-training's key: only an input object marks OpenAI's preference record.
@@ -258,6 +285,8 @@ def parse_record(obj: object, customization_type: str, record_fmt: str | None = 
             f"a prompt-completion record is exactly {_PROMPT_COMPLETION_EXAMPLE}",
         )
         return PromptCompletion(_text(record, "prompt", "prompt"), _text(record, "completion", "completion"))
+    if fmt == FORMAT_CONVERSATION and customization_type == REINFORCEMENT_FINE_TUNING:
+        return parse_rft_prompt(record)
     if fmt == FORMAT_CONVERSATION:
         return _parse_conversation(record, golden_required=customization_type != DISTILLATION)
     if fmt == FORMAT_PREFERENCE:
@@ -375,6 +404,50 @@ def _parse_conversation(record: dict[str, object], *, golden_required: bool) -> 
             'the last message must be from "assistant" (the response to learn), got "user"',
         )
     return Conversation(system=system, turns=tuple(turns))
+
+
+_RFT_EXAMPLE = (
+    '{"messages": [{"role": "system", "content": "..."}, {"role": "user", "content": "..."}], '
+    '"reference_answer": "..."}'
+)
+
+
+def parse_rft_prompt(record: dict[str, object]) -> RftPrompt:
+    """A reinforcement fine-tuning prompt, in OpenAI's chat spelling or Bedrock's conversation one.
+
+    ``messages`` is required and must end with the user's turn; ``system`` and ``schemaVersion`` are
+    the conversation format's own keys; every other key (``reference_answer`` first of all) is kept
+    as it is and handed to the grader with each answer.
+    """
+    if "messages" not in record:
+        keys = ", ".join(f'"{key}"' for key in record) or "none"
+        raise RecordError("messages", f'missing key "messages" (keys: {keys}); a prompt record is {_RFT_EXAMPLE}')
+    if "schemaVersion" in record and not isinstance(record["schemaVersion"], str):
+        raise RecordError(
+            "schemaVersion",
+            f'expected a string such as "{SCHEMA_VERSION}", got {json_type_name(record["schemaVersion"])}',
+        )
+    system = _content_text(record["system"], "system") if "system" in record else ""
+    message_system, turns = parse_messages(record["messages"], "messages", has_system=bool(system))
+    at = 1 if message_system else 0
+    for index, (role, _) in enumerate(turns):
+        expected = "user" if index % 2 == 0 else "assistant"
+        if role != expected:
+            problem = (
+                f'the first message must be from "user", got "{role}"'
+                if index == 0
+                else f"roles must alternate user/assistant, but messages[{at + index - 1}] and "
+                f'messages[{at + index}] are both from "{role}"'
+            )
+            raise RecordError(f"messages[{at + index}].role", problem)
+    if turns[-1][0] != "user":
+        raise RecordError(
+            f"messages[{at + len(turns) - 1}].role",
+            'the last message must be from "user": the model writes the answer, which the grader scores '
+            '(put the expected answer in "reference_answer")',
+        )
+    item = {key: value for key, value in record.items() if key not in ("messages", "system", "schemaVersion")}
+    return RftPrompt(system=system or message_system, turns=tuple(turns), item=item)
 
 
 def parse_messages(value: object, field: str, *, has_system: bool = False) -> tuple[str, list[tuple[Role, str]]]:

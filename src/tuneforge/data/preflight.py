@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from tuneforge.catalog.hyperparameters import HyperParameterError, resolve
-from tuneforge.catalog.models import CONTINUED_PRE_TRAINING, FoundationModel, TokenLimits
+from tuneforge.catalog.models import CONTINUED_PRE_TRAINING, REINFORCEMENT_FINE_TUNING, FoundationModel, TokenLimits
 from tuneforge.data.estimate import estimate_training
 from tuneforge.data.validate import ValidationReport, validate_file
 from tuneforge.errors import ValidationException
@@ -33,6 +33,11 @@ def validate_dataset(
     max_sequence_length: int = 0,
 ) -> ValidationReport:
     limits = model.limits
+    if customization_type == REINFORCEMENT_FINE_TUNING:
+        # maxSequenceLength carries maxPromptLength here: a prompt is all input, and the answers are sampled.
+        prompt_limit = min(limits.max_input_tokens, max_sequence_length or limits.max_input_tokens)
+        limits = TokenLimits(prompt_limit, limits.max_output_tokens, limits.max_total_tokens)
+        max_sequence_length = 0
     # For continued pre-training maxSequenceLength is the chunk length: longer documents are split,
     # so it limits nothing here.
     if customization_type != CONTINUED_PRE_TRAINING and 0 < max_sequence_length < limits.max_total_tokens:
@@ -83,7 +88,7 @@ def preflight_report(
         file,
         customization_type,
         count_tokens,
-        max_sequence_length=int(hyper.get("maxSequenceLength", 0)),
+        max_sequence_length=int(hyper.get("maxSequenceLength", hyper.get("maxPromptLength", 0))),
     )
     result: dict[str, Any] = {"report": report.to_dict()}
     if report.ok and model.parameter_count:

@@ -36,7 +36,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
-from tuneforge.catalog.models import CONTINUED_PRE_TRAINING, CUSTOMIZATION_TYPES, DISTILLATION, TokenLimits
+from tuneforge.catalog.models import (
+    CONTINUED_PRE_TRAINING,
+    CUSTOMIZATION_TYPES,
+    DISTILLATION,
+    REINFORCEMENT_FINE_TUNING,
+    TokenLimits,
+)
 from tuneforge.data.formats import (
     FORMAT_CONVERSATION,
     FORMAT_PRETRAINING,
@@ -465,7 +471,7 @@ def _initial_format(customization_type: str) -> str:
     """CPT and distillation have one format each; fine-tuning's comes from its first valid record."""
     if customization_type == CONTINUED_PRE_TRAINING:
         return FORMAT_PRETRAINING
-    if customization_type == DISTILLATION:
+    if customization_type in (DISTILLATION, REINFORCEMENT_FINE_TUNING):
         return FORMAT_CONVERSATION
     return FORMAT_UNKNOWN
 

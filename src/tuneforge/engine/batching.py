@@ -80,6 +80,8 @@ class Sequence:
     prompt_logprobs: list[dict[str, Any]] = field(default_factory=list)
     adapter: LoraWeights | None = None
     """The LoRA adapter this row decodes with on a multi-adapter engine (None: the base model)."""
+    stop_token: int | None = None
+    """The end-of-turn token that ended the answer, if one did (it is not in ``generated``)."""
 
     def __post_init__(self) -> None:
         if self.request.seed is not None:
@@ -420,6 +422,7 @@ class ContinuousBatcher:
         if sequence.first_token_at is None:
             sequence.first_token_at = time.monotonic()
         if token in self.eos_ids:
+            sequence.stop_token = token
             self._finish(sequence, self._text(sequence), "end_turn")
             return
         if sequence.matcher is not None:

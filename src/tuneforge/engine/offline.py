@@ -64,15 +64,15 @@ def generate_offline(
                 exhausted = True
                 break
             key, offline = item
-            batcher.submit(
-                Sequence(
-                    offline.request,
-                    offline.prompt_ids,
-                    _collector(key, finished),
-                    strip_leading_space=offline.strip_leading_space,
-                    matcher=offline.matcher,
-                )
+            sequence = Sequence(
+                offline.request,
+                offline.prompt_ids,
+                lambda _event: None,
+                strip_leading_space=offline.strip_leading_space,
+                matcher=offline.matcher,
             )
+            sequence.sink = _collector(key, sequence, finished)
+            batcher.submit(sequence)
             running += 1
         if running == 0:
             return True
@@ -85,9 +85,15 @@ def generate_offline(
         finished.clear()
 
 
-def _collector(key: Any, finished: list[tuple[Any, Event]]) -> Callable[[Event], None]:
+def _collector(key: Any, sequence: Sequence, finished: list[tuple[Any, Event]]) -> Callable[[Event], None]:
+    """The sink of one offline request: its ``end`` event also carries ``token_ids``, the answer's
+    tokens with the end-of-turn token that closed it (what a trainer computes log-probabilities of)."""
+
     def sink(event: Event) -> None:
-        if event["event"] in ("end", "error"):
+        if event["event"] == "end":
+            closing = [] if sequence.stop_token is None else [sequence.stop_token]
+            finished.append((key, {**event, "token_ids": [*sequence.generated, *closing]}))
+        elif event["event"] == "error":
             finished.append((key, event))
 
     return sink
@@ -127,6 +133,59 @@ def greedy_answers(
 
     generate_offline(batcher, requests(), on_end)
     return [answers[index] for index in range(len(prompts))]
+
+
+@dataclass(frozen=True)
+class SampledAnswer:
+    text: str
+    """The answer as a client would get it served (stop rules applied, the template's space stripped)."""
+    token_ids: list[int]
+    """The tokens the model sampled, the closing end-of-turn token included when the answer ended."""
+    finished: bool
+    """The model ended the answer itself; False when ``max_tokens`` cut it."""
+
+
+def sample_answers(
+    batcher: ContinuousBatcher,
+    prompts: Seq[tuple[list[int], bool]],
+    samples: int,
+    max_tokens: int,
+    temperature: float,
+    seed: int,
+    should_stop: Callable[[], bool] = lambda: False,
+) -> list[list[SampledAnswer]] | None:
+    """``samples`` sampled answers to each prompt (``(token ids, strip_leading_space)``, rendered as
+    :func:`~tuneforge.model.prompts.serving_prompt` renders them), in prompt order; None when
+    ``should_stop`` turned true first.
+
+    Every answer is one row of the continuous batch (a prompt's answers prefill together, the
+    longest prompts first), with its own seeded generator (``seed`` + its index), so a run draws the
+    same answers whatever else shares the batch.
+    """
+    order = [i for batch in length_sorted_batches([len(p) for p, _ in prompts], len(prompts) or 1) for i in batch]
+    answers: dict[tuple[int, int], SampledAnswer] = {}
+
+    def requests() -> Iterator[tuple[tuple[int, int], OfflineRequest]]:
+        for index in order:
+            ids, strip = prompts[index]
+            for k in range(samples):
+                request = GenerationRequest(
+                    max_tokens=max_tokens, prompt="", temperature=temperature, seed=seed + index * samples + k
+                )
+                yield (index, k), OfflineRequest(request, ids, strip_leading_space=strip)
+
+    def on_end(key: tuple[int, int], event: Event) -> None:
+        if event["event"] != "end":
+            raise RuntimeError(f"generation failed: {event.get('message')}")
+        answers[key] = SampledAnswer(
+            text=str(event["text"]),
+            token_ids=list(event["token_ids"]),
+            finished=event["stop_reason"] == "end_turn",
+        )
+
+    if not generate_offline(batcher, requests(), on_end, should_stop):
+        return None
+    return [[answers[(index, k)] for k in range(samples)] for index in range(len(prompts))]
 
 
 def offline_batcher(

@@ -71,6 +71,12 @@ class GraderContext:
         limits = SandboxLimits(settings.grader_timeout_s, settings.grader_cpu_s, settings.grader_memory_bytes)
         return cls(limits, store or ObjectStore.from_settings(settings), settings.grader_registry_uri, complete)
 
+    @classmethod
+    def for_checking(cls, settings: Settings, store: ObjectStore | None = None) -> GraderContext:
+        """Loads every grader a job may name, to refuse a bad one at create time: judge and
+        ``score_model`` graders load with a model call that is never made (the job's worker makes them)."""
+        return cls.from_settings(settings, _unused, store)
+
 
 @dataclass(frozen=True)
 class LambdaFileGrader:
@@ -205,7 +211,7 @@ def json_grader(name: str, spec: Any, context: GraderContext, *, validate_only: 
 
 
 def _unused(_request: Any) -> str:
-    raise GraderConfigError("not called at registration")
+    raise GraderConfigError("a grader loaded only to be checked calls no model")
 
 
 def load_grader(config: Mapping[str, Any], context: GraderContext | None = None) -> Grader:

@@ -15,12 +15,16 @@ these files (the ``outputArtifacts`` extension), and the recipes write them here
   tuning_artifacts/tuning_trials.csv                     (automatic tuning: one row a trial)
   training_artifacts/step_wise_preference_metrics.csv    (FINE_TUNING on preference data: DPO per step)
   validation_artifacts/post_fine_tuning_validation/validation[_<i>]/preference_metrics.csv  (DPO, held out)
+  rft_artifacts/step_wise_reward_metrics.csv             (REINFORCEMENT_FINE_TUNING: reward, grader failures, KL, loss)
+  rft_artifacts/reward_by_reference.csv                  (REINFORCEMENT_FINE_TUNING: mean reward per reference answer)
+  rft_artifacts/validation_rewards.csv                   (REINFORCEMENT_FINE_TUNING with a validation set)
+  rft_artifacts/rft_report.json                          (REINFORCEMENT_FINE_TUNING: reward at the start and the end)
 ```
 """
 
 from __future__ import annotations
 
-from tuneforge.catalog.models import DISTILLATION
+from tuneforge.catalog.models import DISTILLATION, REINFORCEMENT_FINE_TUNING
 
 TRAINING_METRICS = "training_artifacts/step_wise_training_metrics.csv"
 PERFORMANCE_METRICS = "training_artifacts/step_wise_performance_metrics.csv"
@@ -29,6 +33,10 @@ PROMPT_INSIGHTS = "distillation_artifacts/prompt_insights.json"
 SYNTHETIC_DATA_SAMPLE = "distillation_artifacts/synthetic_data_sample.jsonl"
 TUNING_TRIALS = "tuning_artifacts/tuning_trials.csv"
 PREFERENCE_TRAINING_METRICS = "training_artifacts/step_wise_preference_metrics.csv"
+RFT_REWARD_METRICS = "rft_artifacts/step_wise_reward_metrics.csv"
+RFT_REWARD_BY_REFERENCE = "rft_artifacts/reward_by_reference.csv"
+RFT_VALIDATION_REWARDS = "rft_artifacts/validation_rewards.csv"
+RFT_REPORT = "rft_artifacts/rft_report.json"
 
 
 def job_folder(job_id: str) -> str:
@@ -61,6 +69,12 @@ def output_artifacts(
             promptInsights=PROMPT_INSIGHTS,
             syntheticDataSample=SYNTHETIC_DATA_SAMPLE,
         )
+    if customization_type == REINFORCEMENT_FINE_TUNING:
+        # Validation is a reward, not a loss: the validators' rewards go to one file of their own.
+        files = {"trainingMetrics": TRAINING_METRICS, "performanceMetrics": PERFORMANCE_METRICS}
+        files.update(rewardMetrics=RFT_REWARD_METRICS, rftReport=RFT_REPORT)
+        if validators:
+            files["validationRewards"] = RFT_VALIDATION_REWARDS
     if tuned:
         files["tuningTrials"] = TUNING_TRIALS
     return {name: f"{root}/{path}" for name, path in files.items()}

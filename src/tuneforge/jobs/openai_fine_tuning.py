@@ -33,7 +33,7 @@ from typing import Any
 
 from sqlalchemy import and_, or_, select
 
-from tuneforge.catalog.models import FINE_TUNING, FoundationModel
+from tuneforge.catalog.models import FINE_TUNING, REINFORCEMENT_FINE_TUNING, FoundationModel
 from tuneforge.db.session import Database
 from tuneforge.db.tables import CustomModel, CustomModelDeployment, Job, JobEvent, OpenAIFineTuningJob
 from tuneforge.errors import ConflictException, ResourceNotFoundException
@@ -43,7 +43,6 @@ from tuneforge.serving.deployments import DeploymentRoute, DeploymentService
 from tuneforge.serving.runtime import InvalidParameter
 from tuneforge.settings import Settings
 
-REINFORCEMENT_FINE_TUNING = "REINFORCEMENT_FINE_TUNING"
 METHODS = ("supervised", "dpo", "reinforcement")
 AUTO = "auto"
 OUTPUT_PREFIX = "s3://tuneforge/openai-fine-tuning"
@@ -170,6 +169,7 @@ def job_request(
         return CreateJobRequest(
             customization_type=REINFORCEMENT_FINE_TUNING,
             customization_config={"rftConfig": {"graderConfig": {"openai": request.grader}, "hyperParameters": hyper}},
+            hyperparameters={"seed": str(seed)},
             **common,
         )
     return CreateJobRequest(customization_type=FINE_TUNING, hyperparameters={**hyper, "seed": str(seed)}, **common)

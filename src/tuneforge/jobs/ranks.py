@@ -25,6 +25,7 @@ import pickle
 import re
 import subprocess
 import sys
+from collections.abc import Mapping
 from dataclasses import replace
 from pathlib import Path
 
@@ -162,6 +163,7 @@ class RankReporter:
         tokens_per_second: float,
         tokens_seen: int,
         mfu: float,
+        extra: Mapping[str, float] | None = None,
     ) -> None:
         pass
 

@@ -13,8 +13,20 @@ from sqlalchemy.orm import Session
 from tuneforge.arns import ArnFactory, decode_identifier, is_arn, new_id, resource_type
 from tuneforge.catalog import tuning
 from tuneforge.catalog.families import lora_target_modules
-from tuneforge.catalog.hyperparameters import HyperParameterError, HyperParameterValue, as_strings, resolve
-from tuneforge.catalog.models import CONTINUED_PRE_TRAINING, DISTILLATION, FINE_TUNING, FoundationModel
+from tuneforge.catalog.hyperparameters import (
+    RFT_BEDROCK_NAMES,
+    HyperParameterError,
+    HyperParameterValue,
+    as_strings,
+    resolve,
+)
+from tuneforge.catalog.models import (
+    CONTINUED_PRE_TRAINING,
+    DISTILLATION,
+    FINE_TUNING,
+    REINFORCEMENT_FINE_TUNING,
+    FoundationModel,
+)
 from tuneforge.catalog.service import Catalog
 from tuneforge.db.listing import Cursor, Page, created_and_named, fetch_page
 from tuneforge.db.session import Database, unique_or_conflict
@@ -24,6 +36,7 @@ from tuneforge.errors import (
     ResourceNotFoundException,
     ValidationException,
 )
+from tuneforge.graders import GraderConfigError, GraderContext, load_grader
 from tuneforge.idempotency import IdempotentRequest
 from tuneforge.jobs import memory
 from tuneforge.storage import ObjectStore, StorageError
@@ -81,13 +94,22 @@ class JobFilter:
 
 class JobService:
     def __init__(
-        self, db: Database, catalog: Catalog, store: ObjectStore, arns: ArnFactory, planner: memory.MemoryPlanner
+        self,
+        db: Database,
+        catalog: Catalog,
+        store: ObjectStore,
+        arns: ArnFactory,
+        planner: memory.MemoryPlanner,
+        graders: GraderContext | None = None,
     ) -> None:
         self.db = db
         self.catalog = catalog
         self.store = store
         self.arns = arns
         self.planner = planner
+        self.graders = graders
+        """How a reinforcement job's grader is loaded to be checked at create time (registered graders,
+        sandbox); None: built-in and OpenAI graders only."""
 
     # -- create ------------------------------------------------------------------------------
 
@@ -107,17 +129,37 @@ class JobService:
                     return existing
 
         base = self.resolve_base_model(request.base_model_identifier)
+        reinforcement = request.customization_type == REINFORCEMENT_FINE_TUNING
         if request.customization_type not in base.customizations:
+            why = (
+                " (reinforcement fine-tuning samples the model's own answers and learns from their grades, "
+                "so it needs a base model that already generates usable text)"
+                if reinforcement
+                else ""
+            )
             raise ValidationException(
                 f"The model {base.model_id} does not support customization type "
-                f"{request.customization_type}. Supported: {', '.join(base.customizations)}"
+                f"{request.customization_type}{why}. Supported: {', '.join(base.customizations)}"
             )
         specs = base.hyperparameter_specs(request.customization_type)
+        raw_hyperparameters = (
+            rft_hyperparameters(request.customization_config, request.hyperparameters)
+            if reinforcement
+            else request.hyperparameters
+        )
         try:
-            plain, search = tuning.split(specs, request.hyperparameters)
+            plain, search = tuning.split(specs, raw_hyperparameters)
             typed = resolve(specs, plain)
         except HyperParameterError as exc:
             raise ValidationException(str(exc)) from None
+        customization_config = request.customization_config
+        if reinforcement:
+            if search is not None:
+                raise ValidationException(
+                    "Automatic hyperparameter tuning is not available for REINFORCEMENT_FINE_TUNING: "
+                    "give each hyperparameter one value"
+                )
+            customization_config = self.rft_config(request.customization_config, typed, base)
         if request.customization_type == CONTINUED_PRE_TRAINING:
             chunk = int(typed["maxSequenceLength"]) or base.limits.max_total_tokens
             if int(typed["chunkOverlap"]) >= chunk:
@@ -128,10 +170,10 @@ class JobService:
         teacher = None
         if request.customization_type == DISTILLATION:
             teacher = self.distillation_teacher(request.customization_config, base)
-        elif request.customization_config:
+        elif request.customization_config and not reinforcement:
             raise ValidationException(
                 f"customizationConfig is not used by customization type {request.customization_type}; "
-                "only DISTILLATION takes one (distillationConfig)"
+                "only DISTILLATION (distillationConfig) and REINFORCEMENT_FINE_TUNING (rftConfig) take one"
             )
         for member, uri in [
             (
@@ -198,7 +240,7 @@ class JobService:
             ),
             validation_data={"validators": [{"s3Uri": uri} for uri in request.validation_uris]},
             output_data={"s3Uri": request.output_uri},
-            customization_config=request.customization_config,
+            customization_config=customization_config,
             vpc_config=request.vpc_config,
             kms_key=request.kms_key,
             job_tags=list(request.job_tags),
@@ -265,9 +307,21 @@ class JobService:
             teacher_shape = self.planner.shape(teacher.foundation)
             if teacher_shape is not None:
                 teacher_memory = memory.Teacher(teacher_shape, logits=float(typed["logitDistillationWeight"]) > 0)
-        sequence_length = int(typed["maxSequenceLength"]) or self.planned_sequence_length(base, teacher, training_uri)
+        planning = typed
+        if "trainingSamplePerPrompt" in typed:
+            # Reinforcement: every sampled answer is a training row, as long as its prompt plus the answer.
+            prompt = int(typed["maxPromptLength"]) or base.limits.max_input_tokens
+            answer = int(typed["inferenceMaxTokens"])
+            planning = {
+                **typed,
+                "batchSize": int(typed["batchSize"]) * int(typed["trainingSamplePerPrompt"]),
+                "maxSequenceLength": min(prompt, self.planned_sequence_length(base, None, training_uri)) + answer,
+            }
+        sequence_length = int(planning["maxSequenceLength"]) or self.planned_sequence_length(
+            base, teacher, training_uri
+        )
         try:
-            plan = memory.plan(shape, typed, targets, sequence_length, self.planner.budget, teacher_memory)
+            plan = memory.plan(shape, planning, targets, sequence_length, self.planner.budget, teacher_memory)
         except memory.MemoryRefused as exc:
             raise ValidationException(str(exc)) from None
         return {**typed, **plan.hyperparameters()}, plan.log_lines()
@@ -302,6 +356,45 @@ class JobService:
             return context
         answer = teacher.max_response_tokens if teacher is not None else 0
         return max(1, min(context, longest + memory.SPECIAL_TOKEN_ALLOWANCE + answer))
+
+    def rft_config(
+        self,
+        customization_config: Mapping[str, Any] | None,
+        typed: Mapping[str, HyperParameterValue],
+        base: FoundationModel,
+    ) -> dict[str, Any]:
+        """A REINFORCEMENT_FINE_TUNING job's ``customizationConfig`` as stored and returned by Get: the
+        grader as asked (checked by loading it) and Bedrock's RFT hyperparameters with every value the
+        job runs with, defaults included."""
+        rft = (customization_config or {}).get("rftConfig")
+        grader_config = rft.get("graderConfig") if isinstance(rft, Mapping) else None
+        if not isinstance(grader_config, Mapping):
+            raise ValidationException(
+                "A REINFORCEMENT_FINE_TUNING job needs customizationConfig.rftConfig.graderConfig: the grader that "
+                'scores the sampled answers, such as {"lambdaGrader": {"lambdaArn": '
+                '"arn:aws:lambda:us-east-1:123456789012:function:tuneforge-exact-match"}}'
+            )
+        try:
+            load_grader(grader_config, self.graders)
+        except GraderConfigError as exc:
+            raise ValidationException(f"Invalid customizationConfig.rftConfig.graderConfig: {exc}") from None
+        limits = base.limits
+        if int(typed["inferenceMaxTokens"]) > limits.max_output_tokens:
+            raise ValidationException(
+                f"inferenceMaxTokens {typed['inferenceMaxTokens']} exceeds the output token limit of "
+                f"{base.model_id} ({limits.max_output_tokens})"
+            )
+        if int(typed["maxPromptLength"]) > limits.max_input_tokens:
+            raise ValidationException(
+                f"maxPromptLength {typed['maxPromptLength']} exceeds the input token limit of "
+                f"{base.model_id} ({limits.max_input_tokens})"
+            )
+        return {
+            "rftConfig": {
+                "graderConfig": dict(grader_config),
+                "hyperParameters": {name: typed[name] for name in RFT_BEDROCK_NAMES},
+            }
+        }
 
     def resolve_base_model(self, identifier: str) -> FoundationModel:
         return self.catalog.get(decode_identifier(identifier))
@@ -481,3 +574,25 @@ def mark_stages(job: Job, status: str, *, only_unfinished: bool) -> None:
             continue
         details[stage] = {**current, "status": status, "lastModifiedTime": now}
     job.status_details = details
+
+
+def rft_hyperparameters(
+    customization_config: Mapping[str, Any] | None, extensions: Mapping[str, str]
+) -> dict[str, str]:
+    """One string map of a REINFORCEMENT_FINE_TUNING job's hyperparameters, for the specs to check.
+
+    Bedrock's RFT hyperparameters come typed in ``customizationConfig.rftConfig.hyperParameters``;
+    tuneforge's own (LoRA, ``klCoefficient``...) in the request's ``hyperParameters`` string map, which
+    may repeat a Bedrock one only with the same value."""
+    rft = (customization_config or {}).get("rftConfig")
+    given = rft.get("hyperParameters") if isinstance(rft, Mapping) else None
+    merged = dict(extensions)
+    for name, value in (given or {}).items():
+        text = as_strings({name: value})[name]
+        if name in merged and merged[name].strip() != text:
+            raise ValidationException(
+                f"Hyperparameter {name} is given twice with different values: {value!r} in "
+                f"customizationConfig.rftConfig.hyperParameters and {merged[name]!r} in hyperParameters"
+            )
+        merged[name] = text
+    return merged

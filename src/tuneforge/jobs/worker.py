@@ -19,7 +19,7 @@ import socket
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import replace
 from datetime import datetime
@@ -33,7 +33,7 @@ from sqlalchemy.exc import OperationalError
 from tuneforge.arns import new_id
 from tuneforge.catalog import tuning
 from tuneforge.catalog.hyperparameters import as_strings, resolve
-from tuneforge.catalog.models import DISTILLATION, FoundationModel
+from tuneforge.catalog.models import DISTILLATION, REINFORCEMENT_FINE_TUNING, FoundationModel
 from tuneforge.db.session import first_line
 from tuneforge.db.tables import CustomModel, EvaluationJob, IngestionJob, Job, JobEvent, ModelInvocationJob, utcnow
 from tuneforge.errors import ServiceError
@@ -41,6 +41,8 @@ from tuneforge.evaluation.dataset import EvaluationRecord, check_dataset
 from tuneforge.evaluation.judge import BUILTIN_JUDGE_METRICS, JudgeMetric, custom_metric, judge_metric_names
 from tuneforge.evaluation.metrics import ROBUSTNESS, needs_reference, perturb
 from tuneforge.evaluation.scoring import Answer, Judged, Pass, output_line, score
+from tuneforge.graders import GraderContext
+from tuneforge.graders.judge import http_complete
 from tuneforge.jobs.evaluations import DEFAULT_MAX_TOKENS, MAX_DATASET_BYTES
 from tuneforge.jobs.evaluations import mark_ended as end_evaluation
 from tuneforge.jobs.evaluations import max_tokens as evaluation_max_tokens
@@ -116,6 +118,7 @@ class DatabaseReporter:
         tokens_per_second: float,
         tokens_seen: int,
         mfu: float,
+        extra: Mapping[str, float] | None = None,
     ) -> None:
         now = time.monotonic()
         if now - self._last_progress < PROGRESS_EVERY_S and step < total_steps:
@@ -130,6 +133,7 @@ class DatabaseReporter:
             "tokensPerSecond": round(tokens_per_second, 1),
             "tokensSeen": tokens_seen,
             "mfu": round(mfu, 4),
+            **(extra or {}),
         }
         with self._best_effort("progress"), self.services.db.session() as session:
             job = session.get(Job, self.job_id)
@@ -300,7 +304,7 @@ class JobRunner:
             job,
             [(training_uri, training_file, False)]
             + [(uri, path, True) for uri, path in zip(validation_uris, validation_files, strict=True)],
-            max_sequence_length=int(hyper.get("maxSequenceLength", 0)),
+            max_sequence_length=int(hyper.get("maxSequenceLength", hyper.get("maxPromptLength", 0))),
         )
         self.reporter.stage("validation", "Completed")
         output_dir = self.work_dir / "output"
@@ -318,6 +322,10 @@ class JobRunner:
             hyperparameters=hyper,
             num_threads=self._threads(),
             teacher=teacher,
+            grader_config=(job["customization_config"] or {}).get("rftConfig", {}).get("graderConfig")
+            if job["customization_type"] == REINFORCEMENT_FINE_TUNING
+            else None,
+            grader_context=self._grader_context() if job["customization_type"] == REINFORCEMENT_FINE_TUNING else None,
             price_per_compute_hour=self.settings.price_per_compute_hour,
         )
         # The recipe reports the dataProcessing and training stages itself: what they contain
@@ -330,7 +338,10 @@ class JobRunner:
                     return RecipeResult(training_loss=None, stopped=True), model_dir, base
                 inputs = tuned
             processes = int(inputs.hyperparameters.get("dataParallelProcesses", 1))
-            if processes > 1 or self.settings.data_parallel_nodes > 1:
+            # Reinforcement fine-tuning samples and trains in one process (its specs have no
+            # dataParallelProcesses), whatever the server's node count says.
+            parallel = processes > 1 or self.settings.data_parallel_nodes > 1
+            if parallel and job["customization_type"] != REINFORCEMENT_FINE_TUNING:
                 from tuneforge.jobs.ranks import run_data_parallel
 
                 result = run_data_parallel(self.settings, inputs, processes, self.reporter)
@@ -497,6 +508,13 @@ class JobRunner:
 
     def _threads(self) -> int:
         return worker_threads(self.settings)
+
+    def _grader_context(self) -> GraderContext:
+        """A reinforcement job's graders: the sandbox limits and registry of the settings, and judge models
+        called through this server's own ``/v1`` (with its first API key, where keys are required)."""
+        api_key = self.settings.api_keys[0] if self.settings.api_keys else None
+        complete = http_complete(self.settings.advertised_url + "/v1", api_key)
+        return GraderContext.from_settings(self.settings, complete, self.services.store)
 
     def _register(self, job: dict[str, Any], result: RecipeResult, model_dir: Path, base: FoundationModel) -> None:
         model_id = new_id()

@@ -30,10 +30,17 @@ def _distillation() -> Recipe:
     return DistillationRecipe()
 
 
+def _reinforcement() -> Recipe:
+    from tuneforge.recipes.reinforcement import ReinforcementFineTuningRecipe
+
+    return ReinforcementFineTuningRecipe()
+
+
 RECIPES: dict[str, Callable[[], Recipe]] = {
     "FINE_TUNING": _fine_tuning,
     "CONTINUED_PRE_TRAINING": _continued_pretraining,
     "DISTILLATION": _distillation,
+    "REINFORCEMENT_FINE_TUNING": _reinforcement,
 }
 """customizationType -> a factory for its recipe."""
 

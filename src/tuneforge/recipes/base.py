@@ -7,13 +7,14 @@ local paths and typed hyperparameters in :class:`RecipeInputs` and talks back on
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol
 
 from tuneforge.catalog.hyperparameters import HyperParameterValue
 from tuneforge.catalog.models import FoundationModel
+from tuneforge.graders import GraderContext
 
 Stage = Literal["validation", "dataProcessing", "training"]
 StageStatus = Literal["InProgress", "Completed", "Stopping", "Stopped", "Failed", "NotStarted"]
@@ -57,6 +58,10 @@ class RecipeInputs:
     num_threads: int = 0
     teacher: TeacherInputs | None = None
     """Set for DISTILLATION only."""
+    grader_config: Mapping[str, Any] | None = None
+    """Set for REINFORCEMENT_FINE_TUNING only: ``rftConfig.graderConfig``, for :func:`tuneforge.graders.load_grader`."""
+    grader_context: GraderContext | None = None
+    """What loading that grader needs: sandbox limits, the registry, and how a judge model is called."""
     price_per_compute_hour: float = 1.0
     """For the cost figures of reports (``TUNEFORGE_PRICE_PER_COMPUTE_HOUR``)."""
     on_validation: Callable[[int, float], bool] | None = None
@@ -94,9 +99,11 @@ class JobReporter(Protocol):
         tokens_per_second: float,
         tokens_seen: int,
         mfu: float,
+        extra: Mapping[str, float] | None = None,
     ) -> None:
         """One optimizer step done: ``tokens_per_second`` counts real (non-padding) tokens since the
-        run (re)started; ``mfu`` is model FLOPs utilisation over the same span, 0-1."""
+        run (re)started; ``mfu`` is model FLOPs utilisation over the same span, 0-1. ``extra``: a
+        recipe's own figures of the step (reinforcement's reward and KL), shown with the others."""
         ...
 
     def data_progress(self, *, done: int, total: int, unit: str) -> None:

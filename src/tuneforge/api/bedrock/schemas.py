@@ -42,7 +42,7 @@ PROVIDER_PATTERN = r"[A-Za-z0-9- ]{1,63}"
 MAX_TAGS = 200
 MAX_S3_KEY_BYTES = 1024
 MAX_PATH_SEGMENT_BYTES = 255
-REQUEST_TYPES = (*CUSTOMIZATION_TYPES, "REINFORCEMENT_FINE_TUNING", "IMPORTED")
+REQUEST_TYPES = (*CUSTOMIZATION_TYPES, "IMPORTED")
 JOB_STATUSES = ("InProgress", "Completed", "Failed", "Stopping", "Stopped")
 
 
@@ -406,7 +406,70 @@ def _customization_config(c: Checker, config: Any) -> dict[str, Any] | None:
             max_len=2048,
         )
         c.integer(teacher.get("maxResponseLengthForInference"), f"{prefix}.maxResponseLengthForInference", 1)
+    rft = config.get("rftConfig")
+    if rft is not None:
+        _rft_config(c, rft)
     return config
+
+
+RFT_INTEGERS: dict[str, tuple[int | None, int | None]] = {
+    "epochCount": (1, 50),
+    "batchSize": (16, 512),
+    "maxPromptLength": (None, None),
+    "trainingSamplePerPrompt": (2, 16),
+    "inferenceMaxTokens": (None, None),
+    "evalInterval": (1, 100),
+}
+"""botocore's ``RFTHyperParameters`` integers and their ranges (None: the shape gives none)."""
+
+
+def _rft_config(c: Checker, rft: Any) -> None:
+    """``rftConfig``'s wire shape: a ``graderConfig`` union and ``RFTHyperParameters``' types and ranges.
+
+    Which grader the ARN names, and the hyperparameters' tuneforge limits, are the job service's
+    business (:mod:`tuneforge.graders`, the RFT specs)."""
+    prefix = "customizationConfig.rftConfig"
+    if not isinstance(rft, dict):
+        c.violations.append(f"Value '{rft}' at '{prefix}' failed to satisfy constraint: Member must be a structure")
+        return
+    unknown = sorted(set(rft) - {"graderConfig", "hyperParameters"})
+    if unknown:
+        c.violations.append(f"Value at '{prefix}' failed to satisfy constraint: Unknown member {unknown[0]}")
+    grader = rft.get("graderConfig")
+    if grader is not None and not isinstance(grader, dict):
+        c.violations.append(
+            f"Value '{grader}' at '{prefix}.graderConfig' failed to satisfy constraint: Member must be a structure"
+        )
+    lambda_grader = grader.get("lambdaGrader") if isinstance(grader, dict) else None
+    if isinstance(lambda_grader, dict):
+        where = f"{prefix}.graderConfig.lambdaGrader.lambdaArn"
+        c.string({where: lambda_grader.get("lambdaArn")}, where, required=True, max_len=512)
+    hyper = rft.get("hyperParameters")
+    if hyper is None:
+        return
+    if not isinstance(hyper, dict):
+        c.violations.append(
+            f"Value '{hyper}' at '{prefix}.hyperParameters' failed to satisfy constraint: Member must be a structure"
+        )
+        return
+    for name, value in hyper.items():
+        where = f"{prefix}.hyperParameters.{name}"
+        if name in RFT_INTEGERS:
+            c.integer(value, where, *RFT_INTEGERS[name])
+        elif name == "learningRate":
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                c.violations.append(
+                    f"Value '{value}' at '{where}' failed to satisfy constraint: Member must be a number"
+                )
+            elif not 1e-7 <= value <= 1e-3:
+                c.violations.append(
+                    f"Value '{value}' at '{where}' failed to satisfy constraint: "
+                    "Member must have value between 1.0E-7 and 0.001"
+                )
+        elif name == "reasoningEffort":
+            c.string(hyper, name, enum=("low", "medium", "high"), where=where)
+        else:
+            c.violations.append(f"Value at '{where}' failed to satisfy constraint: Unknown member {name}")
 
 
 def parse_time(value: str | None, member: str) -> datetime | None:
@@ -555,8 +618,26 @@ def job_details(job: Job) -> dict[str, Any]:
             if job.status == "Completed"
             else None,
             "tuning": job.tuning,
+            "rftMetrics": rft_metrics(job),
         }
     )
+
+
+RFT_PROGRESS_KEYS = ("rewardMean", "rewardStd", "firstRewardMean", "klDivergence", "graderFailures", "samplesGraded")
+
+
+def rft_metrics(job: Job) -> dict[str, Any] | None:
+    """tuneforge extension ``rftMetrics`` of a REINFORCEMENT_FINE_TUNING job: its latest step's reward
+    (mean and spread), the first step's mean to compare with, the KL to the base model, and the step's
+    grader failures out of the answers graded. botocore drops it; raw HTTP clients and the CLI read it."""
+    progress = job.progress or {}
+    if job.customization_type != "REINFORCEMENT_FINE_TUNING" or "rewardMean" not in progress:
+        return None
+    return {
+        "step": progress.get("step"),
+        "totalSteps": progress.get("totalSteps"),
+        **{key: progress[key] for key in RFT_PROGRESS_KEYS if key in progress},
+    }
 
 
 def job_summary(job: Job) -> dict[str, Any]:
