@@ -89,7 +89,7 @@ def test_reinforcement_maps_onto_rft_with_the_openai_grader_in_rft_config() -> N
         GRADER,
     )
     assert job.customization_type == REINFORCEMENT_FINE_TUNING
-    assert job.hyperparameters == {}
+    assert job.hyperparameters == {"seed": "11"}
     assert job.customization_config == {
         "rftConfig": {
             "graderConfig": {"openai": GRADER},
