@@ -178,6 +178,15 @@ _COMMON: tuple[HyperParameterSpec, ...] = (
         64,
     ),
     HyperParameterSpec(
+        "dataParallelStrategy",
+        "choice",
+        "ddp",
+        "With dataParallelProcesses above 1: ddp = every process holds the whole model and optimizer state; "
+        "fsdp = FSDP2, each process holds a 1/N shard of the trained weights, their gradients and optimizer "
+        "state (less memory per GPU, more communication). Same result either way.",
+        choices=("ddp", "fsdp"),
+    ),
+    HyperParameterSpec(
         "gradientCheckpointing",
         "choice",
         "auto",
