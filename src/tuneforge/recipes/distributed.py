@@ -26,9 +26,9 @@ gathering the full trainable weights and optimizer state, and rank 0 writes them
 layout as DDP's (the optimizer state keyed by parameter name rather than position, so the strategy
 is part of the checkpoint's fingerprint). A resume loads the full state into the sharded copy.
 
-The plain model stays on the training device next to the shards, so on GPUs ``fsdp`` saves the
-gradients' and the optimizer state's memory (for full training with AdamW, three of the four
-weight-sized buffers), not the weights'.
+The plain model stays on the training device next to the shards, so on GPUs ``fsdp`` divides the
+memory of the gradients and optimizer state by the world size (for full training with AdamW, 12 of
+DDP's 16 bytes per parameter), not that of the weights: every rank still holds them whole once.
 """
 
 from __future__ import annotations
