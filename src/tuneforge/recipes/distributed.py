@@ -138,18 +138,19 @@ class DataParallel:
             return self.module.no_sync()
         return nullcontext()
 
-    def gather(self) -> None:
-        """Copy the trained weights into ``model`` on every rank: a collective step under FSDP (every
-        rank must call it), nothing to do otherwise. The frozen weights never change, so only the
-        trainable ones travel."""
+    def gather(self) -> Any:
+        """``model``, with the trained weights copied into it on every rank: a collective step under
+        FSDP (every rank must call it), nothing to do otherwise. The frozen weights never change, so
+        only the trainable ones travel."""
         if not self.sharded:
-            return
+            return self.model
         plain = dict(self.model.named_parameters())
         with torch.no_grad():
             for name, param in self.module.named_parameters():
                 if param.requires_grad:
                     full = param.full_tensor() if isinstance(param, DTensor) else param
                     plain[name].copy_(full)
+        return self.model
 
     def load_trained(self) -> None:
         """The reverse of :meth:`gather`, after a resume loaded a checkpoint into ``model``: each rank

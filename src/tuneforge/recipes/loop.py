@@ -269,34 +269,31 @@ def train(
             at_epoch_end = step % steps_per_epoch == 0
             every = config.checkpoint_every_steps
             due = (every == 0 and at_epoch_end) or (every > 0 and (step % every == 0 or step == total_steps))
-            if due:
-                # Collective under FSDP: every rank gathers, rank 0 writes.
+            if due:  # collective under FSDP: every rank gathers, rank 0 writes
                 parallel.gather()
                 saved_optimizer = parallel.checkpointed(optimizer, for_saving=True)
-                if distributed.is_primary():
-                    save_checkpoint(
-                        checkpoint_dir,
-                        model,
-                        saved_optimizer,
-                        scheduler,
-                        fingerprint,
-                        step=step,
-                        tokens_seen=tokens_seen + tokens_this_run,
-                        epoch_losses=epoch_losses,
-                    )
-            if epoch_end is not None and at_epoch_end and step < total_steps:
-                parallel.gather()
-                if epoch_end(epoch, model):
-                    return TrainingOutcome(
-                        steps=step,
-                        total_steps=total_steps,
-                        epochs_done=epoch + 1,
-                        stopped=False,
-                        final_loss=_mean(epoch_losses),
-                        tokens_seen=tokens_seen + tokens_this_run,
-                        seconds=time.perf_counter() - started,
-                        stopped_early=True,
-                    )
+            if due and distributed.is_primary():
+                save_checkpoint(
+                    checkpoint_dir,
+                    model,
+                    saved_optimizer,
+                    scheduler,
+                    fingerprint,
+                    step=step,
+                    tokens_seen=tokens_seen + tokens_this_run,
+                    epoch_losses=epoch_losses,
+                )
+            if epoch_end is not None and at_epoch_end and step < total_steps and epoch_end(epoch, parallel.gather()):
+                return TrainingOutcome(
+                    steps=step,
+                    total_steps=total_steps,
+                    epochs_done=epoch + 1,
+                    stopped=False,
+                    final_loss=_mean(epoch_losses),
+                    tokens_seen=tokens_seen + tokens_this_run,
+                    seconds=time.perf_counter() - started,
+                    stopped_early=True,
+                )
     parallel.gather()
     return TrainingOutcome(
         steps=step,
