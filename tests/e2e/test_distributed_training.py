@@ -154,27 +154,30 @@ def test_a_rank_lost_past_the_restart_budget_fails_the_job_naming_it(dp_server: 
     assert "TUNEFORGE_DATA_PARALLEL_MAX_RESTARTS" in job["failureMessage"]
 
 
-def test_a_sharded_full_training_job_survives_a_lost_rank_and_its_model_generates(dp_server: Server) -> None:
-    """dataParallelStrategy=fsdp, every weight trained: 6 steps, a checkpoint after each; rank 1 is killed
-    after two, both ranks resume from rank 0's gathered checkpoint into their shards, and the model saved
-    from the gathered weights loads and generates."""
-    hyperparameters = {"dataParallelStrategy": "fsdp", "trainingMethod": "full", "checkpointEverySteps": "1"}
+def test_a_sharded_full_training_job_saves_the_gathered_weights_and_they_generate(dp_server: Server) -> None:
+    """dataParallelStrategy=fsdp, every weight trained, 6 steps with a (collective) checkpoint every 2:
+    the job completes, and the model saved from the weights gathered out of the shards differs from the
+    base and generates. (A sharded stop and resume is tested in tests/unit/test_distributed.py; a lost
+    rank's restart path is the same as DDP's, tested above.)"""
+    hyperparameters = {"dataParallelStrategy": "fsdp", "trainingMethod": "full", "checkpointEverySteps": "2"}
     arn = start_job(dp_server, "dp-fsdp", {"epochCount": "1", **hyperparameters})
-    kill_rank_after_checkpoint(dp_server, arn, restart=0)
     job = wait_for_status(dp_server.bedrock(), arn, ("Completed", "Failed", "Stopped"))
     assert job["status"] == "Completed", job.get("failureMessage")
     messages = log_messages(dp_server, arn)
     assert any("weights and optimizer state sharded (FSDP)" in m for m in messages), messages
-    resumed = [m for m in messages if m.startswith("resumed from checkpoint at step")]
-    assert len(resumed) == 1 and int(resumed[0].split("step ")[1].split("/")[0]) >= 2, messages
     steps = [e["data"]["step"] for e in events(dp_server, arn) if e["kind"] == "progress"]
     assert steps[-1] == 6
 
+    from tuneforge.model.builtin import ensure_builtin
     from tuneforge.model.folders import load_for_inference
+    from tuneforge.model.loading import load_model_and_tokenizer
 
     job_id = arn.rsplit("/", 1)[-1]
-    loaded, tokenizer = load_for_inference(
-        dp_server.settings.models_dir / "custom" / job_id, dp_server.settings.models_dir
-    )
+    models_dir = dp_server.settings.models_dir
+    loaded, tokenizer = load_for_inference(models_dir / "custom" / job_id, models_dir)
+    base, _ = load_model_and_tokenizer(ensure_builtin("forge-micro", models_dir))  # STUDENT_MODEL
+    trained, original = dict(loaded.named_parameters()), dict(base.named_parameters())
+    moved = max(float((trained[n] - original[n]).abs().max()) for n in original)
+    assert moved > 1e-4, "the saved weights are the base's: the shards were not gathered back"
     ids = tokenizer("hello", return_tensors="pt")["input_ids"]
     assert loaded.generate(ids, max_new_tokens=2, do_sample=False).shape[1] == ids.shape[1] + 2
