@@ -5,8 +5,9 @@ rank 0 writes to ``<argv[1]>/figures.json``; the runs' checkpoints go under ``ar
 folder every rank sees, as a job's checkpoint folder is. For LoRA and for full training, on a tiny
 Llama and the same records:
 
-- ``ddp`` and ``fsdp`` each train from the same initial weights; after ``train`` returns, the plain
-  model's trained weights are compared (FSDP must have copied its shards back into it);
+- ``ddp`` and ``fsdp`` each train two epochs from the same initial weights; the plain model's
+  trained weights are compared as the ``epoch_end`` hook sees them after the first epoch and after
+  ``train`` returns (FSDP must have copied its shards back into it both times);
 - ``fsdp`` is stopped after ``STOP_AT`` steps (a checkpoint after every step) and a fresh model
   resumes from that checkpoint to the end: its losses and weights are compared with the
   uninterrupted run's.
@@ -28,6 +29,7 @@ from tuneforge.recipes.outputs import MetricsWriter
 from tuneforge.recipes.tokenising import Example
 
 STEPS = 6
+"""Steps per epoch; two epochs."""
 BATCH = 4
 STOP_AT = 3
 VOCAB = 97
@@ -41,6 +43,7 @@ class Reporter:
         self.losses: list[float] = []
         self.logs: list[str] = []
         self.step = 0
+        self.epoch_weights: dict[str, torch.Tensor] = {}
 
     def stage(self, stage: str, status: str) -> None: ...
 
@@ -84,18 +87,23 @@ def fresh_model(method: str) -> Any:
 
 
 def run(
-    method: str, strategy: str, folder: Path, reporter: Reporter, model: Any | None = None
+    method: str, strategy: str, folder: Path, reporter: Reporter, checkpoint_every: int
 ) -> tuple[Any, TrainingOutcome]:
-    model = model if model is not None else fresh_model(method)
+    model = fresh_model(method)
+
+    def epoch_end(epoch: int, plain: Any) -> bool:
+        reporter.epoch_weights = trained(plain)
+        return False
+
     config = TrainingConfig(
-        epochs=1,
+        epochs=2,
         batch_size=BATCH,
         learning_rate=1e-2,
         warmup_steps=0,
         weight_decay=0.01,
         gradient_accumulation_steps=2,
         seed=3,
-        checkpoint_every_steps=1,
+        checkpoint_every_steps=checkpoint_every,
         precision="fp32",
         full_training=method == "full",
         data_parallel_strategy=strategy,
@@ -108,6 +116,7 @@ def run(
         MetricsWriter(folder, "probe"),
         folder / "checkpoints",
         pad_id=0,
+        epoch_end=epoch_end,
     )
     return model, outcome
 
@@ -128,11 +137,12 @@ def main(folder: Path) -> None:
     for method in ("lora", "full"):
         root = folder / method
         ddp_reporter, fsdp_reporter = Reporter(), Reporter()
-        ddp_model, ddp = run(method, "ddp", root / "ddp", ddp_reporter)
-        fsdp_model, fsdp = run(method, "fsdp", root / "fsdp", fsdp_reporter)
+        # A checkpoint every 4 steps: none at the first epoch's end, where epoch_end needs a gather of its own.
+        ddp_model, ddp = run(method, "ddp", root / "ddp", ddp_reporter, checkpoint_every=4)
+        fsdp_model, fsdp = run(method, "fsdp", root / "fsdp", fsdp_reporter, checkpoint_every=4)
         first, second = Reporter(stop_at=STOP_AT), Reporter()
-        _, stopped = run(method, "fsdp", root / "resumed", first)
-        resumed_model, resumed = run(method, "fsdp", root / "resumed", second)
+        _, stopped = run(method, "fsdp", root / "resumed", first, checkpoint_every=1)
+        resumed_model, resumed = run(method, "fsdp", root / "resumed", second, checkpoint_every=1)
         initial = trained(fresh_model(method))
         figures[method] = {
             "ddp_loss": ddp.final_loss,
@@ -141,6 +151,8 @@ def main(folder: Path) -> None:
             "fsdp_losses": fsdp_reporter.losses,
             "weights_moved": largest_difference(trained(ddp_model), initial),
             "fsdp_vs_ddp_weights": largest_difference(trained(fsdp_model), trained(ddp_model)),
+            "epoch_weights_moved": largest_difference(ddp_reporter.epoch_weights, initial),
+            "fsdp_vs_ddp_epoch_weights": largest_difference(fsdp_reporter.epoch_weights, ddp_reporter.epoch_weights),
             "sharded_log": [m for m in fsdp_reporter.logs if "sharded (FSDP)" in m],
             "stopped_at": stopped.steps if stopped.stopped else None,
             "resumed_log": [m for m in second.logs if m.startswith("resumed from checkpoint")],

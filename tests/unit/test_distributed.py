@@ -128,7 +128,10 @@ def test_fsdp_trains_to_ddps_loss_and_weights(ddp_and_fsdp: dict[str, Any], meth
     assert run["sharded_log"], "the fsdp run did not shard"
     assert run["fsdp_loss"] == pytest.approx(run["ddp_loss"], rel=0.01)
     assert run["fsdp_losses"] == pytest.approx(run["ddp_losses"], rel=1e-4)
-    # The plain model holds the trained weights once train() returns: its shards were gathered back.
+    # The plain model holds the trained weights when epoch_end sees it (validation, early stopping) and
+    # once train() returns: the shards were gathered back.
+    assert run["epoch_weights_moved"] > 1e-3
+    assert run["fsdp_vs_ddp_epoch_weights"] < run["epoch_weights_moved"] / 100
     assert run["weights_moved"] > 1e-3
     assert run["fsdp_vs_ddp_weights"] < run["weights_moved"] / 100
 
@@ -139,8 +142,8 @@ def test_a_stopped_fsdp_run_resumes_from_its_checkpoint_as_if_never_stopped(
 ) -> None:
     run = ddp_and_fsdp[method]
     assert run["stopped_at"] == 3
-    assert run["resumed_log"] == ["resumed from checkpoint at step 3/6"]
-    assert run["resumed_steps"] == 6
+    assert run["resumed_log"] == ["resumed from checkpoint at step 3/12"]
+    assert run["resumed_steps"] == 12
     assert run["resumed_losses"] == pytest.approx(run["fsdp_losses"], rel=1e-5)
     assert run["resumed_vs_uninterrupted_weights"] < run["weights_moved"] / 1000
 
