@@ -6,13 +6,16 @@
 Two runs of :func:`tuneforge.recipes.loop.train` (LoRA, ``precision=auto``, batches of 8 records):
 - ``single``: one process with 2 torch threads;
 - ``ddp2``: ``torchrun --nproc-per-node=2`` with 1 thread each, DDP over gloo on 127.0.0.1; each rank
-  takes half of every batch (:mod:`tuneforge.recipes.distributed`).
+  takes half of every batch (:mod:`tuneforge.recipes.distributed`);
+- ``fsdp2``: the same launch with ``dataParallelStrategy=fsdp`` (FSDP2: each rank holds half of the
+  adapters, their gradients and optimizer state, and all-gathers each layer's weights per pass).
 
 Both print the mean step loss over the run (rank 0 reports the loss summed over the ranks) and
 tokens/s (real tokens of every rank, from the first step after one warm-up step). On 2 CPU cores
 expect no speed-up: the cores are the same, and DDP adds an all-reduce of the adapter gradients and
-a second copy of the model per step. ``--check`` exits 1 when the final losses differ by more than
-1% (the sharding or the loss scaling is broken); the tokens/s ratio is reported, never judged.
+a second copy of the model per step; FSDP adds the gathers. ``--check`` exits 1 when either
+2-rank final loss differs from one process's by more than 1% (the sharding or the loss scaling is
+broken); the tokens/s ratio is reported, never judged.
 """
 
 from __future__ import annotations
@@ -75,7 +78,13 @@ def child(args: argparse.Namespace) -> None:
     torch.set_num_threads(args.threads)
     hyper = resolve(
         fine_tuning_specs(),
-        {"epochCount": "1", "batchSize": str(BATCH), "seed": str(SEED), "checkpointEverySteps": "1000000"},
+        {
+            "epochCount": "1",
+            "batchSize": str(BATCH),
+            "seed": str(SEED),
+            "checkpointEverySteps": "1000000",
+            "dataParallelStrategy": args.strategy,
+        },
     )
     model, tokenizer = load_model_and_tokenizer(ensure_builtin(args.model, MODEL_CACHE))
     torch.manual_seed(SEED)
@@ -106,9 +115,9 @@ def child(args: argparse.Namespace) -> None:
     distributed.destroy_process_group()
 
 
-def run(args: argparse.Namespace, processes: int, out: Path) -> dict[str, Any]:
+def run(args: argparse.Namespace, processes: int, out: Path, strategy: str = "ddp") -> dict[str, Any]:
     script = str(Path(__file__).resolve())
-    common = ["--child", "--model", args.model, "--steps", str(args.steps), "--out", str(out)]
+    common = ["--child", "--model", args.model, "--steps", str(args.steps), "--out", str(out), "--strategy", strategy]
     env = {**os.environ, "GLOO_SOCKET_IFNAME": os.environ.get("GLOO_SOCKET_IFNAME", "lo")}
     if processes == 1:
         command = [sys.executable, script, *common, "--threads", str(args.threads)]
@@ -145,6 +154,7 @@ def main() -> int:
     parser.add_argument("--check", action="store_true", help="exit 1 unless the final losses agree within 1%%")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--out", default="", help=argparse.SUPPRESS)
+    parser.add_argument("--strategy", default="ddp", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         child(args)
@@ -154,12 +164,23 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         single = run(args, 1, Path(tmp) / "single.json")
         ddp = run(args, 2, Path(tmp) / "ddp2.json")
+        fsdp = run(args, 2, Path(tmp) / "fsdp2.json", "fsdp")
     difference = abs(ddp["final_loss"] - single["final_loss"]) / single["final_loss"]
+    fsdp_difference = abs(fsdp["final_loss"] - single["final_loss"]) / single["final_loss"]
     ratio = ddp["tokens_per_s"] / single["tokens_per_s"]
+    fsdp_ratio = fsdp["tokens_per_s"] / single["tokens_per_s"]
     print(f"{args.model} LoRA, {args.steps} steps of {BATCH} records, {args.threads} CPU threads in all")
     print(f"  1 process : final loss {single['final_loss']:.5f}, {single['tokens_per_s']:,.0f} tokens/s")
-    print(f"  2 ranks   : final loss {ddp['final_loss']:.5f}, {ddp['tokens_per_s']:,.0f} tokens/s")
-    print(f"  loss difference {difference:.3%} (limit {LOSS_TOLERANCE:.0%}); tokens/s ratio 2 ranks / 1 = {ratio:.2f}")
+    print(f"  2 ranks   : final loss {ddp['final_loss']:.5f}, {ddp['tokens_per_s']:,.0f} tokens/s (DDP)")
+    print(f"  2 ranks   : final loss {fsdp['final_loss']:.5f}, {fsdp['tokens_per_s']:,.0f} tokens/s (FSDP2)")
+    print(
+        f"  DDP : loss difference {difference:.3%} (limit {LOSS_TOLERANCE:.0%}); "
+        f"tokens/s ratio 2 ranks / 1 = {ratio:.2f}"
+    )
+    print(
+        f"  FSDP: loss difference {fsdp_difference:.3%} (limit {LOSS_TOLERANCE:.0%}); "
+        f"tokens/s ratio 2 ranks / 1 = {fsdp_ratio:.2f}"
+    )
     final_json(
         {
             "benchmark": "ddp",
@@ -167,12 +188,15 @@ def main() -> int:
             "steps": args.steps,
             "single": single,
             "ddp2": ddp,
+            "fsdp2": fsdp,
             "loss_difference": difference,
+            "fsdp_loss_difference": fsdp_difference,
             "tokens_per_s_ratio": ratio,
+            "fsdp_tokens_per_s_ratio": fsdp_ratio,
             "environment": environment(args.threads),
         }
     )
-    return 1 if args.check and difference > LOSS_TOLERANCE else 0
+    return 1 if args.check and max(difference, fsdp_difference) > LOSS_TOLERANCE else 0
 
 
 if __name__ == "__main__":

@@ -1,6 +1,14 @@
-"""Data-parallel pieces that need no process group: batch shares, the lost-rank message, settings."""
+"""Data-parallel pieces: batch shares, the lost-rank message, settings; and DDP against FSDP2 on 2 ranks
+(data_parallel_probe.py under torchrun, one launch for the module)."""
 
 from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
 
 import pytest
 from pydantic import ValidationError
@@ -84,3 +92,64 @@ def test_several_machines_meet_at_the_configured_rendezvous() -> None:
 def test_bad_distributed_settings_are_refused_at_start(overrides: dict[str, object]) -> None:
     with pytest.raises(ValidationError):
         Settings(data_dir="/tmp/tf-dist-unit", **overrides)  # type: ignore[arg-type]
+
+
+PROBE = Path(__file__).with_name("data_parallel_probe.py")
+
+
+@pytest.fixture(scope="module")
+def ddp_and_fsdp(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """data_parallel_probe.py on 2 ranks (gloo on loopback, a thread each): LoRA and full training."""
+    from tuneforge.demo import free_port
+
+    folder = tmp_path_factory.mktemp("fsdp")
+    env = {**os.environ, "GLOO_SOCKET_IFNAME": "lo", "OMP_NUM_THREADS": "1"}
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nnodes=1",
+        "--nproc-per-node=2",
+        "--rdzv-backend=c10d",
+        f"--rdzv-endpoint=127.0.0.1:{free_port()}",
+        "--local-addr=127.0.0.1",
+        str(PROBE),
+        str(folder),
+    ]
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-4000:]
+    figures: dict[str, Any] = json.loads((folder / "figures.json").read_text())
+    return figures
+
+
+@pytest.mark.parametrize("method", ["lora", "full"])
+def test_fsdp_trains_to_ddps_loss_and_weights(ddp_and_fsdp: dict[str, Any], method: str) -> None:
+    run = ddp_and_fsdp[method]
+    assert run["sharded_log"], "the fsdp run did not shard"
+    assert run["fsdp_loss"] == pytest.approx(run["ddp_loss"], rel=0.01)
+    assert run["fsdp_losses"] == pytest.approx(run["ddp_losses"], rel=1e-4)
+    # The plain model holds the trained weights when epoch_end sees it (validation, early stopping) and
+    # once train() returns: the shards were gathered back.
+    assert run["epoch_weights_moved"] > 1e-3
+    assert run["fsdp_vs_ddp_epoch_weights"] < run["epoch_weights_moved"] / 100
+    assert run["weights_moved"] > 1e-3
+    assert run["fsdp_vs_ddp_weights"] < run["weights_moved"] / 100
+
+
+@pytest.mark.parametrize("method", ["lora", "full"])
+def test_a_stopped_fsdp_run_resumes_from_its_checkpoint_as_if_never_stopped(
+    ddp_and_fsdp: dict[str, Any], method: str
+) -> None:
+    run = ddp_and_fsdp[method]
+    assert run["stopped_at"] == 3
+    assert run["resumed_log"] == ["resumed from checkpoint at step 3/12"]
+    assert run["resumed_steps"] == 12
+    assert run["resumed_losses"] == pytest.approx(run["fsdp_losses"], rel=1e-5)
+    assert run["resumed_vs_uninterrupted_weights"] < run["weights_moved"] / 1000
+
+
+def test_data_parallel_strategy_is_ddp_or_fsdp() -> None:
+    assert resolve(fine_tuning_specs(), {})["dataParallelStrategy"] == "ddp"
+    assert resolve(fine_tuning_specs(), {"dataParallelStrategy": "fsdp"})["dataParallelStrategy"] == "fsdp"
+    with pytest.raises(HyperParameterError, match="dataParallelStrategy"):
+        resolve(fine_tuning_specs(), {"dataParallelStrategy": "zero3"})

@@ -172,10 +172,20 @@ _COMMON: tuple[HyperParameterSpec, ...] = (
         "int",
         1,
         "Training processes (ranks) per machine, data parallel through torchrun: each takes a share of every "
-        "batch of batchSize records, so the result is that of one process. DDP over gloo on CPUs, NCCL on "
-        "GPUs (one per process). Machines: TUNEFORGE_DATA_PARALLEL_NODES.",
+        "batch of batchSize records, so the result is that of one process. Over gloo on CPUs, NCCL on GPUs "
+        "(one per process); DDP or FSDP2 (dataParallelStrategy). Machines: TUNEFORGE_DATA_PARALLEL_NODES.",
         1,
         64,
+    ),
+    HyperParameterSpec(
+        "dataParallelStrategy",
+        "choice",
+        "ddp",
+        "With dataParallelProcesses above 1: ddp = every process trains a whole replica (weights, gradients, "
+        "optimizer state); fsdp = FSDP2, each process trains a 1/N shard of them, gathering a layer's weights "
+        "as it runs (less memory per GPU, more communication; each process still keeps an unsharded copy of "
+        "the weights for evaluation and saving). The same result either way.",
+        choices=("ddp", "fsdp"),
     ),
     HyperParameterSpec(
         "gradientCheckpointing",

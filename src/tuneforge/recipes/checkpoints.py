@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch.distributed.checkpoint.stateful import Stateful
 
 from tuneforge.recipes.base import JobReporter
 
@@ -22,7 +23,7 @@ def trainable_state(model: Any) -> dict[str, torch.Tensor]:
 def save_checkpoint(
     checkpoint_dir: Path,
     model: Any,
-    optimizer: torch.optim.Optimizer,
+    optimizer: Stateful,
     scheduler: Any,
     fingerprint: dict[str, Any],
     *,
@@ -80,7 +81,7 @@ def read_checkpoint(path: Path) -> dict[str, Any]:
 def load_checkpoint(
     checkpoint_dir: Path,
     model: Any,
-    optimizer: torch.optim.Optimizer,
+    optimizer: Stateful,
     scheduler: Any,
     fingerprint: dict[str, Any],
     reporter: JobReporter,

@@ -62,6 +62,8 @@ class TrainingConfig:
     full_training: bool = False
     """Whether every weight trains (6·N FLOPs per token) rather than adapters (4·N): for MFU only."""
     max_grad_norm: float = 1.0
+    data_parallel_strategy: str = "ddp"
+    """ddp or fsdp, with several ranks; see :mod:`tuneforge.recipes.distributed`."""
 
     @classmethod
     def from_hyperparameters(cls, values: Mapping[str, HyperParameterValue]) -> TrainingConfig:
@@ -77,6 +79,7 @@ class TrainingConfig:
             length_grouping=bool(values.get("lengthGrouping", True)),
             precision=str(values.get("precision", "auto")),
             full_training=values.get("trainingMethod") == "full",
+            data_parallel_strategy=str(values.get("dataParallelStrategy", "ddp")),
         )
 
 
@@ -169,12 +172,16 @@ def train(
     Under ``torchrun`` every rank calls this with the same arguments and trains its share of each
     batch (:mod:`tuneforge.recipes.distributed`); the step's loss and tokens are summed over the
     ranks, so rank 0 reports the same figures one process would. Only rank 0 writes checkpoints;
-    every rank resumes from them.
+    every rank resumes from them. With ``data_parallel_strategy`` fsdp the ranks train a sharded
+    copy of ``model``; the trained weights are copied back into ``model`` before ``epoch_end`` and
+    before this returns.
     """
     lengths = [sum(e.rows) for e in examples]
     steps_per_epoch = math.ceil(len(examples) / config.batch_size)
     total_steps = steps_per_epoch * config.epochs
-    params = [p for p in model.parameters() if p.requires_grad]
+    # Before the optimizer: under FSDP it steps the shards of a sharded copy of ``model``.
+    parallel = distributed.DataParallel(model, config.data_parallel_strategy)
+    params = parallel.trainable_parameters()
     device = model_device(model)
     precision = resolve_precision(config.precision, device)
     optimizer = torch.optim.AdamW(
@@ -194,11 +201,15 @@ def train(
         f"MFU against {peak / 1e12:.3g} TFLOP/s ({peak_source})"
     )
     scheduler = get_cosine_schedule_with_warmup(optimizer, config.warmup_steps, total_steps)
-    fingerprint = {**asdict(config), "examples": len(examples), "parameters": sum(p.numel() for p in params)}
+    # The strategy enters through DataParallel.fingerprint, only where it changes the checkpoint.
+    settings = {k: v for k, v in asdict(config).items() if k != "data_parallel_strategy"}
+    fingerprint = {**settings, "examples": len(examples), "parameters": sum(p.numel() for p in params)}
+    fingerprint.update(parallel.fingerprint())
 
-    state = load_checkpoint(checkpoint_dir, model, optimizer, scheduler, fingerprint, reporter)
+    state = load_checkpoint(checkpoint_dir, model, parallel.checkpointed(optimizer), scheduler, fingerprint, reporter)
     step, tokens_seen, epoch_losses = state if state else (0, 0, [])
     if state:
+        parallel.load_trained()
         reporter.log(f"resumed from checkpoint at step {step}/{total_steps}")
     metrics.start_training(step)
 
@@ -207,11 +218,13 @@ def train(
         reporter.log(
             f"data parallel on {world} processes: {config.batch_size} records per optimizer step in all, "
             f"about {math.ceil(config.batch_size / world)} per process"
+            + (", weights and optimizer state sharded (FSDP)" if parallel.sharded else "")
         )
-    forward_model = distributed.parallelize(model)
+    forward_model = parallel.module
     # Targets per record, so each rank knows the whole batch's count without a collective.
     record_targets = [e.targets for e in examples]
     model.train()
+    forward_model.train()
     started = time.perf_counter()
     tokens_this_run = 0
     flops_this_run = 0.0
@@ -224,17 +237,21 @@ def train(
             epoch_losses = []
         for batch in batches[index_in_epoch:]:
             if distributed.agree(reporter.should_stop()):
-                if step > 0 and distributed.is_primary():
-                    save_checkpoint(
-                        checkpoint_dir,
-                        model,
-                        optimizer,
-                        scheduler,
-                        fingerprint,
-                        step=step,
-                        tokens_seen=tokens_seen + tokens_this_run,
-                        epoch_losses=epoch_losses,
-                    )
+                # The step reached is checkpointed, so a paused job resumes from it (collective under FSDP).
+                parallel.gather()
+                if step > 0:
+                    stopped_optimizer = parallel.checkpointed(optimizer, for_saving=True)
+                    if distributed.is_primary():
+                        save_checkpoint(
+                            checkpoint_dir,
+                            model,
+                            stopped_optimizer,
+                            scheduler,
+                            fingerprint,
+                            step=step,
+                            tokens_seen=tokens_seen + tokens_this_run,
+                            epoch_losses=epoch_losses,
+                        )
                 return TrainingOutcome(
                     steps=step,
                     total_steps=total_steps,
@@ -255,7 +272,7 @@ def train(
             step_tokens = 0
             step_flops = 0.0
             for index, (part, inputs) in enumerate(zip(parts, micro, strict=True)):
-                with distributed.no_sync(forward_model, last=index == len(parts) - 1), autocast(device, precision):
+                with parallel.no_sync(last=index == len(parts) - 1), autocast(device, precision):
                     micro_loss = loss_function(forward_model, forward_inputs(inputs, device), targets) * weight
                 micro_loss.backward()  # type: ignore[no-untyped-call]
                 loss += float(micro_loss.detach()) / world
@@ -294,11 +311,14 @@ def train(
             at_epoch_end = step % steps_per_epoch == 0
             every = config.checkpoint_every_steps
             due = (every == 0 and at_epoch_end) or (every > 0 and (step % every == 0 or step == total_steps))
+            if due:  # collective under FSDP: every rank gathers, rank 0 writes
+                parallel.gather()
+                saved_optimizer = parallel.checkpointed(optimizer, for_saving=True)
             if due and distributed.is_primary():
                 save_checkpoint(
                     checkpoint_dir,
                     model,
-                    optimizer,
+                    saved_optimizer,
                     scheduler,
                     fingerprint,
                     step=step,
@@ -307,7 +327,7 @@ def train(
                 )
                 if on_checkpoint is not None:
                     on_checkpoint(step, model)
-            if epoch_end is not None and at_epoch_end and step < total_steps and epoch_end(epoch, model):
+            if epoch_end is not None and at_epoch_end and step < total_steps and epoch_end(epoch, parallel.gather()):
                 return TrainingOutcome(
                     steps=step,
                     total_steps=total_steps,
@@ -318,6 +338,7 @@ def train(
                     seconds=time.perf_counter() - started,
                     stopped_early=True,
                 )
+    parallel.gather()
     return TrainingOutcome(
         steps=step,
         total_steps=total_steps,
