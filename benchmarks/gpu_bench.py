@@ -445,6 +445,7 @@ def train_tuneforge(ctx: TrainContext, repeat: int) -> dict[str, Any]:
         gradient_accumulation_steps=1,
         seed=SEED,
         checkpoint_every_steps=10**9,
+        checkpoint_on_stop=False,
         length_grouping=True,
         precision="bf16",
         full_training=True,

@@ -34,7 +34,7 @@ def test_catalog_lists_every_model_and_filters_by_customization(page: Page, cons
     page.get_by_role("button", name="Filter").click()
     table.get_by_role("link", name="Forge Small").click()
     expect(page.get_by_role("heading", name="Forge Small")).to_be_visible()
-    hyper = page.get_by_role("table", name="FINE_TUNING hyperparameters")
+    hyper = page.get_by_role("table", name="FINE_TUNING hyperparameters", exact=True)
     expect(hyper.get_by_text("learningRate", exact=True)).to_be_visible()
     expect(hyper.get_by_text("epochCount", exact=True)).to_be_visible()
     screenshot(page, "model-detail")

@@ -65,7 +65,12 @@ def test_list_foundation_models_applies_every_filter(bedrock: Any) -> None:
 def test_get_foundation_model_by_id_and_by_arn(bedrock: Any) -> None:
     details = bedrock.get_foundation_model(modelIdentifier=BASE_MODEL)["modelDetails"]
     assert details["modelArn"] == f"arn:aws:bedrock:us-east-1::foundation-model/{BASE_MODEL}"
-    assert details["customizationsSupported"] == ["FINE_TUNING", "CONTINUED_PRE_TRAINING", "DISTILLATION"]
+    assert details["customizationsSupported"] == [
+        "FINE_TUNING",
+        "CONTINUED_PRE_TRAINING",
+        "DISTILLATION",
+        "REINFORCEMENT_FINE_TUNING",
+    ]
     assert details["modelLifecycle"] == {"status": "ACTIVE"}
     by_arn = bedrock.get_foundation_model(modelIdentifier=details["modelArn"])["modelDetails"]
     assert by_arn == details

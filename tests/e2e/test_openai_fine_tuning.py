@@ -17,6 +17,7 @@ import openai
 import pytest
 
 from tests.e2e.conftest import ROLE, STUDENT_MODEL, Server, make_server, wait_for_status, wait_until
+from tuneforge.data.tasks import make_preference_task
 from tuneforge.storage import ObjectStore
 
 pytestmark = pytest.mark.e2e
@@ -257,3 +258,59 @@ def test_unknown_members_and_bad_hyperparameters_are_refused(sdk: openai.OpenAI,
     for extra, says in cases:
         with pytest.raises(openai.BadRequestError, match=says):
             sdk.fine_tuning.jobs.create(model=STUDENT_MODEL, training_file=training.id, **extra)
+
+
+def test_dpo_and_reinforcement_jobs_through_the_openai_sdk(sdk: openai.OpenAI, ft_server: Server) -> None:
+    """The other two methods reach their recipes: DPO on OpenAI's preference records, and reinforcement with an
+    OpenAI grader object. Tiny runs: the quality of each is shown in its own module through boto3."""
+    pairs, _ = make_preference_task(n_train=8, n_test=0, seed=5)
+    preference = upload(sdk, chat_lines(pairs), name="pairs.jsonl")
+    prompts = upload(
+        sdk,
+        chat_lines(
+            [
+                {"messages": [{"role": "user", "content": f"Say A: {word}"}], "reference_answer": "A"}
+                for word in ("apple", "river", "stone", "cloud")
+            ]
+        ),
+        name="prompts.jsonl",
+    )
+    processed(sdk, preference.id)
+    processed(sdk, prompts.id)
+    dpo = sdk.fine_tuning.jobs.create(
+        model=STUDENT_MODEL,
+        training_file=preference.id,
+        suffix="dpo",
+        method={"type": "dpo", "dpo": {"hyperparameters": {"beta": 0.2, "n_epochs": 1, "batch_size": 4}}},
+    )
+    grader = {
+        "type": "string_check",
+        "name": "says_a",
+        "input": "{{sample.output_text}}",
+        "reference": "{{item.reference_answer}}",
+        "operation": "eq",
+    }
+    rft = sdk.fine_tuning.jobs.create(
+        model=STUDENT_MODEL,
+        training_file=prompts.id,
+        suffix="rft",
+        method={
+            "type": "reinforcement",
+            "reinforcement": {"grader": grader, "hyperparameters": {"n_epochs": 1, "batch_size": 4}},
+        },
+    )
+    bedrock = ft_server.bedrock()
+    for job, customization_type, says in [
+        (dpo, "FINE_TUNING", "DPO loss"),
+        (rft, "REINFORCEMENT_FINE_TUNING", "reward"),
+    ]:
+        done = job_status(sdk, job.id, ("succeeded", "failed", "cancelled"))
+        assert done.status == "succeeded", done.error
+        seen = bedrock.get_model_customization_job(jobIdentifier=job.id)
+        assert seen["customizationType"] == customization_type
+        messages = [e.message for e in sdk.fine_tuning.jobs.list_events(job.id, limit=100).data]
+        assert any(says in message for message in messages), messages
+        assert isinstance(answer(sdk, done.fine_tuned_model, "Say A: maple"), str)
+    assert bedrock.get_model_customization_job(jobIdentifier=dpo.id)["hyperParameters"]["beta"] == "0.2"
+    rft_config = bedrock.get_model_customization_job(jobIdentifier=rft.id)["customizationConfig"]["rftConfig"]
+    assert rft_config["graderConfig"] == {"openai": grader}

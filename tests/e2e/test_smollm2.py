@@ -121,7 +121,7 @@ def fine_tuned(bedrock: Any, extraction: Extraction) -> dict[str, Any]:
 
 def test_smollm2_and_its_student_are_listed_with_their_limits(bedrock: Any) -> None:
     teacher = bedrock.get_foundation_model(modelIdentifier=SMOLLM2)["modelDetails"]
-    assert teacher["customizationsSupported"] == ["FINE_TUNING", "CONTINUED_PRE_TRAINING"]
+    assert teacher["customizationsSupported"] == ["FINE_TUNING", "CONTINUED_PRE_TRAINING", "REINFORCEMENT_FINE_TUNING"]
     assert "ON_DEMAND" in teacher["inferenceTypesSupported"]
     assert teacher["providerName"] == "huggingface"
     student = bedrock.get_foundation_model(modelIdentifier=STUDENT)["modelDetails"]

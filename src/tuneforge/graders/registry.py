@@ -33,9 +33,10 @@ from tuneforge.storage import ObjectStore, StorageError
 __all__ = ["BUILTIN", "GraderContext", "GraderRegistry", "load_grader", "reference_text"]
 
 LAMBDA_ARN = re.compile(
-    r"^arn:aws[a-z-]*:lambda:[a-z0-9-]*:\d{12}:function:(?P<name>[A-Za-z0-9_-]{1,64})(:[A-Za-z0-9$_-]+)?$"
+    r"arn:aws[a-z-]*:lambda:[a-z0-9-]*:\d{12}:function:(?P<name>[A-Za-z0-9_-]{1,64})(:[A-Za-z0-9$_-]+)?"
 )
-NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
+"""A registered grader's name (matched whole, with ``fullmatch``)."""
 RESERVED_PREFIX = "tuneforge-"
 DEFAULT_REGISTRY_URI = "s3://tuneforge/graders"
 MAX_FILE_BYTES = 256 * 1024
@@ -106,7 +107,7 @@ class GraderRegistry:
 
     @staticmethod
     def check_name(name: str) -> None:
-        if not NAME.match(name):
+        if not NAME.fullmatch(name):
             raise GraderConfigError(f"grader name {name!r} must be 1-64 letters, digits, '-' or '_'", "name")
         if name.startswith(RESERVED_PREFIX):
             raise GraderConfigError(
@@ -146,7 +147,7 @@ class GraderRegistry:
         entries = []
         for uri in found:
             stem, _, kind = uri.rsplit("/", 1)[-1].rpartition(".")
-            if kind in {"py", "json"} and NAME.match(stem):
+            if kind in {"py", "json"} and NAME.fullmatch(stem):
                 entries.append((stem, kind))
         return sorted(entries)
 
@@ -223,7 +224,7 @@ def load_grader(config: Mapping[str, Any], context: GraderContext | None = None)
     if not isinstance(lambda_grader, Mapping):
         raise GraderConfigError("graderConfig needs lambdaGrader.lambdaArn")
     arn = lambda_grader.get("lambdaArn")
-    match = LAMBDA_ARN.match(arn) if isinstance(arn, str) else None
+    match = LAMBDA_ARN.fullmatch(arn) if isinstance(arn, str) else None
     if match is None:
         raise GraderConfigError(f"graderConfig.lambdaGrader.lambdaArn is not a Lambda function ARN: {arn!r}")
     name = match.group("name")

@@ -151,7 +151,8 @@ def job_request(
     """The customization job an OpenAI request makes (see the module docstring for the mapping)."""
     if request.method not in METHODS:
         raise InvalidParameter(f"method.type must be one of {', '.join(METHODS)}, got {request.method!r}", "method")
-    specs = {spec.name: spec for spec in base.hyperparameter_specs(FINE_TUNING)}
+    customization_type = REINFORCEMENT_FINE_TUNING if request.method == "reinforcement" else FINE_TUNING
+    specs = {spec.name: spec for spec in base.hyperparameter_specs(customization_type)}
     default_rate = float(specs["learningRate"].default) if "learningRate" in specs else 1e-4
     hyper = tuneforge_hyperparameters(request.method, request.hyperparameters, default_rate)
     common: dict[str, Any] = dict(

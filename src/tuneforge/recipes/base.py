@@ -10,11 +10,13 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from tuneforge.catalog.hyperparameters import HyperParameterValue
 from tuneforge.catalog.models import FoundationModel
-from tuneforge.graders import GraderContext
+
+if TYPE_CHECKING:
+    from tuneforge.graders import GraderContext
 
 Stage = Literal["validation", "dataProcessing", "training"]
 StageStatus = Literal["InProgress", "Completed", "Stopping", "Stopped", "Failed", "NotStarted"]

@@ -64,6 +64,9 @@ class TrainingConfig:
     max_grad_norm: float = 1.0
     data_parallel_strategy: str = "ddp"
     """ddp or fsdp, with several ranks; see :mod:`tuneforge.recipes.distributed`."""
+    checkpoint_on_stop: bool = True
+    """A stop checkpoints the step it reached, so that a paused (or interrupted) job resumes there. A
+    benchmark stopping a large model after its timed steps turns it off."""
 
     @classmethod
     def from_hyperparameters(cls, values: Mapping[str, HyperParameterValue]) -> TrainingConfig:
@@ -201,8 +204,9 @@ def train(
         f"MFU against {peak / 1e12:.3g} TFLOP/s ({peak_source})"
     )
     scheduler = get_cosine_schedule_with_warmup(optimizer, config.warmup_steps, total_steps)
-    # The strategy enters through DataParallel.fingerprint, only where it changes the checkpoint.
-    settings = {k: v for k, v in asdict(config).items() if k != "data_parallel_strategy"}
+    # The strategy enters through DataParallel.fingerprint, only where it changes the checkpoint;
+    # whether a stop checkpoints changes nothing a checkpoint holds.
+    settings = {k: v for k, v in asdict(config).items() if k not in ("data_parallel_strategy", "checkpoint_on_stop")}
     fingerprint = {**settings, "examples": len(examples), "parameters": sum(p.numel() for p in params)}
     fingerprint.update(parallel.fingerprint())
 
@@ -239,7 +243,7 @@ def train(
             if distributed.agree(reporter.should_stop()):
                 # The step reached is checkpointed, so a paused job resumes from it (collective under FSDP).
                 parallel.gather()
-                if step > 0:
+                if step > 0 and config.checkpoint_on_stop:
                     stopped_optimizer = parallel.checkpointed(optimizer, for_saving=True)
                     if distributed.is_primary():
                         save_checkpoint(
