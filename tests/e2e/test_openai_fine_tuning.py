@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import openai
 import pytest
 
@@ -269,7 +270,8 @@ def test_dpo_and_reinforcement_jobs_through_the_openai_sdk(sdk: openai.OpenAI, f
         sdk,
         chat_lines(
             [
-                {"messages": [{"role": "user", "content": f"Say A: {word}"}], "reference_answer": "A"}
+                {"messages": [{"role": "user", "content": f"Say A: {word}{i}"}], "reference_answer": "A"}
+                for i in range(4)
                 for word in ("apple", "river", "stone", "cloud")
             ]
         ),
@@ -296,7 +298,7 @@ def test_dpo_and_reinforcement_jobs_through_the_openai_sdk(sdk: openai.OpenAI, f
         suffix="rft",
         method={
             "type": "reinforcement",
-            "reinforcement": {"grader": grader, "hyperparameters": {"n_epochs": 1, "batch_size": 4}},
+            "reinforcement": {"grader": grader, "hyperparameters": {"n_epochs": 1, "batch_size": 16}},
         },
     )
     bedrock = ft_server.bedrock()
@@ -312,5 +314,6 @@ def test_dpo_and_reinforcement_jobs_through_the_openai_sdk(sdk: openai.OpenAI, f
         assert any(says in message for message in messages), messages
         assert isinstance(answer(sdk, done.fine_tuned_model, "Say A: maple"), str)
     assert bedrock.get_model_customization_job(jobIdentifier=dpo.id)["hyperParameters"]["beta"] == "0.2"
-    rft_config = bedrock.get_model_customization_job(jobIdentifier=rft.id)["customizationConfig"]["rftConfig"]
-    assert rft_config["graderConfig"] == {"openai": grader}
+    # boto3 knows only lambdaGrader in the graderConfig union; the raw response carries the OpenAI grader.
+    raw = httpx.get(f"{ft_server.url}/model-customization-jobs/{rft.id}", timeout=10).json()
+    assert raw["customizationConfig"]["rftConfig"]["graderConfig"] == {"openai": grader}
