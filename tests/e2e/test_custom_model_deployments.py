@@ -29,8 +29,11 @@ QUESTIONS = ("What is the code word?", "Say the word.", "Which word?", "Tell me.
 PRICE = {"input": 10.0, "output": 10.0}
 """Per 1,000 tokens: high enough that one call spends a visible part of a budget."""
 FULL = {"trainingMethod": "full", "epochCount": "6", "batchSize": "8", "learningRate": "0.01"}
-LORA = {"trainingMethod": "lora", "epochCount": "40", "batchSize": "4", "learningRate": "0.01"}
-"""Enough steps for forge-micro (random-initialised) to answer every question with its one word."""
+LORA = {"trainingMethod": "lora", "epochCount": "12", "batchSize": "4", "learningRate": "0.002"}
+"""Enough steps for forge-micro (random-initialised) to answer every question with its one word.
+
+LoRA at 0.01 overshoots after about 20 steps and some seeds settle with the first token unlearnt
+(answering "vo" for "bravo"); at 0.002 every adapter reaches a loss under 0.01 by epoch 4."""
 
 
 def chat(question: str, answer: str) -> dict[str, Any]:
