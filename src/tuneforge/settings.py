@@ -302,6 +302,13 @@ class Settings(BaseSettings):
     grader_memory_bytes: int = Field(
         default=1 << 30, ge=64 << 20, description="Address space of a user-supplied grader's process (RLIMIT_AS)."
     )
+    grader_concurrency: int = Field(
+        default=4,
+        ge=1,
+        le=256,
+        description="Grader runs (`/v1/fine_tuning/alpha/graders/run`) the API process works on at once; "
+        "more wait their turn, so a burst of requests cannot start a sandbox process each.",
+    )
     grader_registry_uri: str = Field(
         default="s3://tuneforge/graders",
         pattern=r"^s3://[^/]+(/.*)?$",

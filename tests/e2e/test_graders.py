@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import socket
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -98,6 +99,36 @@ def test_python_graders_run_sandboxed_and_report_their_failures(sdk: openai.Open
         blocked = run(grader=grader, model_sample="42", item={"reference_answer": "42", "port": port})
     assert blocked.metadata.errors.python_grader_runtime_error
     assert "without network access" in (blocked.metadata.errors.python_grader_runtime_error_details or "")
+
+
+def test_grader_runs_past_the_concurrency_limit_wait_their_turn(
+    server: Server, sdk: openai.OpenAI, tmp_path: Path
+) -> None:
+    """Each run's sandboxed grader writes when it starts and ends; no more than ``grader_concurrency``
+    of them are ever inside at once, and every run still gets its reward."""
+    limit = server.settings.grader_concurrency
+    log = tmp_path / "intervals"
+    source = (
+        "import os, time\n"
+        "def grade(sample, item):\n"
+        "    with open(item['log'], 'a') as f: f.write(f'{time.time()} 1\\n')\n"
+        "    time.sleep(0.5)\n"
+        "    with open(item['log'], 'a') as f: f.write(f'{time.time()} -1\\n')\n"
+        "    return 1.0\n"
+    )
+    grader: Any = {"type": "python", "name": "slow", "source": source}
+    with ThreadPoolExecutor(limit + 3) as pool:
+        runs = list(
+            pool.map(
+                lambda _: sdk.fine_tuning.alpha.graders.run(grader=grader, model_sample="x", item={"log": str(log)}),
+                range(limit + 3),
+            )
+        )
+    assert [r.reward for r in runs] == [1.0] * (limit + 3)
+    events = sorted((float(t), int(d)) for t, d in (line.split() for line in log.read_text().splitlines()))
+    assert len(events) == 2 * (limit + 3)
+    inside = [sum(d for _, d in events[: i + 1]) for i in range(len(events))]
+    assert max(inside) <= limit, inside
 
 
 def test_score_model_asks_a_served_model_for_its_score(sdk: openai.OpenAI) -> None:

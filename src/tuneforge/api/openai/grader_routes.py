@@ -5,17 +5,18 @@ that is wrong. ``run`` grades one ``model_sample`` (with the dataset ``item`` it
 answers OpenAI's shape: the ``reward``, the sub-graders' scores, and error flags in ``metadata``
 (a grader that fails on the sample is a 200 with the flag set and ``reward`` 0, as OpenAI answers).
 A ``score_model`` grader calls its model through this server's own chat completions path, in process.
-Grading runs on a worker thread, so a Python grader's sandbox process never blocks the event loop.
+Grading runs on a worker thread, so a Python grader's sandbox process never blocks the event loop,
+and at most ``grader_concurrency`` runs grade at once (the others wait for a turn).
 """
 
 from __future__ import annotations
 
+import functools
 import time
 from typing import Annotated, Any
 
 import anyio
 from fastapi import APIRouter, Depends, Request
-from fastapi.concurrency import run_in_threadpool
 
 from tuneforge.api.bodies import json_object
 from tuneforge.api.deps import get_openai, get_services
@@ -97,7 +98,10 @@ async def run(request: Request, serving: ServingDep, services: ServicesDep) -> d
     base = GraderContext.from_settings(services.settings, complete, services.store)
     context = OpenAIContext(base.limits, complete)
     started = time.monotonic()
-    grade, sub_grades = await run_in_threadpool(_build_and_grade, spec, context, Sample((), model_sample, item))
+    grade, sub_grades = await anyio.to_thread.run_sync(
+        functools.partial(_build_and_grade, spec, context, Sample((), model_sample, item)),
+        limiter=_limiter(request, services.settings.grader_concurrency),
+    )
     elapsed = time.monotonic() - started
     errors: dict[str, Any] = dict.fromkeys(ERROR_FLAGS, False)
     for name, failed in sub_grades.items():
@@ -120,6 +124,14 @@ async def run(request: Request, serving: ServingDep, services: ServicesDep) -> d
         "sub_rewards": {name: score for name, score in scores.items() if score is not None},
         "model_grader_token_usage_per_model": usage,
     }
+
+
+def _limiter(request: Request, concurrency: int) -> anyio.CapacityLimiter:
+    """The app's grader-run limiter, made on first use (in the event loop, as anyio wants)."""
+    limiter: anyio.CapacityLimiter | None = getattr(request.app.state, "grader_limiter", None)
+    if limiter is None:
+        limiter = request.app.state.grader_limiter = anyio.CapacityLimiter(concurrency)
+    return limiter
 
 
 def _build_and_grade(spec: Any, context: OpenAIContext, sample: Sample) -> tuple[Grade, dict[str, Grade]]:
