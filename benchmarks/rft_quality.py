@@ -43,6 +43,28 @@ EXACT_MATCH = {"lambdaGrader": {"lambdaArn": "arn:aws:lambda:us-east-1:123456789
 TARGET = 0.3
 
 
+def parity_records(numbers: list[int]) -> list[dict[str, Any]]:
+    return [
+        {
+            "messages": [{"role": "user", "content": f"Is {n} an even number? Answer yes or no."}],
+            "reference_answer": "yes" if n % 2 == 0 else "no",
+        }
+        for n in numbers
+    ]
+
+
+def balanced_numbers(count: int, rng: random.Random, taken: set[int]) -> list[int]:
+    """``count`` distinct numbers from 10 to 999 not in ``taken``, alternately even and odd."""
+    numbers: list[int] = []
+    while len(numbers) < count:
+        n = rng.randint(10, 999)
+        if n in taken or (n % 2 == 0) != (len(numbers) % 2 == 0):
+            continue
+        taken.add(n)
+        numbers.append(n)
+    return numbers
+
+
 def records(pairs: list[tuple[int, int]]) -> list[dict[str, Any]]:
     return [
         {
@@ -109,6 +131,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="smollm2", help="smollm2, forge-small or forge-micro")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--task", default="parity", choices=("parity", "compare"))
     parser.add_argument("--train", type=int, default=64, help="training prompts")
     parser.add_argument("--held-out", type=int, default=32, help="held-out prompts")
     parser.add_argument("--epochs", type=int, default=3)
@@ -138,9 +161,13 @@ def main() -> None:
     else:
         base_dir, source = ensure_builtin(args.model, MODEL_CACHE), f"builtin:{args.model}"
     base = next(m for m in BUILTIN_MODELS if m.source == source)
-    rng, taken = random.Random(args.seed), set[tuple[int, int]]()
-    train = records(balanced_pairs(args.train, rng, taken))
-    held_out = records(balanced_pairs(args.held_out, rng, taken))
+    rng = random.Random(args.seed)
+    if args.task == "parity":
+        seen = set[int]()
+        train, held_out = (parity_records(balanced_numbers(n, rng, seen)) for n in (args.train, args.held_out))
+    else:
+        taken = set[tuple[int, int]]()
+        train, held_out = (records(balanced_pairs(n, rng, taken)) for n in (args.train, args.held_out))
     values = {
         "epochCount": args.epochs,
         "batchSize": args.batch,
@@ -153,7 +180,7 @@ def main() -> None:
     specs = reinforcement_specs(pretrained=args.model == "smollm2")
     hyperparameters = resolve(specs, as_strings(values))
     print(
-        f"RFT quality: {base.model_id}, {len(train)} training and {len(held_out)} held-out comparison prompts, "
+        f"RFT quality: {base.model_id}, {len(train)} training and {len(held_out)} held-out {args.task} prompts, "
         f"{args.epochs} epochs of batch {args.batch} x {args.samples} answers, {args.threads} threads"
     )
 

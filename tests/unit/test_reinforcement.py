@@ -181,6 +181,51 @@ def test_grpo_loss_is_the_advantage_weighted_token_mean_plus_beta_times_k3() -> 
     assert log_probs.grad is not None and float(log_probs.grad[0, 2]) == 0.0  # padding gets no gradient
 
 
+def test_answer_log_probs_from_the_answer_window_equal_those_of_the_full_logits(tmp_path: Path) -> None:
+    import torch.nn.functional as F
+
+    from tuneforge.model.builtin import ensure_builtin
+    from tuneforge.model.loading import load_model_and_tokenizer
+    from tuneforge.recipes.batching import IGNORE_INDEX, Example, collate
+    from tuneforge.recipes.reinforcement import sequence_log_probs
+
+    model, _ = load_model_and_tokenizer(ensure_builtin("forge-micro", tmp_path / "models"))
+    model.requires_grad_(False)
+    prompts, answers = ([5, 6, 7, 8, 9], [5, 6, 7]), ([11, 12], [13, 14, 15, 16])
+    batch = collate(
+        [Example([*p, *a], [IGNORE_INDEX] * len(p) + a) for p, a in zip(prompts, answers, strict=True)], pad_id=0
+    )
+    windowed = sequence_log_probs(model, batch)
+    labels = batch["labels"][:, 1:]
+    logits = model(input_ids=batch["input_ids"]).logits[:, :-1].float()
+    full = -F.cross_entropy(logits.transpose(1, 2), labels.clamp(min=0), reduction="none") * (labels != IGNORE_INDEX)
+    assert windowed.shape == full.shape
+    assert torch.allclose(windowed, full, atol=1e-5)
+    assert bool((windowed[0, 5:7] < 0).all()) and bool((windowed[1, 2:6] < 0).all())
+
+
+def test_identical_answers_merged_into_one_weighted_row_give_the_same_loss_kl_and_gradient() -> None:
+    from tuneforge.recipes.reinforcement import grpo_loss
+
+    def loss_and_grad(
+        rows: list[int], advantages: list[float], copies: list[float] | None
+    ) -> tuple[float, float, list[float]]:
+        weights = torch.tensor([[-1.0, -2.0], [-0.5, -0.25]], requires_grad=True)  # one row per distinct answer
+        log_probs = weights[rows]
+        reference = torch.tensor([[-1.5, -2.5], [-0.5, -0.75]])[rows]
+        mask = torch.tensor([[1.0, 1.0], [1.0, 0.0]])[rows]
+        weight = None if copies is None else torch.tensor(copies)
+        loss, kl = grpo_loss(log_probs, reference, mask, torch.tensor(advantages), 0.1, 3, copies=weight)
+        loss.backward()
+        assert weights.grad is not None
+        return float(loss), float(kl), weights.grad.flatten().tolist()
+
+    each = loss_and_grad([0, 0, 1], [1.5, -0.5, -1.0], None)  # the first answer sampled twice
+    merged = loss_and_grad([0, 1], [1.5 - 0.5, -1.0], [2.0, 1.0])
+    assert merged[0] == pytest.approx(each[0]) and merged[1] == pytest.approx(each[1])
+    assert merged[2] == pytest.approx(each[2])
+
+
 # -- sampling through the engines' batcher --------------------------------------------------------
 
 

@@ -190,14 +190,26 @@ def group_advantages(grades: Sequence[Grade]) -> list[float]:
 
 
 def sequence_log_probs(model: Any, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
-    """Log-probability of every target token (``labels``), 0 where the label is ignored; shape (rows, T-1)."""
+    """Log-probability of every target token (``labels``), 0 where the label is ignored; shape (rows, T-1).
+
+    The output layer runs only over the positions from the first answer token to the last in any
+    row (``logits_to_keep``): the prompts, most of every row, need no vocabulary-wide logits.
+    """
     labels = inputs["labels"][:, 1:]
-    logits = model(input_ids=inputs["input_ids"], use_cache=False).logits[:, :-1].float()
     mask = labels != IGNORE_INDEX
+    columns = mask.any(0).nonzero().flatten()
+    result = torch.zeros(labels.shape, dtype=torch.float32, device=labels.device)
+    if columns.numel() == 0:
+        return result
+    first, last = int(columns[0]), int(columns[-1]) + 1
+    keep = torch.arange(first, last, device=labels.device)
+    logits = model(input_ids=inputs["input_ids"], use_cache=False, logits_to_keep=keep).logits.float()
+    window = labels[:, first:last]
     picked = -F.cross_entropy(
-        logits.reshape(-1, logits.shape[-1]), labels.clamp(min=0).reshape(-1), reduction="none"
-    ).view(labels.shape)
-    return picked * mask
+        logits.reshape(-1, logits.shape[-1]), window.clamp(min=0).reshape(-1), reduction="none"
+    ).view(window.shape)
+    result[:, first:last] = picked * mask[:, first:last]
+    return result
 
 
 def grpo_loss(
@@ -207,16 +219,22 @@ def grpo_loss(
     advantages: torch.Tensor,
     kl_coefficient: float,
     total_answers: int,
+    copies: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(this micro-batch's share of the step's loss, its summed per-answer KL), both / ``total_answers``.
 
     Per answer: ``mean over its tokens of (-advantage * logp + beta * k3)``, where
     ``k3 = exp(ref - logp) - (ref - logp) - 1``; ``logp`` carries the gradient, ``ref`` does not.
     The shares of the micro-batches add up to the mean over every answer of the step.
+
+    A row may stand for ``copies`` identical answers to its prompt: its ``advantages`` entry is then
+    their summed advantage, and its KL counts ``copies`` times, which is exactly the loss of the copies.
     """
     tokens = mask.sum(1).clamp(min=1)
     difference = (reference_log_probs - log_probs) * mask
     kl = (torch.exp(difference) - difference - 1.0) * mask
+    if copies is not None:
+        kl = kl * copies[:, None]
     policy = -(advantages[:, None] * log_probs * mask)
     per_answer = (policy + kl_coefficient * kl).sum(1) / tokens
     kl_per_answer = kl.sum(1) / tokens
@@ -518,33 +536,45 @@ class GrpoTrainer:
     def _update(
         self, flat: Sequence[tuple[RftPromptIds, SampledAnswer]], advantages: Sequence[float]
     ) -> tuple[float, float, int]:
-        """Backpropagate the GRPO loss of every answer, in ``micro_batches`` pieces; (loss, KL, tokens)."""
+        """Backpropagate the GRPO loss of every answer, in ``micro_batches`` pieces; (loss, KL, tokens).
+
+        Identical answers to one prompt (common once the policy sharpens, and with short answers) go
+        through the model once, as one row weighted by their number (:func:`grpo_loss`); tokens counts
+        the rows the model computed."""
         self.model.train()
-        rows = [
-            (Example([*p.ids, *a.token_ids], [IGNORE_INDEX] * len(p.ids) + a.token_ids), advantage)
-            for (p, a), advantage in zip(flat, advantages, strict=True)
-            if a.token_ids
-        ]
-        if not rows:
+        merged: dict[tuple[int, ...], list[Any]] = {}
+        total = 0
+        for (p, a), advantage in zip(flat, advantages, strict=True):
+            if not a.token_ids:
+                continue
+            total += 1
+            row = merged.setdefault((len(p.ids), *p.ids, *a.token_ids), [p, a, 0.0, 0])
+            row[2] += advantage
+            row[3] += 1
+        if not total:
             return 0.0, 0.0, 0
-        total = len(rows)
-        pieces = max(1, min(self.settings.micro_batches, total))
-        size = math.ceil(total / pieces)
+        rows = [
+            (Example([*p.ids, *a.token_ids], [IGNORE_INDEX] * len(p.ids) + a.token_ids), total_advantage, count)
+            for p, a, total_advantage, count in merged.values()
+        ]
+        pieces = max(1, min(self.settings.micro_batches, len(rows)))
+        size = math.ceil(len(rows) / pieces)
         loss_sum, kl_sum, tokens = 0.0, 0.0, 0
-        for start in range(0, total, size):
+        for start in range(0, len(rows), size):
             part = rows[start : start + size]
-            inputs = forward_inputs(collate([example for example, _ in part], self.pad_id), self.device)
+            inputs = forward_inputs(collate([example for example, _, _ in part], self.pad_id), self.device)
             mask = (inputs["labels"][:, 1:] != IGNORE_INDEX).float()
-            advantage = torch.tensor([a for _, a in part], dtype=torch.float32, device=self.device)
+            summed = torch.tensor([a for _, a, _ in part], dtype=torch.float32, device=self.device)
+            copies = torch.tensor([c for _, _, c in part], dtype=torch.float32, device=self.device)
             with torch.no_grad(), autocast(self.device, self.precision):
                 reference = self._reference_log_probs(inputs)
             with autocast(self.device, self.precision):
                 log_probs = sequence_log_probs(self.model, inputs)
-            loss, kl = grpo_loss(log_probs, reference, mask, advantage, self.settings.kl_coefficient, total)
+            loss, kl = grpo_loss(log_probs, reference, mask, summed, self.settings.kl_coefficient, total, copies=copies)
             loss.backward()  # type: ignore[no-untyped-call]
             loss_sum += float(loss.detach())
             kl_sum += float(kl)
-            tokens += sum(len(example.input_ids) for example, _ in part)
+            tokens += sum(len(example.input_ids) for example, _, _ in part)
         return loss_sum, kl_sum, tokens
 
     def _reference_log_probs(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
