@@ -95,6 +95,18 @@ def test_regex_grader_matches_the_whole_answer_and_reports_a_bad_pattern() -> No
     assert "not a regular expression" in (grades[2].error or "")
 
 
+def test_a_catastrophically_backtracking_pattern_gets_an_error_grade_not_a_hang() -> None:
+    from tuneforge.graders.builtin import REGEX_TIMEOUT_S
+
+    grades = grade_with(
+        "tuneforge-regex",
+        Sample(PROMPT, "a" * 60 + "b", {"reference_answer": "(a|aa)+"}),
+        Sample(PROMPT, "a" * 60, {"reference_answer": "(a|aa)+"}),
+    )
+    assert grades[0].score is None and f"over {REGEX_TIMEOUT_S:g} s" in (grades[0].error or "")
+    assert grades[1].score == 1.0
+
+
 def test_json_schema_grader_validates_the_answer_against_the_reference_schema() -> None:
     schema = {"type": "object", "properties": {"n": {"type": "integer"}}, "required": ["n"]}
     grades = grade_with(

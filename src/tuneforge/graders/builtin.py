@@ -15,11 +15,15 @@ from dataclasses import dataclass
 from typing import Any
 
 import jsonschema
+import regex
 
 from tuneforge.graders.base import Grade, Sample
 
 NUMBER = re.compile(r"[-+]?(?:\d+(?:[.,]\d*)?|\.\d+)(?:[eE][-+]?\d+)?")
 MAX_PATTERN_CHARS = 1000
+REGEX_TIMEOUT_S = 1.0
+"""How long one answer may take to match: a pattern that backtracks catastrophically (``(a|aa)+$``)
+gets an error grade instead of holding a training step or an API thread for ever."""
 
 
 def normalise(text: str) -> str:
@@ -71,10 +75,14 @@ class RegexMatch:
             if len(pattern) > MAX_PATTERN_CHARS:
                 return Grade(None, f"the regular expression is longer than {MAX_PATTERN_CHARS} characters")
             try:
-                compiled = re.compile(pattern, re.DOTALL)
-            except re.error as exc:
+                compiled = regex.compile(pattern, regex.DOTALL)
+            except regex.error as exc:
                 return Grade(None, f"reference_answer is not a regular expression: {exc}")
-            return Grade(1.0 if compiled.fullmatch(sample.response.strip()) else 0.0)
+            try:
+                matched = compiled.fullmatch(sample.response.strip(), timeout=REGEX_TIMEOUT_S)
+            except TimeoutError:
+                return Grade(None, f"the regular expression took over {REGEX_TIMEOUT_S:g} s to match the answer")
+            return Grade(1.0 if matched else 0.0)
 
         return _each(samples, one)
 
