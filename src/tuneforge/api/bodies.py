@@ -1,9 +1,12 @@
-"""Request bodies as JSON objects: the one parse every surface starts from."""
+"""Request bodies: JSON objects, the one parse every surface starts from, and capped uploads."""
 
 from __future__ import annotations
 
 import json
 from typing import Any
+
+from starlette.requests import Request
+from starlette.types import Message
 
 from tuneforge.errors import ValidationException
 
@@ -17,3 +20,27 @@ def json_object(raw: bytes) -> dict[str, Any]:
     if not isinstance(body, dict):
         raise ValidationException("The request body must be a JSON object")
     return body
+
+
+class BodyTooLarge(Exception):
+    """The upload's body went past the cap while it was being read."""
+
+
+def capped(request: Request, cap: int) -> Request:
+    """The same request, whose body reading stops (:class:`BodyTooLarge`) once past ``cap`` bytes.
+
+    A chunked upload declares no Content-Length, and the multipart parser spools whatever arrives to
+    disk before any field of the form, or the copy's own cap, can be checked.
+    """
+    received = 0
+
+    async def receive() -> Message:
+        nonlocal received
+        message = await request.receive()
+        if message["type"] == "http.request":
+            received += len(message.get("body", b""))
+            if received > cap:
+                raise BodyTooLarge
+        return message
+
+    return Request(request.scope, receive)

@@ -17,10 +17,10 @@ from fastapi import APIRouter, Query, Request
 from fastapi.responses import HTMLResponse, Response, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
-from starlette.types import Message
 
 from tuneforge.api.bedrock import schemas
 from tuneforge.api.bedrock.shapes import parse_body
+from tuneforge.api.bodies import BodyTooLarge, capped
 from tuneforge.catalog.hyperparameters import HyperParameterError, resolve
 from tuneforge.catalog.models import DISTILLATION
 from tuneforge.console import jobs_wizard as wizard
@@ -59,30 +59,6 @@ async def wizard_step(request: Request, services: ServicesDep, step: Annotated[s
     return await run_in_threadpool(_wizard_page, request, services, state, step, None)
 
 
-class _BodyTooLarge(Exception):
-    """The upload's body went past the cap while it was being read."""
-
-
-def _capped(request: Request, cap: int) -> Request:
-    """The same request, whose body reading stops once past ``cap`` bytes.
-
-    A chunked upload declares no Content-Length, and the multipart parser spools whatever arrives
-    to disk before the CSRF field (parsed from the same body) or the copy's cap is checked.
-    """
-    received = 0
-
-    async def receive() -> Message:
-        nonlocal received
-        message = await request.receive()
-        if message["type"] == "http.request":
-            received += len(message.get("body", b""))
-            if received > cap:
-                raise _BodyTooLarge
-        return message
-
-    return Request(request.scope, receive)
-
-
 @router.post("/console/jobs/new/upload", response_class=HTMLResponse, include_in_schema=False)
 async def wizard_upload(request: Request, services: ServicesDep) -> Response:
     """The data step's upload: the file streamed to ``s3://tuneforge/console-uploads/...``, then validation.
@@ -97,13 +73,13 @@ async def wizard_upload(request: Request, services: ServicesDep) -> Response:
     if declared.isdigit() and int(declared) > limit + FORM_OVERHEAD:
         state = wizard.WizardState.of(dict(request.query_params))
         return await run_in_threadpool(_wizard_page, request, services, state, "data", too_large)
-    capped = _capped(request, limit + FORM_OVERHEAD)
+    reading = capped(request, limit + FORM_OVERHEAD)
     try:
-        form = await capped.form(max_files=1)
-    except _BodyTooLarge:
+        form = await reading.form(max_files=1)
+    except BodyTooLarge:
         state = wizard.WizardState.of(dict(request.query_params))
         return await run_in_threadpool(_wizard_page, request, services, state, "data", too_large)
-    await require_csrf(capped)
+    await require_csrf(reading)
     state = wizard.WizardState.of({k: v for k, v in form.items() if isinstance(v, str)})
     upload = form.get("file")
     error: ServiceError

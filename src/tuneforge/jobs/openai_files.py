@@ -28,11 +28,12 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import BinaryIO
 
-from sqlalchemy import and_, or_, select
+from sqlalchemy import select
 
 from tuneforge.arns import new_id
 from tuneforge.catalog.models import FINE_TUNING
 from tuneforge.data.formats import RecordError, parse_messages, parse_record
+from tuneforge.db.listing import Cursor, fetch_page
 from tuneforge.db.session import Database
 from tuneforge.db.tables import OpenAIFile, utcnow
 from tuneforge.errors import ResourceNotFoundException, ValidationException
@@ -218,33 +219,12 @@ class FileService:
         query = select(OpenAIFile)
         if purpose:
             query = query.where(OpenAIFile.purpose == purpose)
+        cursor = None
         if after:
             anchor = self.get(after)
-            if descending:
-                query = query.where(
-                    or_(
-                        OpenAIFile.created_at < anchor.created_at,
-                        and_(OpenAIFile.created_at == anchor.created_at, OpenAIFile.id < anchor.id),
-                    )
-                )
-            else:
-                query = query.where(
-                    or_(
-                        OpenAIFile.created_at > anchor.created_at,
-                        and_(OpenAIFile.created_at == anchor.created_at, OpenAIFile.id > anchor.id),
-                    )
-                )
-        order = (
-            (OpenAIFile.created_at.desc(), OpenAIFile.id.desc())
-            if descending
-            else (
-                OpenAIFile.created_at,
-                OpenAIFile.id,
-            )
-        )
-        with self.db.session() as session:
-            rows = list(session.scalars(query.order_by(*order).limit(limit + 1)))
-        return FilePage(rows[:limit], len(rows) > limit)
+            cursor = Cursor(anchor.created_at, anchor.id)
+        found = fetch_page(self.db, query, OpenAIFile, descending=descending, after=cursor, limit=limit)
+        return FilePage(found.items, found.next_cursor is not None)
 
     def open(self, file_id: str) -> BinaryIO:
         return self.store.open_read(self.get(file_id).uri)

@@ -15,8 +15,8 @@ from fastapi import APIRouter, Depends, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import StreamingResponse
 from starlette.datastructures import UploadFile
-from starlette.types import Message
 
+from tuneforge.api.bodies import BodyTooLarge, capped
 from tuneforge.api.deps import get_services
 from tuneforge.api.openai.fine_tuning_protocol import file_object, page
 from tuneforge.jobs.openai_files import CHUNK, FileService, FileTooLarge
@@ -27,26 +27,6 @@ router = APIRouter(prefix="/v1/files")
 ServicesDep = Annotated[Services, Depends(get_services)]
 FORM_OVERHEAD = 64 * 1024
 """What an upload's body may carry beyond the file: the purpose field and the multipart framing."""
-
-
-class _BodyTooLarge(Exception):
-    pass
-
-
-def _capped(request: Request, cap: int) -> Request:
-    """The same request, whose body reading stops once past ``cap`` bytes (chunked bodies declare no size)."""
-    received = 0
-
-    async def receive() -> Message:
-        nonlocal received
-        message = await request.receive()
-        if message["type"] == "http.request":
-            received += len(message.get("body", b""))
-            if received > cap:
-                raise _BodyTooLarge
-        return message
-
-    return Request(request.scope, receive)
 
 
 @router.post("")
@@ -63,8 +43,8 @@ async def create_file(request: Request, services: ServicesDep) -> dict[str, Any]
     if declared.isdigit() and int(declared) > limit + FORM_OVERHEAD:
         raise too_large
     try:
-        form = await _capped(request, limit + FORM_OVERHEAD).form(max_files=1, max_fields=8)
-    except _BodyTooLarge:
+        form = await capped(request, limit + FORM_OVERHEAD).form(max_files=1, max_fields=8)
+    except BodyTooLarge:
         raise too_large from None
     upload, purpose = form.get("file"), form.get("purpose")
     if not isinstance(upload, UploadFile):
