@@ -84,6 +84,21 @@ def test_create_records_a_queued_status_event(services: Services) -> None:
     assert events[1].data["message"].startswith("memory plan: estimated peak")
 
 
+def test_a_preference_file_is_planned_as_two_rows_per_pair(services: Services) -> None:
+    pair = {
+        "input": {"messages": [{"role": "user", "content": "Hi"}]},
+        "preferred_output": [{"role": "assistant", "content": "Hello!"}],
+        "non_preferred_output": [{"role": "assistant", "content": "Go away."}],
+    }
+    services.store.write_bytes("s3://bucket/dpo.jsonl", (json.dumps(pair) + "\n").encode())
+    logs = {}
+    for name, uri in (("dpo", "s3://bucket/dpo.jsonl"), ("sft", "s3://bucket/train.jsonl")):
+        job = services.jobs.create(request(name, training_uri=uri, hyperparameters={"batchSize": "4", "epochCount": "1"}))
+        logs[name] = [e.data["message"] for e in services.jobs.events(job.name) if e.kind == "log"]
+    assert "micro-batch 8 x" in logs["dpo"][0] and "2 x batchSize rows" in logs["dpo"][1]
+    assert "micro-batch 4 x" in logs["sft"][0] and not any("2 x batchSize" in line for line in logs["sft"])
+
+
 def test_get_finds_job_by_name_id_arn_and_percent_encoded_arn(services: Services) -> None:
     job = services.jobs.create(request())
     encoded = job.arn.replace(":", "%3A").replace("/", "%2F")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -28,6 +29,7 @@ from tuneforge.catalog.models import (
     FoundationModel,
 )
 from tuneforge.catalog.service import Catalog
+from tuneforge.data.formats import FORMAT_PREFERENCE, RecordError, record_format
 from tuneforge.db.listing import Cursor, Page, created_and_named, fetch_page
 from tuneforge.db.session import Database, unique_or_conflict
 from tuneforge.db.tables import CustomModel, Job, JobEvent, utcnow
@@ -207,6 +209,9 @@ class JobService:
             {**typed, **tuning.planning_values(search)} if search else typed,
             teacher,
             None if request.invocation_logs else request.training_uri,
+            preference=request.customization_type == FINE_TUNING
+            and not request.invocation_logs
+            and self.first_record_format(request.training_uri) == FORMAT_PREFERENCE,
         )
         plan_log = adaptive_log + plan_log
         stored = as_strings(typed)
@@ -285,13 +290,16 @@ class JobService:
         typed: dict[str, HyperParameterValue],
         teacher: Teacher | None,
         training_uri: str | None = None,
+        *,
+        preference: bool = False,
     ) -> tuple[dict[str, HyperParameterValue], list[str]]:
         """Check ``loraTargetModules`` against the model's family and fit the job to the device's memory.
 
         Returns the hyperparameters the worker runs with (gradient checkpointing decided, the
         micro-batch possibly lowered, see :mod:`tuneforge.jobs.memory`) and the job-log lines that
         say what was changed and why. A model whose shape is unknown here (no config.json readable
-        by the API process) is queued as asked, and the log says so.
+        by the API process) is queued as asked, and the log says so. A ``preference`` (DPO) job
+        scores a preferred and a non-preferred sequence per pair, so it is planned as twice the rows.
         """
         shape = self.planner.shape(base)
         # Every built-in model is Llama-architecture; a registered one's family is its model_type.
@@ -317,6 +325,8 @@ class JobService:
                 "batchSize": int(typed["batchSize"]) * int(typed["trainingSamplePerPrompt"]),
                 "maxSequenceLength": min(prompt, self.planned_sequence_length(base, None, training_uri)) + answer,
             }
+        elif preference:
+            planning = {**typed, "batchSize": 2 * int(typed["batchSize"])}
         sequence_length = int(planning["maxSequenceLength"]) or self.planned_sequence_length(
             base, teacher, training_uri
         )
@@ -324,7 +334,22 @@ class JobService:
             plan = memory.plan(shape, planning, targets, sequence_length, self.planner.budget, teacher_memory)
         except memory.MemoryRefused as exc:
             raise ValidationException(str(exc)) from None
-        return {**typed, **plan.hyperparameters()}, plan.log_lines()
+        lines = plan.log_lines()
+        if preference:
+            lines.insert(1, "memory plan: DPO scores both answers of each pair, so a batch is 2 x batchSize rows")
+        return {**typed, **plan.hyperparameters()}, lines
+
+    def first_record_format(self, training_uri: str) -> str | None:
+        """The format of the training file's first record (validation keeps a file to one), or None
+        when it cannot be read or told; pre-flight in the worker reports such a file by line."""
+        try:
+            with self.store.open_read(training_uri) as handle:
+                for raw in handle:
+                    if raw.strip():
+                        return record_format(json.loads(raw), FINE_TUNING)
+        except (OSError, StorageError, ValueError, RecordError):
+            return None
+        return None
 
     def record_count(self, training_uri: str | None) -> int | None:
         """Non-empty lines of the training file (pre-flight rejects the job later if any is not a
