@@ -14,6 +14,7 @@ from tuneforge.advisor.rules import (
     CONTINUED_PRE_TRAINING,
     DISTILLATION,
     FINE_TUNING,
+    PREFERENCE_TUNING,
     PROMPT_ONLY,
     RAG,
     Goals,
@@ -89,6 +90,33 @@ def test_rules_follow_the_customization_approaches_doc() -> None:
 
     assert arms(changing, has_documents=True) == [PROMPT_ONLY, FINE_TUNING, CONTINUED_PRE_TRAINING, RAG]
     assert arms(distil, has_documents=False) == [PROMPT_ONLY, FINE_TUNING, DISTILLATION]
+
+
+def test_preference_pairs_get_preference_tuning_in_either_spelling_and_bad_ones_their_line() -> None:
+    def openai_pair(i: int) -> dict[str, object]:
+        return {
+            "input": {"messages": [{"role": "user", "content": f"Reply to ticket {i}"}]},
+            "preferred_output": [{"role": "assistant", "content": f"Sorry about ticket {i}; fixed."}],
+            "non_preferred_output": [{"role": "assistant", "content": "Not my problem."}],
+        }
+
+    def bedrock_pair(i: int) -> dict[str, object]:
+        return {
+            "messages": [{"role": "user", "content": [{"text": f"Reply to ticket {i}"}]}],
+            "preferredResponse": {"role": "assistant", "content": [{"text": f"Sorry about ticket {i}; fixed."}]},
+            "nonPreferredResponse": {"role": "assistant", "content": [{"text": "Not my problem."}]},
+        }
+
+    for pair in (openai_pair, bedrock_pair):
+        examples = read_examples(jsonl([pair(i) for i in range(40)]))
+        assert examples[3].prompt == "Reply to ticket 3" and examples[3].answer == "Sorry about ticket 3; fixed."
+        advice = advise(profile(examples), Goals())
+        assert advice.approach == PREFERENCE_TUNING and "DPO" in advice.reasons[0]
+        assert [a["approach"] for a in advice.alternatives] == [FINE_TUNING, PROMPT_ONLY]
+        assert advise(profile(read_examples(jsonl([pair(i) for i in range(5)]))), Goals()).approach == PROMPT_ONLY
+    same = {**openai_pair(1), "non_preferred_output": openai_pair(1)["preferred_output"]}
+    with pytest.raises(ValidationException, match='line 2, field "non_preferred_output": the same answer'):
+        read_examples(jsonl([openai_pair(0), same]))
 
 
 def test_goal_options_parse_and_refuse_by_name() -> None:

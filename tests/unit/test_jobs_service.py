@@ -93,7 +93,9 @@ def test_a_preference_file_is_planned_as_two_rows_per_pair(services: Services) -
     services.store.write_bytes("s3://bucket/dpo.jsonl", (json.dumps(pair) + "\n").encode())
     logs = {}
     for name, uri in (("dpo", "s3://bucket/dpo.jsonl"), ("sft", "s3://bucket/train.jsonl")):
-        job = services.jobs.create(request(name, training_uri=uri, hyperparameters={"batchSize": "4", "epochCount": "1"}))
+        job = services.jobs.create(
+            request(name, training_uri=uri, hyperparameters={"batchSize": "4", "epochCount": "1"})
+        )
         logs[name] = [e.data["message"] for e in services.jobs.events(job.name) if e.kind == "log"]
     assert "micro-batch 8 x" in logs["dpo"][0] and "2 x batchSize rows" in logs["dpo"][1]
     assert "micro-batch 4 x" in logs["sft"][0] and not any("2 x batchSize" in line for line in logs["sft"])

@@ -15,6 +15,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from tuneforge.catalog.models import FINE_TUNING
+from tuneforge.data.formats import FORMAT_PREFERENCE, Preference, RecordError, parse_record
 from tuneforge.errors import ValidationException
 
 LABELED = "labeled"
@@ -24,6 +26,9 @@ PROMPTS = "prompts"
 """Prompts without answers (conversations ending in a user turn): material for distillation."""
 TEXT = "text"
 """Unlabeled documents (``{"input": ...}``): material for continued pre-training or retrieval."""
+PREFERENCE = "preference"
+"""A prompt with a preferred and a non-preferred answer (OpenAI's preference format, or a conversation
+with ``preferredResponse``): material for preference fine-tuning (DPO)."""
 MIXED = "mixed"
 
 _WORD = re.compile(r"\w+")
@@ -72,6 +77,8 @@ def parse_example(obj: object, line: int) -> Example:
     """Classify one JSONL record; a record of no known format is refused, naming its line and field."""
     if not isinstance(obj, Mapping):
         raise ValidationException(f"line {line}: expected a JSON object")
+    if "preferred_output" in obj or "preferredResponse" in obj:
+        return _preference_example(obj, line)
     if "input" in obj:
         return Example(_require(obj, "input", line), None, TEXT)
     if "prompt" in obj:
@@ -94,6 +101,16 @@ def parse_example(obj: object, line: int) -> Example:
         f'line {line}: no "prompt", "messages" or "input" field; expected prompt/completion, conversation or '
         "document records"
     )
+
+
+def _preference_example(obj: Mapping[str, object], line: int) -> Example:
+    """The prompt's last user turn and the preferred answer, read by the training data's own parser."""
+    try:
+        record = parse_record(dict(obj), FINE_TUNING, FORMAT_PREFERENCE)
+    except RecordError as exc:
+        raise ValidationException(f"line {line}, {exc}") from None
+    assert isinstance(record, Preference)
+    return Example(record.turns[-1][1], record.preferred, PREFERENCE)
 
 
 def _require(obj: Mapping[str, object], key: str, line: int) -> str:

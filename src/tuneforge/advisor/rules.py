@@ -11,7 +11,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from tuneforge.advisor.profile import LABELED, PROMPTS, TEXT, DataProfile
+from tuneforge.advisor.profile import LABELED, PREFERENCE, PROMPTS, TEXT, DataProfile
 from tuneforge.errors import ValidationException
 
 PROMPT_ONLY = "PROMPT_ONLY"
@@ -20,6 +20,9 @@ CONTINUED_PRE_TRAINING = "CONTINUED_PRE_TRAINING"
 RAG = "RAG"
 DISTILLATION = "DISTILLATION"
 AUTOMATIC_TUNING = "AUTOMATIC_TUNING"
+PREFERENCE_TUNING = "PREFERENCE_TUNING"
+"""A FINE_TUNING job on a preference file, which trains with DPO (advice only: the bake-off does not
+run it yet)."""
 
 MIN_EXAMPLES_TO_TRAIN = 20
 """Below this many distinct labeled examples, put them in the prompt instead of training on them."""
@@ -169,6 +172,30 @@ def _choose(data: DataProfile, goals: Goals, corpus: DataProfile | None, labeled
         advice = Advice(DISTILLATION, why)
         if labeled >= MIN_EXAMPLES_TO_TRAIN:
             advice.alternative(FINE_TUNING, "fine-tune the student directly on your labels")
+        return advice
+    if data.kind == PREFERENCE:
+        pairs = data.distinct_records
+        if pairs < MIN_EXAMPLES_TO_TRAIN:
+            return Advice(
+                PROMPT_ONLY,
+                [
+                    f"only {pairs} distinct preference pairs (< {MIN_EXAMPLES_TO_TRAIN}): too few to train on; "
+                    "show the preferred answers in the prompt and collect more"
+                ],
+            )
+        advice = Advice(
+            PREFERENCE_TUNING,
+            [
+                f"{pairs} distinct preference pairs: a FINE_TUNING job on this file trains with DPO, which "
+                "moves the model toward the preferred answers and away from the others"
+            ],
+        )
+        advice.alternative(
+            FINE_TUNING,
+            "supervised fine-tuning on the preferred answers alone: enough when they are good answers in their "
+            "own right, and it teaches nothing from the rejected ones",
+        )
+        advice.alternative(PROMPT_ONLY, "the baseline every approach must beat")
         return advice
     if data.kind == LABELED:
         if labeled < MIN_EXAMPLES_TO_TRAIN:
