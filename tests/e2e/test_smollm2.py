@@ -170,9 +170,6 @@ def test_fine_tuned_smollm2_distils_into_its_student(
         trainingDataConfig={"s3Uri": extraction.prompts_uri},
         validationDataConfig={"validators": [{"s3Uri": extraction.validation_uri}]},
         outputDataConfig={"s3Uri": f"s3://tests/output/{name}/"},
-        # Three epochs, not the default five: the student's loss is under 0.2 by then, and the two
-        # more epochs cost about 100 s of CI on one core.
-        hyperParameters={"epochCount": "3"},
         customizationConfig={
             "distillationConfig": {
                 "teacherModelConfig": {
