@@ -29,6 +29,12 @@ RUN_HANG_GUARD_S = 3600
 25 minutes beside a load average of 10 on 2 cores; only a hang takes an hour."""
 
 
+def cores() -> str:
+    """The CPUs this process may use: one under `make test`, which runs the smokes two at a time, each
+    pinned to a CPU of its own (tests/conftest.py), so each benchmark's threads match its core."""
+    return str(len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
+
+
 def run_benchmark(script: str, *args: str) -> dict[str, Any]:
     """Run a benchmark with ``--check``; its exit status is the verdict.
 
@@ -60,7 +66,7 @@ def run_benchmark(script: str, *args: str) -> dict[str, Any]:
 
 @pytest.mark.timeout(2 * RUN_HANG_GUARD_S + 600)
 def test_training_benchmark_smoke() -> None:
-    data = run_benchmark("train_bench.py", "--quick")
+    data = run_benchmark("train_bench.py", "--quick", "--threads", cores())
     assert data["benchmark"] == "train"
     assert data["check_failures"] == []
     assert set(data["rows"]) == {"tuneforge", "hf_trainer", "plain", "tuneforge_padded"}
@@ -72,7 +78,7 @@ def test_training_benchmark_smoke() -> None:
 
 @pytest.mark.timeout(2 * RUN_HANG_GUARD_S + 600)
 def test_teacher_generation_benchmark_smoke() -> None:
-    data = run_benchmark("distill_bench.py", "--quick")
+    data = run_benchmark("distill_bench.py", "--quick", "--threads", cores())
     assert data["benchmark"] == "distill"
     assert data["ok"] is True
     assert data["answers_equal"] == data["prompts"]  # batched answers are the sequential ones
