@@ -65,6 +65,162 @@ def balanced_numbers(count: int, rng: random.Random, taken: set[int]) -> list[in
     return numbers
 
 
+CAPITALS = (
+    ("France", "Paris"),
+    ("Germany", "Berlin"),
+    ("Italy", "Rome"),
+    ("Spain", "Madrid"),
+    ("Japan", "Tokyo"),
+    ("China", "Beijing"),
+    ("Russia", "Moscow"),
+    ("Egypt", "Cairo"),
+    ("Greece", "Athens"),
+    ("Portugal", "Lisbon"),
+    ("Austria", "Vienna"),
+    ("Poland", "Warsaw"),
+    ("Ireland", "Dublin"),
+    ("Norway", "Oslo"),
+    ("Sweden", "Stockholm"),
+    ("Finland", "Helsinki"),
+    ("Denmark", "Copenhagen"),
+    ("Hungary", "Budapest"),
+    ("Thailand", "Bangkok"),
+    ("Kenya", "Nairobi"),
+    ("Peru", "Lima"),
+    ("Argentina", "Buenos Aires"),
+    ("Cuba", "Havana"),
+    ("Belgium", "Brussels"),
+    ("the Netherlands", "Amsterdam"),
+    ("India", "New Delhi"),
+    ("the United Kingdom", "London"),
+    ("Canada", "Ottawa"),
+    ("Mexico", "Mexico City"),
+    ("South Korea", "Seoul"),
+    ("Turkey", "Ankara"),
+    ("Iran", "Tehran"),
+    ("Australia", "Canberra"),
+    ("Brazil", "Brasilia"),
+    ("Chile", "Santiago"),
+    ("Colombia", "Bogota"),
+    ("Switzerland", "Bern"),
+    ("the Czech Republic", "Prague"),
+    ("Romania", "Bucharest"),
+    ("Ukraine", "Kyiv"),
+    ("Vietnam", "Hanoi"),
+    ("Indonesia", "Jakarta"),
+    ("the Philippines", "Manila"),
+    ("Pakistan", "Islamabad"),
+    ("Saudi Arabia", "Riyadh"),
+    ("Nigeria", "Abuja"),
+    ("Morocco", "Rabat"),
+    ("New Zealand", "Wellington"),
+)
+"""Countries and their capitals for the ``capitals`` task: a fact SmolLM2 states in a sentence
+("The capital of France is Paris"), asked as a yes-or-no question it answers "No" to, greedily, every time."""
+
+
+ANIMALS = (
+    "dog",
+    "cat",
+    "horse",
+    "cow",
+    "lion",
+    "tiger",
+    "elephant",
+    "rabbit",
+    "sheep",
+    "goat",
+    "bear",
+    "wolf",
+    "fox",
+    "monkey",
+    "zebra",
+    "giraffe",
+    "camel",
+    "deer",
+    "mouse",
+    "pig",
+    "duck",
+    "eagle",
+    "owl",
+    "parrot",
+    "shark",
+    "whale",
+    "dolphin",
+    "frog",
+    "snake",
+    "turtle",
+    "chicken",
+    "donkey",
+)
+THINGS = (
+    "chair",
+    "table",
+    "spoon",
+    "hammer",
+    "pencil",
+    "bottle",
+    "window",
+    "bicycle",
+    "laptop",
+    "umbrella",
+    "candle",
+    "carpet",
+    "kettle",
+    "mirror",
+    "wallet",
+    "ladder",
+    "bucket",
+    "blanket",
+    "button",
+    "helmet",
+    "jacket",
+    "basket",
+    "hat",
+    "lamp",
+    "book",
+    "door",
+    "shoe",
+    "clock",
+    "phone",
+    "car",
+    "cup",
+    "key",
+)
+"""The ``animals`` task: "Is a dog an animal?" SmolLM2 knows the answer but, asked for yes or no, says
+"No" to every question greedily and starts with either word only about a fifth of the time sampled."""
+
+
+def animal_records(words: list[tuple[str, str]]) -> list[dict[str, Any]]:
+    return [
+        {
+            "messages": [{"role": "user", "content": f"Is {article(word)} {word} an animal? Answer yes or no."}],
+            "reference_answer": verdict,
+        }
+        for word, verdict in words
+    ]
+
+
+def article(word: str) -> str:
+    return "an" if word[0] in "aeiou" else "a"
+
+
+def capital_records(countries: list[tuple[str, str]], rng: random.Random) -> list[dict[str, Any]]:
+    """Two questions per country: its capital (yes) and another country's (no)."""
+    cities = [city for _, city in CAPITALS]
+    found = []
+    for country, capital in countries:
+        wrong = rng.choice([city for city in cities if city != capital])
+        for city, verdict in ((capital, "yes"), (wrong, "no")):
+            found.append(
+                {
+                    "messages": [{"role": "user", "content": f"Is {city} the capital of {country}? Answer yes or no."}],
+                    "reference_answer": verdict,
+                }
+            )
+    return found
+
+
 def records(pairs: list[tuple[int, int]]) -> list[dict[str, Any]]:
     return [
         {
@@ -87,8 +243,14 @@ def balanced_pairs(count: int, rng: random.Random, taken: set[tuple[int, int]]) 
     return pairs
 
 
-def held_out_reward(model_dir: Path, models_dir: Path, prompts: list[dict[str, Any]], tokens: int) -> float:
-    """Mean exact-match reward of greedy answers, the model loaded and prompted as it is served."""
+SAMPLED = 8
+"""Answers per held-out prompt for the sampled figure (at the training temperature, 1.0)."""
+
+
+def held_out_rewards(model_dir: Path, models_dir: Path, prompts: list[dict[str, Any]], tokens: int) -> dict[str, float]:
+    """Mean exact-match reward on ``prompts``, the model loaded and prompted as it is served: ``greedy``
+    (one answer each, temperature 0) and ``sampled`` (:data:`SAMPLED` answers each at temperature 1, the
+    policy's expected reward, which is what RFT maximises)."""
     from tuneforge.data.formats import parse_rft_prompt
     from tuneforge.engine.offline import offline_batcher, sample_answers
     from tuneforge.graders import Sample, load_grader
@@ -101,12 +263,22 @@ def held_out_reward(model_dir: Path, models_dir: Path, prompts: list[dict[str, A
     parsed = [parse_rft_prompt(r) for r in prompts]
     rendered = [serving_prompt(tokenizer, conversation=conversation(p), trained_format=fmt) for p in parsed]
     batcher = offline_batcher(model, tokenizer, max_batch=64, trained_format=fmt)
-    answers = sample_answers(batcher, [(r.ids, r.strip_leading_space) for r in rendered], 1, tokens, 0.0, seed=0)
-    assert answers is not None
-    grades = load_grader(EXACT_MATCH).grade(
-        [Sample(messages=p.turns, response=a[0].text, item=p.item) for p, a in zip(parsed, answers, strict=True)]
-    )
-    return statistics.fmean(g.score or 0.0 for g in grades)
+    grader = load_grader(EXACT_MATCH)
+    found = {}
+    for name, samples, temperature in (("greedy", 1, 0.0), ("sampled", SAMPLED, 1.0)):
+        answers = sample_answers(
+            batcher, [(r.ids, r.strip_leading_space) for r in rendered], samples, tokens, temperature, seed=0
+        )
+        assert answers is not None
+        grades = grader.grade(
+            [
+                Sample(messages=p.turns, response=a.text, item=p.item)
+                for p, group in zip(parsed, answers, strict=True)
+                for a in group
+            ]
+        )
+        found[name] = statistics.fmean(g.score or 0.0 for g in grades)
+    return found
 
 
 class PrintingReporter:
@@ -131,9 +303,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="smollm2", help="smollm2, forge-small or forge-micro")
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--task", default="parity", choices=("parity", "compare"))
-    parser.add_argument("--train", type=int, default=64, help="training prompts")
-    parser.add_argument("--held-out", type=int, default=32, help="held-out prompts")
+    parser.add_argument("--task", default="animals", choices=("animals", "capitals", "parity", "compare"))
+    parser.add_argument("--train", type=int, default=40, help="training prompts")
+    parser.add_argument("--held-out", type=int, default=24, help="held-out prompts")
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--batch", type=int, default=16, help="batchSize (prompts per step)")
     parser.add_argument("--samples", type=int, default=8, help="trainingSamplePerPrompt")
@@ -162,7 +334,25 @@ def main() -> None:
         base_dir, source = ensure_builtin(args.model, MODEL_CACHE), f"builtin:{args.model}"
     base = next(m for m in BUILTIN_MODELS if m.source == source)
     rng = random.Random(args.seed)
-    if args.task == "parity":
+    if args.task == "animals":
+        animals, things = list(ANIMALS), list(THINGS)
+        rng.shuffle(animals)
+        rng.shuffle(things)
+        half, held = args.train // 2, args.held_out // 2
+        if half + held > min(len(ANIMALS), len(THINGS)):
+            parser.error(f"--train + --held-out may be at most {2 * min(len(ANIMALS), len(THINGS))} for animals")
+        pairs = [(w, "yes") for w in animals[:half]] + [(w, "no") for w in things[:half]]
+        rng.shuffle(pairs)
+        train = animal_records(pairs)
+        held_pairs = [(w, "yes") for w in animals[half : half + held]] + [(w, "no") for w in things[half : half + held]]
+        held_out = animal_records(held_pairs)
+    elif args.task == "capitals":
+        countries = list(CAPITALS)
+        rng.shuffle(countries)
+        cut = min(len(countries) - args.held_out // 2, args.train // 2)
+        train = capital_records(countries[:cut], rng)
+        held_out = capital_records(countries[cut : cut + args.held_out // 2], rng)
+    elif args.task == "parity":
         seen = set[int]()
         train, held_out = (parity_records(balanced_numbers(n, rng, seen)) for n in (args.train, args.held_out))
     else:
@@ -187,8 +377,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as folder:
         root = Path(folder)
         started = time.perf_counter()
-        before = held_out_reward(base_dir, MODEL_CACHE, held_out, args.tokens)
-        print(f"base model: held-out reward {before:.3f}", flush=True)
+        before = held_out_rewards(base_dir, MODEL_CACHE, held_out, args.tokens)
+        print(f"base model: held-out reward {before['greedy']:.3f} greedy, {before['sampled']:.3f} sampled", flush=True)
         inputs = RecipeInputs(
             job_id="rftquality00",
             customization_type=REINFORCEMENT_FINE_TUNING,
@@ -204,24 +394,30 @@ def main() -> None:
             grader_config=EXACT_MATCH,
         )
         ReinforcementFineTuningRecipe().run(inputs, PrintingReporter())  # type: ignore[arg-type]
-        after = held_out_reward(root / "model", MODEL_CACHE, held_out, args.tokens)
+        after = held_out_rewards(root / "model", MODEL_CACHE, held_out, args.tokens)
         seconds = time.perf_counter() - started
-    gain = after - before
-    print(f"trained model: held-out reward {after:.3f}; gain {gain:+.3f} (target >= {TARGET}) in {seconds:.0f} s")
+    gains = {name: after[name] - before[name] for name in before}
+    print(
+        f"trained model: held-out reward {after['greedy']:.3f} greedy (gain {gains['greedy']:+.3f}, target >= "
+        f"{TARGET}), {after['sampled']:.3f} sampled (gain {gains['sampled']:+.3f}) in {seconds:.0f} s"
+    )
     final_json(
         {
             "benchmark": "rft_quality",
             "env": environment(args.threads),
             "model": base.model_id,
+            "task": args.task,
             "hyperparameters": values,
             "train_prompts": len(train),
             "held_out_prompts": len(held_out),
-            "held_out_reward": {"base": before, "trained": after, "gain": gain},
+            "held_out_reward": {
+                name: {"base": before[name], "trained": after[name], "gain": gains[name]} for name in before
+            },
             "seconds": seconds,
-            "ok": gain >= TARGET,
+            "ok": gains["greedy"] >= TARGET,
         }
     )
-    if args.check and gain < TARGET:
+    if args.check and gains["greedy"] < TARGET:
         sys.exit(1)
 
 

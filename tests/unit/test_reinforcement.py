@@ -374,8 +374,10 @@ def test_grader_failures_are_counted_and_a_step_where_all_fail_ends_the_job(tmp_
     trainer = GrpoTrainer(model, None, tokenizer, HalfFailingGrader(), settings, reporter, inputs)
     result = trainer._step(prompts, 0)
     assert result is not None
-    row, _, _ = result
+    row, _, _, step_flops = result
     assert (row["samples"], row["grader_failures"]) == (32, 16)
+    # At least the sampling forward over every prompt token of every sample, plus an update.
+    assert step_flops > 2 * trainer.flops.parameters * sum(len(p.ids) for p in prompts) * settings.samples
     assert any("the grader failed on 16 of 32 answers (first: ZeroDivisionError" in m for m in reporter.messages)
 
     failing = GrpoTrainer(model, None, tokenizer, HalfFailingGrader(fail_all=True), settings, reporter, inputs)

@@ -69,7 +69,7 @@ from tuneforge.recipes.batching import collate, forward_inputs
 from tuneforge.recipes.checkpoints import load_checkpoint, save_checkpoint
 from tuneforge.recipes.loop import prepare_for_training
 from tuneforge.recipes.outputs import MetricsWriter, save_trained_model
-from tuneforge.recipes.performance import autocast, model_device, resolve_precision
+from tuneforge.recipes.performance import FlopCounter, autocast, model_device, peak_flops, resolve_precision
 from tuneforge.recipes.tokenising import IGNORE_INDEX, Example, read_jsonl
 
 ADVANTAGE_EPS = 1e-4
@@ -323,6 +323,7 @@ class GrpoTrainer:
         self.folder = inputs.output_dir / layout.job_folder(inputs.job_id)
         self.last_loss: float | None = None
         self.batcher = offline_batcher(model, tokenizer, max_batch=settings.batch_size * settings.samples)
+        self.flops = FlopCounter(model, full=settings.full_training)
 
     # -- outputs ------------------------------------------------------------------------------
 
@@ -389,8 +390,13 @@ class GrpoTrainer:
             self._csv(layout.RFT_VALIDATION_REWARDS, ("step_number", "reward_mean", "prompts", "grader_failures"), step)
         history = self._read_history()
 
+        peak, peak_source = peak_flops(self.device, self.precision)
+        self.reporter.log(
+            f"computing in {self.precision} on {self.device}; MFU against {peak / 1e12:.3g} TFLOP/s ({peak_source}), "
+            "counting sampling, the reference pass and the update"
+        )
         started = time.perf_counter()
-        tokens_this_run = 0
+        tokens_this_run, flops_this_run = 0, 0.0
         while step < total_steps:
             epoch, index = divmod(step, steps_per_epoch)
             order = list(range(len(prompts)))
@@ -401,7 +407,7 @@ class GrpoTrainer:
             result = self._step(batch, step)
             if result is None:
                 return None
-            row, rewards_by_reference, step_tokens = result
+            row, rewards_by_reference, step_tokens, step_flops = result
             learning_rate = scheduler.get_last_lr()[0]
             torch.nn.utils.clip_grad_norm_(params, settings.max_grad_norm, foreach=True)
             optimizer.step()
@@ -412,9 +418,11 @@ class GrpoTrainer:
             self.last_loss = loss
             losses.append(loss)
             tokens_this_run += step_tokens
+            flops_this_run += step_flops
             elapsed = max(time.perf_counter() - started, 1e-9)
+            mfu = flops_this_run / (elapsed * peak)
             self.metrics.training_step(
-                step, epoch, loss, learning_rate=learning_rate, tokens_per_second=tokens_this_run / elapsed
+                step, epoch, loss, learning_rate=learning_rate, tokens_per_second=tokens_this_run / elapsed, mfu=mfu
             )
             self._append(
                 layout.RFT_REWARD_METRICS,
@@ -447,7 +455,7 @@ class GrpoTrainer:
                 learning_rate=learning_rate,
                 tokens_per_second=tokens_this_run / elapsed,
                 tokens_seen=tokens_seen + tokens_this_run,
-                mfu=0.0,
+                mfu=mfu,
                 extra=totals,
             )
             if validation and (step % settings.eval_interval == 0 or step == total_steps):
@@ -474,8 +482,12 @@ class GrpoTrainer:
 
     def _step(
         self, batch: Sequence[RftPromptIds], step: int
-    ) -> tuple[dict[str, Any], dict[str, list[float]], int] | None:
-        """Sample, grade and backpropagate one step's loss (the optimizer step is the caller's)."""
+    ) -> tuple[dict[str, Any], dict[str, list[float]], int, float] | None:
+        """Sample, grade and backpropagate one step's loss (the optimizer step is the caller's).
+
+        Returns the metrics row, the rewards by reference answer, the tokens the update computed and
+        the step's model FLOPs: a 2N forward per sampled token (prompt and answer: the batcher does not
+        share prompts), plus the update's (:meth:`_update`)."""
         settings = self.settings
         started = time.perf_counter()
         self.model.eval()
@@ -514,7 +526,8 @@ class GrpoTrainer:
         flat: list[tuple[RftPromptIds, SampledAnswer]] = [
             (p, a) for p, group in zip(batch, answers, strict=True) for a in group
         ]
-        loss, kl, tokens = self._update(flat, advantages)
+        loss, kl, tokens, update_flops = self._update(flat, advantages)
+        sampling_flops = 2.0 * self.flops.parameters * sum(len(p.ids) + len(a.token_ids) for p, a in flat)
         scores = [g.score for g in grades if g.score is not None]
         by_reference: dict[str, list[float]] = defaultdict(list)
         for (prompt, _), grade in zip(flat, grades, strict=True):
@@ -531,16 +544,16 @@ class GrpoTrainer:
             "grading_seconds": graded - sampled,
             "update_seconds": time.perf_counter() - graded,
         }
-        return row, by_reference, tokens
+        return row, by_reference, tokens, sampling_flops + update_flops
 
     def _update(
         self, flat: Sequence[tuple[RftPromptIds, SampledAnswer]], advantages: Sequence[float]
-    ) -> tuple[float, float, int]:
-        """Backpropagate the GRPO loss of every answer, in ``micro_batches`` pieces; (loss, KL, tokens).
+    ) -> tuple[float, float, int, float]:
+        """Backpropagate the GRPO loss of every answer, in ``micro_batches`` pieces; (loss, KL, tokens, FLOPs).
 
         Identical answers to one prompt (common once the policy sharpens, and with short answers) go
-        through the model once, as one row weighted by their number (:func:`grpo_loss`); tokens counts
-        the rows the model computed."""
+        through the model once, as one row weighted by their number (:func:`grpo_loss`); tokens and
+        FLOPs count the rows the model computed: forward and backward, plus the reference's forward."""
         self.model.train()
         merged: dict[tuple[int, ...], list[Any]] = {}
         total = 0
@@ -552,7 +565,7 @@ class GrpoTrainer:
             row[2] += advantage
             row[3] += 1
         if not total:
-            return 0.0, 0.0, 0
+            return 0.0, 0.0, 0, 0.0
         rows = [
             (Example([*p.ids, *a.token_ids], [IGNORE_INDEX] * len(p.ids) + a.token_ids), total_advantage, count)
             for p, a, total_advantage, count in merged.values()
@@ -575,7 +588,9 @@ class GrpoTrainer:
             loss_sum += float(loss.detach())
             kl_sum += float(kl)
             tokens += sum(len(example.input_ids) for example, _, _ in part)
-        return loss_sum, kl_sum, tokens
+        lengths = [len(example.input_ids) for example, _, _ in rows]
+        flops = self.flops.rows(lengths) + 2.0 * self.flops.parameters * sum(lengths)
+        return loss_sum, kl_sum, tokens, flops
 
     def _reference_log_probs(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
         if self.reference is not None:
