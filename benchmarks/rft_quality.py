@@ -1,26 +1,29 @@
 """Reinforcement fine-tuning's quality bar: the held-out mean reward of a verifiable task, before and after.
 
-    python benchmarks/rft_quality.py                   # SmolLM2-135M-Instruct, number comparisons, yes or no
-    python benchmarks/rft_quality.py --model forge-micro --train 16 --held-out 8 --epochs 1 --samples 2 --tokens 4
+    python benchmarks/rft_quality.py --epochs 6 --learning-rate 1e-3   # SmolLM2-135M-Instruct, animals
+    python benchmarks/rft_quality.py --task capitals --train 64 --held-out 32
+    python benchmarks/rft_quality.py --model forge-micro --task parity --train 16 --held-out 8 --epochs 1 --samples 2
                                                        # smoke: the pipeline end to end in seconds (no gain expected)
 
-The task: "Is a greater than b? Answer yes or no.", two-digit numbers, half the answers "yes",
-graded by the built-in exact-match grader against ``reference_answer`` with ``inferenceMaxTokens`` 1:
-the answer's first token is the verdict. Probed before writing this (SmolLM2, 24 random pairs, two
-thirds of them "no"): greedy, the base model answered "No" (right on 2/3, the share of "no"), and its
-sampled answers started with the right word a quarter of the time ("yes", "No", "Yes", but also
-"To", "0"...), which gives GRPO something to compare. Arithmetic ("What is 3 + 4? Answer with the number
-only.") was probed too and dropped: SmolLM2-135M wraps the sum in a sentence or starts by echoing
-the question, so neither its greedy nor its sampled answers ever matched exactly, and a group whose
-answers all score 0 teaches nothing. Training and held-out prompts use disjoint pairs (a, b),
-drawn with ``--seed``.
+Tasks, each a yes-or-no question with half the answers "yes", graded by the built-in exact-match
+grader against ``reference_answer`` with ``inferenceMaxTokens`` 1 (the answer's first token is the
+verdict): ``animals`` ("Is a dog an animal?", animals against household things), ``capitals`` ("Is
+Oslo the capital of Spain?"), ``parity`` ("Is 417 an even number?") and ``compare`` ("Is 57 greater
+than 38?"). Training and held-out prompts never share a word, country or number.
+
+Why yes or no: SmolLM2-135M-Instruct answers every free-form question in a sentence ("The capital of
+France is Paris"), so exact match on a word, a number or a copied string scored 0 on all of its
+sampled answers in probes (capitals, arithmetic, "Reply with only the word 'apple'"), and a group
+whose answers all score 0 teaches GRPO nothing. Asked for yes or no, it says "No" greedily to every
+question (0.5 on balanced data) and starts a sampled answer with either word about a fifth of the time.
 
 The run is the REINFORCEMENT_FINE_TUNING recipe itself (:class:`tuneforge.recipes.reinforcement.
 ReinforcementFineTuningRecipe`, in this process, LoRA), with the hyperparameters given here. Held-out
-reward is measured the way the job's validation measures it: greedy answers through the engines'
-batcher, the base model as served and the trained model loaded from its saved folder as served, both
-graded by the same grader. Target (issue 15): gain >= 0.3. The last line is one JSON object; with
-``--check`` the exit status is 1 when the gain misses the target.
+reward is measured twice, the models loaded and prompted as they are served and graded by the same
+grader: greedy (what the job's validation reports) and sampled (8 answers a prompt at the training
+temperature: the policy's expected reward, which GRPO maximises). Target (issue 15): a greedy gain
+>= 0.3; the sampled gain is printed beside it. The last line is one JSON object; with ``--check``
+the exit status is 1 when the greedy gain misses the target.
 """
 
 from __future__ import annotations
