@@ -101,7 +101,7 @@ class Settings(BaseSettings):
         default=0,
         ge=0,
         description="torch threads per worker; 0 = the CPUs this process may run on (its affinity: a container's "
-        "cpuset, taskset) / concurrency.",
+        "cpuset, taskset) / concurrency. Never more than those CPUs.",
     )
     heartbeat_timeout_s: float = Field(
         default=60.0, gt=0, description="A running job whose worker is silent this long is failed."
@@ -176,7 +176,8 @@ class Settings(BaseSettings):
         default=0,
         ge=0,
         description="torch threads per engine process; 0 = half the CPUs it may run on (at least 1), leaving the "
-        "rest to the API process and other engines (on 2 cores, 2 engine threads measured slower than 1 under load).",
+        "rest to the API process and other engines (on 2 cores, 2 engine threads measured slower than 1 under load). "
+        "Never more than those CPUs.",
     )
     engine_max_batch: int = Field(
         default=16, ge=1, le=512, description="Sequences one engine decodes together (continuous batching)."

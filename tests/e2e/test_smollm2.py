@@ -31,8 +31,8 @@ TERMINAL = ("Completed", "Failed", "Stopped")
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    """This module's own server: its jobs run one after another, so one worker gets both cores
-    (the shared server trains two jobs at a time on one thread each)."""
+    """This module's own server: its jobs run one after another, each with every CPU the server may
+    run on (one, under `make test`'s pinning; the worker never starts more threads than that)."""
     srv = make_server(tmp_path_factory.mktemp("smollm2-server"), worker_concurrency=1, worker_threads=2)
     srv.start()
     yield srv

@@ -282,6 +282,8 @@ def test_default_thread_counts_follow_the_cpus_this_process_may_run_on() -> None
         os.sched_setaffinity(0, {min(before)})
         assert available_cpus() == 1
         assert worker_threads(Settings()) == 1
+        # An explicit count past the CPUs is cut to them: the surplus threads would only spin.
+        assert worker_threads(Settings(worker_threads=2)) == 1
     finally:
         os.sched_setaffinity(0, before)
     assert available_cpus() == len(before)

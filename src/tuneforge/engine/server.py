@@ -211,7 +211,9 @@ def main(argv: list[str] | None = None) -> int:
     threading.Thread(target=watch_parent, args=(parent,), daemon=True).start()
 
     settings = Settings()
-    torch.set_num_threads(settings.engine_threads or max(1, available_cpus() // 2))
+    # Never more threads than CPUs this process may run on: the surplus only spins.
+    cpus = available_cpus()
+    torch.set_num_threads(min(settings.engine_threads, cpus) if settings.engine_threads else max(1, cpus // 2))
     started = time.monotonic()
     try:
         folder = model_folder(args.source, settings)
