@@ -105,7 +105,10 @@ name = sys.argv[2]
 deadline = time.monotonic() + float(sys.argv[3])
 while True:
     states = [g["state"] for g in ray.util.placement_group_table().values() if g["name"] == name]
-    if (states and all(state == "REMOVED" for state in states)) or time.monotonic() > deadline:
+    removed = bool(states) and all(state == "REMOVED" for state in states)
+    # The head's free-resource view trails the group's state by a heartbeat: wait for both.
+    free = ray.available_resources().get("CPU", 0.0) >= ray.cluster_resources().get("CPU", 0.0)
+    if (removed and free) or time.monotonic() > deadline:
         break
     time.sleep(0.5)
 print(json.dumps({"states": states, "available_cpus": ray.available_resources().get("CPU", 0.0)}))
@@ -116,7 +119,8 @@ def placement_group_after_worker(ray_head: str, arn: str) -> dict[str, object]:
     """The job's placement group states and the head's free CPUs, seen by a separate Ray driver.
 
     The supervisor removes the group on the poll that sees the worker end, which may be a tick after
-    the job's status changes: the driver waits up to 60 s for REMOVED, then reports what it saw.
+    the job's status changes, and Ray's view of free CPUs a heartbeat after that: the driver waits up to
+    60 s for REMOVED and every CPU free, then reports what it saw.
     """
     name = f"tuneforge-job-{arn.rsplit('/', 1)[-1]}"
     answer = subprocess.run(
