@@ -22,6 +22,7 @@ from tuneforge.jobs.memory import MemoryPlanner
 from tuneforge.jobs.openai_files import FileService
 from tuneforge.jobs.openai_fine_tuning import FineTuningService
 from tuneforge.jobs.service import JobService
+from tuneforge.launcher import Launcher
 from tuneforge.serving.deployments import DeploymentService
 from tuneforge.serving.invocation_logs import InvocationLogs
 from tuneforge.serving.throughput import ThroughputService
@@ -52,6 +53,8 @@ class Services:
     knowledge_bases: KnowledgeBaseService
     files: FileService
     fine_tuning: FineTuningService
+    launcher: Launcher
+    """Starts worker and engine processes; its fork server starts with the first of them."""
 
     @classmethod
     def create(cls, settings: Settings) -> Services:
@@ -88,7 +91,9 @@ class Services:
             knowledge_bases=KnowledgeBaseService(db, store, arns, settings),
             files=files,
             fine_tuning=FineTuningService(db, jobs, files, deployments, settings),
+            launcher=Launcher(settings),
         )
 
     def close(self) -> None:
+        self.launcher.close()
         self.db.dispose()

@@ -104,6 +104,34 @@ class Server:
         )
 
 
+def server_engines(server_pid: int) -> list[int]:
+    """The server's engine processes: its descendants whose command line runs ``tuneforge.engine.server``.
+
+    Engines are the fork server's children once it is ready (tuneforge/launcher.py), the server's own
+    before; either way their command line is ``python -m tuneforge.engine.server ...``."""
+    found, frontier = [], [server_pid]
+    while frontier:
+        parent = frontier.pop()
+        try:
+            tasks = list(Path(f"/proc/{parent}/task").iterdir())
+        except OSError:
+            continue
+        for task in tasks:
+            try:
+                children = [int(c) for c in (task / "children").read_text().split()]
+            except OSError:
+                continue
+            for pid in children:
+                frontier.append(pid)
+                try:
+                    cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+                except OSError:
+                    continue
+                if b"tuneforge.engine.server" in cmdline:
+                    found.append(pid)
+    return found
+
+
 def make_server(root: Path, **overrides: Any) -> Server:
     defaults: dict[str, Any] = {"port": free_port(), "worker_concurrency": 2, "worker_threads": 1}
     settings = Settings(data_dir=root, **{**defaults, **overrides})

@@ -12,14 +12,23 @@ import json
 import os
 import signal
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import openai
 import pytest
 from botocore.exceptions import ClientError
 
-from tests.e2e.conftest import ROLE, STUDENT_MODEL, Server, cli, make_server, unique, wait_for_status, wait_until
+from tests.e2e.conftest import (
+    ROLE,
+    STUDENT_MODEL,
+    Server,
+    cli,
+    make_server,
+    server_engines,
+    unique,
+    wait_for_status,
+    wait_until,
+)
 from tuneforge.serving.deployments import BUDGET_TAG
 
 pytestmark = pytest.mark.e2e
@@ -47,18 +56,9 @@ def chat(question: str, answer: str) -> dict[str, Any]:
 
 
 def engine_processes(server: Server) -> list[int]:
-    """Engine processes the server started (its children running ``tuneforge.engine.server``)."""
+    """Engine processes the server started."""
     assert server.process is not None
-    found = []
-    for task in Path(f"/proc/{server.process.pid}/task").iterdir():
-        for pid in (task / "children").read_text().split():
-            try:
-                cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
-            except OSError:
-                continue
-            if b"tuneforge.engine.server" in cmdline:
-                found.append(int(pid))
-    return found
+    return server_engines(server.process.pid)
 
 
 @pytest.fixture(scope="module")

@@ -139,7 +139,7 @@ def live_workers(job_ids: set[str]) -> dict[int, str]:
         if not entry.name.isdigit():
             continue
         try:
-            args = (entry / "cmdline").read_bytes().rstrip(b"\0").split(b"\0")
+            args = (entry / "cmdline").read_bytes().replace(b"\0", b" ").split()  # forked ones: one string
         except OSError:
             continue
         if len(args) >= 2 and args[-2] == b"tuneforge.jobs.worker" and args[-1].decode() in job_ids:

@@ -38,6 +38,7 @@ from tests.e2e.conftest import (
     STUDENT_MODEL,
     Server,
     make_server,
+    server_engines,
     unique,
     wait_for_status,
 )
@@ -669,6 +670,5 @@ def test_the_server_process_never_loaded_torch_its_engines_did(server: Server) -
     assert server.process is not None
     pid = server.process.pid
     assert "libtorch" not in Path(f"/proc/{pid}/maps").read_text()
-    children = [c for task in Path(f"/proc/{pid}/task").iterdir() for c in (task / "children").read_text().split()]
-    engines = [c for c in children if b"tuneforge.engine.server" in Path(f"/proc/{c}/cmdline").read_bytes()]
+    engines = server_engines(pid)
     assert engines and all("libtorch" in Path(f"/proc/{c}/maps").read_text() for c in engines)

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from botocore.exceptions import ClientError
 
-from tests.e2e.conftest import HANG_GUARD_S, STUDENT_MODEL, Server, make_server
+from tests.e2e.conftest import HANG_GUARD_S, STUDENT_MODEL, Server, make_server, server_engines
 
 pytestmark = pytest.mark.e2e
 
@@ -17,9 +17,7 @@ MESSAGES = [{"role": "user", "content": [{"text": "hi"}]}]
 
 
 def engine_pids(server_pid: int) -> set[int]:
-    tasks = Path(f"/proc/{server_pid}/task")
-    children = {int(c) for task in tasks.iterdir() for c in (task / "children").read_text().split()}
-    return {pid for pid in children if b"tuneforge.engine.server" in Path(f"/proc/{pid}/cmdline").read_bytes()}
+    return set(server_engines(server_pid))
 
 
 def alive(pid: int) -> bool:

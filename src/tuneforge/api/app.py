@@ -89,7 +89,9 @@ def create_app(
     start_engines = run_supervisor if run_engines is None else run_engines
     replicas = ReplicaRegistry(services.db, settings) if run_supervisor or start_engines else None
     supervisor = Supervisor(services, replicas) if run_supervisor else None
-    engines = EngineManager(settings, services.throughput, services.meter, services.invocation_logs, replicas)
+    engines = EngineManager(
+        settings, services.throughput, services.meter, services.invocation_logs, replicas, services.launcher
+    )
     registry, serving_metrics = create_registry(services, engines)
     runtime = RuntimeService(
         services.throughput,

@@ -3,8 +3,9 @@
 The supervisor starts every worker through :func:`start_worker` and then only polls, signals and
 kills what it gets back, so both executors look the same to it: a :class:`WorkerProcess`.
 
-**local** (the default): ``python -m tuneforge.jobs.worker JOB_ID`` as a child process in its own
-session, its output appended to the job's log file.
+**local** (the default): ``python -m tuneforge.jobs.worker JOB_ID`` in its own session, its output
+appended to the job's log file, forked by the launcher's fork server once that is ready
+(:mod:`tuneforge.launcher`).
 
 **ray** (``TUNEFORGE_EXECUTOR=ray``, ``TUNEFORGE_RAY_ADDRESS``): the same command, started by a
 small Ray actor inside a placement group made for the job, with one bundle holding what the job
@@ -49,8 +50,11 @@ class WorkerProcess(Protocol):
     def kill(self) -> None: ...
 
 
+WORKER_MODULE = "tuneforge.jobs.worker"
+
+
 def worker_command(job_id: str) -> list[str]:
-    return [sys.executable, "-m", "tuneforge.jobs.worker", job_id]
+    return [sys.executable, "-m", WORKER_MODULE, job_id]
 
 
 def start_worker(services: Services, job_id: str) -> WorkerProcess:
@@ -59,15 +63,7 @@ def start_worker(services: Services, job_id: str) -> WorkerProcess:
     log_path = settings.logs_dir / f"job-{job_id}.log"
     if settings.executor == "ray":
         return RayWorker.start(services, job_id, log_path)
-    with open(log_path, "ab") as log_file:
-        return subprocess.Popen(
-            worker_command(job_id),
-            env=child_environment(settings),
-            stdout=log_file,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            start_new_session=True,
-        )
+    return services.launcher.start(WORKER_MODULE, [job_id], log_path)
 
 
 class WorkerHost:

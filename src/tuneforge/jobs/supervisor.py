@@ -150,7 +150,7 @@ def is_worker_process(pid: int, job_id: str) -> bool:
         raw = (proc / str(pid) / "cmdline").read_bytes()
     except OSError:
         return False
-    args = raw.rstrip(b"\0").split(b"\0")
+    args = raw.replace(b"\0", b" ").split()  # a forked worker's (tuneforge/launcher.py) is one string
     return args[-2:] == [b"tuneforge.jobs.worker", job_id.encode()]
 
 

@@ -2,7 +2,7 @@
 
 Runs as one thread in the API process (like the job :class:`~tuneforge.jobs.supervisor.Supervisor`)
 and never imports torch: each replica is ``python -m tuneforge.engine.server`` in its own process
-session. Every tick (0.25 s) it:
+session, forked by the launcher's fork server once that is ready (:mod:`tuneforge.launcher`). Every tick (0.25 s) it:
 
 1. **polls** replicas: a status file says ``ready`` or ``failed``; a process that exits or does not
    load within ``engine_start_timeout_s`` has failed;
@@ -51,7 +51,6 @@ import logging
 import math
 import shutil
 import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -63,11 +62,12 @@ from pathlib import Path
 from tuneforge.arns import new_id
 from tuneforge.db.tables import ProvisionedModel, utcnow
 from tuneforge.errors import ServiceError
+from tuneforge.launcher import ChildProcess, Launcher
 from tuneforge.replicas import ReplicaRegistry
 from tuneforge.serving.invocation_logs import InvocationLogs
 from tuneforge.serving.throughput import ServedModel, ThroughputService
 from tuneforge.serving.usage import UsageMeter
-from tuneforge.settings import Settings, child_environment
+from tuneforge.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -77,10 +77,11 @@ RETIRE_GRACE_S = 120.0
 STOP_GRACE_S = 10.0
 MAX_SOCKET_PATH = 100
 """Unix socket paths are limited to 108 bytes on Linux."""
+ENGINE_MODULE = "tuneforge.engine.server"
 COLD_START_BUCKETS = (0.5, 1, 2, 3, 5, 7.5, 10, 15, 20, 30, 45, 60, 90, 120, 300)
 """Seconds from spawning an engine to its model being loaded and warmed up: 4-6 s for forge-small
-on a shared 2-core CPU (benchmarks/adapters_bench.py; mostly starting Python and importing torch),
-more for larger models."""
+on a shared 2-core CPU started with ``python -m`` (benchmarks/adapters_bench.py; mostly starting Python
+and importing torch), much less when forked by the fork server; more for larger models."""
 
 
 class ColdStarts:
@@ -119,7 +120,7 @@ class Replica:
     model_arn: str
     socket_path: Path
     status_path: Path
-    process: subprocess.Popen[bytes]
+    process: ChildProcess
     started: float = field(default_factory=time.monotonic)
     state: str = "starting"
     """starting | ready | failed | stopping"""
@@ -145,8 +146,10 @@ class EngineManager:
         meter: UsageMeter,
         logs: InvocationLogs,
         replicas: ReplicaRegistry | None = None,
+        launcher: Launcher | None = None,
     ):
         self.settings = settings
+        self.launcher = launcher or Launcher(settings)
         self.replicas = replicas
         self.throughput = throughput
         self.meter = meter
@@ -339,30 +342,15 @@ class EngineManager:
         status_path = self.settings.engines_dir / f"{rid}.json"
         log_path = self.settings.logs_dir / f"engine-{rid}.log"
         self.settings.engines_dir.mkdir(parents=True, exist_ok=True)
-        with open(log_path, "ab") as log_file:
-            process = subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "tuneforge.engine.server",
-                    "--source",
-                    source,
-                    "--socket",
-                    str(socket_path),
-                    "--status",
-                    str(status_path),
-                    *adapters,
-                ],
-                env=child_environment(self.settings),
-                stdout=log_file,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                start_new_session=True,
-            )
+        process = self.launcher.start(
+            ENGINE_MODULE,
+            ["--source", source, "--socket", str(socket_path), "--status", str(status_path), *adapters],
+            log_path,
+        )
         replica = Replica(rid, group, model_arn, socket_path, status_path, process)
         with self._lock:
             self._replicas[rid] = replica
-        log.info("%s: started engine %s (pid %d) for %s", group, rid, process.pid, model_arn)
+        log.info("%s: started engine %s (pid %s) for %s", group, rid, process.pid, model_arn)
         return replica
 
     def _poll(self) -> None:
