@@ -246,6 +246,30 @@ def balanced_pairs(count: int, rng: random.Random, taken: set[tuple[int, int]]) 
     return pairs
 
 
+def larger_records(pairs: list[tuple[int, int]]) -> list[dict[str, Any]]:
+    return [
+        {
+            "messages": [
+                {"role": "user", "content": f"Which number is larger, {a} or {b}? Reply with the number only."}
+            ],
+            "reference_answer": str(max(a, b)),
+        }
+        for a, b in pairs
+    ]
+
+
+def three_digit_pairs(count: int, rng: random.Random, taken: set[int]) -> list[tuple[int, int]]:
+    """``count`` pairs of distinct three-digit numbers, none in ``taken``; the larger comes first in half."""
+    pairs: list[tuple[int, int]] = []
+    while len(pairs) < count:
+        a, b = rng.sample(range(100, 1000), 2)
+        if a in taken or b in taken or (a > b) != (len(pairs) % 2 == 0):
+            continue
+        taken.update((a, b))
+        pairs.append((a, b))
+    return pairs
+
+
 SAMPLED = 8
 """Answers per held-out prompt for the sampled figure (at the training temperature, 1.0)."""
 
@@ -306,13 +330,17 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="smollm2", help="smollm2, forge-small or forge-micro")
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--task", default="animals", choices=("animals", "capitals", "parity", "compare"))
+    parser.add_argument("--task", default="larger", choices=("larger", "animals", "capitals", "parity", "compare"))
     parser.add_argument("--train", type=int, default=40, help="training prompts")
     parser.add_argument("--held-out", type=int, default=24, help="held-out prompts")
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--batch", type=int, default=16, help="batchSize (prompts per step)")
     parser.add_argument("--samples", type=int, default=8, help="trainingSamplePerPrompt")
-    parser.add_argument("--tokens", type=int, default=1, help="inferenceMaxTokens (1: the verdict word)")
+    parser.add_argument(
+        "--tokens",
+        type=int,
+        help="inferenceMaxTokens (default: 3 for larger, the number's digits; 1 for the verdict word)",
+    )
     parser.add_argument("--learning-rate", type=float, default=1e-4)
     parser.add_argument("--kl", type=float, default=0.05, help="klCoefficient")
     parser.add_argument("--seed", type=int, default=3)
@@ -355,12 +383,17 @@ def main() -> None:
         cut = min(len(countries) - args.held_out // 2, args.train // 2)
         train = capital_records(countries[:cut], rng)
         held_out = capital_records(countries[cut : cut + args.held_out // 2], rng)
+    elif args.task == "larger":
+        seen = set[int]()
+        train, held_out = (larger_records(three_digit_pairs(n, rng, seen)) for n in (args.train, args.held_out))
     elif args.task == "parity":
         seen = set[int]()
         train, held_out = (parity_records(balanced_numbers(n, rng, seen)) for n in (args.train, args.held_out))
     else:
         taken = set[tuple[int, int]]()
         train, held_out = (records(balanced_pairs(n, rng, taken)) for n in (args.train, args.held_out))
+    if args.tokens is None:
+        args.tokens = 3 if args.task == "larger" else 1
     values = {
         "epochCount": args.epochs,
         "batchSize": args.batch,
