@@ -1,21 +1,27 @@
 """Reinforcement fine-tuning's quality bar: the held-out mean reward of a verifiable task, before and after.
 
-    python benchmarks/rft_quality.py --epochs 6 --learning-rate 1e-3   # SmolLM2-135M-Instruct, animals
-    python benchmarks/rft_quality.py --task capitals --train 64 --held-out 32
+    python benchmarks/rft_quality.py --epochs 6 --learning-rate 1e-3   # SmolLM2-135M-Instruct, larger (the bar)
+    python benchmarks/rft_quality.py --task animals --epochs 6 --learning-rate 1e-3
     python benchmarks/rft_quality.py --model forge-micro --task parity --train 16 --held-out 8 --epochs 1 --samples 2
                                                        # smoke: the pipeline end to end in seconds (no gain expected)
 
-Tasks, each a yes-or-no question with half the answers "yes", graded by the built-in exact-match
-grader against ``reference_answer`` with ``inferenceMaxTokens`` 1 (the answer's first token is the
-verdict): ``animals`` ("Is a dog an animal?", animals against household things), ``capitals`` ("Is
-Oslo the capital of Spain?"), ``parity`` ("Is 417 an even number?") and ``compare`` ("Is 57 greater
-than 38?"). Training and held-out prompts never share a word, country or number.
+The default task, ``larger``: "Which number is larger, 417 or 382? Reply with the number only.",
+graded by the built-in exact-match grader against the larger number with ``inferenceMaxTokens`` 3
+(SmolLM2's tokenizer writes each digit as a token, so the answer is exactly the first three). Half
+the prompts name the larger number first; training and held-out prompts never share a number.
+SmolLM2-135M-Instruct answers in a sentence ("To solve this...") and so scores 0.08 greedily: the
+task is a format constraint (answer with the number alone) on top of a comparison, and a policy that
+copied either number would score only 0.5.
 
-Why yes or no: SmolLM2-135M-Instruct answers every free-form question in a sentence ("The capital of
-France is Paris"), so exact match on a word, a number or a copied string scored 0 on all of its
-sampled answers in probes (capitals, arithmetic, "Reply with only the word 'apple'"), and a group
-whose answers all score 0 teaches GRPO nothing. Asked for yes or no, it says "No" greedily to every
-question (0.5 on balanced data) and starts a sampled answer with either word about a fifth of the time.
+The yes-or-no tasks, graded the same way with ``inferenceMaxTokens`` 1 (the answer's first token is
+the verdict): ``animals`` ("Is a dog an animal?"), ``capitals`` ("Is Oslo the capital of Spain?"),
+``parity`` ("Is 417 an even number?") and ``compare`` ("Is 57 greater than 38?"). On them RFT
+learns the answer's form but not the answer: SmolLM2 says "No" greedily to every question (0.5 on
+balanced data), and its first-token preference for yes or no does not separate true from false
+questions (probed on ``animals``: the yes-minus-no log-probability margin ranks true statements
+below false ones, AUC 0.29), so there is nothing for a verdict-only policy to sharpen. Free-form
+exact match fails the other way: asked for a word ("Reply with only the word 'apple'", a capital
+city), all of SmolLM2's sampled answers are sentences, score 0, and teach GRPO nothing.
 
 The run is the REINFORCEMENT_FINE_TUNING recipe itself (:class:`tuneforge.recipes.reinforcement.
 ReinforcementFineTuningRecipe`, in this process, LoRA), with the hyperparameters given here. Held-out
