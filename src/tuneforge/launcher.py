@@ -36,6 +36,7 @@ import time
 from pathlib import Path
 from typing import IO, Any, Protocol
 
+from tuneforge.replicas import pid_alive
 from tuneforge.settings import Settings, child_environment
 
 log = logging.getLogger(__name__)
@@ -82,7 +83,7 @@ class ForkedProcess:
 
     def poll(self) -> int | None:
         code = self._server.exit_code(self._pid)
-        if code is None and not self._server.running() and not _alive(self._pid):
+        if code is None and not self._server.running() and not pid_alive(self._pid):
             # The fork server died before it could report (init reaped the child): the status is lost.
             return self._server.forget(self._pid, 1)
         return code
@@ -156,16 +157,6 @@ class LaunchedProcess:
 
     def kill(self) -> None:
         self.send_signal(signal.SIGKILL)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 class _ForkServer:
