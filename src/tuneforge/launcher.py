@@ -45,6 +45,8 @@ FORK_SERVER_MODULE = "tuneforge.engine.forkserver"
 FORK_SERVER_START_TIMEOUT_S = 300.0
 """The longest a first start waits for the fork server's imports before it uses ``python -m`` instead."""
 ANSWER_TIMEOUT_S = 10.0
+STATUS_TIMEOUT_S = 10.0
+"""The longest ``poll`` waits for the exit status of a process it has seen end."""
 """The longest a start waits for the fork server's answer before it falls back to ``python -m``."""
 
 
@@ -83,10 +85,12 @@ class ForkedProcess:
 
     def poll(self) -> int | None:
         code = self._server.exit_code(self._pid)
-        if code is None and not self._server.running() and not pid_alive(self._pid):
-            # The fork server died before it could report (init reaped the child): the status is lost.
-            return self._server.forget(self._pid, 1)
-        return code
+        if code is not None or not ended(self._pid):
+            return code
+        # Ended, its status on the way: the fork server reaps it at once (SIGCHLD) and reports it.
+        code = self._server.wait_exit(self._pid, STATUS_TIMEOUT_S)
+        # None: the fork server died before it could report (init reaped the child): the status is lost.
+        return self._server.forget(self._pid, 1) if code is None else code
 
     def wait(self, timeout: float | None = None) -> int:
         deadline = None if timeout is None else time.monotonic() + timeout
@@ -159,6 +163,20 @@ class LaunchedProcess:
         self.send_signal(signal.SIGKILL)
 
 
+def ended(pid: int) -> bool:
+    """True once ``pid`` has exited: gone, or a zombie its parent (the fork server) has yet to reap.
+
+    ``poll`` must say so as soon as ``Popen.poll`` would, or an engine killed a moment ago would still
+    be routed requests."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return True
+    except OSError:
+        return not pid_alive(pid)
+    return stat.rpartition(")")[2].split()[0] in ("Z", "X")
+
+
 class _ForkServer:
     """One ``python -m tuneforge.engine.forkserver`` process and the thread that reads its answers."""
 
@@ -221,6 +239,17 @@ class _ForkServer:
 
     def exit_code(self, pid: int) -> int | None:
         with self._condition:
+            return self._exits.get(pid)
+
+    def wait_exit(self, pid: int, timeout: float) -> int | None:
+        """``pid``'s exit status once the fork server reports it; None if it ends first or ``timeout`` passes."""
+        deadline = time.monotonic() + timeout
+        with self._condition:
+            while pid not in self._exits and not self._ended:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                self._condition.wait(left)
             return self._exits.get(pid)
 
     def forget(self, pid: int, code: int) -> int:

@@ -26,6 +26,8 @@ workers started with ``python -m`` outlive their server, and a later server adop
 from __future__ import annotations
 
 import atexit
+import contextlib
+import gc
 import importlib
 import json
 import os
@@ -55,7 +57,10 @@ PRELOAD = (
 """What every child would import first. Importing does not start torch's thread pools or touch a GPU,
 so forking afterwards is safe; a child sets its own thread count, as a fresh process does."""
 
-REAP_INTERVAL_S = 0.1
+REAP_INTERVAL_S = 1.0
+"""A reaping pass at least this often, besides the one each SIGCHLD wakes."""
+_wakeup: tuple[int, int] | None = None
+"""The self-pipe SIGCHLD writes to (signal.set_wakeup_fd); each child closes it."""
 STARTED_TIMEOUT_S = 5.0
 
 
@@ -122,6 +127,11 @@ def fork(request: dict[str, Any], channel: TextIO) -> int:
         try:
             os.close(started_r)
             channel.close()
+            if _wakeup is not None:
+                signal.set_wakeup_fd(-1)
+                signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+                for end in _wakeup:
+                    os.close(end)
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
             signal.signal(signal.SIGINT, signal.default_int_handler)
             code = run_child(request, started_w)
@@ -163,13 +173,25 @@ def main() -> int:
     os.dup2(2, 1)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # a terminal's Ctrl-C is for the server; stdin's EOF ends this
     preload()
+    gc.freeze()  # what the imports made stays out of the children's collections, so their pages stay shared
+    # SIGCHLD wakes the loop through a pipe, so an exit is reported at once (the engine manager routes by it).
+    global _wakeup
+    _wakeup = os.pipe()
+    for end in _wakeup:
+        os.set_blocking(end, False)
+    signal.set_wakeup_fd(_wakeup[1])
+    signal.signal(signal.SIGCHLD, lambda _signum, _frame: None)
     send(channel, {"ready": os.getpid()})
     children: set[int] = set()
     pending = b""
     while True:
-        readable, _, _ = select.select([0], [], [], REAP_INTERVAL_S)
+        readable, _, _ = select.select([0, _wakeup[0]], [], [], REAP_INTERVAL_S)
+        if _wakeup[0] in readable:
+            with contextlib.suppress(BlockingIOError):
+                while os.read(_wakeup[0], 512):
+                    pass
         reap(children, channel)
-        if not readable:
+        if 0 not in readable:
             continue
         chunk = os.read(0, 1 << 16)
         if not chunk:
