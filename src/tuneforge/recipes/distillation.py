@@ -66,7 +66,14 @@ from tuneforge.model.folders import load_for_inference, trained_format
 from tuneforge.model.loading import load_model_and_tokenizer
 from tuneforge.model.prompts import ChatTemplateError, expected_answer, render_prompt, serving_prompt
 from tuneforge.recipes.base import JobReporter, RecipeFailed, RecipeInputs, RecipeResult, TeacherInputs
-from tuneforge.recipes.loop import TrainingConfig, causal_lm_loss, prepare_for_training, record_validation, train
+from tuneforge.recipes.loop import (
+    TrainingConfig,
+    causal_lm_loss,
+    prepare_for_training,
+    record_validation,
+    target_logits,
+    train,
+)
 from tuneforge.recipes.outputs import MetricsWriter, save_trained_model
 from tuneforge.recipes.performance import training_device
 from tuneforge.recipes.tokenising import IGNORE_INDEX, Example, conversation_rendering, encode_record, read_jsonl
@@ -172,9 +179,23 @@ def distillation_loss(
     """
     shifted = labels[:, 1:]
     mask = shifted != IGNORE_INDEX
-    student = student_logits[:, :-1][mask].float()
-    teacher = teacher_logits[:, :-1][mask].float()
-    cross_entropy = F.cross_entropy(student, shifted[mask], reduction="sum")
+    return target_distillation_loss(
+        student_logits[:, :-1][mask], teacher_logits[:, :-1][mask], shifted[mask], batch_targets, weight, temperature
+    )
+
+
+def target_distillation_loss(
+    student_logits: torch.Tensor,
+    teacher_logits: torch.Tensor,
+    targets: torch.Tensor,
+    batch_targets: int,
+    weight: float,
+    temperature: float,
+) -> torch.Tensor:
+    """:func:`distillation_loss` on the target positions' logits alone (``[N, vocab]`` each, N targets)."""
+    student = student_logits.float()
+    teacher = teacher_logits.float()
+    cross_entropy = F.cross_entropy(student, targets, reduction="sum")
     vocab = min(student.shape[-1], teacher.shape[-1])
     kl = F.kl_div(
         F.log_softmax(student[:, :vocab] / temperature, dim=-1),
@@ -199,12 +220,13 @@ class LogitDistillationLoss:
     temperature: float
 
     def __call__(self, model: Any, inputs: dict[str, torch.Tensor], batch_targets: int) -> torch.Tensor:
-        forward = {key: value for key, value in inputs.items() if key != "labels"}
+        # Both models' output layers run on the target positions only (target_logits): the same loss.
         with torch.no_grad():
-            teacher_logits = self.teacher(**forward, use_cache=False).logits
-        student_logits = model(**forward, use_cache=False).logits
-        return distillation_loss(
-            student_logits, teacher_logits, inputs["labels"], batch_targets, self.weight, self.temperature
+            teacher_logits = target_logits(self.teacher, inputs)
+        student_logits = target_logits(model, inputs)
+        labels = inputs["labels"][:, 1:]
+        return target_distillation_loss(
+            student_logits, teacher_logits, labels[labels != IGNORE_INDEX], batch_targets, self.weight, self.temperature
         )
 
 
