@@ -42,8 +42,9 @@ $(POSTGRES_STAMP): $(CHROMIUM_STAMP)
 # two files run at once without their torch threads fighting; --dist loadfile keeps a module's shared
 # server in one process, and tests/conftest.py orders the modules longest first. mypy (a minute on a
 # clean clone, one core) runs beside them. The benchmark smokes judge in-run speed ratios, so they run
-# afterwards with nothing else running: two at a time, each on its own pinned CPU with as many threads
-# (tests/bench/test_benchmark_smoke.py), which each benchmark's contention check counts as quiet.
+# afterwards with nothing else running: two groups of about equal length at once, each on its own
+# pinned CPU with as many threads (tests/bench/test_benchmark_smoke.py), which each benchmark's
+# contention check counts as quiet.
 TEST_WORKERS ?= 2
 
 test: $(STAMP) $(CHROMIUM_STAMP) $(POSTGRES_STAMP)
@@ -52,7 +53,7 @@ test: $(STAMP) $(CHROMIUM_STAMP) $(POSTGRES_STAMP)
 	$(BIN)/mypy & typecheck=$$!; \
 	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder -m 'not quiet_machine'; \
 	tests=$$?; wait $$typecheck && exit $$tests
-	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist load -m quiet_machine
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadgroup -m quiet_machine
 
 BENCH_STAMP := $(VENV)/.bench-installed
 

@@ -21,6 +21,9 @@ from tests.conftest import link_folder
 
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.quiet_machine
+# `make test` runs these two at a time (--dist loadgroup), a group per CPU, grouped to finish together:
+# on this 2-core machine the training smoke takes about 100 s and serving's and storage's 25 s between
+# them; teacher generation, SmolLM2 decoding and multi-adapter serving about 115 s together.
 
 BENCH_MODEL_CACHE = Path(tempfile.gettempdir()) / "tuneforge-bench-models"
 """benchmarks/serving_batching.py's ``MODEL_CACHE``, where its SmolLM2 run looks for the converted folder."""
@@ -64,6 +67,7 @@ def run_benchmark(script: str, *args: str) -> dict[str, Any]:
     return data
 
 
+@pytest.mark.xdist_group("a")
 @pytest.mark.timeout(2 * RUN_HANG_GUARD_S + 600)
 def test_training_benchmark_smoke() -> None:
     data = run_benchmark("train_bench.py", "--quick", "--threads", cores())
@@ -76,6 +80,7 @@ def test_training_benchmark_smoke() -> None:
     assert data["loss_parity_abs_diff"] < 1e-3
 
 
+@pytest.mark.xdist_group("b")
 @pytest.mark.timeout(2 * RUN_HANG_GUARD_S + 600)
 def test_teacher_generation_benchmark_smoke() -> None:
     data = run_benchmark("distill_bench.py", "--quick", "--threads", cores())
@@ -85,6 +90,7 @@ def test_teacher_generation_benchmark_smoke() -> None:
     assert data["ratios"]["batched_vs_sequential"] >= 1.5
 
 
+@pytest.mark.xdist_group("a")
 @pytest.mark.timeout(2 * RUN_HANG_GUARD_S + 600)
 def test_serving_benchmark_smoke() -> None:
     data = run_benchmark("serving_batching.py", "--quick")
@@ -95,6 +101,7 @@ def test_serving_benchmark_smoke() -> None:
     assert results["http_overhead_c1_over_hf_b1"]["median"] > 0
 
 
+@pytest.mark.xdist_group("b")
 @pytest.mark.timeout(2 * RUN_HANG_GUARD_S + 600)
 def test_smollm2_decoding_benchmark_smoke(smollm2_converted: Path) -> None:
     """The engine on a real pretrained model (SmolLM2-135M, converted once into the benchmarks' model
@@ -112,6 +119,7 @@ def test_smollm2_decoding_benchmark_smoke(smollm2_converted: Path) -> None:
     assert results["engine_c1_over_hf_b1"]["median"] >= 0.8
 
 
+@pytest.mark.xdist_group("b")
 @pytest.mark.timeout(2 * RUN_HANG_GUARD_S + 600)
 def test_multi_adapter_benchmark_smoke() -> None:
     data = run_benchmark("adapters_bench.py", "--quick")
@@ -123,6 +131,7 @@ def test_multi_adapter_benchmark_smoke() -> None:
     assert len(results["cold_start_s"]["samples"]) == 2 and results["cold_start_s"]["p50"] > 0
 
 
+@pytest.mark.xdist_group("a")
 @pytest.mark.timeout(2 * RUN_HANG_GUARD_S + 600)
 def test_storage_benchmark_smoke() -> None:
     """Both backends move a model folder whole (compared byte for byte); moto is no AWS, so no ratio floor."""

@@ -69,6 +69,7 @@ from tuneforge.recipes.base import JobReporter, RecipeFailed, RecipeInputs, Reci
 from tuneforge.recipes.loop import (
     TrainingConfig,
     causal_lm_loss,
+    output_layer,
     prepare_for_training,
     record_validation,
     target_logits,
@@ -220,6 +221,14 @@ class LogitDistillationLoss:
     temperature: float
 
     def __call__(self, model: Any, inputs: dict[str, torch.Tensor], batch_targets: int) -> torch.Tensor:
+        if output_layer(model) is None or output_layer(self.teacher) is None:
+            forward = {key: value for key, value in inputs.items() if key != "labels"}
+            with torch.no_grad():
+                teacher_full = self.teacher(**forward, use_cache=False).logits
+            student_full = model(**forward, use_cache=False).logits
+            return distillation_loss(
+                student_full, teacher_full, inputs["labels"], batch_targets, self.weight, self.temperature
+            )
         # Both models' output layers run on the target positions only (target_logits): the same loss.
         with torch.no_grad():
             teacher_logits = target_logits(self.teacher, inputs)

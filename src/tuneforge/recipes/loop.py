@@ -133,6 +133,14 @@ LossFunction = Callable[[Any, dict[str, torch.Tensor], int], torch.Tensor]
 loss: its summed token loss divided by the batch's target count, so shares add up to the mean."""
 
 
+def output_layer(model: Any) -> torch.nn.Module | None:
+    """The module that turns hidden states into logits (under DDP, the wrapped model's), if exposed."""
+    inner = getattr(model, "module", model)
+    get = getattr(inner, "get_output_embeddings", None)
+    head = get() if callable(get) else None
+    return head if isinstance(head, torch.nn.Module) else None
+
+
 def target_logits(model: Any, inputs: Mapping[str, torch.Tensor]) -> torch.Tensor:
     """The model's logits at the positions whose next token is a target (label not ignored): ``[N, vocab]``.
 
@@ -146,7 +154,9 @@ def target_logits(model: Any, inputs: Mapping[str, torch.Tensor]) -> torch.Tenso
     """
     labels = inputs["labels"]
     wanted = torch.nn.functional.pad(labels[:, 1:] != IGNORE_INDEX, (0, 1), value=False)
-    head = getattr(model, "module", model).get_output_embeddings()
+    head = output_layer(model)
+    if head is None:
+        raise ValueError("the model exposes no output layer (get_output_embeddings)")
 
     def pick(_module: torch.nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...]:
         return (args[0][wanted].unsqueeze(0), *args[1:])
@@ -162,7 +172,12 @@ def target_logits(model: Any, inputs: Mapping[str, torch.Tensor]) -> torch.Tenso
 
 def causal_lm_loss(model: Any, inputs: dict[str, torch.Tensor], batch_targets: int) -> torch.Tensor:
     """Cross-entropy on the target tokens, summed and divided by the batch total (transformers' loss, on
-    the target positions' logits alone: :func:`target_logits`)."""
+    the target positions' logits alone: :func:`target_logits`). A model that exposes no output layer
+    gets transformers' own loss on its full logits."""
+    if output_layer(model) is None:
+        output = model(**inputs, use_cache=False, num_items_in_batch=torch.tensor(max(batch_targets, 1)))
+        whole: torch.Tensor = output.loss
+        return whole
     labels = inputs["labels"][:, 1:]
     logits = target_logits(model, inputs).float()
     loss = torch.nn.functional.cross_entropy(logits, labels[labels != IGNORE_INDEX], reduction="sum")
