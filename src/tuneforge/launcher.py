@@ -44,7 +44,9 @@ log = logging.getLogger(__name__)
 FORK_SERVER_MODULE = "tuneforge.engine.forkserver"
 FORK_SERVER_START_TIMEOUT_S = 300.0
 """The longest a first start waits for the fork server's imports before it uses ``python -m`` instead."""
-ANSWER_TIMEOUT_S = 10.0
+ANSWER_TIMEOUT_S = 60.0
+"""The longest a start waits for the fork server's answer (milliseconds, normally). Past it the fork
+server is killed before the start falls back to ``python -m``, so a late fork cannot run beside it."""
 STATUS_TIMEOUT_S = 10.0
 """The longest ``poll`` waits for the exit status of a process it has seen end."""
 """The longest a start waits for the fork server's answer before it falls back to ``python -m``."""
@@ -323,7 +325,7 @@ class Launcher:
             return server.fork(module, args, env, log_path)
         except ForkServerError as exc:
             log.warning("fork server: %s; starting %s with python -m", exc, module)
-            self._drop(server)
+            self._drop(server, kill=True)
             return self._exec(module, args, env, log_path)
 
     @staticmethod
@@ -355,10 +357,13 @@ class Launcher:
                     log.warning("fork server did not start: %s", exc)
             return self._server
 
-    def _drop(self, server: _ForkServer) -> None:
+    def _drop(self, server: _ForkServer, *, kill: bool = False) -> None:
         with self._lock:
             if self._server is server:
                 self._server = None
+        if kill:
+            with contextlib.suppress(OSError):
+                server.process.kill()
         server.close()
 
     def close(self) -> None:
